@@ -1,0 +1,136 @@
+// The durable store of one Chorus node: review documents in LMDB, with
+// product aggregates and a Merkle tree kept in the same transactions.
+//
+// Threads: a Store owns one writer thread (the "store thread"). Writes are
+// queued from any thread and committed there in groups (group commit); their
+// callbacks run on the store thread after the transaction holding them has
+// committed durably, so callbacks must be short and must not block (post the
+// result to your own loop). Reads run on the calling thread in their own
+// LMDB read transaction and may be made from any thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "crdt/hlc.h"
+#include "crdt/result.h"
+#include "crdt/review.h"
+
+namespace chorus::storage {
+
+// On-disk format version, stored in meta and checked at open.
+inline constexpr uint32_t kSchemaVersion = 1;
+
+struct Options {
+  std::string dir;                           // created if missing
+  uint64_t initialMapBytes = 64ull << 20;    // grows on MDB_MAP_FULL
+  size_t maxBatch = 1000;                    // writes per transaction, at most
+  // Skips fsync at commit (MDB_NOSYNC): an OS crash may lose acknowledged
+  // writes. Off by default; for benchmarks and throwaway test clusters only.
+  bool unsafeNoSync = false;
+  crdt::PhysicalClock clock = crdt::systemClock();
+  uint64_t maxDriftMillis = crdt::HybridClock::kDefaultMaxDriftMillis;
+};
+
+// What a committed write did.
+struct Applied {
+  crdt::ReviewDoc delta;   // what changed: ship this to peers
+  crdt::ReviewDoc state;   // the stored document after the write
+  bool changed = false;    // false when the write was already known
+};
+
+using Done = std::function<void(Result<Applied>)>;
+
+// A local operation: called on the store thread with the current document
+// (empty if none) and the store's clock; mutates `doc` through one of
+// ReviewDoc's delta mutators and returns the delta. May return an Error
+// (e.g. not found) to abort just this write.
+using Mutation = std::function<Result<crdt::ReviewDoc>(crdt::ReviewDoc& doc,
+                                                        crdt::HybridClock& clock)>;
+
+enum class Order { kNewest, kHighestRating, kLowestRating };
+
+struct Page {
+  std::vector<crdt::ReviewDoc> reviews;
+  std::string nextCursor;  // empty when there is no more
+};
+
+struct ProductSummary {
+  uint64_t count = 0;                     // live (non-deleted) reviews
+  std::array<uint64_t, 5> histogram{};    // histogram[r-1] = reviews rated r
+  uint64_t ratingSum = 0;
+  uint64_t helpfulTotal = 0;
+  double average() const { return count == 0 ? 0.0 : double(ratingSum) / double(count); }
+};
+
+// A 128-bit Merkle hash.
+using Hash = std::array<uint8_t, 16>;
+
+// One entry of a Merkle leaf bucket.
+struct LeafEntry {
+  uint64_t keyHash;    // hash of the review key; places it in the tree
+  Hash digest;         // hash of the document's canonical bytes
+  crdt::ReviewKey key;
+};
+
+struct StoreStats {
+  uint64_t documents = 0;
+  uint64_t mapBytes = 0;       // current LMDB map size
+  uint64_t usedBytes = 0;      // pages in use
+  uint64_t commits = 0;        // write transactions since open
+  uint64_t writes = 0;         // writes acknowledged since open
+  uint64_t mapGrowths = 0;
+  uint64_t refusedStamps = 0;  // remote stamps refused for clock drift
+};
+
+class Store {
+ public:
+  // Opens (creating if needed) the store in options.dir. Errors: kBusy if
+  // another process has it open, kCorruption / kInvalidArgument for a
+  // damaged or unknown-version store (the message says what to do), kIo.
+  static Result<std::unique_ptr<Store>> open(Options options);
+  virtual ~Store() = default;  // drains queued writes, then closes
+
+  virtual crdt::ReplicaId replicaId() const = 0;
+
+  // ---- writes: any thread; `done` runs on the store thread after commit ---
+  // Runs a local operation on the current document.
+  virtual void mutate(crdt::ReviewKey key, Mutation mutation, Done done) = 0;
+  // Merges a remote state or delta. Refused with kClockDrift when a stamp in
+  // it is too far ahead of local time.
+  virtual void merge(crdt::ReviewDoc remote, Done done) = 0;
+  // Blocking forms of the above, for tools and tests.
+  Result<Applied> mutateSync(crdt::ReviewKey key, Mutation mutation);
+  Result<Applied> mergeSync(crdt::ReviewDoc remote);
+
+  // ---- reads: any thread ---------------------------------------------------
+  // Deleted reviews are returned by get (so callers see the tombstone) but
+  // skipped by the listings and the summary.
+  virtual Result<std::optional<crdt::ReviewDoc>> get(const crdt::ReviewKey& key) = 0;
+  virtual Result<Page> listProduct(const std::string& product, Order order,
+                                   const std::string& cursor, size_t limit) = 0;
+  virtual Result<ProductSummary> summary(const std::string& product) = 0;
+  virtual Result<Page> listAuthor(const std::string& author, const std::string& cursor,
+                                  size_t limit) = 0;
+
+  // ---- Merkle tree, for anti-entropy: any thread ---------------------------
+  // Nodes are numbered by (level, index): level 0 is the root; a node's
+  // children are (level + 1, index * kFanout + i); leaves sit at kDepth.
+  static constexpr int kFanout = 16;
+  static constexpr int kDepth = 4;
+  virtual Result<Hash> merkleRoot() = 0;
+  virtual Result<std::vector<Hash>> merkleChildren(int level, uint64_t index) = 0;
+  virtual Result<std::vector<LeafEntry>> leafEntries(uint64_t leafIndex) = 0;
+  // Recomputes the tree and aggregates from the documents and compares;
+  // kCorruption names the first mismatch.
+  virtual Status verify() = 0;
+
+  virtual StoreStats stats() = 0;
+};
+
+}  // namespace chorus::storage
