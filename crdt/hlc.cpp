@@ -25,8 +25,8 @@ PhysicalClock systemClock() {
   };
 }
 
-HybridClock::HybridClock(ReplicaId replica, PhysicalClock physical,
-                         Hlc highWater, uint64_t maxDriftMillis)
+HybridClock::HybridClock(ReplicaId replica, PhysicalClock physical, Hlc highWater,
+                         uint64_t maxDriftMillis)
     : replica_(replica),
       physical_(std::move(physical)),
       last_(highWater),
@@ -46,19 +46,17 @@ Stamp HybridClock::now() {
 
 bool HybridClock::isTooFarAhead(Hlc remote) const {
   uint64_t physicalMillis = physical_();
-  return remote.millis() > physicalMillis &&
-         remote.millis() - physicalMillis > maxDriftMillis_;
+  return remote.millis() > physicalMillis && remote.millis() - physicalMillis > maxDriftMillis_;
 }
 
 Status HybridClock::observe(Hlc remote) {
   if (isTooFarAhead(remote)) {
     ++refused_;
-    return makeError(ErrorCode::kClockDrift,
-                     "remote clock stamp " + remote.toString() + " is " +
-                         std::to_string(remote.millis() - physical_()) +
-                         " ms ahead of local time, more than the allowed " +
-                         std::to_string(maxDriftMillis_) +
-                         " ms; refused (check NTP on the sending node)");
+    return makeError(ErrorCode::kClockDrift, "remote clock stamp " + remote.toString() + " is " +
+                                                 std::to_string(remote.millis() - physical_()) +
+                                                 " ms ahead of local time, more than the allowed " +
+                                                 std::to_string(maxDriftMillis_) +
+                                                 " ms; refused (check NTP on the sending node)");
   }
   last_ = std::max(last_, remote);
   return okStatus();

@@ -23,9 +23,7 @@ struct Hlc {
   uint64_t bits = 0;  // millis << 16 | logical
 
   static constexpr uint64_t kMaxMillis = (uint64_t{1} << 48) - 1;
-  static Hlc fromParts(uint64_t millis, uint16_t logical) {
-    return Hlc{(millis << 16) | logical};
-  }
+  static Hlc fromParts(uint64_t millis, uint16_t logical) { return Hlc{(millis << 16) | logical}; }
   uint64_t millis() const { return bits >> 16; }
   uint16_t logical() const { return static_cast<uint16_t>(bits & 0xffff); }
   bool isZero() const { return bits == 0; }

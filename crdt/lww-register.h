@@ -33,8 +33,7 @@ class LwwRegister {
   }
 
   void join(const LwwRegister& other) {
-    if (other.stamp_ > stamp_ ||
-        (other.stamp_ == stamp_ && other.value_ > value_)) {
+    if (other.stamp_ > stamp_ || (other.stamp_ == stamp_ && other.value_ > value_)) {
       stamp_ = other.stamp_;
       value_ = other.value_;
     }

@@ -56,8 +56,8 @@ void CausalContext::compact() {
   }
 }
 
-bool CausalContext::fromParts(std::map<ReplicaId, uint64_t> vv,
-                              std::set<Dot> cloud, CausalContext& out) {
+bool CausalContext::fromParts(std::map<ReplicaId, uint64_t> vv, std::set<Dot> cloud,
+                              CausalContext& out) {
   for (const auto& [replica, counter] : vv) {
     if (replica == 0 || counter == 0) return false;
   }

@@ -42,8 +42,7 @@ class CausalContext {
   // For decoding: rebuilds from parts, returns false unless they are in
   // compacted form (non-zero counters; no cloud dot at or contiguous with the
   // version vector).
-  static bool fromParts(std::map<ReplicaId, uint64_t> vv, std::set<Dot> cloud,
-                        CausalContext& out);
+  static bool fromParts(std::map<ReplicaId, uint64_t> vv, std::set<Dot> cloud, CausalContext& out);
 
   bool operator==(const CausalContext&) const = default;
 

@@ -15,11 +15,11 @@ namespace chorus {
 enum class ErrorCode {
   kInvalidArgument,  // the caller's input is wrong; retrying will not help
   kNotFound,
-  kCorruption,       // stored or received bytes fail validation
-  kClockDrift,       // a remote stamp is too far in the future
-  kIo,               // the operating system refused (disk, socket)
-  kBusy,             // a resource is held by someone else (e.g. data dir lock)
-  kOverloaded,       // try again later
+  kCorruption,  // stored or received bytes fail validation
+  kClockDrift,  // a remote stamp is too far in the future
+  kIo,          // the operating system refused (disk, socket)
+  kBusy,        // a resource is held by someone else (e.g. data dir lock)
+  kOverloaded,  // try again later
   kForbidden,
   kUnavailable,
   kInternal,
@@ -39,15 +39,24 @@ struct Error {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : v_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
 
-  T& value() & { check(); return std::get<0>(v_); }
-  const T& value() const& { check(); return std::get<0>(v_); }
-  T&& value() && { check(); return std::get<0>(std::move(v_)); }
+  T& value() & {
+    check();
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    check();
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    check();
+    return std::get<0>(std::move(v_));
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
@@ -81,11 +90,11 @@ inline Error makeError(ErrorCode code, std::string message) {
 }  // namespace chorus
 
 // A broken invariant of our own: a bug. Prints where and aborts.
-#define CHORUS_ASSERT(cond, msg)                                            \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      std::fprintf(stderr, "chorus: assertion failed at %s:%d: %s (%s)\n",  \
-                   __FILE__, __LINE__, #cond, msg);                         \
-      std::abort();                                                         \
-    }                                                                       \
+#define CHORUS_ASSERT(cond, msg)                                                               \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
+      std::fprintf(stderr, "chorus: assertion failed at %s:%d: %s (%s)\n", __FILE__, __LINE__, \
+                   #cond, msg);                                                                \
+      std::abort();                                                                            \
+    }                                                                                          \
   } while (false)

@@ -43,16 +43,15 @@ void setOrSet(wire::OrSet::Builder b, const OrSet& set) {
   }
   auto ctx = b.initContext();
   const auto& vv = set.context().versionVector();
-  fillDots(ctx.initVersionVector(static_cast<unsigned>(vv.size())), vv,
-           [](const auto& kv) { return Dot{kv.first, kv.second}; });
+  fillDots(ctx.initVersionVector(static_cast<unsigned>(vv.size())), vv, [](const auto& kv) {
+    return Dot{kv.first, kv.second};
+  });
   const auto& cloud = set.context().cloud();
   fillDots(ctx.initCloud(static_cast<unsigned>(cloud.size())), cloud,
            [](const Dot& d) { return d; });
 }
 
-capnp::Text::Reader text(const std::string& s) {
-  return capnp::Text::Reader(s.data(), s.size());
-}
+capnp::Text::Reader text(const std::string& s) { return capnp::Text::Reader(s.data(), s.size()); }
 
 // ---- decoding --------------------------------------------------------------
 
@@ -63,13 +62,9 @@ struct Invalid {
 
 [[noreturn]] void invalid(std::string why) { throw Invalid{std::move(why)}; }
 
-std::string toString(capnp::Text::Reader t) {
-  return std::string(t.begin(), t.size());
-}
+std::string toString(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
 
-Stamp readStamp(wire::Stamp::Reader r) {
-  return Stamp{Hlc{r.getHlc()}, r.getReplica()};
-}
+Stamp readStamp(wire::Stamp::Reader r) { return Stamp{Hlc{r.getHlc()}, r.getReplica()}; }
 
 std::set<Dot> readDots(capnp::List<wire::Dot>::Reader list, const char* what) {
   std::set<Dot> out;
@@ -129,7 +124,8 @@ Hlc ReviewDoc::maxHlc() const {
 ReviewDoc ReviewDoc::write(uint8_t rating, std::string title, std::string body, Stamp stamp) {
   CHORUS_ASSERT(rating >= 1 && rating <= 5, "rating must be 1-5");
   ReviewDoc delta = emptyDelta();
-  delta.content_ = content_.assign(Content{false, rating, std::move(title), std::move(body)}, stamp);
+  delta.content_ =
+      content_.assign(Content{false, rating, std::move(title), std::move(body)}, stamp);
   return delta;
 }
 
@@ -245,12 +241,11 @@ Result<ReviewDoc> ReviewDoc::decode(std::string_view bytes) {
       if (doc.key_.product.empty() || doc.key_.author.empty()) invalid("empty key");
 
       auto c = root.getContent();
-      Content content{c.getDeleted(), c.getRating(), toString(c.getTitle()),
-                      toString(c.getBody())};
+      Content content{c.getDeleted(), c.getRating(), toString(c.getTitle()), toString(c.getBody())};
       Stamp contentStamp = readStamp(c.getStamp());
       if (!contentStamp.isZero()) {
-        if (content.deleted && (content.rating != 0 || !content.title.empty() ||
-                                !content.body.empty())) {
+        if (content.deleted &&
+            (content.rating != 0 || !content.title.empty() || !content.body.empty())) {
           invalid("tombstone carries content");
         }
         if (!content.deleted && (content.rating < 1 || content.rating > 5)) {
@@ -273,7 +268,7 @@ Result<ReviewDoc> ReviewDoc::decode(std::string_view bytes) {
       failure = std::move(e.why);
     }
   });
-  KJ_IF_MAYBE(e, exception) {
+  KJ_IF_MAYBE (e, exception) {
     return corrupt(std::string("malformed message: ") + e->getDescription().cStr());
   }
   if (failure) return corrupt(*failure);

@@ -31,7 +31,7 @@ TEST_CASE("replicas converge despite duplicates, drops, resends and reordering")
     History h(seeds(), replicas);
     auto& rng = h.rng();
     std::vector<Message> inFlight;
-    std::vector<Message> dropped;  // to be re-sent later
+    std::vector<Message> dropped;            // to be re-sent later
     ReviewDoc everything(h.state(0).key());  // join of every delta: the answer
 
     int operations = 20 + static_cast<int>(rng() % 60);

@@ -25,8 +25,7 @@ class History {
     crdt::ReviewDoc after;
   };
 
-  History(uint64_t seed, int replicas)
-      : rng_(seed), physicalMillis_(1'700'000'000'000) {
+  History(uint64_t seed, int replicas) : rng_(seed), physicalMillis_(1'700'000'000'000) {
     for (int i = 0; i < replicas; ++i) {
       docs_.emplace_back(crdt::ReviewKey{"p-1", "alice"});
       // Each replica's physical clock reads the shared time plus a skew of
@@ -59,16 +58,28 @@ class History {
         step.delta = doc.write(static_cast<uint8_t>(1 + rng_() % 5), "title " + word(),
                                "body " + word(), clock.now());
         break;
-      case 2: step.delta = doc.erase(clock.now()); break;
-      case 3: step.delta = doc.tag(kTags[rng_() % 4], clock.replica()); break;
-      case 4: step.delta = doc.untag(kTags[rng_() % 4]); break;
-      case 5: step.delta = doc.vote(kVoters[rng_() % 5], clock.replica()); break;
-      case 6: step.delta = doc.unvote(kVoters[rng_() % 5]); break;
+      case 2:
+        step.delta = doc.erase(clock.now());
+        break;
+      case 3:
+        step.delta = doc.tag(kTags[rng_() % 4], clock.replica());
+        break;
+      case 4:
+        step.delta = doc.untag(kTags[rng_() % 4]);
+        break;
+      case 5:
+        step.delta = doc.vote(kVoters[rng_() % 5], clock.replica());
+        break;
+      case 6:
+        step.delta = doc.unvote(kVoters[rng_() % 5]);
+        break;
       case 7:
         step.delta = doc.moderate(
             crdt::Moderation{static_cast<crdt::Visibility>(rng_() % 3), word()}, clock.now());
         break;
-      default: step.delta = doc.setReply(crdt::Reply{"thanks " + word()}, clock.now()); break;
+      default:
+        step.delta = doc.setReply(crdt::Reply{"thanks " + word()}, clock.now());
+        break;
     }
     step.after = doc;
     return step;

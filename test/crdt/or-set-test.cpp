@@ -21,8 +21,8 @@ TEST_CASE("add-wins: a concurrent add survives a remove that did not see it") {
   OrSet a, b;
   OrSet d1 = a.add("fit", 1);
   b.join(d1);
-  OrSet remove = a.remove("fit");    // replica 1 removes what it saw
-  OrSet readd = b.add("fit", 2);     // concurrently replica 2 adds again
+  OrSet remove = a.remove("fit");  // replica 1 removes what it saw
+  OrSet readd = b.add("fit", 2);   // concurrently replica 2 adds again
   a.join(readd);
   b.join(remove);
   CHECK(a.contains("fit"));

@@ -66,9 +66,8 @@ void eachType(const Triple& t, Check check) {
 
 TEST_CASE("join is commutative for every type") {
   forTriples([](const Triple& t) {
-    eachType(t, [](const auto& a, const auto& b, const auto&) {
-      REQUIRE(join2(a, b) == join2(b, a));
-    });
+    eachType(
+        t, [](const auto& a, const auto& b, const auto&) { REQUIRE(join2(a, b) == join2(b, a)); });
     REQUIRE(joined(t.a, t.b).encode() == joined(t.b, t.a).encode());
   });
 }

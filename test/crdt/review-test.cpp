@@ -15,8 +15,7 @@ const ReviewKey kKey{"sku-123", "alice"};
 struct Replica {
   ReviewDoc doc{kKey};
   HybridClock clock;
-  Replica(ReplicaId id, const uint64_t* millis)
-      : clock(id, [millis] { return *millis; }) {}
+  Replica(ReplicaId id, const uint64_t* millis) : clock(id, [millis] { return *millis; }) {}
 };
 
 }  // namespace
