@@ -1,0 +1,151 @@
+# The client API of a Chorus node (Cap'n Proto RPC).
+#
+# Versioning: this file id is the API's identity. Fields and methods are only
+# ever added (with new ordinals), never renumbered or retyped; a breaking
+# change gets a new interface. `NodeStatus.apiVersion` reports `apiVersion` below.
+#
+# Errors: every method's results start with `error :Error`. When it is not
+# set (hasError() is false) the call succeeded and the other results are
+# valid; when it is set the call had no effect and the other results are
+# unset. RPC-level exceptions (disconnected, overloaded by the transport)
+# still happen and mean "unavailable: retry elsewhere or later".
+@0xd2bdc79027679372;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("chorus::api::wire");
+
+const apiVersion :UInt32 = 1;
+
+enum ErrorCode {
+  invalidArgument @0;  # the input is wrong; `field` names which part
+  notFound @1;         # no such review (or it was deleted)
+  forbidden @2;        # the operation is not allowed for this caller/input
+  overloaded @3;       # too many calls in flight; retry with backoff
+  unavailable @4;      # the node is shutting down or cannot serve
+  internal @5;         # a bug or a storage fault; the message says which
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  field @1 :Text;      # e.g. "title", "rating"; empty when not about a field
+  message @2 :Text;    # for humans: what went wrong and what to do
+}
+
+enum Visibility {
+  visible @0;
+  hidden @1;
+  flagged @2;
+}
+
+enum Order {
+  newest @0;
+  highestRating @1;
+  lowestRating @2;
+}
+
+# A review as readers see it.
+struct Review {
+  product @0 :Text;
+  author @1 :Text;
+  rating @2 :UInt8;              # 1-5
+  title @3 :Text;
+  body @4 :Text;
+  editedAtMillis @5 :UInt64;     # HLC physical part of the last edit
+  tags @6 :List(Text);           # sorted
+  helpful @7 :UInt32;            # distinct voters
+  visibility @8 :Visibility;
+  moderationReason @9 :Text;
+  reply @10 :Text;               # the merchant's answer; empty if none
+  deleted @11 :Bool;             # only in watch changes: the review was erased
+}
+
+struct Summary {
+  product @0 :Text;
+  count @1 :UInt64;
+  average @2 :Float64;
+  histogram @3 :List(UInt64);    # 5 entries: histogram[r-1] = reviews rated r
+  helpfulTotal @4 :UInt64;
+}
+
+struct Page {
+  reviews @0 :List(Review);
+  nextCursor @1 :Text;           # empty when there is no more
+}
+
+# One change to a watched product's reviews, after it committed.
+struct Change {
+  op @0 :Text;                   # put, delete, vote, unvote, tag, untag,
+                                 # moderate, reply, or merge (from a peer)
+  review @1 :Review;             # the review after the change
+  missed @2 :UInt32;             # changes dropped before this one because
+                                 # the observer was too slow
+}
+
+interface WatchObserver {
+  onChange @0 (change :Change);
+}
+
+# Dropping the handle (or the connection) ends the watch.
+interface WatchHandle {}
+
+interface ReviewStore {
+  # Writes (creates or replaces) the author's review of the product.
+  put @0 (product :Text, author :Text, rating :UInt8, title :Text, body :Text)
+      -> (error :Error, review :Review);
+  # Erases the review's text everywhere (a tombstone). notFound if absent.
+  erase @1 (product :Text, author :Text) -> (error :Error);
+  # Marks the review helpful for `voter` (idempotent). An author cannot vote
+  # for their own review (forbidden).
+  vote @2 (product :Text, author :Text, voter :Text) -> (error :Error, review :Review);
+  unvote @3 (product :Text, author :Text, voter :Text) -> (error :Error, review :Review);
+  tag @4 (product :Text, author :Text, tag :Text) -> (error :Error, review :Review);
+  untag @5 (product :Text, author :Text, tag :Text) -> (error :Error, review :Review);
+  moderate @6 (product :Text, author :Text, visibility :Visibility, reason :Text)
+      -> (error :Error, review :Review);
+  # The merchant's public answer; empty text removes it.
+  reply @7 (product :Text, author :Text, text :Text) -> (error :Error, review :Review);
+
+  get @8 (product :Text, author :Text) -> (error :Error, review :Review);
+  # limit 0 means the server default (20); at most 100.
+  list @9 (product :Text, order :Order, cursor :Text, limit :UInt32)
+      -> (error :Error, page :Page);
+  summary @10 (product :Text) -> (error :Error, summary :Summary);
+  byAuthor @11 (author :Text, cursor :Text, limit :UInt32)
+      -> (error :Error, page :Page);
+
+  # Streams every committed change of `product`'s reviews to `observer` until
+  # `handle` is dropped.
+  watch @12 (product :Text, observer :WatchObserver)
+      -> (error :Error, handle :WatchHandle);
+}
+
+struct StoreStats {
+  documents @0 :UInt64;
+  mapBytes @1 :UInt64;
+  usedBytes @2 :UInt64;
+  commits @3 :UInt64;
+  writes @4 :UInt64;
+  mapGrowths @5 :UInt64;
+  refusedStamps @6 :UInt64;
+}
+
+struct NodeStatus {
+  nodeId @0 :Text;
+  replicaId @1 :UInt64;
+  version @2 :Text;              # chorus release, e.g. "0.1.0"
+  apiVersion @3 :UInt32;
+  uptimeMillis @4 :UInt64;
+  keyCount @5 :UInt64;
+  merkleRoot @6 :Data;           # 16 bytes
+  stats @7 :StoreStats;
+}
+
+interface Admin {
+  status @0 () -> (error :Error, status :NodeStatus);
+}
+
+# What a client gets on connect (the bootstrap capability).
+interface Chorus {
+  reviews @0 () -> (reviews :ReviewStore);
+  admin @1 () -> (admin :Admin);
+}

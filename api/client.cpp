@@ -1,0 +1,282 @@
+#include "api/client.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include "api/wire.h"
+
+namespace chorus::api {
+
+struct Client::Impl {
+  std::string address;
+  Options options;
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyVatNetwork> network;
+  kj::Own<capnp::RpcSystem<capnp::rpc::twoparty::VatId>> rpc;
+  wire::ReviewStore::Client reviews = nullptr;
+  wire::Admin::Client admin = nullptr;
+
+  Error transportError(const kj::Exception& e) const {
+    std::string what = e.getDescription().cStr();
+    switch (e.getType()) {
+      case kj::Exception::Type::OVERLOADED:
+        return makeError(ErrorCode::kOverloaded, "node at " + address + " is overloaded: " + what);
+      case kj::Exception::Type::DISCONNECTED:
+        return makeError(ErrorCode::kUnavailable,
+                         "lost the connection to " + address + ": " + what);
+      default:
+        return makeError(ErrorCode::kInternal, "call to " + address + " failed: " + what);
+    }
+  }
+
+  // Waits for `promise`, bounded by options.timeout.
+  template <typename T>
+  Result<T> wait(kj::Promise<T>&& promise) {
+    try {
+      auto bounded = io.provider->getTimer().timeoutAfter(
+          kj::MILLISECONDS * options.timeout.count(), kj::mv(promise));
+      return bounded.wait(io.waitScope);
+    } catch (kj::Exception& e) {
+      if (e.getType() == kj::Exception::Type::OVERLOADED &&
+          std::string(e.getDescription().cStr()).find("timed out") != std::string::npos) {
+        return makeError(ErrorCode::kUnavailable, "no answer from " + address + " within " +
+                                                      std::to_string(options.timeout.count()) +
+                                                      " ms");
+      }
+      return transportError(e);
+    }
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::connect(const std::string& address, Options options) {
+  auto impl = std::make_unique<Impl>();
+  impl->address = address;
+  impl->options = options;
+  if (address.find(':') == std::string::npos) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "connect address: '" + address + "' is not host:port (e.g. 127.0.0.1:7400)");
+  }
+  try {
+    auto& network = impl->io.provider->getNetwork();
+    auto stream =
+        impl->io.provider->getTimer()
+            .timeoutAfter(kj::MILLISECONDS * options.timeout.count(),
+                          network.parseAddress(address).then([](kj::Own<kj::NetworkAddress> a) {
+                            return a->connect().attach(kj::mv(a));
+                          }))
+            .wait(impl->io.waitScope);
+    impl->stream = kj::mv(stream);
+  } catch (kj::Exception& e) {
+    return makeError(ErrorCode::kUnavailable,
+                     "cannot connect to " + address + ": " + e.getDescription().cStr() +
+                         " (is chorusd running there? see --connect / CHORUS_ADDR)");
+  }
+  capnp::ReaderOptions reader;
+  reader.traversalLimitInWords = 64ull << 20;  // a page of 100 maximal reviews fits
+  impl->network = kj::heap<capnp::TwoPartyVatNetwork>(*impl->stream,
+                                                      capnp::rpc::twoparty::Side::CLIENT, reader);
+  impl->rpc = kj::heap(capnp::makeRpcClient(*impl->network));
+  capnp::word scratch[4];
+  memset(scratch, 0, sizeof(scratch));
+  capnp::MallocMessageBuilder vatMessage(scratch);
+  auto vatId = vatMessage.getRoot<capnp::rpc::twoparty::VatId>();
+  vatId.setSide(capnp::rpc::twoparty::Side::SERVER);
+  auto bootstrap = impl->rpc->bootstrap(vatId).castAs<wire::Chorus>();
+  impl->reviews = bootstrap.reviewsRequest().send().getReviews();
+  impl->admin = bootstrap.adminRequest().send().getAdmin();
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+wire::ReviewStore::Client Client::reviews() { return impl_->reviews; }
+wire::Admin::Client Client::admin() { return impl_->admin; }
+kj::WaitScope& Client::waitScope() { return impl_->io.waitScope; }
+kj::Timer& Client::timer() { return impl_->io.provider->getTimer(); }
+
+namespace {
+
+template <typename Request>
+void setKey(Request& r, const std::string& product, const std::string& author) {
+  r.setProduct(product);
+  r.setAuthor(author);
+}
+
+}  // namespace
+
+Result<ReviewView> Client::write(const WriteRequest& r) {
+  auto& rs = impl_->reviews;
+  auto run = [&](auto request) -> Result<ReviewView> {
+    auto response = impl_->wait(request.send());
+    if (!response.ok()) return response.error();
+    if (response->hasError()) return fromWire(response->getError());
+    if constexpr (requires { response->getReview(); }) {
+      return fromWire(response->getReview());
+    } else {
+      ReviewView gone;
+      gone.product = r.product;
+      gone.author = r.author;
+      gone.deleted = true;
+      return gone;
+    }
+  };
+  switch (r.op) {
+    case WriteOp::kPut: {
+      auto q = rs.putRequest();
+      setKey(q, r.product, r.author);
+      q.setRating(static_cast<uint8_t>(r.rating > 255 ? 255 : r.rating));
+      q.setTitle(r.title);
+      q.setBody(r.body);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kDelete: {
+      auto q = rs.eraseRequest();
+      setKey(q, r.product, r.author);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kVote: {
+      auto q = rs.voteRequest();
+      setKey(q, r.product, r.author);
+      q.setVoter(r.arg);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kUnvote: {
+      auto q = rs.unvoteRequest();
+      setKey(q, r.product, r.author);
+      q.setVoter(r.arg);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kTag: {
+      auto q = rs.tagRequest();
+      setKey(q, r.product, r.author);
+      q.setTag(r.arg);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kUntag: {
+      auto q = rs.untagRequest();
+      setKey(q, r.product, r.author);
+      q.setTag(r.arg);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kModerate: {
+      auto q = rs.moderateRequest();
+      setKey(q, r.product, r.author);
+      q.setVisibility(toWire(r.visibility));
+      q.setReason(r.arg);
+      return run(kj::mv(q));
+    }
+    case WriteOp::kReply: {
+      auto q = rs.replyRequest();
+      setKey(q, r.product, r.author);
+      q.setText(r.arg);
+      return run(kj::mv(q));
+    }
+  }
+  return makeError(ErrorCode::kInvalidArgument, "op: unknown write operation");
+}
+
+Result<ReviewView> Client::get(const std::string& product, const std::string& author) {
+  auto q = impl_->reviews.getRequest();
+  setKey(q, product, author);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getReview());
+}
+
+Result<ReviewPage> Client::list(const std::string& product, storage::Order order,
+                                const std::string& cursor, uint32_t limit) {
+  auto q = impl_->reviews.listRequest();
+  q.setProduct(product);
+  q.setOrder(toWire(order));
+  q.setCursor(cursor);
+  q.setLimit(limit);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getPage());
+}
+
+Result<storage::ProductSummary> Client::summary(const std::string& product) {
+  auto q = impl_->reviews.summaryRequest();
+  q.setProduct(product);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getSummary());
+}
+
+Result<ReviewPage> Client::byAuthor(const std::string& author, const std::string& cursor,
+                                    uint32_t limit) {
+  auto q = impl_->reviews.byAuthorRequest();
+  q.setAuthor(author);
+  q.setCursor(cursor);
+  q.setLimit(limit);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getPage());
+}
+
+Result<NodeStatus> Client::status() {
+  auto response = impl_->wait(impl_->admin.statusRequest().send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getStatus());
+}
+
+namespace {
+
+class Observer final : public wire::WatchObserver::Server {
+ public:
+  Observer(const std::function<bool(const Change&)>& onChange,
+           kj::Own<kj::PromiseFulfiller<void>> stop)
+      : onChange_(onChange), stop_(kj::mv(stop)) {}
+
+  kj::Promise<void> onChange(OnChangeContext ctx) override {
+    if (stop_->isWaiting() && !onChange_(fromWire(ctx.getParams().getChange()))) {
+      stop_->fulfill();
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  const std::function<bool(const Change&)>& onChange_;
+  kj::Own<kj::PromiseFulfiller<void>> stop_;
+};
+
+}  // namespace
+
+Status Client::watch(const std::string& product, const std::function<bool(const Change&)>& onChange,
+                     std::chrono::milliseconds duration, const std::function<void()>& onStarted) {
+  auto stop = kj::newPromiseAndFulfiller<void>();
+  auto q = impl_->reviews.watchRequest();
+  q.setProduct(product);
+  q.setObserver(kj::heap<Observer>(onChange, kj::mv(stop.fulfiller)));
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  auto handle = response->getHandle();  // the watch lasts while we hold this
+  if (onStarted) onStarted();
+  try {
+    auto disconnected = impl_->network->onDisconnect().then([]() { return 2; });
+    auto elapsed =
+        impl_->io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
+          return 1;
+        });
+    int why = stop.promise.then([]() { return 0; })
+                  .exclusiveJoin(kj::mv(elapsed))
+                  .exclusiveJoin(kj::mv(disconnected))
+                  .wait(impl_->io.waitScope);
+    if (why == 2) {
+      return makeError(ErrorCode::kUnavailable, "lost the connection to " + impl_->address);
+    }
+  } catch (kj::Exception& e) {
+    return impl_->transportError(e);
+  }
+  return okStatus();
+}
+
+}  // namespace chorus::api

@@ -1,0 +1,69 @@
+// A blocking C++ client of a Chorus node's RPC API, for tools and tests.
+//
+// Threads: a Client owns a KJ event loop, so it must be created, used and
+// destroyed on one thread, and that thread may hold only one Client (or
+// other KJ event loop) at a time. Every call is bounded by Options::timeout.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "api/chorus.capnp.h"
+#include "api/types.h"
+#include "crdt/result.h"
+#include "storage/store.h"
+
+namespace kj {
+class WaitScope;
+class Timer;
+}  // namespace kj
+
+namespace chorus::api {
+
+class Client {
+ public:
+  struct Options {
+    std::chrono::milliseconds timeout{10'000};  // per call, and for connecting
+  };
+
+  // Connects to "host:port". Errors: kUnavailable (refused, unreachable,
+  // timed out), kInvalidArgument (unparseable address).
+  static Result<std::unique_ptr<Client>> connect(const std::string& address, Options options);
+  static Result<std::unique_ptr<Client>> connect(const std::string& address) {
+    return connect(address, Options{});
+  }
+  ~Client();
+
+  // Errors are the server's (see api/chorus.capnp): kInvalidArgument and
+  // kForbidden messages start with "<field>: "; transport problems are
+  // kUnavailable.
+  Result<ReviewView> write(const WriteRequest& request);
+  Result<ReviewView> get(const std::string& product, const std::string& author);
+  Result<ReviewPage> list(const std::string& product, storage::Order order,
+                          const std::string& cursor, uint32_t limit);
+  Result<storage::ProductSummary> summary(const std::string& product);
+  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
+  Result<NodeStatus> status();
+
+  // Watches `product`: calls `onStarted` once the server accepted the watch,
+  // then `onChange` for each change (on this thread) until it returns false
+  // or `duration` has passed; then drops the watch. Errors: the server's,
+  // kUnavailable if the connection drops.
+  Status watch(const std::string& product, const std::function<bool(const Change&)>& onChange,
+               std::chrono::milliseconds duration, const std::function<void()>& onStarted = {});
+
+  // For pipelining and raw access (benchmarks, tests).
+  wire::ReviewStore::Client reviews();
+  wire::Admin::Client admin();
+  kj::WaitScope& waitScope();
+  kj::Timer& timer();
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::api

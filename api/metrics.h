@@ -1,0 +1,70 @@
+// Counters for the Prometheus endpoint. Lock-free: record() may be called
+// from any thread; render() reads a consistent-enough snapshot.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "storage/store.h"
+
+namespace chorus::api {
+
+class Metrics {
+ public:
+  // RPC methods, in the order of the labels.
+  enum Method {
+    kPut,
+    kErase,
+    kVote,
+    kUnvote,
+    kTag,
+    kUntag,
+    kModerate,
+    kReply,
+    kGet,
+    kList,
+    kSummary,
+    kByAuthor,
+    kWatch,
+    kStatus,
+    kMethodCount
+  };
+  static const char* methodName(Method m);
+
+  // Upper bounds of the latency histogram buckets, in seconds (+Inf implied).
+  static constexpr std::array<double, 12> kBuckets = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
+                                                      0.05,   0.1,   0.25,  0.5,   1.0,  5.0};
+
+  // One finished call. `errorCode` is empty for success, else the wire code
+  // name ("invalidArgument", ...).
+  void record(Method method, double seconds, const char* errorCode);
+  void connectionOpened() { connections_.fetch_add(1, std::memory_order_relaxed); }
+  void connectionClosed() { connections_.fetch_sub(1, std::memory_order_relaxed); }
+  void watchOpened() { watches_.fetch_add(1, std::memory_order_relaxed); }
+  void watchClosed() { watches_.fetch_sub(1, std::memory_order_relaxed); }
+  void changesDropped(uint64_t n) { dropped_.fetch_add(n, std::memory_order_relaxed); }
+
+  // Prometheus text exposition format 0.0.4.
+  std::string render(const storage::StoreStats& stats, uint64_t uptimeMillis) const;
+
+  uint64_t calls(Method m) const { return methods_[m].calls.load(); }
+  uint64_t errors(Method m) const { return methods_[m].errors.load(); }
+
+ private:
+  static constexpr int kErrorCodes = 6;
+  struct PerMethod {
+    std::atomic<uint64_t> calls{0};
+    std::atomic<uint64_t> errors{0};
+    std::array<std::atomic<uint64_t>, kErrorCodes> errorsByCode{};
+    std::array<std::atomic<uint64_t>, kBuckets.size() + 1> buckets{};
+    std::atomic<uint64_t> sumMicros{0};
+  };
+  std::array<PerMethod, kMethodCount> methods_;
+  std::atomic<int64_t> connections_{0};
+  std::atomic<int64_t> watches_{0};
+  std::atomic<uint64_t> dropped_{0};
+};
+
+}  // namespace chorus::api

@@ -1,0 +1,309 @@
+#include "api/node.h"
+
+#include <future>
+
+#include "api/log.h"
+#include "api/metrics.h"
+#include "api/rpc-server.h"
+
+namespace chorus {
+
+namespace {
+
+constexpr uint32_t kDefaultPage = 20;
+constexpr uint32_t kMaxPage = 100;
+constexpr size_t kMaxCursorBytes = 1024;
+
+Error notFound(const crdt::ReviewKey& key) {
+  return makeError(ErrorCode::kNotFound, "no review of product '" + key.product + "' by author '" +
+                                             key.author + "' (never written, or deleted)");
+}
+
+uint32_t pageSize(uint32_t limit) {
+  if (limit == 0) return kDefaultPage;
+  return limit > kMaxPage ? kMaxPage : limit;
+}
+
+Result<ReviewPage> toPage(Result<storage::Page> page) {
+  if (!page.ok()) return page.error();
+  ReviewPage out;
+  out.reviews.reserve(page->reviews.size());
+  for (const auto& doc : page->reviews) out.reviews.push_back(ReviewView::of(doc));
+  out.nextCursor = std::move(page->nextCursor);
+  return out;
+}
+
+// The store-thread half of a write: turns the request into a delta.
+storage::Mutation mutationFor(const WriteRequest& r) {
+  return [r](crdt::ReviewDoc& doc, crdt::HybridClock& clock) -> Result<crdt::ReviewDoc> {
+    if (r.op == WriteOp::kPut) {
+      return doc.write(static_cast<uint8_t>(r.rating), r.title, r.body, clock.now());
+    }
+    if (!doc.exists()) return notFound(doc.key());
+    switch (r.op) {
+      case WriteOp::kPut:
+        break;
+      case WriteOp::kDelete:
+        return doc.erase(clock.now());
+      case WriteOp::kVote:
+        if (r.arg == r.author) {
+          return makeError(ErrorCode::kForbidden,
+                           "voter: an author cannot vote for their own review");
+        }
+        return doc.vote(r.arg, clock.replica());
+      case WriteOp::kUnvote:
+        return doc.unvote(r.arg);
+      case WriteOp::kTag:
+        return doc.tag(r.arg, clock.replica());
+      case WriteOp::kUntag:
+        return doc.untag(r.arg);
+      case WriteOp::kModerate:
+        return doc.moderate(crdt::Moderation{r.visibility, r.arg}, clock.now());
+      case WriteOp::kReply:
+        return doc.setReply(crdt::Reply{r.arg}, clock.now());
+    }
+    return makeError(ErrorCode::kInternal, "unknown write operation");
+  };
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Node>> Node::open(Options options) {
+  if (options.dataDir.empty()) {
+    return makeError(ErrorCode::kInvalidArgument, "data dir: must be set (--data-dir)");
+  }
+  if (!options.metricsAddr.empty() && options.listen.empty()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "metrics address: needs an RPC listen address too");
+  }
+  storage::Options so = options.store;
+  so.dir = options.dataDir;
+  auto store = storage::Store::open(std::move(so));
+  if (!store.ok()) return store.error();
+  std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
+  if (!node->options_.listen.empty()) {
+    auto rpc = api::RpcServer::start(*node, node->options_.listen, node->options_.metricsAddr,
+                                     node->options_.rpc);
+    if (!rpc.ok()) return rpc.error();
+    node->rpc_ = std::move(rpc).value();
+  }
+  return node;
+}
+
+Node::Node(Options options, std::unique_ptr<storage::Store> store)
+    : options_(std::move(options)),
+      started_(std::chrono::steady_clock::now()),
+      metrics_(std::make_unique<api::Metrics>()),
+      store_(std::move(store)) {}
+
+Node::~Node() {
+  shutdown();
+  store_.reset();  // drains what is still queued (nothing: shutdown waited)
+}
+
+std::string Node::rpcAddress() const { return rpc_ ? rpc_->address() : std::string(); }
+std::string Node::metricsAddress() const { return rpc_ ? rpc_->metricsAddress() : std::string(); }
+
+void Node::shutdown() {
+  {
+    std::unique_lock lock(writesMutex_);
+    closing_ = true;
+    if (!writesIdle_.wait_for(lock, std::chrono::seconds(60),
+                              [&] { return writesInFlight_ == 0; })) {
+      api::logf(api::LogLevel::kWarn,
+                "shutdown: %llu writes still uncommitted after 60 s; the store will "
+                "finish them before closing",
+                static_cast<unsigned long long>(writesInFlight_));
+    }
+  }
+  rpc_.reset();
+}
+
+api::Check Node::check(const WriteRequest& r) const {
+  const api::Limits& l = options_.limits;
+  switch (r.op) {
+    case WriteOp::kPut:
+      return api::checkPut(r.product, r.author, r.rating, r.title, r.body, l);
+    case WriteOp::kDelete:
+      return api::checkKey(r.product, r.author, l);
+    case WriteOp::kVote:
+    case WriteOp::kUnvote:
+      return api::checkKeyAnd(r.product, r.author, "voter", r.arg, l);
+    case WriteOp::kTag:
+    case WriteOp::kUntag:
+      return api::checkKeyAnd(r.product, r.author, "tag", r.arg, l);
+    case WriteOp::kModerate:
+      return api::checkModerate(r.product, r.author, r.arg, l);
+    case WriteOp::kReply:
+      return api::checkReply(r.product, r.author, r.arg, l);
+  }
+  return api::FieldError{"op", "unknown write operation"};
+}
+
+void Node::write(WriteRequest request, WriteDone done) {
+  if (auto bad = check(request)) {
+    done(bad->toError());
+    return;
+  }
+  {
+    std::lock_guard lock(writesMutex_);
+    if (closing_) {
+      done(makeError(ErrorCode::kUnavailable,
+                     "node is shutting down; retry on another node or after restart"));
+      return;
+    }
+    ++writesInFlight_;
+  }
+  crdt::ReviewKey key{request.product, request.author};
+  const char* op = writeOpName(request.op);
+  auto mutation = mutationFor(request);
+  store_->mutate(std::move(key), std::move(mutation),
+                 [this, op, done = std::move(done)](Result<storage::Applied> applied) {
+                   done(committed(op, applied));
+                   finishWrite();
+                 });
+}
+
+Result<ReviewView> Node::committed(const char* op, const Result<storage::Applied>& applied) {
+  if (!applied.ok()) return applied.error();
+  if (applied->changed) notify(op, applied->state);
+  return ReviewView::of(applied->state);
+}
+
+void Node::finishWrite() {
+  std::lock_guard lock(writesMutex_);
+  if (--writesInFlight_ == 0) writesIdle_.notify_all();
+}
+
+Result<ReviewView> Node::write(WriteRequest request) {
+  std::promise<Result<ReviewView>> promise;
+  auto future = promise.get_future();
+  write(std::move(request), [&promise](Result<ReviewView> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+Result<ReviewView> Node::put(std::string product, std::string author, uint32_t rating,
+                             std::string title, std::string body) {
+  WriteRequest r;
+  r.op = WriteOp::kPut;
+  r.product = std::move(product);
+  r.author = std::move(author);
+  r.rating = rating;
+  r.title = std::move(title);
+  r.body = std::move(body);
+  return write(std::move(r));
+}
+
+namespace {
+WriteRequest keyed(WriteOp op, std::string product, std::string author, std::string arg) {
+  WriteRequest r;
+  r.op = op;
+  r.product = std::move(product);
+  r.author = std::move(author);
+  r.arg = std::move(arg);
+  return r;
+}
+}  // namespace
+
+Result<ReviewView> Node::erase(std::string product, std::string author) {
+  return write(keyed(WriteOp::kDelete, std::move(product), std::move(author), {}));
+}
+Result<ReviewView> Node::vote(std::string product, std::string author, std::string voter) {
+  return write(keyed(WriteOp::kVote, std::move(product), std::move(author), std::move(voter)));
+}
+Result<ReviewView> Node::unvote(std::string product, std::string author, std::string voter) {
+  return write(keyed(WriteOp::kUnvote, std::move(product), std::move(author), std::move(voter)));
+}
+Result<ReviewView> Node::tag(std::string product, std::string author, std::string tag) {
+  return write(keyed(WriteOp::kTag, std::move(product), std::move(author), std::move(tag)));
+}
+Result<ReviewView> Node::untag(std::string product, std::string author, std::string tag) {
+  return write(keyed(WriteOp::kUntag, std::move(product), std::move(author), std::move(tag)));
+}
+Result<ReviewView> Node::moderate(std::string product, std::string author,
+                                  crdt::Visibility visibility, std::string reason) {
+  WriteRequest r =
+      keyed(WriteOp::kModerate, std::move(product), std::move(author), std::move(reason));
+  r.visibility = visibility;
+  return write(std::move(r));
+}
+Result<ReviewView> Node::reply(std::string product, std::string author, std::string text) {
+  return write(keyed(WriteOp::kReply, std::move(product), std::move(author), std::move(text)));
+}
+
+Result<ReviewView> Node::get(const std::string& product, const std::string& author) {
+  if (auto bad = api::checkKey(product, author, options_.limits)) return bad->toError();
+  crdt::ReviewKey key{product, author};
+  auto doc = store_->get(key);
+  if (!doc.ok()) return doc.error();
+  if (!doc->has_value() || !(*doc)->exists()) return notFound(key);
+  return ReviewView::of(**doc);
+}
+
+Result<ReviewPage> Node::list(const std::string& product, storage::Order order,
+                              const std::string& cursor, uint32_t limit) {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  return toPage(store_->listProduct(product, order, cursor, pageSize(limit)));
+}
+
+Result<storage::ProductSummary> Node::summary(const std::string& product) {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  return store_->summary(product);
+}
+
+Result<ReviewPage> Node::byAuthor(const std::string& author, const std::string& cursor,
+                                  uint32_t limit) {
+  if (auto bad = api::checkId("author", author, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  return toPage(store_->listAuthor(author, cursor, pageSize(limit)));
+}
+
+Result<NodeStatus> Node::status() {
+  NodeStatus s;
+  s.nodeId = options_.nodeId;
+  s.replicaId = store_->replicaId();
+  s.version = CHORUS_VERSION;
+  s.apiVersion = api::kApiVersion;
+  s.uptimeMillis = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::steady_clock::now() - started_)
+                                             .count());
+  s.stats = store_->stats();
+  s.keyCount = s.stats.documents;
+  auto root = store_->merkleRoot();
+  if (!root.ok()) return root.error();
+  s.merkleRoot = *root;
+  return s;
+}
+
+Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  std::lock_guard lock(watchMutex_);
+  uint64_t id = nextWatch_++;
+  watchers_.emplace(product, std::make_pair(id, std::move(watcher)));
+  return id;
+}
+
+void Node::unwatch(uint64_t id) {
+  std::lock_guard lock(watchMutex_);
+  for (auto it = watchers_.begin(); it != watchers_.end(); ++it) {
+    if (it->second.first == id) {
+      watchers_.erase(it);
+      return;
+    }
+  }
+}
+
+void Node::notify(const char* op, const crdt::ReviewDoc& state) {
+  std::lock_guard lock(watchMutex_);
+  auto [begin, end] = watchers_.equal_range(state.key().product);
+  if (begin == end) return;
+  Change change{op, ReviewView::of(state), 0};
+  for (auto it = begin; it != end; ++it) it->second.second(change);
+}
+
+}  // namespace chorus

@@ -1,0 +1,156 @@
+// chorus::Node: one Chorus node inside a host process. It owns the Store and,
+// when asked, an RPC server (plus a metrics endpoint); a service can embed it
+// and call the same operations the RPC API offers, without RPC.
+//
+//   auto node = chorus::Node::open({.nodeId = "svc-1", .dataDir = "/var/lib/x"});
+//   if (!node) { log(node.error().toString()); return 1; }
+//   auto r = (*node)->put({.product = "p1", .author = "ann", .rating = 5});
+//
+// Threads: every public method may be called from any thread, except where
+// noted. Asynchronous callbacks run on the store's thread and must be short
+// and non-blocking; the synchronous forms must not be called from a callback
+// (they wait for the store thread). See api/README.md.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "api/types.h"
+#include "api/validate.h"
+#include "crdt/result.h"
+#include "storage/store.h"
+
+namespace chorus {
+
+namespace api {
+class RpcServer;
+class Metrics;
+}  // namespace api
+
+// Bounds of the RPC server.
+struct RpcLimits {
+  size_t maxMessageBytes = 1 << 20;  // incoming messages larger are refused
+  int nestingLimit = 16;
+  uint32_t maxInFlightPerConnection = 256;        // more calls get `overloaded`
+  std::chrono::milliseconds idleTimeout{60'000};  // no calls, no watches
+  uint32_t maxPendingChangesPerWatch = 256;       // then changes are dropped+counted
+};
+
+class Node {
+ public:
+  struct Options {
+    std::string nodeId;   // a name for humans; reported by status
+    std::string dataDir;  // created if missing
+    // RPC listen address "host:port" (port 0 = any free port); empty = none.
+    std::string listen;
+    // Prometheus endpoint "host:port"; empty = none. Needs `listen`.
+    std::string metricsAddr;
+    api::Limits limits;
+    RpcLimits rpc;
+    // Store tuning; dir is taken from dataDir.
+    storage::Options store;
+  };
+
+  // Opens the store, then starts the RPC server if `listen` is set. Errors:
+  // those of storage::Store::open, kInvalidArgument for a bad address, kIo
+  // when the address cannot be bound.
+  static Result<std::unique_ptr<Node>> open(Options options);
+
+  // shutdown(), then closes the store.
+  ~Node();
+
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Actual addresses ("127.0.0.1:40123"); empty when not serving.
+  std::string rpcAddress() const;
+  std::string metricsAddress() const;
+
+  // Refuses new writes (kUnavailable), waits until every accepted write has
+  // committed and its callback ran, then stops the RPC server. Idempotent.
+  // Not from a store-thread callback.
+  void shutdown();
+
+  // ---- writes ---------------------------------------------------------------
+  using WriteDone = std::function<void(Result<ReviewView>)>;
+  // Validates `request` (kInvalidArgument naming the field, nothing stored),
+  // then queues it. `done` runs exactly once: on the store thread after the
+  // write committed, or on the calling thread if it was refused up front.
+  // Errors: kInvalidArgument, kNotFound (the review does not exist, for
+  // every op but kPut), kForbidden (an author voting for their own review),
+  // kUnavailable (shutting down), and the store's errors.
+  void write(WriteRequest request, WriteDone done);
+  // Blocking form of write().
+  Result<ReviewView> write(WriteRequest request);
+
+  // One-liners over write().
+  Result<ReviewView> put(std::string product, std::string author, uint32_t rating,
+                         std::string title, std::string body);
+  Result<ReviewView> erase(std::string product, std::string author);
+  Result<ReviewView> vote(std::string product, std::string author, std::string voter);
+  Result<ReviewView> unvote(std::string product, std::string author, std::string voter);
+  Result<ReviewView> tag(std::string product, std::string author, std::string tag);
+  Result<ReviewView> untag(std::string product, std::string author, std::string tag);
+  Result<ReviewView> moderate(std::string product, std::string author, crdt::Visibility visibility,
+                              std::string reason);
+  Result<ReviewView> reply(std::string product, std::string author, std::string text);
+
+  // ---- reads (calling thread) ----------------------------------------------
+  // kNotFound if absent or deleted.
+  Result<ReviewView> get(const std::string& product, const std::string& author);
+  // limit 0 = 20; at most 100.
+  Result<ReviewPage> list(const std::string& product, storage::Order order,
+                          const std::string& cursor, uint32_t limit);
+  Result<storage::ProductSummary> summary(const std::string& product);
+  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
+  Result<NodeStatus> status();
+
+  // ---- watching -------------------------------------------------------------
+  using Watcher = std::function<void(const Change&)>;
+  // Calls `watcher` on the store thread for every committed change of a
+  // review of `product`, until unwatch(id). Errors: kInvalidArgument.
+  Result<uint64_t> watch(const std::string& product, Watcher watcher);
+  // After unwatch returns, the watcher is never called again. Not from inside
+  // a watcher.
+  void unwatch(uint64_t id);
+
+  // ---- for the modules built on Node ---------------------------------------
+  const api::Limits& limits() const { return options_.limits; }
+  const Options& options() const { return options_; }
+  storage::Store& store() { return *store_; }
+  api::Metrics& metrics() { return *metrics_; }
+  // Returns kInvalidArgument naming the field, or nullopt.
+  api::Check check(const WriteRequest& request) const;
+
+ private:
+  Node(Options options, std::unique_ptr<storage::Store> store);
+  void notify(const char* op, const crdt::ReviewDoc& state);
+  // Store thread: after a write committed.
+  Result<ReviewView> committed(const char* op, const Result<storage::Applied>& applied);
+  void finishWrite();
+
+  Options options_;
+  std::chrono::steady_clock::time_point started_;
+  std::unique_ptr<api::Metrics> metrics_;
+
+  std::mutex watchMutex_;  // guards watchers_ and nextWatch_
+  std::multimap<std::string, std::pair<uint64_t, Watcher>> watchers_;  // by product
+  uint64_t nextWatch_ = 1;
+
+  std::mutex writesMutex_;  // guards the two below
+  std::condition_variable writesIdle_;
+  uint64_t writesInFlight_ = 0;
+  std::atomic<bool> closing_{false};
+
+  std::unique_ptr<storage::Store> store_;
+  std::unique_ptr<api::RpcServer> rpc_;  // stopped before store_ closes
+};
+
+}  // namespace chorus

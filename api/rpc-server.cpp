@@ -1,0 +1,696 @@
+#include "api/rpc-server.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/compat/http.h>
+#include <kj/debug.h>
+
+#include <chrono>
+#include <future>
+#include <unordered_map>
+
+#include "api/chorus.capnp.h"
+#include "api/log.h"
+#include "api/metrics.h"
+#include "api/wire.h"
+
+namespace chorus::api {
+
+static_assert(wire::API_VERSION == kApiVersion, "api/chorus.capnp and api/types.h disagree");
+
+namespace {
+
+std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+double secondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// "host:port" with a numeric port; host may be a name or an IPv4 address, or
+// an IPv6 address in brackets.
+Status checkHostPort(const std::string& what, const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     what + ": '" + address + "' is not host:port (e.g. 127.0.0.1:7400)");
+  }
+  std::string port = address.substr(colon + 1);
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoul(port) > 65535) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     what + ": port '" + port + "' must be a number 0-65535");
+  }
+  return okStatus();
+}
+
+// Per-connection accounting, shared by the connection's capabilities.
+struct ConnState : kj::Refcounted {
+  uint64_t id = 0;
+  uint32_t inFlight = 0;
+  uint32_t watches = 0;
+  kj::TimePoint lastActivity = kj::origin<kj::TimePoint>();
+};
+
+struct WatchEntry {
+  uint64_t nodeWatchId = 0;
+  wire::WatchObserver::Client observer;
+  uint32_t inFlight = 0;  // onChange calls not yet answered
+  uint32_t missed = 0;    // dropped since the last delivered change
+};
+
+// Every RPC watch. Refcounted so a WatchHandle destroyed late still finds it.
+struct Watches : kj::Refcounted {
+  Watches(Node& node, Metrics& metrics) : node(node), metrics(metrics) {}
+  Node& node;
+  Metrics& metrics;
+  std::unordered_map<uint64_t, WatchEntry> map;
+  uint64_t next = 1;
+
+  void remove(uint64_t id) {
+    auto it = map.find(id);
+    if (it == map.end()) return;
+    node.unwatch(it->second.nodeWatchId);
+    map.erase(it);
+    metrics.watchClosed();
+  }
+};
+
+class WatchHandleImpl final : public wire::WatchHandle::Server {
+ public:
+  WatchHandleImpl(kj::Own<Watches> watches, uint64_t id, kj::Own<ConnState> conn)
+      : watches_(kj::mv(watches)), id_(id), conn_(kj::mv(conn)) {
+    ++conn_->watches;
+  }
+  ~WatchHandleImpl() noexcept(false) {
+    --conn_->watches;
+    watches_->remove(id_);
+  }
+
+ private:
+  kj::Own<Watches> watches_;
+  uint64_t id_;
+  kj::Own<ConnState> conn_;
+};
+
+}  // namespace
+
+class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
+ public:
+  Loop(RpcServer& server, Node& node, const RpcLimits& limits, kj::AsyncIoContext& io)
+      : server_(server),
+        node_(node),
+        limits_(limits),
+        io_(io),
+        timer_(io.provider->getTimer()),
+        metrics_(node.metrics()),
+        watches_(kj::refcounted<Watches>(node, node.metrics())),
+        tasks_(*this),
+        connections_(kj::heap<kj::TaskSet>(*this)) {
+    readerOptions_.traversalLimitInWords = limits.maxMessageBytes / sizeof(capnp::word);
+    readerOptions_.nestingLimit = limits.nestingLimit;
+  }
+
+  // The RPC thread's body. Signals `ready` once bound (or failed).
+  static void run(RpcServer& server, Node& node, RpcLimits limits, std::string listen,
+                  std::string metrics, std::promise<Status>& ready);
+
+  Node& node() { return node_; }
+  kj::Timer& timer() { return timer_; }
+
+  // Runs `body` (returning a wire error code name, or nullptr for success,
+  // directly or as a promise) as one call of `conn`, with the in-flight cap,
+  // idle bookkeeping and metrics. `initError` makes the results' error.
+  template <typename Body, typename InitError>
+  kj::Promise<void> call(ConnState& conn, Metrics::Method method, Body&& body,
+                         InitError&& initError) {
+    conn.lastActivity = timer_.now();
+    if (conn.inFlight >= limits_.maxInFlightPerConnection) {
+      const char* code =
+          toWire(makeError(ErrorCode::kOverloaded,
+                           "more than " + std::to_string(limits_.maxInFlightPerConnection) +
+                               " calls in flight on this connection; wait for replies, then retry"),
+                 initError());
+      metrics_.record(method, 0.0, code);
+      return kj::READY_NOW;
+    }
+    ++conn.inFlight;
+    auto start = std::chrono::steady_clock::now();
+    auto done = kj::defer([this, c = kj::addRef(conn)]() mutable {
+      --c->inFlight;
+      c->lastActivity = timer_.now();
+    });
+    kj::Promise<const char*> result = kj::evalNow(kj::fwd<Body>(body));
+    return result
+        .then([this, method,
+               start](const char* code) { metrics_.record(method, secondsSince(start), code); },
+              [this, method, start](kj::Exception&& e) {
+                metrics_.record(method, secondsSince(start), "internal");
+                kj::throwFatalException(kj::mv(e));
+              })
+        .attach(kj::mv(done));
+  }
+
+  // Queues a write on the node; resolves on this thread once it committed.
+  // (Boxed in an Own: g++ 12 reports false maybe-uninitialized warnings for
+  // a std::variant inside kj::Maybe.)
+  kj::Promise<kj::Own<Result<ReviewView>>> submit(WriteRequest request) {
+    auto paf = kj::newPromiseAndFulfiller<kj::Own<Result<ReviewView>>>();
+    uint64_t id = nextCall_++;
+    pending_.emplace(id, kj::mv(paf.fulfiller));
+    RpcServer* server = &server_;
+    Loop* self = this;
+    node_.write(std::move(request), [server, self, id](Result<ReviewView> r) {
+      // Store thread (or this one, if refused up front).
+      server->post([self, id, r = std::move(r)]() mutable { self->complete(id, std::move(r)); });
+    });
+    return kj::mv(paf.promise);
+  }
+
+  Result<wire::WatchHandle::Client> addWatch(const std::string& product,
+                                             wire::WatchObserver::Client observer,
+                                             ConnState& conn) {
+    uint64_t localId = watches_->next++;
+    RpcServer* server = &server_;
+    Loop* self = this;
+    auto nodeId = node_.watch(product, [server, self, localId](const Change& change) {
+      // Store thread.
+      server->post([self, localId, change] { self->deliver(localId, change); });
+    });
+    if (!nodeId.ok()) return nodeId.error();
+    watches_->map.emplace(localId, WatchEntry{*nodeId, kj::mv(observer), 0, 0});
+    metrics_.watchOpened();
+    return wire::WatchHandle::Client(
+        kj::heap<WatchHandleImpl>(kj::addRef(*watches_), localId, kj::addRef(conn)));
+  }
+
+  void taskFailed(kj::Exception&& e) override {
+    logf(LogLevel::kDebug, "rpc: %s", e.getDescription().cStr());
+  }
+
+  void complete(uint64_t id, Result<ReviewView> result) {
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;
+    it->second->fulfill(kj::heap<Result<ReviewView>>(std::move(result)));  // no-op if cancelled
+    pending_.erase(it);
+  }
+
+  void deliver(uint64_t localId, const Change& change) {
+    auto it = watches_->map.find(localId);
+    if (it == watches_->map.end()) return;
+    WatchEntry& w = it->second;
+    if (w.inFlight >= limits_.maxPendingChangesPerWatch) {
+      ++w.missed;
+      metrics_.changesDropped(1);
+      return;
+    }
+    auto request = w.observer.onChangeRequest();
+    Change c = change;
+    c.missed = w.missed;
+    w.missed = 0;
+    toWire(c, request.initChange());
+    ++w.inFlight;
+    auto finished = [this, localId]() {
+      auto it = watches_->map.find(localId);
+      if (it != watches_->map.end()) --it->second.inFlight;
+    };
+    tasks_.add(request.send().ignoreResult().then(finished, [finished](kj::Exception&& e) {
+      finished();
+      logf(LogLevel::kDebug, "watch: observer failed: %s", e.getDescription().cStr());
+    }));
+  }
+
+  kj::Promise<void> inboxLoop() {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    std::deque<std::function<void()>> batch;
+    {
+      std::lock_guard lock(server_.mutex_);
+      batch.swap(server_.inbox_);
+      if (batch.empty()) {
+        server_.wake_ = paf.fulfiller.get();
+        wake_ = kj::mv(paf.fulfiller);  // the previous one, already fulfilled, goes
+      }
+    }
+    if (!batch.empty()) {
+      for (auto& fn : batch) fn();
+      return kj::evalLater([this] { return inboxLoop(); });
+    }
+    return paf.promise.then([this] { return inboxLoop(); });
+  }
+
+  kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener) {
+    return listener.accept().then([this, &listener](kj::Own<kj::AsyncIoStream> stream) {
+      connections_->add(serve(kj::mv(stream)));
+      return acceptLoop(listener);
+    });
+  }
+
+  kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream);
+
+  kj::Promise<void> idleWatch(ConnState& conn) {
+    auto idle = kj::MILLISECONDS * limits_.idleTimeout.count();
+    auto interval = idle / 4;
+    if (interval < 10 * kj::MILLISECONDS) interval = 10 * kj::MILLISECONDS;
+    if (interval > kj::SECONDS) interval = kj::SECONDS;
+    return timer_.afterDelay(interval).then([this, &conn, idle]() -> kj::Promise<void> {
+      if (conn.inFlight == 0 && conn.watches == 0 && timer_.now() - conn.lastActivity >= idle) {
+        logf(LogLevel::kDebug, "rpc: closing idle connection %llu",
+             static_cast<unsigned long long>(conn.id));
+        return kj::READY_NOW;
+      }
+      return idleWatch(conn);
+    });
+  }
+
+ private:
+  // Binds the listeners; fills server_.address_/metricsAddress_.
+  void bind(const std::string& listen, const std::string& metrics);
+  void startServing() {
+    inboxTask_ = inboxLoop().eagerlyEvaluate([](kj::Exception&& e) {
+      logf(LogLevel::kError, "rpc: inbox loop failed: %s", e.getDescription().cStr());
+    });
+    acceptTask_ = acceptLoop(*listener_).eagerlyEvaluate([](kj::Exception&& e) {
+      logf(LogLevel::kError, "rpc: accept failed: %s", e.getDescription().cStr());
+    });
+    KJ_IF_MAYBE (http, httpServer_) {
+      KJ_IF_MAYBE (l, metricsListener_) {
+        httpTask_ = (*http)->listenHttp(**l).eagerlyEvaluate([](kj::Exception&& e) {
+          logf(LogLevel::kError, "metrics: accept failed: %s", e.getDescription().cStr());
+        });
+      }
+    }
+  }
+
+ public:
+  // RPC thread, before the loop goes away: no more posts, no more work.
+  void teardown() {
+    {
+      std::lock_guard lock(server_.mutex_);
+      server_.closed_ = true;
+      server_.wake_ = nullptr;
+      server_.inbox_.clear();
+    }
+    acceptTask_ = nullptr;
+    httpTask_ = nullptr;
+    inboxTask_ = nullptr;
+    connections_ = nullptr;  // closes every connection
+    pending_.clear();
+  }
+
+ private:
+  class MetricsService;
+
+  RpcServer& server_;
+  Node& node_;
+  RpcLimits limits_;
+  kj::AsyncIoContext& io_;
+  kj::Timer& timer_;
+  Metrics& metrics_;
+  capnp::ReaderOptions readerOptions_;
+  kj::Own<Watches> watches_;
+  kj::TaskSet tasks_;  // onChange sends
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
+  uint64_t nextCall_ = 1;
+  uint64_t nextConn_ = 1;
+  kj::Own<const kj::CrossThreadPromiseFulfiller<void>> wake_;
+  kj::Own<kj::ConnectionReceiver> listener_;
+  kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsListener_;
+  kj::Own<kj::HttpHeaderTable> headerTable_;
+  kj::Own<kj::HttpService> metricsService_;
+  kj::Maybe<kj::Own<kj::HttpServer>> httpServer_;
+  kj::Promise<void> inboxTask_ = nullptr;
+  kj::Promise<void> acceptTask_ = nullptr;
+  kj::Promise<void> httpTask_ = nullptr;
+  kj::Own<kj::TaskSet> connections_;
+};
+
+namespace {
+
+using Loop = RpcServer::Loop;
+
+template <typename Ctx>
+auto errorInit(Ctx ctx) {
+  return [ctx]() mutable { return ctx.getResults().initError(); };
+}
+
+class ReviewStoreImpl final : public wire::ReviewStore::Server {
+ public:
+  ReviewStoreImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
+
+  kj::Promise<void> put(PutContext ctx) override {
+    auto p = ctx.getParams();
+    WriteRequest r;
+    r.op = WriteOp::kPut;
+    r.product = str(p.getProduct());
+    r.author = str(p.getAuthor());
+    r.rating = p.getRating();
+    r.title = str(p.getTitle());
+    r.body = str(p.getBody());
+    return write(Metrics::kPut, ctx, std::move(r));
+  }
+  kj::Promise<void> erase(EraseContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kErase, ctx, keyed(WriteOp::kDelete, p, ""));
+  }
+  kj::Promise<void> vote(VoteContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kVote, ctx, keyed(WriteOp::kVote, p, str(p.getVoter())));
+  }
+  kj::Promise<void> unvote(UnvoteContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kUnvote, ctx, keyed(WriteOp::kUnvote, p, str(p.getVoter())));
+  }
+  kj::Promise<void> tag(TagContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kTag, ctx, keyed(WriteOp::kTag, p, str(p.getTag())));
+  }
+  kj::Promise<void> untag(UntagContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kUntag, ctx, keyed(WriteOp::kUntag, p, str(p.getTag())));
+  }
+  kj::Promise<void> moderate(ModerateContext ctx) override {
+    auto p = ctx.getParams();
+    WriteRequest r = keyed(WriteOp::kModerate, p, str(p.getReason()));
+    r.visibility = fromWire(p.getVisibility());
+    return write(Metrics::kModerate, ctx, std::move(r));
+  }
+  kj::Promise<void> reply(ReplyContext ctx) override {
+    auto p = ctx.getParams();
+    return write(Metrics::kReply, ctx, keyed(WriteOp::kReply, p, str(p.getText())));
+  }
+
+  kj::Promise<void> get(GetContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kGet,
+        [this, ctx]() mutable -> const char* {
+          auto p = ctx.getParams();
+          auto r = loop_.node().get(str(p.getProduct()), str(p.getAuthor()));
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(*r, results.initReview());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+  kj::Promise<void> list(ListContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kList,
+        [this, ctx]() mutable -> const char* {
+          auto p = ctx.getParams();
+          auto r = loop_.node().list(str(p.getProduct()), fromWire(p.getOrder()),
+                                     str(p.getCursor()), p.getLimit());
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(*r, results.initPage());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+  kj::Promise<void> summary(SummaryContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kSummary,
+        [this, ctx]() mutable -> const char* {
+          auto product = str(ctx.getParams().getProduct());
+          auto r = loop_.node().summary(product);
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(product, *r, results.initSummary());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+  kj::Promise<void> byAuthor(ByAuthorContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kByAuthor,
+        [this, ctx]() mutable -> const char* {
+          auto p = ctx.getParams();
+          auto r = loop_.node().byAuthor(str(p.getAuthor()), str(p.getCursor()), p.getLimit());
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(*r, results.initPage());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+  kj::Promise<void> watch(WatchContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kWatch,
+        [this, ctx]() mutable -> const char* {
+          auto p = ctx.getParams();
+          auto results = ctx.getResults();
+          auto handle = loop_.addWatch(str(p.getProduct()), p.getObserver(), *conn_);
+          if (!handle.ok()) return toWire(handle.error(), results.initError());
+          results.setHandle(kj::mv(*handle));
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+ private:
+  template <typename Params>
+  static WriteRequest keyed(WriteOp op, Params p, std::string arg) {
+    WriteRequest r;
+    r.op = op;
+    r.product = str(p.getProduct());
+    r.author = str(p.getAuthor());
+    r.arg = std::move(arg);
+    return r;
+  }
+
+  template <typename Ctx>
+  kj::Promise<void> write(Metrics::Method method, Ctx ctx, WriteRequest request) {
+    return loop_.call(
+        *conn_, method,
+        [this, ctx, request = std::move(request)]() mutable {
+          return loop_.submit(std::move(request))
+              .then([ctx](kj::Own<Result<ReviewView>> boxed) mutable -> const char* {
+                const Result<ReviewView>& r = *boxed;
+                auto results = ctx.getResults();
+                if (!r.ok()) return toWire(r.error(), results.initError());
+                if constexpr (requires { results.initReview(); }) toWire(*r, results.initReview());
+                return nullptr;
+              });
+        },
+        errorInit(ctx));
+  }
+
+  Loop& loop_;
+  kj::Own<ConnState> conn_;
+};
+
+class AdminImpl final : public wire::Admin::Server {
+ public:
+  AdminImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
+
+  kj::Promise<void> status(StatusContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kStatus,
+        [this, ctx]() mutable -> const char* {
+          auto r = loop_.node().status();
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(*r, results.initStatus());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+ private:
+  Loop& loop_;
+  kj::Own<ConnState> conn_;
+};
+
+class ChorusImpl final : public wire::Chorus::Server {
+ public:
+  ChorusImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
+
+  kj::Promise<void> reviews(ReviewsContext ctx) override {
+    ctx.getResults().setReviews(kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_)));
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> admin(AdminContext ctx) override {
+    ctx.getResults().setAdmin(kj::heap<AdminImpl>(loop_, kj::addRef(*conn_)));
+    return kj::READY_NOW;
+  }
+
+ private:
+  Loop& loop_;
+  kj::Own<ConnState> conn_;
+};
+
+// One client connection: the stream, its two-party network and RPC system.
+struct Connection {
+  Connection(Loop& loop, kj::Own<kj::AsyncIoStream> s, capnp::ReaderOptions options,
+             kj::Own<ConnState> st)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, options),
+        state(kj::mv(st)),
+        rpc(capnp::makeRpcServer(
+            network, wire::Chorus::Client(kj::heap<ChorusImpl>(loop, kj::addRef(*state))))) {}
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  kj::Own<ConnState> state;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+};
+
+}  // namespace
+
+class RpcServer::Loop::MetricsService final : public kj::HttpService {
+ public:
+  MetricsService(Node& node, kj::HttpHeaderTable& table) : node_(node), table_(table) {}
+
+  kj::Promise<void> request(kj::HttpMethod method, kj::StringPtr url, const kj::HttpHeaders&,
+                            kj::AsyncInputStream&, Response& response) override {
+    kj::HttpHeaders headers(table_);
+    headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    std::string body;
+    uint32_t status = 200;
+    kj::StringPtr text = "OK";
+    if (method != kj::HttpMethod::GET) {
+      status = 405;
+      text = "Method Not Allowed";
+      body = "only GET /metrics\n";
+    } else if (url != "/metrics" && !url.startsWith("/metrics?")) {
+      status = 404;
+      text = "Not Found";
+      body = "metrics are at /metrics\n";
+    } else {
+      auto s = node_.status();
+      if (s.ok()) {
+        body = node_.metrics().render(s->stats, s->uptimeMillis);
+      } else {
+        status = 500;
+        text = "Internal Server Error";
+        body = s.error().toString() + "\n";
+      }
+    }
+    auto out = response.send(status, text, headers, body.size());
+    auto promise = out->write(body.data(), body.size());
+    return promise.attach(kj::mv(out), kj::mv(body));
+  }
+
+ private:
+  Node& node_;
+  kj::HttpHeaderTable& table_;
+};
+
+kj::Promise<void> RpcServer::Loop::serve(kj::Own<kj::AsyncIoStream> stream) {
+  auto state = kj::refcounted<ConnState>();
+  state->id = nextConn_++;
+  state->lastActivity = timer_.now();
+  auto conn = kj::heap<Connection>(*this, kj::mv(stream), readerOptions_, kj::mv(state));
+  metrics_.connectionOpened();
+  logf(LogLevel::kDebug, "rpc: connection %llu opened",
+       static_cast<unsigned long long>(conn->state->id));
+  auto closed = kj::defer([this, id = conn->state->id]() {
+    metrics_.connectionClosed();
+    logf(LogLevel::kDebug, "rpc: connection %llu closed", static_cast<unsigned long long>(id));
+  });
+  auto done = conn->network.onDisconnect().exclusiveJoin(idleWatch(*conn->state));
+  // `closed` runs after `conn` is gone.
+  return done.attach(kj::mv(conn)).attach(kj::mv(closed));
+}
+
+void RpcServer::Loop::bind(const std::string& listen, const std::string& metrics) {
+  auto& network = io_.provider->getNetwork();
+  auto host = listen.substr(0, listen.rfind(':'));
+  auto addr = network.parseAddress(listen).wait(io_.waitScope);
+  listener_ = addr->listen();
+  server_.address_ = host + ":" + std::to_string(listener_->getPort());
+  if (!metrics.empty()) {
+    auto mhost = metrics.substr(0, metrics.rfind(':'));
+    auto maddr = network.parseAddress(metrics).wait(io_.waitScope);
+    auto ml = maddr->listen();
+    server_.metricsAddress_ = mhost + ":" + std::to_string(ml->getPort());
+    metricsListener_ = kj::mv(ml);
+    headerTable_ = kj::heap<kj::HttpHeaderTable>();
+    metricsService_ = kj::heap<MetricsService>(node_, *headerTable_);
+    kj::HttpServerSettings settings;
+    settings.headerTimeout = 15 * kj::SECONDS;
+    httpServer_ = kj::heap<kj::HttpServer>(timer_, *headerTable_, *metricsService_, settings);
+  }
+}
+
+void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits, std::string listen,
+                          std::string metrics, std::promise<Status>& ready) {
+  bool signalled = false;
+  try {
+    auto io = kj::setupAsyncIo();
+    Loop loop(server, node, limits, io);
+    loop.bind(listen, metrics);
+    auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
+    {
+      std::lock_guard lock(server.mutex_);
+      server.stop_ = stop.fulfiller.get();
+    }
+    KJ_DEFER({
+      std::lock_guard lock(server.mutex_);
+      server.stop_ = nullptr;
+    });
+    loop.startServing();
+    signalled = true;
+    ready.set_value(okStatus());
+    stop.promise.wait(io.waitScope);
+    loop.teardown();
+  } catch (kj::Exception& e) {
+    std::string what = e.getDescription().cStr();
+    {
+      std::lock_guard lock(server.mutex_);
+      server.closed_ = true;
+      server.wake_ = nullptr;
+      server.inbox_.clear();
+    }
+    if (!signalled) {
+      ready.set_value(makeError(
+          ErrorCode::kIo,
+          "cannot listen on " + listen + (metrics.empty() ? "" : " / " + metrics) + ": " + what));
+    } else {
+      logf(LogLevel::kError, "rpc: server thread failed: %s", what.c_str());
+    }
+  }
+}
+
+Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::string& listen,
+                                                    const std::string& metrics,
+                                                    const RpcLimits& limits) {
+  if (auto s = checkHostPort("listen address", listen); !s.ok()) return s.error();
+  if (!metrics.empty()) {
+    if (auto s = checkHostPort("metrics address", metrics); !s.ok()) return s.error();
+  }
+  std::unique_ptr<RpcServer> server(new RpcServer());
+  std::promise<Status> ready;
+  auto readyFuture = ready.get_future();
+  RpcServer* raw = server.get();
+  server->thread_ = std::thread([raw, &node, limits, listen, metrics, &ready] {
+    Loop::run(*raw, node, limits, listen, metrics, ready);
+  });
+  Status status = readyFuture.get();
+  if (!status.ok()) {
+    server->thread_.join();
+    return status.error();
+  }
+  return server;
+}
+
+RpcServer::~RpcServer() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_ != nullptr) stop_->fulfill();
+    stop_ = nullptr;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void RpcServer::post(std::function<void()> fn) {
+  std::unique_lock lock(mutex_);
+  if (closed_) {
+    lock.unlock();
+    return;  // fn is destroyed here, unrun
+  }
+  inbox_.push_back(std::move(fn));
+  if (wake_ != nullptr) {
+    wake_->fulfill();
+    wake_ = nullptr;
+  }
+}
+
+}  // namespace chorus::api

@@ -1,0 +1,66 @@
+// The Cap'n Proto RPC server (and the optional metrics HTTP endpoint) of a
+// Node. Internal to api/: Node starts and stops it.
+//
+// Threads (see api/README.md): the server runs its own thread with a KJ event
+// loop, the "RPC thread". It owns the listeners, every connection, every
+// capability it exports and every watch. Other threads reach it only through
+// post(), a mutex-guarded queue whose wake-up is a kj cross-thread fulfiller.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <kj/async.h>
+
+#include "api/node.h"
+#include "crdt/result.h"
+
+namespace chorus::api {
+
+class RpcServer {
+ public:
+  // Starts the RPC thread and binds `listen` (and `metrics` unless empty)
+  // before returning. Errors: kInvalidArgument (unparseable address), kIo
+  // (cannot bind).
+  static Result<std::unique_ptr<RpcServer>> start(Node& node, const std::string& listen,
+                                                  const std::string& metrics,
+                                                  const RpcLimits& limits);
+
+  // Stops listening, closes every connection (pending calls are cancelled,
+  // watches end) and joins the RPC thread. Any thread but the RPC thread.
+  ~RpcServer();
+
+  std::string address() const { return address_; }
+  std::string metricsAddress() const { return metricsAddress_; }
+
+  // Any thread: runs `fn` on the RPC thread, in order. After the server
+  // stopped, `fn` is destroyed unrun on the calling thread, so it must own
+  // nothing that belongs to the RPC thread.
+  void post(std::function<void()> fn);
+
+  class Loop;  // the RPC thread's state; defined in rpc-server.cpp
+
+ private:
+  RpcServer() = default;
+
+  std::string address_;
+  std::string metricsAddress_;
+  std::thread thread_;
+
+  // The inbox: guarded by mutex_.
+  std::mutex mutex_;
+  std::deque<std::function<void()>> inbox_;
+  // Owned by the Loop (RPC thread), which clears these under mutex_ before
+  // destroying them. wake_ is set while the loop waits for the inbox.
+  const kj::CrossThreadPromiseFulfiller<void>* wake_ = nullptr;
+  const kj::CrossThreadPromiseFulfiller<void>* stop_ = nullptr;
+  bool closed_ = false;
+
+  friend class Loop;
+};
+
+}  // namespace chorus::api

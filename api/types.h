@@ -1,0 +1,81 @@
+// Plain C++ types of the client API, shared by Node (in-process), the RPC
+// server and the C++ client. No Cap'n Proto here.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "crdt/review.h"
+#include "storage/store.h"
+
+namespace chorus {
+
+namespace api {
+// Version of the client API (api/chorus.capnp's `apiVersion`).
+inline constexpr uint32_t kApiVersion = 1;
+}  // namespace api
+
+// A review as readers see it (flattened from crdt::ReviewDoc).
+struct ReviewView {
+  std::string product;
+  std::string author;
+  uint8_t rating = 0;
+  std::string title;
+  std::string body;
+  uint64_t editedAtMillis = 0;
+  std::vector<std::string> tags;  // sorted
+  uint32_t helpful = 0;
+  crdt::Visibility visibility = crdt::Visibility::kVisible;
+  std::string moderationReason;
+  std::string reply;
+  bool deleted = false;
+
+  static ReviewView of(const crdt::ReviewDoc& doc);
+};
+
+struct ReviewPage {
+  std::vector<ReviewView> reviews;
+  std::string nextCursor;  // empty when there is no more
+};
+
+// The operations that change a review.
+enum class WriteOp { kPut, kDelete, kVote, kUnvote, kTag, kUntag, kModerate, kReply };
+const char* writeOpName(WriteOp op);  // "put", "delete", ...
+
+struct WriteRequest {
+  WriteOp op = WriteOp::kPut;
+  std::string product;
+  std::string author;
+  // kPut only:
+  uint32_t rating = 0;
+  std::string title;
+  std::string body;
+  // kVote/kUnvote: the voter id; kTag/kUntag: the tag; kModerate: the
+  // reason; kReply: the reply text (empty removes the reply).
+  std::string arg;
+  crdt::Visibility visibility = crdt::Visibility::kVisible;  // kModerate only
+};
+
+// A committed change of one review, as delivered to watchers.
+struct Change {
+  std::string op;  // writeOpName(), or "merge" for a state from a peer
+  ReviewView review;
+  uint32_t missed = 0;  // changes dropped before this one (slow observer)
+};
+
+struct NodeStatus {
+  std::string nodeId;
+  crdt::ReplicaId replicaId = 0;
+  std::string version;
+  uint32_t apiVersion = 0;
+  uint64_t uptimeMillis = 0;
+  uint64_t keyCount = 0;
+  storage::Hash merkleRoot{};
+  storage::StoreStats stats;
+};
+
+const char* visibilityName(crdt::Visibility v);  // "visible", "hidden", "flagged"
+
+}  // namespace chorus

@@ -1,0 +1,263 @@
+#include "api/wire.h"
+
+namespace chorus::api {
+
+namespace {
+std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+kj::StringPtr text(const std::string& s) { return kj::StringPtr(s.c_str(), s.size()); }
+}  // namespace
+
+void toWire(const ReviewView& v, wire::Review::Builder b) {
+  b.setProduct(text(v.product));
+  b.setAuthor(text(v.author));
+  b.setRating(v.rating);
+  b.setTitle(text(v.title));
+  b.setBody(text(v.body));
+  b.setEditedAtMillis(v.editedAtMillis);
+  auto tags = b.initTags(static_cast<unsigned>(v.tags.size()));
+  for (unsigned i = 0; i < v.tags.size(); ++i) tags.set(i, text(v.tags[i]));
+  b.setHelpful(v.helpful);
+  b.setVisibility(toWire(v.visibility));
+  b.setModerationReason(text(v.moderationReason));
+  b.setReply(text(v.reply));
+  b.setDeleted(v.deleted);
+}
+
+ReviewView fromWire(wire::Review::Reader r) {
+  ReviewView v;
+  v.product = str(r.getProduct());
+  v.author = str(r.getAuthor());
+  v.rating = r.getRating();
+  v.title = str(r.getTitle());
+  v.body = str(r.getBody());
+  v.editedAtMillis = r.getEditedAtMillis();
+  for (auto t : r.getTags()) v.tags.push_back(str(t));
+  v.helpful = r.getHelpful();
+  v.visibility = fromWire(r.getVisibility());
+  v.moderationReason = str(r.getModerationReason());
+  v.reply = str(r.getReply());
+  v.deleted = r.getDeleted();
+  return v;
+}
+
+void toWire(const ReviewPage& p, wire::Page::Builder b) {
+  auto list = b.initReviews(static_cast<unsigned>(p.reviews.size()));
+  for (unsigned i = 0; i < p.reviews.size(); ++i) toWire(p.reviews[i], list[i]);
+  b.setNextCursor(text(p.nextCursor));
+}
+
+ReviewPage fromWire(wire::Page::Reader r) {
+  ReviewPage p;
+  for (auto review : r.getReviews()) p.reviews.push_back(fromWire(review));
+  p.nextCursor = str(r.getNextCursor());
+  return p;
+}
+
+void toWire(const std::string& product, const storage::ProductSummary& s,
+            wire::Summary::Builder b) {
+  b.setProduct(text(product));
+  b.setCount(s.count);
+  b.setAverage(s.average());
+  auto h = b.initHistogram(5);
+  for (unsigned i = 0; i < 5; ++i) h.set(i, s.histogram[i]);
+  b.setHelpfulTotal(s.helpfulTotal);
+}
+
+storage::ProductSummary fromWire(wire::Summary::Reader r) {
+  storage::ProductSummary s;
+  s.count = r.getCount();
+  auto h = r.getHistogram();
+  for (unsigned i = 0; i < 5 && i < h.size(); ++i) {
+    s.histogram[i] = h[i];
+    s.ratingSum += h[i] * (i + 1);
+  }
+  s.helpfulTotal = r.getHelpfulTotal();
+  return s;
+}
+
+void toWire(const NodeStatus& s, wire::NodeStatus::Builder b) {
+  b.setNodeId(text(s.nodeId));
+  b.setReplicaId(s.replicaId);
+  b.setVersion(text(s.version));
+  b.setApiVersion(s.apiVersion);
+  b.setUptimeMillis(s.uptimeMillis);
+  b.setKeyCount(s.keyCount);
+  b.setMerkleRoot(kj::arrayPtr(s.merkleRoot.data(), s.merkleRoot.size()));
+  auto st = b.initStats();
+  st.setDocuments(s.stats.documents);
+  st.setMapBytes(s.stats.mapBytes);
+  st.setUsedBytes(s.stats.usedBytes);
+  st.setCommits(s.stats.commits);
+  st.setWrites(s.stats.writes);
+  st.setMapGrowths(s.stats.mapGrowths);
+  st.setRefusedStamps(s.stats.refusedStamps);
+}
+
+NodeStatus fromWire(wire::NodeStatus::Reader r) {
+  NodeStatus s;
+  s.nodeId = str(r.getNodeId());
+  s.replicaId = r.getReplicaId();
+  s.version = str(r.getVersion());
+  s.apiVersion = r.getApiVersion();
+  s.uptimeMillis = r.getUptimeMillis();
+  s.keyCount = r.getKeyCount();
+  auto root = r.getMerkleRoot();
+  for (size_t i = 0; i < s.merkleRoot.size() && i < root.size(); ++i) s.merkleRoot[i] = root[i];
+  auto st = r.getStats();
+  s.stats.documents = st.getDocuments();
+  s.stats.mapBytes = st.getMapBytes();
+  s.stats.usedBytes = st.getUsedBytes();
+  s.stats.commits = st.getCommits();
+  s.stats.writes = st.getWrites();
+  s.stats.mapGrowths = st.getMapGrowths();
+  s.stats.refusedStamps = st.getRefusedStamps();
+  return s;
+}
+
+void toWire(const Change& c, wire::Change::Builder b) {
+  b.setOp(text(c.op));
+  toWire(c.review, b.initReview());
+  b.setMissed(c.missed);
+}
+
+Change fromWire(wire::Change::Reader r) {
+  return Change{str(r.getOp()), fromWire(r.getReview()), r.getMissed()};
+}
+
+wire::Visibility toWire(crdt::Visibility v) {
+  switch (v) {
+    case crdt::Visibility::kVisible:
+      return wire::Visibility::VISIBLE;
+    case crdt::Visibility::kHidden:
+      return wire::Visibility::HIDDEN;
+    case crdt::Visibility::kFlagged:
+      return wire::Visibility::FLAGGED;
+  }
+  return wire::Visibility::VISIBLE;
+}
+
+crdt::Visibility fromWire(wire::Visibility v) {
+  switch (v) {
+    case wire::Visibility::VISIBLE:
+      return crdt::Visibility::kVisible;
+    case wire::Visibility::HIDDEN:
+      return crdt::Visibility::kHidden;
+    case wire::Visibility::FLAGGED:
+      return crdt::Visibility::kFlagged;
+  }
+  return crdt::Visibility::kVisible;  // an unknown (newer) value
+}
+
+wire::Order toWire(storage::Order o) {
+  switch (o) {
+    case storage::Order::kNewest:
+      return wire::Order::NEWEST;
+    case storage::Order::kHighestRating:
+      return wire::Order::HIGHEST_RATING;
+    case storage::Order::kLowestRating:
+      return wire::Order::LOWEST_RATING;
+  }
+  return wire::Order::NEWEST;
+}
+
+storage::Order fromWire(wire::Order o) {
+  switch (o) {
+    case wire::Order::NEWEST:
+      return storage::Order::kNewest;
+    case wire::Order::HIGHEST_RATING:
+      return storage::Order::kHighestRating;
+    case wire::Order::LOWEST_RATING:
+      return storage::Order::kLowestRating;
+  }
+  return storage::Order::kNewest;
+}
+
+const char* errorCodeWireName(wire::ErrorCode code) {
+  switch (code) {
+    case wire::ErrorCode::INVALID_ARGUMENT:
+      return "invalidArgument";
+    case wire::ErrorCode::NOT_FOUND:
+      return "notFound";
+    case wire::ErrorCode::FORBIDDEN:
+      return "forbidden";
+    case wire::ErrorCode::OVERLOADED:
+      return "overloaded";
+    case wire::ErrorCode::UNAVAILABLE:
+      return "unavailable";
+    case wire::ErrorCode::INTERNAL:
+      return "internal";
+  }
+  return "internal";
+}
+
+const char* toWire(const Error& error, wire::Error::Builder b) {
+  wire::ErrorCode code = wire::ErrorCode::INTERNAL;
+  switch (error.code) {
+    case ErrorCode::kInvalidArgument:
+      code = wire::ErrorCode::INVALID_ARGUMENT;
+      break;
+    case ErrorCode::kNotFound:
+      code = wire::ErrorCode::NOT_FOUND;
+      break;
+    case ErrorCode::kForbidden:
+      code = wire::ErrorCode::FORBIDDEN;
+      break;
+    case ErrorCode::kOverloaded:
+      code = wire::ErrorCode::OVERLOADED;
+      break;
+    case ErrorCode::kUnavailable:
+    case ErrorCode::kBusy:
+      code = wire::ErrorCode::UNAVAILABLE;
+      break;
+    case ErrorCode::kClockDrift:
+    case ErrorCode::kCorruption:
+    case ErrorCode::kIo:
+    case ErrorCode::kInternal:
+      code = wire::ErrorCode::INTERNAL;
+      break;
+  }
+  b.setCode(code);
+  std::string message = error.message;
+  if (error.code == ErrorCode::kInvalidArgument || error.code == ErrorCode::kForbidden) {
+    auto colon = message.find(": ");
+    if (colon != std::string::npos && colon > 0 &&
+        message.find_first_of(" '\"") > colon) {  // a bare field name
+      b.setField(text(message.substr(0, colon)));
+      message = message.substr(colon + 2);
+    }
+  }
+  if (code == wire::ErrorCode::INTERNAL && error.code != ErrorCode::kInternal) {
+    message = std::string(errorCodeName(error.code)) + ": " + message;  // keep the cause
+  }
+  b.setMessage(text(message));
+  return errorCodeWireName(code);
+}
+
+Error fromWire(wire::Error::Reader r) {
+  ErrorCode code = ErrorCode::kInternal;
+  switch (r.getCode()) {
+    case wire::ErrorCode::INVALID_ARGUMENT:
+      code = ErrorCode::kInvalidArgument;
+      break;
+    case wire::ErrorCode::NOT_FOUND:
+      code = ErrorCode::kNotFound;
+      break;
+    case wire::ErrorCode::FORBIDDEN:
+      code = ErrorCode::kForbidden;
+      break;
+    case wire::ErrorCode::OVERLOADED:
+      code = ErrorCode::kOverloaded;
+      break;
+    case wire::ErrorCode::UNAVAILABLE:
+      code = ErrorCode::kUnavailable;
+      break;
+    case wire::ErrorCode::INTERNAL:
+      code = ErrorCode::kInternal;
+      break;
+  }
+  std::string message = str(r.getMessage());
+  if (r.hasField() && r.getField().size() > 0) message = str(r.getField()) + ": " + message;
+  return makeError(code, std::move(message));
+}
+
+}  // namespace chorus::api
