@@ -213,7 +213,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
       auto it = watches_->map.find(localId);
       if (it != watches_->map.end()) --it->second.inFlight;
     };
-    tasks_.add(request.send().ignoreResult().then(finished, [finished](kj::Exception&& e) {
+    // (kj::cp: then() keeps a reference to an lvalue functor.)
+    tasks_.add(request.send().ignoreResult().then(kj::cp(finished), [finished](kj::Exception&& e) {
       finished();
       logf(LogLevel::kDebug, "watch: observer failed: %s", e.getDescription().cStr());
     }));

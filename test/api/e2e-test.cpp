@@ -1,0 +1,227 @@
+// End to end: chorusd as a child process on an ephemeral loopback port,
+// driven by the C++ client and by the `chorus` CLI.
+// Needs CHORUSD_BIN and CHORUS_BIN (set by test/meson.build).
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include "api/client.h"
+#include "process.h"
+#include "temp-dir.h"
+
+using chorus::test::Process;
+using chorus::test::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string bin(const char* var) {
+  const char* v = std::getenv(var);
+  REQUIRE_MESSAGE(v != nullptr, var << " must name the built binary");
+  return v;
+}
+
+struct Daemon {
+  std::unique_ptr<Process> process;
+  std::string address;
+};
+
+Daemon startDaemon(const std::string& dataDir, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"--node-id", "e2e",         "--data-dir",  dataDir,
+                                   "--listen",  "127.0.0.1:0", "--log-level", "warn"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  Daemon d;
+  d.process = std::make_unique<Process>(bin("CHORUSD_BIN"), args);
+  auto line = d.process->waitForLine("chorusd: listening on ", 10s);
+  REQUIRE_MESSAGE(line.has_value(), "chorusd did not start: " << d.process->output());
+  d.address = line->substr(line->find(" on ") + 4);
+  return d;
+}
+
+struct CliResult {
+  int code;
+  std::string out;
+};
+
+CliResult cli(const std::string& address, std::vector<std::string> args) {
+  args.insert(args.begin(), {"--connect", address});
+  Process p(bin("CHORUS_BIN"), args);
+  std::string out = p.readAll(20s);
+  int code = p.wait(10s);
+  return {code, out};
+}
+
+}  // namespace
+
+TEST_CASE("e2e: the CLI drives every operation with documented exit codes") {
+  TempDir tmp;
+  auto d = startDaemon(tmp.sub("data"));
+  const auto& a = d.address;
+
+  auto put = cli(a, {"review", "put", "kettle-1", "ann", "--rating", "5", "--title", "Boils fast",
+                     "--body", "Quiet too"});
+  CHECK(put.code == 0);
+  CHECK(put.out.find("Boils fast") != std::string::npos);
+  CHECK(cli(a, {"review", "put", "kettle-1", "bob", "-r", "2", "-t", "Leaks"}).code == 0);
+  CHECK(cli(a, {"review", "vote", "kettle-1", "ann", "bob"}).code == 0);
+  CHECK(cli(a, {"review", "vote", "kettle-1", "ann", "cy"}).code == 0);
+  CHECK(cli(a, {"review", "unvote", "kettle-1", "ann", "cy"}).code == 0);
+  CHECK(cli(a, {"review", "tag", "kettle-1", "ann", "gift"}).code == 0);
+  CHECK(cli(a, {"review", "tag", "kettle-1", "ann", "steel"}).code == 0);
+  CHECK(cli(a, {"review", "untag", "kettle-1", "ann", "steel"}).code == 0);
+  CHECK(cli(a, {"review", "moderate", "kettle-1", "bob", "--visibility", "hidden", "--reason",
+                "abusive"})
+            .code == 0);
+  CHECK(cli(a, {"review", "reply", "kettle-1", "ann", "Thank you!"}).code == 0);
+
+  auto got = cli(a, {"--json", "review", "get", "kettle-1", "ann"});
+  CHECK(got.code == 0);
+  CHECK(got.out.find("\"helpful\":1") != std::string::npos);
+  CHECK(got.out.find("\"tags\":[\"gift\"]") != std::string::npos);
+  CHECK(got.out.find("\"reply\":\"Thank you!\"") != std::string::npos);
+  auto bob = cli(a, {"--json", "review", "get", "kettle-1", "bob"});
+  CHECK(bob.out.find("\"visibility\":\"hidden\"") != std::string::npos);
+
+  auto list = cli(a, {"--json", "reviews", "list", "kettle-1", "--order", "highest"});
+  CHECK(list.code == 0);
+  CHECK(list.out.find("\"author\":\"ann\"") < list.out.find("\"author\":\"bob\""));
+  auto table = cli(a, {"reviews", "list", "kettle-1", "--limit", "1"});
+  CHECK(table.code == 0);
+  CHECK(table.out.find("AUTHOR") != std::string::npos);
+  CHECK(table.out.find("more: --cursor") != std::string::npos);
+
+  auto summary = cli(a, {"--json", "product", "summary", "kettle-1"});
+  CHECK(summary.code == 0);
+  CHECK(summary.out.find("\"count\":2") != std::string::npos);
+  CHECK(summary.out.find("\"histogram\":[0,1,0,0,1]") != std::string::npos);
+  auto mine = cli(a, {"--json", "author", "reviews", "ann"});
+  CHECK(mine.out.find("\"product\":\"kettle-1\"") != std::string::npos);
+  auto status = cli(a, {"--json", "node", "status"});
+  CHECK(status.code == 0);
+  CHECK(status.out.find("\"node_id\":\"e2e\"") != std::string::npos);
+  CHECK(status.out.find("\"keys\":2") != std::string::npos);
+
+  CHECK(cli(a, {"review", "delete", "kettle-1", "bob"}).code == 0);
+  CHECK(cli(a, {"review", "get", "kettle-1", "bob"}).code == 2);  // not found
+  CHECK(cli(a, {"review", "delete", "kettle-1", "bob"}).code == 2);
+  auto invalid = cli(a, {"review", "put", "kettle-1", "cy", "--rating", "7"});
+  CHECK(invalid.code == 3);  // invalid argument
+  CHECK(invalid.out.find("rating") != std::string::npos);
+  CHECK(cli(a, {"review", "put", "kettle 1", "cy", "-r", "3"}).code == 3);
+  CHECK(cli(a, {"review", "vote", "kettle-1", "ann", "ann"}).code == 5);  // forbidden
+  CHECK(cli(a, {"review", "frobnicate"}).code == 1);                      // usage
+  CHECK(cli(a, {"review", "put", "kettle-1", "cy"}).code == 1);           // --rating missing
+  CHECK(cli(a, {"--help"}).code == 0);
+  CHECK(cli(a, {"review", "get", "kettle-1", "cy"}).code == 2);  // nothing was stored
+
+  CHECK(d.process->stop(SIGTERM, 10s) == 0);
+  CHECK(d.process->readAll(5s).find("chorusd: stopped") != std::string::npos);
+  // Nobody listens there any more: unavailable.
+  CHECK(cli(a, {"--timeout-ms", "2000", "node", "status"}).code == 4);
+}
+
+TEST_CASE("e2e: C++ client, restart keeps data, SIGINT stops cleanly") {
+  TempDir tmp;
+  {
+    auto d = startDaemon(tmp.sub("data"));
+    auto client = chorus::api::Client::connect(d.address);
+    REQUIRE_MESSAGE(client.ok(), client.error().toString());
+    for (int i = 0; i < 20; ++i) {
+      chorus::WriteRequest r;
+      r.op = chorus::WriteOp::kPut;
+      r.product = "lamp";
+      r.author = "u" + std::to_string(i);
+      r.rating = 1 + i % 5;
+      r.title = "t" + std::to_string(i);
+      REQUIRE((*client)->write(r).ok());
+    }
+    auto bad = (*client)->get("lamp", std::string(129, 'x'));
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.error().code == chorus::ErrorCode::kInvalidArgument);
+    CHECK(bad.error().message.rfind("author: ", 0) == 0);
+    client.value().reset();
+    CHECK(d.process->stop(SIGINT, 10s) == 0);
+  }
+  auto d = startDaemon(tmp.sub("data"));
+  auto client = chorus::api::Client::connect(d.address);
+  REQUIRE(client.ok());
+  auto summary = (*client)->summary("lamp");
+  REQUIRE(summary.ok());
+  CHECK(summary->count == 20);
+  // Paging with the cursor visits every review exactly once.
+  std::set<std::string> authors;
+  std::string cursor;
+  int pages = 0;
+  do {
+    auto page = (*client)->list("lamp", chorus::storage::Order::kNewest, cursor, 6);
+    REQUIRE(page.ok());
+    for (const auto& r : page->reviews) CHECK(authors.insert(r.author).second);
+    cursor = page->nextCursor;
+  } while (!cursor.empty() && ++pages < 10);
+  CHECK(authors.size() == 20);
+  CHECK((*client)->get("lamp", "u7")->title == "t7");
+}
+
+TEST_CASE("e2e: `chorus watch` receives changes; concurrent CLI clients") {
+  TempDir tmp;
+  auto d = startDaemon(tmp.sub("data"));
+  Process watcher(bin("CHORUS_BIN"), {"--connect", d.address, "--json", "watch", "mug", "--count",
+                                      "3", "--for", "20"});
+  REQUIRE(watcher.waitForLine("chorus: watching mug", 10s).has_value());
+
+  std::vector<std::unique_ptr<Process>> writers;
+  for (int i = 0; i < 3; ++i) {
+    writers.push_back(std::make_unique<Process>(
+        bin("CHORUS_BIN"), std::vector<std::string>{"--connect", d.address, "review", "put", "mug",
+                                                    "w" + std::to_string(i), "-r", "4"}));
+  }
+  for (auto& w : writers) {
+    w->readAll(20s);
+    CHECK(w->wait(10s) == 0);
+  }
+  std::string out = watcher.readAll(20s);
+  CHECK(watcher.wait(10s) == 0);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(out.find("\"author\":\"w" + std::to_string(i) + "\"") != std::string::npos);
+  }
+  CHECK(out.find("\"op\":\"put\"") != std::string::npos);
+  auto summary = cli(d.address, {"--json", "product", "summary", "mug"});
+  CHECK(summary.out.find("\"count\":3") != std::string::npos);
+}
+
+TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
+  TempDir tmp;
+  {
+    Process p(bin("CHORUSD_BIN"), {"--data-dir", tmp.sub("x")});  // --node-id missing
+    p.readAll(10s);
+    CHECK(p.wait(10s) == 1);
+  }
+  {
+    Process p(bin("CHORUSD_BIN"),
+              {"--node-id", "n", "--data-dir", tmp.sub("x"), "--listen", "nonsense"});
+    p.readAll(10s);
+    CHECK(p.wait(10s) == 1);
+  }
+  auto d = startDaemon(tmp.sub("data"));
+  Process second(bin("CHORUSD_BIN"),
+                 {"--node-id", "n2", "--data-dir", tmp.sub("data"), "--listen", "127.0.0.1:0"});
+  std::string out = second.readAll(10s);
+  CHECK(second.wait(10s) == 2);
+  CHECK(out.find("cannot start") != std::string::npos);
+  // A config file works like flags.
+  std::string config = tmp.sub("chorusd.toml");
+  FILE* f = std::fopen(config.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fprintf(f, "node-id = \"from-config\"\ndata-dir = \"%s\"\nlisten = \"127.0.0.1:0\"\n",
+               tmp.sub("cfg").c_str());
+  std::fclose(f);
+  Process fromConfig(bin("CHORUSD_BIN"), {"--config", config});
+  auto line = fromConfig.waitForLine("chorusd: listening on ", 10s);
+  REQUIRE(line.has_value());
+  auto status = cli(line->substr(line->find(" on ") + 4), {"--json", "node", "status"});
+  CHECK(status.out.find("\"node_id\":\"from-config\"") != std::string::npos);
+  CHECK(fromConfig.stop(SIGTERM, 10s) == 0);
+}

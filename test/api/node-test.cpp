@@ -1,0 +1,312 @@
+// chorus::Node in-process, and its RPC server driven by the C++ client in
+// the same process: every operation, validation, watch, limits, shutdown.
+#include <doctest/doctest.h>
+
+#include <kj/async.h>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "api/client.h"
+#include "api/metrics.h"
+#include "api/node.h"
+#include "temp-dir.h"
+
+using chorus::ErrorCode;
+using chorus::Node;
+using chorus::WriteOp;
+using chorus::WriteRequest;
+using chorus::test::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<Node> openNode(const std::string& dir, bool rpc = false,
+                               chorus::RpcLimits limits = {}) {
+  Node::Options o;
+  o.nodeId = "test-node";
+  o.dataDir = dir;
+  if (rpc) o.listen = "127.0.0.1:0";
+  o.rpc = limits;
+  auto node = Node::open(std::move(o));
+  REQUIRE_MESSAGE(node.ok(), node.error().toString());
+  return std::move(node).value();
+}
+
+}  // namespace
+
+TEST_CASE("embedded: every write operation, then reads") {
+  TempDir tmp;
+  auto node = openNode(tmp.path());
+
+  auto put = node->put("p1", "ann", 4, "Solid", "Does the job");
+  REQUIRE(put.ok());
+  CHECK(put->rating == 4);
+  CHECK(put->title == "Solid");
+  CHECK(put->editedAtMillis > 0);
+  REQUIRE(node->put("p1", "bob", 2, "Meh", "").ok());
+
+  CHECK(node->vote("p1", "ann", "bob")->helpful == 1);
+  CHECK(node->vote("p1", "ann", "bob")->helpful == 1);  // a retried vote counts once
+  CHECK(node->vote("p1", "ann", "cy")->helpful == 2);
+  CHECK(node->unvote("p1", "ann", "cy")->helpful == 1);
+  CHECK(node->tag("p1", "ann", "durable")->tags == std::vector<std::string>{"durable"});
+  CHECK(node->tag("p1", "ann", "cheap")->tags.size() == 2);
+  CHECK(node->untag("p1", "ann", "cheap")->tags == std::vector<std::string>{"durable"});
+  auto mod = node->moderate("p1", "bob", chorus::crdt::Visibility::kFlagged, "spam?");
+  REQUIRE(mod.ok());
+  CHECK(mod->visibility == chorus::crdt::Visibility::kFlagged);
+  CHECK(mod->moderationReason == "spam?");
+  CHECK(node->reply("p1", "ann", "Thanks!")->reply == "Thanks!");
+
+  auto got = node->get("p1", "ann");
+  REQUIRE(got.ok());
+  CHECK(got->body == "Does the job");
+  CHECK(got->helpful == 1);
+  CHECK(got->reply == "Thanks!");
+
+  auto summary = node->summary("p1");
+  REQUIRE(summary.ok());
+  CHECK(summary->count == 2);
+  CHECK(summary->histogram[3] == 1);
+  CHECK(summary->histogram[1] == 1);
+  CHECK(summary->average() == doctest::Approx(3.0));
+
+  auto byRating = node->list("p1", chorus::storage::Order::kHighestRating, "", 10);
+  REQUIRE(byRating.ok());
+  REQUIRE(byRating->reviews.size() == 2);
+  CHECK(byRating->reviews[0].author == "ann");
+  auto byAuthor = node->byAuthor("ann", "", 10);
+  REQUIRE(byAuthor.ok());
+  REQUIRE(byAuthor->reviews.size() == 1);
+  CHECK(byAuthor->reviews[0].product == "p1");
+
+  REQUIRE(node->erase("p1", "bob").ok());
+  CHECK(node->get("p1", "bob").error().code == ErrorCode::kNotFound);
+  CHECK(node->summary("p1")->count == 1);
+
+  auto status = node->status();
+  REQUIRE(status.ok());
+  CHECK(status->nodeId == "test-node");
+  CHECK(status->keyCount == 2);  // the tombstone is a key too
+  CHECK(status->apiVersion == chorus::api::kApiVersion);
+}
+
+TEST_CASE("embedded: errors are values naming the field; nothing is stored") {
+  TempDir tmp;
+  auto node = openNode(tmp.path());
+  auto bad = node->put("p1", "ann", 6, "t", "b");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().code == ErrorCode::kInvalidArgument);
+  CHECK(bad.error().message.rfind("rating: ", 0) == 0);
+  CHECK(node->put("p 1", "ann", 5, "", "").error().message.rfind("product: ", 0) == 0);
+  CHECK(node->put("p1", "ann", 5, std::string(201, 'x'), "").error().message.rfind("title: ", 0) ==
+        0);
+  CHECK(node->put("p1", "ann", 5, "", "\xc3(").error().message.rfind("body: ", 0) == 0);
+  CHECK(node->get("p1", "ann").error().code == ErrorCode::kNotFound);
+  CHECK(node->status()->keyCount == 0);
+
+  CHECK(node->vote("p1", "nobody", "bob").error().code == ErrorCode::kNotFound);
+  CHECK(node->erase("p1", "nobody").error().code == ErrorCode::kNotFound);
+  REQUIRE(node->put("p1", "ann", 5, "", "").ok());
+  auto self = node->vote("p1", "ann", "ann");
+  CHECK(self.error().code == ErrorCode::kForbidden);
+  CHECK(node->get("p1", "ann")->helpful == 0);
+}
+
+TEST_CASE("embedded: watchers see committed changes of their product only") {
+  TempDir tmp;
+  auto node = openNode(tmp.path());
+  std::mutex m;
+  std::vector<chorus::Change> seen;
+  auto id = node->watch("p1", [&](const chorus::Change& c) {
+    std::lock_guard lock(m);
+    seen.push_back(c);
+  });
+  REQUIRE(id.ok());
+  REQUIRE(node->put("p1", "ann", 5, "a", "").ok());
+  REQUIRE(node->put("p2", "ann", 5, "b", "").ok());
+  REQUIRE(node->vote("p1", "ann", "bob").ok());
+  node->unwatch(*id);
+  REQUIRE(node->put("p1", "cy", 3, "c", "").ok());
+  std::lock_guard lock(m);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].op == "put");
+  CHECK(seen[0].review.title == "a");
+  CHECK(seen[1].op == "vote");
+  CHECK(seen[1].review.helpful == 1);
+}
+
+TEST_CASE("embedded: shutdown commits accepted writes and refuses new ones") {
+  TempDir tmp;
+  {
+    auto node = openNode(tmp.path());
+    std::atomic<int> acked{0};
+    std::atomic<int> done{0};
+    for (int i = 0; i < 200; ++i) {
+      WriteRequest r;
+      r.op = WriteOp::kPut;
+      r.product = "p1";
+      r.author = "a" + std::to_string(i);
+      r.rating = 1 + i % 5;
+      node->write(r, [&](chorus::Result<chorus::ReviewView> res) {
+        if (res.ok()) ++acked;
+        ++done;
+      });
+    }
+    node->shutdown();
+    CHECK(done == 200);
+    CHECK(acked == 200);
+    auto refused = node->put("p1", "late", 5, "", "");
+    CHECK(refused.error().code == ErrorCode::kUnavailable);
+  }
+  auto reopened = openNode(tmp.path());
+  CHECK(reopened->summary("p1")->count == 200);
+  CHECK(reopened->get("p1", "late").error().code == ErrorCode::kNotFound);
+}
+
+TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
+  TempDir tmp;
+  auto node = openNode(tmp.path(), true);
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE_MESSAGE(client.ok(), client.error().toString());
+  auto& c = **client;
+
+  WriteRequest put;
+  put.op = WriteOp::kPut;
+  put.product = "p1";
+  put.author = "ann";
+  put.rating = 5;
+  put.title = "Über";
+  REQUIRE(c.write(put).ok());
+  CHECK(node->get("p1", "ann")->title == "Über");  // same store
+
+  // The raw error carries code and field separately.
+  auto req = c.reviews().putRequest();
+  req.setProduct("p1");
+  req.setAuthor("bob");
+  req.setRating(0);
+  auto resp = req.send().wait(c.waitScope());
+  REQUIRE(resp.hasError());
+  CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
+  CHECK(resp.getError().getField() == "rating");
+  CHECK_FALSE(resp.hasReview());
+  CHECK(node->get("p1", "bob").error().code == ErrorCode::kNotFound);
+
+  // Watch: changes made through the embedded API reach the RPC observer.
+  std::vector<chorus::Change> changes;
+  std::thread writer;
+  auto st = c.watch(
+      "p1",
+      [&](const chorus::Change& ch) {
+        changes.push_back(ch);
+        return changes.size() < 3;
+      },
+      10s,
+      [&] {
+        writer = std::thread([&] {
+          REQUIRE(node->vote("p1", "ann", "bob").ok());
+          REQUIRE(node->tag("p1", "ann", "gift").ok());
+          REQUIRE(node->erase("p1", "ann").ok());
+        });
+      });
+  writer.join();
+  REQUIRE(st.ok());
+  REQUIRE(changes.size() == 3);
+  CHECK(changes[0].op == "vote");
+  CHECK(changes[1].op == "tag");
+  CHECK(changes[2].op == "delete");
+  CHECK(changes[2].review.deleted);
+  CHECK(changes[2].review.title.empty());  // erasure: the text is gone
+  CHECK(node->metrics().calls(chorus::api::Metrics::kWatch) == 1);
+}
+
+TEST_CASE("rpc in-process: too many calls in flight get `overloaded`") {
+  TempDir tmp;
+  chorus::RpcLimits limits;
+  limits.maxInFlightPerConnection = 4;
+  auto node = openNode(tmp.path(), true, limits);
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  auto calls = kj::heapArrayBuilder<kj::Promise<void>>(200);
+  int ok = 0, overloaded = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto req = c.reviews().putRequest();
+    req.setProduct("p1");
+    req.setAuthor("a" + std::to_string(i));
+    req.setRating(3);
+    calls.add(req.send().then([&](auto resp) {
+      if (!resp.hasError()) {
+        ++ok;
+      } else if (resp.getError().getCode() == chorus::api::wire::ErrorCode::OVERLOADED) {
+        ++overloaded;
+      }
+    }));
+  }
+  kj::joinPromises(calls.finish()).wait(c.waitScope());
+  CHECK(ok + overloaded == 200);
+  CHECK(ok >= 4);
+  CHECK(overloaded > 0);
+  CHECK(node->summary("p1")->count == uint64_t(ok));  // refused calls stored nothing
+}
+
+TEST_CASE("rpc in-process: oversized messages refused, idle connections closed") {
+  TempDir tmp;
+  chorus::RpcLimits limits;
+  limits.maxMessageBytes = 64 * 1024;
+  limits.idleTimeout = 200ms;
+  auto node = openNode(tmp.path(), true, limits);
+  {
+    auto client = chorus::api::Client::connect(node->rpcAddress());
+    REQUIRE(client.ok());
+    WriteRequest big;
+    big.op = WriteOp::kPut;
+    big.product = "p1";
+    big.author = "ann";
+    big.rating = 5;
+    big.body = std::string(100 * 1024, 'x');  // over the message limit
+    auto r = (*client)->write(big);
+    REQUIRE_FALSE(r.ok());
+    CHECK(node->get("p1", "ann").error().code == ErrorCode::kNotFound);
+  }
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  REQUIRE((*client)->status().ok());
+  std::this_thread::sleep_for(700ms);
+  auto after = (*client)->status();
+  REQUIRE_FALSE(after.ok());
+  CHECK(after.error().code == ErrorCode::kUnavailable);
+}
+
+TEST_CASE("rpc in-process: concurrent clients on threads") {
+  TempDir tmp;
+  auto node = openNode(tmp.path(), true);
+  constexpr int kClients = 4, kEach = 50;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      auto client = chorus::api::Client::connect(node->rpcAddress());
+      if (!client.ok()) {
+        failures += kEach;
+        return;
+      }
+      for (int i = 0; i < kEach; ++i) {
+        WriteRequest r;
+        r.op = WriteOp::kPut;
+        r.product = "p1";
+        r.author = "c" + std::to_string(t) + "-" + std::to_string(i);
+        r.rating = 1 + (i % 5);
+        if (!(*client)->write(r).ok()) ++failures;
+        if (!(*client)->get("p1", r.author).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures == 0);
+  CHECK(node->summary("p1")->count == kClients * kEach);
+}

@@ -1,0 +1,100 @@
+// Unit tests of api/validate: the rules a client's input must pass.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "api/validate.h"
+
+using namespace chorus::api;
+
+TEST_CASE("ids: non-empty, bounded, documented charset") {
+  Limits l;
+  CHECK_FALSE(checkId("product", "sku-42_a.b:c@d", l));
+  CHECK_FALSE(checkId("product", std::string(128, 'x'), l));
+
+  auto empty = checkId("product", "", l);
+  REQUIRE(empty);
+  CHECK(empty->field == "product");
+
+  auto longer = checkId("author", std::string(129, 'x'), l);
+  REQUIRE(longer);
+  CHECK(longer->field == "author");
+  CHECK(longer->message.find("128") != std::string::npos);
+
+  for (std::string bad : std::initializer_list<std::string>{"a b", "a/b", "ä", "a\nb",
+                                                            std::string("a\0b", 3), "a'b"}) {
+    CAPTURE(bad);
+    auto e = checkId("voter", bad, l);
+    REQUIRE(e);
+    CHECK(e->field == "voter");
+  }
+  Limits tight;
+  tight.maxIdBytes = 4;
+  CHECK(checkId("tag", "abcde", tight));
+  CHECK_FALSE(checkId("tag", "abcd", tight));
+}
+
+TEST_CASE("rating must be 1-5") {
+  for (uint32_t r = 1; r <= 5; ++r) CHECK_FALSE(checkRating(r));
+  for (uint32_t r : {0u, 6u, 255u, 1000u}) {
+    auto e = checkRating(r);
+    REQUIRE(e);
+    CHECK(e->field == "rating");
+  }
+}
+
+TEST_CASE("UTF-8: well-formed accepted, malformed refused") {
+  CHECK(isValidUtf8(""));
+  CHECK(isValidUtf8("plain ascii"));
+  CHECK(isValidUtf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));  // é € 😀
+  CHECK_FALSE(isValidUtf8("\xc3"));                                 // truncated
+  CHECK_FALSE(isValidUtf8("\xc0\xaf"));                             // overlong '/'
+  CHECK_FALSE(isValidUtf8("\xe0\x80\xaf"));                         // overlong
+  CHECK_FALSE(isValidUtf8("\xed\xa0\x80"));                         // surrogate U+D800
+  CHECK_FALSE(isValidUtf8("\xf4\x90\x80\x80"));                     // above U+10FFFF
+  CHECK_FALSE(isValidUtf8("\x80"));                                 // stray continuation
+  CHECK_FALSE(isValidUtf8("\xff"));
+  CHECK_FALSE(isValidUtf8(std::string("a\0b", 3)));  // NUL
+}
+
+TEST_CASE("title and body limits are bytes and configurable") {
+  Limits l;
+  CHECK_FALSE(checkPut("p", "a", 5, std::string(200, 't'), std::string(20'000, 'b'), l));
+  auto title = checkPut("p", "a", 5, std::string(201, 't'), "", l);
+  REQUIRE(title);
+  CHECK(title->field == "title");
+  auto body = checkPut("p", "a", 5, "", std::string(20'001, 'b'), l);
+  REQUIRE(body);
+  CHECK(body->field == "body");
+  // 67 three-byte characters = 201 bytes: over the limit though only 67 chars.
+  std::string euros;
+  for (int i = 0; i < 67; ++i) euros += "\xe2\x82\xac";
+  CHECK(checkPut("p", "a", 5, euros, "", l));
+
+  Limits small;
+  small.maxTitleBytes = 3;
+  small.maxBodyBytes = 5;
+  CHECK(checkPut("p", "a", 5, "abcd", "", small)->field == "title");
+  CHECK(checkPut("p", "a", 5, "abc", "abcdef", small)->field == "body");
+  CHECK_FALSE(checkPut("p", "a", 5, "abc", "abcde", small));
+
+  auto badUtf8 = checkPut("p", "a", 5, "ok", "\xc3(", l);
+  REQUIRE(badUtf8);
+  CHECK(badUtf8->field == "body");
+}
+
+TEST_CASE("whole requests report the first bad field in argument order") {
+  Limits l;
+  CHECK(checkPut("", "", 0, "", "", l)->field == "product");
+  CHECK(checkPut("p", "", 0, "", "", l)->field == "author");
+  CHECK(checkPut("p", "a", 0, "", "", l)->field == "rating");
+  CHECK(checkKeyAnd("p", "a", "voter", "", l)->field == "voter");
+  CHECK(checkKeyAnd("p", "a", "tag", "no spaces", l)->field == "tag");
+  CHECK(checkModerate("p", "a", std::string(501, 'r'), l)->field == "reason");
+  CHECK(checkReply("p", "a", "\xff", l)->field == "text");
+  CHECK_FALSE(checkReply("p", "a", "", l));
+
+  auto e = checkPut("p", "a", 7, "", "", l)->toError();
+  CHECK(e.code == chorus::ErrorCode::kInvalidArgument);
+  CHECK(e.message.rfind("rating: ", 0) == 0);
+}
