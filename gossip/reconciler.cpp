@@ -1,0 +1,338 @@
+#include "reconciler.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "gossip/reconcile.capnp.h"
+
+namespace chorus::gossip {
+
+namespace {
+
+using storage::Store;
+
+// Hashes travel as their first 8 bytes, little-endian: a false "equal" needs
+// a 64-bit collision between two states of the same node.
+uint64_t wireHash(const storage::Hash& h) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | h[static_cast<size_t>(i)];
+  return v;
+}
+
+void putHashes(capnp::Data::Builder out, const std::vector<storage::Hash>& hashes) {
+  size_t at = 0;
+  for (const auto& h : hashes) {
+    uint64_t v = wireHash(h);
+    for (int i = 0; i < 8; ++i) out[at++] = static_cast<uint8_t>(v >> (8 * i));
+  }
+}
+
+uint64_t hashAt(capnp::Data::Reader data, size_t i) {
+  uint64_t v = 0;
+  for (int b = 7; b >= 0; --b) v = (v << 8) | data[i * 8 + static_cast<size_t>(b)];
+  return v;
+}
+
+Outgoing finish(capnp::MallocMessageBuilder& message, size_t payloadBytes) {
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return Outgoing{std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()),
+                  payloadBytes};
+}
+
+wire::Reconcile::Builder newMessage(capnp::MallocMessageBuilder& message) {
+  auto root = message.initRoot<wire::Reconcile>();
+  root.setVersion(wire::RECONCILE_VERSION);
+  return root;
+}
+
+Error malformed(const std::string& why) {
+  return makeError(ErrorCode::kCorruption, "reconcile message from peer: " + why);
+}
+
+// States for the given keys, encoded.
+Result<std::vector<std::string>> encodeStates(Store& store,
+                                              const std::vector<crdt::ReviewKey>& keys) {
+  std::vector<std::string> out;
+  out.reserve(keys.size());
+  for (const auto& key : keys) {
+    auto doc = store.get(key);
+    if (!doc.ok()) return doc.error();
+    if (doc.value()) out.push_back(doc.value()->encode());
+  }
+  return out;
+}
+
+void fillStates(capnp::List<capnp::Data>::Builder list, const std::vector<std::string>& states,
+                size_t& payload) {
+  for (unsigned i = 0; i < states.size(); ++i) {
+    list.set(i, capnp::Data::Reader(reinterpret_cast<const uint8_t*>(states[i].data()),
+                                    states[i].size()));
+    payload += states[i].size();
+  }
+}
+
+}  // namespace
+
+Reconciler::Reconciler(storage::Store& store, storage::Done onMerged)
+    : store_(store), onMerged_(std::move(onMerged)) {}
+
+Result<Outgoing> Reconciler::start() {
+  auto root = store_.merkleRoot();
+  if (!root.ok()) return root.error();
+  capnp::MallocMessageBuilder message(64);
+  newMessage(message).setRoot(wireHash(root.value()));
+  return finish(message, 0);
+}
+
+Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
+  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
+    ++counters_.malformed;
+    return malformed("length " + std::to_string(bytes.size()) + " is not a multiple of 8");
+  }
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+
+  std::optional<Error> failure;
+  std::optional<Outgoing> reply;
+  auto exception = kj::runCatchingExceptions([&] {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = words.size() * 2 + 64;
+    options.nestingLimit = 8;
+    capnp::FlatArrayMessageReader reader(words, options);
+    auto in = reader.getRoot<wire::Reconcile>();
+    if (in.getVersion() != wire::RECONCILE_VERSION) {
+      failure = malformed("unknown version " + std::to_string(in.getVersion()));
+      return;
+    }
+    capnp::MallocMessageBuilder message;
+    switch (in.which()) {
+      case wire::Reconcile::ROOT: {
+        auto root = store_.merkleRoot();
+        if (!root.ok()) {
+          failure = root.error();
+          return;
+        }
+        auto out = newMessage(message);
+        if (wireHash(root.value()) == in.getRoot()) {
+          out.setInSync();
+        } else {
+          auto children = store_.merkleChildren(0, 0);
+          if (!children.ok()) {
+            failure = children.error();
+            return;
+          }
+          auto group = out.initChildren();
+          group.setLevel(0);
+          auto node = group.initNodes(1)[0];
+          node.setIndex(0);
+          putHashes(node.initHashes(8 * Store::kFanout), children.value());
+        }
+        reply = finish(message, 0);
+        return;
+      }
+      case wire::Reconcile::IN_SYNC:
+        return;
+      case wire::Reconcile::CHILDREN: {
+        auto group = in.getChildren();
+        int level = group.getLevel();
+        if (level < 0 || level >= Store::kDepth) {
+          failure = malformed("bad level");
+          return;
+        }
+        uint64_t levelSize = uint64_t{1} << (4 * level);
+        // Children (at level + 1) whose hashes differ from ours.
+        std::vector<uint64_t> differing;
+        for (auto node : group.getNodes()) {
+          auto hashes = node.getHashes();  // read once: each get counts toward the limit
+          if (node.getIndex() >= levelSize || hashes.size() != 8 * Store::kFanout) {
+            failure = malformed("bad node at level " + std::to_string(level));
+            return;
+          }
+          auto mine = store_.merkleChildren(level, node.getIndex());
+          if (!mine.ok()) {
+            failure = mine.error();
+            return;
+          }
+          for (size_t i = 0; i < Store::kFanout; ++i) {
+            if (wireHash(mine.value()[i]) != hashAt(hashes, i)) {
+              differing.push_back(node.getIndex() * Store::kFanout + i);
+            }
+          }
+        }
+        if (differing.empty()) return;  // trees changed meanwhile: next round
+        auto out = newMessage(message);
+        if (level + 1 < Store::kDepth) {
+          auto next = out.initChildren();
+          next.setLevel(static_cast<uint8_t>(level + 1));
+          auto nodes = next.initNodes(static_cast<unsigned>(differing.size()));
+          for (unsigned i = 0; i < differing.size(); ++i) {
+            auto children = store_.merkleChildren(level + 1, differing[i]);
+            if (!children.ok()) {
+              failure = children.error();
+              return;
+            }
+            nodes[i].setIndex(differing[i]);
+            putHashes(nodes[i].initHashes(8 * Store::kFanout), children.value());
+          }
+        } else {
+          auto leaves = out.initLeaves(static_cast<unsigned>(differing.size()));
+          for (unsigned i = 0; i < differing.size(); ++i) {
+            auto entries = store_.leafEntries(differing[i]);
+            if (!entries.ok()) {
+              failure = entries.error();
+              return;
+            }
+            leaves[i].setIndex(differing[i]);
+            auto list = leaves[i].initEntries(static_cast<unsigned>(entries.value().size()));
+            for (unsigned j = 0; j < entries.value().size(); ++j) {
+              list[j].setKeyHash(entries.value()[j].keyHash);
+              list[j].setDigest(wireHash(entries.value()[j].digest));
+            }
+          }
+        }
+        reply = finish(message, 0);
+        return;
+      }
+      case wire::Reconcile::LEAVES: {
+        std::vector<crdt::ReviewKey> send;
+        std::vector<uint64_t> wants;
+        uint64_t leafCount = uint64_t{1} << (4 * Store::kDepth);
+        for (auto leaf : in.getLeaves()) {
+          if (leaf.getIndex() >= leafCount) {
+            failure = malformed("bad leaf index");
+            return;
+          }
+          std::map<uint64_t, uint64_t> theirs;
+          for (auto e : leaf.getEntries()) theirs[e.getKeyHash()] ^= e.getDigest();
+          auto mine = store_.leafEntries(leaf.getIndex());
+          if (!mine.ok()) {
+            failure = mine.error();
+            return;
+          }
+          std::map<uint64_t, uint64_t> ours;
+          for (const auto& e : mine.value()) {
+            ours[e.keyHash] ^= wireHash(e.digest);  // (64-bit key hash collisions fold)
+          }
+          for (const auto& e : mine.value()) {
+            auto it = theirs.find(e.keyHash);
+            if (it == theirs.end() || it->second != ours[e.keyHash]) send.push_back(e.key);
+          }
+          for (const auto& [keyHash, digest] : theirs) {
+            auto it = ours.find(keyHash);
+            if (it == ours.end() || it->second != digest) wants.push_back(keyHash);
+          }
+        }
+        if (send.empty() && wants.empty()) return;
+        auto states = encodeStates(store_, send);
+        if (!states.ok()) {
+          failure = states.error();
+          return;
+        }
+        auto out = newMessage(message).initStatesAndWants();
+        size_t payload = 0;
+        fillStates(out.initStates(static_cast<unsigned>(states.value().size())), states.value(),
+                   payload);
+        auto list = out.initWants(static_cast<unsigned>(wants.size()));
+        for (unsigned i = 0; i < wants.size(); ++i) list.set(i, wants[i]);
+        counters_.statesSent += states.value().size();
+        reply = finish(message, payload);
+        return;
+      }
+      case wire::Reconcile::STATES_AND_WANTS:
+      case wire::Reconcile::STATES: {
+        bool withWants = in.which() == wire::Reconcile::STATES_AND_WANTS;
+        auto states = withWants ? in.getStatesAndWants().getStates() : in.getStates();
+        for (auto data : states) {
+          auto doc = crdt::ReviewDoc::decode(
+              std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+          if (!doc.ok()) {
+            ++counters_.malformed;  // drop this state, keep the others
+            continue;
+          }
+          ++counters_.statesReceived;
+          store_.merge(std::move(doc).value(), onMerged_);
+        }
+        if (!withWants) return;
+        auto wants = in.getStatesAndWants().getWants();
+        if (wants.size() == 0) return;
+        // Find our keys behind the wanted key hashes (a leaf holds them).
+        std::map<uint64_t, std::vector<uint64_t>> byLeaf;
+        for (uint64_t keyHash : wants) {
+          byLeaf[keyHash >> (64 - 4 * Store::kDepth)].push_back(keyHash);
+        }
+        std::vector<crdt::ReviewKey> send;
+        for (const auto& [leaf, keyHashes] : byLeaf) {
+          auto entries = store_.leafEntries(leaf);
+          if (!entries.ok()) {
+            failure = entries.error();
+            return;
+          }
+          for (const auto& e : entries.value()) {
+            if (std::find(keyHashes.begin(), keyHashes.end(), e.keyHash) != keyHashes.end()) {
+              send.push_back(e.key);
+            }
+          }
+        }
+        if (send.empty()) return;
+        auto encoded = encodeStates(store_, send);
+        if (!encoded.ok()) {
+          failure = encoded.error();
+          return;
+        }
+        size_t payload = 0;
+        fillStates(newMessage(message).initStates(static_cast<unsigned>(encoded.value().size())),
+                   encoded.value(), payload);
+        counters_.statesSent += encoded.value().size();
+        reply = finish(message, payload);
+        return;
+      }
+    }
+    failure = malformed("unknown message kind");
+  });
+  KJ_IF_MAYBE (e, exception) {
+    ++counters_.malformed;
+    return malformed(e->getDescription().cStr());
+  }
+  if (failure) {
+    if (failure->code == ErrorCode::kCorruption) ++counters_.malformed;
+    return *failure;
+  }
+  return reply;
+}
+
+}  // namespace chorus::gossip
+
+namespace chorus::gossip {
+
+Result<SessionStats> reconcileDirect(Reconciler& initiator, Reconciler& responder) {
+  SessionStats stats;
+  auto first = initiator.start();
+  if (!first.ok()) return first.error();
+  std::optional<Outgoing> message = std::move(first).value();
+  bool toResponder = true;
+  // Each message goes one step further; a session has at most 8 messages.
+  for (int step = 0; message && step < 16; ++step) {
+    if (toResponder) {
+      ++stats.roundTrips;
+      stats.bytesToResponder += message->bytes.size();
+      stats.payloadToResponder += message->payloadBytes;
+    } else {
+      stats.bytesToInitiator += message->bytes.size();
+      stats.payloadToInitiator += message->payloadBytes;
+    }
+    auto reply = (toResponder ? responder : initiator).handle(message->bytes);
+    if (!reply.ok()) return reply.error();
+    message = std::move(reply).value();
+    toResponder = !toResponder;
+  }
+  CHORUS_ASSERT(!message, "reconcile session did not end");
+  return stats;
+}
+
+}  // namespace chorus::gossip

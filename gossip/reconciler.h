@@ -1,0 +1,80 @@
+// Merkle-tree anti-entropy between two replicas.
+//
+// The initiator sends its root; while hashes differ, the two sides take turns
+// descending one level into the differing subtrees only, then exchange the
+// (key hash, digest) entries of differing leaves, then the states each side
+// lacks or holds differently. In sync costs one round trip; a difference
+// costs four. Bytes grow with the number of differing reviews, not with the
+// store's size.
+//
+// Stateless: each message carries what is needed to answer it, so a session
+// holds no memory between messages and a lost message just ends the session
+// (the next anti-entropy round starts over).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "crdt/result.h"
+#include "storage/store.h"
+
+namespace chorus::gossip {
+
+// One encoded reconcile message.
+struct Outgoing {
+  std::string bytes;
+  size_t payloadBytes = 0;  // of which: review states (the rest is overhead)
+};
+
+struct ReconcileCounters {
+  uint64_t statesSent = 0;
+  uint64_t statesReceived = 0;
+  uint64_t malformed = 0;  // messages or states from the peer that failed to decode
+};
+
+class Reconciler {
+ public:
+  // Received states are merged through store.merge(state, onMerged);
+  // `onMerged` runs on the store thread (see storage/store.h).
+  Reconciler(storage::Store& store, storage::Done onMerged);
+
+  // The initiator's first message.
+  Result<Outgoing> start();
+
+  // Answers a message from the peer. nullopt: the session is over. An Error
+  // means the message was malformed (counted; drop the connection's session)
+  // or the local store failed.
+  Result<std::optional<Outgoing>> handle(std::string_view message);
+
+  const ReconcileCounters& counters() const { return counters_; }
+
+ private:
+  storage::Store& store_;
+  storage::Done onMerged_;
+  ReconcileCounters counters_;
+};
+
+}  // namespace chorus::gossip
+
+namespace chorus::gossip {
+
+// Byte and round-trip counts of one session.
+struct SessionStats {
+  int roundTrips = 0;
+  uint64_t bytesToResponder = 0;  // every message byte, initiator -> responder
+  uint64_t bytesToInitiator = 0;
+  uint64_t payloadToResponder = 0;  // of which review states
+  uint64_t payloadToInitiator = 0;
+  uint64_t overheadBytes() const {
+    return bytesToResponder + bytesToInitiator - payloadToResponder - payloadToInitiator;
+  }
+};
+
+// Runs one whole session between two reconcilers in this process, passing
+// messages directly (an in-memory link). For benchmarks and tests; the
+// network path sends the same messages over gossip frames.
+Result<SessionStats> reconcileDirect(Reconciler& initiator, Reconciler& responder);
+
+}  // namespace chorus::gossip
