@@ -1,0 +1,236 @@
+#include "storage/key-schema.h"
+
+#include "storage/merkle.h"
+
+namespace chorus::storage::schema {
+
+namespace {
+
+void putBe16(std::string& out, uint16_t v) {
+  out.push_back(static_cast<char>(v >> 8));
+  out.push_back(static_cast<char>(v & 0xff));
+}
+
+uint16_t getBe16(std::string_view in) {
+  return static_cast<uint16_t>((uint16_t(uint8_t(in[0])) << 8) | uint8_t(in[1]));
+}
+
+std::string escaped(std::string_view s) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f && c != '\'' && c != '\\') {
+      out.push_back(c);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0xf]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void putBe64(std::string& out, uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+uint64_t getBe64(std::string_view in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | uint8_t(in[i]);
+  return v;
+}
+
+void putLe64(std::string& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint64_t getLe64(std::string_view in) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | uint8_t(in[i]);
+  return v;
+}
+
+Status validateKey(const crdt::ReviewKey& key) {
+  auto check = [](const std::string& id, const char* what) -> Status {
+    if (id.empty()) return makeError(ErrorCode::kInvalidArgument, std::string(what) + " id is empty");
+    if (id.size() > kMaxIdBytes) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       std::string(what) + " id is " + std::to_string(id.size()) +
+                           " bytes; at most " + std::to_string(kMaxIdBytes) + " are allowed");
+    }
+    return okStatus();
+  };
+  if (auto s = check(key.product, "product"); !s) return s;
+  return check(key.author, "author");
+}
+
+std::string idPrefix(std::string_view id) {
+  CHORUS_ASSERT(id.size() <= 0xffff, "id longer than 64 KiB");
+  std::string out;
+  out.reserve(2 + id.size());
+  putBe16(out, static_cast<uint16_t>(id.size()));
+  out.append(id);
+  return out;
+}
+
+std::string docKey(const crdt::ReviewKey& key) {
+  std::string out = idPrefix(key.product);
+  out.append(key.author);
+  return out;
+}
+
+std::optional<crdt::ReviewKey> parseDocKey(std::string_view k) {
+  if (k.size() < 2) return std::nullopt;
+  size_t len = getBe16(k);
+  if (len == 0 || k.size() < 2 + len + 1) return std::nullopt;
+  return crdt::ReviewKey{std::string(k.substr(2, len)), std::string(k.substr(2 + len))};
+}
+
+std::string authorIndexKey(const crdt::ReviewKey& key) {
+  std::string out = idPrefix(key.author);
+  out.append(key.product);
+  return out;
+}
+
+std::string newestIndexKey(const crdt::ReviewKey& key, crdt::Hlc hlc) {
+  std::string out = idPrefix(key.product);
+  putBe64(out, ~hlc.bits);
+  out.append(key.author);
+  return out;
+}
+
+std::string ratingIndexKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc) {
+  std::string out = idPrefix(key.product);
+  out.push_back(static_cast<char>(rating));
+  putBe64(out, hlc.bits);
+  out.append(key.author);
+  return out;
+}
+
+std::optional<std::string_view> indexAuthor(std::string_view indexKey, size_t prefixLen,
+                                            size_t fixedLen) {
+  if (indexKey.size() <= prefixLen + fixedLen) return std::nullopt;
+  return indexKey.substr(prefixLen + fixedLen);
+}
+
+std::optional<std::string> prefixEnd(std::string_view prefix) {
+  std::string end(prefix);
+  while (!end.empty()) {
+    auto last = static_cast<unsigned char>(end.back());
+    if (last != 0xff) {
+      end.back() = static_cast<char>(last + 1);
+      return end;
+    }
+    end.pop_back();
+  }
+  return std::nullopt;
+}
+
+std::string leafEntryKey(uint64_t keyHash, std::string_view docKey) {
+  std::string out;
+  out.reserve(8 + docKey.size());
+  putBe64(out, keyHash);
+  out.append(docKey);
+  return out;
+}
+
+std::string leafPrefix(uint32_t leafIndex) {
+  std::string out;
+  putBe16(out, static_cast<uint16_t>(leafIndex));
+  return out;
+}
+
+std::string merkleNodeKey(int level, uint64_t index) {
+  std::string out;
+  out.push_back(static_cast<char>(level));
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((index >> shift) & 0xff));
+  return out;
+}
+
+std::string encodeDocRecord(const Hash& digest, std::string_view canonical) {
+  std::string out;
+  out.reserve(kDocRecordHeader + canonical.size());
+  out.push_back(static_cast<char>(kDocRecordFormat));
+  out.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  out.append(canonical);
+  return out;
+}
+
+Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& key) {
+  auto corrupt = [&](const std::string& why) {
+    return makeError(ErrorCode::kCorruption,
+                     "stored review (" + describeKey(key) + ") is damaged: " + why +
+                         ". The value was not used. Run verify on this store; restore the data "
+                         "dir from a backup or move it aside and resync the node from its peers");
+  };
+  if (value.size() < kDocRecordHeader) {
+    return corrupt("value is " + std::to_string(value.size()) + " bytes, shorter than its header");
+  }
+  if (uint8_t(value[0]) != kDocRecordFormat) {
+    return corrupt("unknown record format " + std::to_string(uint8_t(value[0])));
+  }
+  DocRecord rec;
+  std::copy(value.begin() + 1, value.begin() + 17, reinterpret_cast<char*>(rec.digest.data()));
+  rec.canonical = value.substr(kDocRecordHeader);
+  if (digestOf(rec.canonical) != rec.digest) return corrupt("checksum mismatch");
+  return rec;
+}
+
+std::string encodeSummary(const ProductSummary& s) {
+  std::string out;
+  out.reserve(kSummaryBytes);
+  putLe64(out, s.count);
+  for (uint64_t h : s.histogram) putLe64(out, h);
+  putLe64(out, s.ratingSum);
+  putLe64(out, s.helpfulTotal);
+  return out;
+}
+
+std::optional<ProductSummary> decodeSummary(std::string_view v) {
+  if (v.size() != kSummaryBytes) return std::nullopt;
+  ProductSummary s;
+  s.count = getLe64(v.substr(0));
+  for (size_t i = 0; i < 5; ++i) s.histogram[i] = getLe64(v.substr(8 * (1 + i)));
+  s.ratingSum = getLe64(v.substr(48));
+  s.helpfulTotal = getLe64(v.substr(56));
+  return s;
+}
+
+std::string describeKey(const crdt::ReviewKey& key) {
+  return "product '" + escaped(key.product) + "', author '" + escaped(key.author) + "'";
+}
+
+std::string toHex(std::string_view bytes) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    auto u = static_cast<unsigned char>(c);
+    out.push_back(kHex[u >> 4]);
+    out.push_back(kHex[u & 0xf]);
+  }
+  return out;
+}
+
+std::optional<std::string> fromHex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = nibble(hex[i]);
+    int lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return out;
+}
+
+}  // namespace chorus::storage::schema

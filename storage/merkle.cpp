@@ -1,0 +1,70 @@
+#include "storage/merkle.h"
+
+#include <sodium.h>
+
+#include <cstring>
+
+#include "storage/key-schema.h"
+
+namespace chorus::storage {
+
+namespace {
+
+__extension__ using U128 = unsigned __int128;
+
+U128 toInt(const Hash& h) {
+  U128 v = 0;
+  for (int i = 15; i >= 0; --i) v = (v << 8) | h[static_cast<size_t>(i)];
+  return v;
+}
+
+Hash fromInt(U128 v) {
+  Hash h;
+  for (size_t i = 0; i < 16; ++i) {
+    h[i] = static_cast<uint8_t>(v & 0xff);
+    v >>= 8;
+  }
+  return h;
+}
+
+Hash blake128(const unsigned char* data, size_t size) {
+  // sodium_init picks the fastest BLAKE2b for this CPU; idempotent.
+  [[maybe_unused]] static const int kInit = sodium_init();
+  Hash out;
+  crypto_generichash(out.data(), out.size(), data, size, nullptr, 0);
+  return out;
+}
+
+}  // namespace
+
+uint64_t keyHashOfDocKey(std::string_view docKey) {
+  Hash h = blake128(reinterpret_cast<const unsigned char*>(docKey.data()), docKey.size());
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | h[i];
+  return v;
+}
+
+uint64_t keyHash(const crdt::ReviewKey& key) { return keyHashOfDocKey(schema::docKey(key)); }
+
+Hash digestOf(std::string_view bytes) {
+  return blake128(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+}
+
+Hash entryHash(uint64_t keyHash, const Hash& digest) {
+  unsigned char buf[8 + 16];
+  for (int i = 0; i < 8; ++i) buf[i] = static_cast<unsigned char>(keyHash >> (56 - 8 * i));
+  std::memcpy(buf + 8, digest.data(), 16);
+  return blake128(buf, sizeof buf);
+}
+
+Hash hashAdd(const Hash& a, const Hash& b) { return fromInt(toInt(a) + toInt(b)); }
+Hash hashSub(const Hash& a, const Hash& b) { return fromInt(toInt(a) - toInt(b)); }
+
+bool isZero(const Hash& h) {
+  for (uint8_t b : h) {
+    if (b != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace chorus::storage

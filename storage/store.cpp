@@ -1,0 +1,1119 @@
+// Store on LMDB. Layout: storage/key-schema.h and storage/README.md.
+//
+// Threads: one writer thread (the store thread) owns every write transaction
+// and the HybridClock; reads open their own read-only transactions on the
+// calling thread (MDB_NOTLS). A ResizeGate keeps readers out while the
+// writer grows the map, because mdb_env_set_mapsize remaps the file under
+// every transaction of this process.
+#include "storage/store.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "storage/internal/lmdb.h"
+#include "storage/key-schema.h"
+#include "storage/merkle.h"
+
+namespace chorus::storage {
+
+namespace {
+
+using internal::Cursor;
+using internal::Env;
+using internal::lmdbError;
+using internal::Txn;
+
+// How often the writer clears reader slots left by dead processes.
+constexpr uint64_t kReaderCheckEveryCommits = 1000;
+// The map doubles on MDB_MAP_FULL up to this size; beyond it writes fail
+// with kIo (the disk is the real limit long before).
+constexpr uint64_t kMaxMapBytes = uint64_t{1} << 42;  // 4 TiB
+constexpr unsigned kMaxReaders = 512;
+
+constexpr const char* kDbDocuments = "documents";
+constexpr const char* kDbAggregates = "aggregates";
+constexpr const char* kDbMerkle = "merkle";
+constexpr const char* kDbLeafEntries = "leaf-entries";
+constexpr const char* kDbMeta = "meta";
+constexpr const char* kDbByAuthor = "by-author";
+constexpr const char* kDbByNewest = "by-newest";
+constexpr const char* kDbByRating = "by-rating";
+
+struct Dbs {
+  MDB_dbi documents = 0;
+  MDB_dbi aggregates = 0;
+  MDB_dbi merkle = 0;
+  MDB_dbi leafEntries = 0;
+  MDB_dbi meta = 0;
+  MDB_dbi byAuthor = 0;
+  MDB_dbi byNewest = 0;
+  MDB_dbi byRating = 0;
+};
+
+Error corruption(const std::string& what) {
+  return makeError(ErrorCode::kCorruption,
+                   what + ". Restore the data dir from a backup, or move it aside and let the "
+                          "node resync from its peers");
+}
+
+// ---- one process per data dir ----------------------------------------------
+
+// An exclusive flock on <dir>/chorus.lock, held while the store is open. The
+// kernel drops it when the process dies, so a crash never leaves it stale.
+class LockFile {
+ public:
+  LockFile() = default;
+  LockFile(LockFile&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  LockFile& operator=(LockFile&&) = delete;
+  LockFile(const LockFile&) = delete;
+  ~LockFile() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+
+  static Result<LockFile> acquire(const std::string& dir) {
+    std::string path = dir + "/chorus.lock";
+    LockFile lock;
+    lock.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock.fd_ < 0) {
+      return makeError(ErrorCode::kIo,
+                       "cannot open lock file " + path + ": " + std::strerror(errno));
+    }
+    if (::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0) {
+      int err = errno;
+      if (err != EWOULDBLOCK) {
+        return makeError(ErrorCode::kIo, "cannot lock " + path + ": " + std::strerror(err));
+      }
+      char buf[32] = {};
+      ssize_t n = ::pread(lock.fd_, buf, sizeof buf - 1, 0);
+      std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+      while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+      return makeError(ErrorCode::kBusy,
+                       "data dir " + dir + " is already open in another process" +
+                           (holder.empty() ? "" : " (pid " + holder + ")") +
+                           "; stop that process first, or give this node its own data dir");
+    }
+    // The pid is for the message above only; failing to write it is harmless.
+    std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(lock.fd_, 0) == 0 &&
+        ::pwrite(lock.fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+      // ignored, see above
+    }
+    return lock;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// ---- readers versus map growth ---------------------------------------------
+
+// Shared/exclusive gate with writer preference. Every transaction (the
+// writer's too) holds it shared; growing the map holds it exclusively.
+class ResizeGate {
+ public:
+  void enterShared() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !resizing_; });
+    ++holders_;
+  }
+  void exitShared() {
+    std::lock_guard lock(mu_);
+    CHORUS_ASSERT(holders_ > 0, "gate released more often than entered");
+    if (--holders_ == 0) cv_.notify_all();
+  }
+  void beginExclusive() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !resizing_; });
+    resizing_ = true;
+    cv_.wait(lock, [&] { return holders_ == 0; });
+  }
+  void endExclusive() {
+    std::lock_guard lock(mu_);
+    resizing_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t holders_ = 0;
+  bool resizing_ = false;
+};
+
+// Adopts a map size grown by another process (MDB_MAP_RESIZED). The caller
+// holds no transaction.
+Status adoptMapSize(MDB_env* env, ResizeGate& gate) {
+  gate.beginExclusive();
+  int rc = mdb_env_set_mapsize(env, 0);
+  gate.endExclusive();
+  if (rc != 0) return lmdbError(rc, "adopting the map size another process set");
+  return okStatus();
+}
+
+// A read-only transaction holding the gate shared for its lifetime.
+class ReadTxn {
+ public:
+  explicit ReadTxn(ResizeGate& gate) : gate_(gate) {}
+  ReadTxn(const ReadTxn&) = delete;
+  ReadTxn& operator=(const ReadTxn&) = delete;
+  ~ReadTxn() {
+    txn_.abort();
+    if (entered_) gate_.exitShared();
+  }
+
+  Status begin(MDB_env* env) {
+    for (int attempt = 0;; ++attempt) {
+      gate_.enterShared();
+      entered_ = true;
+      int rc = txn_.begin(env, MDB_RDONLY);
+      if (rc == 0) return okStatus();
+      gate_.exitShared();
+      entered_ = false;
+      if (rc != MDB_MAP_RESIZED || attempt >= 3) {
+        return lmdbError(rc, "starting a read transaction");
+      }
+      if (auto s = adoptMapSize(env, gate_); !s) return s;
+    }
+  }
+  Txn& txn() { return txn_; }
+
+ private:
+  ResizeGate& gate_;
+  bool entered_ = false;
+  Txn txn_;
+};
+
+// ---- derived facts of a document -------------------------------------------
+
+// What the indexes and aggregates depend on.
+struct Facts {
+  bool live = false;
+  uint8_t rating = 0;
+  crdt::Hlc hlc;  // of the content: orders "newest"
+  uint64_t helpful = 0;
+};
+
+Facts factsOf(const crdt::ReviewDoc& doc) {
+  Facts f;
+  f.live = doc.exists();
+  if (f.live) {
+    f.rating = doc.content().value().rating;
+    f.hlc = doc.content().stamp().hlc;
+    f.helpful = doc.helpfulCount();
+  }
+  return f;
+}
+
+// count, histogram[5], ratingSum, helpfulTotal: the aggregate fields as a
+// signed delta.
+using SummaryDelta = std::array<int64_t, 8>;
+
+void addFacts(SummaryDelta& d, const Facts& f, int64_t sign) {
+  if (!f.live) return;
+  d[0] += sign;
+  d[static_cast<size_t>(f.rating)] += sign;  // histogram[rating-1] sits at 1 + rating - 1
+  d[6] += sign * f.rating;
+  d[7] += sign * static_cast<int64_t>(f.helpful);
+}
+
+void addFacts(ProductSummary& s, const Facts& f) {
+  if (!f.live) return;
+  ++s.count;
+  ++s.histogram[f.rating - 1u];
+  s.ratingSum += f.rating;
+  s.helpfulTotal += f.helpful;
+}
+
+bool sameSummary(const ProductSummary& a, const ProductSummary& b) {
+  return a.count == b.count && a.histogram == b.histogram && a.ratingSum == b.ratingSum &&
+         a.helpfulTotal == b.helpfulTotal;
+}
+
+Result<crdt::ReviewDoc> decodeStored(std::string_view canonical, const crdt::ReviewKey& key) {
+  auto doc = crdt::ReviewDoc::decode(canonical);
+  if (!doc) {
+    return corruption("stored review (" + schema::describeKey(key) +
+                      ") passes its checksum but does not decode: " + doc.error().message);
+  }
+  if (doc->key() != key) {
+    return corruption("stored review under (" + schema::describeKey(key) + ") holds the review of (" +
+                      schema::describeKey(doc->key()) + ")");
+  }
+  return doc;
+}
+
+// ---- the write queue -------------------------------------------------------
+
+struct Pending {
+  crdt::ReviewKey key;
+  Mutation mutation;                      // a local operation, or
+  std::optional<crdt::ReviewDoc> remote;  // a state or delta to merge
+  Done done;
+};
+
+// One document as the current batch sees it.
+struct Working {
+  crdt::ReviewKey key;
+  uint64_t keyHash = 0;
+  bool existed = false;
+  Hash oldDigest{};
+  Facts oldFacts;
+  crdt::ReviewDoc doc;  // current state within the batch
+  bool dirty = false;
+};
+
+uint64_t packNode(int level, uint64_t index) { return (uint64_t(level) << 32) | index; }
+
+class StoreImpl final : public Store {
+ public:
+  StoreImpl(Options options, LockFile lock, Env env, Dbs dbs, crdt::ReplicaId replica,
+            crdt::Hlc highWater)
+      : options_(std::move(options)),
+        lock_(std::move(lock)),
+        env_(std::move(env)),
+        dbs_(dbs),
+        replica_(replica),
+        clock_(replica, options_.clock, highWater, options_.maxDriftMillis) {
+    writer_ = std::thread([this] { run(); });
+  }
+
+  ~StoreImpl() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    writer_.join();
+  }
+
+  crdt::ReplicaId replicaId() const override { return replica_; }
+
+  void mutate(crdt::ReviewKey key, Mutation mutation, Done done) override {
+    CHORUS_ASSERT(static_cast<bool>(mutation), "mutate() needs a mutation");
+    enqueue(Pending{std::move(key), std::move(mutation), std::nullopt, std::move(done)});
+  }
+
+  void merge(crdt::ReviewDoc remote, Done done) override {
+    crdt::ReviewKey key = remote.key();
+    enqueue(Pending{std::move(key), {}, std::move(remote), std::move(done)});
+  }
+
+  Result<std::optional<crdt::ReviewDoc>> get(const crdt::ReviewKey& key) override {
+    if (auto s = schema::validateKey(key); !s) return s.error();
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    return readDoc(rt.txn(), key);
+  }
+
+  Result<Page> listProduct(const std::string& product, Order order, const std::string& cursor,
+                           size_t limit) override {
+    if (auto s = schema::validateKey({product, "-"}); !s) return s.error();
+    std::string prefix = schema::idPrefix(product);
+    MDB_dbi dbi = dbs_.byNewest;
+    size_t fixed = schema::kNewestFixedBytes;
+    char tag = 'n';
+    bool backward = false;
+    if (order == Order::kHighestRating || order == Order::kLowestRating) {
+      dbi = dbs_.byRating;
+      fixed = schema::kRatingFixedBytes;
+      backward = order == Order::kHighestRating;
+      tag = backward ? 'h' : 'l';
+    }
+    return scanIndex(dbi, prefix, tag, backward, cursor, limit,
+                     [&](std::string_view k) -> std::optional<crdt::ReviewKey> {
+                       auto author = schema::indexAuthor(k, prefix.size(), fixed);
+                       if (!author) return std::nullopt;
+                       return crdt::ReviewKey{product, std::string(*author)};
+                     });
+  }
+
+  Result<ProductSummary> summary(const std::string& product) override {
+    if (auto s = schema::validateKey({product, "-"}); !s) return s.error();
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    return readSummary(rt.txn(), schema::idPrefix(product));
+  }
+
+  Result<Page> listAuthor(const std::string& author, const std::string& cursor,
+                          size_t limit) override {
+    if (auto s = schema::validateKey({"-", author}); !s) return s.error();
+    std::string prefix = schema::idPrefix(author);
+    return scanIndex(dbs_.byAuthor, prefix, 'a', false, cursor, limit,
+                     [&](std::string_view k) -> std::optional<crdt::ReviewKey> {
+                       if (k.size() <= prefix.size()) return std::nullopt;
+                       return crdt::ReviewKey{std::string(k.substr(prefix.size())), author};
+                     });
+  }
+
+  Result<Hash> merkleRoot() override {
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    return readNode(rt.txn(), 0, 0);
+  }
+
+  Result<std::vector<Hash>> merkleChildren(int level, uint64_t index) override {
+    if (level < 0 || level >= kDepth || index >= (uint64_t{1} << (4 * level))) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "no inner Merkle node (level " + std::to_string(level) + ", index " +
+                           std::to_string(index) + "); levels are 0-" +
+                           std::to_string(kDepth - 1) + " with 16^level nodes each");
+    }
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    auto cursor = Cursor::open(rt.txn(), dbs_.merkle);
+    if (!cursor) return cursor.error();
+    std::vector<Hash> children(kFanout, Hash{});
+    std::string first = schema::merkleNodeKey(level + 1, index * kFanout);
+    std::string_view k, v;
+    auto at = cursor->seekAtLeast(first, &k, &v);
+    while (true) {
+      if (!at) return at.error();
+      if (!*at || k.size() != first.size() || k[0] != first[0]) break;
+      uint64_t child = schema::getBe64(std::string(4, '\0') + std::string(k.substr(1)));
+      if (child >= (index + 1) * kFanout) break;
+      if (v.size() != 16) return corruption("Merkle node value of wrong size");
+      std::copy(v.begin(), v.end(),
+                reinterpret_cast<char*>(children[child - index * kFanout].data()));
+      at = cursor->seek(MDB_NEXT, &k, &v);
+    }
+    return children;
+  }
+
+  Result<std::vector<LeafEntry>> leafEntries(uint64_t leafIndex) override {
+    if (leafIndex >= kMerkleLeaves) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "leaf index " + std::to_string(leafIndex) + " out of range (0-" +
+                           std::to_string(kMerkleLeaves - 1) + ")");
+    }
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    auto cursor = Cursor::open(rt.txn(), dbs_.leafEntries);
+    if (!cursor) return cursor.error();
+    std::string prefix = schema::leafPrefix(static_cast<uint32_t>(leafIndex));
+    std::vector<LeafEntry> out;
+    std::string_view k, v;
+    auto at = cursor->seekAtLeast(prefix, &k, &v);
+    while (true) {
+      if (!at) return at.error();
+      if (!*at || !k.starts_with(prefix)) break;
+      auto key = k.size() > 8 ? schema::parseDocKey(k.substr(8)) : std::nullopt;
+      if (!key || v.size() != 16) return corruption("malformed Merkle leaf entry");
+      LeafEntry e{schema::getBe64(k), Hash{}, std::move(*key)};
+      std::copy(v.begin(), v.end(), reinterpret_cast<char*>(e.digest.data()));
+      out.push_back(std::move(e));
+      at = cursor->seek(MDB_NEXT, &k, &v);
+    }
+    return out;
+  }
+
+  Status verify() override;
+
+  StoreStats stats() override {
+    StoreStats s;
+    s.commits = commits_.load();
+    s.writes = writes_.load();
+    s.mapGrowths = mapGrowths_.load();
+    s.refusedStamps = refused_.load();
+    ReadTxn rt(gate_);
+    if (rt.begin(env_.get())) {
+      MDB_stat st;
+      if (mdb_stat(rt.txn().get(), dbs_.documents, &st) == 0) s.documents = st.ms_entries;
+      MDB_envinfo info;
+      MDB_stat envStat;
+      if (mdb_env_info(env_.get(), &info) == 0 && mdb_env_stat(env_.get(), &envStat) == 0) {
+        s.mapBytes = info.me_mapsize;
+        s.usedBytes = (info.me_last_pgno + 1) * uint64_t{envStat.ms_psize};
+      }
+    }
+    return s;
+  }
+
+ private:
+  void enqueue(Pending p) {
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(std::move(p));
+    }
+    cv_.notify_one();
+  }
+
+  // The store thread: takes up to maxBatch writes, commits them in one
+  // transaction, then acknowledges them. Drains the queue before exiting.
+  void run() {
+    std::vector<Pending> batch;
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, and nothing left
+        size_t n = std::min(queue_.size(), options_.maxBatch);
+        batch.assign(std::make_move_iterator(queue_.begin()),
+                     std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(n)));
+        queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+      }
+      processBatch(batch);
+      batch.clear();
+    }
+  }
+
+  using Results = std::vector<std::optional<Result<Applied>>>;
+
+  void processBatch(std::vector<Pending>& batch) {
+    // Checks that do not depend on stored state run once, outside the
+    // transaction (which may be retried after growing the map).
+    Results rejected(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Pending& p = batch[i];
+      if (auto s = schema::validateKey(p.key); !s) {
+        rejected[i] = s.error();
+      } else if (p.remote) {
+        if (auto s = clock_.observe(p.remote->maxHlc()); !s) {
+          refused_.fetch_add(1);
+          rejected[i] = s.error();
+        }
+      }
+    }
+    Results results;
+    Status committed = commitBatch(batch, rejected, results);
+    uint64_t acknowledged = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (rejected[i]) {
+        results[i] = std::move(rejected[i]);
+      } else if (!committed && (!results[i] || results[i]->ok())) {
+        results[i] = committed.error();  // nothing of this batch was written
+      }
+      CHORUS_ASSERT(results[i].has_value(), "a write of the batch got no result");
+      if (results[i]->ok()) ++acknowledged;
+    }
+    if (committed) {
+      uint64_t commits = commits_.fetch_add(1) + 1;
+      if (commits % kReaderCheckEveryCommits == 0) {
+        int dead = 0;
+        mdb_reader_check(env_.get(), &dead);  // best effort; open() checked too
+      }
+    }
+    writes_.fetch_add(acknowledged);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].done) batch[i].done(std::move(*results[i]));
+    }
+  }
+
+  // Applies and commits the batch, growing the map and starting over on
+  // MDB_MAP_FULL, so a write is either fully committed or not at all.
+  Status commitBatch(const std::vector<Pending>& batch, const Results& rejected,
+                     Results& results) {
+    for (;;) {
+      results.assign(batch.size(), std::nullopt);
+      gate_.enterShared();
+      Txn txn;
+      int rc = txn.begin(env_.get(), 0);
+      Status st = rc == 0 ? applyAll(txn, batch, rejected, results)
+                          : Status(lmdbError(rc, "starting a write transaction"));
+      if (st) st = txn.commit();
+      txn.abort();
+      gate_.exitShared();
+      if (st) return st;
+      if (rc == MDB_MAP_RESIZED) {
+        if (auto s = adoptMapSize(env_.get(), gate_); !s) return s;
+        continue;
+      }
+      if (!txn.mapFull()) return st;
+      if (auto s = growMap(); !s) return s;
+    }
+  }
+
+  Status growMap() {
+    MDB_envinfo info;
+    if (int rc = mdb_env_info(env_.get(), &info); rc != 0) return lmdbError(rc, "reading map size");
+    uint64_t size = info.me_mapsize;
+    if (size >= kMaxMapBytes) {
+      return makeError(ErrorCode::kIo, "the LMDB map reached its " + std::to_string(size >> 30) +
+                                           " GiB limit; the store cannot grow further");
+    }
+    gate_.beginExclusive();
+    int rc = mdb_env_set_mapsize(env_.get(), static_cast<size_t>(std::min(size * 2, kMaxMapBytes)));
+    gate_.endExclusive();
+    if (rc != 0) return lmdbError(rc, "growing the LMDB map");
+    mapGrowths_.fetch_add(1);
+    return okStatus();
+  }
+
+  Status applyAll(Txn& txn, const std::vector<Pending>& batch, const Results& rejected,
+                  Results& results) {
+    std::map<std::string, Working> work;  // by docKey: written back in key order
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (rejected[i]) continue;
+      const Pending& p = batch[i];
+      std::string dk = schema::docKey(p.key);
+      auto it = work.find(dk);
+      if (it == work.end()) {
+        auto loaded = load(txn, p.key, dk);
+        if (!loaded) {
+          // A damaged document fails the writes to it, not the batch.
+          if (loaded.error().code != ErrorCode::kCorruption) return loaded.error();
+          results[i] = loaded.error();
+          continue;
+        }
+        it = work.emplace(std::move(dk), std::move(loaded).value()).first;
+      }
+      Working& w = it->second;
+      crdt::ReviewDoc next = w.doc;
+      crdt::ReviewDoc delta;
+      if (p.mutation) {
+        Result<crdt::ReviewDoc> r = p.mutation(next, clock_);
+        if (!r) {
+          results[i] = r.error();
+          continue;
+        }
+        CHORUS_ASSERT(next.key() == p.key, "a Mutation changed the document's key");
+        delta = std::move(r).value();
+      } else {
+        next.join(*p.remote);
+        delta = *p.remote;
+      }
+      bool changed = !(next == w.doc);
+      if (changed) {
+        w.doc = next;
+        w.dirty = true;
+      }
+      results[i] = Applied{std::move(delta), std::move(next), changed};
+    }
+    return writeBack(txn, work);
+  }
+
+  Result<Working> load(Txn& txn, const crdt::ReviewKey& key, const std::string& dk) {
+    Working w;
+    w.key = key;
+    w.keyHash = keyHashOfDocKey(dk);
+    std::string_view value;
+    auto found = txn.get(dbs_.documents, dk, &value);
+    if (!found) return found.error();
+    if (!*found) {
+      w.doc = crdt::ReviewDoc(key);
+      return w;
+    }
+    auto rec = schema::parseDocRecord(value, key);
+    if (!rec) return rec.error();
+    auto doc = decodeStored(rec->canonical, key);
+    if (!doc) return doc.error();
+    w.existed = true;
+    w.oldDigest = rec->digest;
+    w.oldFacts = factsOf(*doc);
+    w.doc = std::move(doc).value();
+    return w;
+  }
+
+  // Writes the batch's changed documents and everything derived from them:
+  // Merkle leaf entries and node sums, indexes, aggregates, HLC high-water.
+  Status writeBack(Txn& txn, std::map<std::string, Working>& work) {
+    std::map<std::string, SummaryDelta> summaryDeltas;  // by product prefix
+    std::map<uint64_t, Hash> nodeDeltas;                // by packNode(level, index)
+    for (auto& [dk, w] : work) {
+      if (!w.dirty) continue;
+      std::string canonical = w.doc.encode();
+      Hash digest = digestOf(canonical);
+      if (w.existed && digest == w.oldDigest) continue;
+      if (auto s = txn.put(dbs_.documents, dk, schema::encodeDocRecord(digest, canonical)); !s) {
+        return s;
+      }
+      std::string_view digestBytes(reinterpret_cast<const char*>(digest.data()), digest.size());
+      if (auto s = txn.put(dbs_.leafEntries, schema::leafEntryKey(w.keyHash, dk), digestBytes); !s) {
+        return s;
+      }
+      Hash d = entryHash(w.keyHash, digest);
+      if (w.existed) d = hashSub(d, entryHash(w.keyHash, w.oldDigest));
+      uint64_t leaf = leafIndexOf(w.keyHash);
+      for (int level = 0; level <= kDepth; ++level) {
+        Hash& acc = nodeDeltas[packNode(level, nodeAbove(leaf, level))];
+        acc = hashAdd(acc, d);
+      }
+
+      Facts nf = factsOf(w.doc);
+      const Facts& of = w.oldFacts;
+      bool moved = of.live != nf.live || of.hlc != nf.hlc || of.rating != nf.rating;
+      if (of.live && moved) {
+        if (auto s = txn.del(dbs_.byNewest, schema::newestIndexKey(w.key, of.hlc)); !s) return s;
+        if (auto s = txn.del(dbs_.byRating, schema::ratingIndexKey(w.key, of.rating, of.hlc)); !s) {
+          return s;
+        }
+      }
+      if (nf.live && moved) {
+        if (auto s = txn.put(dbs_.byNewest, schema::newestIndexKey(w.key, nf.hlc), ""); !s) return s;
+        if (auto s = txn.put(dbs_.byRating, schema::ratingIndexKey(w.key, nf.rating, nf.hlc), "");
+            !s) {
+          return s;
+        }
+      }
+      if (of.live != nf.live) {
+        std::string ak = schema::authorIndexKey(w.key);
+        if (auto s = nf.live ? txn.put(dbs_.byAuthor, ak, "") : txn.del(dbs_.byAuthor, ak); !s) {
+          return s;
+        }
+      }
+      if (of.live || nf.live) {
+        SummaryDelta& sd = summaryDeltas[schema::idPrefix(w.key.product)];
+        addFacts(sd, of, -1);
+        addFacts(sd, nf, +1);
+      }
+    }
+
+    for (const auto& [productKey, sd] : summaryDeltas) {
+      if (std::all_of(sd.begin(), sd.end(), [](int64_t x) { return x == 0; })) continue;
+      auto current = readSummary(txn, productKey);
+      if (!current) return current.error();
+      std::array<uint64_t*, 8> fields = {&current->count,        &current->histogram[0],
+                                         &current->histogram[1], &current->histogram[2],
+                                         &current->histogram[3], &current->histogram[4],
+                                         &current->ratingSum,    &current->helpfulTotal};
+      for (size_t f = 0; f < fields.size(); ++f) {
+        if (sd[f] < 0 && *fields[f] < static_cast<uint64_t>(-sd[f])) {
+          return corruption("product aggregate would go negative: the stored aggregates no "
+                            "longer match the documents");
+        }
+        *fields[f] += static_cast<uint64_t>(sd[f]);
+      }
+      Status s = current->count == 0 && current->helpfulTotal == 0 && current->ratingSum == 0
+                     ? txn.del(dbs_.aggregates, productKey)
+                     : txn.put(dbs_.aggregates, productKey, schema::encodeSummary(*current));
+      if (!s) return s;
+    }
+
+    for (const auto& [packed, delta] : nodeDeltas) {
+      if (isZero(delta)) continue;
+      int level = static_cast<int>(packed >> 32);
+      uint64_t index = packed & 0xffffffffu;
+      auto current = readNode(txn, level, index);
+      if (!current) return current.error();
+      Hash next = hashAdd(*current, delta);
+      std::string key = schema::merkleNodeKey(level, index);
+      Status s = isZero(next) ? txn.del(dbs_.merkle, key)
+                              : txn.put(dbs_.merkle, key,
+                                        std::string_view(reinterpret_cast<const char*>(next.data()),
+                                                         next.size()));
+      if (!s) return s;
+    }
+
+    std::string hw;
+    schema::putLe64(hw, clock_.highWater().bits);
+    return txn.put(dbs_.meta, schema::kMetaHlcHighWater, hw);
+  }
+
+  Result<std::optional<crdt::ReviewDoc>> readDoc(Txn& txn, const crdt::ReviewKey& key) {
+    std::string_view value;
+    auto found = txn.get(dbs_.documents, schema::docKey(key), &value);
+    if (!found) return found.error();
+    if (!*found) return std::optional<crdt::ReviewDoc>();
+    auto rec = schema::parseDocRecord(value, key);
+    if (!rec) return rec.error();
+    auto doc = decodeStored(rec->canonical, key);
+    if (!doc) return doc.error();
+    return std::optional<crdt::ReviewDoc>(std::move(doc).value());
+  }
+
+  Result<ProductSummary> readSummary(Txn& txn, const std::string& productKey) {
+    std::string_view value;
+    auto found = txn.get(dbs_.aggregates, productKey, &value);
+    if (!found) return found.error();
+    if (!*found) return ProductSummary{};
+    auto s = schema::decodeSummary(value);
+    if (!s) return corruption("product aggregate record has the wrong size");
+    return *s;
+  }
+
+  Result<Hash> readNode(Txn& txn, int level, uint64_t index) {
+    std::string_view value;
+    auto found = txn.get(dbs_.merkle, schema::merkleNodeKey(level, index), &value);
+    if (!found) return found.error();
+    Hash h{};
+    if (!*found) return h;
+    if (value.size() != h.size()) return corruption("Merkle node value of wrong size");
+    std::copy(value.begin(), value.end(), reinterpret_cast<char*>(h.data()));
+    return h;
+  }
+
+  // Pages through the index `dbi` within `prefix`. The cursor is the hex of
+  // tag || the next index key, so a cursor of another listing is refused.
+  template <class KeyOf>
+  Result<Page> scanIndex(MDB_dbi dbi, const std::string& prefix, char tag, bool backward,
+                         const std::string& cursor, size_t limit, KeyOf keyOf) {
+    if (limit == 0) return makeError(ErrorCode::kInvalidArgument, "listing limit must be >= 1");
+    std::string start;
+    if (!cursor.empty()) {
+      auto raw = schema::fromHex(cursor);
+      if (!raw || raw->size() <= 1 + prefix.size() || (*raw)[0] != tag ||
+          raw->compare(1, prefix.size(), prefix) != 0) {
+        return makeError(ErrorCode::kInvalidArgument,
+                         "listing cursor was not returned by this listing (another product, "
+                         "author or order, or altered); start again with an empty cursor");
+      }
+      start = raw->substr(1);
+    }
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    auto cur = Cursor::open(rt.txn(), dbi);
+    if (!cur) return cur.error();
+    std::string_view k;
+    // Positions on the greatest key below `bound` (the last key if none).
+    auto lastBelow = [&](const std::optional<std::string>& bound) -> Result<bool> {
+      Result<bool> r = bound ? cur->seekAtLeast(*bound, &k, nullptr) : Result<bool>(false);
+      if (!r) return r;
+      return cur->seek(*r ? MDB_PREV : MDB_LAST, &k, nullptr);
+    };
+    Result<bool> at = false;
+    if (!backward) {
+      at = cur->seekAtLeast(start.empty() ? prefix : start, &k, nullptr);
+    } else if (start.empty()) {
+      at = lastBelow(schema::prefixEnd(prefix));
+    } else {
+      at = cur->seekAtLeast(start, &k, nullptr);
+      if (at && (!*at || k != start)) at = lastBelow(start);
+    }
+    Page page;
+    while (true) {
+      if (!at) return at.error();
+      if (!*at || !k.starts_with(prefix)) break;
+      if (page.reviews.size() == limit) {
+        page.nextCursor = schema::toHex(std::string(1, tag) + std::string(k));
+        break;
+      }
+      std::optional<crdt::ReviewKey> key = keyOf(k);
+      if (!key) return corruption("malformed index key");
+      auto doc = readDoc(rt.txn(), *key);
+      if (!doc) return doc.error();
+      if (!*doc) {
+        return corruption("an index names (" + schema::describeKey(*key) +
+                          ") but no such review is stored");
+      }
+      page.reviews.push_back(std::move(**doc));
+      at = cur->seek(backward ? MDB_PREV : MDB_NEXT, &k, nullptr);
+    }
+    return page;
+  }
+
+  Options options_;
+  LockFile lock_;  // declared before env_: released after the env closes
+  Env env_;
+  Dbs dbs_;
+  crdt::ReplicaId replica_;
+  crdt::HybridClock clock_;  // store thread only
+  ResizeGate gate_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;  // guarded by mu_
+  bool stopping_ = false;      // guarded by mu_
+
+  std::atomic<uint64_t> commits_{0};
+  std::atomic<uint64_t> writes_{0};
+  std::atomic<uint64_t> mapGrowths_{0};
+  std::atomic<uint64_t> refused_{0};
+
+  std::thread writer_;  // last: starts after everything it uses exists
+};
+
+Status StoreImpl::verify() {
+  ReadTxn rt(gate_);
+  if (auto s = rt.begin(env_.get()); !s) return s;
+  Txn& txn = rt.txn();
+  auto mismatch = [](const std::string& what) {
+    return corruption("verify: " + what +
+                      "; derived data no longer matches the documents");
+  };
+  auto exists = [&](MDB_dbi dbi, const std::string& key) -> Result<bool> {
+    std::string_view ignored;
+    return txn.get(dbi, key, &ignored);
+  };
+
+  std::vector<std::vector<Hash>> nodes(kDepth + 1);
+  for (int level = 0; level <= kDepth; ++level) nodes[level].assign(uint64_t{1} << (4 * level), Hash{});
+  std::map<std::string, ProductSummary> sums;
+  uint64_t docCount = 0;
+  uint64_t liveCount = 0;
+  crdt::Hlc maxHlc;
+
+  auto docs = Cursor::open(txn, dbs_.documents);
+  if (!docs) return docs.error();
+  std::string_view k, v;
+  for (auto at = docs->seek(MDB_FIRST, &k, &v);; at = docs->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    auto key = schema::parseDocKey(k);
+    if (!key || schema::docKey(*key) != k) {
+      return mismatch("malformed document key " + schema::toHex(k));
+    }
+    auto rec = schema::parseDocRecord(v, *key);
+    if (!rec) return rec.error();
+    auto doc = decodeStored(rec->canonical, *key);
+    if (!doc) return doc.error();
+    ++docCount;
+    maxHlc = std::max(maxHlc, doc->maxHlc());
+
+    uint64_t kh = keyHashOfDocKey(k);
+    std::string_view leafDigest;
+    auto found = txn.get(dbs_.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
+    if (!found) return found.error();
+    if (!*found || leafDigest != std::string_view(reinterpret_cast<const char*>(rec->digest.data()),
+                                                  rec->digest.size())) {
+      return mismatch("Merkle leaf entry of (" + schema::describeKey(*key) + ") is missing or stale");
+    }
+    Hash e = entryHash(kh, rec->digest);
+    uint64_t leaf = leafIndexOf(kh);
+    for (int level = 0; level <= kDepth; ++level) {
+      Hash& n = nodes[level][nodeAbove(leaf, level)];
+      n = hashAdd(n, e);
+    }
+
+    Facts f = factsOf(*doc);
+    if (!f.live) continue;
+    ++liveCount;
+    addFacts(sums[schema::idPrefix(key->product)], f);
+    for (auto [dbi, ik, name] :
+         {std::tuple{dbs_.byNewest, schema::newestIndexKey(*key, f.hlc), "by-newest"},
+          std::tuple{dbs_.byRating, schema::ratingIndexKey(*key, f.rating, f.hlc), "by-rating"},
+          std::tuple{dbs_.byAuthor, schema::authorIndexKey(*key), "by-author"}}) {
+      auto e2 = exists(dbi, ik);
+      if (!e2) return e2.error();
+      if (!*e2) {
+        return mismatch(std::string(name) + " index lacks (" + schema::describeKey(*key) + ")");
+      }
+    }
+  }
+  docs->close();
+
+  // Every expected entry exists (checked above); equal counts mean no extras.
+  for (auto [dbi, expected, name] :
+       {std::tuple{dbs_.leafEntries, docCount, "leaf-entries"},
+        std::tuple{dbs_.byNewest, liveCount, "by-newest"},
+        std::tuple{dbs_.byRating, liveCount, "by-rating"},
+        std::tuple{dbs_.byAuthor, liveCount, "by-author"}}) {
+    MDB_stat st;
+    if (int rc = mdb_stat(txn.get(), dbi, &st); rc != 0) return lmdbError(rc, "reading db stats");
+    if (st.ms_entries != expected) {
+      return mismatch(std::string(name) + " holds " + std::to_string(st.ms_entries) +
+                      " entries, expected " + std::to_string(expected));
+    }
+  }
+
+  uint64_t storedNodes = 0;
+  auto merkle = Cursor::open(txn, dbs_.merkle);
+  if (!merkle) return merkle.error();
+  for (auto at = merkle->seek(MDB_FIRST, &k, &v);; at = merkle->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    if (k.size() != 5 || v.size() != 16) return mismatch("malformed Merkle node record");
+    int level = static_cast<uint8_t>(k[0]);
+    uint64_t index = schema::getBe64(std::string(4, '\0') + std::string(k.substr(1)));
+    if (level > kDepth || index >= nodes[level].size()) return mismatch("Merkle node out of range");
+    if (v != std::string_view(reinterpret_cast<const char*>(nodes[level][index].data()), 16)) {
+      return mismatch("Merkle node (level " + std::to_string(level) + ", index " +
+                      std::to_string(index) + ") differs from the recomputed sum");
+    }
+    ++storedNodes;
+  }
+  uint64_t expectedNodes = 0;
+  for (const auto& level : nodes) {
+    expectedNodes += static_cast<uint64_t>(std::count_if(level.begin(), level.end(),
+                                                         [](const Hash& h) { return !isZero(h); }));
+  }
+  if (storedNodes != expectedNodes) {
+    return mismatch("Merkle tree stores " + std::to_string(storedNodes) + " non-empty nodes, expected " +
+                    std::to_string(expectedNodes));
+  }
+
+  uint64_t storedSums = 0;
+  auto aggregates = Cursor::open(txn, dbs_.aggregates);
+  if (!aggregates) return aggregates.error();
+  for (auto at = aggregates->seek(MDB_FIRST, &k, &v);; at = aggregates->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    auto stored = schema::decodeSummary(v);
+    auto it = sums.find(std::string(k));
+    if (!stored || it == sums.end() || !sameSummary(*stored, it->second)) {
+      return mismatch("aggregate of product key " + schema::toHex(k) +
+                      " differs from a recount of its reviews");
+    }
+    ++storedSums;
+  }
+  if (storedSums != sums.size()) {
+    return mismatch("aggregates exist for " + std::to_string(storedSums) + " products, expected " +
+                    std::to_string(sums.size()));
+  }
+
+  std::string_view hw;
+  auto found = txn.get(dbs_.meta, schema::kMetaHlcHighWater, &hw);
+  if (!found) return found.error();
+  if (!*found || hw.size() != 8 || schema::getLe64(hw) < maxHlc.bits) {
+    return mismatch("the persisted HLC high-water mark is missing or below a stored stamp");
+  }
+  return okStatus();
+}
+
+// ---- open --------------------------------------------------------------------
+
+struct Opened {
+  Dbs dbs;
+  crdt::ReplicaId replica = 0;
+  crdt::Hlc highWater;
+};
+
+Result<Opened> initSchema(Txn& txn, const std::string& dir) {
+  Opened o;
+  const std::pair<const char*, MDB_dbi*> all[] = {
+      {kDbDocuments, &o.dbs.documents}, {kDbAggregates, &o.dbs.aggregates},
+      {kDbMerkle, &o.dbs.merkle},       {kDbLeafEntries, &o.dbs.leafEntries},
+      {kDbByAuthor, &o.dbs.byAuthor},   {kDbByNewest, &o.dbs.byNewest},
+      {kDbByRating, &o.dbs.byRating}};
+
+  int rc = mdb_dbi_open(txn.get(), kDbMeta, 0, &o.dbs.meta);
+  if (rc == MDB_NOTFOUND) {
+    // A new store, provided the environment holds nothing else.
+    MDB_dbi main;
+    MDB_stat st;
+    if ((rc = mdb_dbi_open(txn.get(), nullptr, 0, &main)) != 0 ||
+        (rc = mdb_stat(txn.get(), main, &st)) != 0) {
+      return txn.fail(rc, "reading the main database of " + dir);
+    }
+    if (st.ms_entries != 0) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "data dir " + dir + " holds an LMDB database that is not a Chorus store; "
+                       "point the node at an empty directory or at its own data dir");
+    }
+    if ((rc = mdb_dbi_open(txn.get(), kDbMeta, MDB_CREATE, &o.dbs.meta)) != 0) {
+      return txn.fail(rc, "creating the meta database");
+    }
+    for (auto [name, dbi] : all) {
+      if ((rc = mdb_dbi_open(txn.get(), name, MDB_CREATE, dbi)) != 0) {
+        return txn.fail(rc, std::string("creating database ") + name);
+      }
+    }
+    do {
+      randombytes_buf(&o.replica, sizeof o.replica);
+    } while (o.replica == 0);
+    std::string version, replica, hw;
+    for (int i = 0; i < 4; ++i) version.push_back(static_cast<char>((kSchemaVersion >> (8 * i)) & 0xff));
+    schema::putLe64(replica, o.replica);
+    schema::putLe64(hw, 0);
+    for (auto [k, v] : {std::pair{schema::kMetaSchemaVersion, std::string_view(version)},
+                        std::pair{schema::kMetaReplicaId, std::string_view(replica)},
+                        std::pair{schema::kMetaHlcHighWater, std::string_view(hw)}}) {
+      if (auto s = txn.put(o.dbs.meta, k, v); !s) return s.error();
+    }
+    return o;
+  }
+  if (rc != 0) return txn.fail(rc, "opening the meta database of " + dir);
+
+  std::string_view v;
+  auto found = txn.get(o.dbs.meta, schema::kMetaSchemaVersion, &v);
+  if (!found) return found.error();
+  if (!*found || v.size() != 4) {
+    return corruption("data dir " + dir + " has no readable schema version in its meta database");
+  }
+  uint32_t version = 0;
+  for (int i = 3; i >= 0; --i) version = (version << 8) | uint8_t(v[static_cast<size_t>(i)]);
+  if (version != kSchemaVersion) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
+                         ", but this build of Chorus reads only version " +
+                         std::to_string(kSchemaVersion) +
+                         ". Run the Chorus release that wrote it (or a newer one that migrates "
+                         "it), or move the directory aside and let the node resync from its peers");
+  }
+  found = txn.get(o.dbs.meta, schema::kMetaReplicaId, &v);
+  if (!found) return found.error();
+  if (!*found || v.size() != 8 || schema::getLe64(v) == 0) {
+    return corruption("data dir " + dir + " has no valid replica id in its meta database");
+  }
+  o.replica = schema::getLe64(v);
+  found = txn.get(o.dbs.meta, schema::kMetaHlcHighWater, &v);
+  if (!found) return found.error();
+  if (!*found || v.size() != 8) {
+    return corruption("data dir " + dir + " has no valid HLC high-water mark in its meta database");
+  }
+  o.highWater = crdt::Hlc{schema::getLe64(v)};
+  for (auto [name, dbi] : all) {
+    rc = mdb_dbi_open(txn.get(), name, 0, dbi);
+    if (rc == MDB_NOTFOUND) return corruption("data dir " + dir + " lacks the database " + name);
+    if (rc != 0) return txn.fail(rc, std::string("opening database ") + name);
+  }
+  return o;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> Store::open(Options options) {
+  if (options.dir.empty()) return makeError(ErrorCode::kInvalidArgument, "no data dir given");
+  if (options.maxBatch == 0) return makeError(ErrorCode::kInvalidArgument, "maxBatch must be >= 1");
+  if (!options.clock) return makeError(ErrorCode::kInvalidArgument, "no physical clock given");
+  std::error_code ec;
+  std::filesystem::create_directories(options.dir, ec);
+  if (ec) {
+    return makeError(ErrorCode::kIo, "cannot create data dir " + options.dir + ": " + ec.message());
+  }
+  if (sodium_init() < 0) return makeError(ErrorCode::kInternal, "libsodium failed to initialize");
+
+  auto lock = LockFile::acquire(options.dir);
+  if (!lock) return lock.error();
+
+  MDB_env* raw = nullptr;
+  if (int rc = mdb_env_create(&raw); rc != 0) return lmdbError(rc, "creating an LMDB environment");
+  Env env(raw);
+  uint64_t mapBytes = std::max<uint64_t>(options.initialMapBytes, 1 << 20);
+  if (int rc = mdb_env_set_maxdbs(raw, 16); rc != 0) return lmdbError(rc, "configuring LMDB");
+  if (int rc = mdb_env_set_maxreaders(raw, kMaxReaders); rc != 0) {
+    return lmdbError(rc, "configuring LMDB");
+  }
+  if (int rc = mdb_env_set_mapsize(raw, static_cast<size_t>(mapBytes)); rc != 0) {
+    return lmdbError(rc, "configuring LMDB");
+  }
+  unsigned flags = MDB_NOTLS | (options.unsafeNoSync ? MDB_NOSYNC : 0u);
+  if (int rc = mdb_env_open(raw, options.dir.c_str(), flags, 0644); rc != 0) {
+    return lmdbError(rc, "opening the LMDB environment in " + options.dir);
+  }
+  int dead = 0;
+  if (int rc = mdb_reader_check(raw, &dead); rc != 0) {
+    return lmdbError(rc, "clearing stale LMDB reader slots in " + options.dir);
+  }
+
+  Txn txn;
+  if (int rc = txn.begin(raw, 0); rc != 0) {
+    return lmdbError(rc, "starting the first transaction in " + options.dir);
+  }
+  auto opened = initSchema(txn, options.dir);
+  if (!opened) return opened.error();
+  if (auto s = txn.commit(); !s) return s.error();
+
+  return std::unique_ptr<Store>(new StoreImpl(std::move(options), std::move(lock).value(),
+                                              std::move(env), opened->dbs, opened->replica,
+                                              opened->highWater));
+}
+
+Result<Applied> Store::mutateSync(crdt::ReviewKey key, Mutation mutation) {
+  std::promise<Result<Applied>> promise;
+  auto future = promise.get_future();
+  mutate(std::move(key), std::move(mutation),
+         [&promise](Result<Applied> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+Result<Applied> Store::mergeSync(crdt::ReviewDoc remote) {
+  std::promise<Result<Applied>> promise;
+  auto future = promise.get_future();
+  merge(std::move(remote), [&promise](Result<Applied> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+}  // namespace chorus::storage
