@@ -1,0 +1,13 @@
+// The subcommands of chorus-bench. One file per subcommand defines its
+// add*Bench(); main.cpp calls each. A subcommand's callback sets exitCode
+// (0 = ran and met its checks).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace chorus::bench {
+
+void addStorageBench(CLI::App& app, int& exitCode);  // storage-bench.cpp
+void addRpcBench(CLI::App& app, int& exitCode);      // rpc-bench.cpp
+
+}  // namespace chorus::bench

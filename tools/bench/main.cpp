@@ -1,0 +1,14 @@
+// chorus-bench: benchmarks of Chorus, one subcommand each (see commands.h).
+#include <CLI/CLI.hpp>
+
+#include "tools/bench/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"chorus-bench: measures Chorus on this machine and prints what it found"};
+  app.require_subcommand(1);
+  int exitCode = 0;
+  chorus::bench::addStorageBench(app, exitCode);
+  chorus::bench::addRpcBench(app, exitCode);
+  CLI11_PARSE(app, argc, argv);
+  return exitCode;
+}
