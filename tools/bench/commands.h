@@ -9,5 +9,6 @@ namespace chorus::bench {
 
 void addStorageBench(CLI::App& app, int& exitCode);  // storage-bench.cpp
 void addRpcBench(CLI::App& app, int& exitCode);      // rpc-bench.cpp
+void addReconcileBench(CLI::App& app, int& exitCode);  // reconcile-bench.cpp
 
 }  // namespace chorus::bench

@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   int exitCode = 0;
   chorus::bench::addStorageBench(app, exitCode);
   chorus::bench::addRpcBench(app, exitCode);
+  chorus::bench::addReconcileBench(app, exitCode);
   CLI11_PARSE(app, argc, argv);
   return exitCode;
 }
