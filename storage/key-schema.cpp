@@ -95,15 +95,27 @@ std::string authorIndexKey(const crdt::ReviewKey& key) {
   return out;
 }
 
+std::string aggregateKey(std::string_view product) {
+  std::string out = idPrefix(product);
+  out.push_back(kProductAggregate);
+  return out;
+}
+
+std::string productRangePrefix(std::string_view product, char tag) {
+  std::string out = idPrefix(product);
+  out.push_back(tag);
+  return out;
+}
+
 std::string newestIndexKey(const crdt::ReviewKey& key, crdt::Hlc hlc) {
-  std::string out = idPrefix(key.product);
+  std::string out = productRangePrefix(key.product, kProductNewest);
   putBe64(out, ~hlc.bits);
   out.append(key.author);
   return out;
 }
 
 std::string ratingIndexKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc) {
-  std::string out = idPrefix(key.product);
+  std::string out = productRangePrefix(key.product, kProductRating);
   out.push_back(static_cast<char>(rating));
   putBe64(out, hlc.bits);
   out.append(key.author);

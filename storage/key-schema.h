@@ -37,13 +37,24 @@ std::optional<crdt::ReviewKey> parseDocKey(std::string_view docKey);
 
 // by-author: authorPrefix || product  (value empty; live reviews only)
 std::string authorIndexKey(const crdt::ReviewKey& key);
-// by-newest: productPrefix || be64(~hlc) || author  (newest first going forward)
+
+// products: everything kept per product, adjacent under its prefix so one
+// write dirties one region of one tree:
+//   productPrefix || 0x00                          -> aggregate (see below)
+//   productPrefix || 0x01 || be64(~hlc) || author  -> ""  newest first going forward
+//   productPrefix || 0x02 || rating || be64(hlc) || author -> ""
+//     (forward: lowest rating, oldest first; backward: highest, newest first)
+// Index entries exist for live reviews only.
+inline constexpr char kProductAggregate = 0x00;
+inline constexpr char kProductNewest = 0x01;
+inline constexpr char kProductRating = 0x02;
+std::string aggregateKey(std::string_view product);
 std::string newestIndexKey(const crdt::ReviewKey& key, crdt::Hlc hlc);
-// by-rating: productPrefix || rating || be64(hlc) || author
-// (forward: lowest rating, oldest first; backward: highest rating, newest first)
 std::string ratingIndexKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc);
-// The author stored at the end of a by-newest / by-rating key of `prefixLen`
-// prefix bytes; nullopt if the key is too short.
+// The range holding one product's entries of `tag`.
+std::string productRangePrefix(std::string_view product, char tag);
+// The author at the end of an index key of `prefixLen` range-prefix bytes
+// and `fixedLen` fixed bytes after it; nullopt if the key is too short.
 std::optional<std::string_view> indexAuthor(std::string_view indexKey, size_t prefixLen,
                                             size_t fixedLen);
 inline constexpr size_t kNewestFixedBytes = 8;
@@ -53,12 +64,17 @@ inline constexpr size_t kRatingFixedBytes = 9;
 // nullopt if there is none (prefix all 0xff).
 std::optional<std::string> prefixEnd(std::string_view prefix);
 
-// leaf-entries: be64(keyHash) || docKey -> digest (16 bytes). The top two
-// bytes of the key are the leaf index, so a leaf bucket is one key range.
+// leaf-entries: the Merkle leaves, each one key range:
+//   be16(leaf)                    -> the leaf's node sum (16 bytes)
+//   be64(keyHash) || docKey       -> the document's digest (16 bytes)
+// The top two bytes of keyHash are the leaf index, so a leaf's sum sorts
+// just before its entries and usually shares their page.
 std::string leafEntryKey(uint64_t keyHash, std::string_view docKey);
-std::string leafPrefix(uint32_t leafIndex);
+std::string leafPrefix(uint32_t leafIndex);  // also the leaf sum's key
+inline constexpr size_t kLeafSumKeyBytes = 2;
 
-// merkle: level (1 byte) || be32(index) -> 16-byte node sum; absent = zero.
+// merkle: the inner nodes (levels 0 to Store::kDepth - 1):
+//   level (1 byte) || be32(index) -> 16-byte node sum; absent = zero.
 std::string merkleNodeKey(int level, uint64_t index);
 
 // meta keys.

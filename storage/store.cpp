@@ -45,23 +45,19 @@ constexpr uint64_t kMaxMapBytes = uint64_t{1} << 42;  // 4 TiB
 constexpr unsigned kMaxReaders = 512;
 
 constexpr const char* kDbDocuments = "documents";
-constexpr const char* kDbAggregates = "aggregates";
+constexpr const char* kDbProducts = "products";
 constexpr const char* kDbMerkle = "merkle";
 constexpr const char* kDbLeafEntries = "leaf-entries";
 constexpr const char* kDbMeta = "meta";
 constexpr const char* kDbByAuthor = "by-author";
-constexpr const char* kDbByNewest = "by-newest";
-constexpr const char* kDbByRating = "by-rating";
 
 struct Dbs {
   MDB_dbi documents = 0;
-  MDB_dbi aggregates = 0;
-  MDB_dbi merkle = 0;
-  MDB_dbi leafEntries = 0;
+  MDB_dbi products = 0;  // aggregates and listing indexes
+  MDB_dbi merkle = 0;    // inner nodes
+  MDB_dbi leafEntries = 0;  // leaf sums and entries
   MDB_dbi meta = 0;
   MDB_dbi byAuthor = 0;
-  MDB_dbi byNewest = 0;
-  MDB_dbi byRating = 0;
 };
 
 Error corruption(const std::string& what) {
@@ -322,18 +318,17 @@ class StoreImpl final : public Store {
   Result<Page> listProduct(const std::string& product, Order order, const std::string& cursor,
                            size_t limit) override {
     if (auto s = schema::validateKey({product, "-"}); !s) return s.error();
-    std::string prefix = schema::idPrefix(product);
-    MDB_dbi dbi = dbs_.byNewest;
     size_t fixed = schema::kNewestFixedBytes;
     char tag = 'n';
     bool backward = false;
     if (order == Order::kHighestRating || order == Order::kLowestRating) {
-      dbi = dbs_.byRating;
       fixed = schema::kRatingFixedBytes;
       backward = order == Order::kHighestRating;
       tag = backward ? 'h' : 'l';
     }
-    return scanIndex(dbi, prefix, tag, backward, cursor, limit,
+    std::string prefix = schema::productRangePrefix(
+        product, order == Order::kNewest ? schema::kProductNewest : schema::kProductRating);
+    return scanIndex(dbs_.products, prefix, tag, backward, cursor, limit,
                      [&](std::string_view k) -> std::optional<crdt::ReviewKey> {
                        auto author = schema::indexAuthor(k, prefix.size(), fixed);
                        if (!author) return std::nullopt;
@@ -345,7 +340,7 @@ class StoreImpl final : public Store {
     if (auto s = schema::validateKey({product, "-"}); !s) return s.error();
     ReadTxn rt(gate_);
     if (auto s = rt.begin(env_.get()); !s) return s.error();
-    return readSummary(rt.txn(), schema::idPrefix(product));
+    return readSummary(rt.txn(), schema::aggregateKey(product));
   }
 
   Result<Page> listAuthor(const std::string& author, const std::string& cursor,
@@ -374,9 +369,17 @@ class StoreImpl final : public Store {
     }
     ReadTxn rt(gate_);
     if (auto s = rt.begin(env_.get()); !s) return s.error();
+    std::vector<Hash> children(kFanout, Hash{});
+    if (level + 1 == kDepth) {  // leaf sums, each at the head of its leaf's range
+      for (int i = 0; i < kFanout; ++i) {
+        auto h = readNode(rt.txn(), kDepth, index * kFanout + static_cast<uint64_t>(i));
+        if (!h) return h.error();
+        children[static_cast<size_t>(i)] = *h;
+      }
+      return children;
+    }
     auto cursor = Cursor::open(rt.txn(), dbs_.merkle);
     if (!cursor) return cursor.error();
-    std::vector<Hash> children(kFanout, Hash{});
     std::string first = schema::merkleNodeKey(level + 1, index * kFanout);
     std::string_view k, v;
     auto at = cursor->seekAtLeast(first, &k, &v);
@@ -410,6 +413,10 @@ class StoreImpl final : public Store {
     while (true) {
       if (!at) return at.error();
       if (!*at || !k.starts_with(prefix)) break;
+      if (k.size() == schema::kLeafSumKeyBytes) {  // the leaf's sum
+        at = cursor->seek(MDB_NEXT, &k, &v);
+        continue;
+      }
       auto key = k.size() > 8 ? schema::parseDocKey(k.substr(8)) : std::nullopt;
       if (!key || v.size() != 16) return corruption("malformed Merkle leaf entry");
       LeafEntry e{schema::getBe64(k), Hash{}, std::move(*key)};
@@ -620,8 +627,11 @@ class StoreImpl final : public Store {
   // Writes the batch's changed documents and everything derived from them:
   // Merkle leaf entries and node sums, indexes, aggregates, HLC high-water.
   Status writeBack(Txn& txn, std::map<std::string, Working>& work) {
-    std::map<std::string, SummaryDelta> summaryDeltas;  // by product prefix
+    std::map<std::string, SummaryDelta> summaryDeltas;  // by aggregate key
     std::map<uint64_t, Hash> nodeDeltas;                // by packNode(level, index)
+    // Writes to trees keyed unlike the documents, applied in key order below.
+    std::vector<std::pair<std::string, Hash>> leafPuts;
+    std::vector<std::string> authorPuts;
     for (auto& [dk, w] : work) {
       if (!w.dirty) continue;
       std::string canonical = w.doc.encode();
@@ -630,10 +640,7 @@ class StoreImpl final : public Store {
       if (auto s = txn.put(dbs_.documents, dk, schema::encodeDocRecord(digest, canonical)); !s) {
         return s;
       }
-      std::string_view digestBytes(reinterpret_cast<const char*>(digest.data()), digest.size());
-      if (auto s = txn.put(dbs_.leafEntries, schema::leafEntryKey(w.keyHash, dk), digestBytes); !s) {
-        return s;
-      }
+      leafPuts.emplace_back(schema::leafEntryKey(w.keyHash, dk), digest);
       Hash d = entryHash(w.keyHash, digest);
       if (w.existed) d = hashSub(d, entryHash(w.keyHash, w.oldDigest));
       uint64_t leaf = leafIndexOf(w.keyHash);
@@ -646,28 +653,44 @@ class StoreImpl final : public Store {
       const Facts& of = w.oldFacts;
       bool moved = of.live != nf.live || of.hlc != nf.hlc || of.rating != nf.rating;
       if (of.live && moved) {
-        if (auto s = txn.del(dbs_.byNewest, schema::newestIndexKey(w.key, of.hlc)); !s) return s;
-        if (auto s = txn.del(dbs_.byRating, schema::ratingIndexKey(w.key, of.rating, of.hlc)); !s) {
+        if (auto s = txn.del(dbs_.products, schema::newestIndexKey(w.key, of.hlc)); !s) return s;
+        if (auto s = txn.del(dbs_.products, schema::ratingIndexKey(w.key, of.rating, of.hlc)); !s) {
           return s;
         }
       }
       if (nf.live && moved) {
-        if (auto s = txn.put(dbs_.byNewest, schema::newestIndexKey(w.key, nf.hlc), ""); !s) return s;
-        if (auto s = txn.put(dbs_.byRating, schema::ratingIndexKey(w.key, nf.rating, nf.hlc), "");
+        if (auto s = txn.put(dbs_.products, schema::newestIndexKey(w.key, nf.hlc), ""); !s) return s;
+        if (auto s = txn.put(dbs_.products, schema::ratingIndexKey(w.key, nf.rating, nf.hlc), "");
             !s) {
           return s;
         }
       }
-      if (of.live != nf.live) {
-        std::string ak = schema::authorIndexKey(w.key);
-        if (auto s = nf.live ? txn.put(dbs_.byAuthor, ak, "") : txn.del(dbs_.byAuthor, ak); !s) {
-          return s;
-        }
+      if (!of.live && nf.live) authorPuts.push_back(schema::authorIndexKey(w.key));
+      if (of.live && !nf.live) {
+        if (auto s = txn.del(dbs_.byAuthor, schema::authorIndexKey(w.key)); !s) return s;
       }
       if (of.live || nf.live) {
-        SummaryDelta& sd = summaryDeltas[schema::idPrefix(w.key.product)];
+        SummaryDelta& sd = summaryDeltas[schema::aggregateKey(w.key.product)];
         addFacts(sd, of, -1);
         addFacts(sd, nf, +1);
+      }
+    }
+
+    std::sort(leafPuts.begin(), leafPuts.end());
+    if (!leafPuts.empty()) {
+      auto cursor = Cursor::open(txn, dbs_.leafEntries);
+      if (!cursor) return cursor.error();
+      for (const auto& [key, digest] : leafPuts) {
+        std::string_view bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
+        if (auto s = cursor->put(key, bytes); !s) return s;
+      }
+    }
+    std::sort(authorPuts.begin(), authorPuts.end());
+    if (!authorPuts.empty()) {
+      auto cursor = Cursor::open(txn, dbs_.byAuthor);
+      if (!cursor) return cursor.error();
+      for (const auto& key : authorPuts) {
+        if (auto s = cursor->put(key, ""); !s) return s;
       }
     }
 
@@ -687,8 +710,8 @@ class StoreImpl final : public Store {
         *fields[f] += static_cast<uint64_t>(sd[f]);
       }
       Status s = current->count == 0 && current->helpfulTotal == 0 && current->ratingSum == 0
-                     ? txn.del(dbs_.aggregates, productKey)
-                     : txn.put(dbs_.aggregates, productKey, schema::encodeSummary(*current));
+                     ? txn.del(dbs_.products, productKey)
+                     : txn.put(dbs_.products, productKey, schema::encodeSummary(*current));
       if (!s) return s;
     }
 
@@ -699,9 +722,11 @@ class StoreImpl final : public Store {
       auto current = readNode(txn, level, index);
       if (!current) return current.error();
       Hash next = hashAdd(*current, delta);
-      std::string key = schema::merkleNodeKey(level, index);
-      Status s = isZero(next) ? txn.del(dbs_.merkle, key)
-                              : txn.put(dbs_.merkle, key,
+      MDB_dbi dbi = level == kDepth ? dbs_.leafEntries : dbs_.merkle;
+      std::string key = level == kDepth ? schema::leafPrefix(static_cast<uint32_t>(index))
+                                        : schema::merkleNodeKey(level, index);
+      Status s = isZero(next) ? txn.del(dbi, key)
+                              : txn.put(dbi, key,
                                         std::string_view(reinterpret_cast<const char*>(next.data()),
                                                          next.size()));
       if (!s) return s;
@@ -724,9 +749,9 @@ class StoreImpl final : public Store {
     return std::optional<crdt::ReviewDoc>(std::move(doc).value());
   }
 
-  Result<ProductSummary> readSummary(Txn& txn, const std::string& productKey) {
+  Result<ProductSummary> readSummary(Txn& txn, const std::string& aggregateKey) {
     std::string_view value;
-    auto found = txn.get(dbs_.aggregates, productKey, &value);
+    auto found = txn.get(dbs_.products, aggregateKey, &value);
     if (!found) return found.error();
     if (!*found) return ProductSummary{};
     auto s = schema::decodeSummary(value);
@@ -734,9 +759,12 @@ class StoreImpl final : public Store {
     return *s;
   }
 
+  // A node sum: inner nodes in `merkle`, leaf sums in `leaf-entries`.
   Result<Hash> readNode(Txn& txn, int level, uint64_t index) {
     std::string_view value;
-    auto found = txn.get(dbs_.merkle, schema::merkleNodeKey(level, index), &value);
+    auto found = level == kDepth
+                     ? txn.get(dbs_.leafEntries, schema::leafPrefix(static_cast<uint32_t>(index)), &value)
+                     : txn.get(dbs_.merkle, schema::merkleNodeKey(level, index), &value);
     if (!found) return found.error();
     Hash h{};
     if (!*found) return h;
@@ -830,17 +858,22 @@ Status StoreImpl::verify() {
   if (auto s = rt.begin(env_.get()); !s) return s;
   Txn& txn = rt.txn();
   auto mismatch = [](const std::string& what) {
-    return corruption("verify: " + what +
-                      "; derived data no longer matches the documents");
+    return corruption("verify: " + what + "; derived data no longer matches the documents");
   };
   auto exists = [&](MDB_dbi dbi, const std::string& key) -> Result<bool> {
     std::string_view ignored;
     return txn.get(dbi, key, &ignored);
   };
+  auto nodeBytes = [](const Hash& h) {
+    return std::string_view(reinterpret_cast<const char*>(h.data()), h.size());
+  };
 
+  // 1. Recompute from the documents; check that each one's entries exist.
   std::vector<std::vector<Hash>> nodes(kDepth + 1);
-  for (int level = 0; level <= kDepth; ++level) nodes[level].assign(uint64_t{1} << (4 * level), Hash{});
-  std::map<std::string, ProductSummary> sums;
+  for (int level = 0; level <= kDepth; ++level) {
+    nodes[static_cast<size_t>(level)].assign(uint64_t{1} << (4 * level), Hash{});
+  }
+  std::map<std::string, ProductSummary> sums;  // by aggregate key
   uint64_t docCount = 0;
   uint64_t liveCount = 0;
   crdt::Hlc maxHlc;
@@ -866,49 +899,56 @@ Status StoreImpl::verify() {
     std::string_view leafDigest;
     auto found = txn.get(dbs_.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
     if (!found) return found.error();
-    if (!*found || leafDigest != std::string_view(reinterpret_cast<const char*>(rec->digest.data()),
-                                                  rec->digest.size())) {
+    if (!*found || leafDigest != nodeBytes(rec->digest)) {
       return mismatch("Merkle leaf entry of (" + schema::describeKey(*key) + ") is missing or stale");
     }
     Hash e = entryHash(kh, rec->digest);
     uint64_t leaf = leafIndexOf(kh);
     for (int level = 0; level <= kDepth; ++level) {
-      Hash& n = nodes[level][nodeAbove(leaf, level)];
+      Hash& n = nodes[static_cast<size_t>(level)][nodeAbove(leaf, level)];
       n = hashAdd(n, e);
     }
 
     Facts f = factsOf(*doc);
     if (!f.live) continue;
     ++liveCount;
-    addFacts(sums[schema::idPrefix(key->product)], f);
+    addFacts(sums[schema::aggregateKey(key->product)], f);
     for (auto [dbi, ik, name] :
-         {std::tuple{dbs_.byNewest, schema::newestIndexKey(*key, f.hlc), "by-newest"},
-          std::tuple{dbs_.byRating, schema::ratingIndexKey(*key, f.rating, f.hlc), "by-rating"},
-          std::tuple{dbs_.byAuthor, schema::authorIndexKey(*key), "by-author"}}) {
+         {std::tuple{dbs_.products, schema::newestIndexKey(*key, f.hlc), "newest index"},
+          std::tuple{dbs_.products, schema::ratingIndexKey(*key, f.rating, f.hlc), "rating index"},
+          std::tuple{dbs_.byAuthor, schema::authorIndexKey(*key), "by-author index"}}) {
       auto e2 = exists(dbi, ik);
       if (!e2) return e2.error();
-      if (!*e2) {
-        return mismatch(std::string(name) + " index lacks (" + schema::describeKey(*key) + ")");
-      }
+      if (!*e2) return mismatch(std::string(name) + " lacks (" + schema::describeKey(*key) + ")");
     }
   }
   docs->close();
 
-  // Every expected entry exists (checked above); equal counts mean no extras.
-  for (auto [dbi, expected, name] :
-       {std::tuple{dbs_.leafEntries, docCount, "leaf-entries"},
-        std::tuple{dbs_.byNewest, liveCount, "by-newest"},
-        std::tuple{dbs_.byRating, liveCount, "by-rating"},
-        std::tuple{dbs_.byAuthor, liveCount, "by-author"}}) {
-    MDB_stat st;
-    if (int rc = mdb_stat(txn.get(), dbi, &st); rc != 0) return lmdbError(rc, "reading db stats");
-    if (st.ms_entries != expected) {
-      return mismatch(std::string(name) + " holds " + std::to_string(st.ms_entries) +
-                      " entries, expected " + std::to_string(expected));
+  // 2. Walk the derived databases: sums and aggregates must equal the
+  // recomputed ones, and entry counts must match (every expected entry was
+  // found above, so equal counts mean there are no extras).
+  uint64_t leafEntryCount = 0;
+  uint64_t storedNodes = 0;
+  auto leaves = Cursor::open(txn, dbs_.leafEntries);
+  if (!leaves) return leaves.error();
+  for (auto at = leaves->seek(MDB_FIRST, &k, &v);; at = leaves->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    if (k.size() != schema::kLeafSumKeyBytes) {
+      ++leafEntryCount;
+      continue;
     }
+    uint64_t leaf = (uint64_t(uint8_t(k[0])) << 8) | uint8_t(k[1]);
+    if (v != nodeBytes(nodes[kDepth][leaf])) {
+      return mismatch("Merkle leaf " + std::to_string(leaf) + " sum differs from its recomputed value");
+    }
+    ++storedNodes;
+  }
+  if (leafEntryCount != docCount) {
+    return mismatch("leaf-entries holds " + std::to_string(leafEntryCount) +
+                    " Merkle leaf entries for " + std::to_string(docCount) + " documents");
   }
 
-  uint64_t storedNodes = 0;
   auto merkle = Cursor::open(txn, dbs_.merkle);
   if (!merkle) return merkle.error();
   for (auto at = merkle->seek(MDB_FIRST, &k, &v);; at = merkle->seek(MDB_NEXT, &k, &v)) {
@@ -917,8 +957,10 @@ Status StoreImpl::verify() {
     if (k.size() != 5 || v.size() != 16) return mismatch("malformed Merkle node record");
     int level = static_cast<uint8_t>(k[0]);
     uint64_t index = schema::getBe64(std::string(4, '\0') + std::string(k.substr(1)));
-    if (level > kDepth || index >= nodes[level].size()) return mismatch("Merkle node out of range");
-    if (v != std::string_view(reinterpret_cast<const char*>(nodes[level][index].data()), 16)) {
+    if (level >= kDepth || index >= nodes[static_cast<size_t>(level)].size()) {
+      return mismatch("Merkle node out of range");
+    }
+    if (v != nodeBytes(nodes[static_cast<size_t>(level)][index])) {
       return mismatch("Merkle node (level " + std::to_string(level) + ", index " +
                       std::to_string(index) + ") differs from the recomputed sum");
     }
@@ -926,31 +968,48 @@ Status StoreImpl::verify() {
   }
   uint64_t expectedNodes = 0;
   for (const auto& level : nodes) {
-    expectedNodes += static_cast<uint64_t>(std::count_if(level.begin(), level.end(),
-                                                         [](const Hash& h) { return !isZero(h); }));
+    expectedNodes += static_cast<uint64_t>(
+        std::count_if(level.begin(), level.end(), [](const Hash& h) { return !isZero(h); }));
   }
   if (storedNodes != expectedNodes) {
-    return mismatch("Merkle tree stores " + std::to_string(storedNodes) + " non-empty nodes, expected " +
-                    std::to_string(expectedNodes));
+    return mismatch("Merkle tree stores " + std::to_string(storedNodes) +
+                    " non-empty nodes, expected " + std::to_string(expectedNodes));
   }
 
   uint64_t storedSums = 0;
-  auto aggregates = Cursor::open(txn, dbs_.aggregates);
-  if (!aggregates) return aggregates.error();
-  for (auto at = aggregates->seek(MDB_FIRST, &k, &v);; at = aggregates->seek(MDB_NEXT, &k, &v)) {
+  uint64_t indexEntries = 0;
+  auto products = Cursor::open(txn, dbs_.products);
+  if (!products) return products.error();
+  for (auto at = products->seek(MDB_FIRST, &k, &v);; at = products->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
     if (!*at) break;
+    size_t idLen = k.size() >= 2 ? ((size_t(uint8_t(k[0])) << 8) | uint8_t(k[1])) : 0;
+    if (idLen == 0 || k.size() < 3 + idLen) return mismatch("malformed products key " + schema::toHex(k));
+    if (k[2 + idLen] != schema::kProductAggregate || k.size() != 3 + idLen) {
+      ++indexEntries;
+      continue;
+    }
     auto stored = schema::decodeSummary(v);
     auto it = sums.find(std::string(k));
     if (!stored || it == sums.end() || !sameSummary(*stored, it->second)) {
-      return mismatch("aggregate of product key " + schema::toHex(k) +
-                      " differs from a recount of its reviews");
+      return mismatch("aggregate of product '" + std::string(k.substr(2, idLen)) +
+                      "' differs from a recount of its reviews");
     }
     ++storedSums;
   }
   if (storedSums != sums.size()) {
     return mismatch("aggregates exist for " + std::to_string(storedSums) + " products, expected " +
                     std::to_string(sums.size()));
+  }
+  if (indexEntries != 2 * liveCount) {
+    return mismatch("the listing indexes hold " + std::to_string(indexEntries) + " entries for " +
+                    std::to_string(liveCount) + " live reviews (expected two each)");
+  }
+  MDB_stat st;
+  if (int rc = mdb_stat(txn.get(), dbs_.byAuthor, &st); rc != 0) return lmdbError(rc, "reading db stats");
+  if (st.ms_entries != liveCount) {
+    return mismatch("by-author index holds " + std::to_string(st.ms_entries) + " entries for " +
+                    std::to_string(liveCount) + " live reviews");
   }
 
   std::string_view hw;
@@ -972,11 +1031,11 @@ struct Opened {
 
 Result<Opened> initSchema(Txn& txn, const std::string& dir) {
   Opened o;
-  const std::pair<const char*, MDB_dbi*> all[] = {
-      {kDbDocuments, &o.dbs.documents}, {kDbAggregates, &o.dbs.aggregates},
-      {kDbMerkle, &o.dbs.merkle},       {kDbLeafEntries, &o.dbs.leafEntries},
-      {kDbByAuthor, &o.dbs.byAuthor},   {kDbByNewest, &o.dbs.byNewest},
-      {kDbByRating, &o.dbs.byRating}};
+  const std::pair<const char*, MDB_dbi*> all[] = {{kDbDocuments, &o.dbs.documents},
+                                                   {kDbProducts, &o.dbs.products},
+                                                   {kDbMerkle, &o.dbs.merkle},
+                                                   {kDbLeafEntries, &o.dbs.leafEntries},
+                                                   {kDbByAuthor, &o.dbs.byAuthor}};
 
   int rc = mdb_dbi_open(txn.get(), kDbMeta, 0, &o.dbs.meta);
   if (rc == MDB_NOTFOUND) {

@@ -74,6 +74,7 @@ Status Txn::del(MDB_dbi dbi, std::string_view key) {
 
 Result<Cursor> Cursor::open(Txn& txn, MDB_dbi dbi) {
   Cursor c;
+  c.txn_ = &txn;
   int rc = mdb_cursor_open(txn.get(), dbi, &c.cursor_);
   if (rc != 0) return lmdbError(rc, "opening a cursor");
   return c;
@@ -100,6 +101,14 @@ Result<bool> Cursor::seekAtLeast(std::string_view target, std::string_view* key,
   *key = toView(k);
   if (value != nullptr) *value = toView(v);
   return true;
+}
+
+Status Cursor::put(std::string_view key, std::string_view value) {
+  MDB_val k = toVal(key);
+  MDB_val v = toVal(value);
+  int rc = mdb_cursor_put(cursor_, &k, &v, 0);
+  if (rc != 0) return txn_->fail(rc, "writing a key through a cursor");
+  return okStatus();
 }
 
 }  // namespace chorus::storage::internal

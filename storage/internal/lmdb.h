@@ -103,11 +103,13 @@ class Txn {
 class Cursor {
  public:
   Cursor() = default;
-  Cursor(Cursor&& other) noexcept : cursor_(std::exchange(other.cursor_, nullptr)) {}
+  Cursor(Cursor&& other) noexcept
+      : cursor_(std::exchange(other.cursor_, nullptr)), txn_(other.txn_) {}
   Cursor& operator=(Cursor&& other) noexcept {
     if (this != &other) {
       close();
       cursor_ = std::exchange(other.cursor_, nullptr);
+      txn_ = other.txn_;
     }
     return *this;
   }
@@ -126,9 +128,13 @@ class Cursor {
   // MDB_SET_RANGE: the first entry with key >= `target`.
   Result<bool> seekAtLeast(std::string_view target, std::string_view* key,
                            std::string_view* value);
+  // mdb_cursor_put. Puts in key order through one cursor stay on the
+  // current leaf page instead of descending from the root each time.
+  Status put(std::string_view key, std::string_view value);
 
  private:
   MDB_cursor* cursor_ = nullptr;
+  Txn* txn_ = nullptr;
 };
 
 }  // namespace chorus::storage::internal

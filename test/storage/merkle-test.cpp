@@ -276,10 +276,10 @@ TEST_CASE("verify names derived data that drifted from the documents") {
   };
   std::string savedSummary;
   SUBCASE("aggregate") {
-    test::withRawDb(dir.path(), "aggregates", [&](MDB_txn* txn, MDB_dbi dbi) {
+    test::withRawDb(dir.path(), "products", [&](MDB_txn* txn, MDB_dbi dbi) {
       ProductSummary s;
       s.count = 19;
-      std::string k = schema::idPrefix("sku-1");
+      std::string k = schema::aggregateKey("sku-1");
       std::string v = schema::encodeSummary(s);
       MDB_val key{k.size(), k.data()}, val{v.size(), v.data()};
       REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
@@ -297,6 +297,24 @@ TEST_CASE("verify names derived data that drifted from the documents") {
     });
     expectBroken("Merkle node");
   }
+  SUBCASE("Merkle leaf sum") {
+    test::withRawDb(dir.path(), "leaf-entries", [&](MDB_txn* txn, MDB_dbi dbi) {
+      std::string k = schema::leafPrefix(static_cast<uint32_t>(leafIndexOf(keyHash({"sku-1", "u4"}))));
+      MDB_val key{k.size(), k.data()};
+      REQUIRE(mdb_del(txn, dbi, &key, nullptr) == 0);
+      return true;
+    });
+    expectBroken("Merkle");
+  }
+  SUBCASE("rating index entry") {
+    test::withRawDb(dir.path(), "products", [&](MDB_txn* txn, MDB_dbi dbi) {
+      std::string k = schema::ratingIndexKey({"sku-1", "u9"}, 4, crdt::Hlc{1});
+      MDB_val key{k.size(), k.data()}, val{0, nullptr};
+      REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
+      return true;
+    });
+    expectBroken("listing indexes");
+  }
   SUBCASE("index entry") {
     test::withRawDb(dir.path(), "by-author", [&](MDB_txn* txn, MDB_dbi dbi) {
       std::string k = schema::authorIndexKey({"sku-1", "u3"});
@@ -304,7 +322,7 @@ TEST_CASE("verify names derived data that drifted from the documents") {
       REQUIRE(mdb_del(txn, dbi, &key, nullptr) == 0);
       return true;
     });
-    expectBroken("by-author");
+    expectBroken("by-author index");
   }
   SUBCASE("leaf entry") {
     test::withRawDb(dir.path(), "leaf-entries", [&](MDB_txn* txn, MDB_dbi dbi) {
