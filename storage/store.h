@@ -49,7 +49,9 @@ using Done = std::function<void(Result<Applied>)>;
 // A local operation: called on the store thread with the current document
 // (empty if none) and the store's clock; mutates `doc` through one of
 // ReviewDoc's delta mutators and returns the delta. May return an Error
-// (e.g. not found) to abort just this write.
+// (e.g. not found) to abort just this write. May run more than once (the
+// transaction is retried after the map grows), so it must have no effects
+// beyond `doc` and `clock`.
 using Mutation = std::function<Result<crdt::ReviewDoc>(crdt::ReviewDoc& doc,
                                                         crdt::HybridClock& clock)>;
 
