@@ -9,6 +9,7 @@
 #include <map>
 
 #include "gossip/reconcile.capnp.h"
+#include "storage/merkle.h"
 
 namespace chorus::gossip {
 
@@ -202,9 +203,8 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
       case wire::Reconcile::LEAVES: {
         std::vector<crdt::ReviewKey> send;
         std::vector<uint64_t> wants;
-        uint64_t leafCount = uint64_t{1} << (4 * Store::kDepth);
         for (auto leaf : in.getLeaves()) {
-          if (leaf.getIndex() >= leafCount) {
+          if (leaf.getIndex() >= storage::kMerkleLeaves) {
             failure = malformed("bad leaf index");
             return;
           }
@@ -264,7 +264,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
         // Find our keys behind the wanted key hashes (a leaf holds them).
         std::map<uint64_t, std::vector<uint64_t>> byLeaf;
         for (uint64_t keyHash : wants) {
-          byLeaf[keyHash >> (64 - 4 * Store::kDepth)].push_back(keyHash);
+          byLeaf[storage::leafIndexOf(keyHash)].push_back(keyHash);
         }
         std::vector<crdt::ReviewKey> send;
         for (const auto& [leaf, keyHashes] : byLeaf) {
