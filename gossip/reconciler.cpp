@@ -17,27 +17,21 @@ namespace {
 
 using storage::Store;
 
-// Hashes travel as their first 8 bytes, little-endian: a false "equal" needs
-// a 64-bit collision between two states of the same node.
-uint64_t wireHash(const storage::Hash& h) {
+// Hashes travel as their first 8 bytes, read as a little-endian uint64: a
+// false "equal" needs a 64-bit collision between two states of one node.
+uint64_t readLe64(const uint8_t* bytes) {
   uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | h[static_cast<size_t>(i)];
+  for (int i = 7; i >= 0; --i) v = (v << 8) | bytes[i];
   return v;
 }
+
+uint64_t wireHash(const storage::Hash& h) { return readLe64(h.data()); }
 
 void putHashes(capnp::Data::Builder out, const std::vector<storage::Hash>& hashes) {
-  size_t at = 0;
-  for (const auto& h : hashes) {
-    uint64_t v = wireHash(h);
-    for (int i = 0; i < 8; ++i) out[at++] = static_cast<uint8_t>(v >> (8 * i));
-  }
+  for (size_t i = 0; i < hashes.size(); ++i) std::memcpy(out.begin() + 8 * i, hashes[i].data(), 8);
 }
 
-uint64_t hashAt(capnp::Data::Reader data, size_t i) {
-  uint64_t v = 0;
-  for (int b = 7; b >= 0; --b) v = (v << 8) | data[i * 8 + static_cast<size_t>(b)];
-  return v;
-}
+uint64_t hashAt(capnp::Data::Reader data, size_t i) { return readLe64(data.begin() + 8 * i); }
 
 Outgoing finish(capnp::MallocMessageBuilder& message, size_t payloadBytes) {
   auto words = capnp::messageToFlatArray(message);
