@@ -1,0 +1,120 @@
+// chorus::gossip::Cluster: replication between Chorus nodes over libuv TCP.
+//
+//   - Transport: one TCP connection per peer that this node dials, plus the
+//     connections peers dial to it; frames are length-prefixed Cap'n Proto
+//     messages (gossip/frame.h) with a protocol version and a size cap. A
+//     malformed or oversized frame is counted and closes its connection.
+//   - Membership: nodes join through seed addresses; the member list rides on
+//     heartbeats, is persisted in <dataDir>/members, and is reloaded at start.
+//     A phi-accrual detector over heartbeat arrivals marks peers
+//     alive/suspect/dead; dead peers keep being redialled with jittered
+//     backoff, so a healed partition needs no operator.
+//   - Fast path: every local write's delta is pushed at once to all peers
+//     (to `pushFanout` random ones in larger clusters).
+//   - Repair path: every `antiEntropyInterval` this node reconciles Merkle
+//     trees (gossip/reconciler.h) with the alive peer it synced least
+//     recently, and at once with a peer that comes back alive.
+//   - Partition injection: partition(ids) drops every frame to and from the
+//     named peers inside this node's transport, until heal().
+//
+// Threads: the Cluster owns one libuv loop thread. Every public method may be
+// called from any thread. `onMerged` runs on the store thread (see
+// storage/store.h) after a state received from a peer committed.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "crdt/result.h"
+#include "crdt/review.h"
+#include "storage/store.h"
+
+namespace chorus::gossip {
+
+struct ClusterOptions {
+  std::string nodeId;                 // unique in the cluster; required
+  std::string listen;                 // gossip "host:port" (port 0 = any free port)
+  std::string advertise;              // address peers dial; empty = the bound address
+  std::vector<std::string> seeds;     // gossip addresses of nodes to join through
+  std::string rpcAddress;             // this node's client API address, shared with peers
+  std::string dataDir;                // where the member list is persisted; empty = nowhere
+  std::chrono::milliseconds antiEntropyInterval{1000};
+  std::chrono::milliseconds heartbeatInterval{200};
+  double suspectPhi = 5;              // phi-accrual thresholds
+  double deadPhi = 10;
+  size_t pushFanout = 8;              // peers each delta goes to (all if fewer)
+  size_t maxFrameBytes = 32u << 20;   // larger frames are refused
+  size_t maxQueuedBytesPerPeer = 64u << 20;  // beyond: deltas dropped (repair catches up)
+};
+
+enum class PeerState { kAlive, kSuspect, kDead };
+const char* peerStateName(PeerState state);  // "alive", "suspect", "dead"
+
+// A peer as this node sees it.
+struct MemberInfo {
+  std::string nodeId;
+  std::string gossipAddress;
+  std::string rpcAddress;
+  PeerState state = PeerState::kDead;
+  bool partitioned = false;        // traffic dropped by partition()
+  uint64_t lastSyncUnixMillis = 0; // last completed anti-entropy session; 0 = never
+  uint64_t pendingDeltas = 0;      // queued, not yet written to the socket
+  double phi = 0;
+};
+
+struct ClusterStats {
+  uint64_t framesIn = 0, framesOut = 0;
+  uint64_t bytesIn = 0, bytesOut = 0;
+  uint64_t malformedFrames = 0;      // refused frames (each closed its connection)
+  uint64_t partitionDropped = 0;     // frames dropped by partition()
+  uint64_t deltasSent = 0, deltasReceived = 0;
+  uint64_t deltasDropped = 0;        // not sent: peer unreachable or queue full
+  uint64_t syncStarted = 0, syncCompleted = 0;
+  uint64_t antiEntropyBytes = 0;     // reconcile frames, both directions
+  uint64_t statesRepaired = 0;       // states received through anti-entropy
+};
+
+class Cluster {
+ public:
+  using Merged = std::function<void(Result<storage::Applied>)>;
+
+  // Binds `listen`, loads the persisted member list, and starts the loop
+  // thread. Errors: kInvalidArgument (bad option or address), kIo (bind).
+  static Result<std::unique_ptr<Cluster>> start(ClusterOptions options, storage::Store& store,
+                                                Merged onMerged);
+  // Stops the loop thread and closes every connection.
+  ~Cluster();
+
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  const std::string& nodeId() const;
+  std::string address() const;  // the bound gossip address, "127.0.0.1:7401"
+
+  // Pushes a committed local write's delta to peers.
+  void publish(const crdt::ReviewDoc& delta);
+
+  // Drops all traffic to and from the named peers (added to any already
+  // partitioned). Unknown ids are kept and apply once such a peer appears.
+  void partition(const std::vector<std::string>& nodeIds);
+  void heal();  // stop dropping
+  std::vector<std::string> partitioned() const;
+
+  std::vector<MemberInfo> members() const;  // peers, without this node; by id
+  ClusterStats stats() const;
+
+  // Starts an anti-entropy round now (with the least recently synced peer).
+  void syncNow();
+
+  class Impl;
+
+ private:
+  explicit Cluster(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::gossip
