@@ -28,7 +28,8 @@ struct Reconcile {
   union {
     # initiator -> responder: my root. Answered by inSync or children.
     root @1 :UInt64;
-    # Both trees have the same root.
+    # Nothing more to exchange (the roots are equal, or the trees changed
+    # meanwhile, or the other side wants nothing): ends the session.
     inSync @2 :Void;
     # The children of nodes at `level` that differed. The receiver compares
     # them with its own and answers with the next level (or leaf entries).

@@ -46,6 +46,14 @@ wire::Reconcile::Builder newMessage(capnp::MallocMessageBuilder& message) {
   return root;
 }
 
+// "Nothing more to exchange": ends the session on both sides.
+Outgoing done(capnp::MallocMessageBuilder& message) {
+  newMessage(message).setInSync();
+  Outgoing out = finish(message, 0);
+  out.last = true;
+  return out;
+}
+
 Error malformed(const std::string& why) {
   return makeError(ErrorCode::kCorruption, "reconcile message from peer: " + why);
 }
@@ -113,10 +121,12 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
           failure = root.error();
           return;
         }
-        auto out = newMessage(message);
         if (wireHash(root.value()) == in.getRoot()) {
-          out.setInSync();
-        } else {
+          reply = done(message);
+          return;
+        }
+        auto out = newMessage(message);
+        {
           auto children = store_.merkleChildren(0, 0);
           if (!children.ok()) {
             failure = children.error();
@@ -160,7 +170,10 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
             }
           }
         }
-        if (differing.empty()) return;  // trees changed meanwhile: next round
+        if (differing.empty()) {  // the trees changed meanwhile: done, next round
+          reply = done(message);
+          return;
+        }
         auto out = newMessage(message);
         if (level + 1 < Store::kDepth) {
           auto next = out.initChildren();
@@ -222,7 +235,10 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
             if (it == ours.end() || it->second != digest) wants.push_back(keyHash);
           }
         }
-        if (send.empty() && wants.empty()) return;
+        if (send.empty() && wants.empty()) {
+          reply = done(message);
+          return;
+        }
         auto states = encodeStates(store_, send);
         if (!states.ok()) {
           failure = states.error();
@@ -254,7 +270,10 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
         }
         if (!withWants) return;
         auto wants = in.getStatesAndWants().getWants();
-        if (wants.size() == 0) return;
+        if (wants.size() == 0) {
+          reply = done(message);
+          return;
+        }
         // Find our keys behind the wanted key hashes (a leaf holds them).
         std::map<uint64_t, std::vector<uint64_t>> byLeaf;
         for (uint64_t keyHash : wants) {
@@ -273,7 +292,10 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
             }
           }
         }
-        if (send.empty()) return;
+        if (send.empty()) {
+          reply = done(message);
+          return;
+        }
         auto encoded = encodeStates(store_, send);
         if (!encoded.ok()) {
           failure = encoded.error();
@@ -284,6 +306,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
                    encoded.value(), payload);
         counters_.statesSent += encoded.value().size();
         reply = finish(message, payload);
+        reply->last = true;
         return;
       }
     }

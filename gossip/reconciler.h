@@ -4,7 +4,9 @@
 // descending one level into the differing subtrees only, then exchange the
 // (key hash, digest) entries of differing leaves, then the states each side
 // lacks or holds differently. In sync costs one round trip; a difference
-// costs four. Bytes grow with the number of differing reviews, not with the
+// costs four. Every session ends with a message marked `last` (`inSync` when
+// there is nothing more to exchange, or the final `states`), so both sides
+// know it completed. Bytes grow with the number of differing reviews, not with the
 // store's size.
 //
 // Stateless: each message carries what is needed to answer it, so a session
@@ -26,6 +28,7 @@ namespace chorus::gossip {
 struct Outgoing {
   std::string bytes;
   size_t payloadBytes = 0;  // of which: review states (the rest is overhead)
+  bool last = false;        // ends the session: the peer will not answer it
 };
 
 struct ReconcileCounters {
