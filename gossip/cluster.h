@@ -63,7 +63,7 @@ struct MemberInfo {
   bool partitioned = false;        // traffic dropped by partition()
   uint64_t lastSyncUnixMillis = 0; // last completed anti-entropy session; 0 = never
   uint64_t pendingDeltas = 0;      // queued, not yet written to the socket
-  double phi = 0;
+  double phi = -1;                 // suspicion (phi accrual); -1 = never heard from
 };
 
 struct ClusterStats {

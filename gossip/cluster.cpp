@@ -1,0 +1,980 @@
+#include "gossip/cluster.h"
+
+#include <uv.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "gossip/failure-detector.h"
+#include "gossip/frame.h"
+#include "gossip/member-file.h"
+#include "gossip/reconciler.h"
+
+namespace chorus::gossip {
+
+const char* peerStateName(PeerState state) {
+  switch (state) {
+    case PeerState::kAlive:
+      return "alive";
+    case PeerState::kSuspect:
+      return "suspect";
+    case PeerState::kDead:
+      return "dead";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr uint64_t kMinBackoffMillis = 100;
+constexpr uint64_t kMaxBackoffMillis = 2000;
+constexpr uint64_t kTickMillis = 50;
+constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // one deltas frame carries at most ~this
+constexpr size_t kMaxMembers = 1024;              // members accepted from gossip
+constexpr size_t kMaxTokenBytes = 256;            // node ids and addresses
+
+uint64_t unixMillis() {
+  return uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count());
+}
+
+// Parses "ip:port" (IPv4, or IPv6 in brackets) into `out`.
+Status parseAddress(const std::string& text, sockaddr_storage& out) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "address '" + text + "' is not host:port (e.g. 127.0.0.1:7410)");
+  }
+  std::string host = text.substr(0, colon);
+  std::string portText = text.substr(colon + 1);
+  char* end = nullptr;
+  long port = std::strtol(portText.c_str(), &end, 10);
+  if (*end != '\0' || port < 0 || port > 65535) {
+    return makeError(ErrorCode::kInvalidArgument, "address '" + text + "': bad port");
+  }
+  std::memset(&out, 0, sizeof out);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+    if (uv_ip6_addr(host.c_str(), int(port), reinterpret_cast<sockaddr_in6*>(&out)) == 0) {
+      return okStatus();
+    }
+  } else if (uv_ip4_addr(host.c_str(), int(port), reinterpret_cast<sockaddr_in*>(&out)) == 0) {
+    return okStatus();
+  }
+  return makeError(ErrorCode::kInvalidArgument,
+                   "address '" + text + "': host must be a numeric IP address");
+}
+
+std::string formatAddress(const sockaddr_storage& addr) {
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (addr.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
+    uv_ip6_name(a, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
+  }
+  const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
+  uv_ip4_name(a, host, sizeof host);
+  return std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
+}
+
+bool validToken(capnp::Text::Reader t) {
+  if (t.size() == 0 || t.size() > kMaxTokenBytes) return false;
+  for (unsigned char c : t) {
+    if (c <= ' ' || c == 0x7f) return false;
+  }
+  return true;
+}
+
+std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+}  // namespace
+
+class Cluster::Impl {
+ public:
+  Impl(ClusterOptions options, storage::Store& store, Merged onMerged)
+      : options_(std::move(options)),
+        store_(store),
+        onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}),
+        reconciler_(store, onMerged_),
+        rng_(std::random_device{}()) {}
+
+  Status start();
+  void stop();
+
+  // ---- any thread (under mu_) -------------------------------------------
+  mutable std::mutex mu_;
+  std::vector<crdt::ReviewDoc> outbox_;
+  bool syncRequested_ = false;
+  std::set<std::string> blocked_;
+  ClusterStats stats_;
+  std::string bound_;
+
+  struct Peer {
+    std::string gossipAddress;
+    std::string rpcAddress;
+    PeerState state = PeerState::kDead;
+    uint64_t lastSyncUnixMillis = 0;
+    uint64_t pendingDeltas = 0;
+    double phi = INFINITY;
+    PhiAccrualDetector detector;
+    explicit Peer(double minMean) : detector(minMean) {}
+  };
+  std::map<std::string, Peer> peers_;  // by node id, never this node
+
+  void wake() { uv_async_send(&wake_); }
+
+  const ClusterOptions options_;
+
+ private:
+  struct Conn;
+  struct Dialer {
+    std::string address;
+    Conn* conn = nullptr;
+    uint64_t nextAttempt = 0;  // loop time, ms
+    uint64_t backoff = kMinBackoffMillis;
+    bool self = false;  // the address is this node's own: never dial
+  };
+  struct Conn {
+    Impl* impl;
+    uv_tcp_t tcp;
+    Dialer* dialer = nullptr;  // set for connections this node dialled
+    std::string peerId;        // from the first frame the peer sent
+    bool helloReceived = false;
+    bool connected = false;
+    bool closing = false;
+    FrameSplitter splitter;
+    size_t queuedBytes = 0;
+    uint64_t queuedDeltas = 0;
+    Conn(Impl* i, size_t maxFrame) : impl(i), splitter(maxFrame) {}
+  };
+  struct Write {
+    uv_write_t req;
+    std::string bytes;
+    Conn* conn;
+    uint64_t deltas;
+  };
+
+  // ---- loop thread ------------------------------------------------------
+  void run();
+  void onWake();
+  void onTick();
+  void accept();
+  void dial(Dialer& d);
+  void connected(Conn* c, int status);
+  void read(Conn* c, ssize_t n, const uv_buf_t* buf);
+  void close(Conn* c);
+  void closed(Conn* c);
+  bool send(Conn* c, std::string bytes, uint64_t deltas = 0);
+  void handle(Conn* c, ParsedFrame& frame);
+  void sendHello(Conn* c);
+  std::string memberFrame(bool ack);
+  void learnMembers(const std::string& from, capnp::List<wire::Member>::Reader list);
+  void learn(const std::string& id, const std::string& gossip, const std::string& rpc,
+             bool authoritative);
+  void heard(const std::string& id);
+  void updateStates();
+  void flushDeltas();
+  void startSync(const std::string& peerId);
+  void maybeSync();
+  void sessionDone(const std::string& peerId);
+  void persist();
+  Conn* outboundTo(const std::string& peerId);
+  bool blocked(const std::string& peerId);  // takes mu_
+  uint64_t now() { return uv_now(&loop_); }
+
+  storage::Store& store_;
+  Merged onMerged_;
+  Reconciler reconciler_;  // loop thread
+  std::mt19937_64 rng_;    // loop thread
+
+  uv_loop_t loop_;
+  uv_tcp_t server_;
+  uv_async_t wake_;
+  uv_timer_t tick_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+
+  std::set<Conn*> conns_;
+  std::map<std::string, std::unique_ptr<Dialer>> dialers_;  // by address
+  std::string sessionPeer_;  // anti-entropy session this node started
+  uint64_t sessionStarted_ = 0;
+  uint64_t lastHeartbeat_ = 0;
+  uint64_t lastAntiEntropy_ = 0;
+  std::set<std::string> syncSoon_;  // peers that came back alive
+  bool membersDirty_ = false;
+  uint64_t lastPersist_ = 0;
+};
+
+// ---- start and stop -------------------------------------------------------
+
+Status Cluster::Impl::start() {
+  if (options_.nodeId.empty() || options_.nodeId.size() > kMaxTokenBytes) {
+    return makeError(ErrorCode::kInvalidArgument, "cluster: node id must be 1-256 bytes");
+  }
+  for (unsigned char c : options_.nodeId) {
+    if (c <= ' ' || c == 0x7f) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "cluster: node id '" + options_.nodeId + "' has spaces or control bytes");
+    }
+  }
+  if (options_.antiEntropyInterval.count() <= 0 || options_.heartbeatInterval.count() <= 0) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "cluster: anti-entropy and heartbeat intervals must be positive");
+  }
+  sockaddr_storage addr;
+  auto parsed = parseAddress(options_.listen, addr);
+  if (!parsed.ok()) return makeError(ErrorCode::kInvalidArgument, "--gossip-listen: " + parsed.error().message);
+  for (const auto& seed : options_.seeds) {
+    sockaddr_storage ignored;
+    auto ok = parseAddress(seed, ignored);
+    if (!ok.ok()) return makeError(ErrorCode::kInvalidArgument, "seed: " + ok.error().message);
+  }
+
+  uv_loop_init(&loop_);
+  uv_tcp_init(&loop_, &server_);
+  server_.data = this;
+  int rc = uv_tcp_bind(&server_, reinterpret_cast<sockaddr*>(&addr), 0);
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&server_), 128, [](uv_stream_t* s, int status) {
+      if (status == 0) static_cast<Impl*>(s->data)->accept();
+    });
+  }
+  if (rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    return makeError(ErrorCode::kIo, "cannot listen for gossip on " + options_.listen + ": " +
+                                         uv_strerror(rc));
+  }
+  sockaddr_storage boundAddr;
+  int len = sizeof boundAddr;
+  uv_tcp_getsockname(&server_, reinterpret_cast<sockaddr*>(&boundAddr), &len);
+  bound_ = formatAddress(boundAddr);
+
+  if (!options_.dataDir.empty()) {
+    auto known = loadMembers(options_.dataDir + "/members");
+    if (known.ok()) {
+      for (const auto& m : known.value()) learn(m.nodeId, m.gossipAddress, m.rpcAddress, true);
+    }
+  }
+  membersDirty_ = false;
+  for (const auto& seed : options_.seeds) {
+    if (seed == bound_ || seed == options_.advertise) continue;
+    auto& d = dialers_[seed];
+    if (!d) {
+      d = std::make_unique<Dialer>();
+      d->address = seed;
+    }
+  }
+
+  uv_async_init(&loop_, &wake_, [](uv_async_t* a) { static_cast<Impl*>(a->data)->onWake(); });
+  wake_.data = this;
+  uv_timer_init(&loop_, &tick_);
+  tick_.data = this;
+  uv_timer_start(
+      &tick_, [](uv_timer_t* t) { static_cast<Impl*>(t->data)->onTick(); }, 0, kTickMillis);
+  thread_ = std::thread([this] { run(); });
+  return okStatus();
+}
+
+void Cluster::Impl::run() {
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+void Cluster::Impl::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  wake();
+  thread_.join();
+}
+
+void Cluster::Impl::onWake() {
+  if (stopping_) {
+    if (membersDirty_) persist();
+    uv_timer_stop(&tick_);
+    for (Conn* c : std::vector<Conn*>(conns_.begin(), conns_.end())) close(c);
+    uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    return;
+  }
+  flushDeltas();
+  bool sync = false;
+  {
+    std::lock_guard lock(mu_);
+    std::swap(sync, syncRequested_);
+  }
+  if (sync && sessionPeer_.empty()) lastAntiEntropy_ = 0;  // the tick starts one at once
+}
+
+// ---- connections ----------------------------------------------------------
+
+void Cluster::Impl::accept() {
+  auto* c = new Conn(this, options_.maxFrameBytes);
+  uv_tcp_init(&loop_, &c->tcp);
+  c->tcp.data = c;
+  conns_.insert(c);
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&server_), reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
+    close(c);
+    return;
+  }
+  connected(c, 0);
+}
+
+void Cluster::Impl::dial(Dialer& d) {
+  sockaddr_storage addr;
+  if (!parseAddress(d.address, addr).ok()) {
+    d.nextAttempt = now() + kMaxBackoffMillis;
+    return;
+  }
+  auto* c = new Conn(this, options_.maxFrameBytes);
+  uv_tcp_init(&loop_, &c->tcp);
+  c->tcp.data = c;
+  c->dialer = &d;
+  d.conn = c;
+  conns_.insert(c);
+  auto* req = new uv_connect_t;
+  req->data = c;
+  int rc = uv_tcp_connect(req, &c->tcp, reinterpret_cast<sockaddr*>(&addr),
+                          [](uv_connect_t* r, int status) {
+                            auto* conn = static_cast<Conn*>(r->data);
+                            delete r;
+                            if (status == UV_ECANCELED) return;  // closed meanwhile
+                            conn->impl->connected(conn, status);
+                          });
+  if (rc != 0) {
+    delete req;
+    close(c);
+  }
+}
+
+void Cluster::Impl::connected(Conn* c, int status) {
+  if (c->closing) return;
+  if (status != 0) {
+    close(c);
+    return;
+  }
+  c->connected = true;
+  uv_tcp_nodelay(&c->tcp, 1);
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&c->tcp),
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        static thread_local char buffer[64 * 1024];
+        *buf = uv_buf_init(buffer, sizeof buffer);
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+        auto* conn = static_cast<Conn*>(s->data);
+        conn->impl->read(conn, n, buf);
+      });
+  if (c->dialer) sendHello(c);  // the dialler speaks first
+}
+
+void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
+  if (n < 0) {
+    close(c);
+    return;
+  }
+  if (c->closing) return;
+  c->splitter.append(buf->base, size_t(n));
+  for (;;) {
+    auto body = c->splitter.next();
+    std::optional<Error> bad;
+    if (!body.ok()) {
+      bad = body.error();
+    } else if (!body.value()) {
+      return;
+    } else {
+      auto frame = ParsedFrame::parse(std::move(*body.value()));
+      if (!frame.ok()) {
+        bad = frame.error();
+      } else {
+        {
+          std::lock_guard lock(mu_);
+          ++stats_.framesIn;
+          stats_.bytesIn += frame.value()->bytes();
+        }
+        auto exception = kj::runCatchingExceptions([&] { handle(c, *frame.value()); });
+        KJ_IF_MAYBE (e, exception) {
+          bad = makeError(ErrorCode::kCorruption, e->getDescription().cStr());
+        }
+      }
+    }
+    if (bad) {
+      std::lock_guard lock(mu_);
+      ++stats_.malformedFrames;
+    }
+    if (bad || c->closing) {
+      close(c);
+      return;
+    }
+  }
+}
+
+void Cluster::Impl::close(Conn* c) {
+  if (c->closing) return;
+  c->closing = true;
+  if (c->dialer) {
+    Dialer* d = c->dialer;
+    d->conn = nullptr;
+    c->dialer = nullptr;
+    uint64_t jitter = std::uniform_int_distribution<uint64_t>(d->backoff / 2, d->backoff)(rng_);
+    d->nextAttempt = now() + jitter;
+    d->backoff = std::min(d->backoff * 2, kMaxBackoffMillis);
+  }
+  if (!c->peerId.empty() && c->peerId == sessionPeer_) sessionPeer_.clear();
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
+           [](uv_handle_t* h) { static_cast<Conn*>(h->data)->impl->closed(static_cast<Conn*>(h->data)); });
+}
+
+void Cluster::Impl::closed(Conn* c) {
+  conns_.erase(c);
+  // Writes still queued were cancelled before this callback; their
+  // callbacks already ran and released their bytes.
+  delete c;
+}
+
+bool Cluster::Impl::send(Conn* c, std::string bytes, uint64_t deltas) {
+  if (c->closing || !c->connected) return false;
+  if (!c->peerId.empty() && blocked(c->peerId)) {
+    std::lock_guard lock(mu_);
+    ++stats_.partitionDropped;
+    return false;
+  }
+  auto* w = new Write{uv_write_t{}, std::move(bytes), c, deltas};
+  w->req.data = w;
+  uv_buf_t buf = uv_buf_init(w->bytes.data(), unsigned(w->bytes.size()));
+  c->queuedBytes += w->bytes.size();
+  c->queuedDeltas += deltas;
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.framesOut;
+    stats_.bytesOut += w->bytes.size();
+    if (deltas && !c->peerId.empty()) {
+      auto it = peers_.find(c->peerId);
+      if (it != peers_.end()) it->second.pendingDeltas += deltas;
+    }
+  }
+  int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1,
+                    [](uv_write_t* req, int status) {
+                      auto* w = static_cast<Write*>(req->data);
+                      Conn* conn = w->conn;
+                      Impl* impl = conn->impl;
+                      conn->queuedBytes -= w->bytes.size();
+                      conn->queuedDeltas -= w->deltas;
+                      if (w->deltas && !conn->peerId.empty()) {
+                        std::lock_guard lock(impl->mu_);
+                        auto it = impl->peers_.find(conn->peerId);
+                        if (it != impl->peers_.end()) {
+                          it->second.pendingDeltas -= std::min(it->second.pendingDeltas, w->deltas);
+                        }
+                      }
+                      delete w;
+                      if (status != 0) impl->close(conn);
+                    });
+  if (rc != 0) {
+    c->queuedBytes -= w->bytes.size();
+    c->queuedDeltas -= deltas;
+    delete w;
+    close(c);
+    return false;
+  }
+  return true;
+}
+
+bool Cluster::Impl::blocked(const std::string& peerId) {
+  std::lock_guard lock(mu_);
+  return blocked_.count(peerId) != 0;
+}
+
+Cluster::Impl::Conn* Cluster::Impl::outboundTo(const std::string& peerId) {
+  std::string address;
+  {
+    std::lock_guard lock(mu_);
+    auto it = peers_.find(peerId);
+    if (it == peers_.end()) return nullptr;
+    address = it->second.gossipAddress;
+  }
+  auto d = dialers_.find(address);
+  if (d != dialers_.end() && d->second->conn && d->second->conn->helloReceived &&
+      d->second->conn->peerId == peerId && !d->second->conn->closing) {
+    return d->second->conn;
+  }
+  // A seed dialled under another address spelling.
+  for (auto& [addr, dialer] : dialers_) {
+    Conn* c = dialer->conn;
+    if (c && c->helloReceived && c->peerId == peerId && !c->closing) return c;
+  }
+  return nullptr;
+}
+
+// ---- frames ---------------------------------------------------------------
+
+void Cluster::Impl::sendHello(Conn* c) {
+  capnp::MallocMessageBuilder message(128);
+  auto m = newFrame(message, options_.nodeId).initHello();
+  m.setNodeId(options_.nodeId);
+  m.setGossipAddress(options_.advertise.empty() ? bound_ : options_.advertise);
+  m.setRpcAddress(options_.rpcAddress);
+  send(c, encodeFrame(message));
+}
+
+std::string Cluster::Impl::memberFrame(bool ack) {
+  capnp::MallocMessageBuilder message;
+  auto frame = newFrame(message, options_.nodeId);
+  std::lock_guard lock(mu_);
+  auto list = ack ? frame.initAck(unsigned(peers_.size() + 1))
+                  : frame.initHeartbeat(unsigned(peers_.size() + 1));
+  list[0].setNodeId(options_.nodeId);
+  list[0].setGossipAddress(options_.advertise.empty() ? bound_ : options_.advertise);
+  list[0].setRpcAddress(options_.rpcAddress);
+  unsigned i = 1;
+  for (const auto& [id, p] : peers_) {
+    list[i].setNodeId(id);
+    list[i].setGossipAddress(p.gossipAddress);
+    list[i].setRpcAddress(p.rpcAddress);
+    ++i;
+  }
+  return encodeFrame(message);
+}
+
+void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
+  auto root = frame.root();
+  if (!validToken(root.getFrom())) {
+    close(c);
+    std::lock_guard lock(mu_);
+    ++stats_.malformedFrames;
+    return;
+  }
+  std::string from = str(root.getFrom());
+  if (from == options_.nodeId) {  // dialled ourselves (a seed list naming this node)
+    if (c->dialer) c->dialer->self = true;
+    close(c);
+    return;
+  }
+  if (c->peerId.empty()) {
+    c->peerId = from;
+  } else if (c->peerId != from) {
+    close(c);  // a connection speaks for one node only
+    std::lock_guard lock(mu_);
+    ++stats_.malformedFrames;
+    return;
+  }
+  if (blocked(from)) {
+    std::lock_guard lock(mu_);
+    ++stats_.partitionDropped;
+    return;
+  }
+  if (root.which() != wire::Frame::HELLO && !c->helloReceived) {
+    close(c);  // every connection starts with a hello
+    std::lock_guard lock(mu_);
+    ++stats_.malformedFrames;
+    return;
+  }
+  heard(from);
+  switch (root.which()) {
+    case wire::Frame::HELLO: {
+      auto m = root.getHello();
+      if (!validToken(m.getGossipAddress()) || str(m.getNodeId()) != from) {
+        close(c);
+        std::lock_guard lock(mu_);
+        ++stats_.malformedFrames;
+        return;
+      }
+      bool first = !c->helloReceived;
+      c->helloReceived = true;
+      learn(from, str(m.getGossipAddress()), str(m.getRpcAddress()), true);
+      if (c->dialer) {
+        c->dialer->backoff = kMinBackoffMillis;
+      } else if (first) {
+        sendHello(c);
+      }
+      return;
+    }
+    case wire::Frame::HEARTBEAT:
+      learnMembers(from, root.getHeartbeat());
+      send(c, memberFrame(true));
+      return;
+    case wire::Frame::ACK:
+      learnMembers(from, root.getAck());
+      return;
+    case wire::Frame::DELTAS: {
+      uint64_t received = 0;
+      for (auto data : root.getDeltas()) {
+        auto doc = crdt::ReviewDoc::decode(
+            std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+        if (!doc.ok()) {
+          std::lock_guard lock(mu_);
+          ++stats_.malformedFrames;
+          continue;  // drop this delta; anti-entropy will bring the state
+        }
+        ++received;
+        store_.merge(std::move(doc).value(), onMerged_);
+      }
+      std::lock_guard lock(mu_);
+      stats_.deltasReceived += received;
+      return;
+    }
+    case wire::Frame::RECONCILE: {
+      auto data = root.getReconcile();
+      {
+        std::lock_guard lock(mu_);
+        stats_.antiEntropyBytes += frame.bytes();
+      }
+      uint64_t before = reconciler_.counters().statesReceived;
+      auto reply = reconciler_.handle(
+          std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+      {
+        std::lock_guard lock(mu_);
+        stats_.statesRepaired += reconciler_.counters().statesReceived - before;
+      }
+      if (!reply.ok()) {
+        if (reply.error().code == ErrorCode::kCorruption) {
+          close(c);
+          std::lock_guard lock(mu_);
+          ++stats_.malformedFrames;
+        }
+        if (from == sessionPeer_) sessionPeer_.clear();
+        return;
+      }
+      if (reply.value()) {
+        capnp::MallocMessageBuilder message;
+        auto& out = *reply.value();
+        newFrame(message, options_.nodeId)
+            .setReconcile(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(out.bytes.data()),
+                                              out.bytes.size()));
+        std::string bytes = encodeFrame(message);
+        {
+          std::lock_guard lock(mu_);
+          stats_.antiEntropyBytes += bytes.size();
+        }
+        send(c, std::move(bytes));
+        if (out.last) sessionDone(from);
+      } else {
+        sessionDone(from);
+      }
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+// ---- membership -------------------------------------------------------------
+
+void Cluster::Impl::learnMembers(const std::string& from,
+                                 capnp::List<wire::Member>::Reader list) {
+  size_t n = 0;
+  for (auto m : list) {
+    if (++n > kMaxMembers) break;
+    if (!validToken(m.getNodeId()) || !validToken(m.getGossipAddress())) continue;
+    std::string id = str(m.getNodeId());
+    if (id == options_.nodeId) continue;
+    std::string rpc = m.getRpcAddress().size() <= kMaxTokenBytes ? str(m.getRpcAddress()) : "";
+    learn(id, str(m.getGossipAddress()), rpc, id == from);
+  }
+}
+
+// `authoritative`: the node said this of itself (hello, or its own entry).
+void Cluster::Impl::learn(const std::string& id, const std::string& gossip,
+                          const std::string& rpc, bool authoritative) {
+  if (id == options_.nodeId) return;
+  {
+    std::lock_guard lock(mu_);
+    auto it = peers_.find(id);
+    if (it == peers_.end()) {
+      if (peers_.size() >= kMaxMembers) return;
+      it = peers_.emplace(id, Peer(double(options_.heartbeatInterval.count()))).first;
+      it->second.gossipAddress = gossip;
+      it->second.rpcAddress = rpc;
+      membersDirty_ = true;
+    } else if (authoritative &&
+               (it->second.gossipAddress != gossip || it->second.rpcAddress != rpc)) {
+      it->second.gossipAddress = gossip;
+      it->second.rpcAddress = rpc;
+      membersDirty_ = true;
+    }
+  }
+  auto& d = dialers_[gossip];
+  if (!d) {
+    d = std::make_unique<Dialer>();
+    d->address = gossip;
+    if (gossip == bound_ || gossip == options_.advertise) d->self = true;
+  }
+}
+
+void Cluster::Impl::heard(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = peers_.find(id);
+  if (it != peers_.end()) it->second.detector.heartbeat(now());
+}
+
+void Cluster::Impl::updateStates() {
+  std::vector<std::string> revived;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [id, p] : peers_) {
+      p.phi = p.detector.phi(now());
+      PeerState next = p.phi < options_.suspectPhi ? PeerState::kAlive
+                       : p.phi < options_.deadPhi  ? PeerState::kSuspect
+                                                   : PeerState::kDead;
+      if (next == PeerState::kAlive && p.state != PeerState::kAlive) revived.push_back(id);
+      p.state = next;
+    }
+  }
+  // A peer back from a partition, a restart or a first contact: repair now
+  // rather than at its turn.
+  for (auto& id : revived) syncSoon_.insert(id);
+}
+
+void Cluster::Impl::persist() {
+  membersDirty_ = false;
+  lastPersist_ = now();
+  if (options_.dataDir.empty()) return;
+  std::vector<KnownMember> list;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : peers_) list.push_back({id, p.gossipAddress, p.rpcAddress});
+  }
+  (void)saveMembers(options_.dataDir + "/members", list);  // best effort: seeds still work
+}
+
+// ---- the periodic work --------------------------------------------------------
+
+void Cluster::Impl::onTick() {
+  uint64_t t = now();
+  // Dial what is not connected.
+  for (auto& [address, d] : dialers_) {
+    if (!d->self && !d->conn && t >= d->nextAttempt) dial(*d);
+  }
+  if (t - lastHeartbeat_ >= uint64_t(options_.heartbeatInterval.count())) {
+    lastHeartbeat_ = t;
+    std::string beat = memberFrame(false);
+    for (auto& [address, d] : dialers_) {
+      Conn* c = d->conn;
+      if (!c || !c->connected || c->closing) continue;
+      if (!c->helloReceived) {
+        sendHello(c);  // the first one may have been dropped by a partition
+      } else {
+        send(c, beat);
+      }
+    }
+  }
+  updateStates();
+  if (membersDirty_ && t - lastPersist_ >= 1000) persist();
+  maybeSync();
+}
+
+void Cluster::Impl::maybeSync() {
+  uint64_t t = now();
+  uint64_t timeout = std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
+  if (!sessionPeer_.empty() && t - sessionStarted_ < timeout) return;
+  sessionPeer_.clear();
+  // A revived peer first.
+  while (!syncSoon_.empty()) {
+    std::string id = *syncSoon_.begin();
+    syncSoon_.erase(syncSoon_.begin());
+    if (outboundTo(id) && !blocked(id)) {
+      startSync(id);
+      return;
+    }
+  }
+  if (t - lastAntiEntropy_ < uint64_t(options_.antiEntropyInterval.count())) return;
+  lastAntiEntropy_ = t;
+  // The alive, reachable peer synced least recently (random among equals).
+  std::vector<std::pair<uint64_t, std::string>> candidates;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : peers_) {
+      if (p.state == PeerState::kAlive && !blocked_.count(id)) {
+        candidates.emplace_back(p.lastSyncUnixMillis, id);
+      }
+    }
+  }
+  std::shuffle(candidates.begin(), candidates.end(), rng_);
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [last, id] : candidates) {
+    if (outboundTo(id)) {
+      startSync(id);
+      return;
+    }
+  }
+}
+
+void Cluster::Impl::startSync(const std::string& peerId) {
+  Conn* c = outboundTo(peerId);
+  if (!c) return;
+  auto first = reconciler_.start();
+  if (!first.ok()) return;
+  capnp::MallocMessageBuilder message;
+  newFrame(message, options_.nodeId)
+      .setReconcile(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(first->bytes.data()),
+                                        first->bytes.size()));
+  std::string bytes = encodeFrame(message);
+  size_t size = bytes.size();
+  if (!send(c, std::move(bytes))) return;
+  sessionPeer_ = peerId;
+  sessionStarted_ = now();
+  lastAntiEntropy_ = now();
+  std::lock_guard lock(mu_);
+  ++stats_.syncStarted;
+  stats_.antiEntropyBytes += size;
+}
+
+void Cluster::Impl::sessionDone(const std::string& peerId) {
+  std::lock_guard lock(mu_);
+  auto it = peers_.find(peerId);
+  if (it != peers_.end()) it->second.lastSyncUnixMillis = unixMillis();
+  if (peerId == sessionPeer_) {
+    sessionPeer_.clear();
+    ++stats_.syncCompleted;
+  }
+}
+
+// ---- the fast path ------------------------------------------------------------
+
+void Cluster::Impl::flushDeltas() {
+  std::vector<crdt::ReviewDoc> docs;
+  {
+    std::lock_guard lock(mu_);
+    docs.swap(outbox_);
+  }
+  if (docs.empty()) return;
+  std::vector<std::string> encoded;
+  encoded.reserve(docs.size());
+  for (const auto& d : docs) encoded.push_back(d.encode());
+
+  // Targets: every connected peer, or pushFanout random ones.
+  std::vector<Conn*> targets;
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : peers_) ids.push_back(id);
+  }
+  size_t unreachable = 0;
+  for (const auto& id : ids) {
+    Conn* c = blocked(id) ? nullptr : outboundTo(id);
+    if (c && c->queuedBytes < options_.maxQueuedBytesPerPeer) {
+      targets.push_back(c);
+    } else {
+      ++unreachable;
+    }
+  }
+  if (targets.size() > options_.pushFanout) {  // the others get it by anti-entropy
+    std::shuffle(targets.begin(), targets.end(), rng_);
+    targets.resize(options_.pushFanout);
+  }
+  // Frames of at most ~kMaxDeltaFrameBytes each.
+  uint64_t sent = 0;
+  size_t begin = 0;
+  while (begin < encoded.size()) {
+    size_t end = begin, bytes = 0;
+    while (end < encoded.size() && (end == begin || bytes + encoded[end].size() < kMaxDeltaFrameBytes)) {
+      bytes += encoded[end++].size();
+    }
+    capnp::MallocMessageBuilder message;
+    auto list = newFrame(message, options_.nodeId).initDeltas(unsigned(end - begin));
+    for (size_t i = begin; i < end; ++i) {
+      list.set(unsigned(i - begin),
+               capnp::Data::Reader(reinterpret_cast<const uint8_t*>(encoded[i].data()),
+                                   encoded[i].size()));
+    }
+    std::string frame = encodeFrame(message);
+    for (Conn* c : targets) {
+      if (send(c, frame, end - begin)) sent += end - begin;
+    }
+    begin = end;
+  }
+  std::lock_guard lock(mu_);
+  stats_.deltasSent += sent;
+  stats_.deltasDropped += unreachable * docs.size();
+}
+
+// ---- Cluster --------------------------------------------------------------------
+
+Result<std::unique_ptr<Cluster>> Cluster::start(ClusterOptions options, storage::Store& store,
+                                                Merged onMerged) {
+  auto impl = std::make_unique<Impl>(std::move(options), store, std::move(onMerged));
+  auto started = impl->start();
+  if (!started.ok()) return started.error();
+  return std::unique_ptr<Cluster>(new Cluster(std::move(impl)));
+}
+
+Cluster::Cluster(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Cluster::~Cluster() { impl_->stop(); }
+
+const std::string& Cluster::nodeId() const { return impl_->options_.nodeId; }
+
+std::string Cluster::address() const {
+  std::lock_guard lock(impl_->mu_);
+  return impl_->bound_;
+}
+
+void Cluster::publish(const crdt::ReviewDoc& delta) {
+  {
+    std::lock_guard lock(impl_->mu_);
+    impl_->outbox_.push_back(delta);
+  }
+  impl_->wake();
+}
+
+void Cluster::partition(const std::vector<std::string>& nodeIds) {
+  std::lock_guard lock(impl_->mu_);
+  for (const auto& id : nodeIds) {
+    if (id != impl_->options_.nodeId) impl_->blocked_.insert(id);
+  }
+}
+
+void Cluster::heal() {
+  std::lock_guard lock(impl_->mu_);
+  impl_->blocked_.clear();
+}
+
+std::vector<std::string> Cluster::partitioned() const {
+  std::lock_guard lock(impl_->mu_);
+  return {impl_->blocked_.begin(), impl_->blocked_.end()};
+}
+
+std::vector<MemberInfo> Cluster::members() const {
+  std::lock_guard lock(impl_->mu_);
+  std::vector<MemberInfo> out;
+  for (const auto& [id, p] : impl_->peers_) {
+    MemberInfo m;
+    m.nodeId = id;
+    m.gossipAddress = p.gossipAddress;
+    m.rpcAddress = p.rpcAddress;
+    m.state = p.state;
+    m.partitioned = impl_->blocked_.count(id) != 0;
+    m.lastSyncUnixMillis = p.lastSyncUnixMillis;
+    m.pendingDeltas = p.pendingDeltas;
+    m.phi = std::isinf(p.phi) ? -1 : p.phi;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+ClusterStats Cluster::stats() const {
+  std::lock_guard lock(impl_->mu_);
+  return impl_->stats_;
+}
+
+void Cluster::syncNow() {
+  {
+    std::lock_guard lock(impl_->mu_);
+    impl_->syncRequested_ = true;
+  }
+  impl_->wake();
+}
+
+}  // namespace chorus::gossip

@@ -1,0 +1,66 @@
+#include "gossip/member-file.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace chorus::gossip {
+
+namespace {
+
+constexpr const char* kHeader = "# chorus members v1";
+
+bool isToken(const std::string& s) {
+  if (s.empty() || s.size() > 256) return false;
+  for (unsigned char c : s) {
+    if (c <= ' ' || c == 0x7f) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<std::vector<KnownMember>> loadMembers(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<KnownMember> out;
+  if (!in) {
+    if (errno == ENOENT) return out;
+    return makeError(ErrorCode::kIo, "cannot read member list " + path + ": " + std::strerror(errno));
+  }
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    KnownMember m;
+    if (!(fields >> m.nodeId >> m.gossipAddress >> m.rpcAddress)) continue;
+    if (!isToken(m.nodeId) || !isToken(m.gossipAddress)) continue;
+    if (m.rpcAddress == "-") m.rpcAddress.clear();
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+Status saveMembers(const std::string& path, const std::vector<KnownMember>& members) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kHeader << "\n";
+    for (const auto& m : members) {
+      if (!isToken(m.nodeId) || !isToken(m.gossipAddress)) continue;
+      out << m.nodeId << ' ' << m.gossipAddress << ' '
+          << (isToken(m.rpcAddress) ? m.rpcAddress : "-") << "\n";
+    }
+    out.flush();
+    if (!out) {
+      return makeError(ErrorCode::kIo, "cannot write member list " + tmp + ": " + std::strerror(errno));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return makeError(ErrorCode::kIo, "cannot replace member list " + path + ": " + std::strerror(errno));
+  }
+  return okStatus();
+}
+
+}  // namespace chorus::gossip
