@@ -777,16 +777,24 @@ void Cluster::Impl::onTick() {
 void Cluster::Impl::maybeSync() {
   uint64_t t = now();
   uint64_t timeout = std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
-  if (!sessionPeer_.empty() && t - sessionStarted_ < timeout) return;
+  if (!sessionPeer_.empty() && t - sessionStarted_ < timeout) {
+    syncSoon_.clear();  // the session under way repairs as much (see below)
+    return;
+  }
   sessionPeer_.clear();
-  // A revived peer first.
-  while (!syncSoon_.empty()) {
-    std::string id = *syncSoon_.begin();
-    syncSoon_.erase(syncSoon_.begin());
-    if (outboundTo(id) && !blocked(id)) {
-      startSync(id);
-      return;
-    }
+  // One revived peer at once, chosen at random. Only one: when a partition
+  // heals, every node sees the whole other side revive together, and one
+  // session each already carries every difference across the split; the
+  // rest follow at their turn (least recently synced first), by which time
+  // they are small.
+  std::vector<std::string> revived;
+  for (const auto& id : syncSoon_) {
+    if (outboundTo(id) && !blocked(id)) revived.push_back(id);
+  }
+  syncSoon_.clear();
+  if (!revived.empty()) {
+    startSync(revived[std::uniform_int_distribution<size_t>(0, revived.size() - 1)(rng_)]);
+    return;
   }
   if (t - lastAntiEntropy_ < uint64_t(options_.antiEntropyInterval.count())) return;
   lastAntiEntropy_ = t;

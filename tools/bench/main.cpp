@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   chorus::bench::addStorageBench(app, exitCode);
   chorus::bench::addRpcBench(app, exitCode);
   chorus::bench::addReconcileBench(app, exitCode);
+  chorus::bench::addClusterBench(app, exitCode);
   CLI11_PARSE(app, argc, argv);
   return exitCode;
 }
