@@ -64,10 +64,22 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
       failure = malformed("no sender id");
       return;
     }
+    // Text getters check NUL termination only when called: call each once.
+    auto touch = [](wire::Member::Reader m) {
+      (void)m.getNodeId();
+      (void)m.getGossipAddress();
+      (void)m.getRpcAddress();
+    };
     switch (root.which()) {
       case wire::Frame::HELLO:
+        touch(root.getHello());
+        break;
       case wire::Frame::HEARTBEAT:
+        for (auto m : root.getHeartbeat()) touch(m);
+        break;
       case wire::Frame::ACK:
+        for (auto m : root.getAck()) touch(m);
+        break;
       case wire::Frame::DELTAS:
       case wire::Frame::RECONCILE:
         break;
