@@ -138,10 +138,72 @@ struct NodeStatus {
   keyCount @5 :UInt64;
   merkleRoot @6 :Data;           # 16 bytes
   stats @7 :StoreStats;
+  gossipAddress @8 :Text;        # empty when the node runs without a cluster
+}
+
+enum PeerState {
+  alive @0;
+  suspect @1;
+  dead @2;
+}
+
+# A peer as the answering node sees it.
+struct ClusterMember {
+  nodeId @0 :Text;
+  gossipAddress @1 :Text;
+  rpcAddress @2 :Text;           # its client API address; empty if unknown
+  state @3 :PeerState;
+  partitioned @4 :Bool;          # traffic to and from it dropped by `partition`
+  lastSyncUnixMillis @5 :UInt64; # last completed anti-entropy session; 0 = never
+  pendingDeltas @6 :UInt64;      # queued for it, not yet sent
+  phi @7 :Float64;               # failure detector suspicion
+}
+
+# Replication counters of one node since it started.
+struct GossipStats {
+  framesIn @0 :UInt64;
+  framesOut @1 :UInt64;
+  bytesIn @2 :UInt64;
+  bytesOut @3 :UInt64;
+  malformedFrames @4 :UInt64;    # refused frames (each closed its connection)
+  partitionDropped @5 :UInt64;   # frames dropped by `partition`
+  deltasSent @6 :UInt64;
+  deltasReceived @7 :UInt64;
+  deltasDropped @8 :UInt64;      # not sent: peer unreachable or queue full
+  syncStarted @9 :UInt64;
+  syncCompleted @10 :UInt64;
+  antiEntropyBytes @11 :UInt64;  # reconcile frames, both directions
+  statesRepaired @12 :UInt64;    # states received through anti-entropy
+}
+
+# One node's view of the cluster.
+struct ClusterView {
+  nodeId @0 :Text;
+  gossipAddress @1 :Text;
+  rpcAddress @2 :Text;
+  keyCount @3 :UInt64;
+  merkleRoot @4 :Data;           # 16 bytes; equal roots = equal stores
+  refusedStamps @5 :UInt64;      # remote stamps refused for clock drift
+  partitioned @6 :List(Text);    # node ids this node drops traffic of
+  members @7 :List(ClusterMember);  # its peers, without itself; by id
+  stats @8 :GossipStats;
+  nowUnixMillis @9 :UInt64;      # this node's wall clock, for lastSyncUnixMillis
 }
 
 interface Admin {
   status @0 () -> (error :Error, status :NodeStatus);
+
+  # The cluster methods answer `unavailable` on a node that runs without a
+  # cluster (chorusd without --gossip-listen).
+
+  # Drops all gossip traffic to and from the named peers (added to those
+  # already partitioned; ids not yet known apply once such a peer appears).
+  # For fault injection. invalidArgument for an empty or oversized id, more
+  # than 1024 ids, or this node's own id.
+  partition @1 (peers :List(Text)) -> (error :Error);
+  # Stops dropping traffic to and from every peer.
+  heal @2 () -> (error :Error);
+  cluster @3 () -> (error :Error, view :ClusterView);
 }
 
 # What a client gets on connect (the bootstrap capability).

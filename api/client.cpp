@@ -227,6 +227,30 @@ Result<NodeStatus> Client::status() {
   return fromWire(response->getStatus());
 }
 
+Result<ClusterView> Client::cluster() {
+  auto response = impl_->wait(impl_->admin.clusterRequest().send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getView());
+}
+
+Status Client::partition(const std::vector<std::string>& peers) {
+  auto q = impl_->admin.partitionRequest();
+  auto list = q.initPeers(static_cast<unsigned>(peers.size()));
+  for (unsigned i = 0; i < peers.size(); ++i) list.set(i, peers[i]);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return okStatus();
+}
+
+Status Client::heal() {
+  auto response = impl_->wait(impl_->admin.healRequest().send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return okStatus();
+}
+
 namespace {
 
 class Observer final : public wire::WatchObserver::Server {

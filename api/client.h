@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "api/chorus.capnp.h"
 #include "api/types.h"
@@ -46,6 +47,12 @@ class Client {
   Result<storage::ProductSummary> summary(const std::string& product);
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
+
+  // Admin's cluster methods (see api/chorus.capnp). A node without a cluster
+  // answers kUnavailable.
+  Result<ClusterView> cluster();
+  Status partition(const std::vector<std::string>& peers);
+  Status heal();
 
   // Watches `product`: calls `onStarted` once the server accepted the watch,
   // then `onChange` for each change (on this thread) until it returns false

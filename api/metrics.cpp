@@ -20,9 +20,9 @@ void appendf(std::string& out, const char* fmt, auto... args) {
 }  // namespace
 
 const char* Metrics::methodName(Method m) {
-  static constexpr const char* kNames[] = {"put",     "erase",    "vote",  "unvote", "tag",
-                                           "untag",   "moderate", "reply", "get",    "list",
-                                           "summary", "byAuthor", "watch", "status"};
+  static constexpr const char* kNames[] = {
+      "put",  "erase",   "vote",     "unvote", "tag",    "untag",     "moderate", "reply",  "get",
+      "list", "summary", "byAuthor", "watch",  "status", "partition", "heal",     "cluster"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }

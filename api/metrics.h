@@ -29,6 +29,9 @@ class Metrics {
     kByAuthor,
     kWatch,
     kStatus,
+    kPartition,
+    kHeal,
+    kCluster,
     kMethodCount
   };
   static const char* methodName(Method m);

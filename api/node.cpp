@@ -87,7 +87,26 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     if (!rpc.ok()) return rpc.error();
     node->rpc_ = std::move(rpc).value();
   }
+  if (!node->options_.cluster.listen.empty()) {
+    if (auto started = node->startCluster(); !started.ok()) return started.error();
+  }
   return node;
+}
+
+Status Node::startCluster() {
+  gossip::ClusterOptions co = options_.cluster;
+  co.nodeId = options_.nodeId;
+  co.dataDir = options_.dataDir;
+  co.rpcAddress = rpcAddress();
+  auto cluster = gossip::Cluster::start(std::move(co), *store_,
+                                        [this](Result<storage::Applied> r) { merged(r); });
+  if (!cluster.ok()) return cluster.error();
+  std::unique_lock lock(clusterMutex_);
+  cluster_ = std::move(cluster).value();
+  clusterLive_ = cluster_.get();
+  api::logf(api::LogLevel::kInfo, "gossip: node %s on %s, %zu seed(s)", options_.nodeId.c_str(),
+            cluster_->address().c_str(), options_.cluster.seeds.size());
+  return okStatus();
 }
 
 Node::Node(Options options, std::unique_ptr<storage::Store> store)
@@ -115,6 +134,18 @@ void Node::shutdown() {
                 "finish them before closing",
                 static_cast<unsigned long long>(writesInFlight_));
     }
+  }
+  // No write callback runs any more, so nobody reads clusterLive_.
+  clusterLive_ = nullptr;
+  {
+    std::unique_lock lock(clusterMutex_);
+    cluster_.reset();
+  }
+  {
+    // Merges the store still commits must not reach RPC watchers once the
+    // RPC server is gone.
+    std::lock_guard lock(watchMutex_);
+    notifyMerges_ = false;
   }
   rpc_.reset();
 }
@@ -166,8 +197,24 @@ void Node::write(WriteRequest request, WriteDone done) {
 
 Result<ReviewView> Node::committed(const char* op, const Result<storage::Applied>& applied) {
   if (!applied.ok()) return applied.error();
-  if (applied->changed) notify(op, applied->state);
+  if (applied->changed) {
+    notify(op, applied->state);
+    if (gossip::Cluster* cluster = clusterLive_.load()) cluster->publish(applied->delta);
+  }
   return ReviewView::of(applied->state);
+}
+
+void Node::merged(const Result<storage::Applied>& applied) {
+  if (!applied.ok()) {
+    mergesRefused_.fetch_add(1, std::memory_order_relaxed);
+    api::logf(api::LogLevel::kDebug, "gossip: refused a peer's state: %s",
+              applied.error().toString().c_str());
+    return;
+  }
+  if (!applied->changed) return;
+  mergesApplied_.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(watchMutex_);
+  if (notifyMerges_) notifyLocked("merge", applied->state);
 }
 
 void Node::finishWrite() {
@@ -277,7 +324,57 @@ Result<NodeStatus> Node::status() {
   auto root = store_->merkleRoot();
   if (!root.ok()) return root.error();
   s.merkleRoot = *root;
+  std::shared_lock lock(clusterMutex_);
+  if (cluster_) s.gossipAddress = cluster_->address();
   return s;
+}
+
+Error Node::noCluster() const {
+  return makeError(ErrorCode::kUnavailable,
+                   "node '" + options_.nodeId +
+                       "' runs without a cluster: start chorusd with --gossip-listen "
+                       "(embedded: set Node::Options::cluster.listen)");
+}
+
+Result<ClusterView> Node::clusterView() {
+  ClusterView v;
+  v.nodeId = options_.nodeId;
+  v.rpcAddress = rpcAddress();
+  {
+    std::shared_lock lock(clusterMutex_);
+    if (!cluster_) return noCluster();
+    v.gossipAddress = cluster_->address();
+    v.partitioned = cluster_->partitioned();
+    v.members = cluster_->members();
+    v.stats = cluster_->stats();
+  }
+  storage::StoreStats stats = store_->stats();
+  v.keyCount = stats.documents;
+  v.refusedStamps = stats.refusedStamps;
+  auto root = store_->merkleRoot();
+  if (!root.ok()) return root.error();
+  v.merkleRoot = *root;
+  v.nowUnixMillis = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::system_clock::now().time_since_epoch())
+                                              .count());
+  return v;
+}
+
+Status Node::partition(const std::vector<std::string>& peers) {
+  std::shared_lock lock(clusterMutex_);
+  if (!cluster_) return noCluster();
+  if (auto bad = api::checkPeerIds(peers, options_.nodeId)) return bad->toError();
+  cluster_->partition(peers);
+  api::logf(api::LogLevel::kInfo, "gossip: partitioned from %zu peer(s) on request", peers.size());
+  return okStatus();
+}
+
+Status Node::heal() {
+  std::shared_lock lock(clusterMutex_);
+  if (!cluster_) return noCluster();
+  cluster_->heal();
+  api::logf(api::LogLevel::kInfo, "gossip: healed on request");
+  return okStatus();
 }
 
 Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {
@@ -300,6 +397,10 @@ void Node::unwatch(uint64_t id) {
 
 void Node::notify(const char* op, const crdt::ReviewDoc& state) {
   std::lock_guard lock(watchMutex_);
+  notifyLocked(op, state);
+}
+
+void Node::notifyLocked(const char* op, const crdt::ReviewDoc& state) {
   auto [begin, end] = watchers_.equal_range(state.key().product);
   if (begin == end) return;
   Change change{op, ReviewView::of(state), 0};

@@ -20,11 +20,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <vector>
 
 #include "api/types.h"
 #include "api/validate.h"
 #include "crdt/result.h"
+#include "gossip/cluster.h"
 #include "storage/store.h"
 
 namespace chorus {
@@ -56,11 +59,16 @@ class Node {
     RpcLimits rpc;
     // Store tuning; dir is taken from dataDir.
     storage::Options store;
+    // Replication: the node joins a cluster when `cluster.listen` is set.
+    // nodeId, dataDir (the member list is kept there) and rpcAddress (the
+    // bound `listen` address, shared with peers) are filled in by the node.
+    gossip::ClusterOptions cluster;
   };
 
-  // Opens the store, then starts the RPC server if `listen` is set. Errors:
-  // those of storage::Store::open, kInvalidArgument for a bad address, kIo
-  // when the address cannot be bound.
+  // Opens the store, starts the RPC server if `listen` is set, then the
+  // cluster if `cluster.listen` is set. Errors: those of
+  // storage::Store::open and gossip::Cluster::start, kInvalidArgument for a
+  // bad address, kIo when an address cannot be bound.
   static Result<std::unique_ptr<Node>> open(Options options);
 
   // shutdown(), then closes the store.
@@ -74,8 +82,8 @@ class Node {
   std::string metricsAddress() const;
 
   // Refuses new writes (kUnavailable), waits until every accepted write has
-  // committed and its callback ran, then stops the RPC server. Idempotent.
-  // Not from a store-thread callback.
+  // committed and its callback ran, then leaves the cluster and stops the
+  // RPC server. Idempotent. Not from a store-thread callback.
   void shutdown();
 
   // ---- writes ---------------------------------------------------------------
@@ -112,6 +120,21 @@ class Node {
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
 
+  // ---- cluster --------------------------------------------------------------
+  // Each returns kUnavailable when the node runs without a cluster (no
+  // `cluster.listen`, i.e. chorusd without --gossip-listen) or after
+  // shutdown().
+  Result<ClusterView> clusterView();
+  // Fault injection: drop gossip traffic to and from `peers` (see
+  // gossip::Cluster::partition) / stop dropping. kInvalidArgument (field
+  // "peers") for ids api::checkPeerIds refuses.
+  Status partition(const std::vector<std::string>& peers);
+  Status heal();
+  // States from peers that the store refused (e.g. kClockDrift), and those
+  // that changed a review, since open.
+  uint64_t mergesRefused() const { return mergesRefused_.load(); }
+  uint64_t mergesApplied() const { return mergesApplied_.load(); }
+
   // ---- watching -------------------------------------------------------------
   using Watcher = std::function<void(const Change&)>;
   // Calls `watcher` on the store thread for every committed change of a
@@ -125,6 +148,9 @@ class Node {
   const api::Limits& limits() const { return options_.limits; }
   const Options& options() const { return options_; }
   storage::Store& store() { return *store_; }
+  // nullptr when not clustered, and after shutdown(). Only valid until
+  // shutdown(); callers racing shutdown should use the methods above.
+  gossip::Cluster* cluster() { return clusterLive_.load(); }
   api::Metrics& metrics() { return *metrics_; }
   // Returns kInvalidArgument naming the field, or nullopt.
   api::Check check(const WriteRequest& request) const;
@@ -132,6 +158,11 @@ class Node {
  private:
   Node(Options options, std::unique_ptr<storage::Store> store);
   void notify(const char* op, const crdt::ReviewDoc& state);
+  void notifyLocked(const char* op, const crdt::ReviewDoc& state);  // watchMutex_ held
+  // Store thread: a state from a peer committed (or was refused).
+  void merged(const Result<storage::Applied>& applied);
+  Status startCluster();
+  Error noCluster() const;
   // Store thread: after a write committed.
   Result<ReviewView> committed(const char* op, const Result<storage::Applied>& applied);
   void finishWrite();
@@ -143,14 +174,25 @@ class Node {
   std::mutex watchMutex_;  // guards watchers_ and nextWatch_
   std::multimap<std::string, std::pair<uint64_t, Watcher>> watchers_;  // by product
   uint64_t nextWatch_ = 1;
+  bool notifyMerges_ = true;  // false once the cluster and RPC server stop
 
   std::mutex writesMutex_;  // guards the two below
   std::condition_variable writesIdle_;
   uint64_t writesInFlight_ = 0;
   std::atomic<bool> closing_{false};
 
+  std::atomic<uint64_t> mergesRefused_{0};
+  std::atomic<uint64_t> mergesApplied_{0};
+
   std::unique_ptr<storage::Store> store_;
   std::unique_ptr<api::RpcServer> rpc_;  // stopped before store_ closes
+  // The cluster, stopped before rpc_ and store_. Admin calls hold
+  // clusterMutex_ shared; shutdown() holds it exclusively to stop the
+  // cluster. The store thread publishes through clusterLive_ without the
+  // lock (shutdown clears it only after every write has finished).
+  std::shared_mutex clusterMutex_;
+  std::unique_ptr<gossip::Cluster> cluster_;
+  std::atomic<gossip::Cluster*> clusterLive_{nullptr};
 };
 
 }  // namespace chorus

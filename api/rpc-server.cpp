@@ -495,6 +495,52 @@ class AdminImpl final : public wire::Admin::Server {
         errorInit(ctx));
   }
 
+  kj::Promise<void> partition(PartitionContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kPartition,
+        [this, ctx]() mutable -> const char* {
+          auto peers = ctx.getParams().getPeers();
+          auto results = ctx.getResults();
+          if (peers.size() > kMaxPartitionPeers) {  // before copying them
+            return toWire(
+                FieldError{"peers", "at most " + std::to_string(kMaxPartitionPeers) + " node ids"}
+                    .toError(),
+                results.initError());
+          }
+          std::vector<std::string> ids;
+          ids.reserve(peers.size());
+          for (auto id : peers) ids.push_back(str(id));
+          auto r = loop_.node().partition(ids);
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+  kj::Promise<void> heal(HealContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kHeal,
+        [this, ctx]() mutable -> const char* {
+          auto r = loop_.node().heal();
+          if (!r.ok()) return toWire(r.error(), ctx.getResults().initError());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+  kj::Promise<void> cluster(ClusterContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kCluster,
+        [this, ctx]() mutable -> const char* {
+          auto r = loop_.node().clusterView();
+          auto results = ctx.getResults();
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          toWire(*r, results.initView());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
  private:
   Loop& loop_;
   kj::Own<ConnState> conn_;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "crdt/review.h"
+#include "gossip/cluster.h"
 #include "storage/store.h"
 
 namespace chorus {
@@ -74,6 +75,21 @@ struct NodeStatus {
   uint64_t keyCount = 0;
   storage::Hash merkleRoot{};
   storage::StoreStats stats;
+  std::string gossipAddress;  // empty when the node runs without a cluster
+};
+
+// One node's view of its cluster (Admin.cluster, `chorus cluster status`).
+struct ClusterView {
+  std::string nodeId;
+  std::string gossipAddress;
+  std::string rpcAddress;
+  uint64_t keyCount = 0;
+  storage::Hash merkleRoot{};
+  uint64_t refusedStamps = 0;               // remote stamps refused for clock drift
+  std::vector<std::string> partitioned;     // ids this node drops traffic of
+  std::vector<gossip::MemberInfo> members;  // its peers, without itself; by id
+  gossip::ClusterStats stats;
+  uint64_t nowUnixMillis = 0;  // the node's wall clock when it answered
 };
 
 const char* visibilityName(crdt::Visibility v);  // "visible", "hidden", "flagged"

@@ -122,4 +122,73 @@ Check checkReply(std::string_view product, std::string_view author, std::string_
   return checkText("text", text, limits.maxBodyBytes);
 }
 
+Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self) {
+  if (peers.size() > kMaxPartitionPeers) {
+    return fieldError("peers", "at most " + std::to_string(kMaxPartitionPeers) + " node ids");
+  }
+  for (const auto& id : peers) {
+    if (id.empty()) return fieldError("peers", "a node id is empty");
+    if (id.size() > 128) return fieldError("peers", "a node id is longer than 128 bytes");
+    if (!isValidUtf8(id)) return fieldError("peers", "a node id is not valid UTF-8");
+    for (char c : id) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        return fieldError("peers", "a node id contains a control character");
+      }
+    }
+    if (id == self) {
+      return fieldError("peers", "'" + id + "' is this node; a node cannot partition itself");
+    }
+  }
+  return std::nullopt;
+}
+
+Result<std::chrono::milliseconds> parseDuration(std::string_view text,
+                                                std::chrono::milliseconds bareUnit) {
+  auto bad = [&](const std::string& why) {
+    return makeError(ErrorCode::kInvalidArgument, "'" + std::string(text) +
+                                                      "' is not a duration (" + why +
+                                                      "; e.g. 1500ms, 30s, -30s, 2.5s, 5m, 1h)");
+  };
+  std::string_view s = text;
+  bool negative = false;
+  if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
+    negative = s[0] == '-';
+    s.remove_prefix(1);
+  }
+  size_t digits = 0;
+  bool dot = false;
+  size_t i = 0;
+  for (; i < s.size(); ++i) {
+    if (s[i] >= '0' && s[i] <= '9') {
+      ++digits;
+    } else if (s[i] == '.' && !dot) {
+      dot = true;
+    } else {
+      break;
+    }
+  }
+  if (digits == 0) return bad("no number");
+  if (i > 24) return bad("too many digits");
+  double number = std::stod(std::string(s.substr(0, i)));
+  std::string_view unit = s.substr(i);
+  double unitMillis;
+  if (unit.empty()) {
+    unitMillis = static_cast<double>(bareUnit.count());
+  } else if (unit == "ms") {
+    unitMillis = 1;
+  } else if (unit == "s") {
+    unitMillis = 1000;
+  } else if (unit == "m" || unit == "min") {
+    unitMillis = 60'000;
+  } else if (unit == "h") {
+    unitMillis = 3'600'000;
+  } else {
+    return bad("unknown unit '" + std::string(unit) + "'");
+  }
+  double millis = number * unitMillis;
+  if (millis > 1000.0 * 3'600'000) return bad("more than 1000 hours");
+  auto rounded = static_cast<int64_t>(millis + 0.5);
+  return std::chrono::milliseconds(negative ? -rounded : rounded);
+}
+
 }  // namespace chorus::api

@@ -8,11 +8,13 @@
 //   moderation reason: <= maxReasonBytes; all valid UTF-8 without NUL.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "crdt/result.h"
 
@@ -55,5 +57,18 @@ Check checkModerate(std::string_view product, std::string_view author, std::stri
                     const Limits& limits);
 Check checkReply(std::string_view product, std::string_view author, std::string_view text,
                  const Limits& limits);
+
+// Admin.partition's peer ids: at most kMaxPartitionPeers ids, each 1-128
+// bytes of UTF-8 without control characters, none equal to `self` (this
+// node's id). The field is "peers".
+inline constexpr size_t kMaxPartitionPeers = 1024;
+Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self);
+
+// Parses a duration for flags: an optional sign, a decimal number and a unit
+// of ms, s, m or h ("1500ms", "-30s", "2.5s", "5m"); a bare number counts in
+// `bareUnit`. Rounds to whole milliseconds; at most 1000 hours either way.
+// Errors: kInvalidArgument saying what is accepted.
+Result<std::chrono::milliseconds> parseDuration(std::string_view text,
+                                                std::chrono::milliseconds bareUnit);
 
 }  // namespace chorus::api

@@ -91,6 +91,7 @@ void toWire(const NodeStatus& s, wire::NodeStatus::Builder b) {
   st.setWrites(s.stats.writes);
   st.setMapGrowths(s.stats.mapGrowths);
   st.setRefusedStamps(s.stats.refusedStamps);
+  b.setGossipAddress(text(s.gossipAddress));
 }
 
 NodeStatus fromWire(wire::NodeStatus::Reader r) {
@@ -111,7 +112,113 @@ NodeStatus fromWire(wire::NodeStatus::Reader r) {
   s.stats.writes = st.getWrites();
   s.stats.mapGrowths = st.getMapGrowths();
   s.stats.refusedStamps = st.getRefusedStamps();
+  s.gossipAddress = str(r.getGossipAddress());
   return s;
+}
+
+void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
+  b.setNodeId(text(v.nodeId));
+  b.setGossipAddress(text(v.gossipAddress));
+  b.setRpcAddress(text(v.rpcAddress));
+  b.setKeyCount(v.keyCount);
+  b.setMerkleRoot(kj::arrayPtr(v.merkleRoot.data(), v.merkleRoot.size()));
+  b.setRefusedStamps(v.refusedStamps);
+  auto partitioned = b.initPartitioned(static_cast<unsigned>(v.partitioned.size()));
+  for (unsigned i = 0; i < v.partitioned.size(); ++i) partitioned.set(i, text(v.partitioned[i]));
+  auto members = b.initMembers(static_cast<unsigned>(v.members.size()));
+  for (unsigned i = 0; i < v.members.size(); ++i) {
+    const gossip::MemberInfo& m = v.members[i];
+    auto mb = members[i];
+    mb.setNodeId(text(m.nodeId));
+    mb.setGossipAddress(text(m.gossipAddress));
+    mb.setRpcAddress(text(m.rpcAddress));
+    mb.setState(toWire(m.state));
+    mb.setPartitioned(m.partitioned);
+    mb.setLastSyncUnixMillis(m.lastSyncUnixMillis);
+    mb.setPendingDeltas(m.pendingDeltas);
+    mb.setPhi(m.phi);
+  }
+  const gossip::ClusterStats& s = v.stats;
+  auto st = b.initStats();
+  st.setFramesIn(s.framesIn);
+  st.setFramesOut(s.framesOut);
+  st.setBytesIn(s.bytesIn);
+  st.setBytesOut(s.bytesOut);
+  st.setMalformedFrames(s.malformedFrames);
+  st.setPartitionDropped(s.partitionDropped);
+  st.setDeltasSent(s.deltasSent);
+  st.setDeltasReceived(s.deltasReceived);
+  st.setDeltasDropped(s.deltasDropped);
+  st.setSyncStarted(s.syncStarted);
+  st.setSyncCompleted(s.syncCompleted);
+  st.setAntiEntropyBytes(s.antiEntropyBytes);
+  st.setStatesRepaired(s.statesRepaired);
+  b.setNowUnixMillis(v.nowUnixMillis);
+}
+
+ClusterView fromWire(wire::ClusterView::Reader r) {
+  ClusterView v;
+  v.nodeId = str(r.getNodeId());
+  v.gossipAddress = str(r.getGossipAddress());
+  v.rpcAddress = str(r.getRpcAddress());
+  v.keyCount = r.getKeyCount();
+  auto root = r.getMerkleRoot();
+  for (size_t i = 0; i < v.merkleRoot.size() && i < root.size(); ++i) v.merkleRoot[i] = root[i];
+  v.refusedStamps = r.getRefusedStamps();
+  for (auto id : r.getPartitioned()) v.partitioned.push_back(str(id));
+  for (auto mr : r.getMembers()) {
+    gossip::MemberInfo m;
+    m.nodeId = str(mr.getNodeId());
+    m.gossipAddress = str(mr.getGossipAddress());
+    m.rpcAddress = str(mr.getRpcAddress());
+    m.state = fromWire(mr.getState());
+    m.partitioned = mr.getPartitioned();
+    m.lastSyncUnixMillis = mr.getLastSyncUnixMillis();
+    m.pendingDeltas = mr.getPendingDeltas();
+    m.phi = mr.getPhi();
+    v.members.push_back(std::move(m));
+  }
+  auto st = r.getStats();
+  gossip::ClusterStats& s = v.stats;
+  s.framesIn = st.getFramesIn();
+  s.framesOut = st.getFramesOut();
+  s.bytesIn = st.getBytesIn();
+  s.bytesOut = st.getBytesOut();
+  s.malformedFrames = st.getMalformedFrames();
+  s.partitionDropped = st.getPartitionDropped();
+  s.deltasSent = st.getDeltasSent();
+  s.deltasReceived = st.getDeltasReceived();
+  s.deltasDropped = st.getDeltasDropped();
+  s.syncStarted = st.getSyncStarted();
+  s.syncCompleted = st.getSyncCompleted();
+  s.antiEntropyBytes = st.getAntiEntropyBytes();
+  s.statesRepaired = st.getStatesRepaired();
+  v.nowUnixMillis = r.getNowUnixMillis();
+  return v;
+}
+
+wire::PeerState toWire(gossip::PeerState s) {
+  switch (s) {
+    case gossip::PeerState::kAlive:
+      return wire::PeerState::ALIVE;
+    case gossip::PeerState::kSuspect:
+      return wire::PeerState::SUSPECT;
+    case gossip::PeerState::kDead:
+      return wire::PeerState::DEAD;
+  }
+  return wire::PeerState::DEAD;
+}
+
+gossip::PeerState fromWire(wire::PeerState s) {
+  switch (s) {
+    case wire::PeerState::ALIVE:
+      return gossip::PeerState::kAlive;
+    case wire::PeerState::SUSPECT:
+      return gossip::PeerState::kSuspect;
+    case wire::PeerState::DEAD:
+      return gossip::PeerState::kDead;
+  }
+  return gossip::PeerState::kDead;  // an unknown (newer) value
 }
 
 void toWire(const Change& c, wire::Change::Builder b) {

@@ -23,11 +23,16 @@ storage::ProductSummary fromWire(wire::Summary::Reader r);
 void toWire(const NodeStatus& s, wire::NodeStatus::Builder b);
 NodeStatus fromWire(wire::NodeStatus::Reader r);
 
+void toWire(const ClusterView& v, wire::ClusterView::Builder b);
+ClusterView fromWire(wire::ClusterView::Reader r);
+
 void toWire(const Change& c, wire::Change::Builder b);
 Change fromWire(wire::Change::Reader r);
 
 wire::Visibility toWire(crdt::Visibility v);
 crdt::Visibility fromWire(wire::Visibility v);
+wire::PeerState toWire(gossip::PeerState s);
+gossip::PeerState fromWire(wire::PeerState s);
 wire::Order toWire(storage::Order o);
 storage::Order fromWire(wire::Order o);
 
