@@ -130,7 +130,12 @@ class Cluster::Impl {
   };
   std::map<std::string, Peer> peers_;  // by node id, never this node
 
-  void wake() { uv_async_send(&wake_); }
+  // Safe from any thread at any time, also during and after stop().
+  void wake() {
+    std::lock_guard lock(mu_);
+    if (!wakeClosed_) uv_async_send(&wake_);
+  }
+  bool wakeClosed_ = false;  // guarded by mu_
 
   const ClusterOptions options_;
 
@@ -305,6 +310,10 @@ void Cluster::Impl::onWake() {
     for (Conn* c : std::vector<Conn*>(conns_.begin(), conns_.end())) close(c);
     uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+    {
+      std::lock_guard lock(mu_);
+      wakeClosed_ = true;
+    }
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
     return;
   }
