@@ -1,7 +1,9 @@
-// chorusd: runs one Chorus node (store + RPC server + optional metrics).
+// chorusd: runs one Chorus node (store + RPC server + optional metrics and
+// gossip).
 //
-// Prints "chorusd: listening on HOST:PORT" on stdout once it accepts calls
-// (and "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
+// Prints "chorusd: listening on HOST:PORT" on stdout once it accepts calls,
+// then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
+// "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
 // exits 0. Exit codes: 0 clean stop, 1 usage or configuration, 2 the node
 // could not start (data dir locked or damaged, address in use).
@@ -12,9 +14,27 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "api/log.h"
 #include "api/node.h"
+#include "api/validate.h"
+
+namespace {
+
+// A duration flag's value, or exits with a usage error naming the flag.
+bool parseDurationFlag(const char* flag, const std::string& text, std::chrono::milliseconds bare,
+                       std::chrono::milliseconds& out) {
+  auto d = chorus::api::parseDuration(text, bare);
+  if (!d.ok()) {
+    std::fprintf(stderr, "chorusd: %s: %s\n", flag, d.error().message.c_str());
+    return false;
+  }
+  out = *d;
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -28,6 +48,12 @@ int main(int argc, char** argv) {
   std::string logLevel = "info";
   uint32_t maxInFlight = chorus::RpcLimits{}.maxInFlightPerConnection;
   uint64_t idleTimeoutMs = static_cast<uint64_t>(chorus::RpcLimits{}.idleTimeout.count());
+  bool unsafeNoSync = false;
+  std::string gossipListen;
+  std::vector<std::string> join;
+  std::string advertise;
+  std::string antiEntropyInterval = "1000";
+  std::string clockOffset = "0";
   app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
       ->required();
   app.add_option("--data-dir", dataDir, "Directory of the store (created if missing)")->required();
@@ -46,6 +72,33 @@ int main(int argc, char** argv) {
                  "Close connections without calls or watches after this long")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{10}, uint64_t{86'400'000}));
+  app.add_flag("--unsafe-no-sync", unsafeNoSync,
+               "Skip fsync at commit: an OS crash may lose acknowledged writes "
+               "(benchmarks and throwaway test clusters only)");
+  auto* gossipGroup = app.add_option_group("Cluster");
+  gossipGroup
+      ->add_option("--gossip-listen", gossipListen,
+                   "Join a cluster: gossip address host:port (port 0 = any free port)")
+      ->type_name("HOST:PORT");
+  gossipGroup
+      ->add_option("--join", join,
+                   "Gossip address of a node to join through; repeat or separate with commas")
+      ->delimiter(',')
+      ->type_name("HOST:PORT");
+  gossipGroup
+      ->add_option("--advertise", advertise,
+                   "Gossip address peers should dial (default: the bound --gossip-listen address)")
+      ->type_name("HOST:PORT");
+  gossipGroup
+      ->add_option("--anti-entropy-interval", antiEntropyInterval,
+                   "How often to compare Merkle trees with a peer: milliseconds, or with a unit "
+                   "(500ms, 2s)")
+      ->capture_default_str();
+  gossipGroup
+      ->add_option("--clock-offset", clockOffset,
+                   "FOR TESTS: skew this node's clock by a duration (-30s, 5m, 1500ms; a bare "
+                   "number is milliseconds)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -53,6 +106,26 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   chorus::api::setLogLevel(*chorus::api::parseLogLevel(logLevel));
+  std::chrono::milliseconds antiEntropy{}, offset{};
+  if (!parseDurationFlag("--anti-entropy-interval", antiEntropyInterval,
+                         std::chrono::milliseconds(1), antiEntropy) ||
+      !parseDurationFlag("--clock-offset", clockOffset, std::chrono::milliseconds(1), offset)) {
+    return 1;
+  }
+  if (antiEntropy < std::chrono::milliseconds(10) || antiEntropy > std::chrono::hours(1)) {
+    std::fprintf(stderr, "chorusd: --anti-entropy-interval: must be between 10ms and 1h\n");
+    return 1;
+  }
+  if (gossipListen.empty() && (!join.empty() || !advertise.empty())) {
+    std::fprintf(stderr, "chorusd: --join and --advertise need --gossip-listen\n");
+    return 1;
+  }
+  for (const auto& seed : join) {
+    if (seed.empty() || seed.find(':') == std::string::npos) {
+      std::fprintf(stderr, "chorusd: --join: '%s' is not host:port\n", seed.c_str());
+      return 1;
+    }
+  }
 
   // Block the stop signals in every thread (threads inherit the mask), then
   // wait for them synchronously below: no async-signal-safety concerns.
@@ -70,12 +143,29 @@ int main(int argc, char** argv) {
   options.metricsAddr = metricsAddr;
   options.rpc.maxInFlightPerConnection = maxInFlight;
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
+  options.store.unsafeNoSync = unsafeNoSync;
+  if (offset.count() != 0) {
+    options.store.clock = [base = chorus::crdt::systemClock(),
+                           ms = static_cast<int64_t>(offset.count())]() -> uint64_t {
+      int64_t now = static_cast<int64_t>(base()) + ms;
+      return now < 0 ? 0 : static_cast<uint64_t>(now);
+    };
+    chorus::api::logf(chorus::api::LogLevel::kWarn, "clock skewed by %lld ms (--clock-offset)",
+                      static_cast<long long>(offset.count()));
+  }
+  options.cluster.listen = gossipListen;
+  options.cluster.seeds = join;
+  options.cluster.advertise = advertise;
+  options.cluster.antiEntropyInterval = antiEntropy;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     std::fprintf(stderr, "chorusd: cannot start: %s\n", node.error().toString().c_str());
     return node.error().code == chorus::ErrorCode::kInvalidArgument ? 1 : 2;
   }
   std::printf("chorusd: listening on %s\n", (*node)->rpcAddress().c_str());
+  if (auto* cluster = (*node)->cluster()) {
+    std::printf("chorusd: gossip on %s\n", cluster->address().c_str());
+  }
   if (!(*node)->metricsAddress().empty()) {
     std::printf("chorusd: metrics on http://%s/metrics\n", (*node)->metricsAddress().c_str());
   }
