@@ -9,70 +9,15 @@
 
 #include "api/client.h"
 #include "api/types.h"
+#include "tools/chorus/common.h"
 
 namespace {
 
 using chorus::ErrorCode;
 using chorus::ReviewPage;
 using chorus::ReviewView;
-
-// Exit codes (documented in --help).
-constexpr int kExitOk = 0;
-constexpr int kExitUsage = 1;
-constexpr int kExitNotFound = 2;
-constexpr int kExitInvalid = 3;
-constexpr int kExitUnavailable = 4;
-constexpr int kExitOther = 5;
-
-constexpr const char* kExitHelp =
-    "Exit codes: 0 ok; 1 usage error; 2 not found; 3 invalid argument;\n"
-    "4 node unavailable, overloaded or unreachable; 5 any other error.";
-
-int exitCodeFor(const chorus::Error& e) {
-  switch (e.code) {
-    case ErrorCode::kNotFound:
-      return kExitNotFound;
-    case ErrorCode::kInvalidArgument:
-      return kExitInvalid;
-    case ErrorCode::kUnavailable:
-    case ErrorCode::kOverloaded:
-      return kExitUnavailable;
-    default:
-      return kExitOther;
-  }
-}
-
-std::string json(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
+using namespace chorus::cli;
+using chorus::cli::json;  // overloaded below for reviews and pages
 
 std::string json(const ReviewView& r) {
   std::string tags = "[";
@@ -91,16 +36,6 @@ std::string json(const ReviewPage& p) {
   std::string out = "{\"reviews\":[";
   for (size_t i = 0; i < p.reviews.size(); ++i) out += (i ? "," : "") + json(p.reviews[i]);
   return out + "],\"next_cursor\":" + json(p.nextCursor) + "}";
-}
-
-std::string hex(const chorus::storage::Hash& h) {
-  std::string out;
-  char buf[3];
-  for (uint8_t b : h) {
-    std::snprintf(buf, sizeof buf, "%02x", b);
-    out += buf;
-  }
-  return out;
 }
 
 std::string clip(const std::string& s, size_t n) {
@@ -135,30 +70,6 @@ void printPage(const ReviewPage& p, bool byAuthor) {
   }
   if (p.reviews.empty()) std::printf("(no reviews)\n");
   if (!p.nextCursor.empty()) std::printf("more: --cursor %s\n", p.nextCursor.c_str());
-}
-
-struct Globals {
-  std::string connect;
-  bool json = false;
-  uint32_t timeoutMs = 10'000;
-};
-
-// Connects, runs `body`, and maps failures to exit codes.
-int withClient(const Globals& g, const std::function<int(chorus::api::Client&)>& body) {
-  chorus::api::Client::Options options;
-  options.timeout = std::chrono::milliseconds(g.timeoutMs);
-  auto client = chorus::api::Client::connect(g.connect, options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "chorus: %s\n", client.error().toString().c_str());
-    return exitCodeFor(client.error());
-  }
-  return body(**client);
-}
-
-template <typename T>
-int fail(const chorus::Result<T>& r) {
-  std::fprintf(stderr, "chorus: %s\n", r.error().toString().c_str());
-  return exitCodeFor(r.error());
 }
 
 }  // namespace
@@ -369,11 +280,12 @@ int main(int argc, char** argv) {
                         ",\"merkle_root\":\"%s\","
                         "\"stats\":{\"documents\":%" PRIu64 ",\"map_bytes\":%" PRIu64
                         ",\"used_bytes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"writes\":%" PRIu64
-                        ",\"map_growths\":%" PRIu64 ",\"refused_stamps\":%" PRIu64 "}}\n",
+                        ",\"map_growths\":%" PRIu64 ",\"refused_stamps\":%" PRIu64
+                        "},\"gossip_address\":%s}\n",
                         json(s->nodeId).c_str(), s->replicaId, json(s->version).c_str(),
                         s->apiVersion, s->uptimeMillis, s->keyCount, hex(s->merkleRoot).c_str(),
                         st.documents, st.mapBytes, st.usedBytes, st.commits, st.writes,
-                        st.mapGrowths, st.refusedStamps);
+                        st.mapGrowths, st.refusedStamps, json(s->gossipAddress).c_str());
           } else {
             std::printf("node:        %s (replica %016" PRIx64
                         ")\nversion:     %s (api %u)\n"
@@ -384,10 +296,15 @@ int main(int argc, char** argv) {
                         s->nodeId.c_str(), s->replicaId, s->version.c_str(), s->apiVersion,
                         double(s->uptimeMillis) / 1000.0, s->keyCount, hex(s->merkleRoot).c_str(),
                         st.usedBytes, st.mapBytes, st.writes, st.commits);
+            std::printf("gossip:      %s\n", s->gossipAddress.empty()
+                                                 ? "off (chorusd without --gossip-listen)"
+                                                 : s->gossipAddress.c_str());
           }
           return kExitOk;
         });
       });
+
+  addClusterCommands(app, g, result);
 
   try {
     app.parse(argc, argv);
