@@ -16,42 +16,117 @@ namespace {
 
 // ---- encoding --------------------------------------------------------------
 
-void setStamp(wire::Stamp::Builder b, const Stamp& s) {
-  b.setHlc(s.hlc.bits);
-  b.setReplica(s.replica);
-}
+// Writes the Cap'n Proto canonical form of state.capnp's Review directly:
+// one segment, objects in pre-order (a struct, then the targets of its
+// pointers in pointer order, depth first; list elements in order), every
+// struct's data section cut after its last non-zero word and its pointer
+// section after its last non-null pointer, a zero-sized struct as a pointer
+// with offset -1, struct lists as inline composites sized to their largest
+// (cut) element. This is exactly what capnp::canonicalize() returns for the
+// message the generated builders would make (every Text and List set, even
+// when empty; every struct initialized); review-test.cpp checks the two
+// agree byte for byte (internal/reference-encoding.h).
+class CanonicalWriter {
+ public:
+  explicit CanonicalWriter(size_t expectedBytes) { out_.reserve(expectedBytes); }
 
-template <class Range, class F>
-void fillDots(capnp::List<wire::Dot>::Builder list, const Range& range, F dotOf) {
-  unsigned i = 0;
-  for (const auto& item : range) {
-    Dot d = dotOf(item);
-    list[i].setReplica(d.replica);
-    list[i].setCounter(d.counter);
-    ++i;
+  // Appends `words` zero words; returns the index of the first.
+  size_t alloc(size_t words) {
+    size_t at = out_.size() / 8;
+    out_.resize(out_.size() + words * 8, '\0');
+    return at;
   }
-}
 
-void setOrSet(wire::OrSet::Builder b, const OrSet& set) {
-  auto elements = b.initElements(static_cast<unsigned>(set.entries().size()));
-  unsigned i = 0;
-  for (const auto& [value, dots] : set.entries()) {
-    elements[i].setValue(kj::StringPtr(value.data(), value.size()));
-    fillDots(elements[i].initDots(static_cast<unsigned>(dots.size())), dots,
-             [](const Dot& d) { return d; });
-    ++i;
+  void putWord(size_t word, uint64_t v) { putBytes(word * 8, v, 8); }
+  void putBytes(size_t byteOffset, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) {
+      out_[byteOffset + static_cast<size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xff);
+    }
   }
-  auto ctx = b.initContext();
-  const auto& vv = set.context().versionVector();
-  fillDots(ctx.initVersionVector(static_cast<unsigned>(vv.size())), vv, [](const auto& kv) {
-    return Dot{kv.first, kv.second};
-  });
-  const auto& cloud = set.context().cloud();
-  fillDots(ctx.initCloud(static_cast<unsigned>(cloud.size())), cloud,
-           [](const Dot& d) { return d; });
-}
 
-capnp::Text::Reader text(const std::string& s) { return capnp::Text::Reader(s.data(), s.size()); }
+  // A struct pointer at word `at` to a struct whose body starts at `target`.
+  void structPointer(size_t at, size_t target, uint32_t dataWords, uint32_t pointers) {
+    if (dataWords == 0 && pointers == 0) {
+      putWord(at, 0xfffffffcu);  // zero-sized struct: offset -1, no allocation
+      return;
+    }
+    putWord(at, offsetBits(at, target) | (uint64_t{dataWords} << 32) | (uint64_t{pointers} << 48));
+  }
+  void listPointer(size_t at, size_t target, uint64_t elementSize, uint64_t count) {
+    putWord(at, offsetBits(at, target) | 1u | (elementSize << 32) | (count << 35));
+  }
+
+  void text(size_t at, const std::string& s) {
+    size_t words = (s.size() + 1 + 7) / 8;  // NUL-terminated, zero-padded
+    size_t target = alloc(words);
+    if (!s.empty()) std::memcpy(out_.data() + target * 8, s.data(), s.size());
+    listPointer(at, target, 2 /* BYTE */, s.size() + 1);
+  }
+
+  void stamp(size_t at, const Stamp& s) {
+    uint32_t dataWords = s.replica != 0 ? 2 : (s.hlc.bits != 0 ? 1 : 0);
+    if (dataWords == 0) return structPointer(at, 0, 0, 0);
+    size_t body = alloc(dataWords);
+    putWord(body, s.hlc.bits);
+    if (dataWords == 2) putWord(body + 1, s.replica);
+    structPointer(at, body, dataWords, 0);
+  }
+
+  // A List(Dot) from any range of items that `dotOf` maps to dots.
+  template <class Range, class F>
+  void dots(size_t at, const Range& range, size_t count, F dotOf) {
+    uint32_t dataWords = 0;  // the largest cut element
+    for (const auto& item : range) {
+      Dot d = dotOf(item);
+      dataWords = std::max<uint32_t>(dataWords, d.counter != 0 ? 2 : (d.replica != 0 ? 1 : 0));
+    }
+    size_t tag = alloc(1 + count * dataWords);
+    putWord(tag, (uint64_t{count} << 2) | (uint64_t{dataWords} << 32));
+    size_t w = tag + 1;
+    for (const auto& item : range) {
+      Dot d = dotOf(item);
+      if (dataWords >= 1) putWord(w, d.replica);
+      if (dataWords >= 2) putWord(w + 1, d.counter);
+      w += dataWords;
+    }
+    listPointer(at, tag, 7 /* INLINE_COMPOSITE */, count * dataWords);
+  }
+
+  void orSet(size_t at, const OrSet& set) {
+    size_t body = alloc(2);  // elements, context
+    structPointer(at, body, 0, 2);
+
+    const auto& entries = set.entries();
+    size_t n = entries.size();
+    uint32_t pointers = n == 0 ? 0 : 2;  // value, dots: never null
+    size_t tag = alloc(1 + n * pointers);
+    putWord(tag, (uint64_t{n} << 2) | (uint64_t{pointers} << 48));
+    listPointer(body, tag, 7, n * pointers);
+    size_t element = tag + 1;
+    for (const auto& [value, dotSet] : entries) {
+      text(element, value);
+      dots(element + 1, dotSet, dotSet.size(), [](const Dot& d) { return d; });
+      element += 2;
+    }
+
+    size_t context = alloc(2);  // versionVector, cloud
+    structPointer(body + 1, context, 0, 2);
+    const auto& vv = set.context().versionVector();
+    dots(context, vv, vv.size(), [](const auto& kv) { return Dot{kv.first, kv.second}; });
+    const auto& cloud = set.context().cloud();
+    dots(context + 1, cloud, cloud.size(), [](const Dot& d) { return d; });
+  }
+
+  std::string take() { return std::move(out_); }
+
+ private:
+  static uint64_t offsetBits(size_t at, size_t target) {
+    auto offset = static_cast<int64_t>(target) - static_cast<int64_t>(at) - 1;
+    return static_cast<uint32_t>(offset * 4);  // low 32 bits: offset << 2 | kind
+  }
+
+  std::string out_;
+};
 
 // ---- decoding --------------------------------------------------------------
 
@@ -181,34 +256,42 @@ void ReviewDoc::join(const ReviewDoc& other) {
 }
 
 std::string ReviewDoc::encode() const {
-  capnp::MallocMessageBuilder message(256);
-  auto root = message.initRoot<wire::Review>();
-  root.setVersion(kStateVersion);
-  root.setProduct(text(key_.product));
-  root.setAuthor(text(key_.author));
+  const Content& c = content_.value();
+  CanonicalWriter w(256 + key_.product.size() + key_.author.size() + c.title.size() +
+                    c.body.size() + moderation_.value().reason.size() + reply_.value().text.size());
+  size_t root = 1;
+  w.alloc(1 + 1 + 7);  // root pointer; Review: version, 7 pointers
+  w.structPointer(0, root, 1, 7);
+  w.putBytes(root * 8, kStateVersion, 2);
+  size_t ptr = root + 1;
+  w.text(ptr, key_.product);
+  w.text(ptr + 1, key_.author);
 
-  auto content = root.initContent();
-  setStamp(content.initStamp(), content_.stamp());
-  content.setDeleted(content_.value().deleted);
-  content.setRating(content_.value().rating);
-  content.setTitle(text(content_.value().title));
-  content.setBody(text(content_.value().body));
+  uint32_t contentData = c.deleted || c.rating != 0 ? 1 : 0;
+  size_t content = w.alloc(contentData + 3);  // deleted, rating; stamp, title, body
+  w.structPointer(ptr + 2, content, contentData, 3);
+  if (contentData != 0)
+    w.putBytes(content * 8, (c.deleted ? 1u : 0u) | (uint64_t{c.rating} << 8), 2);
+  w.stamp(content + contentData, content_.stamp());
+  w.text(content + contentData + 1, c.title);
+  w.text(content + contentData + 2, c.body);
 
-  setOrSet(root.initTags(), tags_);
-  setOrSet(root.initHelpful(), helpful_);
+  w.orSet(ptr + 3, tags_);
+  w.orSet(ptr + 4, helpful_);
 
-  auto moderation = root.initModeration();
-  setStamp(moderation.initStamp(), moderation_.stamp());
-  moderation.setVisibility(static_cast<wire::Visibility>(moderation_.value().visibility));
-  moderation.setReason(text(moderation_.value().reason));
+  auto visibility = static_cast<uint16_t>(moderation_.value().visibility);
+  uint32_t moderationData = visibility != 0 ? 1 : 0;
+  size_t moderation = w.alloc(moderationData + 2);  // visibility; stamp, reason
+  w.structPointer(ptr + 5, moderation, moderationData, 2);
+  if (moderationData != 0) w.putBytes(moderation * 8, visibility, 2);
+  w.stamp(moderation + moderationData, moderation_.stamp());
+  w.text(moderation + moderationData + 1, moderation_.value().reason);
 
-  auto reply = root.initReply();
-  setStamp(reply.initStamp(), reply_.stamp());
-  reply.setText(text(reply_.value().text));
-
-  kj::Array<capnp::word> words = capnp::canonicalize(root.asReader());
-  auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  size_t reply = w.alloc(2);  // stamp, text
+  w.structPointer(ptr + 6, reply, 0, 2);
+  w.stamp(reply, reply_.stamp());
+  w.text(reply + 1, reply_.value().text);
+  return w.take();
 }
 
 Result<ReviewDoc> ReviewDoc::decode(std::string_view bytes) {

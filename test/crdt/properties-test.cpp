@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "crdt/history.h"
+#include "crdt/internal/reference-encoding.h"
 #include "support/seed.h"
 
 using chorus::crdt::ReviewDoc;
@@ -124,6 +125,30 @@ TEST_CASE("encode/decode round-trips every reachable state") {
       REQUIRE_MESSAGE(decoded.ok(), (decoded.ok() ? "" : decoded.error().toString()));
       REQUIRE(decoded.value() == s);
       REQUIRE(decoded.value().encode() == bytes);
+    }
+  }
+}
+
+TEST_CASE("encode writes exactly what capnp::canonicalize makes, for states and deltas") {
+  using chorus::crdt::internal::encodeWithCapnpCanonicalize;
+  uint64_t seed = chorus::test::testSeed();
+  CAPTURE(seed);
+  std::mt19937_64 seeds(seed);
+  int cases = chorus::test::testCases(kDefaultCases);
+  // Corner cases first: nothing written, empty ids, a bare delta.
+  for (const ReviewDoc& d : {ReviewDoc(), ReviewDoc({"p", "a"}), ReviewDoc({"", ""}),
+                             ReviewDoc({std::string(7, 'x'), std::string(8, '\0')})}) {
+    REQUIRE(d.encode() == encodeWithCapnpCanonicalize(d));
+  }
+  for (int i = 0; i < cases; i += 16) {
+    History h(seeds(), 1 + static_cast<int>(seeds() % 3));
+    for (int j = 0; j < 16; ++j) {
+      History::Step step = h.operate();
+      for (const ReviewDoc* d : {&step.before, &step.delta, &step.after}) {
+        REQUIRE(d->encode() == encodeWithCapnpCanonicalize(*d));
+      }
+      ReviewDoc s = h.randomState(2);
+      REQUIRE(s.encode() == encodeWithCapnpCanonicalize(s));
     }
   }
 }
