@@ -1,0 +1,218 @@
+// Partitions on loopback: 3 and 5 chorusd processes, writes on both sides of
+// an injected partition, heal, converge, and every acknowledged write read
+// back from every node.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+
+#include "checks.h"
+
+using namespace chorus::test::cluster;
+using chorus::test::Json;
+
+namespace {
+
+// Starts n1 and then the others joining n1, and waits until every node sees
+// every other alive.
+void startCluster(Harness& h, int n) {
+  h.start("n1");
+  std::string seed = h.node("n1").gossip();
+  for (int i = 2; i <= n; ++i) h.start("n" + std::to_string(i), {seed});
+  auto ids = h.ids();
+  REQUIRE(h.waitUntil("every node sees the others alive", 30s, [&] { return allAlive(h, ids); },
+                      [&] { return aliveDetail(h, ids); }));
+}
+
+}  // namespace
+
+TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge") {
+  auto began = Clock::now();
+  Harness h;
+  startCluster(h, 3);
+  const std::vector<std::string> all = {"n1", "n2", "n3"};
+
+  // Before the partition: a review everyone has, with votes and tags.
+  cliWrite(h, "n1", {"put", "kettle", "sam", "-r", "4", "-t", "Shared"});
+  cliWrite(h, "n1", {"vote", "kettle", "sam", "v0"});
+  cliWrite(h, "n1", {"tag", "kettle", "sam", "keep"});
+  cliWrite(h, "n1", {"tag", "kettle", "sam", "contested"});
+  cliWrite(h, "n1", {"tag", "kettle", "sam", "dropped"});
+  REQUIRE(h.waitUntil("the shared review reaches n2 and n3 with its tags", 30s, [&] {
+    for (const auto& id : {"n2", "n3"}) {
+      auto r = getReview(h, id, "kettle", "sam");
+      if (!r || tagsOf(*r).size() != 3 || (*r)["helpful"].u64() != 1) return false;
+    }
+    return true;
+  }));
+
+  // Isolate n3: n1 and n2 on one side, n3 alone on the other.
+  auto part = h.chorus("n1", {"cluster", "partition", "--isolate", "n3"});
+  REQUIRE_MESSAGE(part.code == 0, part.out << part.err);
+  {
+    // Both ends know: n1 drops n3, n3 drops n1 and n2.
+    auto s1 = clusterStatus(h, "n1");
+    CHECK(entryOf(s1, "n3")["partitioned"].boolean());
+    CHECK(peerState(s1, "n3").find("partitioned") != std::string::npos);
+    CHECK_FALSE(entryOf(s1, "n2")["partitioned"].boolean());
+    auto s3 = clusterStatus(h, "n3");
+    CHECK(entryOf(s3, "n1")["partitioned"].boolean());
+    CHECK(entryOf(s3, "n2")["partitioned"].boolean());
+  }
+
+  // Side A (n1, n2).
+  cliWrite(h, "n1", {"put", "kettle", "ann", "-r", "5", "-t", "A side"});
+  cliWrite(h, "n2", {"put", "kettle", "ben", "-r", "3", "-t", "A side too"});
+  cliWrite(h, "n1", {"put", "kettle", "eve", "-r", "2", "-t", "Edit from n1", "-b", "first"});
+  cliWrite(h, "n1", {"put", "kettle", "sam", "-r", "1", "-t", "Shared, edited by n1"});
+  cliWrite(h, "n1", {"vote", "kettle", "sam", "va"});      // a voter only side A has
+  cliWrite(h, "n2", {"vote", "kettle", "sam", "both"});    // the same voter on both sides
+  cliWrite(h, "n1", {"vote", "kettle", "sam", "v0"});      // re-vote, concurrent with an unvote
+  cliWrite(h, "n1", {"tag", "kettle", "sam", "contested"});  // re-add, concurrent with a remove
+  cliWrite(h, "n2", {"tag", "kettle", "sam", "a-only"});
+  std::this_thread::sleep_for(20ms);  // side B's edits get later clocks
+
+  // Side B (n3).
+  cliWrite(h, "n3", {"put", "kettle", "cat", "-r", "4", "-t", "B side"});
+  cliWrite(h, "n3", {"put", "kettle", "eve", "-r", "4", "-t", "Edit from n3", "-b", "second"});
+  cliWrite(h, "n3", {"put", "kettle", "sam", "-r", "2", "-t", "Shared, edited by n3"});
+  cliWrite(h, "n3", {"vote", "kettle", "sam", "vb"});
+  cliWrite(h, "n3", {"vote", "kettle", "sam", "both"});
+  cliWrite(h, "n3", {"unvote", "kettle", "sam", "v0"});
+  cliWrite(h, "n3", {"untag", "kettle", "sam", "contested"});
+  cliWrite(h, "n3", {"untag", "kettle", "sam", "dropped"});
+  cliWrite(h, "n3", {"tag", "kettle", "sam", "b-only"});
+
+  // The sides stay apart: n2 gets n1's writes (fast path), n3 gets none
+  // of them and n1 none of n3's, across several anti-entropy rounds.
+  REQUIRE(h.waitUntil("n1's writes reach n2", 30s, [&] {
+    auto r = getReview(h, "n2", "kettle", "ann");
+    auto s = getReview(h, "n2", "kettle", "sam");
+    return r && s && (*s)["title"].str() == "Shared, edited by n1";
+  }));
+  std::this_thread::sleep_for(1s);  // 5 anti-entropy intervals
+  CHECK_FALSE(getReview(h, "n3", "kettle", "ann").has_value());
+  CHECK_FALSE(getReview(h, "n3", "kettle", "ben").has_value());
+  CHECK_FALSE(getReview(h, "n1", "kettle", "cat").has_value());
+  CHECK_FALSE(getReview(h, "n2", "kettle", "cat").has_value());
+  CHECK((*getReview(h, "n3", "kettle", "eve"))["title"].str() == "Edit from n3");
+  CHECK((*getReview(h, "n1", "kettle", "eve"))["title"].str() == "Edit from n1");
+  CHECK((*getReview(h, "n3", "kettle", "sam"))["helpful"].u64() == 2);  // vb, both
+  CHECK(roots(h, {"n1", "n3"})["n1"] != roots(h, {"n1", "n3"})["n3"]);
+
+  auto heal = h.chorus("n1", {"cluster", "heal"});
+  REQUIRE_MESSAGE(heal.code == 0, heal.out << heal.err);
+  auto healed = Clock::now();
+  auto conv = converge(h, "n1");
+  MESSAGE("3 nodes: converged " << secondsSince(healed) << " s after heal; converge said: "
+                                << conv.out);
+
+  auto r = roots(h, all);
+  CHECK_MESSAGE(allEqual(r), show(r));
+  for (const auto& id : all) {
+    CAPTURE(id);
+    for (const auto& [author, title] : std::map<std::string, std::string>{
+             {"ann", "A side"}, {"ben", "A side too"}, {"cat", "B side"}}) {
+      auto got = getReview(h, id, "kettle", author);
+      REQUIRE_MESSAGE(got.has_value(), author << " missing on " << id);
+      CHECK((*got)["title"].str() == title);
+    }
+    // Edited on both sides: one value everywhere, the later edit (n3's).
+    auto eve = getReview(h, id, "kettle", "eve");
+    REQUIRE(eve.has_value());
+    CHECK((*eve)["title"].str() == "Edit from n3");
+    CHECK((*eve)["body"].str() == "second");
+    CHECK((*eve)["rating"].u64() == 4);
+    auto sam = getReview(h, id, "kettle", "sam");
+    REQUIRE(sam.has_value());
+    CHECK((*sam)["title"].str() == "Shared, edited by n3");
+    // Voters v0 (re-vote beats the concurrent unvote), va, vb, both (once).
+    CHECK((*sam)["helpful"].u64() == 4);
+    // Add-wins: "contested" re-added on A while removed on B stays;
+    // "dropped" removed on B only goes; one-sided adds stay.
+    auto tags = tagsOf(*sam);
+    CHECK(tags == std::vector<std::string>{"a-only", "b-only", "contested", "keep"});
+  }
+  // Every node reports the same review for eve and sam, field for field.
+  auto e1 = getReview(h, "n1", "kettle", "eve");
+  for (const auto& id : {"n2", "n3"}) {
+    auto e = getReview(h, id, "kettle", "eve");
+    CHECK((*e)["edited_at_ms"].u64() == (*e1)["edited_at_ms"].u64());
+  }
+  MESSAGE("3-node partition test took " << secondsSince(began) << " s");
+}
+
+TEST_CASE("cluster: 5 nodes split n1,n2 / n3,n4,n5, 50 writes per side, heal, converge") {
+  auto began = Clock::now();
+  Harness h;
+  startCluster(h, 5);
+  const std::vector<std::string> all = h.ids();
+
+  auto part = h.chorus("n3", {"cluster", "partition", "--split", "n1,n2/n3,n4,n5"});
+  REQUIRE_MESSAGE(part.code == 0, part.out << part.err);
+
+  std::map<std::string, std::string> titles;  // author -> title, every acknowledged write
+  std::vector<std::string> left, right;
+  for (int i = 0; i < 50; ++i) {
+    left.push_back("l" + std::to_string(i));
+    right.push_back("r" + std::to_string(i));
+  }
+  // Spread each side's writes over its nodes.
+  for (size_t k = 0; k < 2; ++k) {
+    std::vector<std::string> chunk(left.begin() + long(k * 25), left.begin() + long(k * 25 + 25));
+    clientPuts(h, k == 0 ? "n1" : "n2", "lamp", chunk, "left ");
+  }
+  for (size_t k = 0; k < 3; ++k) {
+    size_t from = k * 17, to = std::min<size_t>(50, from + 17);
+    std::vector<std::string> chunk(right.begin() + long(from), right.begin() + long(to));
+    clientPuts(h, "n" + std::to_string(3 + k), "lamp", chunk, "right ");
+  }
+  // The same 10 reviews written on both sides: one title wins everywhere.
+  std::vector<std::string> both;
+  for (int i = 0; i < 10; ++i) both.push_back("both" + std::to_string(i));
+  clientPuts(h, "n2", "lamp", both, "left ");
+  clientPuts(h, "n4", "lamp", both, "right ");
+  for (const auto& a : left) titles[a] = "left " + a;
+  for (const auto& a : right) titles[a] = "right " + a;
+
+  // Inside each side the writes spread; across, nothing.
+  REQUIRE(h.waitUntil("each side has its own writes", 30s, [&] {
+    std::map<std::string, std::string> l, r;
+    for (const auto& a : left) l[a] = "left " + a;
+    for (const auto& a : right) r[a] = "right " + a;
+    return missing(h, "n1", "lamp", l).empty() && missing(h, "n2", "lamp", l).empty() &&
+           missing(h, "n3", "lamp", r).empty() && missing(h, "n4", "lamp", r).empty() &&
+           missing(h, "n5", "lamp", r).empty();
+  }));
+  CHECK(missing(h, "n1", "lamp", {{"r0", "right r0"}}).size() == 1);
+  CHECK(missing(h, "n5", "lamp", {{"l0", "left l0"}}).size() == 1);
+
+  auto heal = h.chorus("n5", {"cluster", "heal"});
+  REQUIRE_MESSAGE(heal.code == 0, heal.out << heal.err);
+  auto healed = Clock::now();
+  auto conv = converge(h, "n1");
+  MESSAGE("5 nodes: converged " << secondsSince(healed) << " s after heal; converge said: "
+                                << conv.out);
+
+  auto r = roots(h, all);
+  CHECK_MESSAGE(allEqual(r), show(r));
+  std::map<std::string, std::string> bothTitles;
+  for (const auto& id : all) {
+    CAPTURE(id);
+    auto lost = missing(h, id, "lamp", titles);
+    CHECK_MESSAGE(lost.empty(), lost.size() << " writes missing on " << id << ", first "
+                                            << (lost.empty() ? "" : lost[0]));
+    auto client = chorus::api::Client::connect(h.node(id).rpc());
+    REQUIRE(client.ok());
+    for (const auto& a : both) {
+      auto got = (*client)->get("lamp", a);
+      REQUIRE(got.ok());
+      CHECK((got->title == "left " + a || got->title == "right " + a));
+      auto [it, fresh] = bothTitles.emplace(a, got->title);
+      CHECK(it->second == got->title);  // the same winner on every node
+    }
+    auto summary = (*client)->summary("lamp");
+    REQUIRE(summary.ok());
+    CHECK(summary->count == 110);
+  }
+  MESSAGE("5-node split test took " << secondsSince(began) << " s");
+}

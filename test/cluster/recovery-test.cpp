@@ -1,0 +1,119 @@
+// Nodes that were away: one killed with SIGKILL and restarted on its data
+// dir without --join, one that joins after the writes were made.
+#include <doctest/doctest.h>
+
+#include "checks.h"
+
+using namespace chorus::test::cluster;
+using chorus::test::Json;
+
+namespace {
+
+std::vector<std::string> authors(const std::string& prefix, int n) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) out.push_back(prefix + std::to_string(i));
+  return out;
+}
+
+std::map<std::string, std::string> titled(const std::vector<std::string>& as,
+                                          const std::string& prefix) {
+  std::map<std::string, std::string> out;
+  for (const auto& a : as) out[a] = prefix + a;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
+  auto began = Clock::now();
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  h.start("n3", {h.node("n1").gossip()});
+  const std::vector<std::string> all = {"n1", "n2", "n3"};
+  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
+
+  auto before = authors("pre", 20);
+  clientPuts(h, "n1", "mug", before, "before ");
+  cliWrite(h, "n2", {"tag", "mug", "pre0", "sturdy"});
+  REQUIRE(h.waitUntil("n3 has the first writes", 30s,
+                      [&] { return missing(h, "n3", "mug", titled(before, "before ")).empty(); }));
+  // n3 must have persisted both peers before it dies.
+  std::string memberFile = h.dataDir("n3") + "/members";
+  REQUIRE(h.waitUntil("n3's member file lists n1 and n2", 30s, [&] {
+    std::string m = readFile(memberFile);
+    return m.find("n1 ") != std::string::npos && m.find("n2 ") != std::string::npos;
+  }, [&] { return "members: " + readFile(memberFile); }));
+
+  CHECK(h.node("n3").stop(SIGKILL, 10s) == 128 + SIGKILL);
+  // The survivors take writes while n3 is down: new reviews, an edit, a vote.
+  auto during = authors("down", 30);
+  clientPuts(h, "n1", "mug", std::vector<std::string>(during.begin(), during.begin() + 15),
+             "during ");
+  clientPuts(h, "n2", "mug", std::vector<std::string>(during.begin() + 15, during.end()),
+             "during ");
+  cliWrite(h, "n2", {"put", "mug", "pre1", "-r", "1", "-t", "edited while n3 was down"});
+  cliWrite(h, "n1", {"vote", "mug", "pre0", "voter"});
+  REQUIRE(h.waitUntil("n1 sees n3 not alive", 30s, [&] {
+    auto s = clusterStatus(h, "n1");
+    return peerState(s, "n3") != "alive";
+  }));
+
+  auto restarted = Clock::now();
+  h.restart("n3");  // same data dir and ports, no --join
+  REQUIRE(h.waitUntil("restarted n3 finds n1 and n2 from its member list", 30s,
+                      [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
+  converge(h, "n3");
+  MESSAGE("restarted n3 caught up " << secondsSince(restarted) << " s after its restart");
+
+  auto expect = titled(before, "before ");
+  for (const auto& [a, t] : titled(during, "during ")) expect[a] = t;
+  expect["pre1"] = "edited while n3 was down";
+  auto lost = missing(h, "n3", "mug", expect);
+  CHECK_MESSAGE(lost.empty(), lost.size() << " writes missing on n3");
+  auto pre0 = getReview(h, "n3", "mug", "pre0");
+  REQUIRE(pre0.has_value());
+  CHECK((*pre0)["helpful"].u64() == 1);
+  CHECK(tagsOf(*pre0) == std::vector<std::string>{"sturdy"});
+  auto r = roots(h, all);
+  CHECK_MESSAGE(allEqual(r), show(r));
+  MESSAGE("kill/restart test took " << secondsSince(began) << " s");
+}
+
+TEST_CASE("cluster: a node that joins after the writes receives everything") {
+  auto began = Clock::now();
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); }));
+
+  auto early = authors("e", 40);
+  clientPuts(h, "n1", "desk", std::vector<std::string>(early.begin(), early.begin() + 20), "t ");
+  clientPuts(h, "n2", "desk", std::vector<std::string>(early.begin() + 20, early.end()), "t ");
+  cliWrite(h, "n1", {"vote", "desk", "e0", "x"});
+  cliWrite(h, "n2", {"vote", "desk", "e0", "y"});
+  cliWrite(h, "n2", {"tag", "desk", "e1", "wobbly"});
+  cliWrite(h, "n1", {"delete", "desk", "e2"});
+  REQUIRE(h.waitUntil("n1 and n2 agree", 30s, [&] { return allEqual(roots(h, {"n1", "n2"})); }));
+
+  // n3 joins through n2 only; it must learn of n1 too.
+  auto joined = Clock::now();
+  h.start("n3", {h.node("n2").gossip()});
+  REQUIRE(h.waitUntil("n3 sees n1 and n2, they see n3", 30s,
+                      [&] { return allAlive(h, {"n1", "n2", "n3"}); },
+                      [&] { return aliveDetail(h, {"n1", "n2", "n3"}); }));
+  converge(h, "n1");
+  MESSAGE("late n3 had everything " << secondsSince(joined) << " s after it started");
+
+  auto expect = titled(early, "t ");
+  expect.erase("e2");
+  auto lost = missing(h, "n3", "desk", expect);
+  CHECK_MESSAGE(lost.empty(), lost.size() << " writes missing on n3");
+  CHECK((*getReview(h, "n3", "desk", "e0"))["helpful"].u64() == 2);
+  CHECK(tagsOf(*getReview(h, "n3", "desk", "e1")) == std::vector<std::string>{"wobbly"});
+  CHECK_FALSE(getReview(h, "n3", "desk", "e2").has_value());  // deleted stays deleted
+  auto r = roots(h, {"n1", "n2", "n3"});
+  CHECK_MESSAGE(allEqual(r), show(r));
+  MESSAGE("late-join test took " << secondsSince(began) << " s");
+}
