@@ -251,7 +251,7 @@ int status(const Globals& g) {
   }
 
   int w = static_cast<int>(idWidth(nodes));
-  std::printf("%-*s %-21s %-18s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS", "STATE", "KEYS",
+  std::printf("%-*s %-21s %-19s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS", "STATE", "KEYS",
               "ROOT", "LAST SYNC", "PENDING", "REFUSED");
   for (size_t i = 0; i < nodes.size(); ++i) {
     const KnownNode& n = nodes[i];
@@ -261,7 +261,7 @@ int status(const Globals& g) {
     std::string refused = v.ok() ? std::to_string(v->refusedStamps) : "-";
     std::string sync = n.member ? ago(view->nowUnixMillis, n.member->lastSyncUnixMillis) : "-";
     std::string pending = n.member ? std::to_string(n.member->pendingDeltas) : "-";
-    std::printf("%-*s %-21s %-18s %-11s %-9s %-11s %-7s %s\n", w, n.id.c_str(),
+    std::printf("%-*s %-21s %-19s %-11s %-9s %-11s %-7s %s\n", w, n.id.c_str(),
                 n.rpcAddress.empty() ? "?" : n.rpcAddress.c_str(), stateText(n).c_str(),
                 keys.c_str(), rootText.c_str(), sync.c_str(), pending.c_str(), refused.c_str());
   }
