@@ -225,3 +225,118 @@ TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
   CHECK(status.out.find("\"node_id\":\"from-config\"") != std::string::npos);
   CHECK(fromConfig.stop(SIGTERM, 10s) == 0);
 }
+
+TEST_CASE("e2e: cluster commands against a node without a cluster say how to get one") {
+  TempDir tmp;
+  auto d = startDaemon(tmp.sub("data"));
+  for (std::vector<std::string> args : {std::vector<std::string>{"cluster", "status"},
+                                        {"cluster", "heal"},
+                                        {"cluster", "partition", "--isolate", "n2"},
+                                        {"cluster", "converge", "--timeout", "1s"}}) {
+    CAPTURE(args[1]);
+    auto r = cli(d.address, args);
+    CHECK(r.code == 4);
+    CHECK(r.out.find("--gossip-listen") != std::string::npos);
+  }
+  auto status = cli(d.address, {"--json", "node", "status"});
+  CHECK(status.out.find("\"gossip_address\":\"\"") != std::string::npos);
+  // Usage errors are found before connecting.
+  CHECK(cli(d.address, {"cluster", "partition"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "partition", "--split", "n1,n2"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "partition", "--split", "n1,/n2"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "partition", "--isolate", "n1", "--split", "n1/n2"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "converge", "--timeout", "soon"}).code == 1);
+}
+
+TEST_CASE("e2e: a one-node cluster: gossip flags, cluster commands and their exit codes") {
+  TempDir tmp;
+  auto d = startDaemon(tmp.sub("data"),
+                       {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "200ms"});
+  auto gossipLine = d.process->waitForLine("chorusd: gossip on ", 10s);
+  REQUIRE_MESSAGE(gossipLine.has_value(), d.process->output());
+  std::string gossip = gossipLine->substr(gossipLine->find(" on ") + 4);
+  CHECK(gossip.rfind("127.0.0.1:", 0) == 0);
+  CHECK(gossip != "127.0.0.1:0");
+  const auto& a = d.address;
+  REQUIRE(cli(a, {"review", "put", "kettle-1", "ann", "-r", "5"}).code == 0);
+
+  auto status = cli(a, {"cluster", "status"});
+  CHECK(status.code == 0);
+  CHECK(status.out.find("self") != std::string::npos);
+  auto json = cli(a, {"--json", "cluster", "status"});
+  CHECK(json.code == 0);
+  CHECK(json.out.find("\"node_id\":\"e2e\"") != std::string::npos);
+  CHECK(json.out.find("\"keys\":1") != std::string::npos);
+  CHECK(json.out.find("\"gossip_address\":\"" + gossip + "\"") != std::string::npos);
+  CHECK(cli(a, {"--json", "node", "status"}).out.find("\"gossip_address\":\"" + gossip + "\"") !=
+        std::string::npos);
+
+  // Unknown ids: exit 3, naming the ids that are known.
+  auto unknown = cli(a, {"cluster", "partition", "--isolate", "n9"});
+  CHECK(unknown.code == 3);
+  CHECK(unknown.out.find("unknown node id 'n9'") != std::string::npos);
+  CHECK(unknown.out.find("known ids: e2e") != std::string::npos);
+  CHECK(cli(a, {"cluster", "partition", "--split", "e2e/n9"}).code == 3);
+  CHECK(cli(a, {"cluster", "partition", "--split", "e2e/e2e"}).code == 3);
+  auto alone = cli(a, {"cluster", "partition", "--isolate", "e2e"});
+  CHECK(alone.code == 3);
+  CHECK(alone.out.find("only node") != std::string::npos);
+
+  auto converge = cli(a, {"cluster", "converge", "--timeout", "5s"});
+  CHECK(converge.code == 0);
+  CHECK(converge.out.find("converged in ") != std::string::npos);
+  CHECK(converge.out.find("(1 nodes") != std::string::npos);
+  auto heal = cli(a, {"--json", "cluster", "heal"});
+  CHECK(heal.code == 0);
+  CHECK(heal.out.find("{\"healed\":{\"e2e\":true},\"failed\":{}}") != std::string::npos);
+  CHECK(d.process->stop(SIGTERM, 10s) == 0);
+}
+
+TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stamps") {
+  TempDir tmp;
+  for (std::vector<std::string> bad : {std::vector<std::string>{"--clock-offset", "5q"},
+                                       {"--clock-offset", "soon"},
+                                       {"--anti-entropy-interval", "0"},
+                                       {"--anti-entropy-interval", "-1s"},
+                                       {"--join", "127.0.0.1:1"},  // needs --gossip-listen
+                                       {"--gossip-listen", "127.0.0.1:0", "--join", "nohostport"},
+                                       {"--gossip-listen", "nonsense"}}) {
+    CAPTURE(bad[0]);
+    std::vector<std::string> args = {"--node-id",  "n",        "--data-dir",
+                                     tmp.sub("x"), "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    Process p(bin("CHORUSD_BIN"), args);
+    std::string out = p.readAll(10s);
+    CHECK(p.wait(10s) == 1);
+    CHECK(out.find("chorusd: ") != std::string::npos);
+  }
+
+  // A node 5 minutes fast stamps its edits 5 minutes ahead.
+  auto d = startDaemon(tmp.sub("fast"), {"--clock-offset", "5m"});
+  auto put = cli(d.address, {"--json", "review", "put", "kettle-1", "ann", "-r", "3"});
+  REQUIRE(put.code == 0);
+  auto at = put.out.find("\"edited_at_ms\":");
+  REQUIRE(at != std::string::npos);
+  int64_t edited = std::stoll(put.out.substr(at + 15));
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  CHECK(edited - now > 240'000);
+  CHECK(edited - now < 360'000);
+  CHECK(d.process->stop(SIGTERM, 10s) == 0);
+
+  // The gossip flags work from a config file too.
+  std::string config = tmp.sub("chorusd.toml");
+  FILE* f = std::fopen(config.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fprintf(f,
+               "node-id = \"cfg\"\ndata-dir = \"%s\"\nlisten = \"127.0.0.1:0\"\n"
+               "gossip-listen = \"127.0.0.1:0\"\nclock-offset = \"-30s\"\n"
+               "anti-entropy-interval = \"500ms\"\n",
+               tmp.sub("cfg").c_str());
+  std::fclose(f);
+  Process fromConfig(bin("CHORUSD_BIN"), {"--config", config});
+  REQUIRE(fromConfig.waitForLine("chorusd: listening on ", 10s).has_value());
+  CHECK(fromConfig.waitForLine("chorusd: gossip on ", 10s).has_value());
+  CHECK(fromConfig.stop(SIGTERM, 10s) == 0);
+}

@@ -310,3 +310,117 @@ TEST_CASE("rpc in-process: concurrent clients on threads") {
   CHECK(failures == 0);
   CHECK(node->summary("p1")->count == kClients * kEach);
 }
+
+TEST_CASE("cluster: a node without one answers unavailable, in-process and over RPC") {
+  TempDir tmp;
+  auto node = openNode(tmp.path(), true);
+  CHECK(node->cluster() == nullptr);
+  CHECK(node->status()->gossipAddress.empty());
+  for (const auto& error :
+       {node->clusterView().error(), node->partition({"n2"}).error(), node->heal().error()}) {
+    CHECK(error.code == ErrorCode::kUnavailable);
+    CHECK(error.message.find("--gossip-listen") != std::string::npos);
+  }
+
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  CHECK(c.cluster().error().code == ErrorCode::kUnavailable);
+  CHECK(c.heal().error().code == ErrorCode::kUnavailable);
+  auto partition = c.partition({"n2"});
+  REQUIRE_FALSE(partition.ok());
+  CHECK(partition.error().code == ErrorCode::kUnavailable);
+  CHECK(partition.error().message.find("--gossip-listen") != std::string::npos);
+  // Raw: the wire code, and no view.
+  auto resp = c.admin().clusterRequest().send().wait(c.waitScope());
+  REQUIRE(resp.hasError());
+  CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::UNAVAILABLE);
+  CHECK_FALSE(resp.hasView());
+  CHECK(node->metrics().calls(chorus::api::Metrics::kCluster) == 2);
+}
+
+namespace {
+
+std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& id,
+                                    std::vector<std::string> seeds = {}) {
+  Node::Options o;
+  o.nodeId = id;
+  o.dataDir = dir;
+  o.listen = "127.0.0.1:0";
+  o.store.unsafeNoSync = true;
+  o.cluster.listen = "127.0.0.1:0";
+  o.cluster.seeds = std::move(seeds);
+  o.cluster.antiEntropyInterval = 100ms;
+  o.cluster.heartbeatInterval = 50ms;
+  auto node = Node::open(std::move(o));
+  REQUIRE_MESSAGE(node.ok(), node.error().toString());
+  return std::move(node).value();
+}
+
+}  // namespace
+
+TEST_CASE("cluster: Admin partition/heal/cluster on a clustered node") {
+  TempDir tmp;
+  auto node = openClustered(tmp.sub("a"), "a");
+  REQUIRE(node->cluster() != nullptr);
+  CHECK(node->status()->gossipAddress == node->cluster()->address());
+
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  REQUIRE(node->put("p1", "ann", 5, "t", "").ok());
+  auto view = c.cluster();
+  REQUIRE_MESSAGE(view.ok(), view.error().toString());
+  CHECK(view->nodeId == "a");
+  CHECK(view->rpcAddress == node->rpcAddress());
+  CHECK(view->gossipAddress == node->cluster()->address());
+  CHECK(view->keyCount == 1);
+  CHECK(view->merkleRoot == node->status()->merkleRoot);
+  CHECK(view->members.empty());
+  CHECK(view->nowUnixMillis > 0);
+
+  // Validation: this node's own id, an empty id; nothing partitioned.
+  auto self = c.partition({"a"});
+  REQUIRE_FALSE(self.ok());
+  CHECK(self.error().code == ErrorCode::kInvalidArgument);
+  CHECK(self.error().message.rfind("peers: ", 0) == 0);
+  CHECK(c.partition({"b", ""}).error().code == ErrorCode::kInvalidArgument);
+  CHECK(c.cluster()->partitioned.empty());
+
+  // Ids not (yet) members are kept.
+  REQUIRE(c.partition({"b", "c"}).ok());
+  CHECK(c.cluster()->partitioned == std::vector<std::string>{"b", "c"});
+  REQUIRE(c.heal().ok());
+  CHECK(c.cluster()->partitioned.empty());
+}
+
+TEST_CASE("cluster: a peer's write reaches watchers as a merge") {
+  TempDir tmp;
+  auto a = openClustered(tmp.sub("a"), "a");
+  auto b = openClustered(tmp.sub("b"), "b", {a->cluster()->address()});
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<chorus::Change> seen;
+  auto id = b->watch("p1", [&](const chorus::Change& c) {
+    std::lock_guard lock(m);
+    seen.push_back(c);
+    cv.notify_all();
+  });
+  REQUIRE(id.ok());
+  REQUIRE(a->put("p1", "ann", 4, "from a", "").ok());
+  {
+    std::unique_lock lock(m);
+    REQUIRE(cv.wait_for(lock, 10s, [&] { return !seen.empty(); }));
+    CHECK(seen[0].op == "merge");
+    CHECK(seen[0].review.title == "from a");
+  }
+  b->unwatch(*id);
+  CHECK(b->get("p1", "ann")->title == "from a");
+  CHECK(b->mergesApplied() >= 1);
+  // b learnt a's RPC address through gossip.
+  auto view = b->clusterView();
+  REQUIRE(view.ok());
+  REQUIRE(view->members.size() == 1);
+  CHECK(view->members[0].nodeId == "a");
+  CHECK(view->members[0].rpcAddress == a->rpcAddress());
+}

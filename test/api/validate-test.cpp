@@ -1,7 +1,9 @@
 // Unit tests of api/validate: the rules a client's input must pass.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "api/validate.h"
 
@@ -97,4 +99,43 @@ TEST_CASE("whole requests report the first bad field in argument order") {
   auto e = checkPut("p", "a", 7, "", "", l)->toError();
   CHECK(e.code == chorus::ErrorCode::kInvalidArgument);
   CHECK(e.message.rfind("rating: ", 0) == 0);
+}
+
+TEST_CASE("durations for flags: sign, number, unit") {
+  using std::chrono::milliseconds;
+  auto ms = [](std::string_view text, milliseconds bare = milliseconds(1)) {
+    auto d = parseDuration(text, bare);
+    REQUIRE_MESSAGE(d.ok(), d.error().toString());
+    return d->count();
+  };
+  CHECK(ms("1500ms") == 1500);
+  CHECK(ms("30s") == 30'000);
+  CHECK(ms("-30s") == -30'000);
+  CHECK(ms("+2.5s") == 2500);
+  CHECK(ms("5m") == 300'000);
+  CHECK(ms("1h") == 3'600'000);
+  CHECK(ms("0") == 0);
+  CHECK(ms("250") == 250);                             // bare: milliseconds here
+  CHECK(ms("30", std::chrono::seconds(1)) == 30'000);  // bare: seconds here
+  for (std::string_view bad : {"", "s", "-", "5q", "5 s", "1.2.3s", "ms5", "1e3s", "5000h"}) {
+    CAPTURE(bad);
+    auto d = parseDuration(bad, milliseconds(1));
+    REQUIRE_FALSE(d.ok());
+    CHECK(d.error().code == chorus::ErrorCode::kInvalidArgument);
+    CHECK(d.error().message.find("e.g.") != std::string::npos);
+  }
+}
+
+TEST_CASE("partition peer ids: bounded, printable, not this node") {
+  CHECK_FALSE(checkPeerIds({}, "n1"));
+  CHECK_FALSE(checkPeerIds({"n2", "n3", "node 4"}, "n1"));
+  for (const auto& bad : std::initializer_list<std::vector<std::string>>{
+           {""}, {std::string(129, 'x')}, {"a\nb"}, {"\xc3("}, {"n2", "n1"}}) {
+    auto e = checkPeerIds(bad, "n1");
+    REQUIRE(e);
+    CHECK(e->field == "peers");
+  }
+  CHECK(checkPeerIds({"n2", "n1"}, "n1")->message.find("this node") != std::string::npos);
+  std::vector<std::string> many(kMaxPartitionPeers + 1, "n2");
+  CHECK(checkPeerIds(many, "n1"));
 }
