@@ -224,6 +224,7 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
   CHECK(peerState(status, "n2") == "alive");
   // The fake peer's bogus member must not have broken anything either.
   CHECK(converge(h, "n2", "10s").code == 0);
+  h.stopAll();
   MESSAGE("fake-peer test took " << secondsSince(began) << " s");
 }
 
@@ -276,5 +277,6 @@ TEST_CASE("cluster: a node 10 minutes ahead has its writes refused, not adopted"
   auto conv = h.chorus("n1", {"cluster", "converge", "--timeout", "2s"}, 20s);
   CHECK_MESSAGE(conv.code == 6, "converge exited " << conv.code << ": " << conv.out << conv.err);
   MESSAGE("converge with a skewed node: " << conv.out << conv.err);
+  h.stopAll();
   MESSAGE("clock-offset test took " << secondsSince(began) << " s");
 }

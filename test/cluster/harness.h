@@ -271,6 +271,25 @@ class Harness {
     return start(id, {}, extra, rpcPort, gossipPort);
   }
 
+  // Stops every running node with SIGTERM (all at once) and CHECKs that
+  // each exits 0 within 15 s having printed "chorusd: stopped".
+  void stopAll() {
+    std::vector<std::string> running;
+    for (auto& [id, d] : nodes_) {
+      if (d->running()) {
+        kill(d->pid(), SIGTERM);
+        running.push_back(id);
+      }
+    }
+    for (const auto& id : running) {
+      Daemon& d = *nodes_[id];
+      int code = d.stop(SIGTERM, 15s);
+      CHECK_MESSAGE(code == 0, "chorusd " << id << " exited " << code << " on SIGTERM\n"
+                                          << tail(d.ownLog(), 4000));
+      if (code == 0) CHECK(d.ownLog().find("chorusd: stopped") != std::string::npos);
+    }
+  }
+
   Daemon& node(const std::string& id) {
     auto it = nodes_.find(id);
     REQUIRE_MESSAGE(it != nodes_.end(), "no node " << id);

@@ -138,6 +138,7 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
     auto e = getReview(h, id, "kettle", "eve");
     CHECK((*e)["edited_at_ms"].u64() == (*e1)["edited_at_ms"].u64());
   }
+  h.stopAll();
   MESSAGE("3-node partition test took " << secondsSince(began) << " s");
 }
 
@@ -214,5 +215,6 @@ TEST_CASE("cluster: 5 nodes split n1,n2 / n3,n4,n5, 50 writes per side, heal, co
     REQUIRE(summary.ok());
     CHECK(summary->count == 110);
   }
+  h.stopAll();
   MESSAGE("5-node split test took " << secondsSince(began) << " s");
 }

@@ -60,6 +60,17 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
     return peerState(s, "n3") != "alive";
   }));
 
+  // converge counts reachable nodes only: n1 and n2 agree, n3 is listed
+  // as unreachable.
+  auto downConv = h.chorus("n1", {"--json", "cluster", "converge", "--timeout", "30s"}, 45s);
+  CHECK_MESSAGE(downConv.code == 0, downConv.out << downConv.err);
+  auto dc = Json::parse(downConv.out);
+  REQUIRE(dc.has_value());
+  CHECK((*dc)["converged"].boolean());
+  CHECK((*dc)["reachable"].u64() == 2);
+  REQUIRE((*dc)["unreachable"].size() == 1);
+  CHECK((*dc)["unreachable"][0].str() == "n3");
+
   auto restarted = Clock::now();
   h.restart("n3");  // same data dir and ports, no --join
   REQUIRE(h.waitUntil("restarted n3 finds n1 and n2 from its member list", 30s,
@@ -78,6 +89,7 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
   CHECK(tagsOf(*pre0) == std::vector<std::string>{"sturdy"});
   auto r = roots(h, all);
   CHECK_MESSAGE(allEqual(r), show(r));
+  h.stopAll();
   MESSAGE("kill/restart test took " << secondsSince(began) << " s");
 }
 
@@ -115,5 +127,62 @@ TEST_CASE("cluster: a node that joins after the writes receives everything") {
   CHECK_FALSE(getReview(h, "n3", "desk", "e2").has_value());  // deleted stays deleted
   auto r = roots(h, {"n1", "n2", "n3"});
   CHECK_MESSAGE(allEqual(r), show(r));
+  h.stopAll();
   MESSAGE("late-join test took " << secondsSince(began) << " s");
+}
+
+TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, without --join") {
+  auto began = Clock::now();
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  h.start("n3", {h.node("n1").gossip()});
+  const std::vector<std::string> all = {"n1", "n2", "n3"};
+  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
+  std::string memberFile = h.dataDir("n3") + "/members";
+  REQUIRE(h.waitUntil("n3's member file lists n1 and n2", 30s, [&] {
+    std::string m = readFile(memberFile);
+    return m.find("n1 ") != std::string::npos && m.find("n2 ") != std::string::npos;
+  }));
+
+  // n3 stops cleanly and comes back on other ports (port 0 again), with
+  // no --join: it dials the peers it persisted, and they learn where it is.
+  std::string oldGossip = h.node("n3").gossip();
+  CHECK(h.node("n3").stop(SIGTERM, 15s) == 0);
+  clientPuts(h, "n1", "chair", {"a", "b", "c"}, "while n3 was away ");
+  h.start("n3");
+  CHECK(h.node("n3").gossip() != oldGossip);
+  REQUIRE(h.waitUntil("n3 on its new ports is alive for everyone", 30s,
+                      [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
+  auto s1 = clusterStatus(h, "n1");
+  CHECK(entryOf(s1, "n3")["gossip_address"].str() == h.node("n3").gossip());
+  CHECK(entryOf(s1, "n3")["rpc_address"].str() == h.node("n3").rpc());
+  converge(h, "n1");
+  CHECK(missing(h, "n3", "chair", titled({"a", "b", "c"}, "while n3 was away ")).empty());
+  cliWrite(h, "n3", {"put", "chair", "d", "-r", "2", "-t", "from the new n3"});
+  REQUIRE(h.waitUntil("n3's write reaches n1 and n2", 30s, [&] {
+    return getReview(h, "n1", "chair", "d").has_value() &&
+           getReview(h, "n2", "chair", "d").has_value();
+  }));
+  // The peers persisted n3's new address.
+  REQUIRE(h.waitUntil("n1's member file has n3's new address", 30s, [&] {
+    return readFile(h.dataDir("n1") + "/members").find(h.node("n3").gossip()) != std::string::npos;
+  }, [&] { return "n1 members: " + readFile(h.dataDir("n1") + "/members"); }));
+
+  // Everyone stops; everyone restarts on its last ports, none with --join.
+  h.stopAll();
+  for (const auto& id : all) h.restart(id);
+  REQUIRE(h.waitUntil("the restarted cluster finds itself", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
+  cliWrite(h, "n2", {"put", "chair", "e", "-r", "5", "-t", "after the restart"});
+  converge(h, "n2");
+  for (const auto& id : all) {
+    CAPTURE(id);
+    CHECK(missing(h, id, "chair",
+                  {{"a", "while n3 was away a"}, {"d", "from the new n3"}, {"e", "after the restart"}})
+              .empty());
+  }
+  h.stopAll();
+  MESSAGE("new-ports and full-restart test took " << secondsSince(began) << " s");
 }
