@@ -107,4 +107,61 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
   return out;
 }
 
+std::string Metrics::renderCluster(const gossip::ClusterStats& s,
+                                   const std::vector<gossip::MemberInfo>& members,
+                                   uint64_t mergesRefused) {
+  std::string out;
+  auto family = [&](const char* name, const char* help, const char* type) {
+    appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+  };
+  auto sample = [&](const char* name, const char* labels, uint64_t v) {
+    appendf(out, "%s%s %" PRIu64 "\n", name, labels, v);
+  };
+  family("chorus_gossip_frames_total", "Gossip frames, by direction.", "counter");
+  sample("chorus_gossip_frames_total", "{direction=\"in\"}", s.framesIn);
+  sample("chorus_gossip_frames_total", "{direction=\"out\"}", s.framesOut);
+  family("chorus_gossip_bytes_total", "Gossip bytes, by direction.", "counter");
+  sample("chorus_gossip_bytes_total", "{direction=\"in\"}", s.bytesIn);
+  sample("chorus_gossip_bytes_total", "{direction=\"out\"}", s.bytesOut);
+  family("chorus_gossip_malformed_frames_total",
+         "Frames refused as malformed or oversized (each closed its connection).", "counter");
+  sample("chorus_gossip_malformed_frames_total", "", s.malformedFrames);
+  family("chorus_gossip_partition_dropped_frames_total", "Frames dropped by an injected partition.",
+         "counter");
+  sample("chorus_gossip_partition_dropped_frames_total", "", s.partitionDropped);
+  family("chorus_gossip_deltas_total", "Write deltas pushed to or from peers, by outcome.",
+         "counter");
+  sample("chorus_gossip_deltas_total", "{outcome=\"sent\"}", s.deltasSent);
+  sample("chorus_gossip_deltas_total", "{outcome=\"received\"}", s.deltasReceived);
+  sample("chorus_gossip_deltas_total", "{outcome=\"dropped\"}", s.deltasDropped);
+  family("chorus_gossip_syncs_total", "Anti-entropy sessions, by phase.", "counter");
+  sample("chorus_gossip_syncs_total", "{phase=\"started\"}", s.syncStarted);
+  sample("chorus_gossip_syncs_total", "{phase=\"completed\"}", s.syncCompleted);
+  family("chorus_gossip_anti_entropy_bytes_total", "Reconcile frame bytes, both directions.",
+         "counter");
+  sample("chorus_gossip_anti_entropy_bytes_total", "", s.antiEntropyBytes);
+  family("chorus_gossip_states_repaired_total", "Review states received through anti-entropy.",
+         "counter");
+  sample("chorus_gossip_states_repaired_total", "", s.statesRepaired);
+  family("chorus_gossip_merges_refused_total",
+         "States from peers the store refused (e.g. clock drift).", "counter");
+  sample("chorus_gossip_merges_refused_total", "", mergesRefused);
+  uint64_t byState[3] = {0, 0, 0};
+  uint64_t partitioned = 0;
+  for (const auto& m : members) {
+    ++byState[static_cast<int>(m.state)];
+    if (m.partitioned) ++partitioned;
+  }
+  family("chorus_gossip_members", "Peers, by failure-detector state.", "gauge");
+  for (auto state :
+       {gossip::PeerState::kAlive, gossip::PeerState::kSuspect, gossip::PeerState::kDead}) {
+    appendf(out, "chorus_gossip_members{state=\"%s\"} %" PRIu64 "\n", gossip::peerStateName(state),
+            byState[static_cast<int>(state)]);
+  }
+  family("chorus_gossip_partitioned_members", "Peers whose traffic is dropped by a partition.",
+         "gauge");
+  sample("chorus_gossip_partitioned_members", "", partitioned);
+  return out;
+}
+
 }  // namespace chorus::api

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "gossip/cluster.h"
 #include "storage/store.h"
 
 namespace chorus::api {
@@ -51,6 +53,10 @@ class Metrics {
 
   // Prometheus text exposition format 0.0.4.
   std::string render(const storage::StoreStats& stats, uint64_t uptimeMillis) const;
+  // The replication part, appended on a node that runs a cluster.
+  static std::string renderCluster(const gossip::ClusterStats& stats,
+                                   const std::vector<gossip::MemberInfo>& members,
+                                   uint64_t mergesRefused);
 
   uint64_t calls(Method m) const { return methods_[m].calls.load(); }
   uint64_t errors(Method m) const { return methods_[m].errors.load(); }

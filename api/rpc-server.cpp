@@ -604,6 +604,9 @@ class RpcServer::Loop::MetricsService final : public kj::HttpService {
       auto s = node_.status();
       if (s.ok()) {
         body = node_.metrics().render(s->stats, s->uptimeMillis);
+        if (auto view = node_.clusterView(); view.ok()) {
+          body += Metrics::renderCluster(view->stats, view->members, node_.mergesRefused());
+        }
       } else {
         status = 500;
         text = "Internal Server Error";

@@ -424,3 +424,23 @@ TEST_CASE("cluster: a peer's write reaches watchers as a merge") {
   CHECK(view->members[0].nodeId == "a");
   CHECK(view->members[0].rpcAddress == a->rpcAddress());
 }
+
+TEST_CASE("metrics: gossip counters and members by state") {
+  chorus::gossip::ClusterStats s;
+  s.framesIn = 7;
+  s.malformedFrames = 2;
+  s.deltasDropped = 3;
+  std::vector<chorus::gossip::MemberInfo> members(3);
+  members[0].state = chorus::gossip::PeerState::kAlive;
+  members[1].state = chorus::gossip::PeerState::kDead;
+  members[1].partitioned = true;
+  members[2].state = chorus::gossip::PeerState::kAlive;
+  auto text = chorus::api::Metrics::renderCluster(s, members, 4);
+  CHECK(text.find("chorus_gossip_frames_total{direction=\"in\"} 7\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_malformed_frames_total 2\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_deltas_total{outcome=\"dropped\"} 3\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_merges_refused_total 4\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_members{state=\"alive\"} 2\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_members{state=\"dead\"} 1\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_partitioned_members 1\n") != std::string::npos);
+}
