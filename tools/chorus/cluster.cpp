@@ -30,8 +30,9 @@ namespace {
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
-constexpr milliseconds kProbeTimeout{2000};  // per node and call
-constexpr milliseconds kPollInterval{100};   // converge
+constexpr milliseconds kProbeTimeout{2000};    // per node and call
+constexpr milliseconds kPollInterval{100};     // converge
+constexpr milliseconds kMinProbeTimeout{250};  // converge, near its deadline
 
 // A node as the connected node knows it.
 struct KnownNode {
@@ -452,7 +453,10 @@ int converge(const Globals& g, const std::string& timeoutText) {
   auto deadline = start + *timeout;
   while (true) {
     auto roundStart = SteadyClock::now();
-    auto views = viewsOf(nodes, probeTimeout(g));
+    // A hung node may cost a round its call timeout, but not much more than
+    // the time left.
+    auto left = std::chrono::duration_cast<milliseconds>(deadline - roundStart);
+    auto views = viewsOf(nodes, std::min(probeTimeout(g), std::max(left, kMinProbeTimeout)));
     double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
     size_t reachable = 0;
     auto root = commonRoot(views, reachable);
