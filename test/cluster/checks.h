@@ -161,4 +161,12 @@ inline std::vector<std::string> missing(Harness& h, const std::string& id,
   return out;
 }
 
+// author -> prefix + author
+inline std::map<std::string, std::string> titled(const std::vector<std::string>& as,
+                                          const std::string& prefix) {
+  std::map<std::string, std::string> out;
+  for (const auto& a : as) out[a] = prefix + a;
+  return out;
+}
+
 }  // namespace chorus::test::cluster

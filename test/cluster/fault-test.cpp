@@ -280,3 +280,62 @@ TEST_CASE("cluster: a node 10 minutes ahead has its writes refused, not adopted"
   h.stopAll();
   MESSAGE("clock-offset test took " << secondsSince(began) << " s");
 }
+
+// A hung node (SIGSTOP: its sockets stay open, nothing answers): the others
+// keep replicating between themselves, mark it dead, `cluster status` and
+// `converge` still answer (it is unreachable), and after SIGCONT it catches
+// up.
+TEST_CASE("cluster: a hung node (SIGSTOP) does not stall the others, and catches up") {
+  auto began = Clock::now();
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  h.start("n3", {h.node("n1").gossip()});
+  const std::vector<std::string> all = {"n1", "n2", "n3"};
+  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
+
+  REQUIRE(kill(h.node("n3").pid(), SIGSTOP) == 0);
+  clientPuts(h, "n1", "fan", {"a", "b", "c"}, "while n3 hangs ");
+  REQUIRE(h.waitUntil("n1's writes reach n2", 30s, [&] {
+    return missing(h, "n2", "fan", titled({"a", "b", "c"}, "while n3 hangs ")).empty();
+  }));
+  // (Asked through the client's Admin.cluster, which only asks n1: the CLI's
+  // `cluster status` also probes every node, and a hung one costs it the
+  // probe timeout.)
+  auto stopped = Clock::now();
+  REQUIRE(h.waitUntil("n1 sees n3 dead", 30s, [&] {
+    auto client = chorus::api::Client::connect(h.node("n1").rpc());
+    if (!client.ok()) return false;
+    auto view = (*client)->cluster();
+    if (!view.ok()) return false;
+    for (const auto& m : view->members) {
+      if (m.nodeId == "n3") return m.state == chorus::gossip::PeerState::kDead;
+    }
+    return false;
+  }));
+  MESSAGE("n1 saw the hung n3 dead after " << secondsSince(stopped) << " s");
+  auto st = h.chorus("n1", {"--json", "cluster", "status"}, 30s);
+  REQUIRE_MESSAGE(st.code == 0, st.out << st.err);
+  CHECK(st.seconds < 10);
+  auto sj = Json::parse(st.out);
+  REQUIRE(sj.has_value());
+  CHECK(peerState(*sj, "n3") == "dead");
+  CHECK(entryOf(*sj, "n3")["reachable"].type() == Json::Type::kBool);
+  CHECK_FALSE(entryOf(*sj, "n3")["reachable"].boolean());
+  auto conv = h.chorus("n2", {"--json", "cluster", "converge", "--timeout", "20s"}, 40s);
+  CHECK_MESSAGE(conv.code == 0, conv.out << conv.err);
+  MESSAGE("converge with n3 hung took " << conv.seconds << " s: " << conv.out);
+
+  REQUIRE(kill(h.node("n3").pid(), SIGCONT) == 0);
+  auto resumed = Clock::now();
+  REQUIRE(h.waitUntil("n3 catches up", 30s, [&] {
+    return missing(h, "n3", "fan", titled({"a", "b", "c"}, "while n3 hangs ")).empty();
+  }));
+  REQUIRE(h.waitUntil("n3 alive again for everyone", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
+  converge(h, "n3");
+  MESSAGE("n3 caught up " << secondsSince(resumed) << " s after SIGCONT");
+  h.stopAll();
+  MESSAGE("hung-node test took " << secondsSince(began) << " s");
+}

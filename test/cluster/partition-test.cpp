@@ -37,13 +37,23 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
   cliWrite(h, "n1", {"tag", "kettle", "sam", "keep"});
   cliWrite(h, "n1", {"tag", "kettle", "sam", "contested"});
   cliWrite(h, "n1", {"tag", "kettle", "sam", "dropped"});
-  REQUIRE(h.waitUntil("the shared review reaches n2 and n3 with its tags", 30s, [&] {
-    for (const auto& id : {"n2", "n3"}) {
+  cliWrite(h, "n2", {"put", "kettle", "dee", "-r", "3", "-t", "to be deleted"});
+  cliWrite(h, "n2", {"put", "kettle", "rob", "-r", "3", "-t", "to be revived"});
+  REQUIRE(h.waitUntil("the first reviews reach every node", 30s, [&] {
+    for (const auto& id : {"n1", "n2", "n3"}) {
       auto r = getReview(h, id, "kettle", "sam");
       if (!r || tagsOf(*r).size() != 3 || (*r)["helpful"].u64() != 1) return false;
+      if (!getReview(h, id, "kettle", "dee") || !getReview(h, id, "kettle", "rob")) return false;
     }
     return true;
   }));
+
+  // The CLI refuses bad partitions before touching any node.
+  CHECK(h.chorus("n1", {"cluster", "partition", "--isolate", "n9"}).code == 3);  // unknown id
+  CHECK(h.chorus("n1", {"cluster", "partition", "--split", "n1,n2"}).code == 1);  // no '/'
+  CHECK(h.chorus("n1", {"cluster", "partition", "--split", "n1/n1,n2"}).code == 3);
+  CHECK(h.chorus("n1", {"cluster", "partition"}).code == 1);
+  CHECK(allEqual(roots(h, all)));  // nothing was partitioned: still in step
 
   // Isolate n3: n1 and n2 on one side, n3 alone on the other.
   auto part = h.chorus("n1", {"cluster", "partition", "--isolate", "n3"});
@@ -60,7 +70,8 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
   }
 
   // Side A (n1, n2).
-  cliWrite(h, "n1", {"put", "kettle", "ann", "-r", "5", "-t", "A side"});
+  const std::string bigBody(20000, 'b');  // the largest body allowed
+  cliWrite(h, "n1", {"put", "kettle", "ann", "-r", "5", "-t", "A side", "-b", bigBody});
   cliWrite(h, "n2", {"put", "kettle", "ben", "-r", "3", "-t", "A side too"});
   cliWrite(h, "n1", {"put", "kettle", "eve", "-r", "2", "-t", "Edit from n1", "-b", "first"});
   cliWrite(h, "n1", {"put", "kettle", "sam", "-r", "1", "-t", "Shared, edited by n1"});
@@ -69,10 +80,14 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
   cliWrite(h, "n1", {"vote", "kettle", "sam", "v0"});      // re-vote, concurrent with an unvote
   cliWrite(h, "n1", {"tag", "kettle", "sam", "contested"});  // re-add, concurrent with a remove
   cliWrite(h, "n2", {"tag", "kettle", "sam", "a-only"});
+  cliWrite(h, "n1", {"moderate", "kettle", "sam", "--visibility", "hidden", "--reason", "spam"});
+  cliWrite(h, "n2", {"put", "kettle", "dee", "-r", "1", "-t", "edited before the delete"});
+  cliWrite(h, "n1", {"delete", "kettle", "rob"});
   std::this_thread::sleep_for(20ms);  // side B's edits get later clocks
 
   // Side B (n3).
-  cliWrite(h, "n3", {"put", "kettle", "cat", "-r", "4", "-t", "B side"});
+  const std::string unicode = "B side \xe2\x80\x94 Gr\xc3\xb6\xc3\x9f" "e \xe2\x9c\x93";
+  cliWrite(h, "n3", {"put", "kettle", "cat", "-r", "4", "-t", unicode});
   cliWrite(h, "n3", {"put", "kettle", "eve", "-r", "4", "-t", "Edit from n3", "-b", "second"});
   cliWrite(h, "n3", {"put", "kettle", "sam", "-r", "2", "-t", "Shared, edited by n3"});
   cliWrite(h, "n3", {"vote", "kettle", "sam", "vb"});
@@ -81,6 +96,9 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
   cliWrite(h, "n3", {"untag", "kettle", "sam", "contested"});
   cliWrite(h, "n3", {"untag", "kettle", "sam", "dropped"});
   cliWrite(h, "n3", {"tag", "kettle", "sam", "b-only"});
+  cliWrite(h, "n3", {"reply", "kettle", "sam", "Thanks for the feedback"});
+  cliWrite(h, "n3", {"delete", "kettle", "dee"});                          // later than the edit
+  cliWrite(h, "n3", {"put", "kettle", "rob", "-r", "5", "-t", "revived"});  // later than the delete
 
   // The sides stay apart: n2 gets n1's writes (fast path), n3 gets none
   // of them and n1 none of n3's, across several anti-entropy rounds.
@@ -111,11 +129,16 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
   for (const auto& id : all) {
     CAPTURE(id);
     for (const auto& [author, title] : std::map<std::string, std::string>{
-             {"ann", "A side"}, {"ben", "A side too"}, {"cat", "B side"}}) {
+             {"ann", "A side"}, {"ben", "A side too"}, {"cat", unicode}, {"rob", "revived"}}) {
       auto got = getReview(h, id, "kettle", author);
       REQUIRE_MESSAGE(got.has_value(), author << " missing on " << id);
       CHECK((*got)["title"].str() == title);
     }
+    CHECK((*getReview(h, id, "kettle", "ann"))["body"].str() == bigBody);
+    // A delete later than a concurrent edit wins; an edit later than a
+    // concurrent delete revives the review.
+    CHECK_FALSE(getReview(h, id, "kettle", "dee").has_value());
+    CHECK((*getReview(h, id, "kettle", "rob"))["rating"].u64() == 5);
     // Edited on both sides: one value everywhere, the later edit (n3's).
     auto eve = getReview(h, id, "kettle", "eve");
     REQUIRE(eve.has_value());
@@ -131,6 +154,10 @@ TEST_CASE("cluster: 3 nodes, n3 isolated, writes on both sides, heal, converge")
     // "dropped" removed on B only goes; one-sided adds stay.
     auto tags = tagsOf(*sam);
     CHECK(tags == std::vector<std::string>{"a-only", "b-only", "contested", "keep"});
+    // Moderation on one side and a reply on the other: both kept.
+    CHECK((*sam)["visibility"].str() == "hidden");
+    CHECK((*sam)["moderation_reason"].str() == "spam");
+    CHECK((*sam)["reply"].str() == "Thanks for the feedback");
   }
   // Every node reports the same review for eve and sam, field for field.
   auto e1 = getReview(h, "n1", "kettle", "eve");

@@ -15,13 +15,6 @@ std::vector<std::string> authors(const std::string& prefix, int n) {
   return out;
 }
 
-std::map<std::string, std::string> titled(const std::vector<std::string>& as,
-                                          const std::string& prefix) {
-  std::map<std::string, std::string> out;
-  for (const auto& a : as) out[a] = prefix + a;
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
