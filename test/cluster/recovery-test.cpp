@@ -179,3 +179,40 @@ TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, 
   h.stopAll();
   MESSAGE("new-ports and full-restart test took " << secondsSince(began) << " s");
 }
+
+// SKIPPED: fails today (reported with issue 5's deliverable 8). A store whose
+// differing reviews encode to more than the 32 MiB frame cap never reaches
+// a late joiner (nor the other side of a healed partition): the reconciler
+// puts every differing state into one `states`/`statesAndWants` message, the
+// receiver refuses the frame as oversized (malformed_frames grows, the
+// connection closes), and the next round sends the same message again —
+// observed: 3.3 GB sent in 30 s, the joiner still at 0 keys. Run it with
+// `cluster-e2e --no-skip -tc='*frame cap*'`; it should pass once anti-
+// entropy splits large repairs across frames.
+TEST_CASE("cluster: a late joiner receives a store larger than the frame cap" * doctest::skip()) {
+  Harness h;
+  h.start("n1");
+  const int n = 1800;  // x 20,000-byte bodies: about 36 MB, over the 32 MiB frame cap
+  {
+    auto client = chorus::api::Client::connect(h.node("n1").rpc());
+    REQUIRE(client.ok());
+    for (int i = 0; i < n; ++i) {
+      chorus::WriteRequest r;
+      r.op = chorus::WriteOp::kPut;
+      r.product = "tome";
+      r.author = "a" + std::to_string(i);
+      r.rating = 3;
+      r.body = std::string(20000, char('a' + i % 26));
+      REQUIRE((*client)->write(r).ok());
+    }
+  }
+  h.start("n2", {h.node("n1").gossip()});
+  // (converge only counts the nodes n1 knows: wait until it knows n2.)
+  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); }));
+  auto conv = h.chorus("n1", {"cluster", "converge", "--timeout", "30s"}, 45s);
+  CHECK_MESSAGE(conv.code == 0, conv.out << conv.err);
+  auto s2 = clusterStatus(h, "n2");
+  CHECK(entryOf(s2, "n2")["keys"].u64() == uint64_t(n));
+  CHECK(s2["gossip"]["malformed_frames"].u64() == 0);
+  h.stopAll();
+}
