@@ -55,18 +55,20 @@ inline std::string tail(const std::string& s, size_t n) {
 }
 
 // fork + execv with stdout and stderr redirected to fds; -1 on failure.
+// Nothing is allocated between fork and exec (tests fork while other
+// threads run).
 inline pid_t spawn(const std::string& path, const std::vector<std::string>& args, int outFd,
                    int errFd) {
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(path.c_str()));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid != 0) return pid;
   dup2(outFd, 1);
   dup2(errFd, 2);
   int nullIn = open("/dev/null", O_RDONLY);
   if (nullIn >= 0) dup2(nullIn, 0);
-  std::vector<char*> argv;
-  argv.push_back(const_cast<char*>(path.c_str()));
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   for (int fd = 3; fd < 1024; ++fd) close(fd);
   execv(path.c_str(), argv.data());
   _exit(127);

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "checks.h"
 
@@ -244,4 +245,90 @@ TEST_CASE("cluster: 5 nodes split n1,n2 / n3,n4,n5, 50 writes per side, heal, co
   }
   h.stopAll();
   MESSAGE("5-node split test took " << secondsSince(began) << " s");
+}
+
+// Writers on every node keep writing while partitions come and go; every
+// write acknowledged to a client is on every node in the end, and keys
+// written concurrently from several nodes settle on one value everywhere.
+TEST_CASE("cluster: continuous writes on every node through partitions and heals") {
+  auto began = Clock::now();
+  Harness h;
+  startCluster(h, 3);
+  const std::vector<std::string> all = h.ids();
+
+  std::atomic<bool> stop{false};
+  std::vector<std::map<std::string, std::string>> acked(all.size());  // per writer
+  std::vector<std::string> errors(all.size());
+  std::vector<std::thread> writers;
+  for (size_t w = 0; w < all.size(); ++w) {
+    writers.emplace_back([&, w] {
+      auto client = chorus::api::Client::connect(h.node(all[w]).rpc());
+      if (!client.ok()) {
+        errors[w] = client.error().toString();
+        return;
+      }
+      for (int i = 0; !stop.load(); ++i) {
+        chorus::WriteRequest r;
+        r.op = chorus::WriteOp::kPut;
+        r.product = "stream";
+        // Every 4th write goes to one of 8 hot keys every writer shares.
+        r.author = i % 4 == 0 ? "hot" + std::to_string((i / 4) % 8) : all[w] + "-" + std::to_string(i);
+        r.rating = 1 + uint32_t(i % 5);
+        r.title = all[w] + " write " + std::to_string(i);
+        auto res = (*client)->write(r);
+        if (!res.ok()) {
+          errors[w] = res.error().toString();
+          return;
+        }
+        if (i % 4 != 0) acked[w][r.author] = r.title;
+        std::this_thread::sleep_for(2ms);
+      }
+    });
+  }
+  auto cut = [&](const std::string& via, std::vector<std::string> args) {
+    args.insert(args.begin(), {"cluster"});
+    auto r = h.chorus(via, args);
+    CHECK_MESSAGE(r.code == 0, r.out << r.err);
+  };
+  std::this_thread::sleep_for(300ms);
+  cut("n1", {"partition", "--isolate", "n3"});
+  std::this_thread::sleep_for(600ms);
+  cut("n2", {"heal"});
+  std::this_thread::sleep_for(300ms);
+  cut("n3", {"partition", "--split", "n1/n2,n3"});
+  std::this_thread::sleep_for(600ms);
+  cut("n3", {"heal"});
+  std::this_thread::sleep_for(300ms);
+  stop = true;
+  for (auto& t : writers) t.join();
+  for (size_t w = 0; w < all.size(); ++w) {
+    CHECK_MESSAGE(errors[w].empty(), all[w] << "'s writer: " << errors[w]);
+  }
+
+  converge(h, "n2");
+  auto r = roots(h, all);
+  CHECK_MESSAGE(allEqual(r), show(r));
+  size_t total = 0;
+  for (const auto& id : all) {
+    CAPTURE(id);
+    for (size_t w = 0; w < all.size(); ++w) {
+      auto lost = missing(h, id, "stream", acked[w]);
+      CHECK_MESSAGE(lost.empty(), lost.size() << " of " << all[w] << "'s " << acked[w].size()
+                                              << " acknowledged writes missing on " << id);
+    }
+  }
+  for (const auto& a : acked) total += a.size();
+  // The hot keys: the same title on every node.
+  for (int k = 0; k < 8; ++k) {
+    std::set<std::string> titles;
+    for (const auto& id : all) {
+      auto got = getReview(h, id, "stream", "hot" + std::to_string(k));
+      REQUIRE(got.has_value());
+      titles.insert((*got)["title"].str());
+    }
+    CHECK_MESSAGE(titles.size() == 1, "hot" << k << " differs across nodes");
+  }
+  h.stopAll();
+  MESSAGE("continuous-writes test: " << total << " acknowledged writes; took "
+                                      << secondsSince(began) << " s");
 }
