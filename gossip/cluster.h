@@ -51,6 +51,9 @@ struct ClusterOptions {
   size_t maxQueuedBytesPerPeer = 64u << 20;  // beyond: deltas dropped (repair catches up)
 };
 
+// With the default 200 ms heartbeats a silent peer turns suspect after about
+// 2.3 s and dead after about 4.6 s (phi 5 and 10); one frame from it makes it
+// alive again.
 enum class PeerState { kAlive, kSuspect, kDead };
 const char* peerStateName(PeerState state);  // "alive", "suspect", "dead"
 
@@ -61,7 +64,10 @@ struct MemberInfo {
   std::string rpcAddress;
   PeerState state = PeerState::kDead;
   bool partitioned = false;        // traffic dropped by partition()
-  uint64_t lastSyncUnixMillis = 0; // last completed anti-entropy session; 0 = never
+  // Wall-clock time (system clock, not the HLC) of the last completed
+  // anti-entropy session. Completed is not equal: states the store refused
+  // (e.g. for clock drift) leave the trees different. 0 = never.
+  uint64_t lastSyncUnixMillis = 0;
   uint64_t pendingDeltas = 0;      // queued, not yet written to the socket
   double phi = -1;                 // suspicion (phi accrual); -1 = never heard from
 };
