@@ -1,7 +1,9 @@
 // Store on LMDB. Layout: storage/key-schema.h and storage/README.md.
 //
-// Threads: one writer thread (the store thread) owns every write transaction
-// and the HybridClock; reads open their own read-only transactions on the
+// Threads: one writer thread (the store thread) owns every write
+// transaction; a preparer thread runs the next batch's CPU work during the
+// store thread's commits, and the HybridClock belongs to whichever of the two
+// is preparing a batch; reads open their own read-only transactions on the
 // calling thread (MDB_NOTLS). A ResizeGate keeps readers out while the
 // writer grows the map, because mdb_env_set_mapsize remaps the file under
 // every transaction of this process.
@@ -19,6 +21,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -261,18 +264,93 @@ struct Pending {
   Done done;
 };
 
-// One document as the current batch sees it.
+using Results = std::vector<std::optional<Result<Applied>>>;
+
+// One document as a batch sees it.
 struct Working {
   crdt::ReviewKey key;
   uint64_t keyHash = 0;
-  bool existed = false;
+  bool existed = false;  // stored before the batch
   Hash oldDigest{};
   Facts oldFacts;
   crdt::ReviewDoc doc;  // current state within the batch
   bool dirty = false;
+  bool written = false;  // the batch stores a new state (doc), digest newDigest
+  Hash newDigest{};
+};
+
+// A batch of writes prepared outside the write transaction: mutations run,
+// documents decoded, merged, encoded and hashed, and the key of every entry
+// to write computed. Applying it is then only B-tree operations plus the
+// read-modify-writes of aggregates and Merkle node sums, and a retry after
+// MDB_MAP_FULL applies the same prepared batch again.
+struct Prepared {
+  std::vector<Pending> batch;
+  Results results;                      // per write: its outcome if the batch commits
+  std::vector<char> refused;            // per write: refused for clock drift
+  std::optional<Error> failure;         // a batch-wide failure: nothing is applied
+  std::map<std::string, Working> work;  // by docKey
+
+  std::vector<std::pair<std::string, std::string>> docPuts;  // docKey order
+  std::vector<std::pair<std::string, Hash>> leafPuts;        // sorted
+  std::vector<std::string> productDels, productPuts;         // index keys; puts sorted
+  std::vector<std::string> authorDels, authorPuts;           // puts sorted
+  std::map<std::string, SummaryDelta> summaryDeltas;         // by aggregate key
+  std::map<uint64_t, Hash> nodeDeltas;                       // by packNode(level, index)
+  uint64_t highWater = 0;  // the clock's high-water mark after preparing
 };
 
 uint64_t packNode(int level, uint64_t index) { return (uint64_t(level) << 32) | index; }
+
+// Runs posted jobs one at a time on its own thread, in order. Drains them
+// before the destructor returns.
+class Worker {
+ public:
+  Worker() : thread_([this] { loop(); }) {}
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  template <class F>
+  auto post(F f) -> std::future<decltype(f())> {
+    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+    auto future = task->get_future();
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back([task] { (*task)(); });
+    }
+    cv_.notify_one();
+    return future;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;  // guarded by mu_
+  bool stopping_ = false;                   // guarded by mu_
+  std::thread thread_;                      // last
+};
 
 class StoreImpl final : public Store {
  public:
@@ -458,148 +536,162 @@ class StoreImpl final : public Store {
     cv_.notify_one();
   }
 
-  // The store thread: takes up to maxBatch writes, commits them in one
-  // transaction, then acknowledges them. Drains the queue before exiting.
+  // Up to maxBatch queued writes; with `wait`, blocks until there is one or
+  // the store is stopping (then returns none).
+  std::vector<Pending> takeBatch(bool wait) {
+    std::unique_lock lock(mu_);
+    if (wait) cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    size_t n = std::min(queue_.size(), options_.maxBatch);
+    std::vector<Pending> batch(std::make_move_iterator(queue_.begin()),
+                               std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(n)));
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+    return batch;
+  }
+
+  // Queued writes that make it worth preparing the next batch during a
+  // commit instead of after it.
+  size_t pipelineThreshold() const { return std::max<size_t>(1, options_.maxBatch / 4); }
+
+  // The store thread. Each round applies a prepared batch in one write
+  // transaction and, just before committing it, hands the next queued writes
+  // (when enough are queued) to the preparer thread, so that their CPU work runs while this thread
+  // waits for the commit's fsync. The next batch is prepared on top of the
+  // documents this batch writes; if this batch fails to commit, it is
+  // prepared again from the store (its mutations run again, as Mutation
+  // allows). Drains the queue before exiting.
   void run() {
-    std::vector<Pending> batch;
+    std::unique_ptr<Prepared> current;
     for (;;) {
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // stopping, and nothing left
-        size_t n = std::min(queue_.size(), options_.maxBatch);
-        batch.assign(std::make_move_iterator(queue_.begin()),
-                     std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(n)));
-        queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+      if (!current) {
+        std::vector<Pending> batch = takeBatch(true);
+        if (batch.empty()) return;  // stopping, and nothing left
+        current = prepare(std::move(batch), nullptr);
       }
-      processBatch(batch);
-      batch.clear();
-    }
-  }
-
-  using Results = std::vector<std::optional<Result<Applied>>>;
-
-  void processBatch(std::vector<Pending>& batch) {
-    // Checks that do not depend on stored state run once, outside the
-    // transaction (which may be retried after growing the map).
-    Results rejected(batch.size());
-    for (size_t i = 0; i < batch.size(); ++i) {
-      Pending& p = batch[i];
-      if (auto s = schema::validateKey(p.key); !s) {
-        rejected[i] = s.error();
-      } else if (p.remote) {
-        if (auto s = clock_.observe(p.remote->maxHlc()); !s) {
-          refused_.fetch_add(1);
-          rejected[i] = s.error();
+      std::future<std::unique_ptr<Prepared>> next;
+      auto startNext = [&] {
+        if (next.valid()) return;  // a retried transaction starts it once
+        {
+          // Under light load, writes arriving during the commit are better
+          // off joining the next batch than waiting one more commit.
+          std::lock_guard lock(mu_);
+          if (queue_.size() < pipelineThreshold()) return;
         }
+        std::vector<Pending> batch = takeBatch(false);
+        if (batch.empty()) return;
+        next = preparer_.post([this, b = std::move(batch), base = current.get()]() mutable {
+          return prepare(std::move(b), base);
+        });
+      };
+      Status committed =
+          current->failure ? Status(*current->failure) : commitPrepared(*current, startNext);
+      acknowledge(*current, committed);
+      std::unique_ptr<Prepared> following;
+      if (next.valid()) {
+        following = next.get();
+        if (!committed) following = prepare(std::move(following->batch), nullptr);
       }
-    }
-    Results results;
-    Status committed = commitBatch(batch, rejected, results);
-    uint64_t acknowledged = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      if (rejected[i]) {
-        results[i] = std::move(rejected[i]);
-      } else if (!committed && (!results[i] || results[i]->ok())) {
-        results[i] = committed.error();  // nothing of this batch was written
-      }
-      CHORUS_ASSERT(results[i].has_value(), "a write of the batch got no result");
-      if (results[i]->ok()) ++acknowledged;
-    }
-    if (committed) {
-      uint64_t commits = commits_.fetch_add(1) + 1;
-      if (commits % kReaderCheckEveryCommits == 0) {
-        int dead = 0;
-        mdb_reader_check(env_.get(), &dead);  // best effort; open() checked too
-      }
-    }
-    writes_.fetch_add(acknowledged);
-    for (size_t i = 0; i < batch.size(); ++i) {
-      if (batch[i].done) batch[i].done(std::move(*results[i]));
+      current = std::move(following);
     }
   }
 
-  // Applies and commits the batch, growing the map and starting over on
-  // MDB_MAP_FULL, so a write is either fully committed or not at all.
-  Status commitBatch(const std::vector<Pending>& batch, const Results& rejected,
-                     Results& results) {
-    for (;;) {
-      results.assign(batch.size(), std::nullopt);
-      gate_.enterShared();
-      Txn txn;
-      int rc = txn.begin(env_.get(), 0);
-      Status st = rc == 0 ? applyAll(txn, batch, rejected, results)
-                          : Status(lmdbError(rc, "starting a write transaction"));
-      if (st) st = txn.commit();
-      txn.abort();
-      gate_.exitShared();
-      if (st) return st;
-      if (rc == MDB_MAP_RESIZED) {
-        if (auto s = adoptMapSize(env_.get(), gate_); !s) return s;
+  // Reads the state before the batch (from `base`, the batch committing
+  // meanwhile, else from the store), runs the writes on it and derives
+  // everything apply() will write. Runs on the preparer thread while the
+  // store thread commits `base`, or on the store thread when nothing else
+  // runs: it is the only user of clock_ while it runs.
+  std::unique_ptr<Prepared> prepare(std::vector<Pending> batch, const Prepared* base) {
+    auto p = std::make_unique<Prepared>();
+    p->batch = std::move(batch);
+    p->results.assign(p->batch.size(), std::nullopt);
+    p->refused.assign(p->batch.size(), 0);
+    ReadTxn rt(gate_);
+    bool reading = false;
+    for (size_t i = 0; i < p->batch.size(); ++i) {
+      const Pending& w = p->batch[i];
+      if (auto s = schema::validateKey(w.key); !s) {
+        p->results[i] = s.error();
         continue;
       }
-      if (!txn.mapFull()) return st;
-      if (auto s = growMap(); !s) return s;
-    }
-  }
-
-  Status growMap() {
-    MDB_envinfo info;
-    if (int rc = mdb_env_info(env_.get(), &info); rc != 0) return lmdbError(rc, "reading map size");
-    uint64_t size = info.me_mapsize;
-    if (size >= kMaxMapBytes) {
-      return makeError(ErrorCode::kIo, "the LMDB map reached its " + std::to_string(size >> 30) +
-                                           " GiB limit; the store cannot grow further");
-    }
-    gate_.beginExclusive();
-    int rc = mdb_env_set_mapsize(env_.get(), static_cast<size_t>(std::min(size * 2, kMaxMapBytes)));
-    gate_.endExclusive();
-    if (rc != 0) return lmdbError(rc, "growing the LMDB map");
-    mapGrowths_.fetch_add(1);
-    return okStatus();
-  }
-
-  Status applyAll(Txn& txn, const std::vector<Pending>& batch, const Results& rejected,
-                  Results& results) {
-    std::map<std::string, Working> work;  // by docKey: written back in key order
-    for (size_t i = 0; i < batch.size(); ++i) {
-      if (rejected[i]) continue;
-      const Pending& p = batch[i];
-      std::string dk = schema::docKey(p.key);
-      auto it = work.find(dk);
-      if (it == work.end()) {
-        auto loaded = load(txn, p.key, dk);
-        if (!loaded) {
-          // A damaged document fails the writes to it, not the batch.
-          if (loaded.error().code != ErrorCode::kCorruption) return loaded.error();
-          results[i] = loaded.error();
+      if (w.remote) {
+        if (auto s = clock_.observe(w.remote->maxHlc()); !s) {
+          p->refused[i] = 1;
+          p->results[i] = s.error();
           continue;
         }
-        it = work.emplace(std::move(dk), std::move(loaded).value()).first;
       }
-      Working& w = it->second;
-      crdt::ReviewDoc next = w.doc;
+      std::string dk = schema::docKey(w.key);
+      auto it = p->work.find(dk);
+      if (it == p->work.end()) {
+        std::optional<Working> fromBase = base ? stateAfter(*base, dk) : std::nullopt;
+        if (fromBase) {
+          it = p->work.emplace(std::move(dk), std::move(*fromBase)).first;
+        } else {
+          if (!reading) {
+            if (auto s = rt.begin(env_.get()); !s) {
+              p->failure = s.error();
+              return p;
+            }
+            reading = true;
+          }
+          auto loaded = load(rt.txn(), w.key, dk);
+          if (!loaded) {
+            // A damaged document fails the writes to it, not the batch.
+            if (loaded.error().code != ErrorCode::kCorruption) {
+              p->failure = loaded.error();
+              return p;
+            }
+            p->results[i] = loaded.error();
+            continue;
+          }
+          it = p->work.emplace(std::move(dk), std::move(loaded).value()).first;
+        }
+      }
+      Working& doc = it->second;
+      crdt::ReviewDoc next = doc.doc;
       crdt::ReviewDoc delta;
-      if (p.mutation) {
-        Result<crdt::ReviewDoc> r = p.mutation(next, clock_);
+      if (w.mutation) {
+        Result<crdt::ReviewDoc> r = w.mutation(next, clock_);
         if (!r) {
-          results[i] = r.error();
+          p->results[i] = r.error();
           continue;
         }
-        CHORUS_ASSERT(next.key() == p.key, "a Mutation changed the document's key");
+        CHORUS_ASSERT(next.key() == w.key, "a Mutation changed the document's key");
         delta = std::move(r).value();
       } else {
-        next.join(*p.remote);
-        delta = *p.remote;
+        next.join(*w.remote);
+        delta = *w.remote;
       }
-      bool changed = !(next == w.doc);
+      bool changed = !(next == doc.doc);
       if (changed) {
-        w.doc = next;
-        w.dirty = true;
+        doc.doc = next;
+        doc.dirty = true;
       }
-      results[i] = Applied{std::move(delta), std::move(next), changed};
+      p->results[i] = Applied{std::move(delta), std::move(next), changed};
     }
-    return writeBack(txn, work);
+    p->highWater = clock_.highWater().bits;
+    derive(*p);
+    return p;
+  }
+
+  // The stored state of `dk` once `base` commits, if `base` read or wrote it.
+  static std::optional<Working> stateAfter(const Prepared& base, const std::string& dk) {
+    auto it = base.work.find(dk);
+    if (it == base.work.end()) return std::nullopt;
+    const Working& b = it->second;
+    Working w;
+    w.key = b.key;
+    w.keyHash = b.keyHash;
+    w.doc = b.doc;
+    if (b.written) {
+      w.existed = true;
+      w.oldDigest = b.newDigest;
+      w.oldFacts = factsOf(b.doc);
+    } else {  // unchanged, or changed back to identical bytes
+      w.existed = b.existed;
+      w.oldDigest = b.oldDigest;
+      w.oldFacts = b.oldFacts;
+    }
+    return w;
   }
 
   Result<Working> load(Txn& txn, const crdt::ReviewKey& key, const std::string& dk) {
@@ -624,28 +716,23 @@ class StoreImpl final : public Store {
     return w;
   }
 
-  // Writes the batch's changed documents and everything derived from them:
-  // Merkle leaf entries and node sums, indexes, aggregates, HLC high-water.
-  Status writeBack(Txn& txn, std::map<std::string, Working>& work) {
-    std::map<std::string, SummaryDelta> summaryDeltas;  // by aggregate key
-    std::map<uint64_t, Hash> nodeDeltas;                // by packNode(level, index)
-    // Writes to trees keyed unlike the documents, applied in key order below.
-    std::vector<std::pair<std::string, Hash>> leafPuts;
-    std::vector<std::string> authorPuts;
-    for (auto& [dk, w] : work) {
+  // Encodes the changed documents and computes what changes in every
+  // derived database: Merkle leaf entries and node sums, indexes, aggregates.
+  static void derive(Prepared& p) {
+    for (auto& [dk, w] : p.work) {
       if (!w.dirty) continue;
       std::string canonical = w.doc.encode();
       Hash digest = digestOf(canonical);
       if (w.existed && digest == w.oldDigest) continue;
-      if (auto s = txn.put(dbs_.documents, dk, schema::encodeDocRecord(digest, canonical)); !s) {
-        return s;
-      }
-      leafPuts.emplace_back(schema::leafEntryKey(w.keyHash, dk), digest);
+      w.written = true;
+      w.newDigest = digest;
+      p.docPuts.emplace_back(dk, schema::encodeDocRecord(digest, canonical));
+      p.leafPuts.emplace_back(schema::leafEntryKey(w.keyHash, dk), digest);
       Hash d = entryHash(w.keyHash, digest);
       if (w.existed) d = hashSub(d, entryHash(w.keyHash, w.oldDigest));
       uint64_t leaf = leafIndexOf(w.keyHash);
       for (int level = 0; level <= kDepth; ++level) {
-        Hash& acc = nodeDeltas[packNode(level, nodeAbove(leaf, level))];
+        Hash& acc = p.nodeDeltas[packNode(level, nodeAbove(leaf, level))];
         acc = hashAdd(acc, d);
       }
 
@@ -653,48 +740,128 @@ class StoreImpl final : public Store {
       const Facts& of = w.oldFacts;
       bool moved = of.live != nf.live || of.hlc != nf.hlc || of.rating != nf.rating;
       if (of.live && moved) {
-        if (auto s = txn.del(dbs_.products, schema::newestIndexKey(w.key, of.hlc)); !s) return s;
-        if (auto s = txn.del(dbs_.products, schema::ratingIndexKey(w.key, of.rating, of.hlc)); !s) {
-          return s;
-        }
+        p.productDels.push_back(schema::newestIndexKey(w.key, of.hlc));
+        p.productDels.push_back(schema::ratingIndexKey(w.key, of.rating, of.hlc));
       }
       if (nf.live && moved) {
-        if (auto s = txn.put(dbs_.products, schema::newestIndexKey(w.key, nf.hlc), ""); !s) return s;
-        if (auto s = txn.put(dbs_.products, schema::ratingIndexKey(w.key, nf.rating, nf.hlc), "");
-            !s) {
-          return s;
-        }
+        p.productPuts.push_back(schema::newestIndexKey(w.key, nf.hlc));
+        p.productPuts.push_back(schema::ratingIndexKey(w.key, nf.rating, nf.hlc));
       }
-      if (!of.live && nf.live) authorPuts.push_back(schema::authorIndexKey(w.key));
-      if (of.live && !nf.live) {
-        if (auto s = txn.del(dbs_.byAuthor, schema::authorIndexKey(w.key)); !s) return s;
-      }
+      if (!of.live && nf.live) p.authorPuts.push_back(schema::authorIndexKey(w.key));
+      if (of.live && !nf.live) p.authorDels.push_back(schema::authorIndexKey(w.key));
       if (of.live || nf.live) {
-        SummaryDelta& sd = summaryDeltas[schema::aggregateKey(w.key.product)];
+        SummaryDelta& sd = p.summaryDeltas[schema::aggregateKey(w.key.product)];
         addFacts(sd, of, -1);
         addFacts(sd, nf, +1);
       }
     }
+    std::sort(p.leafPuts.begin(), p.leafPuts.end());
+    std::sort(p.productPuts.begin(), p.productPuts.end());
+    std::sort(p.authorPuts.begin(), p.authorPuts.end());
+  }
 
-    std::sort(leafPuts.begin(), leafPuts.end());
-    if (!leafPuts.empty()) {
-      auto cursor = Cursor::open(txn, dbs_.leafEntries);
-      if (!cursor) return cursor.error();
-      for (const auto& [key, digest] : leafPuts) {
-        std::string_view bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
-        if (auto s = cursor->put(key, bytes); !s) return s;
+  // Applies and commits a prepared batch, growing the map and starting over
+  // on MDB_MAP_FULL, so it is either fully committed or not at all. Calls
+  // beforeCommit() after each successful apply, just before committing.
+  template <class F>
+  Status commitPrepared(const Prepared& p, F beforeCommit) {
+    for (;;) {
+      gate_.enterShared();
+      Txn txn;
+      int rc = txn.begin(env_.get(), 0);
+      Status st = rc == 0 ? apply(txn, p) : Status(lmdbError(rc, "starting a write transaction"));
+      if (st) {
+        beforeCommit();
+        st = txn.commit();
+      }
+      txn.abort();
+      gate_.exitShared();
+      if (st) return st;
+      if (rc == MDB_MAP_RESIZED) {
+        if (auto s = adoptMapSize(env_.get(), gate_); !s) return s;
+        continue;
+      }
+      if (!txn.mapFull()) return st;
+      if (auto s = growMap(); !s) return s;
+    }
+  }
+
+  // Gives every write of the batch its result and runs the callbacks.
+  void acknowledge(Prepared& p, const Status& committed) {
+    uint64_t acknowledged = 0;
+    for (size_t i = 0; i < p.batch.size(); ++i) {
+      std::optional<Result<Applied>>& r = p.results[i];
+      if (!committed && (!r || r->ok())) r = committed.error();  // nothing was written
+      CHORUS_ASSERT(r.has_value(), "a write of the batch got no result");
+      if (r->ok()) ++acknowledged;
+      if (p.refused[i]) refused_.fetch_add(1);
+    }
+    if (committed) {
+      uint64_t commits = commits_.fetch_add(1) + 1;
+      if (commits % kReaderCheckEveryCommits == 0) {
+        int dead = 0;
+        mdb_reader_check(env_.get(), &dead);  // best effort; open() checked too
       }
     }
-    std::sort(authorPuts.begin(), authorPuts.end());
-    if (!authorPuts.empty()) {
-      auto cursor = Cursor::open(txn, dbs_.byAuthor);
-      if (!cursor) return cursor.error();
-      for (const auto& key : authorPuts) {
-        if (auto s = cursor->put(key, ""); !s) return s;
-      }
+    writes_.fetch_add(acknowledged);
+    for (size_t i = 0; i < p.batch.size(); ++i) {
+      if (p.batch[i].done) p.batch[i].done(std::move(*p.results[i]));
     }
+  }
 
-    for (const auto& [productKey, sd] : summaryDeltas) {
+  Status growMap() {
+    MDB_envinfo info;
+    if (int rc = mdb_env_info(env_.get(), &info); rc != 0) return lmdbError(rc, "reading map size");
+    uint64_t size = info.me_mapsize;
+    if (size >= kMaxMapBytes) {
+      return makeError(ErrorCode::kIo, "the LMDB map reached its " + std::to_string(size >> 30) +
+                                           " GiB limit; the store cannot grow further");
+    }
+    gate_.beginExclusive();
+    int rc = mdb_env_set_mapsize(env_.get(), static_cast<size_t>(std::min(size * 2, kMaxMapBytes)));
+    gate_.endExclusive();
+    if (rc != 0) return lmdbError(rc, "growing the LMDB map");
+    mapGrowths_.fetch_add(1);
+    return okStatus();
+  }
+
+  // Writes a prepared batch: documents and index entries in key order
+  // through cursors, then the read-modify-writes of aggregates and Merkle
+  // node sums, and the HLC high-water mark. Touches no clock and no
+  // document state, so it may run again after the map grows.
+  Status apply(Txn& txn, const Prepared& p) {
+    auto putAll = [&](MDB_dbi dbi, const auto& puts, auto valueOf) -> Status {
+      if (puts.empty()) return okStatus();
+      auto cursor = Cursor::open(txn, dbi);
+      if (!cursor) return cursor.error();
+      for (const auto& put : puts) {
+        auto [key, value] = valueOf(put);
+        if (auto s = cursor->put(key, value); !s) return s;
+      }
+      return okStatus();
+    };
+    auto pair = [](const std::pair<std::string, std::string>& kv) {
+      return std::pair<std::string_view, std::string_view>(kv.first, kv.second);
+    };
+    auto hash = [](const std::pair<std::string, Hash>& kv) {
+      return std::pair<std::string_view, std::string_view>(
+          kv.first, std::string_view(reinterpret_cast<const char*>(kv.second.data()), 16));
+    };
+    auto empty = [](const std::string& k) {
+      return std::pair<std::string_view, std::string_view>(k, std::string_view());
+    };
+    if (auto s = putAll(dbs_.documents, p.docPuts, pair); !s) return s;
+    for (const auto& key : p.productDels) {
+      if (auto s = txn.del(dbs_.products, key); !s) return s;
+    }
+    for (const auto& key : p.authorDels) {
+      if (auto s = txn.del(dbs_.byAuthor, key); !s) return s;
+    }
+    if (auto s = putAll(dbs_.products, p.productPuts, empty); !s) return s;
+    if (auto s = putAll(dbs_.leafEntries, p.leafPuts, hash); !s) return s;
+    if (auto s = putAll(dbs_.byAuthor, p.authorPuts, empty); !s) return s;
+
+    for (const auto& [productKey, sd] : p.summaryDeltas) {
       if (std::all_of(sd.begin(), sd.end(), [](int64_t x) { return x == 0; })) continue;
       auto current = readSummary(txn, productKey);
       if (!current) return current.error();
@@ -715,7 +882,7 @@ class StoreImpl final : public Store {
       if (!s) return s;
     }
 
-    for (const auto& [packed, delta] : nodeDeltas) {
+    for (const auto& [packed, delta] : p.nodeDeltas) {
       if (isZero(delta)) continue;
       int level = static_cast<int>(packed >> 32);
       uint64_t index = packed & 0xffffffffu;
@@ -733,7 +900,7 @@ class StoreImpl final : public Store {
     }
 
     std::string hw;
-    schema::putLe64(hw, clock_.highWater().bits);
+    schema::putLe64(hw, p.highWater);
     return txn.put(dbs_.meta, schema::kMetaHlcHighWater, hw);
   }
 
@@ -837,7 +1004,7 @@ class StoreImpl final : public Store {
   Env env_;
   Dbs dbs_;
   crdt::ReplicaId replica_;
-  crdt::HybridClock clock_;  // store thread only
+  crdt::HybridClock clock_;  // used only by prepare(), one batch at a time
   ResizeGate gate_;
 
   std::mutex mu_;
@@ -850,6 +1017,7 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> mapGrowths_{0};
   std::atomic<uint64_t> refused_{0};
 
+  Worker preparer_;     // prepares the next batch while the store thread commits
   std::thread writer_;  // last: starts after everything it uses exists
 };
 

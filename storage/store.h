@@ -1,12 +1,13 @@
 // The durable store of one Chorus node: review documents in LMDB, with
 // product aggregates and a Merkle tree kept in the same transactions.
 //
-// Threads: a Store owns one writer thread (the "store thread"). Writes are
-// queued from any thread and committed there in groups (group commit); their
-// callbacks run on the store thread after the transaction holding them has
-// committed durably, so callbacks must be short and must not block (post the
-// result to your own loop). Reads run on the calling thread in their own
-// LMDB read transaction and may be made from any thread.
+// Threads: a Store owns one writer thread (the "store thread") and a helper
+// that prepares the next batch while the store thread commits. Writes are
+// queued from any thread and committed on the store thread in groups (group
+// commit); their callbacks run on the store thread after the transaction
+// holding them has committed durably, so callbacks must be short and must
+// not block (post the result to your own loop). Reads run on the calling
+// thread in their own LMDB read transaction and may be made from any thread.
 #pragma once
 
 #include <array>
@@ -46,12 +47,12 @@ struct Applied {
 
 using Done = std::function<void(Result<Applied>)>;
 
-// A local operation: called on the store thread with the current document
-// (empty if none) and the store's clock; mutates `doc` through one of
-// ReviewDoc's delta mutators and returns the delta. May return an Error
-// (e.g. not found) to abort just this write. May run more than once (the
-// transaction is retried after the map grows), so it must have no effects
-// beyond `doc` and `clock`.
+// A local operation: called on one of the store's threads (never two at
+// once) with the current document (empty if none) and the store's clock;
+// mutates `doc` through one of ReviewDoc's delta mutators and returns the
+// delta. May return an Error (e.g. not found) to abort just this write. May
+// run more than once (when the batch committing before its own fails), so it
+// must have no effects beyond `doc` and `clock`.
 using Mutation = std::function<Result<crdt::ReviewDoc>(crdt::ReviewDoc& doc,
                                                         crdt::HybridClock& clock)>;
 

@@ -509,3 +509,46 @@ TEST_CASE("reads from many threads run alongside writes") {
   CHECK(reads.load() > 0);
   CHECK(store->verify().ok());
 }
+
+TEST_CASE("a batch prepared while the previous one commits builds on its writes") {
+  // Small batches and a deep queue: every batch is prepared on the preparer
+  // thread while the one before it commits, and consecutive batches touch
+  // the same documents. Large documents make each commit slow, so the
+  // preparer reads before the commit it builds on is durable; a vote lost to
+  // such a stale read would show in the count.
+  TempDir dir;
+  Options o = test::optionsFor(dir.path());
+  o.maxBatch = 4;
+  auto store = test::openStore(o);
+  const std::vector<crdt::ReviewKey> keys = {{"sku-a", "u1"}, {"sku-a", "u2"}, {"sku-b", "u1"}};
+  const std::string body(64 << 10, 'b');
+  for (const auto& key : keys)
+    REQUIRE(store->mutateSync(key, test::writeReview(3, "t", body)).ok());
+  const size_t n = 600;
+  std::map<crdt::ReviewKey, size_t> votes;
+  Collector c(n);
+  for (size_t i = 0; i < n; ++i) {
+    const crdt::ReviewKey& key = keys[i % keys.size()];
+    if (i % 97 == 0) {
+      store->mutate(key, test::writeReview(static_cast<uint8_t>(1 + i % 5), "t", body), c.done(i));
+    } else {
+      ++votes[key];
+      store->mutate(key, test::voteHelpful("v" + std::to_string(i)), c.done(i));
+    }
+  }
+  c.wait();
+  for (size_t i = 0; i < n; ++i) {
+    REQUIRE(c[i].ok());
+    CHECK(c[i]->changed);
+  }
+  uint64_t helpful = 0;
+  for (const auto& key : keys) {
+    auto d = mustGet(*store, key);
+    CHECK(d.helpfulCount() == votes[key]);
+    helpful += d.helpfulCount();
+  }
+  CHECK(store->summary("sku-a")->helpfulTotal + store->summary("sku-b")->helpfulTotal == helpful);
+  CHECK(store->stats().commits > n / 4);
+  auto v = store->verify();
+  if (!v) FAIL(v.error().toString());
+}
