@@ -1,5 +1,6 @@
 // Faults from outside the protocol: a fake peer sending corrupt frames to a
-// node's gossip port, and a node whose clock runs 10 minutes ahead.
+// node's gossip port, a node whose clock runs 10 minutes ahead, and a hung
+// (SIGSTOPped) node.
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>

@@ -1,6 +1,7 @@
 // Partitions on loopback: 3 and 5 chorusd processes, writes on both sides of
-// an injected partition, heal, converge, and every acknowledged write read
-// back from every node.
+// an injected partition (and continuous writers while partitions come and
+// go), heal, converge, and every acknowledged write read back from every
+// node.
 #include <doctest/doctest.h>
 
 #include <algorithm>
