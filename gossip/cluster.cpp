@@ -104,7 +104,8 @@ class Cluster::Impl {
       : options_(std::move(options)),
         store_(store),
         onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}),
-        reconciler_(store, onMerged_),
+        reconciler_(store, onMerged_,
+                    std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 4)),
         rng_(std::random_device{}()) {}
 
   Status start();
@@ -211,6 +212,8 @@ class Cluster::Impl {
   std::set<Conn*> conns_;
   std::map<std::string, std::unique_ptr<Dialer>> dialers_;  // by address
   std::string sessionPeer_;  // anti-entropy session this node started
+  bool sessionMore_ = false;  // a message in it was cut to the size cap
+  std::string syncAgain_;     // continue with this peer at once
   uint64_t sessionStarted_ = 0;
   uint64_t lastHeartbeat_ = 0;
   uint64_t lastAntiEntropy_ = 0;
@@ -655,6 +658,10 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         if (from == sessionPeer_) sessionPeer_.clear();
         return;
       }
+      if (from == sessionPeer_ &&
+          (reconciler_.peerHasMore() || (reply.value() && reply.value()->more))) {
+        sessionMore_ = true;  // cut to the size cap: go again once it ends
+      }
       if (reply.value()) {
         capnp::MallocMessageBuilder message;
         auto& out = *reply.value();
@@ -791,6 +798,15 @@ void Cluster::Impl::maybeSync() {
     return;
   }
   sessionPeer_.clear();
+  sessionMore_ = false;
+  if (!syncAgain_.empty()) {  // the last session was cut short: carry on
+    std::string id;
+    std::swap(id, syncAgain_);
+    if (outboundTo(id) && !blocked(id)) {
+      startSync(id);
+      return;
+    }
+  }
   // One revived peer at once, chosen at random. Only one: when a partition
   // heals, every node sees the whole other side revive together, and one
   // session each already carries every difference across the split; the
@@ -855,6 +871,8 @@ void Cluster::Impl::sessionDone(const std::string& peerId) {
   if (peerId == sessionPeer_) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
+    if (sessionMore_) syncAgain_ = peerId;
+    sessionMore_ = false;
   }
 }
 

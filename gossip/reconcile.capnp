@@ -48,4 +48,8 @@ struct Reconcile {
     # The wanted states. Ends the session.
     states @8 :List(Data);
   }
+  # The sender left out part of what differs to keep the message under the
+  # size cap (leaves, states or wants): the initiator starts another session
+  # at once, which picks up the rest.
+  more @9 :Bool;
 }

@@ -58,15 +58,24 @@ Error malformed(const std::string& why) {
   return makeError(ErrorCode::kCorruption, "reconcile message from peer: " + why);
 }
 
-// States for the given keys, encoded.
-Result<std::vector<std::string>> encodeStates(Store& store,
-                                              const std::vector<crdt::ReviewKey>& keys) {
+// States for the given keys, encoded, until they add up to `budget` bytes;
+// `cut` tells whether some were left out.
+Result<std::vector<std::string>> encodeStates(Store& store, const std::vector<crdt::ReviewKey>& keys,
+                                              size_t budget, bool& cut) {
   std::vector<std::string> out;
   out.reserve(keys.size());
+  size_t bytes = 0;
   for (const auto& key : keys) {
+    if (bytes >= budget) {
+      cut = true;
+      break;
+    }
     auto doc = store.get(key);
     if (!doc.ok()) return doc.error();
-    if (doc.value()) out.push_back(doc.value()->encode());
+    if (doc.value()) {
+      out.push_back(doc.value()->encode());
+      bytes += out.back().size();
+    }
   }
   return out;
 }
@@ -82,8 +91,8 @@ void fillStates(capnp::List<capnp::Data>::Builder list, const std::vector<std::s
 
 }  // namespace
 
-Reconciler::Reconciler(storage::Store& store, storage::Done onMerged)
-    : store_(store), onMerged_(std::move(onMerged)) {}
+Reconciler::Reconciler(storage::Store& store, storage::Done onMerged, size_t maxMessageBytes)
+    : store_(store), onMerged_(std::move(onMerged)), maxMessageBytes_(maxMessageBytes) {}
 
 Result<Outgoing> Reconciler::start() {
   auto root = store_.merkleRoot();
@@ -94,6 +103,7 @@ Result<Outgoing> Reconciler::start() {
 }
 
 Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
+  peerHasMore_ = false;
   if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
     ++counters_.malformed;
     return malformed("length " + std::to_string(bytes.size()) + " is not a multiple of 8");
@@ -109,6 +119,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
     options.nestingLimit = 8;
     capnp::FlatArrayMessageReader reader(words, options);
     auto in = reader.getRoot<wire::Reconcile>();
+    peerHasMore_ = in.getMore();
     if (in.getVersion() != wire::RECONCILE_VERSION) {
       failure = malformed("unknown version " + std::to_string(in.getVersion()));
       return;
@@ -189,22 +200,31 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
             putHashes(nodes[i].initHashes(8 * Store::kFanout), children.value());
           }
         } else {
-          auto leaves = out.initLeaves(static_cast<unsigned>(differing.size()));
-          for (unsigned i = 0; i < differing.size(); ++i) {
-            auto entries = store_.leafEntries(differing[i]);
-            if (!entries.ok()) {
-              failure = entries.error();
+          // Leaves until their entries (16 bytes each) fill the budget.
+          std::vector<std::vector<storage::LeafEntry>> entries;
+          size_t bytes = 0;
+          for (size_t i = 0; i < differing.size() && bytes < maxMessageBytes_; ++i) {
+            auto leaf = store_.leafEntries(differing[i]);
+            if (!leaf.ok()) {
+              failure = leaf.error();
               return;
             }
+            bytes += 16 * leaf.value().size() + 16;
+            entries.push_back(std::move(leaf).value());
+          }
+          auto leaves = out.initLeaves(static_cast<unsigned>(entries.size()));
+          for (unsigned i = 0; i < entries.size(); ++i) {
             leaves[i].setIndex(differing[i]);
-            auto list = leaves[i].initEntries(static_cast<unsigned>(entries.value().size()));
-            for (unsigned j = 0; j < entries.value().size(); ++j) {
-              list[j].setKeyHash(entries.value()[j].keyHash);
-              list[j].setDigest(wireHash(entries.value()[j].digest));
+            auto list = leaves[i].initEntries(static_cast<unsigned>(entries[i].size()));
+            for (unsigned j = 0; j < entries[i].size(); ++j) {
+              list[j].setKeyHash(entries[i][j].keyHash);
+              list[j].setDigest(wireHash(entries[i][j].digest));
             }
           }
+          if (entries.size() < differing.size()) out.setMore(true);
         }
         reply = finish(message, 0);
+        reply->more = message.getRoot<wire::Reconcile>().getMore();
         return;
       }
       case wire::Reconcile::LEAVES: {
@@ -239,19 +259,30 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
           reply = done(message);
           return;
         }
-        auto states = encodeStates(store_, send);
+        bool cut = false;
+        auto states = encodeStates(store_, send, maxMessageBytes_ / 2, cut);
         if (!states.ok()) {
           failure = states.error();
           return;
         }
-        auto out = newMessage(message).initStatesAndWants();
+        // Each wanted state comes back in the answer: ask for no more than
+        // fits in one (at a guessed 1 KiB each).
+        size_t maxWants = std::max<size_t>(1, maxMessageBytes_ / 1024);
+        if (wants.size() > maxWants) {
+          wants.resize(maxWants);
+          cut = true;
+        }
+        auto root = newMessage(message);
+        auto out = root.initStatesAndWants();
         size_t payload = 0;
         fillStates(out.initStates(static_cast<unsigned>(states.value().size())), states.value(),
                    payload);
         auto list = out.initWants(static_cast<unsigned>(wants.size()));
         for (unsigned i = 0; i < wants.size(); ++i) list.set(i, wants[i]);
+        root.setMore(cut);
         counters_.statesSent += states.value().size();
         reply = finish(message, payload);
+        reply->more = cut;
         return;
       }
       case wire::Reconcile::STATES_AND_WANTS:
@@ -296,17 +327,21 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
           reply = done(message);
           return;
         }
-        auto encoded = encodeStates(store_, send);
+        bool cut = false;
+        auto encoded = encodeStates(store_, send, maxMessageBytes_, cut);
         if (!encoded.ok()) {
           failure = encoded.error();
           return;
         }
         size_t payload = 0;
-        fillStates(newMessage(message).initStates(static_cast<unsigned>(encoded.value().size())),
-                   encoded.value(), payload);
+        auto root = newMessage(message);
+        fillStates(root.initStates(static_cast<unsigned>(encoded.value().size())), encoded.value(),
+                   payload);
+        root.setMore(cut);
         counters_.statesSent += encoded.value().size();
         reply = finish(message, payload);
         reply->last = true;
+        reply->more = cut;
         return;
       }
     }

@@ -29,6 +29,7 @@ struct Outgoing {
   std::string bytes;
   size_t payloadBytes = 0;  // of which: review states (the rest is overhead)
   bool last = false;        // ends the session: the peer will not answer it
+  bool more = false;        // cut to the size cap: another session is needed
 };
 
 struct ReconcileCounters {
@@ -41,7 +42,11 @@ class Reconciler {
  public:
   // Received states are merged through store.merge(state, onMerged);
   // `onMerged` runs on the store thread (see storage/store.h).
-  Reconciler(storage::Store& store, storage::Done onMerged);
+  // Messages carry at most about `maxMessageBytes` of entries or states;
+  // what does not fit is left for another session (Outgoing::more).
+  static constexpr size_t kDefaultMaxMessageBytes = 8u << 20;
+  Reconciler(storage::Store& store, storage::Done onMerged,
+             size_t maxMessageBytes = kDefaultMaxMessageBytes);
 
   // The initiator's first message.
   Result<Outgoing> start();
@@ -52,10 +57,14 @@ class Reconciler {
   Result<std::optional<Outgoing>> handle(std::string_view message);
 
   const ReconcileCounters& counters() const { return counters_; }
+  // Whether the last message handled said the peer left something out.
+  bool peerHasMore() const { return peerHasMore_; }
 
  private:
   storage::Store& store_;
   storage::Done onMerged_;
+  size_t maxMessageBytes_;
+  bool peerHasMore_ = false;
   ReconcileCounters counters_;
 };
 

@@ -141,6 +141,29 @@ TEST_CASE("an empty store catches up from a full one") {
   expectSameRoots(a, b);
 }
 
+TEST_CASE("messages stay under the size cap; what does not fit comes in further sessions") {
+  TempStore a("a5"), b("b5");
+  for (int i = 0; i < 300; ++i) a.write("sku-" + std::to_string(i % 7), "u" + std::to_string(i), 4, "x");
+  for (int i = 0; i < 200; ++i) b.write("sku-b", "v" + std::to_string(i), 2, "y");
+  constexpr size_t kCap = 4096;
+  Reconciler ra(*a.store, a.onMerged(), kCap), rb(*b.store, b.onMerged(), kCap);
+  int sessions = 0;
+  bool more = true;
+  for (; more && sessions < 200; ++sessions) {
+    auto stats = gossip::reconcileDirect(rb, ra);
+    REQUIRE_MESSAGE(stats.ok(), (stats.ok() ? "" : stats.error().toString()));
+    // States in one message stop once they pass the cap (by one state at
+    // most; the tree levels above the leaves are bounded by the tree's shape).
+    CHECK(stats->payloadToResponder <= kCap + 1024);
+    CHECK(stats->payloadToInitiator <= kCap + 1024);
+    REQUIRE(a.waitMerged(ra.counters().statesReceived));
+    REQUIRE(b.waitMerged(rb.counters().statesReceived));
+    more = a.store->merkleRoot().value() != b.store->merkleRoot().value();
+  }
+  CHECK(sessions > 2);  // the cap did cut
+  expectSameRoots(a, b);
+}
+
 TEST_CASE("malformed messages are refused with an error and counted") {
   TempStore a("a4");
   Reconciler ra(*a.store, a.onMerged());
