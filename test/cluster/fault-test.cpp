@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <capnp/message.h>
@@ -339,4 +340,45 @@ TEST_CASE("cluster: a hung node (SIGSTOP) does not stall the others, and catches
   MESSAGE("n3 caught up " << secondsSince(resumed) << " s after SIGCONT");
   h.stopAll();
   MESSAGE("hung-node test took " << secondsSince(began) << " s");
+}
+
+// SKIPPED: fails today (reported with issue 5's deliverable 8). The gossip
+// port accepts any number of connections that never say hello, and keeps
+// them; with the node's descriptor limit at 1024, about 1,000 idle
+// connections exhaust it. An RPC client arriving meanwhile makes the RPC
+// server's accept fail (EMFILE), which ends its accept loop for good
+// (api/rpc-server.cpp acceptLoop: "rpc: accept failed: accept: Too many open
+// files"): once the flood is gone and descriptors are free again, the node
+// still never answers a client. Run with
+// `cluster-e2e --no-skip -tc='*idle connections*'`.
+TEST_CASE("cluster: a flood of idle connections to the gossip port does not disable the node" *
+          doctest::skip()) {
+  rlimit own{};
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &own) == 0);
+  if (own.rlim_max < 1500) {
+    MESSAGE("skipped: this process may open only " << own.rlim_max << " descriptors");
+    return;
+  }
+  own.rlim_cur = own.rlim_max;
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &own) == 0);
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); }));
+  rlimit small{1024, 1024};
+  REQUIRE(prlimit(h.node("n1").pid(), RLIMIT_NOFILE, &small, nullptr) == 0);
+  {
+    std::vector<std::unique_ptr<RawPeer>> flood;
+    for (int i = 0; i < 1100; ++i) flood.push_back(std::make_unique<RawPeer>(h.node("n1").gossip()));
+    // A client during the flood may be refused or time out; that is fine.
+    h.chorus("n1", {"--timeout-ms", "2000", "node", "status"});
+  }
+  // The flood is gone: the node must serve clients and replicate again.
+  REQUIRE(h.waitUntil("n1 answers clients again", 20s, [&] {
+    return h.chorus("n1", {"--timeout-ms", "2000", "node", "status"}).code == 0;
+  }));
+  cliWrite(h, "n2", {"put", "flood", "ok", "-r", "4", "-t", "after the flood"});
+  REQUIRE(h.waitUntil("n2's write reaches n1", 30s,
+                      [&] { return getReview(h, "n1", "flood", "ok").has_value(); }));
+  h.stopAll();
 }

@@ -71,6 +71,13 @@ inline pid_t spawn(const std::string& path, const std::vector<std::string>& args
   if (nullIn >= 0) dup2(nullIn, 0);
   for (int fd = 3; fd < 1024; ++fd) close(fd);
   execv(path.c_str(), argv.data());
+  const char msg[] = "exec failed: errno ";
+  char num[16];
+  int n = 0;
+  for (int e = errno; n == 0 || e > 0; e /= 10) num[n++] = char('0' + e % 10);
+  if (write(2, msg, sizeof msg - 1) < 0 || write(2, path.c_str(), 0) < 0) _exit(127);
+  while (n > 0 && write(2, &num[--n], 1) == 1) {
+  }
   _exit(127);
 }
 
