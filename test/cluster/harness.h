@@ -253,6 +253,28 @@ class Harness {
   Daemon& start(const std::string& id, const std::vector<std::string>& join = {},
                 const std::vector<std::string>& extra = {}, const std::string& rpcPort = "0",
                 const std::string& gossipPort = "0") {
+    Daemon* d = tryStart(id, join, extra, rpcPort, gossipPort);
+    REQUIRE_MESSAGE(d != nullptr, "chorusd " << id << " did not start:\n" << node(id).ownLog());
+    return *d;
+  }
+
+  // Restarts a stopped or killed node on its previous ports, without --join.
+  // Should a port have been taken meanwhile (an outgoing connection of this
+  // test may get it as its ephemeral port), it starts on new ports instead:
+  // the node finds its peers from its member list either way.
+  Daemon& restart(const std::string& id, const std::vector<std::string>& extra = {}) {
+    Daemon& old = node(id);
+    std::string rpcPort = port(old.rpc()), gossipPort = port(old.gossip());
+    if (Daemon* d = tryStart(id, {}, extra, rpcPort, gossipPort)) return *d;
+    MESSAGE("restarting " << id << " on its old ports failed, using new ones:\n"
+                          << node(id).ownLog());
+    return start(id, {}, extra);
+  }
+
+  // Starts chorusd `id`; nullptr if it did not get to serving within 20 s.
+  Daemon* tryStart(const std::string& id, const std::vector<std::string>& join,
+                   const std::vector<std::string>& extra, const std::string& rpcPort,
+                   const std::string& gossipPort) {
     std::vector<std::string> args = {"--node-id",       id,
                                       "--data-dir",      dataDir(id),
                                       "--listen",        "127.0.0.1:" + rpcPort,
@@ -267,17 +289,7 @@ class Harness {
     auto& slot = nodes_[id];
     slot.reset();  // a previous incarnation is stopped first
     slot = std::make_unique<Daemon>(tmp_.sub(id + ".log"), args);
-    REQUIRE_MESSAGE(slot->waitStarted(true, 20s),
-                    "chorusd " << id << " did not start:\n"
-                               << slot->ownLog());
-    return *slot;
-  }
-
-  // Restarts a stopped or killed node on its previous ports, without --join.
-  Daemon& restart(const std::string& id, const std::vector<std::string>& extra = {}) {
-    Daemon& old = node(id);
-    std::string rpcPort = port(old.rpc()), gossipPort = port(old.gossip());
-    return start(id, {}, extra, rpcPort, gossipPort);
+    return slot->waitStarted(true, 20s) ? slot.get() : nullptr;
   }
 
   // Stops every running node with SIGTERM (all at once) and CHECKs that
