@@ -861,41 +861,84 @@ class StoreImpl final : public Store {
     if (auto s = putAll(dbs_.leafEntries, p.leafPuts, hash); !s) return s;
     if (auto s = putAll(dbs_.byAuthor, p.authorPuts, empty); !s) return s;
 
-    for (const auto& [productKey, sd] : p.summaryDeltas) {
-      if (std::all_of(sd.begin(), sd.end(), [](int64_t x) { return x == 0; })) continue;
-      auto current = readSummary(txn, productKey);
-      if (!current) return current.error();
-      std::array<uint64_t*, 8> fields = {&current->count,        &current->histogram[0],
-                                         &current->histogram[1], &current->histogram[2],
-                                         &current->histogram[3], &current->histogram[4],
-                                         &current->ratingSum,    &current->helpfulTotal};
-      for (size_t f = 0; f < fields.size(); ++f) {
-        if (sd[f] < 0 && *fields[f] < static_cast<uint64_t>(-sd[f])) {
-          return corruption("product aggregate would go negative: the stored aggregates no "
-                            "longer match the documents");
-        }
-        *fields[f] += static_cast<uint64_t>(sd[f]);
+    // Read-modify-writes in key order, each through one cursor: a point
+    // read positions the cursor, so the write needs no second descent.
+    auto update = [&](Cursor& cursor, const std::string& key, auto modify) -> Status {
+      std::string_view value;
+      auto found = cursor.seekExact(key, &value);
+      if (!found) return found.error();
+      std::optional<std::string_view> current;
+      if (*found) current = value;
+      Result<std::optional<std::string>> next = modify(current);
+      if (!next) return next.error();
+      if (!*next) return *found ? cursor.delCurrent() : okStatus();
+      return *found ? cursor.putCurrent(key, **next) : cursor.put(key, **next);
+    };
+
+    if (!p.summaryDeltas.empty()) {
+      auto cursor = Cursor::open(txn, dbs_.products);
+      if (!cursor) return cursor.error();
+      for (const auto& [productKey, sd] : p.summaryDeltas) {
+        if (std::all_of(sd.begin(), sd.end(), [](int64_t x) { return x == 0; })) continue;
+        Status s = update(
+            *cursor, productKey,
+            [&](std::optional<std::string_view> stored) -> Result<std::optional<std::string>> {
+              ProductSummary current;
+              if (stored) {
+                auto decoded = schema::decodeSummary(*stored);
+                if (!decoded) return corruption("product aggregate record has the wrong size");
+                current = *decoded;
+              }
+              std::array<uint64_t*, 8> fields = {&current.count,        &current.histogram[0],
+                                                 &current.histogram[1], &current.histogram[2],
+                                                 &current.histogram[3], &current.histogram[4],
+                                                 &current.ratingSum,    &current.helpfulTotal};
+              for (size_t f = 0; f < fields.size(); ++f) {
+                if (sd[f] < 0 && *fields[f] < static_cast<uint64_t>(-sd[f])) {
+                  return corruption(
+                      "product aggregate would go negative: the stored aggregates no "
+                      "longer match the documents");
+                }
+                *fields[f] += static_cast<uint64_t>(sd[f]);
+              }
+              if (current.count == 0 && current.helpfulTotal == 0 && current.ratingSum == 0) {
+                return std::optional<std::string>();
+              }
+              return std::optional<std::string>(schema::encodeSummary(current));
+            });
+        if (!s) return s;
       }
-      Status s = current->count == 0 && current->helpfulTotal == 0 && current->ratingSum == 0
-                     ? txn.del(dbs_.products, productKey)
-                     : txn.put(dbs_.products, productKey, schema::encodeSummary(*current));
-      if (!s) return s;
     }
 
+    // Node sums: inner nodes in `merkle`, leaf sums in `leaf-entries`; the
+    // deltas are ordered by (level, index), which is also key order.
+    std::optional<Cursor> inner, leaves;
     for (const auto& [packed, delta] : p.nodeDeltas) {
       if (isZero(delta)) continue;
       int level = static_cast<int>(packed >> 32);
       uint64_t index = packed & 0xffffffffu;
-      auto current = readNode(txn, level, index);
-      if (!current) return current.error();
-      Hash next = hashAdd(*current, delta);
-      MDB_dbi dbi = level == kDepth ? dbs_.leafEntries : dbs_.merkle;
+      std::optional<Cursor>& cursor = level == kDepth ? leaves : inner;
+      if (!cursor) {
+        auto opened = Cursor::open(txn, level == kDepth ? dbs_.leafEntries : dbs_.merkle);
+        if (!opened) return opened.error();
+        cursor = std::move(opened).value();
+      }
       std::string key = level == kDepth ? schema::leafPrefix(static_cast<uint32_t>(index))
                                         : schema::merkleNodeKey(level, index);
-      Status s = isZero(next) ? txn.del(dbi, key)
-                              : txn.put(dbi, key,
-                                        std::string_view(reinterpret_cast<const char*>(next.data()),
-                                                         next.size()));
+      Status s = update(
+          *cursor, key,
+          [&](std::optional<std::string_view> stored) -> Result<std::optional<std::string>> {
+            Hash current{};
+            if (stored) {
+              if (stored->size() != current.size())
+                return corruption("Merkle node value of wrong size");
+              std::copy(stored->begin(), stored->end(), reinterpret_cast<char*>(current.data()));
+            }
+            Hash next = hashAdd(current, delta);
+            if (isZero(next)) return std::optional<std::string>();
+            return std::optional<std::string>(
+                std::string(reinterpret_cast<const char*>(next.data()), next.size()));
+          });
       if (!s) return s;
     }
 

@@ -103,6 +103,30 @@ Result<bool> Cursor::seekAtLeast(std::string_view target, std::string_view* key,
   return true;
 }
 
+Result<bool> Cursor::seekExact(std::string_view target, std::string_view* value) {
+  MDB_val k = toVal(target);
+  MDB_val v{0, nullptr};
+  int rc = mdb_cursor_get(cursor_, &k, &v, MDB_SET_KEY);
+  if (rc == MDB_NOTFOUND) return false;
+  if (rc != 0) return txn_->fail(rc, "positioning a cursor");
+  if (value != nullptr) *value = toView(v);
+  return true;
+}
+
+Status Cursor::putCurrent(std::string_view key, std::string_view value) {
+  MDB_val k = toVal(key);
+  MDB_val v = toVal(value);
+  int rc = mdb_cursor_put(cursor_, &k, &v, MDB_CURRENT);
+  if (rc != 0) return txn_->fail(rc, "replacing a value through a cursor");
+  return okStatus();
+}
+
+Status Cursor::delCurrent() {
+  int rc = mdb_cursor_del(cursor_, 0);
+  if (rc != 0) return txn_->fail(rc, "deleting through a cursor");
+  return okStatus();
+}
+
 Status Cursor::put(std::string_view key, std::string_view value) {
   MDB_val k = toVal(key);
   MDB_val v = toVal(value);

@@ -128,9 +128,17 @@ class Cursor {
   // MDB_SET_RANGE: the first entry with key >= `target`.
   Result<bool> seekAtLeast(std::string_view target, std::string_view* key,
                            std::string_view* value);
+  // MDB_SET_KEY: positions on exactly `target`; true and *value set if it
+  // exists, false if not.
+  Result<bool> seekExact(std::string_view target, std::string_view* value);
   // mdb_cursor_put. Puts in key order through one cursor stay on the
   // current leaf page instead of descending from the root each time.
   Status put(std::string_view key, std::string_view value);
+  // Replaces the value of the entry the cursor is on (MDB_CURRENT); `key`
+  // must be that entry's key.
+  Status putCurrent(std::string_view key, std::string_view value);
+  // Deletes the entry the cursor is on.
+  Status delCurrent();
 
  private:
   MDB_cursor* cursor_ = nullptr;
