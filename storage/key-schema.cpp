@@ -192,12 +192,13 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
 }
 
 std::string encodeSummary(const ProductSummary& s) {
-  std::string out;
-  out.reserve(kSummaryBytes);
-  putLe64(out, s.count);
-  for (uint64_t h : s.histogram) putLe64(out, h);
-  putLe64(out, s.ratingSum);
-  putLe64(out, s.helpfulTotal);
+  const uint64_t fields[8] = {s.count,        s.histogram[0], s.histogram[1], s.histogram[2],
+                              s.histogram[3], s.histogram[4], s.ratingSum,    s.helpfulTotal};
+  std::string out(kSummaryBytes, '\0');
+  for (size_t f = 0; f < 8; ++f) {
+    for (size_t i = 0; i < 8; ++i)
+      out[8 * f + i] = static_cast<char>((fields[f] >> (8 * i)) & 0xff);
+  }
   return out;
 }
 

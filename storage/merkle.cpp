@@ -12,18 +12,23 @@ namespace {
 
 __extension__ using U128 = unsigned __int128;
 
-U128 toInt(const Hash& h) {
-  U128 v = 0;
-  for (int i = 15; i >= 0; --i) v = (v << 8) | h[static_cast<size_t>(i)];
+// Node sums are stored little-endian; two 64-bit halves keep this cheap.
+uint64_t le64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
 }
 
+void putLe64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+U128 toInt(const Hash& h) { return (U128(le64(h.data() + 8)) << 64) | le64(h.data()); }
+
 Hash fromInt(U128 v) {
   Hash h;
-  for (size_t i = 0; i < 16; ++i) {
-    h[i] = static_cast<uint8_t>(v & 0xff);
-    v >>= 8;
-  }
+  putLe64(h.data(), static_cast<uint64_t>(v));
+  putLe64(h.data() + 8, static_cast<uint64_t>(v >> 64));
   return h;
 }
 
