@@ -104,8 +104,8 @@ class Cluster::Impl {
       : options_(std::move(options)),
         store_(store),
         onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}),
-        reconciler_(store, onMerged_,
-                    std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 4)),
+        reconciler_(store, CountedMerge{&mergesPending_, &onMerged_},
+                    std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 2)),
         rng_(std::random_device{}()) {}
 
   Status start();
@@ -199,6 +199,18 @@ class Cluster::Impl {
 
   storage::Store& store_;
   Merged onMerged_;
+  // States from anti-entropy handed to the store and not yet committed; a
+  // node starts no session while its last one's states are still merging,
+  // or it would be sent the same states again.
+  std::atomic<int64_t> mergesPending_{0};
+  struct CountedMerge {
+    std::atomic<int64_t>* pending;
+    const Merged* user;
+    void operator()(Result<storage::Applied> r) const {
+      pending->fetch_sub(1);
+      (*user)(std::move(r));
+    }
+  };
   Reconciler reconciler_;  // loop thread
   std::mt19937_64 rng_;    // loop thread
 
@@ -214,6 +226,9 @@ class Cluster::Impl {
   std::string sessionPeer_;  // anti-entropy session this node started
   bool sessionMore_ = false;  // a message in it was cut to the size cap
   std::string syncAgain_;     // continue with this peer at once
+  std::map<std::string, uint64_t> busyUntil_;  // peers that answered busy: not before
+  std::string respondingTo_;  // the peer whose session this node is answering
+  uint64_t respondingSince_ = 0;
   uint64_t sessionStarted_ = 0;
   uint64_t lastHeartbeat_ = 0;
   uint64_t lastAntiEntropy_ = 0;
@@ -642,12 +657,25 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         std::lock_guard lock(mu_);
         stats_.antiEntropyBytes += frame.bytes();
       }
+      // One repair at a time: while this node runs its own session or still
+      // commits the states of one, it turns new sessions away; otherwise
+      // after a heal every node would be sent the same states by several
+      // peers at once.
+      uint64_t sessionTimeout = std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
+      if (!respondingTo_.empty() && now() - respondingSince_ > sessionTimeout) respondingTo_.clear();
+      bool busy = !sessionPeer_.empty() || (!respondingTo_.empty() && respondingTo_ != from) ||
+                  mergesPending_.load() > 0;
       uint64_t before = reconciler_.counters().statesReceived;
+      // Counted before handing over: the store may commit them at once.
+      int64_t guess = int64_t(data.size() / 64) + 1;  // about the states in it; corrected below
+      mergesPending_ += guess;
       auto reply = reconciler_.handle(
-          std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+          std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()), busy);
+      uint64_t merged = reconciler_.counters().statesReceived - before;
+      mergesPending_ -= guess - int64_t(merged);
       {
         std::lock_guard lock(mu_);
-        stats_.statesRepaired += reconciler_.counters().statesReceived - before;
+        stats_.statesRepaired += merged;
       }
       if (!reply.ok()) {
         if (reply.error().code == ErrorCode::kCorruption) {
@@ -658,9 +686,20 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         if (from == sessionPeer_) sessionPeer_.clear();
         return;
       }
+      if (reconciler_.peerBusy() && from == sessionPeer_) {
+        // Try elsewhere now, this peer a little later.
+        sessionPeer_.clear();
+        busyUntil_[from] = now() + std::uniform_int_distribution<uint64_t>(50, 250)(rng_);
+        lastAntiEntropy_ = 0;
+        return;
+      }
       if (from == sessionPeer_ &&
           (reconciler_.peerHasMore() || (reply.value() && reply.value()->more))) {
         sessionMore_ = true;  // cut to the size cap: go again once it ends
+      }
+      if (from != sessionPeer_ && reply.value() && !reply.value()->last) {
+        respondingTo_ = from;  // a session of the peer's is under way
+        respondingSince_ = now();
       }
       if (reply.value()) {
         capnp::MallocMessageBuilder message;
@@ -674,7 +713,7 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
           stats_.antiEntropyBytes += bytes.size();
         }
         send(c, std::move(bytes));
-        if (out.last) sessionDone(from);
+        if (out.last && !out.busy) sessionDone(from);
       } else {
         sessionDone(from);
       }
@@ -797,6 +836,9 @@ void Cluster::Impl::maybeSync() {
     syncSoon_.clear();  // the session under way repairs as much (see below)
     return;
   }
+  // The last session's states are still committing (bounded: a store that
+  // stalls must not stop repair for good).
+  if (mergesPending_.load() > 0 && t - sessionStarted_ < 30'000) return;
   sessionPeer_.clear();
   sessionMore_ = false;
   if (!syncAgain_.empty()) {  // the last session was cut short: carry on
@@ -812,9 +854,13 @@ void Cluster::Impl::maybeSync() {
   // session each already carries every difference across the split; the
   // rest follow at their turn (least recently synced first), by which time
   // they are small.
+  auto resting = [&](const std::string& id) {
+    auto it = busyUntil_.find(id);
+    return it != busyUntil_.end() && t < it->second;
+  };
   std::vector<std::string> revived;
   for (const auto& id : syncSoon_) {
-    if (outboundTo(id) && !blocked(id)) revived.push_back(id);
+    if (outboundTo(id) && !blocked(id) && !resting(id)) revived.push_back(id);
   }
   syncSoon_.clear();
   if (!revived.empty()) {
@@ -837,10 +883,15 @@ void Cluster::Impl::maybeSync() {
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   for (const auto& [last, id] : candidates) {
-    if (outboundTo(id)) {
-      startSync(id);
+    if (!outboundTo(id)) continue;
+    if (resting(id)) {
+      // It was busy a moment ago. Wait for it rather than settle for a peer
+      // synced more recently: it is the one most likely to differ.
+      lastAntiEntropy_ = 0;
       return;
     }
+    startSync(id);
+    return;
   }
 }
 
@@ -865,6 +916,7 @@ void Cluster::Impl::startSync(const std::string& peerId) {
 }
 
 void Cluster::Impl::sessionDone(const std::string& peerId) {
+  if (peerId == respondingTo_) respondingTo_.clear();
   std::lock_guard lock(mu_);
   auto it = peers_.find(peerId);
   if (it != peers_.end()) it->second.lastSyncUnixMillis = unixMillis();

@@ -47,6 +47,9 @@ struct Reconcile {
     }
     # The wanted states. Ends the session.
     states @8 :List(Data);
+    # Answer to `root` from a node already busy repairing: try later, or
+    # another peer. Ends the session; it does not count as a sync.
+    busy @10 :Void;
   }
   # The sender left out part of what differs to keep the message under the
   # size cap (leaves, states or wants): the initiator starts another session

@@ -102,8 +102,9 @@ Result<Outgoing> Reconciler::start() {
   return finish(message, 0);
 }
 
-Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
+Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool busy) {
   peerHasMore_ = false;
+  peerBusy_ = false;
   if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
     ++counters_.malformed;
     return malformed("length " + std::to_string(bytes.size()) + " is not a multiple of 8");
@@ -127,6 +128,13 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
     capnp::MallocMessageBuilder message;
     switch (in.which()) {
       case wire::Reconcile::ROOT: {
+        if (busy) {
+          newMessage(message).setBusy();
+          reply = finish(message, 0);
+          reply->last = true;
+          reply->busy = true;
+          return;
+        }
         auto root = store_.merkleRoot();
         if (!root.ok()) {
           failure = root.error();
@@ -153,6 +161,9 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
         return;
       }
       case wire::Reconcile::IN_SYNC:
+        return;
+      case wire::Reconcile::BUSY:
+        peerBusy_ = true;
         return;
       case wire::Reconcile::CHILDREN: {
         auto group = in.getChildren();
@@ -260,7 +271,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes) {
           return;
         }
         bool cut = false;
-        auto states = encodeStates(store_, send, maxMessageBytes_ / 2, cut);
+        auto states = encodeStates(store_, send, maxMessageBytes_, cut);
         if (!states.ok()) {
           failure = states.error();
           return;

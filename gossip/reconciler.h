@@ -30,6 +30,7 @@ struct Outgoing {
   size_t payloadBytes = 0;  // of which: review states (the rest is overhead)
   bool last = false;        // ends the session: the peer will not answer it
   bool more = false;        // cut to the size cap: another session is needed
+  bool busy = false;        // a `busy` refusal, not a sync
 };
 
 struct ReconcileCounters {
@@ -44,7 +45,7 @@ class Reconciler {
   // `onMerged` runs on the store thread (see storage/store.h).
   // Messages carry at most about `maxMessageBytes` of entries or states;
   // what does not fit is left for another session (Outgoing::more).
-  static constexpr size_t kDefaultMaxMessageBytes = 8u << 20;
+  static constexpr size_t kDefaultMaxMessageBytes = 16u << 20;
   Reconciler(storage::Store& store, storage::Done onMerged,
              size_t maxMessageBytes = kDefaultMaxMessageBytes);
 
@@ -54,17 +55,22 @@ class Reconciler {
   // Answers a message from the peer. nullopt: the session is over. An Error
   // means the message was malformed (counted; drop the connection's session)
   // or the local store failed.
-  Result<std::optional<Outgoing>> handle(std::string_view message);
+  // `busy`: this node is already repairing; a new session (a `root`) is
+  // answered with `busy` instead of being started.
+  Result<std::optional<Outgoing>> handle(std::string_view message, bool busy = false);
 
   const ReconcileCounters& counters() const { return counters_; }
   // Whether the last message handled said the peer left something out.
   bool peerHasMore() const { return peerHasMore_; }
+  // Whether the last message handled was the peer's `busy`.
+  bool peerBusy() const { return peerBusy_; }
 
  private:
   storage::Store& store_;
   storage::Done onMerged_;
   size_t maxMessageBytes_;
   bool peerHasMore_ = false;
+  bool peerBusy_ = false;
   ReconcileCounters counters_;
 };
 
