@@ -238,11 +238,22 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     return paf.promise.then([this] { return inboxLoop(); });
   }
 
+  // Accepts until the server stops. A failed accept (e.g. EMFILE: out of
+  // file descriptors) is logged and retried after a pause; it must not end
+  // the loop, or the node would never serve a client again.
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& listener) {
-    return listener.accept().then([this, &listener](kj::Own<kj::AsyncIoStream> stream) {
-      connections_->add(serve(kj::mv(stream)));
-      return acceptLoop(listener);
-    });
+    return listener.accept()
+        .then(
+            [this](kj::Own<kj::AsyncIoStream> stream) {
+              connections_->add(serve(kj::mv(stream)));
+              return kj::Promise<void>(kj::READY_NOW);
+            },
+            [this](kj::Exception&& e) -> kj::Promise<void> {
+              logf(LogLevel::kError, "rpc: accept failed, retrying in 100 ms: %s",
+                   e.getDescription().cStr());
+              return timer_.afterDelay(100 * kj::MILLISECONDS);
+            })
+        .then([this, &listener] { return acceptLoop(listener); });
   }
 
   kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream);
