@@ -174,6 +174,7 @@ struct GossipStats {
   syncCompleted @10 :UInt64;
   antiEntropyBytes @11 :UInt64;  # reconcile frames, both directions
   statesRepaired @12 :UInt64;    # states received through anti-entropy
+  connectionsRefused @13 :UInt64;  # inbound gossip connections over the cap, closed at once
 }
 
 # One node's view of the cluster.

@@ -129,6 +129,9 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_partition_dropped_frames_total", "Frames dropped by an injected partition.",
          "counter");
   sample("chorus_gossip_partition_dropped_frames_total", "", s.partitionDropped);
+  family("chorus_gossip_connections_refused_total",
+         "Inbound gossip connections closed at once because 256 were already open.", "counter");
+  sample("chorus_gossip_connections_refused_total", "", s.connectionsRefused);
   family("chorus_gossip_deltas_total", "Write deltas pushed to or from peers, by outcome.",
          "counter");
   sample("chorus_gossip_deltas_total", "{outcome=\"sent\"}", s.deltasSent);

@@ -153,6 +153,7 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   st.setSyncCompleted(s.syncCompleted);
   st.setAntiEntropyBytes(s.antiEntropyBytes);
   st.setStatesRepaired(s.statesRepaired);
+  st.setConnectionsRefused(s.connectionsRefused);
   b.setNowUnixMillis(v.nowUnixMillis);
 }
 
@@ -193,6 +194,7 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
   s.syncCompleted = st.getSyncCompleted();
   s.antiEntropyBytes = st.getAntiEntropyBytes();
   s.statesRepaired = st.getStatesRepaired();
+  s.connectionsRefused = st.getConnectionsRefused();
   v.nowUnixMillis = r.getNowUnixMillis();
   return v;
 }

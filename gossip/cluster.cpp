@@ -40,6 +40,8 @@ constexpr uint64_t kTickMillis = 50;
 constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // one deltas frame carries at most ~this
 constexpr size_t kMaxMembers = 1024;              // members accepted from gossip
 constexpr size_t kMaxTokenBytes = 256;            // node ids and addresses
+constexpr size_t kMaxInbound = 256;               // connections peers (or anyone) opened to us
+constexpr uint64_t kHelloTimeoutMillis = 10'000;  // a connection must say hello by then
 
 uint64_t unixMillis() {
   return uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -160,6 +162,7 @@ class Cluster::Impl {
     FrameSplitter splitter;
     size_t queuedBytes = 0;
     uint64_t queuedDeltas = 0;
+    uint64_t openedAt = 0;  // loop time
     Conn(Impl* i, size_t maxFrame) : impl(i), splitter(maxFrame) {}
   };
   struct Write {
@@ -350,9 +353,18 @@ void Cluster::Impl::accept() {
   auto* c = new Conn(this, options_.maxFrameBytes);
   uv_tcp_init(&loop_, &c->tcp);
   c->tcp.data = c;
+  c->openedAt = now();
   conns_.insert(c);
   if (uv_accept(reinterpret_cast<uv_stream_t*>(&server_), reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
     close(c);
+    return;
+  }
+  size_t inbound = 0;
+  for (Conn* other : conns_) inbound += other->dialer == nullptr && !other->closing;
+  if (inbound > kMaxInbound) {  // a flood: keep file descriptors for real peers and clients
+    close(c);
+    std::lock_guard lock(mu_);
+    ++stats_.connectionsRefused;
     return;
   }
   connected(c, 0);
@@ -368,6 +380,7 @@ void Cluster::Impl::dial(Dialer& d) {
   uv_tcp_init(&loop_, &c->tcp);
   c->tcp.data = c;
   c->dialer = &d;
+  c->openedAt = now();
   d.conn = c;
   conns_.insert(c);
   auto* req = new uv_connect_t;
@@ -807,6 +820,10 @@ void Cluster::Impl::persist() {
 
 void Cluster::Impl::onTick() {
   uint64_t t = now();
+  // Close connections that never said who they are.
+  for (Conn* c : std::vector<Conn*>(conns_.begin(), conns_.end())) {
+    if (!c->closing && !c->helloReceived && t - c->openedAt > kHelloTimeoutMillis) close(c);
+  }
   // Dial what is not connected.
   for (auto& [address, d] : dialers_) {
     if (!d->self && !d->conn && t >= d->nextAttempt) dial(*d);

@@ -77,6 +77,7 @@ struct ClusterStats {
   uint64_t bytesIn = 0, bytesOut = 0;
   uint64_t malformedFrames = 0;      // refused frames (each closed its connection)
   uint64_t partitionDropped = 0;     // frames dropped by partition()
+  uint64_t connectionsRefused = 0;   // inbound beyond 256 open ones, closed at once
   uint64_t deltasSent = 0, deltasReceived = 0;
   uint64_t deltasDropped = 0;        // not sent: peer unreachable or queue full
   uint64_t syncStarted = 0, syncCompleted = 0;
