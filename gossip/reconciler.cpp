@@ -70,11 +70,11 @@ Result<std::vector<std::string>> encodeStates(Store& store, const std::vector<cr
       cut = true;
       break;
     }
-    auto doc = store.get(key);
-    if (!doc.ok()) return doc.error();
-    if (doc.value()) {
-      out.push_back(doc.value()->encode());
-      bytes += out.back().size();
+    auto state = store.getEncoded(key);  // stored bytes are the canonical encoding
+    if (!state.ok()) return state.error();
+    if (state.value()) {
+      bytes += state.value()->size();
+      out.push_back(std::move(*state.value()));
     }
   }
   return out;

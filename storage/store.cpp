@@ -393,6 +393,19 @@ class StoreImpl final : public Store {
     return readDoc(rt.txn(), key);
   }
 
+  Result<std::optional<std::string>> getEncoded(const crdt::ReviewKey& key) override {
+    if (auto s = schema::validateKey(key); !s) return s.error();
+    ReadTxn rt(gate_);
+    if (auto s = rt.begin(env_.get()); !s) return s.error();
+    std::string_view value;
+    auto found = rt.txn().get(dbs_.documents, schema::docKey(key), &value);
+    if (!found) return found.error();
+    if (!*found) return std::optional<std::string>();
+    auto rec = schema::parseDocRecord(value, key);
+    if (!rec) return rec.error();
+    return std::optional<std::string>(std::string(rec->canonical));
+  }
+
   Result<Page> listProduct(const std::string& product, Order order, const std::string& cursor,
                            size_t limit) override {
     if (auto s = schema::validateKey({product, "-"}); !s) return s.error();

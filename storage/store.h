@@ -115,6 +115,9 @@ class Store {
   // Deleted reviews are returned by get (so callers see the tombstone) but
   // skipped by the listings and the summary.
   virtual Result<std::optional<crdt::ReviewDoc>> get(const crdt::ReviewKey& key) = 0;
+  // The stored canonical encoding (ReviewDoc::encode) of a review, checksum
+  // verified but not decoded: for shipping states to peers.
+  virtual Result<std::optional<std::string>> getEncoded(const crdt::ReviewKey& key) = 0;
   virtual Result<Page> listProduct(const std::string& product, Order order,
                                    const std::string& cursor, size_t limit) = 0;
   virtual Result<ProductSummary> summary(const std::string& product) = 0;

@@ -99,6 +99,21 @@ TEST_CASE("mutate writes a review that get returns, and survives reopening") {
   CHECK(mustGet(*store, key).content().value().title == "good");
 }
 
+TEST_CASE("getEncoded returns the canonical bytes get would decode") {
+  TempDir dir;
+  auto store = test::openStore(test::optionsFor(dir.path()));
+  crdt::ReviewKey key{"sku-000124", "user-77"};
+  auto none = store->getEncoded(key);
+  REQUIRE(none.ok());
+  CHECK_FALSE(none.value().has_value());
+  mustApply(store->mutateSync(key, test::writeReview(3, "ok", "fine")));
+  auto bytes = store->getEncoded(key);
+  REQUIRE(bytes.ok());
+  REQUIRE(bytes.value().has_value());
+  CHECK(*bytes.value() == mustGet(*store, key).encode());
+  CHECK_FALSE(store->getEncoded({"", "x"}).ok());  // invalid key
+}
+
 TEST_CASE("a write that changes nothing reports changed = false") {
   TempDir dir;
   auto store = test::openStore(test::optionsFor(dir.path()));
