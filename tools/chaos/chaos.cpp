@@ -928,7 +928,7 @@ Report run(const Config& c) {
     }
     std::this_thread::sleep_for(100ms);
   }
-  if (!rep.converged) {
+  if (!rep.converged && !g_interrupted.load()) {
     std::string detail = "no convergence within " + std::to_string(int(timeout)) + " s; roots:";
     for (size_t i = 0; i < last.size(); ++i) detail += " " + nodeId(int(i)) + "=" + last[i];
     rep.problems.push_back(detail);
@@ -1076,16 +1076,19 @@ std::string toText(const Report& r, const Config& c) {
   }
   o << "), " << r.heals << " heals, " << r.kills << " kills, " << r.pauses << " pauses, "
     << r.skews << " clock skews (max " << r.maxSkewMs / 1000.0 << " s)\n";
-  if (r.converged) {
+  if (r.interrupted) {
+    o << "interrupted: not converged, not checked\n";
+  } else if (r.converged) {
     std::snprintf(line, sizeof line, "converged %.2f s after the final heal\n", r.convergeS);
     o << line;
   } else {
     o << "NOT converged after the final heal\n";
   }
-  o << "checked every node: lost " << r.lost << ", unexpected " << r.unexpected
-    << ", reordered by clock " << r.reordered << "\n";
+  if (!r.interrupted) {
+    o << "checked every node: lost " << r.lost << ", unexpected " << r.unexpected
+      << ", reordered by clock " << r.reordered << "\n";
+  }
   for (const auto& p : r.problems) o << "  " << p << "\n";
-  if (r.interrupted) o << "interrupted\n";
   if (!r.dir.empty()) o << "data and logs (n*.log, nemesis.log, history.log): " << r.dir << "\n";
   o << (r.ok() ? "OK" : "FAILED") << "\n";
   return o.str();
