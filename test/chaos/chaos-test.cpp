@@ -10,7 +10,9 @@ using namespace chorus::test::cluster;
 using chorus::test::Json;
 
 namespace {
-// Fixed: the schedule replays. Chosen for >= 10 partitions and >= 5 kills
+// Fixed: the schedule replays (`chorus-chaos --print-schedule --duration 45
+// --seed 8`: 16 partitions, 16 kills, 3 pauses, 3 skews). Chosen for >= 10
+// partitions and >= 5 kills
 // in 45 s (the test checks what was actually injected).
 const std::string kSeed = "8";
 const std::string kDuration = "45";

@@ -148,11 +148,12 @@ std::vector<Fault> schedule(const Config& c) {
       if (r < 0.55 || (!canSkew && r < 0.7)) {
         a.kind = Fault::kKill;
         b.kind = Fault::kRestart;
-        t += rng.uniform(0.3, 2.0);
+        t += rng.uniform(0.3, 4.0);
       } else if (r < 0.8 || !canSkew) {
+        // Up to 6 s: past the ~4.6 s after which peers think it dead.
         a.kind = Fault::kPause;
         b.kind = Fault::kResume;
-        t += rng.uniform(0.5, 2.5);
+        t += rng.uniform(0.5, 6.0);
       } else {
         a.kind = Fault::kSkew;
         b.kind = Fault::kUnskew;
