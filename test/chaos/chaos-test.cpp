@@ -12,8 +12,7 @@ using chorus::test::Json;
 namespace {
 // Fixed: the schedule replays (`chorus-chaos --print-schedule --duration 45
 // --seed 8`: 16 partitions, 16 kills, 3 pauses, 3 skews). Chosen for >= 10
-// partitions and >= 5 kills
-// in 45 s (the test checks what was actually injected).
+// partitions and >= 5 kills in 45 s; the test checks what was injected.
 const std::string kSeed = "8";
 const std::string kDuration = "45";
 }  // namespace
@@ -31,6 +30,8 @@ TEST_CASE("chaos: 45 s of partitions, kills, pauses and clock skew lose nothing"
   CHECK((*j)["lost"].u64() == 0);
   CHECK((*j)["unexpected"].u64() == 0);
   CHECK((*j)["converged"].boolean());
+  CHECK((*j)["crashes"].u64() == 0);
+  CHECK((*j)["unverified"].u64() == 0);  // every store passes Store::verify() afterwards
   CHECK((*j)["acknowledged"].u64() > 100);
   CHECK((*j)["partitions"].u64() >= 10);
   CHECK((*j)["kills"].u64() >= 5);

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "api/client.h"
+#include "storage/store.h"
 
 namespace chorus::chaos {
 namespace {
@@ -982,6 +983,18 @@ Report run(const Config& c) {
   rep.crashes = crashes.size();
   rep.interrupted = g_interrupted.load();
   nodes.stopAll();
+  // Each store, reopened here, must verify: its Merkle tree and aggregates
+  // recomputed from its documents match the stored ones.
+  for (int i = 0; i < c.nodes && !rep.interrupted; ++i) {
+    storage::Options so;
+    so.dir = dir + "/" + nodeId(i);
+    auto store = storage::Store::open(so);
+    Status v = store.ok() ? (*store)->verify() : Status(store.error());
+    if (!v.ok()) {
+      ++rep.unverified;
+      rep.problems.push_back(nodeId(i) + ": store does not verify: " + v.error().toString());
+    }
+  }
   rep.totalS = since(began);
 
   bool keep = c.keep || !rep.ok();
@@ -1054,7 +1067,7 @@ std::string toJson(const Report& r, const Config& c) {
   o << "},\"heals\":" << r.heals << ",\"kills\":" << r.kills << ",\"pauses\":" << r.pauses
     << ",\"skews\":" << r.skews << ",\"max_skew_ms\":" << r.maxSkewMs
     << ",\"converged\":" << (r.converged ? "true" : "false") << ",\"converge_s\":" << conv
-    << ",\"crashes\":" << r.crashes << ",\"interrupted\":" << (r.interrupted ? "true" : "false") << ",\"dir\":" << str(r.dir)
+    << ",\"crashes\":" << r.crashes << ",\"unverified\":" << r.unverified << ",\"interrupted\":" << (r.interrupted ? "true" : "false") << ",\"dir\":" << str(r.dir)
     << ",\"problems\":[";
   for (size_t i = 0; i < r.problems.size(); ++i) o << (i ? "," : "") << str(r.problems[i]);
   o << "]}";
@@ -1087,7 +1100,8 @@ std::string toText(const Report& r, const Config& c) {
   }
   if (!r.interrupted) {
     o << "checked every node: lost " << r.lost << ", unexpected " << r.unexpected
-      << ", reordered by clock " << r.reordered << "\n";
+      << ", reordered by clock " << r.reordered << "; stores failing verify " << r.unverified
+      << "\n";
   }
   for (const auto& p : r.problems) o << "  " << p << "\n";
   if (!r.dir.empty()) o << "data and logs (n*.log, nemesis.log, history.log): " << r.dir << "\n";

@@ -59,10 +59,12 @@ struct Report {
   double workloadS = 0, totalS = 0;
   bool interrupted = false;
   uint64_t crashes = 0;  // nodes that exited by themselves (a bug in chorusd)
+  uint64_t unverified = 0;  // stores failing Store::verify() after the nodes stopped
   std::vector<std::string> problems;  // first few lost/unexpected findings
   std::string dir;                    // where data and logs are (kept on failure)
   bool ok() const {
-    return !interrupted && converged && lost == 0 && unexpected == 0 && crashes == 0;
+    return !interrupted && converged && lost == 0 && unexpected == 0 && crashes == 0 &&
+           unverified == 0;
   }
 };
 
