@@ -1,6 +1,7 @@
 // Crash loop: one chorusd of a 2-node cluster is SIGKILLed 200
 // times while a client writes to it (with fsync, as in production), and
-// restarted at once on the same data dir and ports. Afterwards every
+// restarted at once on the same data dir and ports; every tenth restart is
+// also killed once while it starts, before it serves. Afterwards every
 // acknowledged write is there (an edited review shows its last acknowledged
 // version: the node's clock stamps survive restarts), the node rejoins and
 // converges with its peer, and its store passes Store::verify().
@@ -116,7 +117,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
     }
   } joinOnExit{writer, thread};
 
-  int kills = 0, fallbacks = 0;
+  int kills = 0, fallbacks = 0, earlyKills = 0;
   double restartTotal = 0;
   for (; kills < kKills; ++kills) {
     uint64_t target = writer.acked.load() + kBurst;
@@ -128,6 +129,14 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
     std::string rpcPort = Harness::port(victim->rpc()), gossipPort = Harness::port(victim->gossip());
     REQUIRE(victim->stop(SIGKILL, 10s) == 128 + SIGKILL);
     auto t0 = Clock::now();
+    if (kills % 10 == 9) {
+      // Also killed while starting (opening the store, before it serves).
+      Daemon early(log, args(rpcPort, gossipPort));
+      usleep(useconds_t(1000 * (kills * 7 % 30)));
+      // (It may have failed by itself first, e.g. on a port taken meanwhile.)
+      CHECK(early.stop(SIGKILL, 10s) >= 0);
+      ++earlyKills;
+    }
     victim = std::make_unique<Daemon>(log, args(rpcPort, gossipPort));
     if (!victim->waitStarted(true, 20s)) {
       // A port was taken meanwhile (an ephemeral port of some connection).
@@ -143,7 +152,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
   while (writer.acked.load() < target && secondsSince(began) < 200) usleep(1000);
   writer.stop = true;
   thread.join();
-  MESSAGE(kills << " kills in " << secondsSince(began) << " s (restart " << restartTotal / kills
+  MESSAGE(kills << " kills (and " << earlyKills << " while starting) in " << secondsSince(began) << " s (restart " << restartTotal / kills
                 << " s on average, " << fallbacks << " on new ports); " << writer.acked.load()
                 << " acknowledged writes, " << writer.unknown.load() << " unknown");
   CHECK(kills >= kKills);
