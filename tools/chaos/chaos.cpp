@@ -997,7 +997,7 @@ Report run(const Config& c) {
   }
   rep.totalS = since(began);
 
-  bool keep = c.keep || !rep.ok();
+  bool keep = c.keep || !rep.ok() || !c.dir.empty();  // never delete a directory we were given
   if (!rep.ok()) {
     // The whole history, for whoever reads the failure.
     std::ofstream out(dir + "/history.log");
@@ -1104,7 +1104,10 @@ std::string toText(const Report& r, const Config& c) {
       << "\n";
   }
   for (const auto& p : r.problems) o << "  " << p << "\n";
-  if (!r.dir.empty()) o << "data and logs (n*.log, nemesis.log, history.log): " << r.dir << "\n";
+  if (!r.dir.empty()) {
+    o << "data and logs (n*.log, nemesis.log" << (r.ok() ? "" : ", history.log") << "): " << r.dir
+      << "\n";
+  }
   o << (r.ok() ? "OK" : "FAILED") << "\n";
   return o.str();
 }

@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--nodes", c.nodes, "Number of chorusd nodes")->capture_default_str()->check(CLI::Range(1, 32));
   app.add_option("--clients", c.clients, "Concurrent client threads")->capture_default_str()->check(CLI::Range(1, 64));
   app.add_option("--chorusd", c.chorusd, "The chorusd binary")->capture_default_str();
-  app.add_option("--dir", c.dir, "Scratch directory for data and logs (default: a new one under $TMPDIR)");
+  app.add_option("--dir", c.dir, "Directory for data and logs, kept afterwards (default: a new one under $TMPDIR, removed on success)");
   app.add_flag("--keep", c.keep, "Keep data and logs after a successful run (always kept on failure)");
   app.add_option("--max-skew", c.maxSkewS,
                  "Clock skews are drawn from +-[1, this] seconds; 0 turns them off. Over 60 s a "
