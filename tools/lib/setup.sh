@@ -26,11 +26,17 @@ chorus_install_missing_packages() {
     --no-install-recommends "${missing[@]}" >&2
 }
 
-# chorus_build DIR [meson options...]: configure DIR once, then build.
-chorus_build() {
+# chorus_configure DIR [meson options...]: configure DIR once (options only
+# count the first time; wipe DIR to change them).
+chorus_configure() {
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$@" >&2
   fi
-  ninja -C "$dir" >&2
+}
+
+# chorus_build DIR [meson options...]: configure DIR once, then build.
+chorus_build() {
+  chorus_configure "$@"
+  ninja -C "$1" >&2
 }
