@@ -1,7 +1,9 @@
 // Crash loop: one chorusd of a 2-node cluster is SIGKILLed 200
 // times while a client writes to it (with fsync, as in production), and
 // restarted at once on the same data dir and ports; every tenth restart is
-// also killed once while it starts, before it serves. Afterwards every
+// also killed once while it starts, before it serves. A second client
+// writes to the peer meanwhile, so kills also land while the victim merges
+// pushed and repaired states. Afterwards every
 // acknowledged write is there (an edited review shows its last acknowledged
 // version: the node's clock stamps survive restarts), the node rejoins and
 // converges with its peer, and its store passes Store::verify().
@@ -30,6 +32,8 @@ struct Written {
 // address, puts of new reviews and edits of earlier ones; every outcome
 // recorded (an error means unknown: it may or may not have committed).
 struct Writer {
+  std::string product;
+  useconds_t pauseUs = 0;  // between writes
   std::mutex mu;
   std::string address;
   std::atomic<bool> stop{false};
@@ -59,7 +63,7 @@ struct Writer {
         auto& versions = byAuthor[author];
         chorus::WriteRequest w;
         w.op = chorus::WriteOp::kPut;
-        w.product = "crash";
+        w.product = product;
         w.author = author;
         w.rating = uint32_t(1 + n % 5);
         w.title = author + "-v" + std::to_string(versions.size());
@@ -71,6 +75,7 @@ struct Writer {
           break;
         }
         ++acked;
+        if (pauseUs > 0) usleep(pauseUs);
       }
     }
   }
@@ -105,9 +110,16 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
   auto victim = std::make_unique<Daemon>(log, args("0", "0"));
   REQUIRE_MESSAGE(victim->waitStarted(true, 20s), victim->ownLog());
 
-  Writer writer;
+  Writer writer, peerWriter;
+  writer.product = "crash";
   writer.address = victim->rpc();
+  // Writes to the peer too, so the victim is also killed while it merges
+  // states pushed and repaired from n1.
+  peerWriter.product = "crash-peer";
+  peerWriter.pauseUs = 2000;
+  peerWriter.address = h.node("n1").rpc();
   std::thread thread([&] { writer.loop(); });
+  std::thread peerThread([&] { peerWriter.loop(); });
   struct Join {
     Writer& w;
     std::thread& t;
@@ -115,7 +127,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
       w.stop = true;
       if (t.joinable()) t.join();
     }
-  } joinOnExit{writer, thread};
+  } joinOnExit{writer, thread}, joinPeerOnExit{peerWriter, peerThread};
 
   int kills = 0, fallbacks = 0, earlyKills = 0;
   double restartTotal = 0;
@@ -151,15 +163,18 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
   uint64_t target = writer.acked.load() + kBurst;
   while (writer.acked.load() < target && secondsSince(began) < 200) usleep(1000);
   writer.stop = true;
+  peerWriter.stop = true;
   thread.join();
+  peerThread.join();
   MESSAGE(kills << " kills (and " << earlyKills << " while starting) in " << secondsSince(began) << " s (restart " << restartTotal / kills
                 << " s on average, " << fallbacks << " on new ports); " << writer.acked.load()
-                << " acknowledged writes, " << writer.unknown.load() << " unknown");
+                << " acknowledged writes, " << writer.unknown.load() << " unknown; "
+                << peerWriter.acked.load() << " acknowledged on n1");
   CHECK(kills >= kKills);
 
   // Every acknowledged write is on the victim: a review's last acknowledged
   // version, or a later one whose outcome was unknown.
-  auto check = [&](const std::string& node, const std::string& address) {
+  auto check = [&](const std::string& node, const std::string& address, const Writer& writer) {
     auto client = chorus::api::Client::connect(address);
     REQUIRE_MESSAGE(client.ok(), client.error().toString());
     int missing = 0;
@@ -168,7 +183,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
       for (size_t i = 0; i < versions.size(); ++i) {
         if (versions[i].acked) lastAck = int(i);
       }
-      auto got = (*client)->get("crash", author);
+      auto got = (*client)->get(writer.product, author);
       bool ok;
       if (lastAck < 0) {
         ok = !got.ok() || got->title.rfind(author + "-v", 0) == 0;
@@ -179,7 +194,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
         }
       }
       if (!ok && ++missing <= 10) {
-        FAIL_CHECK(node << ": crash/" << author << ": "
+        FAIL_CHECK(node << ": " << writer.product << "/" << author << ": "
                         << (got.ok() ? "title " + got->title : got.error().toString())
                         << ", last acknowledged "
                         << (lastAck < 0 ? std::string("none") : versions[size_t(lastAck)].title));
@@ -187,7 +202,7 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
     }
     CHECK_MESSAGE(missing == 0, node << ": " << missing << " reviews lack their acknowledged write");
   };
-  check("n2", victim->rpc());
+  check("n2", victim->rpc(), writer);
 
   // It rejoined: n1 sees it alive and both reach the same root.
   REQUIRE(h.waitUntil("n1 and n2 equal roots and n2 alive on n1", 60s, [&] {
@@ -202,7 +217,10 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
     }
     return false;
   }));
-  check("n1", h.node("n1").rpc());
+  for (const Writer* w : {&writer, &peerWriter}) {
+    check("n1", h.node("n1").rpc(), *w);
+    check("n2", victim->rpc(), *w);
+  }
 
   // The store verifies (Merkle tree and aggregates recomputed from the
   // documents): stop it cleanly and open its data dir here.
