@@ -100,11 +100,18 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
   const std::string dataDir = h.tmp().sub("victim");
   const std::string log = h.tmp().sub("victim.log");
   auto args = [&](const std::string& rpcPort, const std::string& gossipPort) {
-    return std::vector<std::string>{"--node-id", "n2", "--data-dir", dataDir,
-                                    "--listen", "127.0.0.1:" + rpcPort,
-                                    "--gossip-listen", "127.0.0.1:" + gossipPort,
-                                    "--join", h.node("n1").gossip(),
-                                    "--anti-entropy-interval", "200"};
+    return std::vector<std::string>{"--node-id",
+                                    "n2",
+                                    "--data-dir",
+                                    dataDir,
+                                    "--listen",
+                                    "127.0.0.1:" + rpcPort,
+                                    "--gossip-listen",
+                                    "127.0.0.1:" + gossipPort,
+                                    "--join",
+                                    h.node("n1").gossip(),
+                                    "--anti-entropy-interval",
+                                    "200"};
   };
   // Fsync on: this is the durability a production node has.
   auto victim = std::make_unique<Daemon>(log, args("0", "0"));
@@ -135,10 +142,11 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
     uint64_t target = writer.acked.load() + kBurst;
     auto deadline = Clock::now() + 20s;
     while (writer.acked.load() < target && Clock::now() < deadline) usleep(1000);
-    REQUIRE_MESSAGE(writer.acked.load() >= target,
-                    "no acknowledged writes in 20 s after restart " << kills << "\n"
-                                                                    << tail(victim->ownLog(), 4000));
-    std::string rpcPort = Harness::port(victim->rpc()), gossipPort = Harness::port(victim->gossip());
+    REQUIRE_MESSAGE(writer.acked.load() >= target, "no acknowledged writes in 20 s after restart "
+                                                       << kills << "\n"
+                                                       << tail(victim->ownLog(), 4000));
+    std::string rpcPort = Harness::port(victim->rpc()),
+                gossipPort = Harness::port(victim->gossip());
     REQUIRE(victim->stop(SIGKILL, 10s) == 128 + SIGKILL);
     auto t0 = Clock::now();
     if (kills % 10 == 9) {
@@ -166,10 +174,11 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
   peerWriter.stop = true;
   thread.join();
   peerThread.join();
-  MESSAGE(kills << " kills (and " << earlyKills << " while starting) in " << secondsSince(began) << " s (restart " << restartTotal / kills
-                << " s on average, " << fallbacks << " on new ports); " << writer.acked.load()
-                << " acknowledged writes, " << writer.unknown.load() << " unknown; "
-                << peerWriter.acked.load() << " acknowledged on n1");
+  MESSAGE(kills << " kills (and " << earlyKills << " while starting) in " << secondsSince(began)
+                << " s (restart " << restartTotal / kills << " s on average, " << fallbacks
+                << " on new ports); " << writer.acked.load() << " acknowledged writes, "
+                << writer.unknown.load() << " unknown; " << peerWriter.acked.load()
+                << " acknowledged on n1");
   CHECK(kills >= kKills);
 
   // Every acknowledged write is on the victim: a review's last acknowledged
@@ -200,7 +209,8 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
                         << (lastAck < 0 ? std::string("none") : versions[size_t(lastAck)].title));
       }
     }
-    CHECK_MESSAGE(missing == 0, node << ": " << missing << " reviews lack their acknowledged write");
+    CHECK_MESSAGE(missing == 0,
+                  node << ": " << missing << " reviews lack their acknowledged write");
   };
   check("n2", victim->rpc(), writer);
 

@@ -34,7 +34,9 @@ using namespace std::chrono_literals;
 std::atomic<bool> g_interrupted{false};
 extern "C" void onSignal(int) { g_interrupted.store(true); }
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // A small deterministic generator (the schedule must replay from the seed
 // alone, on any standard library).
@@ -67,7 +69,8 @@ std::vector<std::vector<int>> bySides(const std::vector<int>& side) {
   std::vector<std::vector<int>> blocked(n);
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = 0; j < n; ++j) {
-      if (i != j && side[i] >= 0 && side[j] >= 0 && side[i] != side[j]) blocked[i].push_back(int(j));
+      if (i != j && side[i] >= 0 && side[j] >= 0 && side[i] != side[j])
+        blocked[i].push_back(int(j));
     }
   }
   return blocked;
@@ -189,15 +192,21 @@ std::string describe(const Fault& f) {
       }
       return out;
     }
-    case Fault::kHeal: return out + "heal";
-    case Fault::kKill: return out + "kill -9 " + nodeId(f.node);
-    case Fault::kRestart: return out + "restart " + nodeId(f.node);
-    case Fault::kPause: return out + "kill -STOP " + nodeId(f.node);
-    case Fault::kResume: return out + "kill -CONT " + nodeId(f.node);
+    case Fault::kHeal:
+      return out + "heal";
+    case Fault::kKill:
+      return out + "kill -9 " + nodeId(f.node);
+    case Fault::kRestart:
+      return out + "restart " + nodeId(f.node);
+    case Fault::kPause:
+      return out + "kill -STOP " + nodeId(f.node);
+    case Fault::kResume:
+      return out + "kill -CONT " + nodeId(f.node);
     case Fault::kSkew:
       return out + "restart " + nodeId(f.node) + " with --clock-offset " +
              std::to_string(f.offsetMs) + "ms";
-    case Fault::kUnskew: return out + "restart " + nodeId(f.node) + " with its clock right";
+    case Fault::kUnskew:
+      return out + "restart " + nodeId(f.node) + " with its clock right";
   }
   return out;
 }
@@ -344,18 +353,18 @@ class Nodes {
                     const std::string& gossipPort, std::string& why) {
     auto& p = p_[size_t(i)];
     std::vector<std::string> args = {c_.chorusd,
-                                      "--node-id",
-                                      p.id,
-                                      "--data-dir",
-                                      p.data,
-                                      "--listen",
-                                      "127.0.0.1:" + rpcPort,
-                                      "--gossip-listen",
-                                      "127.0.0.1:" + gossipPort,
-                                      "--anti-entropy-interval",
-                                      std::to_string(c_.antiEntropyMs),
-                                      "--log-level",
-                                      "info"};
+                                     "--node-id",
+                                     p.id,
+                                     "--data-dir",
+                                     p.data,
+                                     "--listen",
+                                     "127.0.0.1:" + rpcPort,
+                                     "--gossip-listen",
+                                     "127.0.0.1:" + gossipPort,
+                                     "--anti-entropy-interval",
+                                     std::to_string(c_.antiEntropyMs),
+                                     "--log-level",
+                                     "info"};
     if (offsetMs != 0) args.push_back("--clock-offset=" + std::to_string(offsetMs) + "ms");
     if (c_.unsafeNoSync) args.push_back("--unsafe-no-sync");
     std::string join;
@@ -518,8 +527,8 @@ void clientLoop(int k, const Config& c, Nodes& nodes, std::atomic<bool>& stop, H
     }
     WriteRequest w;
     Model* m = nullptr;
-    bool create = h.reviews.empty() ||
-                  (h.reviews.size() < kMaxReviewsPerClient && rng.below(100) < 12);
+    bool create =
+        h.reviews.empty() || (h.reviews.size() < kMaxReviewsPerClient && rng.below(100) < 12);
     if (create) {
       Model fresh;
       fresh.product = "p" + std::to_string(rng.below(kProducts));
@@ -630,25 +639,26 @@ void checkReview(const std::string& node, const Model& m, const ReviewView& got,
     if (m.puts[i].title == got.title) match = int(i);
   }
   if (match < 0 || m.puts[size_t(match)].outcome == Outcome::kFail) {
-    f.add(f.unexpected, key, node + ": " + key + " has title '" + got.title +
-                                 "', which no client wrote (or was refused)");
+    f.add(f.unexpected, key,
+          node + ": " + key + " has title '" + got.title +
+              "', which no client wrote (or was refused)");
     return;
   }
   const Version& v = m.puts[size_t(match)];
   if (v.rating != got.rating || v.body != got.body) {
-    f.add(f.unexpected, key, node + ": " + key + " version " + std::to_string(match) +
-                                 " has rating/body " + std::to_string(got.rating) + "/'" +
-                                 got.body + "', written " + std::to_string(v.rating) + "/'" +
-                                 v.body + "'");
+    f.add(f.unexpected, key,
+          node + ": " + key + " version " + std::to_string(match) + " has rating/body " +
+              std::to_string(got.rating) + "/'" + got.body + "', written " +
+              std::to_string(v.rating) + "/'" + v.body + "'");
   }
   if (lastAck >= 0 && match != lastAck) {
     const Version& a = m.puts[size_t(lastAck)];
     if (got.editedAtMillis < a.ackMillis) {
-      f.add(f.lost, key, node + ": " + key + " shows version " + std::to_string(match) +
-                             " (stamp " + std::to_string(got.editedAtMillis) +
-                             " ms), but version " + std::to_string(lastAck) +
-                             " was acknowledged later with stamp " + std::to_string(a.ackMillis) +
-                             " ms");
+      f.add(f.lost, key,
+            node + ": " + key + " shows version " + std::to_string(match) + " (stamp " +
+                std::to_string(got.editedAtMillis) + " ms), but version " +
+                std::to_string(lastAck) + " was acknowledged later with stamp " +
+                std::to_string(a.ackMillis) + " ms");
     } else if (match < lastAck) {
       f.reordered.insert(key);
     }
@@ -667,8 +677,8 @@ void checkReview(const std::string& node, const Model& m, const ReviewView& got,
               " helpful votes, acknowledged votes say at least " + std::to_string(lo));
   } else if (got.helpful > hi) {
     f.add(f.unexpected, key + " votes",
-          node + ": " + key + " has " + std::to_string(got.helpful) +
-              " helpful votes, at most " + std::to_string(hi) + " are possible");
+          node + ": " + key + " has " + std::to_string(got.helpful) + " helpful votes, at most " +
+              std::to_string(hi) + " are possible");
   }
   // Tags: each one.
   std::set<std::string> tags(got.tags.begin(), got.tags.end());
@@ -730,7 +740,8 @@ void checkNode(const std::string& node, const std::string& address,
     // Not listed: ask for it directly too, so the finding says which.
     auto got = (*client)->get(key.first, key.second);
     f.add(f.lost, key.first + "/" + key.second,
-          node + ": " + key.first + "/" + key.second + " was acknowledged but is not listed (get: " +
+          node + ": " + key.first + "/" + key.second +
+              " was acknowledged but is not listed (get: " +
               (got.ok() ? "found '" + got->title + "'" : got.error().toString()) + ")");
   }
 }
@@ -774,8 +785,7 @@ Report run(const Config& c) {
 
   std::string dir = c.dir;
   if (dir.empty()) {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "chorus-chaos-XXXXXX").string();
+    std::string pattern = (std::filesystem::temp_directory_path() / "chorus-chaos-XXXXXX").string();
     if (mkdtemp(pattern.data()) == nullptr) {
       rep.problems.push_back(std::string("mkdtemp: ") + std::strerror(errno));
       return rep;
@@ -820,7 +830,8 @@ Report run(const Config& c) {
     for (int j : plan[size_t(i)]) ids.push_back(nodeId(j));
     for (int attempt = 0; attempt < 3; ++attempt) {
       auto client = api::Client::connect(nodes.rpc(i), options);
-      if (client.ok() && (*client)->heal().ok() && (ids.empty() || (*client)->partition(ids).ok())) {
+      if (client.ok() && (*client)->heal().ok() &&
+          (ids.empty() || (*client)->partition(ids).ok())) {
         return;
       }
       std::this_thread::sleep_for(100ms);
@@ -922,7 +933,8 @@ Report run(const Config& c) {
     auto r = roots(nodes);
     if (r) {
       last = *r;
-      if (std::all_of(r->begin(), r->end(), [&](const std::string& x) { return x == r->front(); })) {
+      if (std::all_of(r->begin(), r->end(),
+                      [&](const std::string& x) { return x == r->front(); })) {
         rep.converged = true;
         rep.convergeS = since(healed);
         break;
@@ -955,7 +967,8 @@ Report run(const Config& c) {
       w.author = "intruder";
       w.rating = 3;
       w.title = "never written by a client";
-      note("self-test: put p0/intruder: " + std::string((*client)->write(w).ok() ? "ok" : "failed"));
+      note("self-test: put p0/intruder: " +
+           std::string((*client)->write(w).ok() ? "ok" : "failed"));
       bool done = false;
       for (const auto& [key, m] : models) {
         for (const auto& [tag, ops] : m->tags) {
@@ -1006,7 +1019,9 @@ Report run(const Config& c) {
       for (size_t i = 0; i < m->puts.size(); ++i) {
         const auto& v = m->puts[i];
         out << "  put v" << i << " on " << nodeId(v.node) << ": "
-            << (v.outcome == Outcome::kAck ? "ack" : v.outcome == Outcome::kFail ? "fail" : "unknown")
+            << (v.outcome == Outcome::kAck    ? "ack"
+                : v.outcome == Outcome::kFail ? "fail"
+                                              : "unknown")
             << " stamp " << v.ackMillis << " rating " << v.rating << "\n";
       }
       for (const auto* set : {&m->votes, &m->tags}) {
@@ -1014,7 +1029,9 @@ Report run(const Config& c) {
           out << "  " << e << ":";
           for (const auto& o : ops) {
             out << " " << (o.add ? "+" : "-") << nodeId(o.node) << "/"
-                << (o.outcome == Outcome::kAck ? "ack" : o.outcome == Outcome::kFail ? "fail" : "unk");
+                << (o.outcome == Outcome::kAck    ? "ack"
+                    : o.outcome == Outcome::kFail ? "fail"
+                                                  : "unk");
           }
           out << "\n";
         }
@@ -1052,10 +1069,9 @@ std::string toJson(const Report& r, const Config& c) {
   char conv[32];
   std::snprintf(conv, sizeof conv, "%.3f", r.convergeS);
   o << "{\"ok\":" << (r.ok() ? "true" : "false") << ",\"seed\":" << c.seed
-    << ",\"nodes\":" << c.nodes << ",\"clients\":" << c.clients
-    << ",\"duration_s\":" << c.durationS << ",\"operations\":" << r.operations
-    << ",\"acknowledged\":" << r.acknowledged << ",\"failed\":" << r.failed
-    << ",\"unknown\":" << r.unknown << ",\"lost\":" << r.lost
+    << ",\"nodes\":" << c.nodes << ",\"clients\":" << c.clients << ",\"duration_s\":" << c.durationS
+    << ",\"operations\":" << r.operations << ",\"acknowledged\":" << r.acknowledged
+    << ",\"failed\":" << r.failed << ",\"unknown\":" << r.unknown << ",\"lost\":" << r.lost
     << ",\"unexpected\":" << r.unexpected << ",\"reordered\":" << r.reordered
     << ",\"reviews\":" << r.reviews << ",\"partitions\":" << r.partitions
     << ",\"partition_shapes\":{";
@@ -1067,7 +1083,8 @@ std::string toJson(const Report& r, const Config& c) {
   o << "},\"heals\":" << r.heals << ",\"kills\":" << r.kills << ",\"pauses\":" << r.pauses
     << ",\"skews\":" << r.skews << ",\"max_skew_ms\":" << r.maxSkewMs
     << ",\"converged\":" << (r.converged ? "true" : "false") << ",\"converge_s\":" << conv
-    << ",\"crashes\":" << r.crashes << ",\"unverified\":" << r.unverified << ",\"interrupted\":" << (r.interrupted ? "true" : "false") << ",\"dir\":" << str(r.dir)
+    << ",\"crashes\":" << r.crashes << ",\"unverified\":" << r.unverified
+    << ",\"interrupted\":" << (r.interrupted ? "true" : "false") << ",\"dir\":" << str(r.dir)
     << ",\"problems\":[";
   for (size_t i = 0; i < r.problems.size(); ++i) o << (i ? "," : "") << str(r.problems[i]);
   o << "]}";
@@ -1077,7 +1094,8 @@ std::string toJson(const Report& r, const Config& c) {
 std::string toText(const Report& r, const Config& c) {
   std::ostringstream o;
   char line[256];
-  std::snprintf(line, sizeof line, "chorus-chaos: seed %llu, %d nodes, %d clients, %.1f s of faults\n",
+  std::snprintf(line, sizeof line,
+                "chorus-chaos: seed %llu, %d nodes, %d clients, %.1f s of faults\n",
                 static_cast<unsigned long long>(c.seed), c.nodes, c.clients, r.workloadS);
   o << line;
   o << "operations " << r.operations << ": acknowledged " << r.acknowledged << ", failed "
@@ -1088,8 +1106,8 @@ std::string toText(const Report& r, const Config& c) {
     o << (first ? "" : ", ") << shape << " " << n;
     first = false;
   }
-  o << "), " << r.heals << " heals, " << r.kills << " kills, " << r.pauses << " pauses, "
-    << r.skews << " clock skews (max " << r.maxSkewMs / 1000.0 << " s)\n";
+  o << "), " << r.heals << " heals, " << r.kills << " kills, " << r.pauses << " pauses, " << r.skews
+    << " clock skews (max " << r.maxSkewMs / 1000.0 << " s)\n";
   if (r.interrupted) {
     o << "interrupted: not converged, not checked\n";
   } else if (r.converged) {

@@ -14,19 +14,19 @@
 namespace chorus::chaos {
 
 struct Config {
-  std::string chorusd;          // path of the chorusd binary
+  std::string chorusd;  // path of the chorusd binary
   int nodes = 5;
   int clients = 4;
-  double durationS = 60;        // of the faulted workload
-  uint64_t seed = 0;            // draws the fault schedule (and the workload)
-  std::string dir;              // scratch dir; a new one under $TMPDIR if empty
-  bool keep = false;            // keep data and logs even on success
-  double maxSkewS = 50;         // clock offsets drawn from [-max, +max] seconds
+  double durationS = 60;  // of the faulted workload
+  uint64_t seed = 0;      // draws the fault schedule (and the workload)
+  std::string dir;        // scratch dir; a new one under $TMPDIR if empty
+  bool keep = false;      // keep data and logs even on success
+  double maxSkewS = 50;   // clock offsets drawn from [-max, +max] seconds
   int antiEntropyMs = 300;
   double convergeTimeoutS = 60;
-  int callTimeoutMs = 3000;     // per client call; beyond it the outcome is unknown
-  bool unsafeNoSync = false;    // pass --unsafe-no-sync to the nodes
-  bool verbose = false;         // print each fault as it is injected
+  int callTimeoutMs = 3000;   // per client call; beyond it the outcome is unknown
+  bool unsafeNoSync = false;  // pass --unsafe-no-sync to the nodes
+  bool verbose = false;       // print each fault as it is injected
   // After convergence, sneak in a review no client wrote and remove a tag
   // acknowledged as added, on node 1: the checker must report both.
   bool selfTest = false;
@@ -35,11 +35,11 @@ struct Config {
 // One fault of the schedule (all drawn from the seed before the run).
 struct Fault {
   enum Kind { kPartition, kHeal, kKill, kRestart, kPause, kResume, kSkew, kUnskew };
-  double at = 0;     // seconds after the workload started
+  double at = 0;  // seconds after the workload started
   Kind kind = kHeal;
-  int node = -1;     // kKill .. kUnskew
-  int64_t offsetMs = 0;                  // kSkew
-  std::string shape;                     // kPartition: halves, isolated, bridge, ring
+  int node = -1;                          // kKill .. kUnskew
+  int64_t offsetMs = 0;                   // kSkew
+  std::string shape;                      // kPartition: halves, isolated, bridge, ring
   std::vector<std::vector<int>> blocked;  // kPartition: per node, the nodes it drops
 };
 
@@ -53,13 +53,13 @@ struct Report {
   uint64_t partitions = 0, heals = 0, kills = 0, pauses = 0, skews = 0;
   std::map<std::string, uint64_t> shapes;  // partitions by shape
   int64_t maxSkewMs = 0;
-  uint64_t reviews = 0;                    // reviews the clients wrote (any outcome)
+  uint64_t reviews = 0;  // reviews the clients wrote (any outcome)
   bool converged = false;
   double convergeS = -1;  // after the final heal; -1 if not converged
   double workloadS = 0, totalS = 0;
   bool interrupted = false;
-  uint64_t crashes = 0;  // nodes that exited by themselves (a bug in chorusd)
-  uint64_t unverified = 0;  // stores failing Store::verify() after the nodes stopped
+  uint64_t crashes = 0;               // nodes that exited by themselves (a bug in chorusd)
+  uint64_t unverified = 0;            // stores failing Store::verify() after the nodes stopped
   std::vector<std::string> problems;  // first few lost/unexpected findings
   std::string dir;                    // where data and logs are (kept on failure)
   bool ok() const {

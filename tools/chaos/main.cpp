@@ -32,13 +32,21 @@ int main(int argc, char** argv) {
   app.add_option("--duration", c.durationS, "Seconds of faulted workload")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 86400.0));
-  app.add_option("--seed", c.seed, "Draws the fault schedule; the same seed replays the same schedule")
+  app.add_option("--seed", c.seed,
+                 "Draws the fault schedule; the same seed replays the same schedule")
       ->capture_default_str();
-  app.add_option("--nodes", c.nodes, "Number of chorusd nodes")->capture_default_str()->check(CLI::Range(1, 32));
-  app.add_option("--clients", c.clients, "Concurrent client threads")->capture_default_str()->check(CLI::Range(1, 64));
+  app.add_option("--nodes", c.nodes, "Number of chorusd nodes")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 32));
+  app.add_option("--clients", c.clients, "Concurrent client threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_option("--chorusd", c.chorusd, "The chorusd binary")->capture_default_str();
-  app.add_option("--dir", c.dir, "Directory for data and logs, kept afterwards (default: a new one under $TMPDIR, removed on success)");
-  app.add_flag("--keep", c.keep, "Keep data and logs after a successful run (always kept on failure)");
+  app.add_option("--dir", c.dir,
+                 "Directory for data and logs, kept afterwards (default: a new one under $TMPDIR, "
+                 "removed on success)");
+  app.add_flag("--keep", c.keep,
+               "Keep data and logs after a successful run (always kept on failure)");
   app.add_option("--max-skew", c.maxSkewS,
                  "Clock skews are drawn from +-[1, this] seconds; 0 turns them off. Over 60 s a "
                  "node's writes are refused by its peers until real time catches up (see README)")
@@ -54,17 +62,22 @@ int main(int argc, char** argv) {
   app.add_option("--call-timeout", c.callTimeoutMs,
                  "Milliseconds per client call; a call without an answer by then is 'unknown'")
       ->capture_default_str();
-  app.add_flag("--unsafe-no-sync", c.unsafeNoSync, "Pass --unsafe-no-sync to the nodes (faster; SIGKILL does not lose page-cache writes)");
+  app.add_flag(
+      "--unsafe-no-sync", c.unsafeNoSync,
+      "Pass --unsafe-no-sync to the nodes (faster; SIGKILL does not lose page-cache writes)");
   app.add_flag("--self-test", c.selfTest,
                "After convergence, write a review no client wrote and remove an acknowledged tag "
                "on n1; the checker must then fail (exit 1) naming both");
   app.add_flag("--json", json, "Print one JSON object instead of the text summary");
-  app.add_flag("--verbose", c.verbose, "Print each fault as it is injected (always in <dir>/nemesis.log)");
-  app.add_flag("--print-schedule", printSchedule, "Print the fault schedule of --seed/--duration/--nodes and exit");
+  app.add_flag("--verbose", c.verbose,
+               "Print each fault as it is injected (always in <dir>/nemesis.log)");
+  app.add_flag("--print-schedule", printSchedule,
+               "Print the fault schedule of --seed/--duration/--nodes and exit");
   CLI11_PARSE(app, argc, argv);
 
   if (printSchedule) {
-    for (const auto& f : chorus::chaos::schedule(c)) std::printf("%s\n", chorus::chaos::describe(f).c_str());
+    for (const auto& f : chorus::chaos::schedule(c))
+      std::printf("%s\n", chorus::chaos::describe(f).c_str());
     return 0;
   }
   if (access(c.chorusd.c_str(), X_OK) != 0) {
