@@ -189,6 +189,63 @@ std::string inNamespace(const std::string& ns, const std::function<void()>& fn) 
   return err;
 }
 
+// Cleanup when the process is killed (meson's timeout sends SIGTERM, ^C
+// SIGINT) or crashes, where no destructor runs: the handler SIGKILLs the
+// nodes by PID and deletes the namespaces (which removes the links and the
+// bridge), using only async-signal-safe calls on fixed arrays.
+namespace emergency {
+constexpr int kMax = 8;
+volatile pid_t pids[kMax];
+char names[kMax][64];
+volatile int nameCount = 0;
+char ipPath[128];
+
+void add(pid_t pid) {
+  for (auto& p : pids) {
+    if (p <= 0) {
+      p = pid;
+      return;
+    }
+  }
+}
+void remove(pid_t pid) {
+  for (auto& p : pids) {
+    if (p == pid) p = 0;
+  }
+}
+void addName(const std::string& ns) {
+  if (nameCount >= kMax || ns.size() >= sizeof names[0]) return;
+  std::snprintf(names[nameCount], sizeof names[0], "%s", ns.c_str());
+  nameCount = nameCount + 1;
+}
+
+void handler(int sig) {
+  for (auto& p : pids) {
+    if (p > 0) kill(p, SIGKILL);
+  }
+  for (auto& p : pids) {
+    if (p > 0) waitpid(p, nullptr, 0);
+  }
+  for (int i = nameCount - 1; i >= 0 && ipPath[0] != 0; --i) {
+    pid_t child = fork();
+    if (child == 0) {
+      char netns[] = "netns", del[] = "del";
+      char* argv[] = {ipPath, netns, del, names[i], nullptr};
+      execv(ipPath, argv);
+      _exit(127);
+    }
+    if (child > 0) waitpid(child, nullptr, 0);
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void install() {
+  std::snprintf(ipPath, sizeof ipPath, "%s", ipBin().c_str());
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGSEGV, SIGABRT}) signal(sig, handler);
+}
+}  // namespace emergency
+
 // One chorusd started as `ip netns exec <ns> chorusd ...`: ip execs chorusd
 // in place, so the PID is chorusd's. Stopped by PID (SIGTERM, then SIGKILL).
 class NsDaemon {
@@ -199,6 +256,7 @@ class NsDaemon {
     pid_ = spawn(ipBin(), args, fd, fd);
     close(fd);
     REQUIRE(pid_ > 0);
+    emergency::add(pid_);
   }
   ~NsDaemon() { stop(); }
   NsDaemon(const NsDaemon&) = delete;
@@ -221,6 +279,7 @@ class NsDaemon {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      emergency::remove(pid_);
       pid_ = -1;
     }
     return pid_ > 0;
@@ -234,6 +293,7 @@ class NsDaemon {
       kill(pid_, SIGKILL);
       waitExit(pid_, 5s);
     }
+    emergency::remove(pid_);
     pid_ = -1;
     code_ = code;
     return code;
@@ -265,6 +325,7 @@ class Net {
       if (r.code != 0) MESSAGE("cleanup: ip netns del " << ns << ": " << r.err);
     }
     made_.clear();
+    emergency::nameCount = 0;
   }
 
   // hub: lo, br0 10.213.77.1/24; node i: eth0 10.213.77.(10+i)/24, its
@@ -340,6 +401,7 @@ class Net {
 
  private:
   void addNs(const std::string& ns) {
+    emergency::addName(ns);  // first: `ip netns add` may be killed half-way
     mustIp({"netns", "add", ns});
     made_.insert(made_.begin(), ns);  // deleted in reverse order
   }
@@ -644,5 +706,6 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     return 77;
   }
+  emergency::install();
   return context.run();
 }
