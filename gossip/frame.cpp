@@ -47,52 +47,67 @@ capnp::ReaderOptions limitsFor(size_t words) {
 ParsedFrame::ParsedFrame(kj::Array<capnp::word> words)
     : words_(std::move(words)), reader_(words_, limitsFor(words_.size())) {}
 
+namespace {
+
+// Reads everything a receiver may read of `root`, once; throws on anything
+// malformed. Text getters check NUL termination and Data/List getters the
+// element type only when called, so each is called here.
+void validate(wire::Frame::Reader root) {
+  root.totalSize();  // walks every pointer
+  (void)root.getFrom();
+  auto member = [](wire::Member::Reader m) {
+    (void)m.getNodeId();
+    (void)m.getGossipAddress();
+    (void)m.getRpcAddress();
+  };
+  switch (root.which()) {
+    case wire::Frame::HELLO:
+      member(root.getHello());
+      break;
+    case wire::Frame::HEARTBEAT:
+      for (auto m : root.getHeartbeat()) member(m);
+      break;
+    case wire::Frame::ACK:
+      for (auto m : root.getAck()) member(m);
+      break;
+    case wire::Frame::DELTAS:
+      for (auto d : root.getDeltas()) (void)d.size();
+      break;
+    case wire::Frame::RECONCILE:
+      (void)root.getReconcile().size();
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
 Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> body) {
-  std::unique_ptr<ParsedFrame> frame;
   std::optional<Error> failure;
+  // Validate with a reader of its own, so the frame handed out has its whole
+  // traversal budget left for the receiver: reading it once more costs no
+  // more than this walk did.
   auto exception = kj::runCatchingExceptions([&] {
-    frame.reset(new ParsedFrame(std::move(body)));
-    auto root = frame->reader_.getRoot<wire::Frame>();
-    root.totalSize();  // walks every pointer: throws on any malformed one
+    capnp::FlatArrayMessageReader check(body, limitsFor(body.size()));
+    auto root = check.getRoot<wire::Frame>();
+    validate(root);
     if (root.getVersion() != wire::PROTOCOL_VERSION) {
       failure = malformed("protocol version " + std::to_string(root.getVersion()) +
                           ", this node speaks " + std::to_string(wire::PROTOCOL_VERSION) +
                           " (upgrade the older node)");
-      return;
-    }
-    if (root.getFrom().size() == 0) {
+    } else if (root.getFrom().size() == 0) {
       failure = malformed("no sender id");
-      return;
+    } else if (unsigned(root.which()) > unsigned(wire::Frame::RECONCILE)) {
+      failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));
     }
-    // Text getters check NUL termination only when called: call each once.
-    auto touch = [](wire::Member::Reader m) {
-      (void)m.getNodeId();
-      (void)m.getGossipAddress();
-      (void)m.getRpcAddress();
-    };
-    switch (root.which()) {
-      case wire::Frame::HELLO:
-        touch(root.getHello());
-        break;
-      case wire::Frame::HEARTBEAT:
-        for (auto m : root.getHeartbeat()) touch(m);
-        break;
-      case wire::Frame::ACK:
-        for (auto m : root.getAck()) touch(m);
-        break;
-      case wire::Frame::DELTAS:
-      case wire::Frame::RECONCILE:
-        break;
-      default:
-        failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));
-        return;
-    }
-    frame->root_ = root;
   });
   KJ_IF_MAYBE (e, exception) {
     return malformed(e->getDescription().cStr());
   }
   if (failure) return *failure;
+  std::unique_ptr<ParsedFrame> frame(new ParsedFrame(std::move(body)));
+  frame->root_ = frame->reader_.getRoot<wire::Frame>();
   return frame;
 }
 

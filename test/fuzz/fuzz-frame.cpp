@@ -7,12 +7,11 @@
 // decoded and merged into a real store and its reconcile message goes to a
 // real gossip::Reconciler, whose own replies must in turn be well formed.
 //
-// Known gaps: ParsedFrame::parse does not check that the `deltas` and
-// `reconcile` pointers are byte lists, and reading a parsed frame again can
-// exceed the traversal limit parse set (both found by this target), so
-// reading a parsed frame may throw; Cluster catches that and closes the
-// connection. Such throws are tolerated unless CHORUS_FUZZ_STRICT_FRAMES=1,
-// which makes them findings.
+// This target found that parse did not check that `deltas` and `reconcile`
+// are byte lists, and that reading a parsed frame again could exceed the
+// traversal limit parse had used up; both are fixed and their inputs are in
+// the corpus (corpus/frame/finding-*). A throw while reading a parsed frame
+// is a finding; CHORUS_FUZZ_STRICT_FRAMES=0 tolerates it.
 #include <kj/exception.h>
 
 #include <optional>
@@ -66,7 +65,7 @@ uint64_t deltasMerged = 0;
 bool strict() {
   static const bool strict = [] {
     const char* env = std::getenv("CHORUS_FUZZ_STRICT_FRAMES");
-    return env != nullptr && std::string(env) == "1";
+    return env == nullptr || std::string(env) != "0";
   }();
   return strict;
 }
