@@ -199,6 +199,10 @@ class Cluster::Impl {
   Conn* outboundTo(const std::string& peerId);
   bool blocked(const std::string& peerId);  // takes mu_
   uint64_t now() { return uv_now(&loop_); }
+  // After this long a session (started or answered) is given up.
+  uint64_t sessionTimeoutMillis() const {
+    return std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
+  }
 
   storage::Store& store_;
   Merged onMerged_;
@@ -674,8 +678,9 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
       // commits the states of one, it turns new sessions away; otherwise
       // after a heal every node would be sent the same states by several
       // peers at once.
-      uint64_t sessionTimeout = std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
-      if (!respondingTo_.empty() && now() - respondingSince_ > sessionTimeout) respondingTo_.clear();
+      if (!respondingTo_.empty() && now() - respondingSince_ > sessionTimeoutMillis()) {
+        respondingTo_.clear();
+      }
       bool busy = !sessionPeer_.empty() || (!respondingTo_.empty() && respondingTo_ != from) ||
                   mergesPending_.load() > 0;
       uint64_t before = reconciler_.counters().statesReceived;
@@ -848,8 +853,7 @@ void Cluster::Impl::onTick() {
 
 void Cluster::Impl::maybeSync() {
   uint64_t t = now();
-  uint64_t timeout = std::max<uint64_t>(5000, 3 * uint64_t(options_.antiEntropyInterval.count()));
-  if (!sessionPeer_.empty() && t - sessionStarted_ < timeout) {
+  if (!sessionPeer_.empty() && t - sessionStarted_ < sessionTimeoutMillis()) {
     syncSoon_.clear();  // the session under way repairs as much (see below)
     return;
   }
