@@ -14,7 +14,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 1;
+const apiVersion :UInt32 = 2;  # 2: authenticate, Admin.keys, unauthenticated
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -23,6 +23,7 @@ enum ErrorCode {
   overloaded @3;       # too many calls in flight; retry with backoff
   unavailable @4;      # the node is shutting down or cannot serve
   internal @5;         # a bug or a storage fault; the message says which
+  unauthenticated @6;  # no token (call Chorus.authenticate) or an unknown one
 }
 
 struct Error {
@@ -205,10 +206,36 @@ interface Admin {
   # Stops dropping traffic to and from every peer.
   heal @2 () -> (error :Error);
   cluster @3 () -> (error :Error, view :ClusterView);
+
+  # The cluster's gossip keys (see gossip/README.md): `list` them, `install`
+  # one (base64, as from `chorus cluster keygen`), `use` one (key or
+  # fingerprint) as primary, or `remove` one. Answers the key list after the
+  # change; keys are never sent back, only their fingerprints.
+  keys @4 (op :KeyOp, key :Text) -> (error :Error, keys :List(ClusterKey));
+}
+
+enum KeyOp {
+  list @0;
+  install @1;
+  use @2;
+  remove @3;
+}
+
+struct ClusterKey {
+  fingerprint @0 :Text;
+  primary @1 :Bool;              # the key this node encrypts with
 }
 
 # What a client gets on connect (the bootstrap capability).
+#
+# A node started with a tokens file serves `reviews` and `admin` capabilities
+# whose every call answers `unauthenticated`; `authenticate` with a token
+# returns capabilities that act for the token's principal, each call checked
+# against its roles (api/README.md has the table). A node started with
+# --no-auth serves everyone as admin, and `authenticate` accepts any token.
 interface Chorus {
   reviews @0 () -> (reviews :ReviewStore);
   admin @1 () -> (admin :Admin);
+  authenticate @2 (token :Text) -> (error :Error, reviews :ReviewStore, admin :Admin,
+                                    principal :Text, roles :List(Text));
 }

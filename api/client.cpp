@@ -16,6 +16,8 @@ struct Client::Impl {
   kj::Own<capnp::RpcSystem<capnp::rpc::twoparty::VatId>> rpc;
   wire::ReviewStore::Client reviews = nullptr;
   wire::Admin::Client admin = nullptr;
+  std::string principal;
+  std::vector<std::string> roles;
 
   Error transportError(const kj::Exception& e) const {
     std::string what = e.getDescription().cStr();
@@ -86,12 +88,27 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& address, Opti
   auto vatId = vatMessage.getRoot<capnp::rpc::twoparty::VatId>();
   vatId.setSide(capnp::rpc::twoparty::Side::SERVER);
   auto bootstrap = impl->rpc->bootstrap(vatId).castAs<wire::Chorus>();
-  impl->reviews = bootstrap.reviewsRequest().send().getReviews();
-  impl->admin = bootstrap.adminRequest().send().getAdmin();
+  if (options.token.empty()) {
+    impl->reviews = bootstrap.reviewsRequest().send().getReviews();
+    impl->admin = bootstrap.adminRequest().send().getAdmin();
+    return std::unique_ptr<Client>(new Client(std::move(impl)));
+  }
+  auto q = bootstrap.authenticateRequest();
+  q.setToken(options.token);
+  auto response = impl->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  impl->reviews = response->getReviews();
+  impl->admin = response->getAdmin();
+  auto principal = response->getPrincipal();
+  impl->principal.assign(principal.cStr(), principal.size());
+  for (auto role : response->getRoles()) impl->roles.emplace_back(role.cStr(), role.size());
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
 wire::ReviewStore::Client Client::reviews() { return impl_->reviews; }
+const std::string& Client::principal() const { return impl_->principal; }
+const std::vector<std::string>& Client::roles() const { return impl_->roles; }
 wire::Admin::Client Client::admin() { return impl_->admin; }
 kj::WaitScope& Client::waitScope() { return impl_->io.waitScope; }
 kj::Timer& Client::timer() { return impl_->io.provider->getTimer(); }
@@ -249,6 +266,21 @@ Status Client::heal() {
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
   return okStatus();
+}
+
+Result<std::vector<ClusterKeyInfo>> Client::keys(KeyOp op, const std::string& key) {
+  auto q = impl_->admin.keysRequest();
+  q.setOp(toWire(op));
+  q.setKey(key);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  std::vector<ClusterKeyInfo> keys;
+  for (auto k : response->getKeys()) {
+    keys.push_back(ClusterKeyInfo{std::string(k.getFingerprint().cStr(), k.getFingerprint().size()),
+                                  k.getPrimary()});
+  }
+  return keys;
 }
 
 namespace {

@@ -27,10 +27,16 @@ class Client {
  public:
   struct Options {
     std::chrono::milliseconds timeout{10'000};  // per call, and for connecting
+    // When set, connect() calls Chorus.authenticate with it and every call
+    // then acts for the token's principal. Without it, a node that has a
+    // tokens file refuses every call: kForbidden "unauthenticated: ...".
+    std::string token;
   };
 
-  // Connects to "host:port". Errors: kUnavailable (refused, unreachable,
-  // timed out), kInvalidArgument (unparseable address).
+  // Connects to "host:port" (and authenticates, if Options::token is set).
+  // Errors: kUnavailable (refused, unreachable, timed out),
+  // kInvalidArgument (unparseable address), kForbidden
+  // "unauthenticated: unknown token" (the node does not know the token).
   static Result<std::unique_ptr<Client>> connect(const std::string& address, Options options);
   static Result<std::unique_ptr<Client>> connect(const std::string& address) {
     return connect(address, Options{});
@@ -53,6 +59,16 @@ class Client {
   Result<ClusterView> cluster();
   Status partition(const std::vector<std::string>& peers);
   Status heal();
+  // Admin.keys: the cluster's gossip keys after `op` (see api/chorus.capnp);
+  // `key` is a base64 key (kInstall, kUse, kRemove) or a fingerprint (kUse,
+  // kRemove), ignored by kList.
+  Result<std::vector<ClusterKeyInfo>> keys(KeyOp op, const std::string& key = {});
+
+  // Whom the node serves this client as, from authenticate: the principal
+  // and its role names; empty without a token, and the principal is empty
+  // on a --no-auth node.
+  const std::string& principal() const;
+  const std::vector<std::string>& roles() const;
 
   // Watches `product`: calls `onStarted` once the server accepted the watch,
   // then `onChange` for each change (on this thread) until it returns false

@@ -8,8 +8,8 @@ namespace chorus::api {
 
 namespace {
 
-constexpr const char* kCodeNames[] = {"invalidArgument", "notFound",    "forbidden",
-                                      "overloaded",      "unavailable", "internal"};
+constexpr const char* kCodeNames[] = {"invalidArgument", "notFound", "forbidden",      "overloaded",
+                                      "unavailable",     "internal", "unauthenticated"};
 
 void appendf(std::string& out, const char* fmt, auto... args) {
   char buf[512];
@@ -22,7 +22,8 @@ void appendf(std::string& out, const char* fmt, auto... args) {
 const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
       "put",  "erase",   "vote",     "unvote", "tag",    "untag",     "moderate", "reply",  "get",
-      "list", "summary", "byAuthor", "watch",  "status", "partition", "heal",     "cluster"};
+      "list", "summary", "byAuthor", "watch",  "status", "partition", "heal",     "cluster",
+      "authenticate", "keys"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -88,6 +89,13 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
   gauge("chorus_watches", "Active watches.", "gauge", double(watches_.load()));
   gauge("chorus_watch_changes_dropped_total", "Changes not delivered to slow observers.", "counter",
         double(dropped_.load()));
+  gauge("chorus_rpc_auth_failures_total", "authenticate calls with an unknown token.", "counter",
+        double(authFailures_.load()));
+  gauge("chorus_rpc_rate_limited_total", "Calls refused by the per-connection rate limit.",
+        "counter", double(rateLimited_.load()));
+  gauge("chorus_rpc_connections_refused_total",
+        "Connections closed at accept: too many were open.", "counter",
+        double(connectionsRefused_.load()));
   gauge("chorus_documents", "Review documents stored (including tombstones).", "gauge",
         double(s.documents));
   gauge("chorus_store_map_bytes", "LMDB map size.", "gauge", double(s.mapBytes));

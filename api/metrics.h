@@ -34,6 +34,8 @@ class Metrics {
     kPartition,
     kHeal,
     kCluster,
+    kAuthenticate,
+    kKeys,
     kMethodCount
   };
   static const char* methodName(Method m);
@@ -50,6 +52,15 @@ class Metrics {
   void watchOpened() { watches_.fetch_add(1, std::memory_order_relaxed); }
   void watchClosed() { watches_.fetch_sub(1, std::memory_order_relaxed); }
   void changesDropped(uint64_t n) { dropped_.fetch_add(n, std::memory_order_relaxed); }
+  // Security counters: authenticate with an unknown token; calls refused by
+  // the per-connection rate limit; connections closed at accept because
+  // maxConnections were open.
+  void authFailed() { authFailures_.fetch_add(1, std::memory_order_relaxed); }
+  void rateLimited() { rateLimited_.fetch_add(1, std::memory_order_relaxed); }
+  void connectionRefused() { connectionsRefused_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t authFailures() const { return authFailures_.load(); }
+  uint64_t rateLimitedCalls() const { return rateLimited_.load(); }
+  uint64_t connectionsRefused() const { return connectionsRefused_.load(); }
 
   // Prometheus text exposition format 0.0.4.
   std::string render(const storage::StoreStats& stats, uint64_t uptimeMillis) const;
@@ -62,7 +73,7 @@ class Metrics {
   uint64_t errors(Method m) const { return methods_[m].errors.load(); }
 
  private:
-  static constexpr int kErrorCodes = 6;
+  static constexpr int kErrorCodes = 7;
   struct PerMethod {
     std::atomic<uint64_t> calls{0};
     std::atomic<uint64_t> errors{0};
@@ -74,6 +85,9 @@ class Metrics {
   std::atomic<int64_t> connections_{0};
   std::atomic<int64_t> watches_{0};
   std::atomic<uint64_t> dropped_{0};
+  std::atomic<uint64_t> authFailures_{0};
+  std::atomic<uint64_t> rateLimited_{0};
+  std::atomic<uint64_t> connectionsRefused_{0};
 };
 
 }  // namespace chorus::api

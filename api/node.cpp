@@ -1,7 +1,9 @@
 #include "api/node.h"
 
 #include <future>
+#include <optional>
 
+#include "api/auth.h"
 #include "api/log.h"
 #include "api/metrics.h"
 #include "api/rpc-server.h"
@@ -76,14 +78,40 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     return makeError(ErrorCode::kInvalidArgument,
                      "metrics address: needs an RPC listen address too");
   }
+  std::optional<api::TokenTable> tokens;
+  if (!options.listen.empty()) {
+    if (options.noAuth && !options.tokensFile.empty()) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "the RPC server takes either a tokens file (--tokens-file) or --no-auth, "
+                       "not both");
+    }
+    if (!options.noAuth && options.tokensFile.empty()) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "the RPC server needs a tokens file (--tokens-file); --no-auth serves "
+                       "every client as admin, for tests on a trusted host only");
+    }
+    if (!options.tokensFile.empty()) {
+      auto loaded = api::TokenTable::load(options.tokensFile);
+      if (!loaded.ok()) return loaded.error();
+      tokens = std::move(loaded).value();
+    }
+  }
   storage::Options so = options.store;
   so.dir = options.dataDir;
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
   std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
   if (!node->options_.listen.empty()) {
+    if (tokens) {
+      api::logf(api::LogLevel::kInfo, "rpc: %zu token(s) from %s",
+                tokens->size(), node->options_.tokensFile.c_str());
+    } else {
+      api::logf(api::LogLevel::kWarn,
+                "rpc: --no-auth: every client is served as admin; for tests on a trusted "
+                "host only");
+    }
     auto rpc = api::RpcServer::start(*node, node->options_.listen, node->options_.metricsAddr,
-                                     node->options_.rpc);
+                                     node->options_.rpc, std::move(tokens));
     if (!rpc.ok()) return rpc.error();
     node->rpc_ = std::move(rpc).value();
   }

@@ -44,6 +44,13 @@ struct RpcLimits {
   uint32_t maxInFlightPerConnection = 256;        // more calls get `overloaded`
   std::chrono::milliseconds idleTimeout{60'000};  // no calls, no watches
   uint32_t maxPendingChangesPerWatch = 256;       // then changes are dropped+counted
+  // Per-connection token bucket: `maxCallsPerSecond` refill, `callBurst`
+  // capacity. A call over it answers `overloaded` before it is queued. 0 = off.
+  uint32_t maxCallsPerSecond = 20'000;
+  uint32_t callBurst = 2'000;
+  // Open RPC connections; a connection beyond it is accepted and closed at
+  // once (counted in chorus_rpc_connections_refused_total).
+  uint32_t maxConnections = 1'024;
 };
 
 class Node {
@@ -57,6 +64,15 @@ class Node {
     std::string metricsAddr;
     api::Limits limits;
     RpcLimits rpc;
+    // Who may use the RPC server (api/auth.h, api/README.md). With `listen`
+    // set exactly one of these is required:
+    //  - tokensFile: clients authenticate with a token listed there and each
+    //    call is checked against the principal's roles;
+    //  - noAuth: every client is served as admin (the behaviour before
+    //    tokens), for tests on a trusted host only; logged as a warning.
+    // The in-process API of Node is trusted either way.
+    std::string tokensFile;
+    bool noAuth = false;
     // Store tuning; dir is taken from dataDir.
     storage::Options store;
     // Replication: the node joins a cluster when `cluster.listen` is set.
@@ -67,8 +83,9 @@ class Node {
 
   // Opens the store, starts the RPC server if `listen` is set, then the
   // cluster if `cluster.listen` is set. Errors: those of
-  // storage::Store::open and gossip::Cluster::start, kInvalidArgument for a
-  // bad address, kIo when an address cannot be bound.
+  // storage::Store::open, gossip::Cluster::start and api::TokenTable::load,
+  // kInvalidArgument for a bad address or for `listen` without tokensFile
+  // or noAuth (or with both), kIo when an address cannot be bound.
   static Result<std::unique_ptr<Node>> open(Options options);
 
   // shutdown(), then closes the store.

@@ -5,9 +5,15 @@
 #include <kj/compat/http.h>
 #include <kj/debug.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <chrono>
 #include <future>
+#include <memory>
 #include <unordered_map>
+#include <variant>
 
 #include "api/chorus.capnp.h"
 #include "api/log.h"
@@ -43,12 +49,103 @@ Status checkHostPort(const std::string& what, const std::string& address) {
   return okStatus();
 }
 
+// "1.2.3.4:5678" of the other end, for logs; "unknown" if the stream
+// cannot tell.
+std::string peerName(kj::AsyncIoStream& stream) {
+  struct sockaddr_storage addr {};
+  kj::uint length = sizeof addr;
+  try {
+    stream.getpeername(reinterpret_cast<struct sockaddr*>(&addr), &length);
+  } catch (kj::Exception&) {
+    return "unknown";
+  }
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<struct sockaddr*>(&addr), length, host, sizeof host, port,
+                  sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "unknown";
+  }
+  return addr.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + port
+                                    : std::string(host) + ":" + port;
+}
+
 // Per-connection accounting, shared by the connection's capabilities.
 struct ConnState : kj::Refcounted {
   uint64_t id = 0;
+  std::string peer;  // address of the client, for logs
   uint32_t inFlight = 0;
   uint32_t watches = 0;
   kj::TimePoint lastActivity = kj::origin<kj::TimePoint>();
+  // Rate limit: a token bucket refilled at RpcLimits::maxCallsPerSecond.
+  double callTokens = 0;
+  kj::TimePoint refilled = kj::origin<kj::TimePoint>();
+};
+
+// A refused call: `unauthenticated` (no or an unknown token) or `error`.
+struct Refusal {
+  bool unauthenticated = false;
+  Error error;
+};
+
+const char* refusalToWire(const Refusal& r, wire::Error::Builder b) {
+  return r.unauthenticated ? toWireUnauthenticated(r.error.message, b) : toWire(r.error, b);
+}
+
+// Whom the calls on a capability act for. Shared by the capabilities a
+// connection got from one `reviews`, `admin` or `authenticate` call.
+struct Session {
+  enum class Kind {
+    kTrusted,    // --no-auth: every call allowed
+    kAnonymous,  // a tokens file, and no authenticate: every call refused
+    kPrincipal,  // authenticated: calls checked against the roles
+  };
+  Kind kind = Kind::kAnonymous;
+  Principal principal;
+
+  std::optional<Refusal> anonymous() const {
+    if (kind != Kind::kAnonymous) return std::nullopt;
+    return Refusal{true, makeError(ErrorCode::kForbidden,
+                                   "this node requires a token: pass --token or set CHORUS_TOKEN")};
+  }
+  std::optional<Refusal> mayWrite(const WriteRequest& r) const {
+    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto e = authorizeWrite(principal, r)) return Refusal{false, std::move(*e)};
+    return std::nullopt;
+  }
+  std::optional<Refusal> mayRead() const {
+    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto e = authorizeRead(principal)) return Refusal{false, std::move(*e)};
+    return std::nullopt;
+  }
+  std::optional<Refusal> mayAdmin(std::string_view what) const {
+    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto e = authorizeAdmin(principal, what)) return Refusal{false, std::move(*e)};
+    return std::nullopt;
+  }
+};
+
+// Logs at most one line per `interval`, saying how many were suppressed.
+class RateLimitedLog {
+ public:
+  explicit RateLimitedLog(kj::Duration interval) : interval_(interval) {}
+  template <typename... Args>
+  void warn(kj::TimePoint now, const char* format, Args... args) {
+    if (logged_ && now - last_ < interval_) {
+      ++suppressed_;
+      return;
+    }
+    std::string line = format;
+    if (suppressed_ > 0) line += " (" + std::to_string(suppressed_) + " more not logged)";
+    logf(LogLevel::kWarn, line.c_str(), args...);
+    logged_ = true;
+    last_ = now;
+    suppressed_ = 0;
+  }
+
+ private:
+  kj::Duration interval_;
+  bool logged_ = false;
+  kj::TimePoint last_ = kj::origin<kj::TimePoint>();
+  uint64_t suppressed_ = 0;
 };
 
 struct WatchEntry {
@@ -96,10 +193,12 @@ class WatchHandleImpl final : public wire::WatchHandle::Server {
 
 class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
  public:
-  Loop(RpcServer& server, Node& node, const RpcLimits& limits, kj::AsyncIoContext& io)
+  Loop(RpcServer& server, Node& node, const RpcLimits& limits, std::optional<TokenTable> tokens,
+       kj::AsyncIoContext& io)
       : server_(server),
         node_(node),
         limits_(limits),
+        tokens_(std::move(tokens)),
         io_(io),
         timer_(io.provider->getTimer()),
         metrics_(node.metrics()),
@@ -108,22 +207,74 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
         connections_(kj::heap<kj::TaskSet>(*this)) {
     readerOptions_.traversalLimitInWords = limits.maxMessageBytes / sizeof(capnp::word);
     readerOptions_.nestingLimit = limits.nestingLimit;
+    trusted_->kind = Session::Kind::kTrusted;
+    anonymous_->kind = Session::Kind::kAnonymous;
   }
 
   // The RPC thread's body. Signals `ready` once bound (or failed).
-  static void run(RpcServer& server, Node& node, RpcLimits limits, std::string listen,
-                  std::string metrics, std::promise<Status>& ready);
+  static void run(RpcServer& server, Node& node, RpcLimits limits,
+                  std::optional<TokenTable> tokens, std::string listen, std::string metrics,
+                  std::promise<Status>& ready);
 
   Node& node() { return node_; }
   kj::Timer& timer() { return timer_; }
+  Metrics& metrics() { return metrics_; }
+
+  // The session of `reviews` and `admin` without authenticate.
+  std::shared_ptr<const Session> defaultSession() const { return tokens_ ? anonymous_ : trusted_; }
+
+  // authenticate(token): the session for it, or the refusal (counted and
+  // logged with the peer's address, never the token).
+  std::variant<std::shared_ptr<const Session>, Refusal> authenticate(std::string_view token,
+                                                                     const ConnState& conn) {
+    if (!tokens_) return trusted_;
+    if (auto principal = tokens_->find(token)) {
+      auto session = std::make_shared<Session>();
+      session->kind = Session::Kind::kPrincipal;
+      session->principal = std::move(*principal);
+      logf(LogLevel::kDebug, "rpc: connection %llu from %s authenticated as %s",
+           static_cast<unsigned long long>(conn.id), conn.peer.c_str(),
+           session->principal.id.c_str());
+      return session;
+    }
+    metrics_.authFailed();
+    authLog_.warn(timer_.now(), "rpc: unknown token from %s (connection %llu)", conn.peer.c_str(),
+                  static_cast<unsigned long long>(conn.id));
+    return Refusal{true, makeError(ErrorCode::kForbidden, "unknown token")};
+  }
+
+  // Takes one call from the connection's token bucket; false when empty.
+  bool takeCallToken(ConnState& conn) {
+    if (limits_.maxCallsPerSecond == 0) return true;
+    const double burst = std::max<uint32_t>(limits_.callBurst, 1);
+    kj::TimePoint now = timer_.now();
+    double seconds = double((now - conn.refilled) / kj::NANOSECONDS) / 1e9;
+    conn.refilled = now;
+    conn.callTokens = std::min(burst, conn.callTokens + seconds * limits_.maxCallsPerSecond);
+    if (conn.callTokens < 1.0) return false;
+    conn.callTokens -= 1.0;
+    return true;
+  }
 
   // Runs `body` (returning a wire error code name, or nullptr for success,
-  // directly or as a promise) as one call of `conn`, with the in-flight cap,
-  // idle bookkeeping and metrics. `initError` makes the results' error.
+  // directly or as a promise) as one call of `conn`, with the rate limit,
+  // the in-flight cap, idle bookkeeping and metrics. `initError` makes the
+  // results' error. A call refused by a limit never runs `body`.
   template <typename Body, typename InitError>
   kj::Promise<void> call(ConnState& conn, Metrics::Method method, Body&& body,
                          InitError&& initError) {
     conn.lastActivity = timer_.now();
+    if (!takeCallToken(conn)) {
+      metrics_.rateLimited();
+      const char* code = toWire(
+          makeError(ErrorCode::kOverloaded,
+                    "rate limit: " + std::to_string(limits_.maxCallsPerSecond) +
+                        " calls/s per connection (bursts of " + std::to_string(limits_.callBurst) +
+                        "); retry with backoff"),
+          initError());
+      metrics_.record(method, 0.0, code);
+      return kj::READY_NOW;
+    }
     if (conn.inFlight >= limits_.maxInFlightPerConnection) {
       const char* code =
           toWire(makeError(ErrorCode::kOverloaded,
@@ -245,6 +396,14 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     return listener.accept()
         .then(
             [this](kj::Own<kj::AsyncIoStream> stream) {
+              if (openConnections_ >= limits_.maxConnections) {
+                metrics_.connectionRefused();
+                connectionLog_.warn(timer_.now(),
+                                    "rpc: %u connections open (the limit); closed a new one "
+                                    "from %s",
+                                    limits_.maxConnections, peerName(*stream).c_str());
+                return kj::Promise<void>(kj::READY_NOW);  // `stream` closes here
+              }
               connections_->add(serve(kj::mv(stream)));
               return kj::Promise<void>(kj::READY_NOW);
             },
@@ -314,6 +473,12 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   RpcServer& server_;
   Node& node_;
   RpcLimits limits_;
+  std::optional<TokenTable> tokens_;  // nullopt: --no-auth
+  std::shared_ptr<Session> trusted_ = std::make_shared<Session>();
+  std::shared_ptr<Session> anonymous_ = std::make_shared<Session>();
+  RateLimitedLog authLog_{10 * kj::SECONDS};
+  RateLimitedLog connectionLog_{10 * kj::SECONDS};
+  uint32_t openConnections_ = 0;
   kj::AsyncIoContext& io_;
   kj::Timer& timer_;
   Metrics& metrics_;
@@ -346,7 +511,8 @@ auto errorInit(Ctx ctx) {
 
 class ReviewStoreImpl final : public wire::ReviewStore::Server {
  public:
-  ReviewStoreImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
+  ReviewStoreImpl(Loop& loop, kj::Own<ConnState> conn, std::shared_ptr<const Session> session)
+      : loop_(loop), conn_(kj::mv(conn)), session_(std::move(session)) {}
 
   kj::Promise<void> put(PutContext ctx) override {
     auto p = ctx.getParams();
@@ -394,6 +560,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kGet,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().get(str(p.getProduct()), str(p.getAuthor()));
           auto results = ctx.getResults();
@@ -407,6 +574,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kList,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().list(str(p.getProduct()), fromWire(p.getOrder()),
                                      str(p.getCursor()), p.getLimit());
@@ -421,6 +589,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kSummary,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
           auto product = str(ctx.getParams().getProduct());
           auto r = loop_.node().summary(product);
           auto results = ctx.getResults();
@@ -434,6 +603,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kByAuthor,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().byAuthor(str(p.getAuthor()), str(p.getCursor()), p.getLimit());
           auto results = ctx.getResults();
@@ -447,6 +617,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kWatch,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto results = ctx.getResults();
           auto handle = loop_.addWatch(str(p.getProduct()), p.getObserver(), *conn_);
@@ -472,7 +643,11 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
   kj::Promise<void> write(Metrics::Method method, Ctx ctx, WriteRequest request) {
     return loop_.call(
         *conn_, method,
-        [this, ctx, request = std::move(request)]() mutable {
+        [this, ctx, request = std::move(request)]() mutable -> kj::Promise<const char*> {
+          // Refused here, before the write is queued.
+          if (auto no = session_->mayWrite(request)) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
           return loop_.submit(std::move(request))
               .then([ctx](kj::Own<Result<ReviewView>> boxed) mutable -> const char* {
                 const Result<ReviewView>& r = *boxed;
@@ -487,16 +662,21 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
 
   Loop& loop_;
   kj::Own<ConnState> conn_;
+  std::shared_ptr<const Session> session_;
 };
 
 class AdminImpl final : public wire::Admin::Server {
  public:
-  AdminImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
+  AdminImpl(Loop& loop, kj::Own<ConnState> conn, std::shared_ptr<const Session> session)
+      : loop_(loop), conn_(kj::mv(conn)), session_(std::move(session)) {}
 
   kj::Promise<void> status(StatusContext ctx) override {
     return loop_.call(
         *conn_, Metrics::kStatus,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("status")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
           auto r = loop_.node().status();
           auto results = ctx.getResults();
           if (!r.ok()) return toWire(r.error(), results.initError());
@@ -510,6 +690,9 @@ class AdminImpl final : public wire::Admin::Server {
     return loop_.call(
         *conn_, Metrics::kPartition,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("partition")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
           auto peers = ctx.getParams().getPeers();
           auto results = ctx.getResults();
           if (peers.size() > kMaxPartitionPeers) {  // before copying them
@@ -532,6 +715,9 @@ class AdminImpl final : public wire::Admin::Server {
     return loop_.call(
         *conn_, Metrics::kHeal,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("heal")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
           auto r = loop_.node().heal();
           if (!r.ok()) return toWire(r.error(), ctx.getResults().initError());
           return nullptr;
@@ -543,6 +729,9 @@ class AdminImpl final : public wire::Admin::Server {
     return loop_.call(
         *conn_, Metrics::kCluster,
         [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("cluster")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
           auto r = loop_.node().clusterView();
           auto results = ctx.getResults();
           if (!r.ok()) return toWire(r.error(), results.initError());
@@ -555,6 +744,7 @@ class AdminImpl final : public wire::Admin::Server {
  private:
   Loop& loop_;
   kj::Own<ConnState> conn_;
+  std::shared_ptr<const Session> session_;
 };
 
 class ChorusImpl final : public wire::Chorus::Server {
@@ -562,12 +752,41 @@ class ChorusImpl final : public wire::Chorus::Server {
   ChorusImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
 
   kj::Promise<void> reviews(ReviewsContext ctx) override {
-    ctx.getResults().setReviews(kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_)));
+    ctx.getResults().setReviews(
+        kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_), loop_.defaultSession()));
     return kj::READY_NOW;
   }
   kj::Promise<void> admin(AdminContext ctx) override {
-    ctx.getResults().setAdmin(kj::heap<AdminImpl>(loop_, kj::addRef(*conn_)));
+    ctx.getResults().setAdmin(
+        kj::heap<AdminImpl>(loop_, kj::addRef(*conn_), loop_.defaultSession()));
     return kj::READY_NOW;
+  }
+  // Capabilities acting for the token's principal; on a --no-auth node any
+  // token gets trusted ones (principal empty, every role).
+  kj::Promise<void> authenticate(AuthenticateContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kAuthenticate,
+        [this, ctx]() mutable -> const char* {
+          auto token = ctx.getParams().getToken();
+          auto results = ctx.getResults();
+          auto outcome = loop_.authenticate(std::string_view(token.cStr(), token.size()), *conn_);
+          if (auto* refusal = std::get_if<Refusal>(&outcome)) {
+            return refusalToWire(*refusal, results.initError());
+          }
+          auto session = std::get<std::shared_ptr<const Session>>(kj::mv(outcome));
+          std::vector<Role> roles = session->principal.roles;
+          if (session->kind == Session::Kind::kTrusted) {
+            roles = {Role::kReader, Role::kWriter, Role::kModerator, Role::kMerchant,
+                     Role::kAdmin};
+          }
+          results.setPrincipal(session->principal.id);
+          auto list = results.initRoles(static_cast<unsigned>(roles.size()));
+          for (unsigned i = 0; i < roles.size(); ++i) list.set(i, roleName(roles[i]));
+          results.setReviews(kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_), session));
+          results.setAdmin(kj::heap<AdminImpl>(loop_, kj::addRef(*conn_), session));
+          return nullptr;
+        },
+        errorInit(ctx));
   }
 
  private:
@@ -637,12 +856,17 @@ class RpcServer::Loop::MetricsService final : public kj::HttpService {
 kj::Promise<void> RpcServer::Loop::serve(kj::Own<kj::AsyncIoStream> stream) {
   auto state = kj::refcounted<ConnState>();
   state->id = nextConn_++;
+  state->peer = peerName(*stream);
   state->lastActivity = timer_.now();
+  state->refilled = timer_.now();
+  state->callTokens = std::max<uint32_t>(limits_.callBurst, 1);
+  ++openConnections_;
   auto conn = kj::heap<Connection>(*this, kj::mv(stream), readerOptions_, kj::mv(state));
   metrics_.connectionOpened();
   logf(LogLevel::kDebug, "rpc: connection %llu opened",
        static_cast<unsigned long long>(conn->state->id));
   auto closed = kj::defer([this, id = conn->state->id]() {
+    --openConnections_;
     metrics_.connectionClosed();
     logf(LogLevel::kDebug, "rpc: connection %llu closed", static_cast<unsigned long long>(id));
   });
@@ -671,12 +895,13 @@ void RpcServer::Loop::bind(const std::string& listen, const std::string& metrics
   }
 }
 
-void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits, std::string listen,
+void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
+                          std::optional<TokenTable> tokens, std::string listen,
                           std::string metrics, std::promise<Status>& ready) {
   bool signalled = false;
   try {
     auto io = kj::setupAsyncIo();
-    Loop loop(server, node, limits, io);
+    Loop loop(server, node, limits, std::move(tokens), io);
     loop.bind(listen, metrics);
     auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
     {
@@ -712,7 +937,8 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits, std::
 
 Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::string& listen,
                                                     const std::string& metrics,
-                                                    const RpcLimits& limits) {
+                                                    const RpcLimits& limits,
+                                                    std::optional<TokenTable> tokens) {
   if (auto s = checkHostPort("listen address", listen); !s.ok()) return s.error();
   if (!metrics.empty()) {
     if (auto s = checkHostPort("metrics address", metrics); !s.ok()) return s.error();
@@ -721,9 +947,10 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::strin
   std::promise<Status> ready;
   auto readyFuture = ready.get_future();
   RpcServer* raw = server.get();
-  server->thread_ = std::thread([raw, &node, limits, listen, metrics, &ready] {
-    Loop::run(*raw, node, limits, listen, metrics, ready);
-  });
+  server->thread_ = std::thread(
+      [raw, &node, limits, tokens = std::move(tokens), listen, metrics, &ready]() mutable {
+        Loop::run(*raw, node, limits, std::move(tokens), listen, metrics, ready);
+      });
   Status status = readyFuture.get();
   if (!status.ok()) {
     server->thread_.join();

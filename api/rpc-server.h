@@ -11,11 +11,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include <kj/async.h>
 
+#include "api/auth.h"
 #include "api/node.h"
 #include "crdt/result.h"
 
@@ -26,9 +28,13 @@ class RpcServer {
   // Starts the RPC thread and binds `listen` (and `metrics` unless empty)
   // before returning. Errors: kInvalidArgument (unparseable address), kIo
   // (cannot bind).
+  // `tokens` set: clients must authenticate (api/auth.h) and every call is
+  // authorized for their principal; nullopt: every client is trusted
+  // (Node::Options::noAuth).
   static Result<std::unique_ptr<RpcServer>> start(Node& node, const std::string& listen,
                                                   const std::string& metrics,
-                                                  const RpcLimits& limits);
+                                                  const RpcLimits& limits,
+                                                  std::optional<TokenTable> tokens);
 
   // Stops listening, closes every connection (pending calls are cancelled,
   // watches end) and joins the RPC thread. Any thread but the RPC thread.

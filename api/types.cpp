@@ -44,6 +44,20 @@ const char* writeOpName(WriteOp op) {
   return "?";
 }
 
+const char* keyOpName(KeyOp op) {
+  switch (op) {
+    case KeyOp::kList:
+      return "list";
+    case KeyOp::kInstall:
+      return "install";
+    case KeyOp::kUse:
+      return "use";
+    case KeyOp::kRemove:
+      return "remove";
+  }
+  return "unknown";
+}
+
 const char* visibilityName(crdt::Visibility v) {
   switch (v) {
     case crdt::Visibility::kVisible:

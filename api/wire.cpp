@@ -295,8 +295,44 @@ const char* errorCodeWireName(wire::ErrorCode code) {
       return "unavailable";
     case wire::ErrorCode::INTERNAL:
       return "internal";
+    case wire::ErrorCode::UNAUTHENTICATED:
+      return "unauthenticated";
   }
   return "internal";
+}
+
+const char* toWireUnauthenticated(const std::string& message, wire::Error::Builder b) {
+  b.setCode(wire::ErrorCode::UNAUTHENTICATED);
+  b.setMessage(text(message));
+  return errorCodeWireName(wire::ErrorCode::UNAUTHENTICATED);
+}
+
+wire::KeyOp toWire(KeyOp op) {
+  switch (op) {
+    case KeyOp::kList:
+      return wire::KeyOp::LIST;
+    case KeyOp::kInstall:
+      return wire::KeyOp::INSTALL;
+    case KeyOp::kUse:
+      return wire::KeyOp::USE;
+    case KeyOp::kRemove:
+      return wire::KeyOp::REMOVE;
+  }
+  return wire::KeyOp::LIST;
+}
+
+std::optional<KeyOp> fromWire(wire::KeyOp op) {
+  switch (op) {
+    case wire::KeyOp::LIST:
+      return KeyOp::kList;
+    case wire::KeyOp::INSTALL:
+      return KeyOp::kInstall;
+    case wire::KeyOp::USE:
+      return KeyOp::kUse;
+    case wire::KeyOp::REMOVE:
+      return KeyOp::kRemove;
+  }
+  return std::nullopt;  // a newer client's operation
 }
 
 const char* toWire(const Error& error, wire::Error::Builder b) {
@@ -363,6 +399,9 @@ Error fromWire(wire::Error::Reader r) {
     case wire::ErrorCode::INTERNAL:
       code = ErrorCode::kInternal;
       break;
+    case wire::ErrorCode::UNAUTHENTICATED:
+      // No C++ code of its own: forbidden, and the message says why.
+      return makeError(ErrorCode::kForbidden, "unauthenticated: " + str(r.getMessage()));
   }
   std::string message = str(r.getMessage());
   if (r.hasField() && r.getField().size() > 0) message = str(r.getField()) + ": " + message;

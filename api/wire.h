@@ -2,6 +2,7 @@
 // api/chorus.capnp. Shared by the server and the client.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "api/chorus.capnp.h"
@@ -41,9 +42,17 @@ storage::Order fromWire(wire::Order o);
 // split into field and message. Store-level codes (corruption, io, busy,
 // clock drift) map to internal or unavailable.
 const char* toWire(const Error& error, wire::Error::Builder b);
-// The client's view: "<field>: <message>" when a field is named.
+// The client's view: "<field>: <message>" when a field is named;
+// `unauthenticated` becomes kForbidden "unauthenticated: <message>".
 Error fromWire(wire::Error::Reader r);
 
 const char* errorCodeWireName(wire::ErrorCode code);
+
+// Fills `b` as `unauthenticated` (no C++ ErrorCode has that meaning; the
+// client turns it into kForbidden "unauthenticated: <message>").
+const char* toWireUnauthenticated(const std::string& message, wire::Error::Builder b);
+
+wire::KeyOp toWire(KeyOp op);
+std::optional<KeyOp> fromWire(wire::KeyOp op);  // nullopt: unknown to this build
 
 }  // namespace chorus::api

@@ -30,6 +30,7 @@ std::unique_ptr<Node> openNode(const std::string& dir, bool rpc = false,
   o.nodeId = "test-node";
   o.dataDir = dir;
   if (rpc) o.listen = "127.0.0.1:0";
+  o.noAuth = true;  // tokens: test/api/rpc-auth-test.cpp
   o.rpc = limits;
   auto node = Node::open(std::move(o));
   REQUIRE_MESSAGE(node.ok(), node.error().toString());
@@ -347,6 +348,7 @@ std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& i
   o.nodeId = id;
   o.dataDir = dir;
   o.listen = "127.0.0.1:0";
+  o.noAuth = true;
   o.store.unsafeNoSync = true;
   o.cluster.listen = "127.0.0.1:0";
   o.cluster.seeds = std::move(seeds);

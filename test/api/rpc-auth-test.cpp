@@ -1,0 +1,454 @@
+// Authentication, authorization and limits of the RPC server, over real
+// connections on 127.0.0.1 with the C++ client.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <kj/async.h>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include "api/auth.h"
+#include "api/client.h"
+#include "api/metrics.h"
+#include "api/node.h"
+#include "temp-dir.h"
+
+using chorus::ErrorCode;
+using chorus::Node;
+using chorus::WriteOp;
+using chorus::WriteRequest;
+using chorus::api::Client;
+using chorus::test::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* kNeedToken = "this node requires a token: pass --token or set CHORUS_TOKEN";
+
+using Principals = std::map<std::string, std::string>;  // id -> roles
+
+// A node with a tokens file; tokens[principal] is that principal's token.
+struct AuthNode {
+  TempDir tmp;
+  std::map<std::string, std::string> tokens;
+  std::unique_ptr<Node> node;
+
+  // `principals`: id -> comma-separated roles.
+  explicit AuthNode(const std::map<std::string, std::string>& principals,
+                    chorus::RpcLimits limits = {}) {
+    std::string text = "# test tokens\n";
+    for (const auto& [id, roles] : principals) {
+      tokens[id] = chorus::api::newToken();
+      auto line = chorus::api::tokenLine(id, roles, tokens[id]);
+      REQUIRE(line.ok());
+      text += *line + "\n";
+    }
+    std::string path = tmp.sub("tokens");
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
+    Node::Options o;
+    o.nodeId = "auth-node";
+    o.dataDir = tmp.sub("data");
+    o.listen = "127.0.0.1:0";
+    o.tokensFile = path;
+    o.rpc = limits;
+    o.store.unsafeNoSync = true;
+    auto opened = Node::open(std::move(o));
+    REQUIRE_MESSAGE(opened.ok(), opened.error().toString());
+    node = std::move(opened).value();
+  }
+
+  std::unique_ptr<Client> client(const std::string& principal) {
+    Client::Options o;
+    o.token = tokens.at(principal);
+    auto c = Client::connect(node->rpcAddress(), o);
+    REQUIRE_MESSAGE(c.ok(), c.error().toString());
+    return std::move(c).value();
+  }
+};
+
+WriteRequest request(WriteOp op, std::string product, std::string author, std::string arg = {}) {
+  WriteRequest r;
+  r.op = op;
+  r.product = std::move(product);
+  r.author = std::move(author);
+  r.arg = std::move(arg);
+  r.rating = 4;
+  return r;
+}
+
+bool isForbidden(const chorus::Error& e, const std::string& part) {
+  return e.code == ErrorCode::kForbidden && e.message.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("auth: Node::open needs a tokens file or --no-auth for an RPC server") {
+  TempDir tmp;
+  Node::Options o;
+  o.nodeId = "n";
+  o.dataDir = tmp.sub("data");
+  o.listen = "127.0.0.1:0";
+  auto refused = Node::open(o);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == ErrorCode::kInvalidArgument);
+  CHECK(refused.error().message ==
+        "the RPC server needs a tokens file (--tokens-file); --no-auth serves every client as "
+        "admin, for tests on a trusted host only");
+  o.tokensFile = tmp.sub("missing");
+  auto missing = Node::open(o);
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code == ErrorCode::kIo);
+  o.noAuth = true;
+  CHECK(Node::open(o).error().code == ErrorCode::kInvalidArgument);  // not both
+  o.tokensFile.clear();
+  CHECK(Node::open(o).ok());
+  // Embedded without RPC: trusted, nothing needed.
+  Node::Options embedded;
+  embedded.nodeId = "e";
+  embedded.dataDir = tmp.sub("embedded");
+  CHECK(Node::open(embedded).ok());
+}
+
+TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {
+  AuthNode n(Principals{{"alice", "writer"}});
+  REQUIRE(n.node->put("p1", "alice", 5, "t", "b").ok());  // in-process: trusted
+
+  auto anonymous = Client::connect(n.node->rpcAddress());
+  REQUIRE(anonymous.ok());
+  auto& c = **anonymous;
+  for (const auto& error : {c.get("p1", "alice").error(), c.summary("p1").error(),
+                            c.write(request(WriteOp::kPut, "p1", "alice")).error(),
+                            c.status().error()}) {
+    CHECK(error.code == ErrorCode::kForbidden);
+    CHECK(error.message == std::string("unauthenticated: ") + kNeedToken);
+  }
+  {
+    auto raw = c.reviews().getRequest();
+    raw.setProduct("p1");
+    raw.setAuthor("alice");
+    auto resp = raw.send().wait(c.waitScope());
+    REQUIRE(resp.hasError());
+    CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::UNAUTHENTICATED);
+    CHECK_FALSE(resp.hasReview());
+  }
+  CHECK(n.node->get("p1", "alice")->rating == 5);  // the refused put changed nothing
+  anonymous = chorus::Error{ErrorCode::kInternal, "closed"};
+
+  Client::Options wrong;
+  wrong.token = chorus::api::newToken();
+  auto refused = Client::connect(n.node->rpcAddress(), wrong);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == ErrorCode::kForbidden);
+  CHECK(refused.error().message == "unauthenticated: unknown token");
+  CHECK(n.node->metrics().authFailures() == 1);
+
+  auto alice = n.client("alice");
+  CHECK(alice->principal() == "alice");
+  CHECK(alice->roles() == std::vector<std::string>{"writer"});
+  CHECK(alice->get("p1", "alice").ok());
+  CHECK(n.node->metrics().authFailures() == 1);
+}
+
+TEST_CASE("auth: every operation by every role, allowed and refused") {
+  const char* roles[] = {"reader", "writer", "moderator", "merchant", "admin"};
+  std::map<std::string, std::string> principals;
+  for (const char* r : roles) principals[std::string("as-") + r] = r;
+  AuthNode n(principals);
+  // Every principal has a review of its own; "zed" has one to vote on.
+  for (const auto& [id, _] : principals) REQUIRE(n.node->put("p", id, 3, "", "").ok());
+  REQUIRE(n.node->put("p", "zed", 3, "", "").ok());
+
+  struct Op {
+    const char* name;
+    std::vector<std::string> allowedFor;
+    std::function<chorus::Status(Client&, const std::string& self)> run;
+  };
+  auto write = [](WriteRequest r) {
+    return [r](Client& c, const std::string& self) -> chorus::Status {
+      WriteRequest q = r;
+      if (q.author == "SELF") q.author = self;
+      if (q.arg == "SELF") q.arg = self;
+      auto done = c.write(q);
+      if (!done.ok()) return done.error();
+      return chorus::okStatus();
+    };
+  };
+  auto status = [](auto result) -> chorus::Status {
+    if (!result.ok()) return result.error();
+    return chorus::okStatus();
+  };
+  // In order: erase comes last so the other writes find the review.
+  std::vector<Op> ops = {
+      {"put", {"writer"}, write(request(WriteOp::kPut, "p", "SELF"))},
+      {"vote", {"writer"}, write(request(WriteOp::kVote, "p", "zed", "SELF"))},
+      {"unvote", {"writer"}, write(request(WriteOp::kUnvote, "p", "zed", "SELF"))},
+      {"tag", {"writer", "moderator"}, write(request(WriteOp::kTag, "p", "SELF", "t"))},
+      {"untag", {"writer", "moderator"}, write(request(WriteOp::kUntag, "p", "SELF", "t"))},
+      {"moderate", {"moderator"}, write(request(WriteOp::kModerate, "p", "zed", "why"))},
+      {"reply", {"merchant"}, write(request(WriteOp::kReply, "p", "zed", "thanks"))},
+      {"erase", {"writer"}, write(request(WriteOp::kDelete, "p", "SELF"))},
+      {"get", {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) { return status(c.get("p", "zed")); }},
+      {"list", {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) {
+         return status(c.list("p", chorus::storage::Order::kNewest, "", 5));
+       }},
+      {"summary", {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) { return status(c.summary("p")); }},
+      {"byAuthor", {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) { return status(c.byAuthor("zed", "", 5)); }},
+      {"watch", {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) {
+         return c.watch("p", [](const chorus::Change&) { return true; }, 10ms);
+       }},
+      {"status", {"admin"}, [&](Client& c, const std::string&) { return status(c.status()); }},
+      {"cluster", {"admin"}, [&](Client& c, const std::string&) { return status(c.cluster()); }},
+      {"partition", {"admin"},
+       [&](Client& c, const std::string&) { return c.partition({"n2"}); }},
+      {"heal", {"admin"}, [&](Client& c, const std::string&) { return c.heal(); }},
+  };
+  int checked = 0;
+  for (const char* role : roles) {
+    std::string self = std::string("as-") + role;
+    auto c = n.client(self);
+    for (const Op& op : ops) {
+      bool allowed = std::find(op.allowedFor.begin(), op.allowedFor.end(), role) !=
+                     op.allowedFor.end();
+      auto result = op.run(*c, self);
+      std::string roleName = role, opName = op.name;
+      CAPTURE(roleName);
+      CAPTURE(opName);
+      if (allowed) {
+        // The cluster methods of a node without a cluster answer unavailable
+        // once authorized.
+        bool clusterOp = op.allowedFor.size() == 1 && op.allowedFor[0] == "admin" &&
+                         std::string(op.name) != "status";
+        if (clusterOp) {
+          CHECK(result.error().code == ErrorCode::kUnavailable);
+        } else {
+          CHECK_MESSAGE(result.ok(), result.error().toString());
+        }
+      } else {
+        REQUIRE_FALSE(result.ok());
+        CHECK(result.error().code == ErrorCode::kForbidden);
+        CHECK(result.error().message.find("role: ") == 0);
+        CHECK(result.error().message.find(std::string(self) + " has " + role) !=
+              std::string::npos);
+      }
+      ++checked;
+    }
+  }
+  CHECK(checked == 5 * 17);
+  // What the allowed writes did: each writer erased its own review, the
+  // moderator's and merchant's writes landed on zed's.
+  CHECK(n.node->get("p", "as-writer").error().code == ErrorCode::kNotFound);
+  CHECK(n.node->get("p", "as-reader").ok());
+  auto zed = n.node->get("p", "zed");
+  REQUIRE(zed.ok());
+  CHECK(zed->moderationReason == "why");
+  CHECK(zed->reply == "thanks");
+  CHECK(zed->helpful == 0);  // voted, then unvoted
+}
+
+TEST_CASE("auth: forged authors and voters are refused and store nothing") {
+  AuthNode n(Principals{{"alice", "writer"}, {"bob", "writer"}, {"carol", "writer"}});
+  auto bob = n.client("bob");
+  REQUIRE(bob->write(request(WriteOp::kPut, "p1", "bob")).ok());
+  bob.reset();
+  auto alice = n.client("alice");
+
+  auto put = alice->write(request(WriteOp::kPut, "p1", "carol"));
+  REQUIRE_FALSE(put.ok());
+  CHECK(put.error().message == "author: put of a review by carol needs principal carol; you are alice");
+  CHECK(n.node->get("p1", "carol").error().code == ErrorCode::kNotFound);
+
+  auto erase = alice->write(request(WriteOp::kDelete, "p1", "bob"));
+  REQUIRE_FALSE(erase.ok());
+  CHECK(erase.error().message == "author: erase of a review by bob needs principal bob; you are alice");
+  auto tag = alice->write(request(WriteOp::kTag, "p1", "bob", "spam"));
+  CHECK(isForbidden(tag.error(), "needs principal bob (or the moderator role); you are alice"));
+  auto overwrite = alice->write(request(WriteOp::kPut, "p1", "bob"));
+  CHECK(isForbidden(overwrite.error(), "needs principal bob"));
+
+  auto forgedVote = alice->write(request(WriteOp::kVote, "p1", "bob", "carol"));
+  REQUIRE_FALSE(forgedVote.ok());
+  CHECK(forgedVote.error().message == "voter: you can only vote as yourself (alice), not as carol");
+  auto forgedUnvote = alice->write(request(WriteOp::kUnvote, "p1", "bob", "carol"));
+  CHECK(isForbidden(forgedUnvote.error(), "you can only vote as yourself"));
+
+  auto review = n.node->get("p1", "bob");
+  REQUIRE(review.ok());
+  CHECK(review->rating == 4);
+  CHECK(review->tags.empty());
+  CHECK(review->helpful == 0);
+  CHECK_FALSE(review->deleted);
+  CHECK(n.node->metrics().errors(chorus::api::Metrics::kPut) == 2);
+}
+
+TEST_CASE("auth: one vote per principal") {
+  AuthNode n(Principals{{"alice", "writer"}, {"bob", "writer"}, {"carol", "writer"}});
+  REQUIRE(n.node->put("p1", "bob", 5, "", "").ok());
+  {
+    auto alice = n.client("alice");
+    CHECK(alice->write(request(WriteOp::kVote, "p1", "bob", "alice"))->helpful == 1);
+  }
+  {
+    auto carol = n.client("carol");
+    CHECK(carol->write(request(WriteOp::kVote, "p1", "bob", "carol"))->helpful == 2);
+  }
+  auto alice = n.client("alice");
+  CHECK(alice->write(request(WriteOp::kVote, "p1", "bob", "alice"))->helpful == 2);
+  CHECK(n.node->get("p1", "bob")->helpful == 2);
+}
+
+TEST_CASE("limits: an oversized request is refused; the server keeps serving") {
+  chorus::RpcLimits limits;
+  limits.maxMessageBytes = 64 * 1024;
+  AuthNode n(Principals{{"alice", "writer"}}, limits);
+  {
+    auto alice = n.client("alice");
+    WriteRequest big = request(WriteOp::kPut, "p1", "alice");
+    big.body = std::string(100 * 1024, 'x');
+    auto r = alice->write(big);
+    REQUIRE_FALSE(r.ok());
+    // Cap'n Proto refuses the frame and drops the connection: the client
+    // sees the connection lost, and nothing was stored.
+    CHECK(r.error().code == ErrorCode::kUnavailable);
+    CHECK(r.error().message.find("Message is too large") != std::string::npos);
+    CHECK(n.node->get("p1", "alice").error().code == ErrorCode::kNotFound);
+  }
+  auto alice = n.client("alice");
+  WriteRequest fits = request(WriteOp::kPut, "p1", "alice");
+  fits.body = std::string(16 * 1024, 'y');
+  REQUIRE(alice->write(fits).ok());
+  CHECK(n.node->get("p1", "alice")->body.size() == 16 * 1024);
+}
+
+TEST_CASE("limits: calls over the rate get overloaded, later calls succeed") {
+  chorus::RpcLimits limits;
+  limits.maxCallsPerSecond = 20;
+  limits.callBurst = 10;
+  AuthNode n(Principals{{"alice", "writer"}}, limits);
+  // authenticate took one token.
+  auto alice = n.client("alice");
+  auto calls = kj::heapArrayBuilder<kj::Promise<void>>(60);
+  int ok = 0, limited = 0, other = 0;
+  for (int i = 0; i < 60; ++i) {
+    auto req = alice->reviews().putRequest();
+    req.setProduct("p1");
+    req.setAuthor("alice");
+    req.setRating(static_cast<uint8_t>(1 + i % 5));
+    calls.add(req.send().then([&](auto resp) {
+      if (!resp.hasError()) {
+        ++ok;
+      } else if (resp.getError().getCode() == chorus::api::wire::ErrorCode::OVERLOADED &&
+                 std::string(resp.getError().getMessage().cStr())
+                         .find("rate limit: 20 calls/s per connection") == 0) {
+        ++limited;
+      } else {
+        ++other;
+      }
+    }));
+  }
+  kj::joinPromises(calls.finish()).wait(alice->waitScope());
+  CHECK(other == 0);
+  CHECK(ok >= 5);
+  CHECK(ok <= 20);
+  CHECK(limited == 60 - ok);
+  CHECK(n.node->metrics().rateLimitedCalls() == uint64_t(limited));
+  CHECK(n.node->status()->stats.writes == uint64_t(ok));  // refused before queued
+
+  std::this_thread::sleep_for(300ms);  // ~6 tokens back
+  CHECK(alice->get("p1", "alice").ok());
+  CHECK(alice->summary("p1").ok());
+}
+
+namespace {
+
+// A plain TCP connection to `address` ("127.0.0.1:port"); -1 on failure.
+int rawConnect(const std::string& address) {
+  auto colon = address.rfind(':');
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &sa.sin_addr);
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+TEST_CASE("limits: connections over the cap are closed and counted") {
+  chorus::RpcLimits limits;
+  limits.maxConnections = 2;
+  AuthNode n(Principals{{"alice", "reader"}}, limits);
+  int a = rawConnect(n.node->rpcAddress());
+  int b = rawConnect(n.node->rpcAddress());
+  REQUIRE(a >= 0);
+  REQUIRE(b >= 0);
+  // Wait until the server accepted both.
+  for (int i = 0; i < 100 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 2") ==
+                                 std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  Client::Options o;
+  o.token = n.tokens["alice"];
+  o.timeout = 2s;
+  auto third = Client::connect(n.node->rpcAddress(), o);
+  REQUIRE_FALSE(third.ok());
+  CHECK(third.error().code == ErrorCode::kUnavailable);
+  CHECK(n.node->metrics().connectionsRefused() == 1);
+  third = chorus::Error{ErrorCode::kInternal, "closed"};
+
+  ::close(a);
+  std::this_thread::sleep_for(100ms);  // the server notices the disconnect
+  auto again = Client::connect(n.node->rpcAddress(), o);
+  REQUIRE_MESSAGE(again.ok(), again.error().toString());
+  CHECK((*again)->summary("p").ok());
+  ::close(b);
+}
+
+TEST_CASE("no-auth: every client is admin; authenticate accepts any token") {
+  TempDir tmp;
+  Node::Options o;
+  o.nodeId = "n";
+  o.dataDir = tmp.sub("data");
+  o.listen = "127.0.0.1:0";
+  o.noAuth = true;
+  auto node = Node::open(std::move(o));
+  REQUIRE(node.ok());
+  {
+    auto plain = Client::connect((*node)->rpcAddress());
+    REQUIRE(plain.ok());
+    CHECK((*plain)->write(request(WriteOp::kPut, "p1", "bob")).ok());
+    CHECK((*plain)->write(request(WriteOp::kVote, "p1", "bob", "carol"))->helpful == 1);
+    CHECK((*plain)->status().ok());
+    CHECK((*plain)->principal().empty());
+  }
+  Client::Options withToken;
+  withToken.token = "chorus_anything";
+  auto c = Client::connect((*node)->rpcAddress(), withToken);
+  REQUIRE_MESSAGE(c.ok(), c.error().toString());
+  CHECK((*c)->principal().empty());
+  CHECK((*c)->roles().size() == 5);
+  CHECK((*c)->write(request(WriteOp::kDelete, "p1", "bob")).ok());
+  CHECK((*node)->metrics().authFailures() == 0);
+}
