@@ -15,8 +15,10 @@
 
 #include "gossip/failure-detector.h"
 #include "gossip/frame.h"
+#include "gossip/keyring.h"
 #include "gossip/member-file.h"
 #include "gossip/reconciler.h"
+#include "gossip/secure-channel.h"
 
 namespace chorus::gossip {
 
@@ -42,6 +44,7 @@ constexpr size_t kMaxMembers = 1024;              // members accepted from gossi
 constexpr size_t kMaxTokenBytes = 256;            // node ids and addresses
 constexpr size_t kMaxInbound = 256;               // connections peers (or anyone) opened to us
 constexpr uint64_t kHelloTimeoutMillis = 10'000;  // a connection must say hello by then
+constexpr uint64_t kWarnEveryMillis = 10'000;     // authentication warnings per peer host
 
 uint64_t unixMillis() {
   return uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -98,6 +101,18 @@ bool validToken(capnp::Text::Reader t) {
 
 std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
+// "10.0.0.1:7410" -> "10.0.0.1", "[::1]:7410" -> "[::1]".
+std::string hostOf(const std::string& address) {
+  auto colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+// Gossip has no logger of its own (api/ has one and depends on gossip): a
+// line in the same format, written at once.
+void warn(const std::string& message) {
+  std::fprintf(stderr, "chorus: warn: %s\n", message.c_str());
+}
+
 }  // namespace
 
 class Cluster::Impl {
@@ -112,10 +127,13 @@ class Cluster::Impl {
 
   Status start();
   void stop();
+  Status loadKeyring();
 
   // ---- any thread (under mu_) -------------------------------------------
   mutable std::mutex mu_;
-  std::vector<crdt::ReviewDoc> outbox_;
+  std::vector<std::string> outbox_;  // encoded deltas, not yet handed to the loop
+  size_t outboxBytes_ = 0;
+  std::shared_ptr<const Keyring> keyring_;  // replaced whole on a change
   bool syncRequested_ = false;
   std::set<std::string> blocked_;
   ClusterStats stats_;
@@ -140,6 +158,14 @@ class Cluster::Impl {
   }
   bool wakeClosed_ = false;  // guarded by mu_
 
+  std::shared_ptr<const Keyring> keyring() const {
+    std::lock_guard lock(mu_);
+    return keyring_;
+  }
+  // Applies `change` to a copy of the keyring, persists it, then publishes
+  // it. Any thread; changes are serialized.
+  Status changeKeys(const std::function<Status(Keyring&)>& change);
+
   const ClusterOptions options_;
 
  private:
@@ -155,15 +181,16 @@ class Cluster::Impl {
     Impl* impl;
     uv_tcp_t tcp;
     Dialer* dialer = nullptr;  // set for connections this node dialled
+    std::string remote;        // the peer's address, for logs
     std::string peerId;        // from the first frame the peer sent
     bool helloReceived = false;
     bool connected = false;
     bool closing = false;
-    FrameSplitter splitter;
+    SecureChannel channel;
     size_t queuedBytes = 0;
     uint64_t queuedDeltas = 0;
     uint64_t openedAt = 0;  // loop time
-    Conn(Impl* i, size_t maxFrame) : impl(i), splitter(maxFrame) {}
+    Conn(Impl* i, size_t maxFrame) : impl(i), channel(maxFrame) {}
   };
   struct Write {
     uv_write_t req;
@@ -182,7 +209,11 @@ class Cluster::Impl {
   void read(Conn* c, ssize_t n, const uv_buf_t* buf);
   void close(Conn* c);
   void closed(Conn* c);
-  bool send(Conn* c, std::string bytes, uint64_t deltas = 0);
+  // Seals a frame (encodeFrame's bytes) for `c` and queues it.
+  bool send(Conn* c, const std::string& frame, uint64_t deltas = 0);
+  // Queues bytes as they are; `frame`: counted in framesOut.
+  bool write(Conn* c, std::string bytes, uint64_t deltas, bool frame);
+  void refused(Conn* c, SecureChannel::Received::Kind kind, const std::string& why);
   void handle(Conn* c, ParsedFrame& frame);
   void sendHello(Conn* c);
   std::string memberFrame(bool ack);
@@ -210,6 +241,10 @@ class Cluster::Impl {
   // node starts no session while its last one's states are still merging,
   // or it would be sent the same states again.
   std::atomic<int64_t> mergesPending_{0};
+  // Bytes of received deltas handed to the store and not yet committed.
+  // Shared with the store's callbacks, which may run after this Impl is gone.
+  std::shared_ptr<std::atomic<int64_t>> deltaBytesMerging_ =
+      std::make_shared<std::atomic<int64_t>>(0);
   struct CountedMerge {
     std::atomic<int64_t>* pending;
     const Merged* user;
@@ -240,6 +275,8 @@ class Cluster::Impl {
   uint64_t lastHeartbeat_ = 0;
   uint64_t lastAntiEntropy_ = 0;
   std::set<std::string> syncSoon_;  // peers that came back alive
+  std::map<std::string, uint64_t> lastWarned_;  // peer host -> loop time of the last warning
+  std::mutex keyChangeMu_;  // serializes keyring changes (held across the file write)
   bool membersDirty_ = false;
   uint64_t lastPersist_ = 0;
 };
@@ -268,6 +305,10 @@ Status Cluster::Impl::start() {
     auto ok = parseAddress(seed, ignored);
     if (!ok.ok()) return makeError(ErrorCode::kInvalidArgument, "seed: " + ok.error().message);
   }
+  if (options_.maxFrameBytes < 1024 || options_.maxFrameBytes > (1u << 30)) {
+    return makeError(ErrorCode::kInvalidArgument, "cluster: maxFrameBytes must be 1 KiB-1 GiB");
+  }
+  if (auto keys = loadKeyring(); !keys.ok()) return keys.error();
 
   uv_loop_init(&loop_);
   uv_tcp_init(&loop_, &server_);
@@ -313,6 +354,54 @@ Status Cluster::Impl::start() {
   uv_timer_start(
       &tick_, [](uv_timer_t* t) { static_cast<Impl*>(t->data)->onTick(); }, 0, kTickMillis);
   thread_ = std::thread([this] { run(); });
+  return okStatus();
+}
+
+// <dataDir>/keyring if it exists (it reflects rotations), else options.keys,
+// saved there.
+Status Cluster::Impl::loadKeyring() {
+  std::string path = options_.dataDir.empty() ? "" : options_.dataDir + "/keyring";
+  std::optional<Keyring> ring;
+  if (!path.empty()) {
+    auto loaded = Keyring::load(path);
+    if (!loaded.ok()) return loaded.error();
+    ring = std::move(loaded).value();
+  }
+  if (ring) {
+    for (size_t i = 0; i < options_.keys.size(); ++i) {
+      auto key = parseClusterKey(options_.keys[i]);
+      if (!key.ok()) {
+        return makeError(ErrorCode::kInvalidArgument,
+                         "key " + std::to_string(i + 1) + ": " + key.error().message);
+      }
+      if (!ring->contains(key.value())) {
+        warn("gossip: cluster key " + key->fingerprint() + " from the options is not in " + path +
+             ", which wins (it reflects key rotations); install it (`chorus cluster keys "
+             "install`) if this node should accept it");
+      }
+    }
+  } else {
+    auto fresh = Keyring::fromBase64(options_.keys);
+    if (!fresh.ok()) return fresh.error();
+    ring = std::move(fresh).value();
+    if (!path.empty()) {
+      if (auto saved = ring->save(path); !saved.ok()) return saved.error();
+    }
+  }
+  std::lock_guard lock(mu_);
+  keyring_ = std::make_shared<const Keyring>(std::move(*ring));
+  return okStatus();
+}
+
+Status Cluster::Impl::changeKeys(const std::function<Status(Keyring&)>& change) {
+  std::lock_guard serial(keyChangeMu_);
+  Keyring next = *keyring();
+  if (auto changed = change(next); !changed.ok()) return changed;
+  if (!options_.dataDir.empty()) {
+    if (auto saved = next.save(options_.dataDir + "/keyring"); !saved.ok()) return saved.error();
+  }
+  std::lock_guard lock(mu_);
+  keyring_ = std::make_shared<const Keyring>(std::move(next));
   return okStatus();
 }
 
@@ -363,6 +452,11 @@ void Cluster::Impl::accept() {
     close(c);
     return;
   }
+  sockaddr_storage peer;
+  int peerLen = sizeof peer;
+  if (uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&peer), &peerLen) == 0) {
+    c->remote = formatAddress(peer);
+  }
   size_t inbound = 0;
   for (Conn* other : conns_) inbound += other->dialer == nullptr && !other->closing;
   if (inbound > kMaxInbound) {  // a flood: keep file descriptors for real peers and clients
@@ -384,6 +478,7 @@ void Cluster::Impl::dial(Dialer& d) {
   uv_tcp_init(&loop_, &c->tcp);
   c->tcp.data = c;
   c->dialer = &d;
+  c->remote = d.address;
   c->openedAt = now();
   d.conn = c;
   conns_.insert(c);
@@ -420,7 +515,9 @@ void Cluster::Impl::connected(Conn* c, int status) {
         auto* conn = static_cast<Conn*>(s->data);
         conn->impl->read(conn, n, buf);
       });
-  if (c->dialer) sendHello(c);  // the dialler speaks first
+  // Both sides send their challenge at once; the dialler says hello once it
+  // has the acceptor's (see read()).
+  write(c, c->channel.preamble(), 0, false);
 }
 
 void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
@@ -429,28 +526,33 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
     return;
   }
   if (c->closing) return;
-  c->splitter.append(buf->base, size_t(n));
+  c->channel.append(buf->base, size_t(n));
+  auto keys = keyring();
+  using Kind = SecureChannel::Received::Kind;
   for (;;) {
-    auto body = c->splitter.next();
-    std::optional<Error> bad;
-    if (!body.ok()) {
-      bad = body.error();
-    } else if (!body.value()) {
+    bool wasReady = c->channel.ready();
+    auto received = c->channel.next(*keys);
+    if (!wasReady && c->channel.ready() && c->dialer) sendHello(c);  // the dialler speaks first
+    if (received.kind == Kind::kNeedMore) return;
+    if (received.kind != Kind::kFrame) {
+      refused(c, received.kind, received.why);
+      close(c);
       return;
+    }
+    size_t sealedBytes = received.body.size() * sizeof(capnp::word) + kSealOverheadBytes;
+    std::optional<Error> bad;
+    auto frame = ParsedFrame::parse(std::move(received.body));
+    if (!frame.ok()) {
+      bad = frame.error();
     } else {
-      auto frame = ParsedFrame::parse(std::move(*body.value()));
-      if (!frame.ok()) {
-        bad = frame.error();
-      } else {
-        {
-          std::lock_guard lock(mu_);
-          ++stats_.framesIn;
-          stats_.bytesIn += frame.value()->bytes();
-        }
-        auto exception = kj::runCatchingExceptions([&] { handle(c, *frame.value()); });
-        KJ_IF_MAYBE (e, exception) {
-          bad = makeError(ErrorCode::kCorruption, e->getDescription().cStr());
-        }
+      {
+        std::lock_guard lock(mu_);
+        ++stats_.framesIn;
+        stats_.bytesIn += sealedBytes;
+      }
+      auto exception = kj::runCatchingExceptions([&] { handle(c, *frame.value()); });
+      KJ_IF_MAYBE (e, exception) {
+        bad = makeError(ErrorCode::kCorruption, e->getDescription().cStr());
       }
     }
     if (bad) {
@@ -461,6 +563,47 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
       close(c);
       return;
     }
+  }
+}
+
+// Counts a refused frame and warns, at most once per peer host every 10 s.
+void Cluster::Impl::refused(Conn* c, SecureChannel::Received::Kind kind, const std::string& why) {
+  using Kind = SecureChannel::Received::Kind;
+  {
+    std::lock_guard lock(mu_);
+    if (kind == Kind::kAuthFailed || kind == Kind::kNotSealed) {
+      ++stats_.authFailures;
+    } else if (kind == Kind::kReplayed) {
+      ++stats_.replaysRefused;
+    } else {
+      ++stats_.malformedFrames;
+    }
+  }
+  std::string host = hostOf(c->remote);
+  auto it = lastWarned_.find(host);
+  if (it != lastWarned_.end() && now() - it->second < kWarnEveryMillis) return;
+  if (lastWarned_.size() >= 1024) lastWarned_.clear();  // bounded; at worst a few more lines
+  lastWarned_[host] = now();
+  std::string peer = c->remote.empty() ? "a peer" : c->remote;
+  if (!c->peerId.empty()) peer += " (" + c->peerId + ")";
+  switch (kind) {
+    case Kind::kAuthFailed:
+      warn("gossip: frame from " + peer +
+           " failed authentication: the peer uses a cluster key this node does not have, or "
+           "the frame was tampered with (" + why +
+           "); connection closed. Give every node the same key (`chorus cluster keys "
+           "install`); `chorus cluster keys list` shows fingerprints");
+      break;
+    case Kind::kNotSealed:
+      warn("gossip: refused a connection from " + peer + ": " + why +
+           "; every node needs this version and a cluster key");
+      break;
+    case Kind::kReplayed:
+      warn("gossip: frame from " + peer + " refused as a replay: " + why + "; connection closed");
+      break;
+    default:
+      warn("gossip: stream from " + peer + " is not gossip: " + why + "; connection closed");
+      break;
   }
 }
 
@@ -487,13 +630,26 @@ void Cluster::Impl::closed(Conn* c) {
   delete c;
 }
 
-bool Cluster::Impl::send(Conn* c, std::string bytes, uint64_t deltas) {
-  if (c->closing || !c->connected) return false;
+bool Cluster::Impl::send(Conn* c, const std::string& frame, uint64_t deltas) {
+  if (c->closing || !c->connected || !c->channel.ready()) return false;
   if (!c->peerId.empty() && blocked(c->peerId)) {
     std::lock_guard lock(mu_);
     ++stats_.partitionDropped;
     return false;
   }
+  // A peer that stops reading: deltas stop at maxQueuedBytesPerPeer
+  // (flushDeltas); anything else stops a frame later, with the connection.
+  if (c->queuedBytes + frame.size() > options_.maxQueuedBytesPerPeer + options_.maxFrameBytes) {
+    close(c);
+    return false;
+  }
+  std::string_view body(frame);
+  body.remove_prefix(kFrameHeaderBytes);
+  return write(c, c->channel.seal(keyring()->primary(), body), deltas, true);
+}
+
+bool Cluster::Impl::write(Conn* c, std::string bytes, uint64_t deltas, bool frame) {
+  if (c->closing || !c->connected) return false;
   auto* w = new Write{uv_write_t{}, std::move(bytes), c, deltas};
   w->req.data = w;
   uv_buf_t buf = uv_buf_init(w->bytes.data(), unsigned(w->bytes.size()));
@@ -501,7 +657,7 @@ bool Cluster::Impl::send(Conn* c, std::string bytes, uint64_t deltas) {
   c->queuedDeltas += deltas;
   {
     std::lock_guard lock(mu_);
-    ++stats_.framesOut;
+    stats_.framesOut += frame;
     stats_.bytesOut += w->bytes.size();
     if (deltas && !c->peerId.empty()) {
       auto it = peers_.find(c->peerId);
@@ -652,8 +808,16 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
       learnMembers(from, root.getAck());
       return;
     case wire::Frame::DELTAS: {
-      uint64_t received = 0;
+      uint64_t received = 0, dropped = 0;
       for (auto data : root.getDeltas()) {
+        // The store queues without bound: past maxPendingDeltaBytes not yet
+        // committed, drop (the sender's write is durable there, and
+        // anti-entropy brings it once the store caught up).
+        int64_t size = int64_t(data.size());
+        if (deltaBytesMerging_->load() + size > int64_t(options_.maxPendingDeltaBytes)) {
+          ++dropped;
+          continue;
+        }
         auto doc = crdt::ReviewDoc::decode(
             std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
         if (!doc.ok()) {
@@ -662,10 +826,16 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
           continue;  // drop this delta; anti-entropy will bring the state
         }
         ++received;
-        store_.merge(std::move(doc).value(), onMerged_);
+        *deltaBytesMerging_ += size;
+        store_.merge(std::move(doc).value(),
+                     [merging = deltaBytesMerging_, user = onMerged_, size](Result<storage::Applied> r) {
+                       *merging -= size;
+                       user(std::move(r));
+                     });
       }
       std::lock_guard lock(mu_);
       stats_.deltasReceived += received;
+      stats_.receivedDeltasDropped += dropped;
       return;
     }
     case wire::Frame::RECONCILE: {
@@ -952,15 +1122,13 @@ void Cluster::Impl::sessionDone(const std::string& peerId) {
 // ---- the fast path ------------------------------------------------------------
 
 void Cluster::Impl::flushDeltas() {
-  std::vector<crdt::ReviewDoc> docs;
+  std::vector<std::string> encoded;
   {
     std::lock_guard lock(mu_);
-    docs.swap(outbox_);
+    encoded.swap(outbox_);
+    outboxBytes_ = 0;
   }
-  if (docs.empty()) return;
-  std::vector<std::string> encoded;
-  encoded.reserve(docs.size());
-  for (const auto& d : docs) encoded.push_back(d.encode());
+  if (encoded.empty()) return;
 
   // Targets: every connected peer, or pushFanout random ones.
   std::vector<Conn*> targets;
@@ -1005,7 +1173,7 @@ void Cluster::Impl::flushDeltas() {
   }
   std::lock_guard lock(mu_);
   stats_.deltasSent += sent;
-  stats_.deltasDropped += unreachable * docs.size();
+  stats_.deltasDropped += unreachable * encoded.size();
 }
 
 // ---- Cluster --------------------------------------------------------------------
@@ -1030,9 +1198,17 @@ std::string Cluster::address() const {
 }
 
 void Cluster::publish(const crdt::ReviewDoc& delta) {
+  std::string encoded = delta.encode();  // on the caller's thread, not the loop's
   {
     std::lock_guard lock(impl_->mu_);
-    impl_->outbox_.push_back(delta);
+    // A loop that cannot keep up: drop the push (the write is durable here;
+    // anti-entropy carries it), counted once per peer it did not reach.
+    if (impl_->outboxBytes_ + encoded.size() > impl_->options_.maxPendingDeltaBytes) {
+      impl_->stats_.deltasDropped += impl_->peers_.size();
+      return;
+    }
+    impl_->outboxBytes_ += encoded.size();
+    impl_->outbox_.push_back(std::move(encoded));
   }
   impl_->wake();
 }
@@ -1076,6 +1252,22 @@ ClusterStats Cluster::stats() const {
   std::lock_guard lock(impl_->mu_);
   return impl_->stats_;
 }
+
+Status Cluster::installKey(const std::string& key) {
+  auto parsed = parseClusterKey(key);
+  if (!parsed.ok()) return parsed.error();
+  return impl_->changeKeys([&](Keyring& ring) { return ring.install(parsed.value()); });
+}
+
+Status Cluster::useKey(const std::string& keyOrFingerprint) {
+  return impl_->changeKeys([&](Keyring& ring) { return ring.use(keyOrFingerprint); });
+}
+
+Status Cluster::removeKey(const std::string& keyOrFingerprint) {
+  return impl_->changeKeys([&](Keyring& ring) { return ring.remove(keyOrFingerprint); });
+}
+
+std::vector<KeyInfo> Cluster::keys() const { return impl_->keyring()->list(); }
 
 void Cluster::syncNow() {
   {

@@ -1,9 +1,11 @@
 // chorus::gossip::Cluster: replication between Chorus nodes over libuv TCP.
 //
 //   - Transport: one TCP connection per peer that this node dials, plus the
-//     connections peers dial to it; frames are length-prefixed Cap'n Proto
-//     messages (gossip/frame.h) with a protocol version and a size cap. A
-//     malformed or oversized frame is counted and closes its connection.
+//     connections peers dial to it; frames are Cap'n Proto messages
+//     (gossip/frame.h) with a protocol version and a size cap, each sealed
+//     with a cluster key (gossip/secure-channel.h, gossip/keyring.h). A
+//     malformed, oversized, unauthentic or replayed frame is counted and
+//     closes its connection; only holders of a cluster key can join.
 //   - Membership: nodes join through seed addresses; the member list rides on
 //     heartbeats, is persisted in <dataDir>/members, and is reloaded at start.
 //     A phi-accrual detector over heartbeat arrivals marks peers
@@ -31,6 +33,7 @@
 
 #include "crdt/result.h"
 #include "crdt/review.h"
+#include "gossip/keyring.h"
 #include "storage/store.h"
 
 namespace chorus::gossip {
@@ -41,7 +44,10 @@ struct ClusterOptions {
   std::string advertise;              // address peers dial; empty = the bound address
   std::vector<std::string> seeds;     // gossip addresses of nodes to join through
   std::string rpcAddress;             // this node's client API address, shared with peers
-  std::string dataDir;                // where the member list is persisted; empty = nowhere
+  std::string dataDir;                // where the member list and keyring are persisted; empty = nowhere
+  // base64 cluster keys; keys[0] is the primary; used when <dataDir>/keyring
+  // does not exist yet (once it does, it wins: it reflects rotations).
+  std::vector<std::string> keys;
   std::chrono::milliseconds antiEntropyInterval{1000};
   std::chrono::milliseconds heartbeatInterval{200};
   double suspectPhi = 5;              // phi-accrual thresholds
@@ -49,6 +55,10 @@ struct ClusterOptions {
   size_t pushFanout = 8;              // peers each delta goes to (all if fewer)
   size_t maxFrameBytes = 32u << 20;   // larger frames are refused
   size_t maxQueuedBytesPerPeer = 64u << 20;  // beyond: deltas dropped (repair catches up)
+  // Received deltas handed to the store and not yet committed, and local
+  // deltas published and not yet sent; beyond either, further ones are
+  // dropped and counted (anti-entropy repairs; local writes are already durable).
+  size_t maxPendingDeltaBytes = 64u << 20;
 };
 
 // With the default 200 ms heartbeats a silent peer turns suspect after about
@@ -76,10 +86,17 @@ struct ClusterStats {
   uint64_t framesIn = 0, framesOut = 0;
   uint64_t bytesIn = 0, bytesOut = 0;
   uint64_t malformedFrames = 0;      // refused frames (each closed its connection)
+  // Refused by authentication, each closing its connection: no preamble
+  // (plaintext or not gossip), an unknown key id, a tag that does not verify.
+  uint64_t authFailures = 0;
+  // Authentic frames refused as replays: sealed for another connection, or
+  // out of sequence on this one. Each closed its connection.
+  uint64_t replaysRefused = 0;
   uint64_t partitionDropped = 0;     // frames dropped by partition()
   uint64_t connectionsRefused = 0;   // inbound beyond 256 open ones, closed at once
   uint64_t deltasSent = 0, deltasReceived = 0;
-  uint64_t deltasDropped = 0;        // not sent: peer unreachable or queue full
+  uint64_t deltasDropped = 0;        // not sent (per peer): unreachable, queue full, or outbox full
+  uint64_t receivedDeltasDropped = 0;  // received but not merged: store behind by maxPendingDeltaBytes
   uint64_t syncStarted = 0, syncCompleted = 0;
   uint64_t antiEntropyBytes = 0;     // reconcile frames, both directions
   uint64_t statesRepaired = 0;       // states received through anti-entropy
@@ -89,8 +106,10 @@ class Cluster {
  public:
   using Merged = std::function<void(Result<storage::Applied>)>;
 
-  // Binds `listen`, loads the persisted member list, and starts the loop
-  // thread. Errors: kInvalidArgument (bad option or address), kIo (bind).
+  // Loads the keyring (<dataDir>/keyring, else options.keys, saved there),
+  // binds `listen`, loads the persisted member list, and starts the loop
+  // thread. Errors: kInvalidArgument (bad option, address or key, no key at
+  // all), kCorruption (an unreadable keyring file), kIo (bind, keyring write).
   static Result<std::unique_ptr<Cluster>> start(ClusterOptions options, storage::Store& store,
                                                 Merged onMerged);
   // Stops the loop thread and closes every connection.
@@ -116,6 +135,23 @@ class Cluster {
 
   // Starts an anti-entropy round now (with the least recently synced peer).
   void syncNow();
+
+  // ---- the keyring: any thread; each change is persisted before it returns.
+  // Rotation without downtime: installKey(new) on every node, then
+  // useKey(new) on each node in turn (receivers accept any installed key),
+  // then removeKey(old) on every node.
+  //
+  // Adds a key (base64). Idempotent. kInvalidArgument for a malformed key or
+  // a full ring (16); kIo if it cannot be persisted (nothing changed).
+  Status installKey(const std::string& key);
+  // Makes an installed key (given as base64 or fingerprint) the primary:
+  // frames are sent with it from now on. kNotFound if not installed.
+  Status useKey(const std::string& keyOrFingerprint);
+  // Removes an installed key. kInvalidArgument if it is the primary;
+  // kNotFound if not installed. Connections whose frames use it fail
+  // authentication and reconnect.
+  Status removeKey(const std::string& keyOrFingerprint);
+  std::vector<KeyInfo> keys() const;  // primary first
 
   class Impl;
 

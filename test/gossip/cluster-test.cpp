@@ -5,26 +5,45 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+#include <sys/time.h>
+
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
 #include <thread>
 
 #include "gossip/cluster.h"
 #include "gossip/frame.h"
+#include "gossip/secure-channel.h"
 
 using namespace chorus;
 using namespace std::chrono_literals;
 
 namespace {
 
+// The cluster key of the tests' clusters.
+const std::string& clusterKey() {
+  static const std::string key = gossip::generateClusterKey();
+  return key;
+}
+
 // One node: a store in a temporary directory and its Cluster.
 struct TestNode {
   std::string id;
   std::filesystem::path dir;
+  std::vector<std::string> keys;
   std::unique_ptr<storage::Store> store;
   std::unique_ptr<gossip::Cluster> cluster;
 
-  TestNode(const std::string& nodeId, std::vector<std::string> seeds) : id(nodeId) {
+  TestNode(const std::string& nodeId, std::vector<std::string> seeds,
+           std::vector<std::string> clusterKeys = {clusterKey()})
+      : id(nodeId), keys(std::move(clusterKeys)) {
     dir = std::filesystem::temp_directory_path() /
           ("chorus-cluster-test-" + nodeId + "-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
@@ -43,6 +62,7 @@ struct TestNode {
     c.listen = listen;
     c.seeds = std::move(seeds);
     c.dataDir = dir.string();
+    c.keys = keys;
     c.antiEntropyInterval = 200ms;
     c.heartbeatInterval = 50ms;
     auto started = gossip::Cluster::start(c, *store, nullptr);
@@ -58,12 +78,33 @@ struct TestNode {
     std::filesystem::remove_all(dir);
   }
   void write(const std::string& product, const std::string& author, const std::string& body) {
+    REQUIRE(tryWrite(product, author, body));
+  }
+  // For writer threads (no REQUIRE off the test thread): true = acknowledged.
+  bool tryWrite(const std::string& product, const std::string& author, const std::string& body) {
     auto r = store->mutateSync(
         {product, author}, [&](crdt::ReviewDoc& doc, crdt::HybridClock& c) -> Result<crdt::ReviewDoc> {
           return doc.write(4, "title", body, c.now());
         });
-    REQUIRE(r.ok());
+    if (!r.ok()) return false;
     cluster->publish(r->delta);
+    return true;
+  }
+  bool has(const std::string& product, const std::string& author) {
+    auto doc = store->get({product, author});
+    return doc.ok() && doc.value().has_value();
+  }
+  bool knows(const std::string& nodeId) {
+    for (const auto& m : cluster->members()) {
+      if (m.nodeId == nodeId) return true;
+    }
+    return false;
+  }
+  std::string membersFile() {
+    std::ifstream in(dir / "members");
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
   }
   storage::Hash root() {
     auto r = store->merkleRoot();
@@ -93,6 +134,89 @@ bool sameRoots(std::vector<TestNode*> nodes) {
     if (n->root() != nodes[0]->root()) return false;
   }
   return true;
+}
+
+// A TCP connection to a node's gossip port, from the test. Reads time out
+// after 3 s, so a node that neither answers nor closes fails the test rather
+// than hang it.
+struct RawConn {
+  int fd = -1;
+  explicit RawConn(const std::string& address) {
+    auto colon = address.rfind(':');
+    int port = std::stoi(address.substr(colon + 1));
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    timeval timeout{3, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(uint16_t(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~RawConn() { ::close(fd); }
+  void send(const std::string& bytes) {
+    REQUIRE(::write(fd, bytes.data(), bytes.size()) == ssize_t(bytes.size()));
+  }
+  // Exactly n bytes (less if the node closed or went quiet).
+  std::string read(size_t n) {
+    std::string out;
+    char buffer[4096];
+    while (out.size() < n) {
+      ssize_t got = ::read(fd, buffer, std::min(sizeof buffer, n - out.size()));
+      if (got <= 0) break;
+      out.append(buffer, size_t(got));
+    }
+    return out;
+  }
+  // Everything until the node closes; nullopt if it did not within 3 s.
+  std::optional<std::string> rest() {
+    std::string out;
+    char buffer[4096];
+    for (;;) {
+      ssize_t got = ::read(fd, buffer, sizeof buffer);
+      if (got == 0) return out;
+      if (got < 0) return errno == ECONNRESET ? std::optional<std::string>(out) : std::nullopt;
+      out.append(buffer, size_t(got));
+    }
+  }
+  void finish() { ::shutdown(fd, SHUT_WR); }
+};
+
+// A peer played by the test: it holds `key` and speaks the sealed protocol
+// through a SecureChannel of its own.
+struct FakePeer {
+  RawConn conn;
+  gossip::Keyring ring;
+  gossip::SecureChannel channel{1 << 20};
+  std::string sent;  // everything written, to replay
+  FakePeer(const std::string& address, const std::string& key)
+      : conn(address), ring(gossip::Keyring::fromBase64({key}).value()) {
+    send(channel.preamble());
+    std::string preamble = conn.read(gossip::kPreambleBytes);
+    REQUIRE(preamble.size() == gossip::kPreambleBytes);
+    channel.append(preamble.data(), preamble.size());
+    REQUIRE(channel.next(ring).kind == gossip::SecureChannel::Received::Kind::kNeedMore);
+    REQUIRE(channel.ready());
+  }
+  std::string sealedHello(const std::string& id) {
+    capnp::MallocMessageBuilder message;
+    auto hello = gossip::newFrame(message, id).initHello();
+    hello.setNodeId(id);
+    hello.setGossipAddress("127.0.0.1:1");  // nobody listens there
+    std::string frame = gossip::encodeFrame(message);
+    return channel.seal(ring.primary(), std::string_view(frame).substr(gossip::kFrameHeaderBytes));
+  }
+  void send(const std::string& bytes) {
+    conn.send(bytes);
+    sent += bytes;
+  }
+  // Whether the node answers (the acceptor answers a hello with its own).
+  bool answered() { return !conn.read(1).empty(); }
+};
+
+uint64_t refusals(const gossip::ClusterStats& s) {
+  return s.authFailures + s.replaysRefused + s.malformedFrames;
 }
 
 }  // namespace
@@ -156,31 +280,280 @@ TEST_CASE("a restarted node finds its peers from the persisted member list and c
   CHECK(n2.store->get({"sku-r", "user-29"}).value().has_value());
 }
 
-TEST_CASE("garbage and oversized frames from a fake peer are counted and survived") {
+TEST_CASE("garbage, plaintext and oversized streams from a fake peer are counted and survived") {
   TestNode n1("g1", {});
   TestNode n2("g2", {n1.cluster->address()});
   REQUIRE(eventually([&] { return n1.alive() == 1; }));
-  auto colon = n1.cluster->address().rfind(':');
-  int port = std::stoi(n1.cluster->address().substr(colon + 1));
+  std::string preamble = gossip::SecureChannel(1 << 20).preamble();
   auto attack = [&](const std::string& bytes) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(uint16_t(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    (void)::write(fd, bytes.data(), bytes.size());
-    char c;
-    (void)::read(fd, &c, 1);  // returns when the node closes the connection
-    ::close(fd);
+    RawConn c(n1.cluster->address());
+    c.send(bytes);
+    auto answer = c.rest();  // the node's preamble, then it closes
+    REQUIRE(answer.has_value());
+    CHECK(answer->size() == gossip::kPreambleBytes);
   };
-  attack(std::string("\x10\x00\x00\x00", 4) + std::string(16, '\xff'));  // not a message
-  attack(std::string("\x08\x00\x00\x7f", 4));                             // oversized
-  attack(std::string("\x07\x00\x00\x00", 4) + "1234567");                 // not whole words
-  CHECK(n1.cluster->stats().malformedFrames >= 3);
+  attack(std::string("\x10\x00\x00\x00", 4) + std::string(16, '\xff'));  // no preamble
+  CHECK(n1.cluster->stats().authFailures == 1);
+  attack(preamble + std::string("\x08\x00\x00\x7f", 4));  // oversized
+  attack(preamble + std::string("\x07\x00\x00\x00", 4) + "1234567");  // shorter than a seal
+  CHECK(n1.cluster->stats().malformedFrames >= 2);
+  attack(preamble + std::string("\x54\x00\x00\x00", 4) + std::string(0x54, '\x01'));  // no such key
+  CHECK(n1.cluster->stats().authFailures == 2);
   // Still replicating.
   n2.write("sku-g", "ann", "after the attack");
   std::vector<TestNode*> both{&n1, &n2};
   CHECK(eventually([&] { return sameRoots(both); }));
+  CHECK(n2.cluster->stats().authFailures == 0);
+}
+
+TEST_CASE("gossip refuses to start without a cluster key or with a malformed one") {
+  auto dir = std::filesystem::temp_directory_path() / ("chorus-cluster-test-nokey-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  storage::Options so;
+  so.dir = (dir / "store").string();
+  so.unsafeNoSync = true;
+  auto store = storage::Store::open(so);
+  REQUIRE(store.ok());
+  gossip::ClusterOptions c;
+  c.nodeId = "nokey";
+  c.listen = "127.0.0.1:0";
+  c.dataDir = dir.string();
+  auto none = gossip::Cluster::start(c, *store.value(), nullptr);
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.error().code == ErrorCode::kInvalidArgument);
+  CHECK(none.error().message.find("gossip needs a cluster key") != std::string::npos);
+  CHECK(none.error().message.find("chorus cluster keys generate") != std::string::npos);
+  c.keys = {"c2VjcmV0"};
+  auto bad = gossip::Cluster::start(c, *store.value(), nullptr);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().code == ErrorCode::kInvalidArgument);
+  CHECK_FALSE(std::filesystem::exists(dir / "keyring"));
+  store.value().reset();
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a node with another key never becomes a member and none of its writes are merged") {
+  TestNode n1("w1", {});
+  TestNode n2("w2", {n1.cluster->address()});
+  REQUIRE(eventually([&] { return n1.alive() == 1 && n2.alive() == 1; }));
+  TestNode intruder("w-intruder", {n1.cluster->address(), n2.cluster->address()},
+                    {gossip::generateClusterKey()});
+  intruder.write("sku-w", "mallory", "forged");
+  // It dials both; both refuse its hello (it learns nothing to dial back).
+  REQUIRE(eventually([&] {
+    return n1.cluster->stats().authFailures > 0 && n2.cluster->stats().authFailures > 0;
+  }));
+  std::this_thread::sleep_for(1500ms);  // several reconnects and anti-entropy rounds
+  for (auto* n : {&n1, &n2}) {
+    CHECK_FALSE(n->knows("w-intruder"));
+    CHECK_FALSE(n->has("sku-w", "mallory"));
+    CHECK(n->membersFile().find("w-intruder") == std::string::npos);
+    CHECK(n->cluster->stats().deltasReceived == 0);
+    CHECK(n->cluster->stats().statesRepaired == 0);
+  }
+  CHECK(intruder.cluster->members().empty());
+  // The members still replicate with each other.
+  n1.write("sku-w", "ann", "members only");
+  REQUIRE(eventually([&] { return n2.has("sku-w", "ann"); }));
+  CHECK_FALSE(intruder.has("sku-w", "ann"));
+}
+
+TEST_CASE("a raw client with an old-style plaintext hello cannot join") {
+  TestNode n1("p1", {});
+  capnp::MallocMessageBuilder message;
+  auto hello = gossip::newFrame(message, "plain").initHello();
+  hello.setNodeId("plain");
+  hello.setGossipAddress("127.0.0.1:1");
+  RawConn c(n1.cluster->address());
+  c.send(gossip::encodeFrame(message));
+  auto answer = c.rest();
+  REQUIRE(answer.has_value());
+  CHECK(answer->size() == gossip::kPreambleBytes);  // its challenge, nothing more
+  CHECK(n1.cluster->stats().authFailures == 1);
+  CHECK(n1.cluster->stats().framesIn == 0);
+  CHECK_FALSE(n1.knows("plain"));
+}
+
+TEST_CASE("every bit-flipped copy of a valid sealed hello is refused; the node keeps serving") {
+  TestNode n1("f1", {});
+  TestNode n2("f2", {n1.cluster->address()});
+  REQUIRE(eventually([&] { return n1.alive() == 1; }));
+  uint64_t before = refusals(n1.cluster->stats());
+  size_t frameBytes = 0, flips = 0;
+  for (size_t at = 0; frameBytes == 0 || at < frameBytes; ++at) {
+    // A fresh connection each time, with a hello sealed for it (the test
+    // holds the key), then one bit of it flipped.
+    FakePeer peer(n1.cluster->address(), clusterKey());
+    std::string hello = peer.sealedHello("f-forger");
+    frameBytes = hello.size();
+    hello[at] = char(hello[at] ^ (1 << (at % 8)));
+    peer.send(hello);
+    peer.conn.finish();  // a longer length would wait for bytes that never come
+    auto answer = peer.conn.rest();
+    CAPTURE(at);
+    REQUIRE(answer.has_value());
+    CHECK(answer->empty());  // no hello back: refused
+    ++flips;
+  }
+  CHECK(flips == frameBytes);
+  CHECK(frameBytes > gossip::kSealOverheadBytes);
+  // All but the length's 4 bytes are refused by authentication; a flipped
+  // length is refused as malformed or waits until the close.
+  auto stats = n1.cluster->stats();
+  CHECK(stats.authFailures >= frameBytes - 4);
+  CHECK(refusals(stats) - before <= frameBytes);
+  CHECK_FALSE(n1.knows("f-forger"));
+  // The same hello unflipped is accepted: the refusals above were the flips.
+  {
+    FakePeer peer(n1.cluster->address(), clusterKey());
+    peer.send(peer.sealedHello("f-control"));
+    CHECK(peer.answered());
+  }
+  CHECK(eventually([&] { return n1.knows("f-control"); }));
+  n2.write("sku-f", "ann", "after the flips");
+  REQUIRE(eventually([&] { return n1.has("sku-f", "ann"); }));
+}
+
+TEST_CASE("a recorded stream replayed on a new connection, or a frame repeated, is refused") {
+  TestNode n1("x1", {});
+  std::string recorded;
+  {
+    FakePeer peer(n1.cluster->address(), clusterKey());
+    peer.send(peer.sealedHello("x-recorded"));
+    REQUIRE(peer.answered());
+    recorded = peer.sent;  // preamble + hello, as a wiretap saw them
+  }
+  REQUIRE(eventually([&] { return n1.knows("x-recorded"); }));
+  auto accepted = n1.cluster->stats().framesIn;
+  {
+    RawConn c(n1.cluster->address());
+    c.send(recorded);
+    auto answer = c.rest();
+    REQUIRE(answer.has_value());
+    CHECK(answer->size() == gossip::kPreambleBytes);  // nothing after the challenge
+  }
+  CHECK(n1.cluster->stats().replaysRefused == 1);
+  CHECK(n1.cluster->stats().framesIn == accepted);
+  {
+    FakePeer peer(n1.cluster->address(), clusterKey());
+    std::string hello = peer.sealedHello("x-recorded");
+    peer.send(hello);
+    REQUIRE(peer.answered());
+    peer.send(hello);  // the same sealed frame again, same connection
+    auto answer = peer.conn.rest();
+    REQUIRE(answer.has_value());  // closed
+  }
+  CHECK(n1.cluster->stats().replaysRefused == 2);
+  CHECK(n1.cluster->stats().authFailures == 0);
+}
+
+TEST_CASE("key rotation under continuous writes on three nodes loses nothing and refuses nothing") {
+  std::string k1 = gossip::generateClusterKey(), k2 = gossip::generateClusterKey();
+  TestNode n1("k1", {}, {k1});
+  TestNode n2("k2", {n1.cluster->address()}, {k1});
+  TestNode n3("k3", {n1.cluster->address()}, {k1});
+  std::vector<TestNode*> all{&n1, &n2, &n3};
+  REQUIRE(eventually([&] { return n1.alive() == 2 && n2.alive() == 2 && n3.alive() == 2; }));
+
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> acknowledged;
+  std::vector<std::thread> writers;
+  for (auto* n : all) {
+    writers.emplace_back([&, n] {
+      for (int i = 0; !stop; ++i) {
+        std::string author = n->id + "-" + std::to_string(i);
+        if (n->tryWrite("sku-rot", author, "during rotation")) {
+          std::lock_guard lock(mu);
+          acknowledged.emplace_back("sku-rot", author);
+        }
+        std::this_thread::sleep_for(2ms);
+      }
+    });
+  }
+  auto settle = [] { std::this_thread::sleep_for(400ms); };  // several heartbeats
+  for (auto* n : all) REQUIRE(n->cluster->installKey(k2).ok());
+  settle();
+  std::string fp2 = gossip::parseClusterKey(k2)->fingerprint();
+  for (auto* n : all) {  // one by one: the others already accept k2
+    REQUIRE(n->cluster->useKey(fp2).ok());
+    settle();
+  }
+  for (auto* n : all) REQUIRE(n->cluster->removeKey(k1).ok());
+  settle();
+  stop = true;
+  for (auto& w : writers) w.join();
+
+  REQUIRE(eventually([&] { return sameRoots(all); }));
+  REQUIRE(acknowledged.size() > 30);
+  for (auto* n : all) {
+    for (const auto& [product, author] : acknowledged) {
+      if (!n->has(product, author)) FAIL_CHECK(n->id << " lacks " << author);
+    }
+    auto stats = n->cluster->stats();
+    CHECK(stats.authFailures == 0);
+    CHECK(stats.replaysRefused == 0);
+    CHECK(stats.malformedFrames == 0);
+    auto keys = n->cluster->keys();
+    REQUIRE(keys.size() == 1);
+    CHECK(keys[0].fingerprint == fp2);
+    CHECK(keys[0].primary);
+    CHECK(n->alive() == 2);
+  }
+}
+
+TEST_CASE("the keyring persists every change, mode 0600, and wins over the options at restart") {
+  std::string k1 = gossip::generateClusterKey(), k2 = gossip::generateClusterKey();
+  TestNode n("kr", {}, {k1});
+  auto path = n.dir / "keyring";
+  auto mode = [&] {
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    return st.st_mode & 0777;
+  };
+  REQUIRE(std::filesystem::exists(path));
+  CHECK(mode() == 0600);
+  auto fingerprints = [](const std::vector<gossip::KeyInfo>& keys) {
+    std::string out;
+    for (const auto& k : keys) out += k.fingerprint + (k.primary ? "* " : " ");
+    return out;
+  };
+  std::string fp1 = gossip::parseClusterKey(k1)->fingerprint();
+  std::string fp2 = gossip::parseClusterKey(k2)->fingerprint();
+
+  CHECK(n.cluster->installKey("not-a-key").error().code == ErrorCode::kInvalidArgument);
+  CHECK(n.cluster->useKey(fp2).error().code == ErrorCode::kNotFound);
+  CHECK(n.cluster->removeKey(fp1).error().code == ErrorCode::kInvalidArgument);  // the primary
+  REQUIRE(n.cluster->installKey(k2).ok());
+  REQUIRE(n.cluster->installKey(k2).ok());
+  CHECK(fingerprints(n.cluster->keys()) == fp1 + "* " + fp2 + " ");
+
+  // Each change is on disk when the call returns.
+  auto onDisk = [&] {
+    auto ring = gossip::Keyring::load(path.string());
+    REQUIRE(ring.ok());
+    REQUIRE(ring.value().has_value());
+    return fingerprints(ring.value()->list());
+  };
+  CHECK(onDisk() == fp1 + "* " + fp2 + " ");
+  REQUIRE(n.cluster->useKey(k2).ok());
+  CHECK(onDisk() == fp2 + "* " + fp1 + " ");
+  REQUIRE(n.cluster->removeKey(fp1).ok());
+  CHECK(onDisk() == fp2 + "* ");
+  CHECK(n.cluster->removeKey(fp1).error().code == ErrorCode::kNotFound);
+  CHECK(mode() == 0600);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  CHECK(text.str().find(k1) == std::string::npos);  // removed means gone from the file
+
+  // Restart with the old key in the options: the file wins.
+  n.close();
+  n.open({});
+  CHECK(fingerprints(n.cluster->keys()) == fp2 + "* ");
+  // And with no key in the options at all: the file is enough.
+  n.close();
+  n.keys.clear();
+  n.open({});
+  CHECK(fingerprints(n.cluster->keys()) == fp2 + "* ");
 }

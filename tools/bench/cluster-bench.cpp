@@ -134,6 +134,7 @@ class Bench {
   }
 
   Status start() {
+    std::string key = gossip::generateClusterKey();  // one cluster, one key
     for (int i = 0; i < o_.nodes; ++i) {
       auto n = std::make_unique<BenchNode>();
       n->id = "n" + std::to_string(i + 1);
@@ -148,6 +149,7 @@ class Bench {
       co.nodeId = n->id;
       co.listen = "127.0.0.1:0";
       co.dataDir = so.dir;
+      co.keys = {key};
       co.antiEntropyInterval = std::chrono::milliseconds(o_.antiEntropyMs);
       if (!nodes_.empty()) co.seeds = {nodes_[0]->cluster->address()};
       auto cluster = gossip::Cluster::start(co, *n->store, [this](Result<storage::Applied> r) {
