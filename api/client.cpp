@@ -268,17 +268,19 @@ Status Client::heal() {
   return okStatus();
 }
 
-Result<std::vector<ClusterKeyInfo>> Client::keys(KeyOp op, const std::string& key) {
+Result<std::vector<gossip::KeyInfo>> Client::keys(KeyOp op, const std::string& key) {
   auto q = impl_->admin.keysRequest();
   q.setOp(toWire(op));
   q.setKey(key);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
-  std::vector<ClusterKeyInfo> keys;
+  std::vector<gossip::KeyInfo> keys;
   for (auto k : response->getKeys()) {
-    keys.push_back(ClusterKeyInfo{std::string(k.getFingerprint().cStr(), k.getFingerprint().size()),
-                                  k.getPrimary()});
+    gossip::KeyInfo info;
+    info.fingerprint.assign(k.getFingerprint().cStr(), k.getFingerprint().size());
+    info.primary = k.getPrimary();
+    keys.push_back(std::move(info));
   }
   return keys;
 }

@@ -14,6 +14,7 @@
 #include "api/chorus.capnp.h"
 #include "api/types.h"
 #include "crdt/result.h"
+#include "gossip/keyring.h"
 #include "storage/store.h"
 
 namespace kj {
@@ -62,7 +63,7 @@ class Client {
   // Admin.keys: the cluster's gossip keys after `op` (see api/chorus.capnp);
   // `key` is a base64 key (kInstall, kUse, kRemove) or a fingerprint (kUse,
   // kRemove), ignored by kList.
-  Result<std::vector<ClusterKeyInfo>> keys(KeyOp op, const std::string& key = {});
+  Result<std::vector<gossip::KeyInfo>> keys(KeyOp op, const std::string& key = {});
 
   // Whom the node serves this client as, from authenticate: the principal
   // and its role names; empty without a token, and the principal is empty

@@ -80,18 +80,18 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   }
   std::optional<api::TokenTable> tokens;
   if (!options.listen.empty()) {
-    if (options.noAuth && !options.tokensFile.empty()) {
+    if (options.rpc.noAuth && !options.rpc.tokensFile.empty()) {
       return makeError(ErrorCode::kInvalidArgument,
                        "the RPC server takes either a tokens file (--tokens-file) or --no-auth, "
                        "not both");
     }
-    if (!options.noAuth && options.tokensFile.empty()) {
+    if (!options.rpc.noAuth && options.rpc.tokensFile.empty()) {
       return makeError(ErrorCode::kInvalidArgument,
                        "the RPC server needs a tokens file (--tokens-file); --no-auth serves "
                        "every client as admin, for tests on a trusted host only");
     }
-    if (!options.tokensFile.empty()) {
-      auto loaded = api::TokenTable::load(options.tokensFile);
+    if (!options.rpc.tokensFile.empty()) {
+      auto loaded = api::TokenTable::load(options.rpc.tokensFile);
       if (!loaded.ok()) return loaded.error();
       tokens = std::move(loaded).value();
     }
@@ -104,7 +104,7 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   if (!node->options_.listen.empty()) {
     if (tokens) {
       api::logf(api::LogLevel::kInfo, "rpc: %zu token(s) from %s",
-                tokens->size(), node->options_.tokensFile.c_str());
+                tokens->size(), node->options_.rpc.tokensFile.c_str());
     } else {
       api::logf(api::LogLevel::kWarn,
                 "rpc: --no-auth: every client is served as admin; for tests on a trusted "
@@ -403,6 +403,33 @@ Status Node::heal() {
   cluster_->heal();
   api::logf(api::LogLevel::kInfo, "gossip: healed on request");
   return okStatus();
+}
+
+Result<std::vector<gossip::KeyInfo>> Node::keys(api::KeyOp op, const std::string& key) {
+  std::shared_lock lock(clusterMutex_);
+  if (!cluster_) return noCluster();
+  Status done = okStatus();
+  switch (op) {
+    case api::KeyOp::kList:
+      break;
+    case api::KeyOp::kInstall:
+      done = cluster_->installKey(key);
+      break;
+    case api::KeyOp::kUse:
+      done = cluster_->useKey(key);
+      break;
+    case api::KeyOp::kRemove:
+      done = cluster_->removeKey(key);
+      break;
+  }
+  if (!done.ok()) return done.error();
+  std::vector<gossip::KeyInfo> keys = cluster_->keys();
+  if (op != api::KeyOp::kList) {
+    // Never the key itself: the primary's fingerprint says what changed.
+    api::logf(api::LogLevel::kInfo, "gossip: cluster key %s on request; %zu key(s), primary %s",
+              api::keyOpName(op), keys.size(), keys.empty() ? "none" : keys.front().fingerprint.c_str());
+  }
+  return keys;
 }
 
 Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {

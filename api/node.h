@@ -28,6 +28,7 @@
 #include "api/validate.h"
 #include "crdt/result.h"
 #include "gossip/cluster.h"
+#include "gossip/keyring.h"
 #include "storage/store.h"
 
 namespace chorus {
@@ -51,6 +52,16 @@ struct RpcLimits {
   // Open RPC connections; a connection beyond it is accepted and closed at
   // once (counted in chorus_rpc_connections_refused_total).
   uint32_t maxConnections = 1'024;
+
+  // Who may call (api/auth.h, api/README.md). With Node::Options::listen set
+  // exactly one of these is required (Node::open: kInvalidArgument):
+  //  - tokensFile: clients authenticate with a token listed there and each
+  //    call is checked against the principal's roles;
+  //  - noAuth: every client is served as admin (the behaviour before
+  //    tokens), for tests on a trusted host only; logged as a warning.
+  // The in-process API of Node is trusted either way.
+  std::string tokensFile;
+  bool noAuth = false;
 };
 
 class Node {
@@ -64,15 +75,6 @@ class Node {
     std::string metricsAddr;
     api::Limits limits;
     RpcLimits rpc;
-    // Who may use the RPC server (api/auth.h, api/README.md). With `listen`
-    // set exactly one of these is required:
-    //  - tokensFile: clients authenticate with a token listed there and each
-    //    call is checked against the principal's roles;
-    //  - noAuth: every client is served as admin (the behaviour before
-    //    tokens), for tests on a trusted host only; logged as a warning.
-    // The in-process API of Node is trusted either way.
-    std::string tokensFile;
-    bool noAuth = false;
     // Store tuning; dir is taken from dataDir.
     storage::Options store;
     // Replication: the node joins a cluster when `cluster.listen` is set.
@@ -147,6 +149,12 @@ class Node {
   // "peers") for ids api::checkPeerIds refuses.
   Status partition(const std::vector<std::string>& peers);
   Status heal();
+  // The cluster's gossip keys (gossip::Cluster::keys/installKey/useKey/
+  // removeKey): performs `op` with `key` (base64 key, or for kUse/kRemove a
+  // fingerprint; ignored for kList), then lists the keys. Errors: those of
+  // the cluster (kInvalidArgument for a malformed or unknown key, removing
+  // the primary), kUnavailable without a cluster.
+  Result<std::vector<gossip::KeyInfo>> keys(api::KeyOp op, const std::string& key);
   // States from peers that the store refused (e.g. kClockDrift), and those
   // that changed a review, since open.
   uint64_t mergesRefused() const { return mergesRefused_.load(); }

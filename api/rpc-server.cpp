@@ -504,6 +504,8 @@ namespace {
 
 using Loop = RpcServer::Loop;
 
+constexpr size_t kMaxKeyArgBytes = 256;  // Admin.keys' `key`
+
 template <typename Ctx>
 auto errorInit(Ctx ctx) {
   return [ctx]() mutable { return ctx.getResults().initError(); };
@@ -736,6 +738,39 @@ class AdminImpl final : public wire::Admin::Server {
           auto results = ctx.getResults();
           if (!r.ok()) return toWire(r.error(), results.initError());
           toWire(*r, results.initView());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+  kj::Promise<void> keys(KeysContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kKeys,
+        [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("keys")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          auto p = ctx.getParams();
+          auto results = ctx.getResults();
+          auto op = fromWire(p.getOp());
+          if (!op) {
+            return toWire(FieldError{"op", "unknown key operation (list, install, use, remove)"}
+                              .toError(),
+                          results.initError());
+          }
+          if (p.getKey().size() > kMaxKeyArgBytes) {  // a key is 44 bytes of base64
+            return toWire(FieldError{"key", "at most " + std::to_string(kMaxKeyArgBytes) +
+                                                " bytes (a key is 44 characters of base64)"}
+                              .toError(),
+                          results.initError());
+          }
+          auto r = loop_.node().keys(*op, str(p.getKey()));
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          auto list = results.initKeys(static_cast<unsigned>(r->size()));
+          for (unsigned i = 0; i < r->size(); ++i) {
+            list[i].setFingerprint((*r)[i].fingerprint);
+            list[i].setPrimary((*r)[i].primary);
+          }
           return nullptr;
         },
         errorInit(ctx));

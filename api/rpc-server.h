@@ -30,7 +30,7 @@ class RpcServer {
   // (cannot bind).
   // `tokens` set: clients must authenticate (api/auth.h) and every call is
   // authorized for their principal; nullopt: every client is trusted
-  // (Node::Options::noAuth).
+  // (RpcLimits::noAuth).
   static Result<std::unique_ptr<RpcServer>> start(Node& node, const std::string& listen,
                                                   const std::string& metrics,
                                                   const RpcLimits& limits,

@@ -44,15 +44,15 @@ const char* writeOpName(WriteOp op) {
   return "?";
 }
 
-const char* keyOpName(KeyOp op) {
+const char* api::keyOpName(api::KeyOp op) {
   switch (op) {
-    case KeyOp::kList:
+    case api::KeyOp::kList:
       return "list";
-    case KeyOp::kInstall:
+    case api::KeyOp::kInstall:
       return "install";
-    case KeyOp::kUse:
+    case api::KeyOp::kUse:
       return "use";
-    case KeyOp::kRemove:
+    case api::KeyOp::kRemove:
       return "remove";
   }
   return "unknown";

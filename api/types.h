@@ -16,6 +16,10 @@ namespace chorus {
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
 inline constexpr uint32_t kApiVersion = 2;
+
+// Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
+enum class KeyOp { kList, kInstall, kUse, kRemove };
+const char* keyOpName(KeyOp op);  // "list", "install", "use", "remove"
 }  // namespace api
 
 // A review as readers see it (flattened from crdt::ReviewDoc).
@@ -90,16 +94,6 @@ struct ClusterView {
   std::vector<gossip::MemberInfo> members;  // its peers, without itself; by id
   gossip::ClusterStats stats;
   uint64_t nowUnixMillis = 0;  // the node's wall clock when it answered
-};
-
-// Admin.keys: what to do with the cluster's gossip keys.
-enum class KeyOp { kList, kInstall, kUse, kRemove };
-const char* keyOpName(KeyOp op);  // "list", "install", "use", "remove"
-
-// A gossip key as Admin.keys reports it: never the key, only its fingerprint.
-struct ClusterKeyInfo {
-  std::string fingerprint;
-  bool primary = false;  // the key the node encrypts with
 };
 
 const char* visibilityName(crdt::Visibility v);  // "visible", "hidden", "flagged"

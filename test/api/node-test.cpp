@@ -13,6 +13,7 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "gossip/keyring.h"
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
@@ -30,8 +31,8 @@ std::unique_ptr<Node> openNode(const std::string& dir, bool rpc = false,
   o.nodeId = "test-node";
   o.dataDir = dir;
   if (rpc) o.listen = "127.0.0.1:0";
-  o.noAuth = true;  // tokens: test/api/rpc-auth-test.cpp
   o.rpc = limits;
+  o.rpc.noAuth = true;  // tokens: test/api/rpc-auth-test.cpp
   auto node = Node::open(std::move(o));
   REQUIRE_MESSAGE(node.ok(), node.error().toString());
   return std::move(node).value();
@@ -348,9 +349,11 @@ std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& i
   o.nodeId = id;
   o.dataDir = dir;
   o.listen = "127.0.0.1:0";
-  o.noAuth = true;
+  o.rpc.noAuth = true;
   o.store.unsafeNoSync = true;
   o.cluster.listen = "127.0.0.1:0";
+  static const std::string key = chorus::gossip::generateClusterKey();  // one cluster per process
+  o.cluster.keys = {key};
   o.cluster.seeds = std::move(seeds);
   o.cluster.antiEntropyInterval = 100ms;
   o.cluster.heartbeatInterval = 50ms;

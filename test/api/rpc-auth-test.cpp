@@ -19,9 +19,11 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "gossip/keyring.h"
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
+using chorus::api::KeyOp;
 using chorus::Node;
 using chorus::WriteOp;
 using chorus::WriteRequest;
@@ -43,7 +45,7 @@ struct AuthNode {
 
   // `principals`: id -> comma-separated roles.
   explicit AuthNode(const std::map<std::string, std::string>& principals,
-                    chorus::RpcLimits limits = {}) {
+                    chorus::RpcLimits limits = {}, bool clustered = false) {
     std::string text = "# test tokens\n";
     for (const auto& [id, roles] : principals) {
       tokens[id] = chorus::api::newToken();
@@ -61,9 +63,13 @@ struct AuthNode {
     o.nodeId = "auth-node";
     o.dataDir = tmp.sub("data");
     o.listen = "127.0.0.1:0";
-    o.tokensFile = path;
     o.rpc = limits;
+    o.rpc.tokensFile = path;
     o.store.unsafeNoSync = true;
+    if (clustered) {
+      o.cluster.listen = "127.0.0.1:0";
+      o.cluster.keys = {chorus::gossip::generateClusterKey()};
+    }
     auto opened = Node::open(std::move(o));
     REQUIRE_MESSAGE(opened.ok(), opened.error().toString());
     node = std::move(opened).value();
@@ -106,13 +112,13 @@ TEST_CASE("auth: Node::open needs a tokens file or --no-auth for an RPC server")
   CHECK(refused.error().message ==
         "the RPC server needs a tokens file (--tokens-file); --no-auth serves every client as "
         "admin, for tests on a trusted host only");
-  o.tokensFile = tmp.sub("missing");
+  o.rpc.tokensFile = tmp.sub("missing");
   auto missing = Node::open(o);
   REQUIRE_FALSE(missing.ok());
   CHECK(missing.error().code == ErrorCode::kIo);
-  o.noAuth = true;
+  o.rpc.noAuth = true;
   CHECK(Node::open(o).error().code == ErrorCode::kInvalidArgument);  // not both
-  o.tokensFile.clear();
+  o.rpc.tokensFile.clear();
   CHECK(Node::open(o).ok());
   // Embedded without RPC: trusted, nothing needed.
   Node::Options embedded;
@@ -218,6 +224,8 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
       {"partition", {"admin"},
        [&](Client& c, const std::string&) { return c.partition({"n2"}); }},
       {"heal", {"admin"}, [&](Client& c, const std::string&) { return c.heal(); }},
+      {"keys", {"admin"},
+       [&](Client& c, const std::string&) { return status(c.keys(KeyOp::kList)); }},
   };
   int checked = 0;
   for (const char* role : roles) {
@@ -250,7 +258,7 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
       ++checked;
     }
   }
-  CHECK(checked == 5 * 17);
+  CHECK(checked == 5 * 18);
   // What the allowed writes did: each writer erased its own review, the
   // moderator's and merchant's writes landed on zed's.
   CHECK(n.node->get("p", "as-writer").error().code == ErrorCode::kNotFound);
@@ -426,13 +434,58 @@ TEST_CASE("limits: connections over the cap are closed and counted") {
   ::close(b);
 }
 
+TEST_CASE("Admin.keys: list, install, use, remove; the keys themselves never come back") {
+  AuthNode n(Principals{{"ops", "admin"}}, {}, true);
+  auto ops = n.client("ops");
+  auto initial = ops->keys(KeyOp::kList);
+  REQUIRE_MESSAGE(initial.ok(), initial.error().toString());
+  REQUIRE(initial->size() == 1);
+  CHECK(initial->at(0).primary);
+  CHECK(initial->at(0).fingerprint.size() == 8);
+  const std::string old = initial->at(0).fingerprint;
+
+  std::string fresh = chorus::gossip::generateClusterKey();
+  auto installed = ops->keys(KeyOp::kInstall, fresh);
+  REQUIRE_MESSAGE(installed.ok(), installed.error().toString());
+  REQUIRE(installed->size() == 2);
+  CHECK(installed->at(0).fingerprint == old);  // primary first, still the old one
+  CHECK(installed->at(0).primary);
+  const std::string added = installed->at(1).fingerprint;
+  CHECK_FALSE(installed->at(1).primary);
+  for (const auto& k : *installed) CHECK(k.fingerprint.find(fresh) == std::string::npos);
+
+  auto used = ops->keys(KeyOp::kUse, added);
+  REQUIRE_MESSAGE(used.ok(), used.error().toString());
+  CHECK(used->at(0).fingerprint == added);
+  CHECK(used->at(0).primary);
+
+  auto removePrimary = ops->keys(KeyOp::kRemove, added);
+  REQUIRE_FALSE(removePrimary.ok());
+  CHECK(removePrimary.error().code == ErrorCode::kInvalidArgument);
+  auto removed = ops->keys(KeyOp::kRemove, old);
+  REQUIRE_MESSAGE(removed.ok(), removed.error().toString());
+  REQUIRE(removed->size() == 1);
+  CHECK(removed->at(0).fingerprint == added);
+  CHECK(n.node->keys(KeyOp::kList, "")->size() == 1);
+
+  auto malformed = ops->keys(KeyOp::kInstall, "not-a-key");
+  REQUIRE_FALSE(malformed.ok());
+  CHECK(malformed.error().code == ErrorCode::kInvalidArgument);
+  auto huge = ops->keys(KeyOp::kInstall, std::string(1000, 'A'));
+  REQUIRE_FALSE(huge.ok());
+  CHECK(huge.error().message.find("key: at most 256 bytes") == 0);
+  auto unknown = ops->keys(KeyOp::kUse, "00000000");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code == ErrorCode::kNotFound);
+}
+
 TEST_CASE("no-auth: every client is admin; authenticate accepts any token") {
   TempDir tmp;
   Node::Options o;
   o.nodeId = "n";
   o.dataDir = tmp.sub("data");
   o.listen = "127.0.0.1:0";
-  o.noAuth = true;
+  o.rpc.noAuth = true;
   auto node = Node::open(std::move(o));
   REQUIRE(node.ok());
   {
