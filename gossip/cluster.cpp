@@ -121,7 +121,7 @@ class Cluster::Impl {
       : options_(std::move(options)),
         store_(store),
         onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}),
-        reconciler_(store, CountedMerge{&mergesPending_, &onMerged_},
+        reconciler_(store, CountedMerge{mergesPending_, onMerged_},
                     std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 2)),
         rng_(std::random_device{}()) {}
 
@@ -240,17 +240,18 @@ class Cluster::Impl {
   // States from anti-entropy handed to the store and not yet committed; a
   // node starts no session while its last one's states are still merging,
   // or it would be sent the same states again.
-  std::atomic<int64_t> mergesPending_{0};
+  // Shared with the store's callbacks (as is every counter below), which
+  // may run after this Impl is gone: the store drains its queue when closed.
+  std::shared_ptr<std::atomic<int64_t>> mergesPending_ = std::make_shared<std::atomic<int64_t>>(0);
   // Bytes of received deltas handed to the store and not yet committed.
-  // Shared with the store's callbacks, which may run after this Impl is gone.
   std::shared_ptr<std::atomic<int64_t>> deltaBytesMerging_ =
       std::make_shared<std::atomic<int64_t>>(0);
   struct CountedMerge {
-    std::atomic<int64_t>* pending;
-    const Merged* user;
+    std::shared_ptr<std::atomic<int64_t>> pending;
+    Merged user;
     void operator()(Result<storage::Applied> r) const {
       pending->fetch_sub(1);
-      (*user)(std::move(r));
+      user(std::move(r));
     }
   };
   Reconciler reconciler_;  // loop thread
@@ -307,6 +308,10 @@ Status Cluster::Impl::start() {
   }
   if (options_.maxFrameBytes < 1024 || options_.maxFrameBytes > (1u << 30)) {
     return makeError(ErrorCode::kInvalidArgument, "cluster: maxFrameBytes must be 1 KiB-1 GiB");
+  }
+  if (options_.maxPendingDeltaBytes == 0 || options_.maxQueuedBytesPerPeer == 0) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "cluster: maxPendingDeltaBytes and maxQueuedBytesPerPeer must be positive");
   }
   if (auto keys = loadKeyring(); !keys.ok()) return keys.error();
 
@@ -522,6 +527,19 @@ void Cluster::Impl::connected(Conn* c, int status) {
 
 void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
   if (n < 0) {
+    if (c->dialer && c->channel.ready() && !c->helloReceived && !c->closing) {
+      // The peer closes on a frame it cannot authenticate, silently: say
+      // here, on the side that can act on it, what that most likely means.
+      std::string host = hostOf(c->remote);
+      auto it = lastWarned_.find(host);
+      if (it == lastWarned_.end() || now() - it->second >= kWarnEveryMillis) {
+        if (lastWarned_.size() >= 1024) lastWarned_.clear();
+        lastWarned_[host] = now();
+        warn("gossip: " + c->remote + " closed the connection without answering this node's " +
+             "hello: it probably does not have this node's primary cluster key " +
+             keyring()->primary().fingerprint() + " (`chorus cluster keys list` on both)");
+      }
+    }
     close(c);
     return;
   }
@@ -532,7 +550,10 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
   for (;;) {
     bool wasReady = c->channel.ready();
     auto received = c->channel.next(*keys);
-    if (!wasReady && c->channel.ready() && c->dialer) sendHello(c);  // the dialler speaks first
+    if (!wasReady && c->channel.ready() && c->dialer) {
+      sendHello(c);  // the dialler speaks first
+      if (c->closing) return;
+    }
     if (received.kind == Kind::kNeedMore) return;
     if (received.kind != Kind::kFrame) {
       refused(c, received.kind, received.why);
@@ -852,15 +873,15 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         respondingTo_.clear();
       }
       bool busy = !sessionPeer_.empty() || (!respondingTo_.empty() && respondingTo_ != from) ||
-                  mergesPending_.load() > 0;
+                  mergesPending_->load() > 0;
       uint64_t before = reconciler_.counters().statesReceived;
       // Counted before handing over: the store may commit them at once.
       int64_t guess = int64_t(data.size() / 64) + 1;  // about the states in it; corrected below
-      mergesPending_ += guess;
+      *mergesPending_ += guess;
       auto reply = reconciler_.handle(
           std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()), busy);
       uint64_t merged = reconciler_.counters().statesReceived - before;
-      mergesPending_ -= guess - int64_t(merged);
+      *mergesPending_ -= guess - int64_t(merged);
       {
         std::lock_guard lock(mu_);
         stats_.statesRepaired += merged;
@@ -1029,7 +1050,7 @@ void Cluster::Impl::maybeSync() {
   }
   // The last session's states are still committing (bounded: a store that
   // stalls must not stop repair for good).
-  if (mergesPending_.load() > 0 && t - sessionStarted_ < 30'000) return;
+  if (mergesPending_->load() > 0 && t - sessionStarted_ < 30'000) return;
   sessionPeer_.clear();
   sessionMore_ = false;
   if (!syncAgain_.empty()) {  // the last session was cut short: carry on

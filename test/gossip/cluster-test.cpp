@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -38,12 +39,14 @@ struct TestNode {
   std::string id;
   std::filesystem::path dir;
   std::vector<std::string> keys;
+  std::function<void(gossip::ClusterOptions&)> tweak;  // applied at each open
   std::unique_ptr<storage::Store> store;
   std::unique_ptr<gossip::Cluster> cluster;
 
   TestNode(const std::string& nodeId, std::vector<std::string> seeds,
-           std::vector<std::string> clusterKeys = {clusterKey()})
-      : id(nodeId), keys(std::move(clusterKeys)) {
+           std::vector<std::string> clusterKeys = {clusterKey()},
+           std::function<void(gossip::ClusterOptions&)> options = nullptr)
+      : id(nodeId), keys(std::move(clusterKeys)), tweak(std::move(options)) {
     dir = std::filesystem::temp_directory_path() /
           ("chorus-cluster-test-" + nodeId + "-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
@@ -65,6 +68,7 @@ struct TestNode {
     c.keys = keys;
     c.antiEntropyInterval = 200ms;
     c.heartbeatInterval = 50ms;
+    if (tweak) tweak(c);
     auto started = gossip::Cluster::start(c, *store, nullptr);
     REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().toString()));
     cluster = std::move(started).value();
@@ -556,4 +560,33 @@ TEST_CASE("the keyring persists every change, mode 0600, and wins over the optio
   n.keys.clear();
   n.open({});
   CHECK(fingerprints(n.cluster->keys()) == fp2 + "* ");
+}
+
+TEST_CASE("deltas beyond the pending bounds are dropped and counted, and anti-entropy delivers them") {
+  // n1's bounds are smaller than one delta: it neither merges a pushed delta
+  // nor queues one of its own.
+  TestNode n1("b1", {}, {clusterKey()}, [](gossip::ClusterOptions& c) { c.maxPendingDeltaBytes = 1; });
+  TestNode n2("b2", {n1.cluster->address()});
+  REQUIRE(eventually([&] { return n1.alive() == 1 && n2.alive() == 1; }));
+  int pushed = 0;
+  REQUIRE(eventually([&] {  // until n2's pushes reach n1
+    n2.write("sku-b", "from-b2-" + std::to_string(pushed++), "pushed, dropped");
+    return n1.cluster->stats().receivedDeltasDropped > 0;
+  }));
+  for (int i = 0; i < 10; ++i) n2.write("sku-b", "from-b2-" + std::to_string(pushed++), "pushed, dropped");
+  for (int i = 0; i < 10; ++i) n1.write("sku-b", "from-b1-" + std::to_string(i), "never pushed");
+  std::vector<TestNode*> both{&n1, &n2};
+  REQUIRE(eventually([&] { return sameRoots(both); }));
+  auto s1 = n1.cluster->stats();
+  CHECK(eventually([&] {  // every push that left n2 arrived and was dropped
+    return n1.cluster->stats().receivedDeltasDropped == n2.cluster->stats().deltasSent;
+  }));
+  s1 = n1.cluster->stats();
+  CHECK(s1.receivedDeltasDropped >= 11);
+  CHECK(s1.deltasReceived == 0);
+  CHECK(s1.deltasDropped == 10);  // ten pushes, one peer each
+  CHECK(s1.deltasSent == 0);
+  CHECK(s1.statesRepaired + n2.cluster->stats().statesRepaired >= 20);
+  CHECK(n1.has("sku-b", "from-b2-" + std::to_string(pushed - 1)));
+  CHECK(n2.has("sku-b", "from-b1-9"));
 }
