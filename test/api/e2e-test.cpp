@@ -3,12 +3,16 @@
 // Needs CHORUSD_BIN and CHORUS_BIN (set by test/meson.build).
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <memory>
 #include <set>
 #include <thread>
 
+#include "api/auth.h"
 #include "api/client.h"
+#include "gossip/keyring.h"
 #include "process.h"
 #include "temp-dir.h"
 
@@ -29,9 +33,23 @@ struct Daemon {
   std::string address;
 };
 
+// A cluster key file (0600) for --cluster-key-file: one base64 key.
+std::string writeClusterKeyFile(const TempDir& tmp) {
+  std::string path = tmp.sub("cluster.key");
+  FILE* f = std::fopen(path.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fprintf(f, "%s\n", chorus::gossip::generateClusterKey().c_str());
+  std::fclose(f);
+  REQUIRE(::chmod(path.c_str(), 0600) == 0);
+  return path;
+}
+
+// chorusd without tokens (--no-auth): these tests are about the CLI and
+// the daemon; tokens are tested in rpc-auth-test.cpp and test/cluster.
 Daemon startDaemon(const std::string& dataDir, std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {"--node-id", "e2e",         "--data-dir",  dataDir,
-                                   "--listen",  "127.0.0.1:0", "--log-level", "warn"};
+                                   "--listen",  "127.0.0.1:0", "--log-level", "warn",
+                                   "--no-auth"};
   args.insert(args.end(), extra.begin(), extra.end());
   Daemon d;
   d.process = std::make_unique<Process>(bin("CHORUSD_BIN"), args);
@@ -111,7 +129,7 @@ TEST_CASE("e2e: the CLI drives every operation with documented exit codes") {
   CHECK(invalid.code == 3);  // invalid argument
   CHECK(invalid.out.find("rating") != std::string::npos);
   CHECK(cli(a, {"review", "put", "kettle 1", "cy", "-r", "3"}).code == 3);
-  CHECK(cli(a, {"review", "vote", "kettle-1", "ann", "ann"}).code == 5);  // forbidden
+  CHECK(cli(a, {"review", "vote", "kettle-1", "ann", "ann"}).code == 7);  // forbidden
   CHECK(cli(a, {"review", "frobnicate"}).code == 1);                      // usage
   CHECK(cli(a, {"review", "put", "kettle-1", "cy"}).code == 1);           // --rating missing
   CHECK(cli(a, {"--help"}).code == 0);
@@ -192,6 +210,39 @@ TEST_CASE("e2e: `chorus watch` receives changes; concurrent CLI clients") {
   CHECK(summary.out.find("\"count\":3") != std::string::npos);
 }
 
+TEST_CASE("e2e: chorusd with a tokens file: the CLI needs a token, and writes as its principal") {
+  TempDir tmp;
+  std::string alice = chorus::api::newToken(), ops = chorus::api::newToken();
+  std::string tokens = tmp.sub("tokens");
+  FILE* f = std::fopen(tokens.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fprintf(f, "%s\n%s\n", chorus::api::tokenLine("alice", "writer", alice)->c_str(),
+               chorus::api::tokenLine("ops", "admin", ops)->c_str());
+  std::fclose(f);
+  REQUIRE(::chmod(tokens.c_str(), 0600) == 0);
+  Process p(bin("CHORUSD_BIN"), {"--node-id", "e2e", "--data-dir", tmp.sub("data"), "--listen",
+                                 "127.0.0.1:0", "--log-level", "warn", "--tokens-file", tokens});
+  auto line = p.waitForLine("chorusd: listening on ", 10s);
+  REQUIRE_MESSAGE(line.has_value(), p.output());
+  std::string a = line->substr(line->find(" on ") + 4);
+
+  auto anonymous = cli(a, {"review", "put", "kettle-1", "alice", "-r", "5"});
+  CHECK(anonymous.code == 7);
+  CHECK(anonymous.out.find("requires a token") != std::string::npos);
+  auto wrong = cli(a, {"--token", chorus::api::newToken(), "review", "get", "kettle-1", "alice"});
+  CHECK(wrong.code == 7);
+  CHECK(wrong.out.find("unknown token") != std::string::npos);
+
+  CHECK(cli(a, {"--token", alice, "review", "put", "kettle-1", "alice", "-r", "5"}).code == 0);
+  auto forged = cli(a, {"--token", alice, "review", "put", "kettle-1", "bob", "-r", "1"});
+  CHECK(forged.code == 7);
+  CHECK(forged.out.find("needs principal bob; you are alice") != std::string::npos);
+  CHECK(cli(a, {"--token", alice, "node", "status"}).code == 7);  // admin only
+  CHECK(cli(a, {"--token", ops, "node", "status"}).code == 0);
+  CHECK(cli(a, {"--token", ops, "review", "get", "kettle-1", "bob"}).code == 2);  // not stored
+  CHECK(p.stop(SIGTERM, 10s) == 0);
+}
+
 TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
   TempDir tmp;
   {
@@ -205,9 +256,18 @@ TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
     p.readAll(10s);
     CHECK(p.wait(10s) == 1);
   }
+  {
+    // An RPC server needs tokens or an explicit --no-auth.
+    Process p(bin("CHORUSD_BIN"),
+              {"--node-id", "n", "--data-dir", tmp.sub("y"), "--listen", "127.0.0.1:0"});
+    std::string out = p.readAll(10s);
+    CHECK(p.wait(10s) != 0);
+    CHECK(out.find("needs a tokens file (--tokens-file)") != std::string::npos);
+  }
   auto d = startDaemon(tmp.sub("data"));
   Process second(bin("CHORUSD_BIN"),
-                 {"--node-id", "n2", "--data-dir", tmp.sub("data"), "--listen", "127.0.0.1:0"});
+                 {"--node-id", "n2", "--data-dir", tmp.sub("data"), "--listen", "127.0.0.1:0",
+                  "--no-auth"});
   std::string out = second.readAll(10s);
   CHECK(second.wait(10s) == 2);
   CHECK(out.find("cannot start") != std::string::npos);
@@ -215,7 +275,9 @@ TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
   std::string config = tmp.sub("chorusd.toml");
   FILE* f = std::fopen(config.c_str(), "w");
   REQUIRE(f != nullptr);
-  std::fprintf(f, "node-id = \"from-config\"\ndata-dir = \"%s\"\nlisten = \"127.0.0.1:0\"\n",
+  std::fprintf(f,
+               "node-id = \"from-config\"\ndata-dir = \"%s\"\nlisten = \"127.0.0.1:0\"\n"
+               "no-auth = true\n",
                tmp.sub("cfg").c_str());
   std::fclose(f);
   Process fromConfig(bin("CHORUSD_BIN"), {"--config", config});
@@ -251,7 +313,8 @@ TEST_CASE("e2e: cluster commands against a node without a cluster say how to get
 TEST_CASE("e2e: a one-node cluster: gossip flags, cluster commands and their exit codes") {
   TempDir tmp;
   auto d = startDaemon(tmp.sub("data"),
-                       {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "200ms"});
+                       {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "200ms",
+                        "--cluster-key-file", writeClusterKeyFile(tmp)});
   auto gossipLine = d.process->waitForLine("chorusd: gossip on ", 10s);
   REQUIRE_MESSAGE(gossipLine.has_value(), d.process->output());
   std::string gossip = gossipLine->substr(gossipLine->find(" on ") + 4);
@@ -303,7 +366,7 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
                                        {"--gossip-listen", "nonsense"}}) {
     CAPTURE(bad[0]);
     std::vector<std::string> args = {"--node-id",  "n",        "--data-dir",
-                                     tmp.sub("x"), "--listen", "127.0.0.1:0"};
+                                     tmp.sub("x"), "--listen", "127.0.0.1:0", "--no-auth"};
     args.insert(args.end(), bad.begin(), bad.end());
     Process p(bin("CHORUSD_BIN"), args);
     std::string out = p.readAll(10s);
@@ -332,8 +395,8 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
   std::fprintf(f,
                "node-id = \"cfg\"\ndata-dir = \"%s\"\nlisten = \"127.0.0.1:0\"\n"
                "gossip-listen = \"127.0.0.1:0\"\nclock-offset = \"-30s\"\n"
-               "anti-entropy-interval = \"500ms\"\n",
-               tmp.sub("cfg").c_str());
+               "anti-entropy-interval = \"500ms\"\nno-auth = true\ncluster-key-file = \"%s\"\n",
+               tmp.sub("cfg").c_str(), writeClusterKeyFile(tmp).c_str());
   std::fclose(f);
   Process fromConfig(bin("CHORUSD_BIN"), {"--config", config});
   REQUIRE(fromConfig.waitForLine("chorusd: listening on ", 10s).has_value());
