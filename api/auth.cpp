@@ -54,7 +54,9 @@ Error invalid(std::string message) {
   return makeError(ErrorCode::kInvalidArgument, std::move(message));
 }
 
-Error forbidden(std::string message) { return makeError(ErrorCode::kForbidden, std::move(message)); }
+Error forbidden(std::string message) {
+  return makeError(ErrorCode::kForbidden, std::move(message));
+}
 
 std::optional<Error> needRole(const Principal& p, Role role, std::string_view what) {
   if (p.has(role)) return std::nullopt;
@@ -92,8 +94,8 @@ Result<std::vector<Role>> parseRoles(std::string_view text) {
   size_t start = 0;
   while (true) {
     size_t comma = text.find(',', start);
-    std::string_view name =
-        text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    std::string_view name = text.substr(
+        start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     if (name.empty()) {
       return invalid("roles: empty role name in '" + std::string(text) +
                      "' (use reader, writer, moderator, merchant, admin, comma-separated)");

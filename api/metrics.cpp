@@ -21,9 +21,9 @@ void appendf(std::string& out, const char* fmt, auto... args) {
 
 const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
-      "put",  "erase",   "vote",     "unvote", "tag",    "untag",     "moderate", "reply",  "get",
-      "list", "summary", "byAuthor", "watch",  "status", "partition", "heal",     "cluster",
-      "authenticate", "keys"};
+      "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
+      "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
+      "partition", "heal",  "cluster", "authenticate", "keys"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -93,9 +93,8 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
         double(authFailures_.load()));
   gauge("chorus_rpc_rate_limited_total", "Calls refused by the per-connection rate limit.",
         "counter", double(rateLimited_.load()));
-  gauge("chorus_rpc_connections_refused_total",
-        "Connections closed at accept: too many were open.", "counter",
-        double(connectionsRefused_.load()));
+  gauge("chorus_rpc_connections_refused_total", "Connections closed at accept: too many were open.",
+        "counter", double(connectionsRefused_.load()));
   gauge("chorus_documents", "Review documents stored (including tombstones).", "gauge",
         double(s.documents));
   gauge("chorus_store_map_bytes", "LMDB map size.", "gauge", double(s.mapBytes));

@@ -103,8 +103,8 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
   if (!node->options_.listen.empty()) {
     if (tokens) {
-      api::logf(api::LogLevel::kInfo, "rpc: %zu token(s) from %s",
-                tokens->size(), node->options_.rpc.tokensFile.c_str());
+      api::logf(api::LogLevel::kInfo, "rpc: %zu token(s) from %s", tokens->size(),
+                node->options_.rpc.tokensFile.c_str());
     } else {
       api::logf(api::LogLevel::kWarn,
                 "rpc: --no-auth: every client is served as admin; for tests on a trusted "
@@ -427,7 +427,8 @@ Result<std::vector<gossip::KeyInfo>> Node::keys(api::KeyOp op, const std::string
   if (op != api::KeyOp::kList) {
     // Never the key itself: the primary's fingerprint says what changed.
     api::logf(api::LogLevel::kInfo, "gossip: cluster key %s on request; %zu key(s), primary %s",
-              api::keyOpName(op), keys.size(), keys.empty() ? "none" : keys.front().fingerprint.c_str());
+              api::keyOpName(op), keys.size(),
+              keys.empty() ? "none" : keys.front().fingerprint.c_str());
   }
   return keys;
 }

@@ -212,9 +212,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
   // The RPC thread's body. Signals `ready` once bound (or failed).
-  static void run(RpcServer& server, Node& node, RpcLimits limits,
-                  std::optional<TokenTable> tokens, std::string listen, std::string metrics,
-                  std::promise<Status>& ready);
+  static void run(RpcServer& server, Node& node, RpcLimits limits, std::optional<TokenTable> tokens,
+                  std::string listen, std::string metrics, std::promise<Status>& ready);
 
   Node& node() { return node_; }
   kj::Timer& timer() { return timer_; }
@@ -266,12 +265,12 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     conn.lastActivity = timer_.now();
     if (!takeCallToken(conn)) {
       metrics_.rateLimited();
-      const char* code = toWire(
-          makeError(ErrorCode::kOverloaded,
-                    "rate limit: " + std::to_string(limits_.maxCallsPerSecond) +
-                        " calls/s per connection (bursts of " + std::to_string(limits_.callBurst) +
-                        "); retry with backoff"),
-          initError());
+      const char* code =
+          toWire(makeError(ErrorCode::kOverloaded,
+                           "rate limit: " + std::to_string(limits_.maxCallsPerSecond) +
+                               " calls/s per connection (bursts of " +
+                               std::to_string(limits_.callBurst) + "); retry with backoff"),
+                 initError());
       metrics_.record(method, 0.0, code);
       return kj::READY_NOW;
     }
@@ -562,7 +561,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kGet,
         [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
+          if (auto no = session_->mayRead())
+            return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().get(str(p.getProduct()), str(p.getAuthor()));
           auto results = ctx.getResults();
@@ -576,7 +576,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kList,
         [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
+          if (auto no = session_->mayRead())
+            return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().list(str(p.getProduct()), fromWire(p.getOrder()),
                                      str(p.getCursor()), p.getLimit());
@@ -591,7 +592,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kSummary,
         [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
+          if (auto no = session_->mayRead())
+            return refusalToWire(*no, ctx.getResults().initError());
           auto product = str(ctx.getParams().getProduct());
           auto r = loop_.node().summary(product);
           auto results = ctx.getResults();
@@ -605,7 +607,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kByAuthor,
         [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
+          if (auto no = session_->mayRead())
+            return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto r = loop_.node().byAuthor(str(p.getAuthor()), str(p.getCursor()), p.getLimit());
           auto results = ctx.getResults();
@@ -619,7 +622,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return loop_.call(
         *conn_, Metrics::kWatch,
         [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead()) return refusalToWire(*no, ctx.getResults().initError());
+          if (auto no = session_->mayRead())
+            return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto results = ctx.getResults();
           auto handle = loop_.addWatch(str(p.getProduct()), p.getObserver(), *conn_);
@@ -754,9 +758,9 @@ class AdminImpl final : public wire::Admin::Server {
           auto results = ctx.getResults();
           auto op = fromWire(p.getOp());
           if (!op) {
-            return toWire(FieldError{"op", "unknown key operation (list, install, use, remove)"}
-                              .toError(),
-                          results.initError());
+            return toWire(
+                FieldError{"op", "unknown key operation (list, install, use, remove)"}.toError(),
+                results.initError());
           }
           if (p.getKey().size() > kMaxKeyArgBytes) {  // a key is 44 bytes of base64
             return toWire(FieldError{"key", "at most " + std::to_string(kMaxKeyArgBytes) +
@@ -811,8 +815,7 @@ class ChorusImpl final : public wire::Chorus::Server {
           auto session = std::get<std::shared_ptr<const Session>>(kj::mv(outcome));
           std::vector<Role> roles = session->principal.roles;
           if (session->kind == Session::Kind::kTrusted) {
-            roles = {Role::kReader, Role::kWriter, Role::kModerator, Role::kMerchant,
-                     Role::kAdmin};
+            roles = {Role::kReader, Role::kWriter, Role::kModerator, Role::kMerchant, Role::kAdmin};
           }
           results.setPrincipal(session->principal.id);
           auto list = results.initRoles(static_cast<unsigned>(roles.size()));
@@ -931,8 +934,8 @@ void RpcServer::Loop::bind(const std::string& listen, const std::string& metrics
 }
 
 void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
-                          std::optional<TokenTable> tokens, std::string listen,
-                          std::string metrics, std::promise<Status>& ready) {
+                          std::optional<TokenTable> tokens, std::string listen, std::string metrics,
+                          std::promise<Status>& ready) {
   bool signalled = false;
   try {
     auto io = kj::setupAsyncIo();

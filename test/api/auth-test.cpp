@@ -159,8 +159,8 @@ Principal principal(std::string id, std::vector<Role> roles) { return {std::move
 TEST_CASE("authorize: every write operation by every role, on own and others' reviews") {
   const Role roles[] = {Role::kReader, Role::kWriter, Role::kModerator, Role::kMerchant,
                         Role::kAdmin};
-  const WriteOp ops[] = {WriteOp::kPut,  WriteOp::kDelete, WriteOp::kVote,     WriteOp::kUnvote,
-                         WriteOp::kTag,  WriteOp::kUntag,  WriteOp::kModerate, WriteOp::kReply};
+  const WriteOp ops[] = {WriteOp::kPut, WriteOp::kDelete, WriteOp::kVote,     WriteOp::kUnvote,
+                         WriteOp::kTag, WriteOp::kUntag,  WriteOp::kModerate, WriteOp::kReply};
   for (Role role : roles) {
     auto p = principal("alice", {role});
     for (WriteOp op : ops) {

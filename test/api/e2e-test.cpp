@@ -47,9 +47,9 @@ std::string writeClusterKeyFile(const TempDir& tmp) {
 // chorusd without tokens (--no-auth): these tests are about the CLI and
 // the daemon; tokens are tested in rpc-auth-test.cpp and test/cluster.
 Daemon startDaemon(const std::string& dataDir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--node-id", "e2e",         "--data-dir",  dataDir,
-                                   "--listen",  "127.0.0.1:0", "--log-level", "warn",
-                                   "--no-auth"};
+  std::vector<std::string> args = {"--node-id",   "e2e",      "--data-dir",
+                                   dataDir,       "--listen", "127.0.0.1:0",
+                                   "--log-level", "warn",     "--no-auth"};
   args.insert(args.end(), extra.begin(), extra.end());
   Daemon d;
   d.process = std::make_unique<Process>(bin("CHORUSD_BIN"), args);
@@ -265,9 +265,8 @@ TEST_CASE("e2e: chorusd refuses bad flags and a locked data dir") {
     CHECK(out.find("needs a tokens file (--tokens-file)") != std::string::npos);
   }
   auto d = startDaemon(tmp.sub("data"));
-  Process second(bin("CHORUSD_BIN"),
-                 {"--node-id", "n2", "--data-dir", tmp.sub("data"), "--listen", "127.0.0.1:0",
-                  "--no-auth"});
+  Process second(bin("CHORUSD_BIN"), {"--node-id", "n2", "--data-dir", tmp.sub("data"), "--listen",
+                                      "127.0.0.1:0", "--no-auth"});
   std::string out = second.readAll(10s);
   CHECK(second.wait(10s) == 2);
   CHECK(out.find("cannot start") != std::string::npos);
@@ -312,9 +311,9 @@ TEST_CASE("e2e: cluster commands against a node without a cluster say how to get
 
 TEST_CASE("e2e: a one-node cluster: gossip flags, cluster commands and their exit codes") {
   TempDir tmp;
-  auto d = startDaemon(tmp.sub("data"),
-                       {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "200ms",
-                        "--cluster-key-file", writeClusterKeyFile(tmp)});
+  auto d =
+      startDaemon(tmp.sub("data"), {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval",
+                                    "200ms", "--cluster-key-file", writeClusterKeyFile(tmp)});
   auto gossipLine = d.process->waitForLine("chorusd: gossip on ", 10s);
   REQUIRE_MESSAGE(gossipLine.has_value(), d.process->output());
   std::string gossip = gossipLine->substr(gossipLine->find(" on ") + 4);
@@ -365,8 +364,8 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
                                        {"--gossip-listen", "127.0.0.1:0", "--join", "nohostport"},
                                        {"--gossip-listen", "nonsense"}}) {
     CAPTURE(bad[0]);
-    std::vector<std::string> args = {"--node-id",  "n",        "--data-dir",
-                                     tmp.sub("x"), "--listen", "127.0.0.1:0", "--no-auth"};
+    std::vector<std::string> args = {"--node-id", "n",           "--data-dir", tmp.sub("x"),
+                                     "--listen",  "127.0.0.1:0", "--no-auth"};
     args.insert(args.end(), bad.begin(), bad.end());
     Process p(bin("CHORUSD_BIN"), args);
     std::string out = p.readAll(10s);

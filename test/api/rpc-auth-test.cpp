@@ -23,11 +23,11 @@
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
-using chorus::api::KeyOp;
 using chorus::Node;
 using chorus::WriteOp;
 using chorus::WriteRequest;
 using chorus::api::Client;
+using chorus::api::KeyOp;
 using chorus::test::TempDir;
 using namespace std::chrono_literals;
 
@@ -134,9 +134,9 @@ TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {
   auto anonymous = Client::connect(n.node->rpcAddress());
   REQUIRE(anonymous.ok());
   auto& c = **anonymous;
-  for (const auto& error : {c.get("p1", "alice").error(), c.summary("p1").error(),
-                            c.write(request(WriteOp::kPut, "p1", "alice")).error(),
-                            c.status().error()}) {
+  for (const auto& error :
+       {c.get("p1", "alice").error(), c.summary("p1").error(),
+        c.write(request(WriteOp::kPut, "p1", "alice")).error(), c.status().error()}) {
     CHECK(error.code == ErrorCode::kForbidden);
     CHECK(error.message == std::string("unauthenticated: ") + kNeedToken);
   }
@@ -205,26 +205,32 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
       {"moderate", {"moderator"}, write(request(WriteOp::kModerate, "p", "zed", "why"))},
       {"reply", {"merchant"}, write(request(WriteOp::kReply, "p", "zed", "thanks"))},
       {"erase", {"writer"}, write(request(WriteOp::kDelete, "p", "SELF"))},
-      {"get", {"reader", "writer", "moderator", "merchant", "admin"},
+      {"get",
+       {"reader", "writer", "moderator", "merchant", "admin"},
        [&](Client& c, const std::string&) { return status(c.get("p", "zed")); }},
-      {"list", {"reader", "writer", "moderator", "merchant", "admin"},
+      {"list",
+       {"reader", "writer", "moderator", "merchant", "admin"},
        [&](Client& c, const std::string&) {
          return status(c.list("p", chorus::storage::Order::kNewest, "", 5));
        }},
-      {"summary", {"reader", "writer", "moderator", "merchant", "admin"},
+      {"summary",
+       {"reader", "writer", "moderator", "merchant", "admin"},
        [&](Client& c, const std::string&) { return status(c.summary("p")); }},
-      {"byAuthor", {"reader", "writer", "moderator", "merchant", "admin"},
+      {"byAuthor",
+       {"reader", "writer", "moderator", "merchant", "admin"},
        [&](Client& c, const std::string&) { return status(c.byAuthor("zed", "", 5)); }},
-      {"watch", {"reader", "writer", "moderator", "merchant", "admin"},
+      {"watch",
+       {"reader", "writer", "moderator", "merchant", "admin"},
        [&](Client& c, const std::string&) {
-         return c.watch("p", [](const chorus::Change&) { return true; }, 10ms);
+         return c.watch(
+             "p", [](const chorus::Change&) { return true; }, 10ms);
        }},
       {"status", {"admin"}, [&](Client& c, const std::string&) { return status(c.status()); }},
       {"cluster", {"admin"}, [&](Client& c, const std::string&) { return status(c.cluster()); }},
-      {"partition", {"admin"},
-       [&](Client& c, const std::string&) { return c.partition({"n2"}); }},
+      {"partition", {"admin"}, [&](Client& c, const std::string&) { return c.partition({"n2"}); }},
       {"heal", {"admin"}, [&](Client& c, const std::string&) { return c.heal(); }},
-      {"keys", {"admin"},
+      {"keys",
+       {"admin"},
        [&](Client& c, const std::string&) { return status(c.keys(KeyOp::kList)); }},
   };
   int checked = 0;
@@ -232,8 +238,8 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
     std::string self = std::string("as-") + role;
     auto c = n.client(self);
     for (const Op& op : ops) {
-      bool allowed = std::find(op.allowedFor.begin(), op.allowedFor.end(), role) !=
-                     op.allowedFor.end();
+      bool allowed =
+          std::find(op.allowedFor.begin(), op.allowedFor.end(), role) != op.allowedFor.end();
       auto result = op.run(*c, self);
       std::string roleName = role, opName = op.name;
       CAPTURE(roleName);
@@ -252,8 +258,7 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
         REQUIRE_FALSE(result.ok());
         CHECK(result.error().code == ErrorCode::kForbidden);
         CHECK(result.error().message.find("role: ") == 0);
-        CHECK(result.error().message.find(std::string(self) + " has " + role) !=
-              std::string::npos);
+        CHECK(result.error().message.find(std::string(self) + " has " + role) != std::string::npos);
       }
       ++checked;
     }
@@ -279,12 +284,14 @@ TEST_CASE("auth: forged authors and voters are refused and store nothing") {
 
   auto put = alice->write(request(WriteOp::kPut, "p1", "carol"));
   REQUIRE_FALSE(put.ok());
-  CHECK(put.error().message == "author: put of a review by carol needs principal carol; you are alice");
+  CHECK(put.error().message ==
+        "author: put of a review by carol needs principal carol; you are alice");
   CHECK(n.node->get("p1", "carol").error().code == ErrorCode::kNotFound);
 
   auto erase = alice->write(request(WriteOp::kDelete, "p1", "bob"));
   REQUIRE_FALSE(erase.ok());
-  CHECK(erase.error().message == "author: erase of a review by bob needs principal bob; you are alice");
+  CHECK(erase.error().message ==
+        "author: erase of a review by bob needs principal bob; you are alice");
   auto tag = alice->write(request(WriteOp::kTag, "p1", "bob", "spam"));
   CHECK(isForbidden(tag.error(), "needs principal bob (or the moderator role); you are alice"));
   auto overwrite = alice->write(request(WriteOp::kPut, "p1", "bob"));
