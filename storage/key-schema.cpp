@@ -89,12 +89,6 @@ std::optional<crdt::ReviewKey> parseDocKey(std::string_view k) {
   return crdt::ReviewKey{std::string(k.substr(2, len)), std::string(k.substr(2 + len))};
 }
 
-std::string authorIndexKey(const crdt::ReviewKey& key) {
-  std::string out = idPrefix(key.author);
-  out.append(key.product);
-  return out;
-}
-
 std::string aggregateKey(std::string_view product) {
   std::string out = idPrefix(product);
   out.push_back(kProductAggregate);
@@ -107,25 +101,19 @@ std::string productRangePrefix(std::string_view product, char tag) {
   return out;
 }
 
-std::string newestIndexKey(const crdt::ReviewKey& key, crdt::Hlc hlc) {
-  std::string out = productRangePrefix(key.product, kProductNewest);
+std::string newestSortKey(const crdt::ReviewKey& key, crdt::Hlc hlc) {
+  std::string out = productRangePrefix(key.product, kListNewest);
   putBe64(out, ~hlc.bits);
   out.append(key.author);
   return out;
 }
 
-std::string ratingIndexKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc) {
-  std::string out = productRangePrefix(key.product, kProductRating);
+std::string ratingSortKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc) {
+  std::string out = productRangePrefix(key.product, kListRating);
   out.push_back(static_cast<char>(rating));
   putBe64(out, hlc.bits);
   out.append(key.author);
   return out;
-}
-
-std::optional<std::string_view> indexAuthor(std::string_view indexKey, size_t prefixLen,
-                                            size_t fixedLen) {
-  if (indexKey.size() <= prefixLen + fixedLen) return std::nullopt;
-  return indexKey.substr(prefixLen + fixedLen);
 }
 
 std::optional<std::string> prefixEnd(std::string_view prefix) {
@@ -155,6 +143,13 @@ std::string leafPrefix(uint32_t leafIndex) {
   return out;
 }
 
+std::string authorLeafPrefix(std::string_view author) {
+  std::string out;
+  putBe64(out, authorKeyHashBits(author));
+  out.resize(kAuthorLeafPrefixBytes);
+  return out;
+}
+
 std::string merkleNodeKey(int level, uint64_t index) {
   std::string out;
   out.push_back(static_cast<char>(level));
@@ -162,13 +157,39 @@ std::string merkleNodeKey(int level, uint64_t index) {
   return out;
 }
 
-std::string encodeDocRecord(const Hash& digest, std::string_view canonical) {
+ListingHeader listingHeaderOf(const crdt::ReviewDoc& doc) {
+  ListingHeader h;
+  h.live = doc.exists();
+  if (h.live) {
+    h.rating = doc.content().value().rating;
+    h.hlc = doc.content().stamp().hlc;
+  }
+  return h;
+}
+
+std::string encodeDocRecord(const Hash& digest, const ListingHeader& header,
+                            std::string_view canonical) {
   std::string out;
   out.reserve(kDocRecordHeader + canonical.size());
   out.push_back(static_cast<char>(kDocRecordFormat));
   out.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  out.push_back(header.live ? '\x01' : '\x00');
+  out.push_back(static_cast<char>(header.rating));
+  putBe64(out, header.hlc.bits);
   out.append(canonical);
   return out;
+}
+
+std::optional<ListingHeader> peekListingHeader(std::string_view value) {
+  if (value.size() < kDocRecordHeader || uint8_t(value[0]) != kDocRecordFormat) return std::nullopt;
+  ListingHeader h;
+  auto flags = uint8_t(value[17]);
+  h.live = (flags & 1) != 0;
+  h.rating = uint8_t(value[18]);
+  h.hlc = crdt::Hlc{getBe64(value.substr(19))};
+  bool sane = flags <= 1 && (h.live ? h.rating >= 1 && h.rating <= 5 : h.rating == 0 && h.hlc.bits == 0);
+  if (!sane) return std::nullopt;
+  return h;
 }
 
 Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& key) {
@@ -188,6 +209,9 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
   std::copy(value.begin() + 1, value.begin() + 17, reinterpret_cast<char*>(rec.digest.data()));
   rec.canonical = value.substr(kDocRecordHeader);
   if (digestOf(rec.canonical) != rec.digest) return corrupt("checksum mismatch");
+  auto header = peekListingHeader(value);
+  if (!header) return corrupt("malformed listing header");
+  rec.header = *header;
   return rec;
 }
 

@@ -21,8 +21,8 @@
 
 namespace chorus::storage::schema {
 
-// Longest product or author id, in bytes; keeps every index key below
-// LMDB's 511-byte key limit.
+// Longest product or author id, in bytes; keeps every key (and listing
+// cursor) below LMDB's 511-byte key limit.
 inline constexpr size_t kMaxIdBytes = 200;
 
 // kInvalidArgument unless both ids are 1..kMaxIdBytes bytes.
@@ -35,30 +35,24 @@ std::string idPrefix(std::string_view id);
 std::string docKey(const crdt::ReviewKey& key);
 std::optional<crdt::ReviewKey> parseDocKey(std::string_view docKey);
 
-// by-author: authorPrefix || product  (value empty; live reviews only)
-std::string authorIndexKey(const crdt::ReviewKey& key);
-
-// products: everything kept per product, adjacent under its prefix so one
-// write dirties one region of one tree:
-//   productPrefix || 0x00                          -> aggregate (see below)
-//   productPrefix || 0x01 || be64(~hlc) || author  -> ""  newest first going forward
-//   productPrefix || 0x02 || rating || be64(hlc) || author -> ""
-//     (forward: lowest rating, oldest first; backward: highest, newest first)
-// Index entries exist for live reviews only.
+// products: one aggregate per product (see below):
+//   productPrefix || 0x00 -> aggregate
 inline constexpr char kProductAggregate = 0x00;
-inline constexpr char kProductNewest = 0x01;
-inline constexpr char kProductRating = 0x02;
 std::string aggregateKey(std::string_view product);
-std::string newestIndexKey(const crdt::ReviewKey& key, crdt::Hlc hlc);
-std::string ratingIndexKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc);
-// The range holding one product's entries of `tag`.
+
+// Listing positions. Listings are not stored: a product's listing is its
+// range of `documents`, ordered in memory by these keys (listing headers in
+// the document values hold what they need), and cursors carry the key of
+// the next review to return:
+//   productPrefix || 0x01 || be64(~hlc) || author           newest first
+//   productPrefix || 0x02 || rating || be64(hlc) || author  lowest rating,
+//     oldest first (the reverse order: highest rating, newest first)
+inline constexpr char kListNewest = 0x01;
+inline constexpr char kListRating = 0x02;
+std::string newestSortKey(const crdt::ReviewKey& key, crdt::Hlc hlc);
+std::string ratingSortKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc);
+// The prefix of one product's sort keys of `tag`.
 std::string productRangePrefix(std::string_view product, char tag);
-// The author at the end of an index key of `prefixLen` range-prefix bytes
-// and `fixedLen` fixed bytes after it; nullopt if the key is too short.
-std::optional<std::string_view> indexAuthor(std::string_view indexKey, size_t prefixLen,
-                                            size_t fixedLen);
-inline constexpr size_t kNewestFixedBytes = 8;
-inline constexpr size_t kRatingFixedBytes = 9;
 
 // The smallest key greater than every key starting with `prefix`, or
 // nullopt if there is none (prefix all 0xff).
@@ -68,10 +62,15 @@ std::optional<std::string> prefixEnd(std::string_view prefix);
 //   be16(leaf)                    -> the leaf's node sum (16 bytes)
 //   be64(keyHash) || docKey       -> the document's digest (16 bytes)
 // The top two bytes of keyHash are the leaf index, so a leaf's sum sorts
-// just before its entries and usually shares their page.
+// just before its entries and usually shares their page. The top four bytes
+// hash the author (merkle.h), so one author's entries also form one range:
+// authorLeafPrefix(author), shared only with authors of the same 32-bit
+// hash. This range is the by-author listing (documents and tombstones).
 std::string leafEntryKey(uint64_t keyHash, std::string_view docKey);
 std::string leafPrefix(uint32_t leafIndex);  // also the leaf sum's key
 inline constexpr size_t kLeafSumKeyBytes = 2;
+std::string authorLeafPrefix(std::string_view author);
+inline constexpr size_t kAuthorLeafPrefixBytes = 4;
 
 // merkle: the inner nodes (levels 0 to Store::kDepth - 1):
 //   level (1 byte) || be32(index) -> 16-byte node sum; absent = zero.
@@ -82,18 +81,37 @@ inline constexpr std::string_view kMetaSchemaVersion = "schema-version";  // le3
 inline constexpr std::string_view kMetaReplicaId = "replica-id";          // le64
 inline constexpr std::string_view kMetaHlcHighWater = "hlc-high-water";   // le64
 
-// documents value: format (1 byte) || digest (16) || canonical state bytes.
+// documents value:
+//   format (1 byte) || digest (16) || listing header (10) || canonical state
 // The digest is BLAKE2b-128 of the canonical bytes: it is both the value's
-// checksum and the Merkle tree's state digest.
-inline constexpr uint8_t kDocRecordFormat = 1;
-inline constexpr size_t kDocRecordHeader = 1 + 16;
-std::string encodeDocRecord(const Hash& digest, std::string_view canonical);
+// checksum and the Merkle tree's state digest. The listing header is
+//   flags (1: bit 0 = live) || rating (1) || be64(content hlc)
+// copied from the state (zeros for a deleted review), so listings order a
+// product's reviews without decoding states. The checksum does not cover
+// the header; a listing compares the header of each review it returns with
+// the decoded state, and verify() compares all of them.
+inline constexpr uint8_t kDocRecordFormat = 2;
+inline constexpr size_t kDocRecordHeader = 1 + 16 + 10;
+struct ListingHeader {
+  bool live = false;
+  uint8_t rating = 0;  // 1-5 when live
+  crdt::Hlc hlc;       // of the content (the last edit) when live
+  bool operator==(const ListingHeader&) const = default;
+};
+ListingHeader listingHeaderOf(const crdt::ReviewDoc& doc);
+std::string encodeDocRecord(const Hash& digest, const ListingHeader& header,
+                            std::string_view canonical);
 struct DocRecord {
   Hash digest;
+  ListingHeader header;
   std::string_view canonical;
 };
 // Checks the format byte and the checksum. kCorruption names `keyForMessage`.
 Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& keyForMessage);
+// The listing header alone, without checking the checksum (for scans that
+// return few of the reviews they look at); nullopt if the value is too
+// short, of another format or holds an impossible header.
+std::optional<ListingHeader> peekListingHeader(std::string_view value);
 
 // aggregates value: 8 x le64: count, histogram[0..4], ratingSum, helpfulTotal.
 inline constexpr size_t kSummaryBytes = 8 * 8;

@@ -42,11 +42,24 @@ Hash blake128(const unsigned char* data, size_t size) {
 
 }  // namespace
 
+namespace {
+
+uint32_t hash32(std::string_view bytes) {
+  Hash h = blake128(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  return (uint32_t(h[0]) << 24) | (uint32_t(h[1]) << 16) | (uint32_t(h[2]) << 8) | h[3];
+}
+
+}  // namespace
+
+uint64_t authorKeyHashBits(std::string_view author) {
+  return uint64_t{hash32(schema::idPrefix(author))} << 32;
+}
+
 uint64_t keyHashOfDocKey(std::string_view docKey) {
-  Hash h = blake128(reinterpret_cast<const unsigned char*>(docKey.data()), docKey.size());
-  uint64_t v = 0;
-  for (size_t i = 0; i < 8; ++i) v = (v << 8) | h[i];
-  return v;
+  CHORUS_ASSERT(docKey.size() >= 2, "keyHashOfDocKey needs a document key");
+  size_t productBytes = 2 + ((size_t(uint8_t(docKey[0])) << 8) | uint8_t(docKey[1]));
+  CHORUS_ASSERT(docKey.size() > productBytes, "keyHashOfDocKey needs a document key");
+  return authorKeyHashBits(docKey.substr(productBytes)) | hash32(docKey);
 }
 
 uint64_t keyHash(const crdt::ReviewKey& key) { return keyHashOfDocKey(schema::docKey(key)); }

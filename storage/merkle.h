@@ -1,8 +1,16 @@
 // The hashes of the storage Merkle tree, shared by the store and by
 // anti-entropy (which must place keys in the tree exactly as the store does).
 //
-//   keyHash(key)   first 8 bytes, big-endian, of BLAKE2b-128(docKey(key))
+//   keyHash(key)   be32(first 4 bytes of BLAKE2b-128(idPrefix(author)))
+//                  || be32(first 4 bytes of BLAKE2b-128(docKey(key))),
+//                  read as a big-endian 64-bit number
 //   leafIndex      top 16 bits of keyHash (Store::kFanout^Store::kDepth leaves)
+//
+// The top half hashes the author alone, so an author's reviews sit in one
+// leaf and form one range of leaf entries: that range is the by-author
+// listing, and no separate author index is written. The price: a prolific
+// author's reviews share one leaf, so anti-entropy of that leaf exchanges
+// all their entries (24 bytes each) when one of them differs.
 //   digest(state)  BLAKE2b-128 of the document's canonical bytes
 //   entry          BLAKE2b-128(be64(keyHash) || digest)
 //   node hash      sum of the entries of every document below the node,
@@ -26,8 +34,11 @@ namespace chorus::storage {
 inline constexpr uint64_t kMerkleLeaves = uint64_t{1} << (4 * Store::kDepth);
 static_assert(Store::kFanout == 16, "node index arithmetic assumes 4 bits per level");
 
+// Precondition of keyHashOfDocKey: docKey is a valid docKey() encoding.
 uint64_t keyHashOfDocKey(std::string_view docKey);
 uint64_t keyHash(const crdt::ReviewKey& key);
+// The top 32 bits of the keyHash of every review by `author` (low bits zero).
+uint64_t authorKeyHashBits(std::string_view author);
 inline uint64_t leafIndexOf(uint64_t keyHash) { return keyHash >> (64 - 4 * Store::kDepth); }
 // Index at `level` (0 = root) of the node above leaf `leaf`.
 inline uint64_t nodeAbove(uint64_t leaf, int level) {

@@ -150,8 +150,26 @@ TEST_CASE("an unknown schema version is refused with what to do") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
   CHECK(contains(store.error().message, "version 99"));
-  CHECK(contains(store.error().message, "only version 1"));
+  CHECK(contains(store.error().message, "only version 2"));
   CHECK(contains(store.error().message, "move the directory aside"));
+}
+
+TEST_CASE("a version 1 data dir is refused: no migration, resync from peers") {
+  TempDir dir;
+  { test::openStore(test::optionsFor(dir.path())); }
+  test::withRawDb(dir.path(), "meta", [&](MDB_txn* txn, MDB_dbi dbi) {
+    std::string k(schema::kMetaSchemaVersion);
+    std::string v("\x01\x00\x00\x00", 4);
+    MDB_val key{k.size(), k.data()}, val{v.size(), v.data()};
+    REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
+    return true;
+  });
+  auto store = Store::open(test::optionsFor(dir.path()));
+  REQUIRE_FALSE(store.ok());
+  CHECK(store.error().code == ErrorCode::kInvalidArgument);
+  CHECK(contains(store.error().message, "version 1"));
+  CHECK(contains(store.error().message, "No release migrates"));
+  CHECK(contains(store.error().message, "resync from its peers"));
 }
 
 TEST_CASE("a directory holding some other LMDB database is refused") {

@@ -1,5 +1,5 @@
 // chorus-bench storage: the store's real write path (Store::mutate: document,
-// indexes, aggregates, Merkle tree, durable group commit) against plain LMDB
+// aggregates, Merkle tree, durable group commit) against plain LMDB
 // puts of the same keys and values in batches of the same size, in one run.
 //
 // Throughput mode keeps --in-flight writes queued (closed loop) and reports
@@ -196,8 +196,8 @@ struct LmdbRun {
 
 Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Item>& items,
                              const std::string& dir) {
-  // The same keys and the same stored bytes (checksum header + canonical
-  // state), computed before the clock starts.
+  // The same keys and the same stored bytes (checksum and listing header +
+  // canonical state), computed before the clock starts.
   std::vector<std::pair<std::string, std::string>> kv;
   kv.reserve(items.size());
   crdt::HybridClock clock(1, crdt::systemClock());
@@ -206,7 +206,8 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
     doc.write(item.rating, item.title, item.body, clock.now());
     std::string canonical = doc.encode();
     kv.emplace_back(storage::schema::docKey(item.key),
-                    storage::schema::encodeDocRecord(storage::digestOf(canonical), canonical));
+                    storage::schema::encodeDocRecord(storage::digestOf(canonical),
+                                                     storage::schema::listingHeaderOf(doc), canonical));
   }
   std::filesystem::create_directories(dir);
   auto fail = [](int rc, const char* what) {
@@ -371,7 +372,7 @@ void addStorageBench(CLI::App& app, int& exitCode) {
   auto o = std::make_shared<StorageBenchOptions>();
   auto* sub = app.add_subcommand(
       "storage",
-      "Store write path (document + indexes + aggregates + Merkle tree, durable group commit) "
+      "Store write path (document + aggregates + Merkle tree, durable group commit) "
       "versus plain LMDB puts of the same keys and values in batches of the same size; "
       "with --rate, ack latency under a steady offered load");
   sub->add_option("-n,--count", o->count, "Reviews to write (with --rate: default rate x --seconds)")
