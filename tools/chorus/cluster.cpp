@@ -21,6 +21,7 @@
 #include "api/client.h"
 #include "api/types.h"
 #include "api/validate.h"
+#include "gossip/keyring.h"
 #include "tools/chorus/common.h"
 
 namespace chorus::cli {
@@ -71,7 +72,8 @@ milliseconds probeTimeout(const Globals& g) {
 // Runs `fn` against every node in `nodes` at once, each on its own thread
 // with its own client; returns the results in the same order.
 template <typename T>
-std::vector<Result<T>> onEach(const std::vector<KnownNode>& nodes, milliseconds timeout,
+std::vector<Result<T>> onEach(const Globals& g, const std::vector<KnownNode>& nodes,
+                              milliseconds timeout,
                               const std::function<Result<T>(size_t, api::Client&)>& fn) {
   std::vector<std::optional<Result<T>>> slots(nodes.size());
   std::vector<std::thread> threads;
@@ -83,9 +85,7 @@ std::vector<Result<T>> onEach(const std::vector<KnownNode>& nodes, milliseconds 
                                    "its RPC address is not known yet (no heartbeat from it)"));
         return;
       }
-      api::Client::Options options;
-      options.timeout = timeout;
-      auto client = api::Client::connect(nodes[i].rpcAddress, options);
+      auto client = api::Client::connect(nodes[i].rpcAddress, clientOptions(g, timeout));
       if (!client.ok()) {
         slots[i].emplace(client.error());
         return;
@@ -100,16 +100,15 @@ std::vector<Result<T>> onEach(const std::vector<KnownNode>& nodes, milliseconds 
   return out;
 }
 
-std::vector<Result<ClusterView>> viewsOf(const std::vector<KnownNode>& nodes,
+std::vector<Result<ClusterView>> viewsOf(const Globals& g, const std::vector<KnownNode>& nodes,
                                          milliseconds timeout) {
-  return onEach<ClusterView>(nodes, timeout, [](size_t, api::Client& c) { return c.cluster(); });
+  return onEach<ClusterView>(g, nodes, timeout,
+                             [](size_t, api::Client& c) { return c.cluster(); });
 }
 
 // The connected node's view of the cluster.
 Result<ClusterView> connectedView(const Globals& g) {
-  api::Client::Options options;
-  options.timeout = milliseconds(g.timeoutMs);
-  auto client = api::Client::connect(g.connect, options);
+  auto client = api::Client::connect(g.connect, clientOptions(g, milliseconds(g.timeoutMs)));
   if (!client.ok()) return client.error();
   return (*client)->cluster();
 }
@@ -209,7 +208,7 @@ int status(const Globals& g) {
   auto view = connectedView(g);
   if (!view.ok()) return fail(view);
   auto nodes = knownNodes(*view, g.connect);
-  auto views = viewsOf(nodes, probeTimeout(g));
+  auto views = viewsOf(g, nodes, probeTimeout(g));
   size_t reachable = 0;
   auto root = commonRoot(views, reachable);
 
@@ -409,7 +408,7 @@ int partition(const Globals& g, const std::string& isolate, const std::string& s
 
   std::vector<KnownNode> targets;
   for (const auto& [id, peers] : plan) targets.push_back(*byId[id]);
-  auto results = onEach<Ok>(targets, probeTimeout(g), [&](size_t i, api::Client& c) {
+  auto results = onEach<Ok>(g, targets, probeTimeout(g), [&](size_t i, api::Client& c) {
     return c.partition(plan[targets[i].id]);
   });
   int code = report(
@@ -431,7 +430,7 @@ int heal(const Globals& g) {
   if (!view.ok()) return fail(view);
   auto nodes = knownNodes(*view, g.connect);
   auto results =
-      onEach<Ok>(nodes, probeTimeout(g), [](size_t, api::Client& c) { return c.heal(); });
+      onEach<Ok>(g, nodes, probeTimeout(g), [](size_t, api::Client& c) { return c.heal(); });
   return report(
       g, nodes, results, [](size_t) { return std::string("healed"); }, "healed",
       [](size_t) { return std::string("true"); }, kExitUnavailable);
@@ -456,7 +455,7 @@ int converge(const Globals& g, const std::string& timeoutText) {
     // A hung node may cost a round its call timeout, but not much more than
     // the time left.
     auto left = std::chrono::duration_cast<milliseconds>(deadline - roundStart);
-    auto views = viewsOf(nodes, std::min(probeTimeout(g), std::max(left, kMinProbeTimeout)));
+    auto views = viewsOf(g, nodes, std::min(probeTimeout(g), std::max(left, kMinProbeTimeout)));
     double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
     size_t reachable = 0;
     auto root = commonRoot(views, reachable);
@@ -526,6 +525,150 @@ int converge(const Globals& g, const std::string& timeoutText) {
   }
 }
 
+
+// ---- keys ------------------------------------------------------------------
+
+// The key argument: the positional value, else the first line of --key-file.
+// `what` is "key" for install (must be a key) and "key or fingerprint" else.
+Result<std::string> keyArgument(const std::string& key, const std::string& keyFile,
+                                const char* what) {
+  if (key.empty() == keyFile.empty()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     std::string("give the ") + what + " as an argument or with --key-file");
+  }
+  if (!key.empty()) return key;
+  return firstLineOf(keyFile, "key");
+}
+
+// "a1b2c3d4 (primary), e5f6a7b8"
+std::string ringText(const std::vector<gossip::KeyInfo>& ring) {
+  std::string out;
+  for (const auto& k : ring) {
+    out += (out.empty() ? "" : ", ") + k.fingerprint + (k.primary ? " (primary)" : "");
+  }
+  return out.empty() ? "(none)" : out;
+}
+
+std::string ringJson(const std::vector<gossip::KeyInfo>& ring) {
+  std::string out = "[";
+  for (size_t i = 0; i < ring.size(); ++i) {
+    out += (i ? "," : "") + std::string("{\"fingerprint\":") + json(ring[i].fingerprint) +
+           ",\"primary\":" + (ring[i].primary ? "true" : "false") + "}";
+  }
+  return out + "]";
+}
+
+bool ringHas(const std::vector<gossip::KeyInfo>& ring, const std::string& fingerprint,
+             bool primaryOnly) {
+  for (const auto& k : ring) {
+    if (k.fingerprint == fingerprint && (!primaryOnly || k.primary)) return true;
+  }
+  return false;
+}
+
+// Every known node's keyring; nullopt (after printing why) unless all answered.
+std::optional<std::vector<std::vector<gossip::KeyInfo>>> ringsOf(
+    const Globals& g, const std::vector<KnownNode>& nodes) {
+  auto rings = onEach<std::vector<gossip::KeyInfo>>(
+      g, nodes, probeTimeout(g),
+      [](size_t, api::Client& c) { return c.keys(api::KeyOp::kList, ""); });
+  std::vector<std::vector<gossip::KeyInfo>> out;
+  bool all = true;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!rings[i].ok()) {
+      std::fprintf(stderr, "chorus: %s: %s\n", nodes[i].id.c_str(),
+                   rings[i].error().toString().c_str());
+      all = false;
+      continue;
+    }
+    out.push_back(std::move(*rings[i]));
+  }
+  if (!all) return std::nullopt;
+  return out;
+}
+
+int keysList(const Globals& g) {
+  auto view = connectedView(g);
+  if (!view.ok()) return fail(view);
+  auto nodes = knownNodes(*view, g.connect);
+  auto rings = onEach<std::vector<gossip::KeyInfo>>(
+      g, nodes, probeTimeout(g),
+      [](size_t, api::Client& c) { return c.keys(api::KeyOp::kList, ""); });
+  int code = kExitOk;
+  std::string out;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const auto& r = rings[i];
+    if (!r.ok() && code == kExitOk) code = exitCodeFor(r.error());
+    if (g.json) {
+      out += (i ? "," : "") + json(nodes[i].id) + ":" +
+             (r.ok() ? ringJson(*r) : "{\"error\":" + json(r.error().toString()) + "}");
+    } else {
+      std::printf("%s: %s\n", nodes[i].id.c_str(),
+                  r.ok() ? ringText(*r).c_str() : ("FAILED: " + r.error().toString()).c_str());
+    }
+  }
+  if (g.json) std::printf("{\"keys\":{%s}}\n", out.c_str());
+  return code;
+}
+
+// install / use / remove on every known node, after checking that the step
+// is safe on all of them (use: every node has the key; remove: no node sends
+// with it).
+int keysChange(const Globals& g, api::KeyOp op, const std::string& key) {
+  const char* verb = op == api::KeyOp::kInstall ? "installed"
+                     : op == api::KeyOp::kUse   ? "now sends with"
+                                                : "removed";
+  std::string fingerprint = key;
+  if (auto parsed = gossip::parseClusterKey(key); parsed.ok()) {
+    fingerprint = parsed->fingerprint();
+  } else if (op == api::KeyOp::kInstall) {
+    return fail(parsed);
+  }
+  auto view = connectedView(g);
+  if (!view.ok()) return fail(view);
+  auto nodes = knownNodes(*view, g.connect);
+  if (op != api::KeyOp::kInstall) {
+    auto rings = ringsOf(g, nodes);
+    if (!rings) {
+      std::fprintf(stderr,
+                   "chorus: not changing any node: every node must answer first (a node that "
+                   "misses this step could no longer talk to the others)\n");
+      return kExitUnavailable;
+    }
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      const auto& ring = (*rings)[i];
+      if (op == api::KeyOp::kUse && !ringHas(ring, fingerprint, false)) {
+        std::fprintf(stderr,
+                     "chorus: %s does not have key %s yet; run `chorus cluster keys install` "
+                     "first (nothing changed)\n",
+                     nodes[i].id.c_str(), fingerprint.c_str());
+        return kExitInvalid;
+      }
+      if (op == api::KeyOp::kRemove && ringHas(ring, fingerprint, true)) {
+        std::fprintf(stderr,
+                     "chorus: %s still sends with key %s; `chorus cluster keys use` another "
+                     "key first (nothing changed)\n",
+                     nodes[i].id.c_str(), fingerprint.c_str());
+        return kExitInvalid;
+      }
+    }
+  }
+  auto results = onEach<Ok>(g, nodes, probeTimeout(g), [&](size_t, api::Client& c) -> Status {
+    auto r = c.keys(op, key);
+    if (!r.ok()) return r.error();
+    return okStatus();
+  });
+  int code = report(
+      g, nodes, results, [&](size_t) { return std::string(verb) + " key " + fingerprint; },
+      "changed", [&](size_t) { return json(fingerprint); }, std::nullopt);
+  if (code != kExitOk && !g.json) {
+    std::fprintf(stderr,
+                 "chorus: not every node changed; run the same command again once the failed "
+                 "nodes are back (each step is idempotent)\n");
+  }
+  return code;
+}
+
 }  // namespace
 
 void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
@@ -561,6 +704,49 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
   conv->add_option("--timeout", flags->timeout, "How long to wait: 30s, 2m, 500ms (bare = seconds)")
       ->capture_default_str();
   conv->callback([&g, &result, flags] { result = converge(g, flags->timeout); });
+
+  auto* keys = cluster
+                   ->add_subcommand("keys",
+                                    "The gossip keyring of every known node. Rotation: "
+                                    "generate, install, use, then remove the old key")
+                   ->require_subcommand(1);
+  keys->footer(
+      "Keys are 32 random bytes in base64 and are secrets: prefer --key-file to an argument\n"
+      "(arguments show in ps). Nodes and listings name keys by fingerprint.");
+  keys->add_subcommand("generate", "Print a new random cluster key (talks to no node)")
+      ->callback([&result] {
+        std::printf("%s\n", gossip::generateClusterKey().c_str());
+        result = kExitOk;
+      });
+  keys->add_subcommand("list", "Each node's key fingerprints, the primary marked")
+      ->callback([&] { result = keysList(g); });
+  struct KeyFlags {
+    std::string key, keyFile;
+  };
+  for (auto [name, op, help, what] :
+       {std::tuple{"install", api::KeyOp::kInstall,
+                   "Add a key to every node's keyring (frames are still sent with the primary)",
+                   "key"},
+        std::tuple{"use", api::KeyOp::kUse,
+                   "Make an installed key the primary on every node (refused unless every node "
+                   "has it)",
+                   "key or fingerprint"},
+        std::tuple{"remove", api::KeyOp::kRemove,
+                   "Remove a key from every node (refused while any node sends with it)",
+                   "key or fingerprint"}}) {
+    auto kf = std::make_shared<KeyFlags>();
+    auto* sub = keys->add_subcommand(name, help);
+    sub->add_option("key", kf->key, std::string("The ") + what);
+    sub->add_option("--key-file", kf->keyFile, "Read the key from this file's first line");
+    sub->callback([&g, &result, kf, op = op, what = what] {
+      auto key = keyArgument(kf->key, kf->keyFile, what);
+      if (!key.ok()) {
+        result = fail(key);
+        return;
+      }
+      result = keysChange(g, op, *key);
+    });
+  }
 }
 
 }  // namespace chorus::cli

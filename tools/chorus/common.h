@@ -25,17 +25,34 @@ constexpr int kExitInvalid = 3;
 constexpr int kExitUnavailable = 4;
 constexpr int kExitOther = 5;
 constexpr int kExitNotConverged = 6;
+constexpr int kExitDenied = 7;
 
 constexpr const char* kExitHelp =
     "Exit codes: 0 ok; 1 usage error; 2 not found; 3 invalid argument;\n"
     "4 node unavailable, overloaded or unreachable; 5 any other error;\n"
-    "6 `cluster converge` timed out before every reachable node had the same data.";
+    "6 `cluster converge` timed out before every reachable node had the same data;\n"
+    "7 refused: no token, an unknown token, or the token's principal may not do this.";
 
 struct Globals {
   std::string connect;
   bool json = false;
   uint32_t timeoutMs = 10'000;
+  // The client token: --token-file, else --token, else $CHORUS_TOKEN, else
+  // $CHORUS_TOKEN_FILE (see resolveToken). Empty: connect without one.
+  std::string token;
+  std::string tokenFile;
 };
+
+// The first line of `path`, trimmed; kIo / kInvalidArgument (empty) naming
+// the file and `what` it should hold ("token", "key").
+Result<std::string> firstLineOf(const std::string& path, const char* what);
+
+// Fills g.token from g.tokenFile or the environment (the flags win).
+// kInvalidArgument / kIo naming the file when it cannot be read or is empty.
+Status resolveToken(Globals& g);
+
+// Client options for g's token, with `timeout` per call.
+api::Client::Options clientOptions(const Globals& g, std::chrono::milliseconds timeout);
 
 int exitCodeFor(const Error& e);
 
@@ -53,7 +70,10 @@ int fail(const Result<T>& r) {
   return fail(r.error());
 }
 
-// `chorus cluster ...`: status, partition, heal, converge. Sets `result`.
+// `chorus cluster ...`: status, partition, heal, converge, keys. Sets `result`.
 void addClusterCommands(CLI::App& app, const Globals& g, int& result);
+
+// `chorus token create`: makes a client token and its tokens-file line.
+void addTokenCommands(CLI::App& app, int& result);
 
 }  // namespace chorus::cli

@@ -77,7 +77,8 @@ void printPage(const ReviewPage& p, bool byAuthor) {
 int main(int argc, char** argv) {
   CLI::App app{"chorus: command-line client of a Chorus node (product reviews)."};
   app.footer(std::string(kExitHelp) +
-             "\nThe node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.");
+             "\nThe node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.\n"
+             "Nodes that require tokens refuse calls without a valid one (exit 7).");
   app.require_subcommand(1);
   Globals g;
   const char* env = std::getenv("CHORUS_ADDR");
@@ -86,6 +87,16 @@ int main(int argc, char** argv) {
   app.add_flag("--json", g.json, "Print JSON instead of tables");
   app.add_option("--timeout-ms", g.timeoutMs, "Bound on connecting and on each call")
       ->capture_default_str();
+  auto* tokenFile = app.add_option("--token-file", g.tokenFile,
+                                   "File whose first line is the client token (see `chorus token "
+                                   "create`); else $CHORUS_TOKEN_FILE");
+  app.add_option("--token", g.token,
+                 "Client token; else $CHORUS_TOKEN (prefer --token-file: arguments show in ps)")
+      ->excludes(tokenFile);
+  // Runs after parsing, before any subcommand's callback.
+  app.parse_complete_callback([&g] {
+    if (auto s = resolveToken(g); !s.ok()) throw CLI::ValidationError(s.error().message);
+  });
 
   int result = kExitOk;
   std::string product, author, arg, title, body, reason, cursor;
@@ -305,6 +316,7 @@ int main(int argc, char** argv) {
       });
 
   addClusterCommands(app, g, result);
+  addTokenCommands(app, result);
 
   try {
     app.parse(argc, argv);

@@ -10,9 +10,12 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -34,6 +37,38 @@ bool parseDurationFlag(const char* flag, const std::string& text, std::chrono::m
   return true;
 }
 
+// The keys of a cluster key file: one base64 key per line, the first is the
+// primary; blank lines and lines starting with '#' are skipped. Prints why
+// and returns false when the file cannot be used.
+bool readClusterKeys(const std::string& path, std::vector<std::string>& keys) {
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "chorusd: --cluster-key-file: cannot read '%s'\n", path.c_str());
+    return false;
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    chorus::api::logf(chorus::api::LogLevel::kWarn,
+                      "cluster key file %s is readable by other users (chmod 600 it)",
+                      path.c_str());
+  }
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    size_t e = line.find_last_not_of(" \t\r");
+    keys.push_back(line.substr(b, e - b + 1));
+  }
+  if (keys.empty()) {
+    std::fprintf(stderr,
+                 "chorusd: --cluster-key-file: '%s' holds no key (make one with `chorus cluster "
+                 "keys generate > %s`)\n",
+                 path.c_str(), path.c_str());
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,6 +84,11 @@ int main(int argc, char** argv) {
   uint32_t maxInFlight = chorus::RpcLimits{}.maxInFlightPerConnection;
   uint64_t idleTimeoutMs = static_cast<uint64_t>(chorus::RpcLimits{}.idleTimeout.count());
   bool unsafeNoSync = false;
+  uint32_t rateLimit = chorus::RpcLimits{}.maxCallsPerSecond;
+  uint32_t maxConnections = chorus::RpcLimits{}.maxConnections;
+  std::string tokensFile;
+  bool noAuth = false;
+  std::string clusterKeyFile;
   std::string gossipListen;
   std::vector<std::string> join;
   std::string advertise;
@@ -72,9 +112,25 @@ int main(int argc, char** argv) {
                  "Close connections without calls or watches after this long")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{10}, uint64_t{86'400'000}));
+  app.add_option("--rate-limit", rateLimit,
+                 "Calls per second per connection, with bursts of " +
+                     std::to_string(chorus::RpcLimits{}.callBurst) +
+                     ", before calls get `overloaded` (0 = no limit)")
+      ->capture_default_str();
+  app.add_option("--max-connections", maxConnections,
+                 "Open RPC connections; more are accepted and closed at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1'000'000u));
   app.add_flag("--unsafe-no-sync", unsafeNoSync,
                "Skip fsync at commit: an OS crash may lose acknowledged writes "
                "(benchmarks and throwaway test clusters only)");
+  auto* tokens = app.add_option("--tokens-file", tokensFile,
+                                "Client tokens: `principal roles hash` per line (make entries "
+                                "with `chorus token create`); required unless --no-auth")
+                     ->type_name("FILE");
+  app.add_flag("--no-auth", noAuth,
+               "Serve every RPC client as admin without a token (tests on a trusted host only)")
+      ->excludes(tokens);
   auto* gossipGroup = app.add_option_group("Cluster");
   gossipGroup
       ->add_option("--gossip-listen", gossipListen,
@@ -89,6 +145,12 @@ int main(int argc, char** argv) {
       ->add_option("--advertise", advertise,
                    "Gossip address peers should dial (default: the bound --gossip-listen address)")
       ->type_name("HOST:PORT");
+  gossipGroup
+      ->add_option("--cluster-key-file", clusterKeyFile,
+                   "Cluster key(s) that encrypt and authenticate gossip: base64, one per line, "
+                   "the first is the primary (make one with `chorus cluster keys generate`). "
+                   "Needed at a node's first start; afterwards <data-dir>/keyring is used")
+      ->type_name("FILE");
   gossipGroup
       ->add_option("--anti-entropy-interval", antiEntropyInterval,
                    "How often to compare Merkle trees with a peer: milliseconds, or with a unit "
@@ -120,6 +182,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "chorusd: --join and --advertise need --gossip-listen\n");
     return 1;
   }
+  if (gossipListen.empty() && !clusterKeyFile.empty()) {
+    std::fprintf(stderr, "chorusd: --cluster-key-file needs --gossip-listen\n");
+    return 1;
+  }
+  std::vector<std::string> clusterKeys;
+  if (!clusterKeyFile.empty() && !readClusterKeys(clusterKeyFile, clusterKeys)) return 1;
   for (const auto& seed : join) {
     if (seed.empty() || seed.find(':') == std::string::npos) {
       std::fprintf(stderr, "chorusd: --join: '%s' is not host:port\n", seed.c_str());
@@ -143,6 +211,10 @@ int main(int argc, char** argv) {
   options.metricsAddr = metricsAddr;
   options.rpc.maxInFlightPerConnection = maxInFlight;
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
+  options.rpc.maxCallsPerSecond = rateLimit;
+  options.rpc.maxConnections = maxConnections;
+  options.rpc.tokensFile = tokensFile;
+  options.rpc.noAuth = noAuth;
   options.store.unsafeNoSync = unsafeNoSync;
   if (offset.count() != 0) {
     options.store.clock = [base = chorus::crdt::systemClock(),
@@ -157,6 +229,7 @@ int main(int argc, char** argv) {
   options.cluster.seeds = join;
   options.cluster.advertise = advertise;
   options.cluster.antiEntropyInterval = antiEntropy;
+  options.cluster.keys = clusterKeys;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     std::fprintf(stderr, "chorusd: cannot start: %s\n", node.error().toString().c_str());

@@ -1,11 +1,13 @@
 // A microservice that embeds Chorus: the few lines needed to keep product
 // reviews in-process, without running chorusd or making RPC calls.
 //
-//   example-service DATA_DIR [--serve 127.0.0.1:7400]
+//   example-service DATA_DIR [--serve 127.0.0.1:7400 TOKENS_FILE]
 //
 // It writes a review, votes for it, reads the product summary back, and with
 // --serve also exposes the same node over RPC (so `chorus` can inspect it)
-// until interrupted.
+// until interrupted. RPC clients then need a token from TOKENS_FILE (see
+// `chorus token create`); the in-process calls below need none: the service
+// itself decides who its users are.
 #include <signal.h>
 
 #include <cstdio>
@@ -14,8 +16,8 @@
 #include "api/node.h"
 
 int main(int argc, char** argv) {
-  if (argc != 2 && !(argc == 4 && std::string(argv[2]) == "--serve")) {
-    std::fprintf(stderr, "usage: %s DATA_DIR [--serve HOST:PORT]\n", argv[0]);
+  if (argc != 2 && !(argc == 5 && std::string(argv[2]) == "--serve")) {
+    std::fprintf(stderr, "usage: %s DATA_DIR [--serve HOST:PORT TOKENS_FILE]\n", argv[0]);
     return 1;
   }
   sigset_t stop;
@@ -28,7 +30,10 @@ int main(int argc, char** argv) {
   chorus::Node::Options options;
   options.nodeId = "example-service";
   options.dataDir = argv[1];
-  if (argc == 4) options.listen = argv[3];
+  if (argc == 5) {
+    options.listen = argv[3];
+    options.rpc.tokensFile = argv[4];
+  }
   auto node = chorus::Node::open(options);
   if (!node.ok()) {
     std::fprintf(stderr, "example-service: %s\n", node.error().toString().c_str());
@@ -56,7 +61,7 @@ int main(int argc, char** argv) {
   std::printf("example-service: espresso-machine-9 has %llu review(s), average %.2f, %u helpful\n",
               static_cast<unsigned long long>(summary->count), summary->average(), voted->helpful);
 
-  if (argc == 4) {
+  if (argc == 5) {
     std::printf("example-service: listening on %s\n", (*node)->rpcAddress().c_str());
     std::fflush(stdout);
     int sig = 0;
