@@ -111,7 +111,10 @@ TEST_CASE("chaos: chorusd SIGKILLed 200 times under write load keeps every ackno
                                     "--join",
                                     h.node("n1").gossip(),
                                     "--anti-entropy-interval",
-                                    "200"};
+                                    "200",
+                                    "--cluster-key-file",
+                                    h.clusterKeyFile(),
+                                    "--no-auth"};
   };
   // Fsync on: this is the durability a production node has.
   auto victim = std::make_unique<Daemon>(log, args("0", "0"));

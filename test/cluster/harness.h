@@ -243,10 +243,39 @@ class Daemon {
   std::string rpc_, gossip_;
 };
 
-// A set of nodes named n1, n2, ... under one temporary directory.
+// Writes a new cluster key (from `chorus cluster keys generate`) to `path`,
+// mode 0600; REQUIREs success.
+inline void writeClusterKeyFile(const std::string& path) {
+  auto r = run(bin("CHORUS_BIN"), {"cluster", "keys", "generate"}, 20s);
+  REQUIRE_MESSAGE(r.code == 0, "chorus cluster keys generate: " << r.err);
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(write(fd, r.out.data(), r.out.size()) == ssize_t(r.out.size()));
+  close(fd);
+}
+
+// A set of nodes named n1, n2, ... under one temporary directory. They
+// share one cluster key (generated per harness) and serve RPC without
+// tokens (--no-auth) unless `tokensFile` is set.
 class Harness {
  public:
   static inline std::string antiEntropyMs = "200";
+
+  // Client auth of nodes started from now on: empty = --no-auth; else
+  // --tokens-file tokensFile, and chorus() passes --token-file cliTokenFile
+  // (when set).
+  std::string tokensFile, cliTokenFile;
+  // Per node id: a cluster key file to start it with instead of the shared one.
+  std::map<std::string, std::string> keyFileFor;
+
+  // The cluster key file every node of this harness starts with.
+  const std::string& clusterKeyFile() {
+    if (keyFile_.empty()) {
+      keyFile_ = tmp_.sub("cluster.key");
+      writeClusterKeyFile(keyFile_);
+    }
+    return keyFile_;
+  }
 
   // Starts chorusd `id` on loopback (ports 0 unless given), joining
   // through the gossip addresses in `join`.
@@ -284,6 +313,14 @@ class Harness {
       args.insert(args.end(), {"--anti-entropy-interval", antiEntropyMs});
     }
     if (chorusdHas("--unsafe-no-sync")) args.push_back("--unsafe-no-sync");
+    auto ownKey = keyFileFor.find(id);
+    args.insert(args.end(), {"--cluster-key-file",
+                             ownKey != keyFileFor.end() ? ownKey->second : clusterKeyFile()});
+    if (tokensFile.empty()) {
+      args.push_back("--no-auth");
+    } else {
+      args.insert(args.end(), {"--tokens-file", tokensFile});
+    }
     for (const auto& j : join) args.insert(args.end(), {"--join", j});
     args.insert(args.end(), extra.begin(), extra.end());
     auto& slot = nodes_[id];
@@ -338,6 +375,7 @@ class Harness {
   RunResult chorus(const std::string& id, std::vector<std::string> args,
                    std::chrono::milliseconds timeout = 20s) {
     args.insert(args.begin(), {"--connect", node(id).rpc()});
+    if (!cliTokenFile.empty()) args.insert(args.begin(), {"--token-file", cliTokenFile});
     return run(bin("CHORUS_BIN"), args, timeout);
   }
 
@@ -383,6 +421,7 @@ class Harness {
 
  private:
   TempDir tmp_;
+  std::string keyFile_;
   std::map<std::string, std::unique_ptr<Daemon>> nodes_;
 };
 

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
@@ -34,6 +35,7 @@
 
 #include "../cluster/harness.h"
 #include "api/client.h"
+#include "gossip/keyring.h"
 
 using namespace chorus::test::cluster;
 
@@ -358,6 +360,12 @@ class Net {
       args.insert(args.end(), {"--anti-entropy-interval", "300"});
     }
     if (chorusdHas("--unsafe-no-sync")) args.push_back("--unsafe-no-sync");
+    if (keyFile_.empty()) {
+      keyFile_ = tmp_.sub("cluster.key");
+      std::ofstream key(keyFile_, std::ios::trunc);
+      key << chorus::gossip::generateClusterKey() << "\n";
+    }
+    args.insert(args.end(), {"--cluster-key-file", keyFile_, "--no-auth"});
     if (i != 1) args.insert(args.end(), {"--join", addr(1) + ":7410"});
     daemons_[size_t(i)] = std::make_unique<NsDaemon>(tmp_.sub(id(i) + ".log"), args);
     REQUIRE_MESSAGE(daemons_[size_t(i)]->waitStarted(20s),
@@ -409,6 +417,7 @@ class Net {
   std::string tag_, hub_;
   std::vector<std::string> made_;
   chorus::test::TempDir tmp_;
+  std::string keyFile_;  // the nodes' shared cluster key
   std::vector<std::unique_ptr<NsDaemon>> daemons_;
   std::set<int> cut_;
 };

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "api/client.h"
+#include "gossip/keyring.h"
 #include "storage/store.h"
 
 namespace chorus::chaos {
@@ -220,6 +221,9 @@ namespace {
 // stopped by its PID in the destructor.
 class Nodes {
  public:
+  // The nodes share a cluster key written to <dir>/cluster.key and serve RPC
+  // without tokens (--no-auth): this checker is about replication, and its
+  // clients write as many authors.
   Nodes(const Config& c, std::string dir) : c_(c), dir_(std::move(dir)), p_(size_t(c.nodes)) {
     for (int i = 0; i < c.nodes; ++i) {
       auto& p = p_[size_t(i)];
@@ -227,6 +231,11 @@ class Nodes {
       p.data = dir_ + "/" + p.id;
       p.log = dir_ + "/" + p.id + ".log";
     }
+    keyFile_ = dir_ + "/cluster.key";
+    std::ofstream key(keyFile_, std::ios::trunc);
+    key << gossip::generateClusterKey() << "\n";
+    std::filesystem::permissions(keyFile_, std::filesystem::perms::owner_read |
+                                               std::filesystem::perms::owner_write);
   }
   ~Nodes() { stopAll(); }
 
@@ -364,7 +373,10 @@ class Nodes {
                                      "--anti-entropy-interval",
                                      std::to_string(c_.antiEntropyMs),
                                      "--log-level",
-                                     "info"};
+                                     "info",
+                                     "--cluster-key-file",
+                                     keyFile_,
+                                     "--no-auth"};
     if (offsetMs != 0) args.push_back("--clock-offset=" + std::to_string(offsetMs) + "ms");
     if (c_.unsafeNoSync) args.push_back("--unsafe-no-sync");
     std::string join;
@@ -449,6 +461,7 @@ class Nodes {
 
   const Config& c_;
   std::string dir_;
+  std::string keyFile_;  // the cluster key every node starts with
   std::vector<Proc> p_;
   std::mutex mu_;  // p.rpc, p.gossip and p.pid for other threads
 };
