@@ -20,7 +20,7 @@ enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
   notFound @1;         # no such review (or it was deleted)
   forbidden @2;        # the operation is not allowed for this caller/input
-  overloaded @3;       # too many calls in flight; retry with backoff
+  overloaded @3;       # a limit (calls in flight, calls per second); retry with backoff
   unavailable @4;      # the node is shutting down or cannot serve
   internal @5;         # a bug or a storage fault; the message says which
   unauthenticated @6;  # no token (call Chorus.authenticate) or an unknown one
@@ -176,6 +176,8 @@ struct GossipStats {
   antiEntropyBytes @11 :UInt64;  # reconcile frames, both directions
   statesRepaired @12 :UInt64;    # states received through anti-entropy
   connectionsRefused @13 :UInt64;  # inbound gossip connections over the cap, closed at once
+  authFailures @14 :UInt64;      # frames failing the cluster key check (wrong key, tampered)
+  replaysRefused @15 :UInt64;    # authentic frames replayed or reordered, refused
 }
 
 # One node's view of the cluster.
