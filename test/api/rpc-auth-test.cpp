@@ -152,19 +152,47 @@ TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {
   CHECK(n.node->get("p1", "alice")->rating == 5);  // the refused put changed nothing
   anonymous = chorus::Error{ErrorCode::kInternal, "closed"};
 
-  Client::Options wrong;
-  wrong.token = chorus::api::newToken();
-  auto refused = Client::connect(n.node->rpcAddress(), wrong);
-  REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == ErrorCode::kForbidden);
-  CHECK(refused.error().message == "unauthenticated: unknown token");
-  CHECK(n.node->metrics().authFailures() == 1);
+  // Three wrong tokens, with stderr (the log) captured.
+  std::vector<std::string> wrongTokens;
+  std::string log;
+  {
+    std::fflush(stderr);
+    int saved = ::dup(2);
+    FILE* capture = std::tmpfile();
+    REQUIRE(capture != nullptr);
+    ::dup2(::fileno(capture), 2);
+    for (int i = 0; i < 3; ++i) {
+      Client::Options wrong;
+      wrong.token = wrongTokens.emplace_back(chorus::api::newToken());
+      auto refused = Client::connect(n.node->rpcAddress(), wrong);
+      REQUIRE_FALSE(refused.ok());
+      CHECK(refused.error().code == ErrorCode::kForbidden);
+      CHECK(refused.error().message == "unauthenticated: unknown token");
+    }
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::rewind(capture);
+    char buf[4096];
+    size_t got;
+    while ((got = std::fread(buf, 1, sizeof buf, capture)) > 0) log.append(buf, got);
+    std::fclose(capture);
+  }
+  CHECK(n.node->metrics().authFailures() == 3);
+  CHECK(n.node->metrics().render({}, 0).find("chorus_rpc_auth_failures_total 3") !=
+        std::string::npos);
+  // Logged once (rate-limited), with the peer address, never the token.
+  auto first = log.find("warn: rpc: unknown token from 127.0.0.1:");
+  CHECK(first != std::string::npos);
+  CHECK(log.find("unknown token from", first + 30) == std::string::npos);
+  for (const auto& t : wrongTokens) CHECK(log.find(t) == std::string::npos);
+  CHECK(log.find("chorus_") == std::string::npos);
 
   auto alice = n.client("alice");
   CHECK(alice->principal() == "alice");
   CHECK(alice->roles() == std::vector<std::string>{"writer"});
   CHECK(alice->get("p1", "alice").ok());
-  CHECK(n.node->metrics().authFailures() == 1);
+  CHECK(n.node->metrics().authFailures() == 3);
 }
 
 TEST_CASE("auth: every operation by every role, allowed and refused") {
