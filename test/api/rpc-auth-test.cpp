@@ -408,7 +408,7 @@ TEST_CASE("limits: calls over the rate get overloaded, later calls succeed") {
   kj::joinPromises(calls.finish()).wait(alice->waitScope());
   CHECK(other == 0);
   CHECK(ok >= 5);
-  CHECK(ok <= 20);
+  CHECK(limited >= 20);  // 9 left in the bucket + 20/s: 60 at once cannot all pass
   CHECK(limited == 60 - ok);
   CHECK(n.node->metrics().rateLimitedCalls() == uint64_t(limited));
   CHECK(n.node->status()->stats.writes == uint64_t(ok));  // refused before queued
@@ -447,7 +447,7 @@ TEST_CASE("limits: connections over the cap are closed and counted") {
   REQUIRE(a >= 0);
   REQUIRE(b >= 0);
   // Wait until the server accepted both.
-  for (int i = 0; i < 100 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 2") ==
+  for (int i = 0; i < 500 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 2") ==
                                  std::string::npos;
        ++i) {
     std::this_thread::sleep_for(10ms);
@@ -462,7 +462,11 @@ TEST_CASE("limits: connections over the cap are closed and counted") {
   third = chorus::Error{ErrorCode::kInternal, "closed"};
 
   ::close(a);
-  std::this_thread::sleep_for(100ms);  // the server notices the disconnect
+  for (int i = 0; i < 500 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 1") ==
+                                 std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(10ms);  // until the server noticed the disconnect
+  }
   auto again = Client::connect(n.node->rpcAddress(), o);
   REQUIRE_MESSAGE(again.ok(), again.error().toString());
   CHECK((*again)->summary("p").ok());
