@@ -139,6 +139,13 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_connections_refused_total",
          "Inbound gossip connections closed at once because 256 were already open.", "counter");
   sample("chorus_gossip_connections_refused_total", "", s.connectionsRefused);
+  family("chorus_gossip_auth_failures_total",
+         "Gossip frames failing the cluster key check: a peer without the key, or tampering.",
+         "counter");
+  sample("chorus_gossip_auth_failures_total", "", s.authFailures);
+  family("chorus_gossip_replays_refused_total",
+         "Authentic gossip frames refused as replayed or out of order.", "counter");
+  sample("chorus_gossip_replays_refused_total", "", s.replaysRefused);
   family("chorus_gossip_deltas_total", "Write deltas pushed to or from peers, by outcome.",
          "counter");
   sample("chorus_gossip_deltas_total", "{outcome=\"sent\"}", s.deltasSent);

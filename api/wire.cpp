@@ -154,6 +154,8 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   st.setAntiEntropyBytes(s.antiEntropyBytes);
   st.setStatesRepaired(s.statesRepaired);
   st.setConnectionsRefused(s.connectionsRefused);
+  st.setAuthFailures(s.authFailures);
+  st.setReplaysRefused(s.replaysRefused);
   b.setNowUnixMillis(v.nowUnixMillis);
 }
 
@@ -195,6 +197,8 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
   s.antiEntropyBytes = st.getAntiEntropyBytes();
   s.statesRepaired = st.getStatesRepaired();
   s.connectionsRefused = st.getConnectionsRefused();
+  s.authFailures = st.getAuthFailures();
+  s.replaysRefused = st.getReplaysRefused();
   v.nowUnixMillis = r.getNowUnixMillis();
   return v;
 }

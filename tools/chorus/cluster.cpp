@@ -152,17 +152,19 @@ std::string jsonIds(const std::vector<std::string>& ids) {
 }
 
 std::string jsonStats(const gossip::ClusterStats& s) {
-  char buf[640];
+  char buf[1024];
   std::snprintf(buf, sizeof buf,
                 "{\"frames_in\":%" PRIu64 ",\"frames_out\":%" PRIu64 ",\"bytes_in\":%" PRIu64
                 ",\"bytes_out\":%" PRIu64 ",\"malformed_frames\":%" PRIu64
                 ",\"partition_dropped\":%" PRIu64 ",\"deltas_sent\":%" PRIu64
                 ",\"deltas_received\":%" PRIu64 ",\"deltas_dropped\":%" PRIu64
                 ",\"sync_started\":%" PRIu64 ",\"sync_completed\":%" PRIu64
-                ",\"anti_entropy_bytes\":%" PRIu64 ",\"states_repaired\":%" PRIu64 "}",
+                ",\"anti_entropy_bytes\":%" PRIu64 ",\"states_repaired\":%" PRIu64
+                ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64 "}",
                 s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames,
                 s.partitionDropped, s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted,
-                s.syncCompleted, s.antiEntropyBytes, s.statesRepaired);
+                s.syncCompleted, s.antiEntropyBytes, s.statesRepaired, s.authFailures,
+                s.replaysRefused);
   return buf;
 }
 
@@ -285,9 +287,10 @@ int status(const Globals& g) {
   }
   const auto& s = view->stats;
   std::printf("gossip at %s: %" PRIu64 " syncs completed, %" PRIu64 " deltas sent, %" PRIu64
-              " received, %" PRIu64 " states repaired, %" PRIu64 " malformed frames\n",
+              " received, %" PRIu64 " states repaired, %" PRIu64 " malformed frames, %" PRIu64
+              " failing the cluster key, %" PRIu64 " replays\n",
               view->nodeId.c_str(), s.syncCompleted, s.deltasSent, s.deltasReceived,
-              s.statesRepaired, s.malformedFrames);
+              s.statesRepaired, s.malformedFrames, s.authFailures, s.replaysRefused);
   return kExitOk;
 }
 
