@@ -592,7 +592,7 @@ void Cluster::Impl::refused(Conn* c, SecureChannel::Received::Kind kind, const s
   using Kind = SecureChannel::Received::Kind;
   {
     std::lock_guard lock(mu_);
-    if (kind == Kind::kAuthFailed || kind == Kind::kNotSealed) {
+    if (kind == Kind::kAuthFailed) {
       ++stats_.authFailures;
     } else if (kind == Kind::kReplayed) {
       ++stats_.replaysRefused;

@@ -85,9 +85,11 @@ struct MemberInfo {
 struct ClusterStats {
   uint64_t framesIn = 0, framesOut = 0;
   uint64_t bytesIn = 0, bytesOut = 0;
-  uint64_t malformedFrames = 0;      // refused frames (each closed its connection)
-  // Refused by authentication, each closing its connection: no preamble
-  // (plaintext or not gossip), an unknown key id, a tag that does not verify.
+  // Refused frames, each closing its connection: not gossip (no preamble:
+  // plaintext from an older node, or garbage), bad lengths, invalid messages.
+  uint64_t malformedFrames = 0;
+  // Refused by authentication, each closing its connection: an unknown key
+  // id, or a tag that does not verify (wrong key, tampered).
   uint64_t authFailures = 0;
   // Authentic frames refused as replays: sealed for another connection, or
   // out of sequence on this one. Each closed its connection.

@@ -1,5 +1,8 @@
-// Gossip framing: a 4-byte little-endian length, then one unpacked Cap'n
-// Proto message of that many bytes (a wire::Frame, gossip/gossip.capnp).
+// Gossip frames: one unpacked Cap'n Proto message (a wire::Frame,
+// gossip/gossip.capnp). On the wire each is sealed by gossip/secure-channel.h,
+// which carries the body encodeFrame() makes (without its 4-byte length) and
+// hands received bodies to ParsedFrame::parse. FrameSplitter cuts a
+// plaintext stream of length-prefixed frames (frame tests, the frame fuzzer).
 // Decoding is strict and bounded: a frame larger than the limit, of a length
 // that is not a whole number of words, of another protocol version, or that
 // fails Cap'n Proto validation is an error (kCorruption), never a crash.
