@@ -216,23 +216,44 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
 }
 
 std::string encodeSummary(const ProductSummary& s) {
-  const uint64_t fields[8] = {s.count,        s.histogram[0], s.histogram[1], s.histogram[2],
-                              s.histogram[3], s.histogram[4], s.ratingSum,    s.helpfulTotal};
-  std::string out(kSummaryBytes, '\0');
-  for (size_t f = 0; f < 8; ++f) {
-    for (size_t i = 0; i < 8; ++i)
-      out[8 * f + i] = static_cast<char>((fields[f] >> (8 * i)) & 0xff);
-  }
+  std::string out;
+  out.reserve(kMaxSummaryBytes);
+  auto put = [&out](uint64_t v) {
+    while (v >= 0x80) {
+      out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+      v >>= 7;
+    }
+    out.push_back(static_cast<char>(v));
+  };
+  for (uint64_t h : s.histogram) put(h);
+  put(s.helpfulTotal);
   return out;
 }
 
 std::optional<ProductSummary> decodeSummary(std::string_view v) {
-  if (v.size() != kSummaryBytes) return std::nullopt;
+  size_t at = 0;
+  auto get = [&]() -> std::optional<uint64_t> {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64 && at < v.size(); shift += 7) {
+      auto byte = uint8_t(v[at++]);
+      value |= uint64_t(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) return value;
+    }
+    return std::nullopt;
+  };
   ProductSummary s;
-  s.count = getLe64(v.substr(0));
-  for (size_t i = 0; i < 5; ++i) s.histogram[i] = getLe64(v.substr(8 * (1 + i)));
-  s.ratingSum = getLe64(v.substr(48));
-  s.helpfulTotal = getLe64(v.substr(56));
+  for (size_t i = 0; i < 6; ++i) {
+    auto field = get();
+    if (!field) return std::nullopt;
+    if (i < 5) {
+      s.histogram[i] = *field;
+      s.count += *field;
+      s.ratingSum += (i + 1) * *field;
+    } else {
+      s.helpfulTotal = *field;
+    }
+  }
+  if (at != v.size()) return std::nullopt;
   return s;
 }
 

@@ -113,9 +113,12 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
 // short, of another format or holds an impossible header.
 std::optional<ListingHeader> peekListingHeader(std::string_view value);
 
-// aggregates value: 8 x le64: count, histogram[0..4], ratingSum, helpfulTotal.
-inline constexpr size_t kSummaryBytes = 8 * 8;
+// aggregates value: 6 LEB128 varints: histogram[0..4], helpfulTotal (count
+// and ratingSum follow from the histogram). Usually 6-12 bytes: the
+// aggregates of many products share a page, so a batch dirties fewer.
+inline constexpr size_t kMaxSummaryBytes = 6 * 10;
 std::string encodeSummary(const ProductSummary& s);
+// nullopt unless `value` is exactly six well-formed varints.
 std::optional<ProductSummary> decodeSummary(std::string_view value);
 
 // Little-/big-endian fixed-width helpers.

@@ -1310,14 +1310,15 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir) {
   }
   uint32_t version = 0;
   for (int i = 3; i >= 0; --i) version = (version << 8) | uint8_t(v[static_cast<size_t>(i)]);
-  if (version == 1) {
+  if (version >= 1 && version < kSchemaVersion) {
     return makeError(ErrorCode::kInvalidArgument,
-                     "data dir " + dir + " uses storage schema version 1, but this build of Chorus "
-                     "reads only version " + std::to_string(kSchemaVersion) +
-                     " (listings moved into the documents and the Merkle key hash changed). No "
-                     "release migrates version 1 (it never ran in production): move the directory "
-                     "aside and let the node resync from its peers, or delete it if it held only "
-                     "test data");
+                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
+                         ", but this build of Chorus reads only version " +
+                         std::to_string(kSchemaVersion) +
+                         " (listings moved into the documents, the Merkle key hash and the "
+                         "aggregate encoding changed). No release migrates older versions (they "
+                         "never ran in production): move the directory aside and let the node "
+                         "resync from its peers, or delete it if it held only test data");
   }
   if (version != kSchemaVersion) {
     return makeError(ErrorCode::kInvalidArgument,

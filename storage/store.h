@@ -25,7 +25,7 @@
 namespace chorus::storage {
 
 // On-disk format version, stored in meta and checked at open.
-inline constexpr uint32_t kSchemaVersion = 2;
+inline constexpr uint32_t kSchemaVersion = 3;
 
 struct Options {
   std::string dir;                           // created if missing

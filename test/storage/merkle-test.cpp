@@ -121,6 +121,26 @@ TEST_CASE("the key hash starts with a hash of the author, so an author's reviews
   CHECK(schema::leafEntryKey(ann, schema::docKey({"sku-1", "ann"})).starts_with(schema::authorLeafPrefix("ann")));
 }
 
+TEST_CASE("aggregates encode as varints and refuse malformed values") {
+  ProductSummary s;
+  s.histogram = {1, 0, 300, 0, uint64_t{1} << 40};
+  s.helpfulTotal = ~uint64_t{0};
+  s.count = 301 + (uint64_t{1} << 40);
+  s.ratingSum = 1 + 900 + 5 * (uint64_t{1} << 40);
+  std::string v = schema::encodeSummary(s);
+  auto back = schema::decodeSummary(v);
+  REQUIRE(back.has_value());
+  CHECK(back->histogram == s.histogram);
+  CHECK(back->count == s.count);
+  CHECK(back->ratingSum == s.ratingSum);
+  CHECK(back->helpfulTotal == s.helpfulTotal);
+  CHECK(schema::encodeSummary(ProductSummary{}).size() == 6);
+  CHECK_FALSE(schema::decodeSummary(v + "x").has_value());
+  CHECK_FALSE(schema::decodeSummary(v.substr(0, v.size() - 1)).has_value());
+  CHECK_FALSE(schema::decodeSummary(std::string(11, '\x80')).has_value());
+  CHECK_FALSE(schema::decodeSummary("").has_value());
+}
+
 TEST_CASE("node sums are modular 128-bit arithmetic") {
   Hash max;
   max.fill(0xff);

@@ -150,11 +150,11 @@ TEST_CASE("an unknown schema version is refused with what to do") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
   CHECK(contains(store.error().message, "version 99"));
-  CHECK(contains(store.error().message, "only version 2"));
+  CHECK(contains(store.error().message, "only version 3"));
   CHECK(contains(store.error().message, "move the directory aside"));
 }
 
-TEST_CASE("a version 1 data dir is refused: no migration, resync from peers") {
+TEST_CASE("an older data dir is refused: no migration, resync from peers") {
   TempDir dir;
   { test::openStore(test::optionsFor(dir.path())); }
   test::withRawDb(dir.path(), "meta", [&](MDB_txn* txn, MDB_dbi dbi) {
@@ -168,7 +168,7 @@ TEST_CASE("a version 1 data dir is refused: no migration, resync from peers") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
   CHECK(contains(store.error().message, "version 1"));
-  CHECK(contains(store.error().message, "No release migrates"));
+  CHECK(contains(store.error().message, "No release migrates older versions"));
   CHECK(contains(store.error().message, "resync from its peers"));
 }
 
