@@ -1,5 +1,6 @@
 #include "gossip/cluster.h"
 
+#include <sys/stat.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -373,6 +374,12 @@ Status Cluster::Impl::loadKeyring() {
     ring = std::move(loaded).value();
   }
   if (ring) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      warn("gossip: " + path + " holds the cluster keys and is readable by others (mode " +
+           std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+           std::to_string(st.st_mode & 7) + "): chmod 600 it");
+    }
     for (size_t i = 0; i < options_.keys.size(); ++i) {
       auto key = parseClusterKey(options_.keys[i]);
       if (!key.ok()) {

@@ -49,7 +49,8 @@ bool isFingerprint(std::string_view s) {
 }
 
 Error ioError(const std::string& what, const std::string& path) {
-  return makeError(ErrorCode::kIo, "keyring: cannot " + what + " " + path + ": " + std::strerror(errno));
+  return makeError(ErrorCode::kIo,
+                   "keyring: cannot " + what + " " + path + ": " + std::strerror(errno));
 }
 
 }  // namespace
@@ -122,9 +123,9 @@ Result<Keyring> Keyring::fromBase64(const std::vector<std::string>& keys) {
   for (size_t i = 0; i < keys.size(); ++i) {
     auto key = parseClusterKey(keys[i]);
     if (!key.ok()) {
-      return makeError(ErrorCode::kInvalidArgument,
-                       "key " + std::to_string(i + 1) + " of " + std::to_string(keys.size()) +
-                           ": " + key.error().message);
+      return makeError(ErrorCode::kInvalidArgument, "key " + std::to_string(i + 1) + " of " +
+                                                        std::to_string(keys.size()) + ": " +
+                                                        key.error().message);
     }
     if (ring.keys_.empty()) {
       ring.keys_.push_back(key.value());
@@ -138,13 +139,13 @@ Result<Keyring> Keyring::fromBase64(const std::vector<std::string>& keys) {
 Status Keyring::install(const ClusterKey& key) {
   if (contains(key)) return okStatus();
   if (find(key.id())) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "another installed key has fingerprint " + key.fingerprint() +
-                         "; generate a new key");
+    return makeError(ErrorCode::kInvalidArgument, "another installed key has fingerprint " +
+                                                      key.fingerprint() + "; generate a new key");
   }
   if (keys_.size() >= kMaxClusterKeys) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "the keyring is full (16 keys): remove one first (`chorus cluster keys remove`)");
+    return makeError(
+        ErrorCode::kInvalidArgument,
+        "the keyring is full (16 keys): remove one first (`chorus cluster keys remove`)");
   }
   keys_.push_back(key);
   return okStatus();
@@ -247,8 +248,9 @@ Result<std::optional<Keyring>> Keyring::load(const std::string& path) {
   auto corrupt = [&](size_t line, const std::string& why) {
     return makeError(ErrorCode::kCorruption,
                      "keyring " + path + (line ? " line " + std::to_string(line) : "") + ": " +
-                         why + " (restore it from another node's keyring, or remove it to start "
-                               "again from the configured keys)");
+                         why +
+                         " (restore it from another node's keyring, or remove it to start "
+                         "again from the configured keys)");
   };
   if (text.size() > kMaxFileBytes) return corrupt(0, "larger than 64 KiB");
   std::istringstream in(text);
@@ -260,7 +262,8 @@ Result<std::optional<Keyring>> Keyring::load(const std::string& path) {
   while (std::getline(in, line)) {
     ++number;
     if (number == 1) {
-      if (line != kHeader) return corrupt(1, "not a Chorus keyring (expected '" + std::string(kHeader) + "')");
+      if (line != kHeader)
+        return corrupt(1, "not a Chorus keyring (expected '" + std::string(kHeader) + "')");
       header = true;
       continue;
     }

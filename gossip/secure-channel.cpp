@@ -99,18 +99,19 @@ SecureChannel::Received SecureChannel::next(const Keyring& keys) {
   }
   if (buffered() < 4) return {};
   size_t length = size_t(p[0]) | size_t(p[1]) << 8 | size_t(p[2]) << 16 | size_t(p[3]) << 24;
-  size_t limit = authenticated_ ? maxFrameBytes_ : std::min(maxFrameBytes_, kMaxUnauthenticatedBytes);
+  size_t limit =
+      authenticated_ ? maxFrameBytes_ : std::min(maxFrameBytes_, kMaxUnauthenticatedBytes);
   size_t minimum = kSealHeaderBytes + sizeof(capnp::word) + kSealTagBytes;
   if (length < minimum || length - kSealHeaderBytes - kSealTagBytes > limit) {
-    return fail(Kind::kMalformed, "sealed frame length " + std::to_string(length) +
-                                      " outside " + std::to_string(minimum) + ".." +
+    return fail(Kind::kMalformed, "sealed frame length " + std::to_string(length) + " outside " +
+                                      std::to_string(minimum) + ".." +
                                       std::to_string(limit + kSealHeaderBytes + kSealTagBytes) +
                                       (authenticated_ ? "" : " (before authentication)"));
   }
   size_t bodyBytes = length - kSealHeaderBytes - kSealTagBytes;
   if (bodyBytes % sizeof(capnp::word) != 0) {
-    return fail(Kind::kMalformed, "sealed frame body of " + std::to_string(bodyBytes) +
-                                      " bytes is not whole words");
+    return fail(Kind::kMalformed,
+                "sealed frame body of " + std::to_string(bodyBytes) + " bytes is not whole words");
   }
   if (buffered() < 4 + length) return {};
 

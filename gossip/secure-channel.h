@@ -70,12 +70,12 @@ class SecureChannel {
 
   struct Received {
     enum class Kind {
-      kNeedMore,   // wait for more bytes
-      kFrame,      // `body` is an authentic frame body, in order
-      kMalformed,  // bad length or version (the stream is not framed as gossip)
-      kNotSealed,  // no preamble: plaintext (an older node) or not gossip at all
-      kAuthFailed, // an unknown key, or a tag that does not verify
-      kReplayed,   // authentic, but for another connection or out of sequence
+      kNeedMore,    // wait for more bytes
+      kFrame,       // `body` is an authentic frame body, in order
+      kMalformed,   // bad length or version (the stream is not framed as gossip)
+      kNotSealed,   // no preamble: plaintext (an older node) or not gossip at all
+      kAuthFailed,  // an unknown key, or a tag that does not verify
+      kReplayed,    // authentic, but for another connection or out of sequence
     };
     Kind kind = Kind::kNeedMore;
     kj::Array<capnp::word> body;
@@ -88,7 +88,7 @@ class SecureChannel {
   std::string additionalData(const uint8_t* clear, const uint8_t* senderChallenge) const;
 
   size_t maxFrameBytes_;
-  std::array<uint8_t, kChallengeBytes> challenge_;      // ours
+  std::array<uint8_t, kChallengeBytes> challenge_;  // ours
   std::array<uint8_t, kChallengeBytes> peerChallenge_{};
   bool peerReady_ = false;
   bool authenticated_ = false;  // a frame opened: full frame size allowed

@@ -48,11 +48,10 @@ TEST_CASE("generated keys are 44 base64 characters, distinct, and parse back") {
 
 TEST_CASE("malformed keys are refused with a message saying how to make one") {
   std::string good = generateClusterKey();
-  for (std::string bad : {std::string(), std::string("   "), good.substr(0, 43), good + "A",
-                          std::string(44, '!'),
-                          std::string("c2hvcnQ="),                            // "short"
-                          good.substr(0, 40) + "====",
-                          std::string(44, 'A')}) {  // 33 bytes
+  for (std::string bad :
+       {std::string(), std::string("   "), good.substr(0, 43), good + "A", std::string(44, '!'),
+        std::string("c2hvcnQ="),                               // "short"
+        good.substr(0, 40) + "====", std::string(44, 'A')}) {  // 33 bytes
     auto parsed = parseClusterKey(bad);
     REQUIRE_FALSE(parsed.ok());
     CHECK(parsed.error().code == ErrorCode::kInvalidArgument);
@@ -113,7 +112,8 @@ TEST_CASE("install, use and remove keep exactly one primary and refuse what woul
   CHECK(ring.find(parseClusterKey(k2)->id()) != nullptr);
 
   // At most 16.
-  for (int i = 1; i < 16; ++i) REQUIRE(ring.install(parseClusterKey(generateClusterKey()).value()).ok());
+  for (int i = 1; i < 16; ++i)
+    REQUIRE(ring.install(parseClusterKey(generateClusterKey()).value()).ok());
   auto full = ring.install(parseClusterKey(generateClusterKey()).value());
   REQUIRE_FALSE(full.ok());
   CHECK(full.error().code == ErrorCode::kInvalidArgument);
@@ -148,11 +148,9 @@ TEST_CASE("the keyring file: mode 0600, read back exactly, damage reported") {
   }
   CHECK(loaded.value()->primary().base64() == k3);
 
-  auto write = [&](const std::string& text) {
-    std::ofstream(path, std::ios::trunc) << text;
-  };
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
   for (std::string bad : {std::string(""), std::string("hello\n"),
-                          "# chorus keyring v1\nkey " + k1 + "\n",                      // no primary
+                          "# chorus keyring v1\nkey " + k1 + "\n",  // no primary
                           "# chorus keyring v1\nprimary " + k1 + "\nprimary " + k2 + "\n",
                           "# chorus keyring v1\nprimary " + k1 + "\nkey " + k1 + "\n",  // twice
                           "# chorus keyring v1\nprimary " + k1.substr(1) + "\n",

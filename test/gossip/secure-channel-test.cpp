@@ -51,7 +51,8 @@ TEST_CASE("sealed frames open in order, both ways, cut into any pieces") {
   auto ring = ringOf({k});
   Pair p(ring);
   std::string stream;
-  for (int i = 0; i < 5; ++i) stream += p.a.seal(ring.primary(), body(char('a' + i), size_t(i + 1)));
+  for (int i = 0; i < 5; ++i)
+    stream += p.a.seal(ring.primary(), body(char('a' + i), size_t(i + 1)));
   CHECK(stream.size() == 5 * kSealOverheadBytes + 15 * 8);
   CHECK(stream.find(body('c', 3)) == std::string::npos);  // not in clear
   size_t got = 0;
@@ -115,7 +116,9 @@ TEST_CASE("every flipped bit of a sealed frame is refused") {
   CHECK(frameBytes == kSealOverheadBytes + 32);
 }
 
-TEST_CASE("replays: a repeated, skipped or reordered frame, and a stream recorded on another connection") {
+TEST_CASE(
+    "replays: a repeated, skipped or reordered frame, and a stream recorded on another "
+    "connection") {
   auto ring = ringOf({generateClusterKey()});
   {
     Pair p(ring);
