@@ -122,6 +122,31 @@ Check checkReply(std::string_view product, std::string_view author, std::string_
   return checkText("text", text, limits.maxBodyBytes);
 }
 
+Check checkState(const crdt::ReviewDoc& doc, const Limits& limits) {
+  if (auto e = checkKey(doc.key().product, doc.key().author, limits)) return e;
+  if (doc.content().isSet() && !doc.content().value().deleted) {
+    const auto& c = doc.content().value();
+    if (auto e = checkPut(doc.key().product, doc.key().author, c.rating, c.title, c.body, limits)) {
+      return e;
+    }
+  }
+  for (const auto& tag : doc.tags().elements()) {
+    if (auto e = checkId("tag", tag, limits)) return e;
+  }
+  for (const auto& voter : doc.helpful().elements()) {
+    if (auto e = checkId("voter", voter, limits)) return e;
+  }
+  if (doc.moderation().isSet()) {
+    if (auto e = checkText("reason", doc.moderation().value().reason, limits.maxReasonBytes)) {
+      return e;
+    }
+  }
+  if (doc.reply().isSet()) {
+    if (auto e = checkText("text", doc.reply().value().text, limits.maxBodyBytes)) return e;
+  }
+  return std::nullopt;
+}
+
 Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self) {
   if (peers.size() > kMaxPartitionPeers) {
     return fieldError("peers", "at most " + std::to_string(kMaxPartitionPeers) + " node ids");

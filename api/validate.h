@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "crdt/result.h"
+#include "crdt/review.h"
 
 namespace chorus::api {
 
@@ -57,6 +58,15 @@ Check checkModerate(std::string_view product, std::string_view author, std::stri
                     const Limits& limits);
 Check checkReply(std::string_view product, std::string_view author, std::string_view text,
                  const Limits& limits);
+
+// A review state received from a peer, held to what this node's API would
+// accept from a client: key ids, a live content's rating and texts, every
+// tag and voter id, the moderation reason and the reply within `limits`.
+// Fields are "product", "author", "rating", "title", "body", "tag", "voter",
+// "reason", "text". Peers are trusted (they hold the cluster key); this keeps
+// a buggy, older or differently configured peer from storing what no client
+// here could have written.
+Check checkState(const crdt::ReviewDoc& doc, const Limits& limits);
 
 // Admin.partition's peer ids: at most kMaxPartitionPeers ids, each 1-128
 // bytes of UTF-8 without control characters, none equal to `self` (this

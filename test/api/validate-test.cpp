@@ -139,3 +139,51 @@ TEST_CASE("partition peer ids: bounded, printable, not this node") {
   std::vector<std::string> many(kMaxPartitionPeers + 1, "n2");
   CHECK(checkPeerIds(many, "n1"));
 }
+
+TEST_CASE("states from peers are held to the client rules") {
+  using chorus::crdt::Hlc;
+  using chorus::crdt::ReviewDoc;
+  using chorus::crdt::Stamp;
+  Limits limits;
+  uint64_t t = 1'700'000'000'000;
+  auto stamp = [&] { return Stamp{Hlc::fromParts(++t, 0), 7}; };
+  auto fieldOf = [&](const ReviewDoc& d) {
+    auto e = checkState(d, limits);
+    return e ? e->field : std::string();
+  };
+
+  ReviewDoc ok({"kettle", "ann"});
+  ok.write(4, "fine", "works", stamp());
+  ok.tag("blue", 7);
+  ok.vote("bob", 7);
+  ok.moderate({chorus::crdt::Visibility::kFlagged, "spam?"}, stamp());
+  ok.setReply({"thanks"}, stamp());
+  CHECK(fieldOf(ok).empty());
+
+  ReviewDoc longTitle({"kettle", "ann"});
+  longTitle.write(4, std::string(limits.maxTitleBytes + 1, 't'), "", stamp());
+  CHECK(fieldOf(longTitle) == "title");
+  // Erased: the tombstone has no text to check.
+  longTitle.erase(stamp());
+  CHECK(fieldOf(longTitle).empty());
+
+  ReviewDoc badKey({"kettle", "ann marie"});
+  CHECK(fieldOf(badKey) == "author");
+
+  ReviewDoc badTag({"kettle", "ann"});
+  badTag.tag(std::string(limits.maxIdBytes + 1, 'x'), 7);
+  CHECK(fieldOf(badTag) == "tag");
+
+  ReviewDoc badVoter({"kettle", "ann"});
+  badVoter.vote("bob\n", 7);
+  CHECK(fieldOf(badVoter) == "voter");
+
+  ReviewDoc badReason({"kettle", "ann"});
+  badReason.moderate({chorus::crdt::Visibility::kHidden, std::string(limits.maxReasonBytes + 1, 'r')},
+                     stamp());
+  CHECK(fieldOf(badReason) == "reason");
+
+  ReviewDoc badReply({"kettle", "ann"});
+  badReply.setReply({std::string(limits.maxBodyBytes + 1, 'r')}, stamp());
+  CHECK(fieldOf(badReply) == "text");
+}
