@@ -178,6 +178,7 @@ struct GossipStats {
   connectionsRefused @13 :UInt64;  # inbound gossip connections over the cap, closed at once
   authFailures @14 :UInt64;      # frames failing the cluster key check (wrong key, tampered)
   replaysRefused @15 :UInt64;    # authentic frames replayed or reordered, refused
+  statesRefused @16 :UInt64;     # well-formed states from peers this node's API rules refuse
 }
 
 # One node's view of the cluster.

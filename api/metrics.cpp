@@ -146,6 +146,9 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_replays_refused_total",
          "Authentic gossip frames refused as replayed or out of order.", "counter");
   sample("chorus_gossip_replays_refused_total", "", s.replaysRefused);
+  family("chorus_gossip_states_refused_total",
+         "Review states from peers refused by this node's API rules (not merged).", "counter");
+  sample("chorus_gossip_states_refused_total", "", s.statesRefused);
   family("chorus_gossip_deltas_total", "Write deltas pushed to or from peers, by outcome.",
          "counter");
   sample("chorus_gossip_deltas_total", "{outcome=\"sent\"}", s.deltasSent);

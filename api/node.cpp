@@ -126,6 +126,13 @@ Status Node::startCluster() {
   co.nodeId = options_.nodeId;
   co.dataDir = options_.dataDir;
   co.rpcAddress = rpcAddress();
+  if (!co.admit) {
+    // States from peers meet the rules a client of this node meets.
+    co.admit = [limits = options_.limits](const crdt::ReviewDoc& doc) -> Status {
+      if (auto e = api::checkState(doc, limits)) return e->toError();
+      return okStatus();
+    };
+  }
   auto cluster = gossip::Cluster::start(std::move(co), *store_,
                                         [this](Result<storage::Applied> r) { merged(r); });
   if (!cluster.ok()) return cluster.error();

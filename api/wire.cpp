@@ -156,6 +156,7 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   st.setConnectionsRefused(s.connectionsRefused);
   st.setAuthFailures(s.authFailures);
   st.setReplaysRefused(s.replaysRefused);
+  st.setStatesRefused(s.statesRefused);
   b.setNowUnixMillis(v.nowUnixMillis);
 }
 
@@ -199,6 +200,7 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
   s.connectionsRefused = st.getConnectionsRefused();
   s.authFailures = st.getAuthFailures();
   s.replaysRefused = st.getReplaysRefused();
+  s.statesRefused = st.getStatesRefused();
   v.nowUnixMillis = r.getNowUnixMillis();
   return v;
 }

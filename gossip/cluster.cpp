@@ -123,7 +123,8 @@ class Cluster::Impl {
         store_(store),
         onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}),
         reconciler_(store, CountedMerge{mergesPending_, onMerged_},
-                    std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 2)),
+                    std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 2),
+                    options_.admit),
         rng_(std::random_device{}()) {}
 
   Status start();
@@ -215,6 +216,9 @@ class Cluster::Impl {
   // Queues bytes as they are; `frame`: counted in framesOut.
   bool write(Conn* c, std::string bytes, uint64_t deltas, bool frame);
   void refused(Conn* c, SecureChannel::Received::Kind kind, const std::string& why);
+  // `count` states from peer `from` that options_.admit refused (`why`, the
+  // last one's reason): counted, and logged at most every kWarnEveryMillis.
+  void refusedState(const std::string& from, const std::string& why, uint64_t count = 1);
   void handle(Conn* c, ParsedFrame& frame);
   void sendHello(Conn* c);
   std::string memberFrame(bool ack);
@@ -278,6 +282,7 @@ class Cluster::Impl {
   uint64_t lastAntiEntropy_ = 0;
   std::set<std::string> syncSoon_;  // peers that came back alive
   std::map<std::string, uint64_t> lastWarned_;  // peer host -> loop time of the last warning
+  uint64_t lastRefusedStateWarning_ = 0;          // loop time; 0 = never
   std::mutex keyChangeMu_;  // serializes keyring changes (held across the file write)
   bool membersDirty_ = false;
   uint64_t lastPersist_ = 0;
@@ -595,6 +600,19 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
 }
 
 // Counts a refused frame and warns, at most once per peer host every 10 s.
+void Cluster::Impl::refusedState(const std::string& from, const std::string& why,
+                                 uint64_t count) {
+  {
+    std::lock_guard lock(mu_);
+    stats_.statesRefused += count;
+  }
+  if (lastRefusedStateWarning_ != 0 && now() - lastRefusedStateWarning_ < kWarnEveryMillis) return;
+  lastRefusedStateWarning_ = now();
+  warn("gossip: refused " + std::to_string(count) + " review state(s) from " + from +
+       " that this node's API would not accept (" + why +
+       "); do all nodes run the same version and limits?");
+}
+
 void Cluster::Impl::refused(Conn* c, SecureChannel::Received::Kind kind, const std::string& why) {
   using Kind = SecureChannel::Received::Kind;
   {
@@ -853,6 +871,12 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
           ++stats_.malformedFrames;
           continue;  // drop this delta; anti-entropy will bring the state
         }
+        if (options_.admit) {
+          if (auto admitted = options_.admit(*doc); !admitted.ok()) {
+            refusedState(from, admitted.error().message);
+            continue;
+          }
+        }
         ++received;
         *deltaBytesMerging_ += size;
         store_.merge(std::move(doc).value(),
@@ -882,6 +906,7 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
       bool busy = !sessionPeer_.empty() || (!respondingTo_.empty() && respondingTo_ != from) ||
                   mergesPending_->load() > 0;
       uint64_t before = reconciler_.counters().statesReceived;
+      uint64_t refusedBefore = reconciler_.counters().refused;
       // Counted before handing over: the store may commit them at once.
       int64_t guess = int64_t(data.size() / 64) + 1;  // about the states in it; corrected below
       *mergesPending_ += guess;
@@ -889,6 +914,9 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
           std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()), busy);
       uint64_t merged = reconciler_.counters().statesReceived - before;
       *mergesPending_ -= guess - int64_t(merged);
+      if (uint64_t refused = reconciler_.counters().refused - refusedBefore; refused > 0) {
+        refusedState(from, reconciler_.lastRefusal(), refused);
+      }
       {
         std::lock_guard lock(mu_);
         stats_.statesRepaired += merged;

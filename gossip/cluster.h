@@ -54,6 +54,14 @@ struct ClusterOptions {
   double deadPhi = 10;
   size_t pushFanout = 8;              // peers each delta goes to (all if fewer)
   size_t maxFrameBytes = 32u << 20;   // larger frames are refused
+  // States from peers (pushed deltas and anti-entropy alike) are merged only
+  // if this accepts them; a refused one is dropped, counted in
+  // statesRefused and logged (at most every 10 s). Empty = every state that
+  // decodes. chorus::Node sets it to its API's rules (api::checkState), so a
+  // peer cannot store what no client of this node could have written; nodes
+  // of one cluster should share those limits, or the states one refuses
+  // stay different. Called on the loop thread.
+  std::function<Status(const crdt::ReviewDoc&)> admit;
   size_t maxQueuedBytesPerPeer = 64u << 20;  // beyond: deltas dropped (repair catches up)
   // Received deltas handed to the store and not yet committed, and local
   // deltas published and not yet sent; beyond either, further ones are
@@ -94,6 +102,8 @@ struct ClusterStats {
   // Authentic frames refused as replays: sealed for another connection, or
   // out of sequence on this one. Each closed its connection.
   uint64_t replaysRefused = 0;
+  // Well-formed states from peers that ClusterOptions::admit refused.
+  uint64_t statesRefused = 0;
   uint64_t partitionDropped = 0;     // frames dropped by partition()
   uint64_t connectionsRefused = 0;   // inbound beyond 256 open ones, closed at once
   uint64_t deltasSent = 0, deltasReceived = 0;

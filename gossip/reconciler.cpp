@@ -91,8 +91,12 @@ void fillStates(capnp::List<capnp::Data>::Builder list, const std::vector<std::s
 
 }  // namespace
 
-Reconciler::Reconciler(storage::Store& store, storage::Done onMerged, size_t maxMessageBytes)
-    : store_(store), onMerged_(std::move(onMerged)), maxMessageBytes_(maxMessageBytes) {}
+Reconciler::Reconciler(storage::Store& store, storage::Done onMerged, size_t maxMessageBytes,
+                       Admit admit)
+    : store_(store),
+      onMerged_(std::move(onMerged)),
+      maxMessageBytes_(maxMessageBytes),
+      admit_(std::move(admit)) {}
 
 Result<Outgoing> Reconciler::start() {
   auto root = store_.merkleRoot();
@@ -306,6 +310,13 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
           if (!doc.ok()) {
             ++counters_.malformed;  // drop this state, keep the others
             continue;
+          }
+          if (admit_) {
+            if (auto admitted = admit_(*doc); !admitted.ok()) {
+              ++counters_.refused;
+              lastRefusal_ = admitted.error().message;
+              continue;
+            }
           }
           ++counters_.statesReceived;
           store_.merge(std::move(doc).value(), onMerged_);

@@ -15,11 +15,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "crdt/result.h"
+#include "crdt/review.h"
 #include "storage/store.h"
 
 namespace chorus::gossip {
@@ -37,6 +39,7 @@ struct ReconcileCounters {
   uint64_t statesSent = 0;
   uint64_t statesReceived = 0;
   uint64_t malformed = 0;  // messages or states from the peer that failed to decode
+  uint64_t refused = 0;    // well-formed states `admit` refused
 };
 
 class Reconciler {
@@ -45,9 +48,13 @@ class Reconciler {
   // `onMerged` runs on the store thread (see storage/store.h).
   // Messages carry at most about `maxMessageBytes` of entries or states;
   // what does not fit is left for another session (Outgoing::more).
+  // A received state is merged only if `admit` (when set) accepts it;
+  // otherwise it is dropped, counted in `refused`, and its error kept in
+  // lastRefusal().
   static constexpr size_t kDefaultMaxMessageBytes = 16u << 20;
+  using Admit = std::function<Status(const crdt::ReviewDoc&)>;
   Reconciler(storage::Store& store, storage::Done onMerged,
-             size_t maxMessageBytes = kDefaultMaxMessageBytes);
+             size_t maxMessageBytes = kDefaultMaxMessageBytes, Admit admit = {});
 
   // The initiator's first message.
   Result<Outgoing> start();
@@ -64,11 +71,15 @@ class Reconciler {
   bool peerHasMore() const { return peerHasMore_; }
   // Whether the last message handled was the peer's `busy`.
   bool peerBusy() const { return peerBusy_; }
+  // Why the last refused state was refused (empty if none was).
+  const std::string& lastRefusal() const { return lastRefusal_; }
 
  private:
   storage::Store& store_;
   storage::Done onMerged_;
   size_t maxMessageBytes_;
+  Admit admit_;
+  std::string lastRefusal_;
   bool peerHasMore_ = false;
   bool peerBusy_ = false;
   ReconcileCounters counters_;

@@ -593,3 +593,30 @@ TEST_CASE("deltas beyond the pending bounds are dropped and counted, and anti-en
   CHECK(n1.has("sku-b", "from-b2-" + std::to_string(pushed - 1)));
   CHECK(n2.has("sku-b", "from-b1-9"));
 }
+
+TEST_CASE("cluster: states a node's admit rule refuses are neither pushed in nor repaired in") {
+  // b admits no review by "mallory" (chorus::Node plugs its API rules in here).
+  auto refuseMallory = [](gossip::ClusterOptions& c) {
+    c.admit = [](const crdt::ReviewDoc& doc) -> Status {
+      if (doc.key().author == "mallory") {
+        return makeError(ErrorCode::kInvalidArgument, "author: not admitted");
+      }
+      return okStatus();
+    };
+  };
+  TestNode a("admit-a", {});
+  TestNode b("admit-b", {a.cluster->address()}, {clusterKey()}, refuseMallory);
+  REQUIRE(eventually([&] { return a.alive() == 1 && b.alive() == 1; }));
+
+  a.write("p", "mallory", "pushed");  // reaches b as a delta push
+  a.write("p", "ann", "pushed");
+  REQUIRE(eventually([&] { return b.has("p", "ann"); }));
+  // Anti-entropy offers mallory's review too, every round; b keeps refusing.
+  std::this_thread::sleep_for(1s);  // five anti-entropy intervals
+  CHECK_FALSE(b.has("p", "mallory"));
+  CHECK(a.has("p", "mallory"));
+  auto stats = b.cluster->stats();
+  CHECK(stats.statesRefused >= 2);  // the push and at least one repair
+  MESSAGE("states refused by b: " << stats.statesRefused);
+  CHECK(a.cluster->stats().statesRefused == 0);
+}

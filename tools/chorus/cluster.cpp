@@ -160,11 +160,12 @@ std::string jsonStats(const gossip::ClusterStats& s) {
                 ",\"deltas_received\":%" PRIu64 ",\"deltas_dropped\":%" PRIu64
                 ",\"sync_started\":%" PRIu64 ",\"sync_completed\":%" PRIu64
                 ",\"anti_entropy_bytes\":%" PRIu64 ",\"states_repaired\":%" PRIu64
-                ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64 "}",
+                ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64
+                ",\"states_refused\":%" PRIu64 "}",
                 s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames,
                 s.partitionDropped, s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted,
                 s.syncCompleted, s.antiEntropyBytes, s.statesRepaired, s.authFailures,
-                s.replaysRefused);
+                s.replaysRefused, s.statesRefused);
   return buf;
 }
 
