@@ -250,8 +250,13 @@ Result<TokenTable> TokenTable::load(const std::string& path) {
   return parse(text.str(), path);
 }
 
+TokenTable::Digest TokenTable::digest(std::string_view token) { return blake2b(token); }
+
 std::optional<Principal> TokenTable::find(std::string_view token) const {
-  const auto hash = blake2b(token);
+  return findDigest(blake2b(token));
+}
+
+std::optional<Principal> TokenTable::findDigest(const Digest& hash) const {
   const Entry* match = nullptr;
   for (const Entry& e : entries_) {
     // sodium_memcmp takes the same time whether or not (and where) they differ.

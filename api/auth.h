@@ -69,6 +69,11 @@ class TokenTable {
   // The principal whose token this is, or nullopt. Hashes the token once and
   // compares it with every entry in constant time (no early exit).
   std::optional<Principal> find(std::string_view token) const;
+  // The same by the token's digest (BLAKE2b-256), so a server can look an
+  // authenticated session up again after a reload without keeping tokens.
+  using Digest = std::array<uint8_t, 32>;
+  static Digest digest(std::string_view token);
+  std::optional<Principal> findDigest(const Digest& digest) const;
   size_t size() const { return entries_.size(); }
 
  private:

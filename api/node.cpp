@@ -155,6 +155,23 @@ Node::~Node() {
   store_.reset();  // drains what is still queued (nothing: shutdown waited)
 }
 
+Result<size_t> Node::reloadTokens() {
+  if (options_.rpc.tokensFile.empty() || options_.listen.empty()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "no tokens file to reload (the node serves RPC with --no-auth or not at all)");
+  }
+  auto loaded = api::TokenTable::load(options_.rpc.tokensFile);
+  if (!loaded.ok()) return loaded.error();
+  if (!rpc_ || closing_.load()) return makeError(ErrorCode::kUnavailable, "the node is shutting down");
+  size_t count = loaded->size();
+  auto revoked = rpc_->reloadTokens(std::move(loaded).value());
+  if (revoked.ok()) {
+    api::logf(api::LogLevel::kInfo, "rpc: reloaded %zu token(s) from %s; %zu session(s) revoked",
+              count, options_.rpc.tokensFile.c_str(), *revoked);
+  }
+  return revoked;
+}
+
 std::string Node::rpcAddress() const { return rpc_ ? rpc_->address() : std::string(); }
 std::string Node::metricsAddress() const { return rpc_ ? rpc_->metricsAddress() : std::string(); }
 

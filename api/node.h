@@ -139,6 +139,15 @@ class Node {
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
 
+  // Reads RpcLimits::tokensFile again and serves with it: new tokens work at
+  // once, and connections authenticated with a token no longer listed are
+  // refused from their next call. On an error (the file unreadable or
+  // invalid) the old tokens stay. Returns how many sessions were revoked.
+  // Errors: those of api::TokenTable::load; kInvalidArgument without a
+  // tokens file (--no-auth, or no RPC server); kUnavailable after shutdown().
+  // Not concurrently with shutdown().
+  Result<size_t> reloadTokens();
+
   // ---- cluster --------------------------------------------------------------
   // Each returns kUnavailable when the node runs without a cluster (no
   // `cluster.listen`, i.e. chorusd without --gossip-listen) or after

@@ -97,14 +97,21 @@ struct Session {
     kTrusted,    // --no-auth: every call allowed
     kAnonymous,  // a tokens file, and no authenticate: every call refused
     kPrincipal,  // authenticated: calls checked against the roles
+    kRevoked,    // authenticated, but the token left the tokens file at a reload
   };
   Kind kind = Kind::kAnonymous;
   Principal principal;
+  TokenTable::Digest digest{};  // kPrincipal, kRevoked: the token's, to look up at a reload
 
   std::optional<Refusal> anonymous() const {
+    if (kind == Kind::kRevoked) {
+      return Refusal{true, makeError(ErrorCode::kForbidden,
+                                     "token revoked (no longer in the node's tokens file)")};
+    }
     if (kind != Kind::kAnonymous) return std::nullopt;
     return Refusal{true, makeError(ErrorCode::kForbidden,
-                                   "this node requires a token: pass --token or set CHORUS_TOKEN")};
+                                   "this node requires a token: pass --token-file, --token or "
+                                   "set CHORUS_TOKEN")};
   }
   std::optional<Refusal> mayWrite(const WriteRequest& r) const {
     if (kind != Kind::kPrincipal) return anonymous();
@@ -227,10 +234,14 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   std::variant<std::shared_ptr<const Session>, Refusal> authenticate(std::string_view token,
                                                                      const ConnState& conn) {
     if (!tokens_) return trusted_;
-    if (auto principal = tokens_->find(token)) {
+    auto digest = TokenTable::digest(token);
+    if (auto principal = tokens_->findDigest(digest)) {
       auto session = std::make_shared<Session>();
       session->kind = Session::Kind::kPrincipal;
       session->principal = std::move(*principal);
+      session->digest = digest;
+      std::erase_if(sessions_, [](const auto& s) { return s.expired(); });
+      sessions_.push_back(session);
       logf(LogLevel::kDebug, "rpc: connection %llu from %s authenticated as %s",
            static_cast<unsigned long long>(conn.id), conn.peer.c_str(),
            session->principal.id.c_str());
@@ -240,6 +251,27 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     authLog_.warn(timer_.now(), "rpc: unknown token from %s (connection %llu)", conn.peer.c_str(),
                   static_cast<unsigned long long>(conn.id));
     return Refusal{true, makeError(ErrorCode::kForbidden, "unknown token")};
+  }
+
+  // RPC thread: a reloaded tokens file. Sessions already authenticated
+  // follow it at their next call: new roles, or refused if their token is
+  // gone. Returns how many sessions were revoked.
+  size_t replaceTokens(TokenTable tokens) {
+    if (!tokens_) return 0;  // --no-auth stays --no-auth
+    tokens_ = std::move(tokens);
+    size_t revoked = 0;
+    std::erase_if(sessions_, [](const auto& s) { return s.expired(); });
+    for (const auto& weak : sessions_) {
+      auto session = weak.lock();
+      if (!session || session->kind != Session::Kind::kPrincipal) continue;
+      if (auto principal = tokens_->findDigest(session->digest)) {
+        session->principal = std::move(*principal);
+      } else {
+        session->kind = Session::Kind::kRevoked;
+        ++revoked;
+      }
+    }
+    return revoked;
   }
 
   // Takes one call from the connection's token bucket; false when empty.
@@ -473,6 +505,9 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   Node& node_;
   RpcLimits limits_;
   std::optional<TokenTable> tokens_;  // nullopt: --no-auth
+  // Authenticated sessions still held by some capability, to update at a
+  // reload (expired ones are pruned at each authenticate).
+  std::vector<std::weak_ptr<Session>> sessions_;
   std::shared_ptr<Session> trusted_ = std::make_shared<Session>();
   std::shared_ptr<Session> anonymous_ = std::make_shared<Session>();
   RateLimitedLog authLog_{10 * kj::SECONDS};
@@ -940,6 +975,8 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
   try {
     auto io = kj::setupAsyncIo();
     Loop loop(server, node, limits, std::move(tokens), io);
+    server.loop_ = &loop;  // read only by closures run on this thread
+    KJ_DEFER(server.loop_ = nullptr);
     loop.bind(listen, metrics);
     auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
     {
@@ -1004,6 +1041,23 @@ RpcServer::~RpcServer() {
     stop_ = nullptr;
   }
   if (thread_.joinable()) thread_.join();
+}
+
+Result<size_t> RpcServer::reloadTokens(TokenTable tokens) {
+  auto revoked = std::make_shared<std::promise<size_t>>();
+  auto answer = revoked->get_future();
+  post([this, revoked, t = std::make_shared<TokenTable>(std::move(tokens))] {
+    revoked->set_value(loop_ != nullptr ? loop_->replaceTokens(std::move(*t)) : 0);
+  });
+  // A stopped server destroys the closure unrun: the promise breaks.
+  if (answer.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    return makeError(ErrorCode::kUnavailable, "the RPC thread did not take the new tokens in 10 s");
+  }
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {
+    return makeError(ErrorCode::kUnavailable, "the RPC server is stopping");
+  }
 }
 
 void RpcServer::post(std::function<void()> fn) {

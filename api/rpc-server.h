@@ -48,6 +48,13 @@ class RpcServer {
   // nothing that belongs to the RPC thread.
   void post(std::function<void()> fn);
 
+  // Any thread but the RPC thread: serve with `tokens` from now on (a
+  // reloaded tokens file). Sessions already authenticated follow at their
+  // next call: their principal's new roles, or `unauthenticated` "token
+  // revoked" if their token is gone. Returns how many were revoked. A
+  // --no-auth server ignores it. Errors: kUnavailable (stopping).
+  Result<size_t> reloadTokens(TokenTable tokens);
+
   class Loop;  // the RPC thread's state; defined in rpc-server.cpp
 
  private:
@@ -55,6 +62,7 @@ class RpcServer {
 
   std::string address_;
   std::string metricsAddress_;
+  Loop* loop_ = nullptr;  // set and read on the RPC thread only
   std::thread thread_;
 
   // The inbox: guarded by mutex_.

@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <future>
+#include <optional>
 #include <map>
 #include <thread>
 
@@ -33,7 +35,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr const char* kNeedToken = "this node requires a token: pass --token or set CHORUS_TOKEN";
+constexpr const char* kNeedToken =
+    "this node requires a token: pass --token-file, --token or set CHORUS_TOKEN";
 
 using Principals = std::map<std::string, std::string>;  // id -> roles
 
@@ -543,4 +546,84 @@ TEST_CASE("no-auth: every client is admin; authenticate accepts any token") {
   CHECK((*c)->roles().size() == 5);
   CHECK((*c)->write(request(WriteOp::kDelete, "p1", "bob")).ok());
   CHECK((*node)->metrics().authFailures() == 0);
+}
+
+TEST_CASE("auth: a reloaded tokens file admits new tokens and revokes removed ones at once") {
+  AuthNode n({{"alice", "writer"}, {"bob", "writer"}});
+  // alice and bob stay connected across the reload, each on a thread of its
+  // own (a thread holds one Client at a time).
+  struct Outcome {
+    bool before = false;
+    std::optional<chorus::Error> afterWrite, afterRead;
+  };
+  std::promise<void> reloaded;
+  std::shared_future<void> reloadedF = reloaded.get_future().share();
+  std::vector<std::promise<void>> connected(2);
+  std::vector<Outcome> outcome(2);
+  std::vector<std::thread> threads;
+  const std::vector<std::string> who = {"alice", "bob"};
+  for (size_t i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      Client::Options o;
+      o.token = n.tokens.at(who[i]);
+      auto c = Client::connect(n.node->rpcAddress(), o);
+      if (c.ok()) outcome[i].before = (*c)->write(request(WriteOp::kPut, "p", who[i])).ok();
+      connected[i].set_value();
+      reloadedF.wait();
+      if (!c.ok()) return;
+      auto w = (*c)->write(request(WriteOp::kPut, "p", who[i]));
+      if (!w.ok()) outcome[i].afterWrite = w.error();
+      auto r = (*c)->get("p", who[i]);
+      if (!r.ok()) outcome[i].afterRead = r.error();
+    });
+  }
+  for (auto& c : connected) c.get_future().wait();
+
+  // The operator drops alice, demotes bob to reader and adds carol.
+  std::string carol = chorus::api::newToken();
+  std::string text = *chorus::api::tokenLine("bob", "reader", n.tokens.at("bob")) + "\n" +
+                     *chorus::api::tokenLine("carol", "writer", carol) + "\n";
+  std::string path = n.node->options().rpc.tokensFile;
+  auto rewrite = [&](const std::string& content) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fputs(content.c_str(), f);
+    std::fclose(f);
+  };
+  rewrite(text);
+  auto revoked = n.node->reloadTokens();
+  reloaded.set_value();
+  for (auto& t : threads) t.join();
+  REQUIRE_MESSAGE(revoked.ok(), revoked.error().toString());
+  CHECK(*revoked == 1);
+  CHECK(outcome[0].before);
+  CHECK(outcome[1].before);
+  // Open connections follow the new file at their next call.
+  REQUIRE(outcome[0].afterWrite.has_value());
+  CHECK(isForbidden(*outcome[0].afterWrite, "token revoked"));
+  REQUIRE(outcome[0].afterRead.has_value());
+  CHECK(isForbidden(*outcome[0].afterRead, "token revoked"));
+  REQUIRE(outcome[1].afterWrite.has_value());
+  CHECK(isForbidden(*outcome[1].afterWrite, "role"));
+  CHECK_FALSE(outcome[1].afterRead.has_value());  // a reader still reads
+
+  // New connections too: alice's token is unknown now, carol's works.
+  {
+    Client::Options o;
+    o.token = n.tokens.at("alice");
+    auto again = Client::connect(n.node->rpcAddress(), o);
+    CHECK_FALSE((again.ok() && (*again)->get("p", "bob").ok()));
+  }
+  Client::Options o;
+  o.token = carol;
+  auto c = Client::connect(n.node->rpcAddress(), o);
+  REQUIRE_MESSAGE(c.ok(), c.error().toString());
+  CHECK((*c)->write(request(WriteOp::kPut, "p", "carol")).ok());
+
+  // A broken file is refused and the tokens in use stay.
+  rewrite("carol writer not-a-hash\n");
+  auto broken = n.node->reloadTokens();
+  REQUIRE_FALSE(broken.ok());
+  CHECK(broken.error().code == ErrorCode::kInvalidArgument);
+  CHECK((*c)->get("p", "carol").ok());
 }

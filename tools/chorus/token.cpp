@@ -60,7 +60,8 @@ void addTokenCommands(CLI::App& app, int& result) {
                      "Append the grant to this tokens file (created 0600) and print only the "
                      "token; without it, the line to add is printed too");
   create->footer(
-      "Nodes read their tokens file at start (chorusd --tokens-file); restart them to apply.");
+      "Nodes read their tokens file at start and on SIGHUP (chorusd --tokens-file): `kill -HUP` "
+      "each node to apply a change.");
   create->callback([&result, flags] {
     std::string t = api::newToken();
     auto line = api::tokenLine(flags->principal, flags->roles, t);

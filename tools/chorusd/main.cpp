@@ -5,7 +5,8 @@
 // then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
-// exits 0. Exit codes: 0 clean stop, 1 usage or configuration, 2 the node
+// exits 0. SIGHUP: reread --tokens-file (revoked tokens are refused from
+// their next call; a broken file keeps the previous tokens). Exit codes: 0 clean stop, 1 usage or configuration, 2 the node
 // could not start (data dir locked or damaged, address in use).
 #include <pthread.h>
 #include <signal.h>
@@ -126,7 +127,8 @@ int main(int argc, char** argv) {
                "(benchmarks and throwaway test clusters only)");
   auto* tokens = app.add_option("--tokens-file", tokensFile,
                                 "Client tokens: `principal roles hash` per line (make entries "
-                                "with `chorus token create`); required unless --no-auth")
+                                "with `chorus token create`); required unless --no-auth. "
+                                "SIGHUP rereads it")
                      ->type_name("FILE");
   app.add_flag("--no-auth", noAuth,
                "Serve every RPC client as admin without a token (tests on a trusted host only)")
@@ -201,6 +203,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stopSignals);
   sigaddset(&stopSignals, SIGINT);
   sigaddset(&stopSignals, SIGTERM);
+  sigaddset(&stopSignals, SIGHUP);  // reload the tokens file
   pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -247,7 +250,17 @@ int main(int argc, char** argv) {
                     dataDir.c_str());
 
   int signal = 0;
-  sigwait(&stopSignals, &signal);
+  while (sigwait(&stopSignals, &signal) == 0 && signal == SIGHUP) {
+    if (tokensFile.empty()) {
+      chorus::api::logf(chorus::api::LogLevel::kWarn, "SIGHUP: no --tokens-file to reload");
+      continue;
+    }
+    auto reloaded = (*node)->reloadTokens();  // logs what changed
+    if (!reloaded.ok()) {
+      chorus::api::logf(chorus::api::LogLevel::kError,
+                        "SIGHUP: kept the previous tokens: %s", reloaded.error().toString().c_str());
+    }
+  }
   chorus::api::logf(chorus::api::LogLevel::kInfo,
                     "%s: refusing new writes, committing queued ones, stopping", strsignal(signal));
   (*node)->shutdown();
