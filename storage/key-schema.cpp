@@ -187,7 +187,8 @@ std::optional<ListingHeader> peekListingHeader(std::string_view value) {
   h.live = (flags & 1) != 0;
   h.rating = uint8_t(value[18]);
   h.hlc = crdt::Hlc{getBe64(value.substr(19))};
-  bool sane = flags <= 1 && (h.live ? h.rating >= 1 && h.rating <= 5 : h.rating == 0 && h.hlc.bits == 0);
+  bool sane =
+      flags <= 1 && (h.live ? h.rating >= 1 && h.rating <= 5 : h.rating == 0 && h.hlc.bits == 0);
   if (!sane) return std::nullopt;
   return h;
 }

@@ -413,9 +413,9 @@ class StoreImpl final : public Store {
     bool byRating = order != Order::kNewest;
     bool descending = order == Order::kHighestRating;
     char tag = !byRating ? 'n' : descending ? 'h' : 'l';
-    auto start = cursorStart(cursor, tag,
-                             schema::productRangePrefix(
-                                 product, byRating ? schema::kListRating : schema::kListNewest));
+    std::string sortPrefix =
+        schema::productRangePrefix(product, byRating ? schema::kListRating : schema::kListNewest);
+    auto start = cursorStart(cursor, tag, sortPrefix);
     if (!start) return start.error();
 
     ReadTxn rt(gate_);

@@ -118,7 +118,8 @@ TEST_CASE("the key hash starts with a hash of the author, so an author's reviews
   CHECK(ann != annElsewhere);
   CHECK((ann >> 32) != (bob >> 32));
   CHECK(ann == keyHashOfDocKey(schema::docKey({"sku-1", "ann"})));
-  CHECK(schema::leafEntryKey(ann, schema::docKey({"sku-1", "ann"})).starts_with(schema::authorLeafPrefix("ann")));
+  CHECK(schema::leafEntryKey(ann, schema::docKey({"sku-1", "ann"}))
+            .starts_with(schema::authorLeafPrefix("ann")));
 }
 
 TEST_CASE("aggregates encode as varints and refuse malformed values") {

@@ -205,9 +205,10 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
     crdt::ReviewDoc doc(item.key);
     doc.write(item.rating, item.title, item.body, clock.now());
     std::string canonical = doc.encode();
-    kv.emplace_back(storage::schema::docKey(item.key),
-                    storage::schema::encodeDocRecord(storage::digestOf(canonical),
-                                                     storage::schema::listingHeaderOf(doc), canonical));
+    kv.emplace_back(
+        storage::schema::docKey(item.key),
+        storage::schema::encodeDocRecord(storage::digestOf(canonical),
+                                         storage::schema::listingHeaderOf(doc), canonical));
   }
   std::filesystem::create_directories(dir);
   auto fail = [](int rc, const char* what) {
