@@ -162,7 +162,8 @@ Result<size_t> Node::reloadTokens() {
   }
   auto loaded = api::TokenTable::load(options_.rpc.tokensFile);
   if (!loaded.ok()) return loaded.error();
-  if (!rpc_ || closing_.load()) return makeError(ErrorCode::kUnavailable, "the node is shutting down");
+  if (!rpc_ || closing_.load())
+    return makeError(ErrorCode::kUnavailable, "the node is shutting down");
   size_t count = loaded->size();
   auto revoked = rpc_->reloadTokens(std::move(loaded).value());
   if (revoked.ok()) {

@@ -271,18 +271,18 @@ class Cluster::Impl {
 
   std::set<Conn*> conns_;
   std::map<std::string, std::unique_ptr<Dialer>> dialers_;  // by address
-  std::string sessionPeer_;  // anti-entropy session this node started
-  bool sessionMore_ = false;  // a message in it was cut to the size cap
-  std::string syncAgain_;     // continue with this peer at once
+  std::string sessionPeer_;                    // anti-entropy session this node started
+  bool sessionMore_ = false;                   // a message in it was cut to the size cap
+  std::string syncAgain_;                      // continue with this peer at once
   std::map<std::string, uint64_t> busyUntil_;  // peers that answered busy: not before
-  std::string respondingTo_;  // the peer whose session this node is answering
+  std::string respondingTo_;                   // the peer whose session this node is answering
   uint64_t respondingSince_ = 0;
   uint64_t sessionStarted_ = 0;
   uint64_t lastHeartbeat_ = 0;
   uint64_t lastAntiEntropy_ = 0;
-  std::set<std::string> syncSoon_;  // peers that came back alive
+  std::set<std::string> syncSoon_;              // peers that came back alive
   std::map<std::string, uint64_t> lastWarned_;  // peer host -> loop time of the last warning
-  uint64_t lastRefusedStateWarning_ = 0;          // loop time; 0 = never
+  uint64_t lastRefusedStateWarning_ = 0;        // loop time; 0 = never
   std::mutex keyChangeMu_;  // serializes keyring changes (held across the file write)
   bool membersDirty_ = false;
   uint64_t lastPersist_ = 0;
@@ -306,7 +306,8 @@ Status Cluster::Impl::start() {
   }
   sockaddr_storage addr;
   auto parsed = parseAddress(options_.listen, addr);
-  if (!parsed.ok()) return makeError(ErrorCode::kInvalidArgument, "--gossip-listen: " + parsed.error().message);
+  if (!parsed.ok())
+    return makeError(ErrorCode::kInvalidArgument, "--gossip-listen: " + parsed.error().message);
   for (const auto& seed : options_.seeds) {
     sockaddr_storage ignored;
     auto ok = parseAddress(seed, ignored);
@@ -334,8 +335,8 @@ Status Cluster::Impl::start() {
     uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
-    return makeError(ErrorCode::kIo, "cannot listen for gossip on " + options_.listen + ": " +
-                                         uv_strerror(rc));
+    return makeError(ErrorCode::kIo,
+                     "cannot listen for gossip on " + options_.listen + ": " + uv_strerror(rc));
   }
   sockaddr_storage boundAddr;
   int len = sizeof boundAddr;
@@ -465,7 +466,8 @@ void Cluster::Impl::accept() {
   c->tcp.data = c;
   c->openedAt = now();
   conns_.insert(c);
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(&server_), reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&server_),
+                reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
     close(c);
     return;
   }
@@ -600,8 +602,7 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
 }
 
 // Counts a refused frame and warns, at most once per peer host every 10 s.
-void Cluster::Impl::refusedState(const std::string& from, const std::string& why,
-                                 uint64_t count) {
+void Cluster::Impl::refusedState(const std::string& from, const std::string& why, uint64_t count) {
   {
     std::lock_guard lock(mu_);
     stats_.statesRefused += count;
@@ -636,7 +637,8 @@ void Cluster::Impl::refused(Conn* c, SecureChannel::Received::Kind kind, const s
     case Kind::kAuthFailed:
       warn("gossip: frame from " + peer +
            " failed authentication: the peer uses a cluster key this node does not have, or "
-           "the frame was tampered with (" + why +
+           "the frame was tampered with (" +
+           why +
            "); connection closed. Give every node the same key (`chorus cluster keys "
            "install`); `chorus cluster keys list` shows fingerprints");
       break;
@@ -665,8 +667,9 @@ void Cluster::Impl::close(Conn* c) {
     d->backoff = std::min(d->backoff * 2, kMaxBackoffMillis);
   }
   if (!c->peerId.empty() && c->peerId == sessionPeer_) sessionPeer_.clear();
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
-           [](uv_handle_t* h) { static_cast<Conn*>(h->data)->impl->closed(static_cast<Conn*>(h->data)); });
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
+    static_cast<Conn*>(h->data)->impl->closed(static_cast<Conn*>(h->data));
+  });
 }
 
 void Cluster::Impl::closed(Conn* c) {
@@ -879,11 +882,11 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         }
         ++received;
         *deltaBytesMerging_ += size;
-        store_.merge(std::move(doc).value(),
-                     [merging = deltaBytesMerging_, user = onMerged_, size](Result<storage::Applied> r) {
-                       *merging -= size;
-                       user(std::move(r));
-                     });
+        store_.merge(std::move(doc).value(), [merging = deltaBytesMerging_, user = onMerged_,
+                                              size](Result<storage::Applied> r) {
+          *merging -= size;
+          user(std::move(r));
+        });
       }
       std::lock_guard lock(mu_);
       stats_.deltasReceived += received;
@@ -970,8 +973,7 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
 
 // ---- membership -------------------------------------------------------------
 
-void Cluster::Impl::learnMembers(const std::string& from,
-                                 capnp::List<wire::Member>::Reader list) {
+void Cluster::Impl::learnMembers(const std::string& from, capnp::List<wire::Member>::Reader list) {
   size_t n = 0;
   for (auto m : list) {
     if (++n > kMaxMembers) break;
@@ -984,8 +986,8 @@ void Cluster::Impl::learnMembers(const std::string& from,
 }
 
 // `authoritative`: the node said this of itself (hello, or its own entry).
-void Cluster::Impl::learn(const std::string& id, const std::string& gossip,
-                          const std::string& rpc, bool authoritative) {
+void Cluster::Impl::learn(const std::string& id, const std::string& gossip, const std::string& rpc,
+                          bool authoritative) {
   if (id == options_.nodeId) return;
   {
     std::lock_guard lock(mu_);
@@ -1211,7 +1213,8 @@ void Cluster::Impl::flushDeltas() {
   size_t begin = 0;
   while (begin < encoded.size()) {
     size_t end = begin, bytes = 0;
-    while (end < encoded.size() && (end == begin || bytes + encoded[end].size() < kMaxDeltaFrameBytes)) {
+    while (end < encoded.size() &&
+           (end == begin || bytes + encoded[end].size() < kMaxDeltaFrameBytes)) {
       bytes += encoded[end++].size();
     }
     capnp::MallocMessageBuilder message;

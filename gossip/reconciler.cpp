@@ -60,7 +60,8 @@ Error malformed(const std::string& why) {
 
 // States for the given keys, encoded, until they add up to `budget` bytes;
 // `cut` tells whether some were left out.
-Result<std::vector<std::string>> encodeStates(Store& store, const std::vector<crdt::ReviewKey>& keys,
+Result<std::vector<std::string>> encodeStates(Store& store,
+                                              const std::vector<crdt::ReviewKey>& keys,
                                               size_t budget, bool& cut) {
   std::vector<std::string> out;
   out.reserve(keys.size());

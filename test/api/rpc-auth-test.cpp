@@ -13,8 +13,8 @@
 #include <cstdio>
 #include <functional>
 #include <future>
-#include <optional>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "api/auth.h"

@@ -179,8 +179,8 @@ TEST_CASE("states from peers are held to the client rules") {
   CHECK(fieldOf(badVoter) == "voter");
 
   ReviewDoc badReason({"kettle", "ann"});
-  badReason.moderate({chorus::crdt::Visibility::kHidden, std::string(limits.maxReasonBytes + 1, 'r')},
-                     stamp());
+  badReason.moderate(
+      {chorus::crdt::Visibility::kHidden, std::string(limits.maxReasonBytes + 1, 'r')}, stamp());
   CHECK(fieldOf(badReason) == "reason");
 
   ReviewDoc badReply({"kettle", "ann"});

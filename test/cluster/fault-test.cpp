@@ -1,6 +1,6 @@
 // Faults from outside the protocol: a fake peer (without the cluster key)
-// sending corrupt frames to a node's gossip port, a node whose clock runs 10 minutes ahead, and a hung
-// (SIGSTOPped) node.
+// sending corrupt frames to a node's gossip port, a node whose clock runs 10 minutes ahead, and a
+// hung (SIGSTOPped) node.
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
@@ -55,8 +55,8 @@ class RawPeer {
     char buf[4096];
     while (Clock::now() < deadline) {
       pollfd p{fd_, POLLIN, 0};
-      int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now())
-                         .count());
+      int left = int(
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
       if (poll(&p, 1, std::max(left, 1)) <= 0) continue;
       ssize_t n = recv(fd_, buf, sizeof buf, 0);
       if (n == 0) return true;
@@ -117,8 +117,14 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
   Harness h;
   h.start("n1");
   h.start("n2", {h.node("n1").gossip()});
-  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); },
-                      [&] { return aliveDetail(h, {"n1", "n2"}); }));
+  REQUIRE(h.waitUntil(
+      "n1 and n2 alive", 30s,
+      [&] {
+        return allAlive(h, {"n1", "n2"});
+      },
+      [&] {
+        return aliveDetail(h, {"n1", "n2"});
+      }));
   const std::string target = h.node("n1").gossip();
   auto malformedBefore = refusedFrames(clusterStatus(h, "n1"));
 
@@ -138,8 +144,8 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
       {"length 33 MiB (just over the cap)", le32(33u << 20) + std::string(4096, '\0'), true},
       {"length 0", le32(0) + std::string(8, '\0'), true},
       {"length not a multiple of 8", le32(13) + std::string(13, 'y'), true},
-      {"bad Cap'n Proto: segment table of 0xFFFFFFFF segments",
-       le32(24) + std::string(24, '\xff'), true},
+      {"bad Cap'n Proto: segment table of 0xFFFFFFFF segments", le32(24) + std::string(24, '\xff'),
+       true},
       {"bad Cap'n Proto: root pointer far out of bounds",
        le32(16) + std::string("\x00\x00\x00\x00\x01\x00\x00\x00", 8) +
            std::string("\xfc\xff\xff\x7f\x01\x00\x01\x00", 8),
@@ -166,9 +172,8 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
          d.set(1, kj::ArrayPtr<const kj::byte>());
        }),
        false},
-      {"a reconcile message that is garbage", frame([](auto f) {
-         f.setReconcile(kj::StringPtr("\x01\x02\x03\x04garbage!").asBytes());
-       }),
+      {"a reconcile message that is garbage",
+       frame([](auto f) { f.setReconcile(kj::StringPtr("\x01\x02\x03\x04garbage!").asBytes()); }),
        false},
       {"a heartbeat listing a member with an unparseable address", frame([](auto f) {
          auto m = f.initHeartbeat(1);
@@ -255,8 +260,14 @@ TEST_CASE("cluster: a node 10 minutes ahead has its writes refused, not adopted"
   Harness h;
   h.start("n1");
   h.start("n2", {h.node("n1").gossip()}, {"--clock-offset", "10m"});
-  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); },
-                      [&] { return aliveDetail(h, {"n1", "n2"}); }));
+  REQUIRE(h.waitUntil(
+      "n1 and n2 alive", 30s,
+      [&] {
+        return allAlive(h, {"n1", "n2"});
+      },
+      [&] {
+        return aliveDetail(h, {"n1", "n2"});
+      }));
   uint64_t refusedBefore = nodeStatus(h, "n1")["stats"]["refused_stamps"].u64();
 
   cliWrite(h, "n2", {"put", "clock", "future", "-r", "5", "-t", "from ten minutes ahead"});
@@ -306,8 +317,8 @@ TEST_CASE("cluster: a hung node (SIGSTOP) does not stall the others, and catches
   h.start("n2", {h.node("n1").gossip()});
   h.start("n3", {h.node("n1").gossip()});
   const std::vector<std::string> all = {"n1", "n2", "n3"};
-  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
-                      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil(
+      "all alive", 30s, [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
 
   REQUIRE(kill(h.node("n3").pid(), SIGSTOP) == 0);
   clientPuts(h, "n1", "fan", {"a", "b", "c"}, "while n3 hangs ");
@@ -346,8 +357,9 @@ TEST_CASE("cluster: a hung node (SIGSTOP) does not stall the others, and catches
   REQUIRE(h.waitUntil("n3 catches up", 30s, [&] {
     return missing(h, "n3", "fan", titled({"a", "b", "c"}, "while n3 hangs ")).empty();
   }));
-  REQUIRE(h.waitUntil("n3 alive again for everyone", 30s, [&] { return allAlive(h, all); },
-                      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil(
+      "n3 alive again for everyone", 30s, [&] { return allAlive(h, all); },
+      [&] { return aliveDetail(h, all); }));
   converge(h, "n3");
   MESSAGE("n3 caught up " << secondsSince(resumed) << " s after SIGCONT");
   h.stopAll();
@@ -378,7 +390,8 @@ TEST_CASE("cluster: a flood of idle connections to the gossip port does not disa
   REQUIRE(prlimit(h.node("n1").pid(), RLIMIT_NOFILE, &small, nullptr) == 0);
   {
     std::vector<std::unique_ptr<RawPeer>> flood;
-    for (int i = 0; i < 1100; ++i) flood.push_back(std::make_unique<RawPeer>(h.node("n1").gossip()));
+    for (int i = 0; i < 1100; ++i)
+      flood.push_back(std::make_unique<RawPeer>(h.node("n1").gossip()));
     // A client during the flood may be refused or time out; that is fine.
     h.chorus("n1", {"--timeout-ms", "2000", "node", "status"});
   }

@@ -305,10 +305,10 @@ class Harness {
                    const std::vector<std::string>& extra, const std::string& rpcPort,
                    const std::string& gossipPort) {
     std::vector<std::string> args = {"--node-id",       id,
-                                      "--data-dir",      dataDir(id),
-                                      "--listen",        "127.0.0.1:" + rpcPort,
-                                      "--gossip-listen", "127.0.0.1:" + gossipPort,
-                                      "--log-level",     "info"};
+                                     "--data-dir",      dataDir(id),
+                                     "--listen",        "127.0.0.1:" + rpcPort,
+                                     "--gossip-listen", "127.0.0.1:" + gossipPort,
+                                     "--log-level",     "info"};
     if (chorusdHas("--anti-entropy-interval")) {
       args.insert(args.end(), {"--anti-entropy-interval", antiEntropyMs});
     }
@@ -402,7 +402,8 @@ class Harness {
   // Polls `done` every 50 ms until it holds or `timeout` passes; on timeout
   // fails the test case with `what`, `detail()` and every node's log.
   bool waitUntil(const std::string& what, std::chrono::milliseconds timeout,
-                 const std::function<bool()>& done, const std::function<std::string()>& detail = {}) {
+                 const std::function<bool()>& done,
+                 const std::function<std::string()>& detail = {}) {
     auto deadline = Clock::now() + timeout;
     while (true) {
       if (done()) return true;

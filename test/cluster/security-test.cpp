@@ -42,7 +42,8 @@ std::map<std::string, std::string> keyrings(Harness& h, const std::string& via) 
   for (const auto& id : h.ids()) {
     std::string ring;
     for (const auto& k : j["keys"][id].items()) {
-      ring += (ring.empty() ? "" : ",") + k["fingerprint"].str() + (k["primary"].boolean() ? "*" : "");
+      ring +=
+          (ring.empty() ? "" : ",") + k["fingerprint"].str() + (k["primary"].boolean() ? "*" : "");
     }
     out[id] = ring;
   }
@@ -113,8 +114,9 @@ TEST_CASE("security: tokens and authors through the CLI, then key rotation under
   h.start("n2", {h.node("n1").gossip()});
   h.start("n3", {h.node("n1").gossip()});
   const std::vector<std::string> all = {"n1", "n2", "n3"};
-  REQUIRE(h.waitUntil("every node sees the others alive", 30s, [&] { return allAlive(h, all); },
-                      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil(
+      "every node sees the others alive", 30s, [&] { return allAlive(h, all); },
+      [&] { return aliveDetail(h, all); }));
 
   // Clients: no token, a wrong token, and the wrong principal are refused
   // (exit 7) with a message that says why.
@@ -131,7 +133,8 @@ TEST_CASE("security: tokens and authors through the CLI, then key rotation under
   auto wrongToken = as(wrong, {"review", "get", "p", "w1"});
   CHECK(wrongToken.code == 7);
   CHECK_MESSAGE(wrongToken.err.find("token") != std::string::npos, wrongToken.err);
-  auto forged = as(h.tmp().sub("w2.token"), {"review", "put", "p", "w1", "-r", "1", "-t", "forged"});
+  auto forged =
+      as(h.tmp().sub("w2.token"), {"review", "put", "p", "w1", "-r", "1", "-t", "forged"});
   CHECK(forged.code == 7);
   CHECK_MESSAGE(forged.err.find("w1") != std::string::npos, forged.err);
   auto own = as(h.tmp().sub("w1.token"), {"review", "put", "p", "w1", "-r", "5", "-t", "mine"});
@@ -241,8 +244,9 @@ TEST_CASE("security: tokens and authors through the CLI, then key rotation under
   // is started with the old key file again.
   h.node("n2").stop(SIGTERM, 15s);
   h.restart("n2");
-  REQUIRE(h.waitUntil("n2 is back among its peers", 30s, [&] { return allAlive(h, all); },
-                      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil(
+      "n2 is back among its peers", 30s, [&] { return allAlive(h, all); },
+      [&] { return aliveDetail(h, all); }));
   CHECK(keyrings(h, "n1")["n2"] == newFp + "*");
   chorus::api::Client::Options w1;
   w1.token = tokenOf["w1"];

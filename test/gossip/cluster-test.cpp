@@ -12,8 +12,8 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -87,7 +87,8 @@ struct TestNode {
   // For writer threads (no REQUIRE off the test thread): true = acknowledged.
   bool tryWrite(const std::string& product, const std::string& author, const std::string& body) {
     auto r = store->mutateSync(
-        {product, author}, [&](crdt::ReviewDoc& doc, crdt::HybridClock& c) -> Result<crdt::ReviewDoc> {
+        {product, author},
+        [&](crdt::ReviewDoc& doc, crdt::HybridClock& c) -> Result<crdt::ReviewDoc> {
           return doc.write(4, "title", body, c.now());
         });
     if (!r.ok()) return false;
@@ -297,8 +298,8 @@ TEST_CASE("garbage, plaintext and oversized streams from a fake peer are counted
     CHECK(answer->size() == gossip::kPreambleBytes);
   };
   attack(std::string("\x10\x00\x00\x00", 4) + std::string(16, '\xff'));  // no preamble
-  attack(preamble + std::string("\x08\x00\x00\x7f", 4));  // oversized
-  attack(preamble + std::string("\x07\x00\x00\x00", 4) + "1234567");  // shorter than a seal
+  attack(preamble + std::string("\x08\x00\x00\x7f", 4));                 // oversized
+  attack(preamble + std::string("\x07\x00\x00\x00", 4) + "1234567");     // shorter than a seal
   CHECK(n1.cluster->stats().malformedFrames == 3);
   CHECK(n1.cluster->stats().authFailures == 0);
   attack(preamble + std::string("\x54\x00\x00\x00", 4) + std::string(0x54, '\x01'));  // no such key
@@ -311,7 +312,8 @@ TEST_CASE("garbage, plaintext and oversized streams from a fake peer are counted
 }
 
 TEST_CASE("gossip refuses to start without a cluster key or with a malformed one") {
-  auto dir = std::filesystem::temp_directory_path() / ("chorus-cluster-test-nokey-" + std::to_string(::getpid()));
+  auto dir = std::filesystem::temp_directory_path() /
+             ("chorus-cluster-test-nokey-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   storage::Options so;
   so.dir = (dir / "store").string();
@@ -565,10 +567,12 @@ TEST_CASE("the keyring persists every change, mode 0600, and wins over the optio
   CHECK(fingerprints(n.cluster->keys()) == fp2 + "* ");
 }
 
-TEST_CASE("deltas beyond the pending bounds are dropped and counted, and anti-entropy delivers them") {
+TEST_CASE(
+    "deltas beyond the pending bounds are dropped and counted, and anti-entropy delivers them") {
   // n1's bounds are smaller than one delta: it neither merges a pushed delta
   // nor queues one of its own.
-  TestNode n1("b1", {}, {clusterKey()}, [](gossip::ClusterOptions& c) { c.maxPendingDeltaBytes = 1; });
+  TestNode n1("b1", {}, {clusterKey()},
+              [](gossip::ClusterOptions& c) { c.maxPendingDeltaBytes = 1; });
   TestNode n2("b2", {n1.cluster->address()});
   REQUIRE(eventually([&] { return n1.alive() == 1 && n2.alive() == 1; }));
   int pushed = 0;
@@ -576,7 +580,8 @@ TEST_CASE("deltas beyond the pending bounds are dropped and counted, and anti-en
     n2.write("sku-b", "from-b2-" + std::to_string(pushed++), "pushed, dropped");
     return n1.cluster->stats().receivedDeltasDropped > 0;
   }));
-  for (int i = 0; i < 10; ++i) n2.write("sku-b", "from-b2-" + std::to_string(pushed++), "pushed, dropped");
+  for (int i = 0; i < 10; ++i)
+    n2.write("sku-b", "from-b2-" + std::to_string(pushed++), "pushed, dropped");
   for (int i = 0; i < 10; ++i) n1.write("sku-b", "from-b1-" + std::to_string(i), "never pushed");
   std::vector<TestNode*> both{&n1, &n2};
   REQUIRE(eventually([&] { return sameRoots(both); }));

@@ -234,8 +234,8 @@ class Nodes {
     keyFile_ = dir_ + "/cluster.key";
     std::ofstream key(keyFile_, std::ios::trunc);
     key << gossip::generateClusterKey() << "\n";
-    std::filesystem::permissions(keyFile_, std::filesystem::perms::owner_read |
-                                               std::filesystem::perms::owner_write);
+    std::filesystem::permissions(
+        keyFile_, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   }
   ~Nodes() { stopAll(); }
 

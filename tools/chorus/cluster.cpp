@@ -102,8 +102,7 @@ std::vector<Result<T>> onEach(const Globals& g, const std::vector<KnownNode>& no
 
 std::vector<Result<ClusterView>> viewsOf(const Globals& g, const std::vector<KnownNode>& nodes,
                                          milliseconds timeout) {
-  return onEach<ClusterView>(g, nodes, timeout,
-                             [](size_t, api::Client& c) { return c.cluster(); });
+  return onEach<ClusterView>(g, nodes, timeout, [](size_t, api::Client& c) { return c.cluster(); });
 }
 
 // The connected node's view of the cluster.
@@ -153,19 +152,17 @@ std::string jsonIds(const std::vector<std::string>& ids) {
 
 std::string jsonStats(const gossip::ClusterStats& s) {
   char buf[1024];
-  std::snprintf(buf, sizeof buf,
-                "{\"frames_in\":%" PRIu64 ",\"frames_out\":%" PRIu64 ",\"bytes_in\":%" PRIu64
-                ",\"bytes_out\":%" PRIu64 ",\"malformed_frames\":%" PRIu64
-                ",\"partition_dropped\":%" PRIu64 ",\"deltas_sent\":%" PRIu64
-                ",\"deltas_received\":%" PRIu64 ",\"deltas_dropped\":%" PRIu64
-                ",\"sync_started\":%" PRIu64 ",\"sync_completed\":%" PRIu64
-                ",\"anti_entropy_bytes\":%" PRIu64 ",\"states_repaired\":%" PRIu64
-                ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64
-                ",\"states_refused\":%" PRIu64 "}",
-                s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames,
-                s.partitionDropped, s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted,
-                s.syncCompleted, s.antiEntropyBytes, s.statesRepaired, s.authFailures,
-                s.replaysRefused, s.statesRefused);
+  std::snprintf(
+      buf, sizeof buf,
+      "{\"frames_in\":%" PRIu64 ",\"frames_out\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+      ",\"bytes_out\":%" PRIu64 ",\"malformed_frames\":%" PRIu64 ",\"partition_dropped\":%" PRIu64
+      ",\"deltas_sent\":%" PRIu64 ",\"deltas_received\":%" PRIu64 ",\"deltas_dropped\":%" PRIu64
+      ",\"sync_started\":%" PRIu64 ",\"sync_completed\":%" PRIu64 ",\"anti_entropy_bytes\":%" PRIu64
+      ",\"states_repaired\":%" PRIu64 ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64
+      ",\"states_refused\":%" PRIu64 "}",
+      s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames, s.partitionDropped,
+      s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted, s.syncCompleted,
+      s.antiEntropyBytes, s.statesRepaired, s.authFailures, s.replaysRefused, s.statesRefused);
   return buf;
 }
 
@@ -529,7 +526,6 @@ int converge(const Globals& g, const std::string& timeoutText) {
   }
 }
 
-
 // ---- keys ------------------------------------------------------------------
 
 // The key argument: the positional value, else the first line of --key-file.
@@ -722,8 +718,9 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
         std::printf("%s\n", gossip::generateClusterKey().c_str());
         result = kExitOk;
       });
-  keys->add_subcommand("list", "Each node's key fingerprints, the primary marked")
-      ->callback([&] { result = keysList(g); });
+  keys->add_subcommand("list", "Each node's key fingerprints, the primary marked")->callback([&] {
+    result = keysList(g);
+  });
   struct KeyFlags {
     std::string key, keyFile;
   };

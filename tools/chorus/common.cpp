@@ -67,7 +67,8 @@ std::string hex(const storage::Hash& h) {
 
 Result<std::string> firstLineOf(const std::string& path, const char* what) {
   std::ifstream in(path);
-  if (!in) return makeError(ErrorCode::kIo, std::string("cannot read ") + what + " file '" + path + "'");
+  if (!in)
+    return makeError(ErrorCode::kIo, std::string("cannot read ") + what + " file '" + path + "'");
   std::string line;
   std::getline(in, line);
   size_t b = line.find_first_not_of(" \t\r");
@@ -106,7 +107,8 @@ api::Client::Options clientOptions(const Globals& g, std::chrono::milliseconds t
 }
 
 int withClient(const Globals& g, const std::function<int(api::Client&)>& body) {
-  auto client = api::Client::connect(g.connect, clientOptions(g, std::chrono::milliseconds(g.timeoutMs)));
+  auto client =
+      api::Client::connect(g.connect, clientOptions(g, std::chrono::milliseconds(g.timeoutMs)));
   if (!client.ok()) return fail(client);
   return body(**client);
 }

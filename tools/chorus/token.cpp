@@ -23,7 +23,8 @@ namespace {
 Status appendLine(const std::string& path, const std::string& line) {
   int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
-    return makeError(ErrorCode::kIo, "cannot open tokens file '" + path + "': " + std::strerror(errno));
+    return makeError(ErrorCode::kIo,
+                     "cannot open tokens file '" + path + "': " + std::strerror(errno));
   }
   std::string text = line + "\n";
   bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
@@ -31,7 +32,8 @@ Status appendLine(const std::string& path, const std::string& line) {
   int err = errno;
   ::close(fd);
   if (!ok) {
-    return makeError(ErrorCode::kIo, "cannot write tokens file '" + path + "': " + std::strerror(err));
+    return makeError(ErrorCode::kIo,
+                     "cannot write tokens file '" + path + "': " + std::strerror(err));
   }
   return okStatus();
 }
@@ -39,8 +41,8 @@ Status appendLine(const std::string& path, const std::string& line) {
 }  // namespace
 
 void addTokenCommands(CLI::App& app, int& result) {
-  auto* token = app.add_subcommand("token", "Client tokens (no node is contacted)")
-                    ->require_subcommand(1);
+  auto* token =
+      app.add_subcommand("token", "Client tokens (no node is contacted)")->require_subcommand(1);
   struct Flags {
     std::string principal, roles, tokensFile;
   };
@@ -49,12 +51,14 @@ void addTokenCommands(CLI::App& app, int& result) {
       "create",
       "Make a random token for a principal. Prints the token once; the tokens file keeps only "
       "its hash");
-  create->add_option("--principal", flags->principal,
-                     "Who the token speaks for: writes are allowed only to reviews with this "
-                     "author id, votes only as this voter")
+  create
+      ->add_option("--principal", flags->principal,
+                   "Who the token speaks for: writes are allowed only to reviews with this "
+                   "author id, votes only as this voter")
       ->required();
-  create->add_option("--roles", flags->roles,
-                     "Comma-separated: reader, writer, moderator, merchant, admin")
+  create
+      ->add_option("--roles", flags->roles,
+                   "Comma-separated: reader, writer, moderator, merchant, admin")
       ->required();
   create->add_option("--tokens-file", flags->tokensFile,
                      "Append the grant to this tokens file (created 0600) and print only the "

@@ -6,8 +6,8 @@
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
 // exits 0. SIGHUP: reread --tokens-file (revoked tokens are refused from
-// their next call; a broken file keeps the previous tokens). Exit codes: 0 clean stop, 1 usage or configuration, 2 the node
-// could not start (data dir locked or damaged, address in use).
+// their next call; a broken file keeps the previous tokens). Exit codes: 0 clean stop, 1 usage or
+// configuration, 2 the node could not start (data dir locked or damaged, address in use).
 #include <pthread.h>
 #include <signal.h>
 
@@ -257,8 +257,8 @@ int main(int argc, char** argv) {
     }
     auto reloaded = (*node)->reloadTokens();  // logs what changed
     if (!reloaded.ok()) {
-      chorus::api::logf(chorus::api::LogLevel::kError,
-                        "SIGHUP: kept the previous tokens: %s", reloaded.error().toString().c_str());
+      chorus::api::logf(chorus::api::LogLevel::kError, "SIGHUP: kept the previous tokens: %s",
+                        reloaded.error().toString().c_str());
     }
   }
   chorus::api::logf(chorus::api::LogLevel::kInfo,
