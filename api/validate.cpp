@@ -126,9 +126,9 @@ Check checkState(const crdt::ReviewDoc& doc, const Limits& limits) {
   if (auto e = checkKey(doc.key().product, doc.key().author, limits)) return e;
   if (doc.content().isSet() && !doc.content().value().deleted) {
     const auto& c = doc.content().value();
-    if (auto e = checkPut(doc.key().product, doc.key().author, c.rating, c.title, c.body, limits)) {
-      return e;
-    }
+    if (auto e = checkRating(c.rating)) return e;
+    if (auto e = checkText("title", c.title, limits.maxTitleBytes)) return e;
+    if (auto e = checkText("body", c.body, limits.maxBodyBytes)) return e;
   }
   for (const auto& tag : doc.tags().elements()) {
     if (auto e = checkId("tag", tag, limits)) return e;
