@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 
 namespace chorus::gossip {
@@ -84,6 +85,25 @@ std::string generateClusterKey() {
   sodium_bin2base64(out, sizeof out, bytes, sizeof bytes, sodium_base64_VARIANT_ORIGINAL);
   sodium_memzero(bytes, sizeof bytes);
   return out;
+}
+
+Result<std::vector<std::string>> readKeyFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return makeError(ErrorCode::kIo, "cannot read key file '" + path + "'");
+  std::vector<std::string> keys;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos || line[b] == '#') continue;
+    size_t e = line.find_last_not_of(" \t\r");
+    keys.push_back(line.substr(b, e - b + 1));
+  }
+  if (keys.empty()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "key file '" + path + "' holds no key (make one with `chorus cluster keys " +
+                         "generate > " + path + "`)");
+  }
+  return keys;
 }
 
 Result<ClusterKey> parseClusterKey(std::string_view base64) {

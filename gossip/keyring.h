@@ -59,6 +59,13 @@ std::string generateClusterKey();
 // Errors: kInvalidArgument, saying what a key looks like and how to make one.
 Result<ClusterKey> parseClusterKey(std::string_view base64);
 
+// The keys of a cluster key file (chorusd --cluster-key-file, chorus cluster
+// keys --key-file): one base64 key per line, the first is the primary;
+// blank lines and lines starting with '#' are skipped, surrounding
+// whitespace trimmed. Keys are not parsed here. Errors: kIo (unreadable),
+// kInvalidArgument (no key in it).
+Result<std::vector<std::string>> readKeyFile(const std::string& path);
+
 // 1..16 keys, exactly one of them the primary. Changes return a new state
 // only through the mutators below, each of which keeps those invariants.
 class Keyring {

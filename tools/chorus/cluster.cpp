@@ -537,7 +537,9 @@ Result<std::string> keyArgument(const std::string& key, const std::string& keyFi
                      std::string("give the ") + what + " as an argument or with --key-file");
   }
   if (!key.empty()) return key;
-  return firstLineOf(keyFile, "key");
+  auto keys = gossip::readKeyFile(keyFile);
+  if (!keys.ok()) return keys.error();
+  return keys->front();  // a key file's first key is the one it is about
 }
 
 // "a1b2c3d4 (primary), e5f6a7b8"
@@ -566,12 +568,18 @@ bool ringHas(const std::vector<gossip::KeyInfo>& ring, const std::string& finger
   return false;
 }
 
+// Each known node's keyring, as it answered.
+std::vector<Result<std::vector<gossip::KeyInfo>>> listRings(const Globals& g,
+                                                            const std::vector<KnownNode>& nodes) {
+  return onEach<std::vector<gossip::KeyInfo>>(
+      g, nodes, probeTimeout(g),
+      [](size_t, api::Client& c) { return c.keys(api::KeyOp::kList, ""); });
+}
+
 // Every known node's keyring; nullopt (after printing why) unless all answered.
 std::optional<std::vector<std::vector<gossip::KeyInfo>>> ringsOf(
     const Globals& g, const std::vector<KnownNode>& nodes) {
-  auto rings = onEach<std::vector<gossip::KeyInfo>>(
-      g, nodes, probeTimeout(g),
-      [](size_t, api::Client& c) { return c.keys(api::KeyOp::kList, ""); });
+  auto rings = listRings(g, nodes);
   std::vector<std::vector<gossip::KeyInfo>> out;
   bool all = true;
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -591,9 +599,7 @@ int keysList(const Globals& g) {
   auto view = connectedView(g);
   if (!view.ok()) return fail(view);
   auto nodes = knownNodes(*view, g.connect);
-  auto rings = onEach<std::vector<gossip::KeyInfo>>(
-      g, nodes, probeTimeout(g),
-      [](size_t, api::Client& c) { return c.keys(api::KeyOp::kList, ""); });
+  auto rings = listRings(g, nodes);
   int code = kExitOk;
   std::string out;
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -738,7 +744,8 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
     auto kf = std::make_shared<KeyFlags>();
     auto* sub = keys->add_subcommand(name, help);
     sub->add_option("key", kf->key, std::string("The ") + what);
-    sub->add_option("--key-file", kf->keyFile, "Read the key from this file's first line");
+    sub->add_option("--key-file", kf->keyFile,
+                    "Read the key from this file (its first key; '#' lines skipped)");
     sub->callback([&g, &result, kf, op = op, what = what] {
       auto key = keyArgument(kf->key, kf->keyFile, what);
       if (!key.ok()) {

@@ -16,13 +16,13 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "api/log.h"
 #include "api/node.h"
 #include "api/validate.h"
+#include "gossip/keyring.h"
 
 namespace {
 
@@ -38,13 +38,13 @@ bool parseDurationFlag(const char* flag, const std::string& text, std::chrono::m
   return true;
 }
 
-// The keys of a cluster key file: one base64 key per line, the first is the
-// primary; blank lines and lines starting with '#' are skipped. Prints why
-// and returns false when the file cannot be used.
+// The keys of --cluster-key-file (gossip::readKeyFile), with a warning if
+// other users may read it. Prints why and returns false when it cannot be
+// used.
 bool readClusterKeys(const std::string& path, std::vector<std::string>& keys) {
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr, "chorusd: --cluster-key-file: cannot read '%s'\n", path.c_str());
+  auto read = chorus::gossip::readKeyFile(path);
+  if (!read.ok()) {
+    std::fprintf(stderr, "chorusd: --cluster-key-file: %s\n", read.error().message.c_str());
     return false;
   }
   struct stat st {};
@@ -53,20 +53,7 @@ bool readClusterKeys(const std::string& path, std::vector<std::string>& keys) {
                       "cluster key file %s is readable by other users (chmod 600 it)",
                       path.c_str());
   }
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t b = line.find_first_not_of(" \t\r");
-    if (b == std::string::npos || line[b] == '#') continue;
-    size_t e = line.find_last_not_of(" \t\r");
-    keys.push_back(line.substr(b, e - b + 1));
-  }
-  if (keys.empty()) {
-    std::fprintf(stderr,
-                 "chorusd: --cluster-key-file: '%s' holds no key (make one with `chorus cluster "
-                 "keys generate > %s`)\n",
-                 path.c_str(), path.c_str());
-    return false;
-  }
+  keys = std::move(read).value();
   return true;
 }
 
