@@ -95,27 +95,33 @@ inline int waitExit(pid_t pid, std::chrono::milliseconds timeout) {
 }
 
 struct RunResult {
-  int code = -1;  // -1: did not finish in time (it was killed)
+  bool started = false;  // the pipes and the process were made
+  int code = -1;         // -1: not started, or did not finish in time (it was killed)
   std::string out;
   std::string err;
   double seconds = 0;
 };
 
 // Runs a short-lived program, collecting stdout and stderr apart; killed
-// (SIGKILL) if it has not finished within `timeout`.
-inline RunResult run(const std::string& path, const std::vector<std::string>& args,
-                     std::chrono::milliseconds timeout) {
+// (SIGKILL) if it has not finished within `timeout`. No assertions, so it
+// also serves before doctest runs and in destructors (test/netns).
+inline RunResult runQuiet(const std::string& path, const std::vector<std::string>& args,
+                          std::chrono::milliseconds timeout) {
   RunResult res;
   auto start = Clock::now();
   int out[2], err[2];
-  REQUIRE(pipe(out) == 0);
-  REQUIRE(pipe(err) == 0);
+  if (pipe(out) != 0) return res;
+  if (pipe(err) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return res;
+  }
   pid_t pid = spawn(path, args, out[1], err[1]);
-  REQUIRE(pid > 0);
   close(out[1]);
   close(err[1]);
+  res.started = pid > 0;
+  bool outOpen = res.started, errOpen = res.started;
   auto deadline = start + timeout;
-  bool outOpen = true, errOpen = true;
   while (outOpen || errOpen) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) break;
@@ -134,6 +140,7 @@ inline RunResult run(const std::string& path, const std::vector<std::string>& ar
   }
   close(out[0]);
   close(err[0]);
+  if (!res.started) return res;
   int code = -1;
   if (!outOpen && !errOpen) code = waitExit(pid, 5s);  // both pipes at EOF: exiting
   if (code < 0) {
@@ -143,6 +150,14 @@ inline RunResult run(const std::string& path, const std::vector<std::string>& ar
   }
   res.code = code;
   res.seconds = secondsSince(start);
+  return res;
+}
+
+// runQuiet, failing the test case if the program could not be started.
+inline RunResult run(const std::string& path, const std::vector<std::string>& args,
+                     std::chrono::milliseconds timeout) {
+  RunResult res = runQuiet(path, args, timeout);
+  REQUIRE_MESSAGE(res.started, "could not start " << path << " (pipe or fork failed)");
   return res;
 }
 

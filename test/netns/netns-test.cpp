@@ -69,55 +69,6 @@ std::string trim(std::string s) {
   return s;
 }
 
-// Like harness.h's run() (a short-lived program, stdout and stderr apart,
-// killed at the timeout) but without assertions: it runs before doctest's
-// context does (the probe) and in destructors.
-RunResult runQuiet(const std::string& path, const std::vector<std::string>& args,
-                   std::chrono::milliseconds timeout) {
-  RunResult res;
-  auto start = Clock::now();
-  int out[2], err[2];
-  if (pipe(out) != 0) return res;
-  if (pipe(err) != 0) {
-    close(out[0]);
-    close(out[1]);
-    return res;
-  }
-  pid_t pid = spawn(path, args, out[1], err[1]);
-  close(out[1]);
-  close(err[1]);
-  bool outOpen = pid > 0, errOpen = pid > 0;
-  auto deadline = start + timeout;
-  while (outOpen || errOpen) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) break;
-    pollfd fds[2] = {{outOpen ? out[0] : -1, POLLIN, 0}, {errOpen ? err[0] : -1, POLLIN, 0}};
-    if (poll(fds, 2, static_cast<int>(left.count())) <= 0) continue;
-    char buf[8192];
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      ssize_t n = read(fds[i].fd, buf, sizeof buf);
-      if (n <= 0) {
-        (i == 0 ? outOpen : errOpen) = false;
-      } else {
-        (i == 0 ? res.out : res.err).append(buf, size_t(n));
-      }
-    }
-  }
-  close(out[0]);
-  close(err[0]);
-  if (pid <= 0) return res;
-  int code = -1;
-  if (!outOpen && !errOpen) code = waitExit(pid, 5s);
-  if (code < 0) {
-    kill(pid, SIGKILL);
-    waitExit(pid, 5s);
-  }
-  res.code = code;
-  res.seconds = secondsSince(start);
-  return res;
-}
-
 // `ip args...`; the result (never throws).
 RunResult ip(const std::vector<std::string>& args) { return runQuiet(ipBin(), args, 15s); }
 
