@@ -15,7 +15,7 @@ namespace chorus::gossip {
 
 namespace {
 
-using storage::Store;
+using Store = ReplicaStore;
 
 // Hashes travel as their first 8 bytes, read as a little-endian uint64: a
 // false "equal" needs a 64-bit collision between two states of one node.
@@ -71,7 +71,7 @@ Result<std::vector<std::string>> encodeStates(Store& store,
       cut = true;
       break;
     }
-    auto state = store.getEncoded(key);  // stored bytes are the canonical encoding
+    auto state = store.encodedState(key);  // stored bytes are the canonical encoding
     if (!state.ok()) return state.error();
     if (state.value()) {
       bytes += state.value()->size();
@@ -92,15 +92,24 @@ void fillStates(capnp::List<capnp::Data>::Builder list, const std::vector<std::s
 
 }  // namespace
 
+Reconciler::Reconciler(ReplicaStore& store, MergeSink merge, size_t maxMessageBytes, Admit admit)
+    : store_(store),
+      merge_(std::move(merge)),
+      maxMessageBytes_(maxMessageBytes),
+      admit_(std::move(admit)) {}
+
 Reconciler::Reconciler(storage::Store& store, storage::Done onMerged, size_t maxMessageBytes,
                        Admit admit)
-    : store_(store),
-      onMerged_(std::move(onMerged)),
+    : owned_(std::make_unique<StoreReplica>(store)),
+      store_(*owned_),
+      merge_([replica = owned_.get(), done = std::move(onMerged)](crdt::ReviewDoc state) {
+        replica->merge(std::move(state), done);
+      }),
       maxMessageBytes_(maxMessageBytes),
       admit_(std::move(admit)) {}
 
 Result<Outgoing> Reconciler::start() {
-  auto root = store_.merkleRoot();
+  auto root = store_.root();
   if (!root.ok()) return root.error();
   capnp::MallocMessageBuilder message(64);
   newMessage(message).setRoot(wireHash(root.value()));
@@ -140,7 +149,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
           reply->busy = true;
           return;
         }
-        auto root = store_.merkleRoot();
+        auto root = store_.root();
         if (!root.ok()) {
           failure = root.error();
           return;
@@ -151,7 +160,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
         }
         auto out = newMessage(message);
         {
-          auto children = store_.merkleChildren(0, 0);
+          auto children = store_.children(0, 0);
           if (!children.ok()) {
             failure = children.error();
             return;
@@ -186,7 +195,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
             failure = malformed("bad node at level " + std::to_string(level));
             return;
           }
-          auto mine = store_.merkleChildren(level, node.getIndex());
+          auto mine = store_.children(level, node.getIndex());
           if (!mine.ok()) {
             failure = mine.error();
             return;
@@ -207,7 +216,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
           next.setLevel(static_cast<uint8_t>(level + 1));
           auto nodes = next.initNodes(static_cast<unsigned>(differing.size()));
           for (unsigned i = 0; i < differing.size(); ++i) {
-            auto children = store_.merkleChildren(level + 1, differing[i]);
+            auto children = store_.children(level + 1, differing[i]);
             if (!children.ok()) {
               failure = children.error();
               return;
@@ -320,7 +329,7 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
             }
           }
           ++counters_.statesReceived;
-          store_.merge(std::move(doc).value(), onMerged_);
+          merge_(std::move(doc).value());
         }
         if (!withWants) return;
         auto wants = in.getStatesAndWants().getWants();

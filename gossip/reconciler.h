@@ -12,16 +12,23 @@
 // Stateless: each message carries what is needed to answer it, so a session
 // holds no memory between messages and a lost message just ends the session
 // (the next anti-entropy round starts over).
+//
+// It reads the store through gossip::ReplicaStore (so the simulator's
+// in-memory store works as well as storage::Store) and hands received
+// states to a MergeSink: the replication core turns them into Merge actions;
+// the storage::Store form merges them at once through the store.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "crdt/result.h"
 #include "crdt/review.h"
+#include "gossip/replica-store.h"
 #include "storage/store.h"
 
 namespace chorus::gossip {
@@ -44,8 +51,7 @@ struct ReconcileCounters {
 
 class Reconciler {
  public:
-  // Received states are merged through store.merge(state, onMerged);
-  // `onMerged` runs on the store thread (see storage/store.h).
+  // Received (and admitted) states go to `merge`, in the order they came.
   // Messages carry at most about `maxMessageBytes` of entries or states;
   // what does not fit is left for another session (Outgoing::more).
   // A received state is merged only if `admit` (when set) accepts it;
@@ -53,6 +59,12 @@ class Reconciler {
   // lastRefusal().
   static constexpr size_t kDefaultMaxMessageBytes = 16u << 20;
   using Admit = std::function<Status(const crdt::ReviewDoc&)>;
+  using MergeSink = std::function<void(crdt::ReviewDoc)>;
+  Reconciler(ReplicaStore& store, MergeSink merge, size_t maxMessageBytes = kDefaultMaxMessageBytes,
+             Admit admit = {});
+  // Over a storage::Store: received states are merged through
+  // store.merge(state, onMerged); `onMerged` runs on the store thread (see
+  // storage/store.h).
   Reconciler(storage::Store& store, storage::Done onMerged,
              size_t maxMessageBytes = kDefaultMaxMessageBytes, Admit admit = {});
 
@@ -75,8 +87,9 @@ class Reconciler {
   const std::string& lastRefusal() const { return lastRefusal_; }
 
  private:
-  storage::Store& store_;
-  storage::Done onMerged_;
+  std::unique_ptr<StoreReplica> owned_;  // the storage::Store form's adapter
+  ReplicaStore& store_;
+  MergeSink merge_;
   size_t maxMessageBytes_;
   Admit admit_;
   std::string lastRefusal_;
