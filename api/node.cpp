@@ -1,5 +1,9 @@
 #include "api/node.h"
 
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
 #include <future>
 #include <optional>
 
@@ -36,35 +40,51 @@ Result<ReviewPage> toPage(Result<storage::Page> page) {
 }
 
 // The store-thread half of a write: turns the request into a delta.
-storage::Mutation mutationFor(const WriteRequest& r) {
-  return [r](crdt::ReviewDoc& doc, crdt::HybridClock& clock) -> Result<crdt::ReviewDoc> {
-    if (r.op == WriteOp::kPut) {
-      return doc.write(static_cast<uint8_t>(r.rating), r.title, r.body, clock.now());
+Result<crdt::ReviewDoc> apply(const WriteRequest& r, const api::Limits& limits,
+                              crdt::ReviewDoc& doc, crdt::HybridClock& clock) {
+  if (r.op == WriteOp::kPut) {
+    return doc.write(static_cast<uint8_t>(r.rating), r.title, r.body, clock.now());
+  }
+  if (!doc.exists()) return notFound(doc.key());
+  switch (r.op) {
+    case WriteOp::kPut:
+      break;
+    case WriteOp::kDelete:
+      return doc.erase(clock.now());
+    case WriteOp::kVote:
+      if (r.arg == r.author) {
+        return makeError(ErrorCode::kForbidden,
+                         "voter: an author cannot vote for their own review");
+      }
+      return doc.vote(r.arg, clock.replica());
+    case WriteOp::kUnvote:
+      return doc.unvote(r.arg);
+    case WriteOp::kTag:
+      if (auto full = api::checkTagRoom(doc, r.arg, limits)) return full->toError();
+      return doc.tag(r.arg, clock.replica());
+    case WriteOp::kUntag:
+      return doc.untag(r.arg);
+    case WriteOp::kModerate:
+      return doc.moderate(crdt::Moderation{r.visibility, r.arg}, clock.now());
+    case WriteOp::kReply:
+      return doc.setReply(crdt::Reply{r.arg}, clock.now());
+  }
+  return makeError(ErrorCode::kInternal, "unknown write operation");
+}
+
+// Delete, untag and unvote only shrink a review; the others may grow it.
+bool mayGrow(WriteOp op) {
+  return op != WriteOp::kDelete && op != WriteOp::kUntag && op != WriteOp::kUnvote;
+}
+
+storage::Mutation mutationFor(const WriteRequest& r, const api::Limits& limits) {
+  return [r, limits](crdt::ReviewDoc& doc, crdt::HybridClock& clock) -> Result<crdt::ReviewDoc> {
+    auto delta = apply(r, limits, doc, clock);
+    // A refused write leaves nothing: the store drops `doc` with the error.
+    if (delta.ok() && mayGrow(r.op)) {
+      if (auto big = api::checkStateSize(doc, limits.maxStateBytes)) return big->toError();
     }
-    if (!doc.exists()) return notFound(doc.key());
-    switch (r.op) {
-      case WriteOp::kPut:
-        break;
-      case WriteOp::kDelete:
-        return doc.erase(clock.now());
-      case WriteOp::kVote:
-        if (r.arg == r.author) {
-          return makeError(ErrorCode::kForbidden,
-                           "voter: an author cannot vote for their own review");
-        }
-        return doc.vote(r.arg, clock.replica());
-      case WriteOp::kUnvote:
-        return doc.unvote(r.arg);
-      case WriteOp::kTag:
-        return doc.tag(r.arg, clock.replica());
-      case WriteOp::kUntag:
-        return doc.untag(r.arg);
-      case WriteOp::kModerate:
-        return doc.moderate(crdt::Moderation{r.visibility, r.arg}, clock.now());
-      case WriteOp::kReply:
-        return doc.setReply(crdt::Reply{r.arg}, clock.now());
-    }
-    return makeError(ErrorCode::kInternal, "unknown write operation");
+    return delta;
   };
 }
 
@@ -98,6 +118,19 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   }
   storage::Options so = options.store;
   so.dir = options.dataDir;
+  if (!so.admitMerge) {
+    // What merges make of a review stays within the peer limits, delta by
+    // delta (refusals count in mergesRefused).
+    so.admitMerge = [limits = options.limits](const crdt::ReviewDoc& merged) -> Status {
+      if (auto e = api::checkPeerGrowth(merged, limits)) return e->toError();
+      return okStatus();
+    };
+  }
+  if (!so.notice) {
+    so.notice = [](const std::string& what) {
+      api::logf(api::LogLevel::kWarn, "storage: %s", what.c_str());
+    };
+  }
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
   std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
@@ -240,7 +273,7 @@ void Node::write(WriteRequest request, WriteDone done) {
   }
   crdt::ReviewKey key{request.product, request.author};
   const char* op = writeOpName(request.op);
-  auto mutation = mutationFor(request);
+  auto mutation = mutationFor(request, options_.limits);
   store_->mutate(std::move(key), std::move(mutation),
                  [this, op, done = std::move(done)](Result<storage::Applied> applied) {
                    done(committed(op, applied));
@@ -260,8 +293,17 @@ Result<ReviewView> Node::committed(const char* op, const Result<storage::Applied
 void Node::merged(const Result<storage::Applied>& applied) {
   if (!applied.ok()) {
     mergesRefused_.fetch_add(1, std::memory_order_relaxed);
-    api::logf(api::LogLevel::kDebug, "gossip: refused a peer's state: %s",
-              applied.error().toString().c_str());
+    // Past the limits (checkPeerGrowth): a warning at most every 10 s per
+    // process; clock drift has its own counter and stays at debug.
+    static std::atomic<int64_t> lastWarnMillis{INT64_MIN / 2};
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count();
+    int64_t last = lastWarnMillis.load();
+    bool warn = applied.error().code == ErrorCode::kInvalidArgument && now - last >= 10'000 &&
+                lastWarnMillis.compare_exchange_strong(last, now);
+    api::logf(warn ? api::LogLevel::kWarn : api::LogLevel::kDebug,
+              "gossip: refused to merge a peer's state: %s", applied.error().toString().c_str());
     return;
   }
   if (!applied->changed) return;

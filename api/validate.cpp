@@ -1,5 +1,6 @@
 #include "api/validate.h"
 
+#include <cstdint>
 #include <string>
 
 namespace chorus::api {
@@ -122,8 +123,46 @@ Check checkReply(std::string_view product, std::string_view author, std::string_
   return checkText("text", text, limits.maxBodyBytes);
 }
 
+Check checkTagRoom(const crdt::ReviewDoc& doc, std::string_view tag, const Limits& limits) {
+  const crdt::OrSet& tags = doc.tags();
+  if (tags.size() < limits.maxTags || tags.contains(std::string(tag))) return std::nullopt;
+  return fieldError("tag", "a review has at most " + std::to_string(limits.maxTags) +
+                               " tags (this one has " + std::to_string(tags.size()) +
+                               "); untag one first");
+}
+
+Check checkStateSize(const crdt::ReviewDoc& doc, size_t maxBytes) {
+  size_t bytes = doc.encode().size();
+  if (bytes <= maxBytes) return std::nullopt;
+  return fieldError("review", "would encode to " + std::to_string(bytes) +
+                                  " bytes, over the limit of " + std::to_string(maxBytes) +
+                                  " bytes per review (its tags, voters and texts)");
+}
+
+namespace {
+
+// `limit` times limits.peerSlack (at least 1), saturating.
+size_t forPeers(size_t limit, const Limits& limits) {
+  const size_t slack = limits.peerSlack == 0 ? 1 : limits.peerSlack;
+  if (limit != 0 && slack > SIZE_MAX / limit) return SIZE_MAX;
+  return limit * slack;
+}
+
+}  // namespace
+
+Check checkPeerGrowth(const crdt::ReviewDoc& doc, const Limits& limits) {
+  if (size_t maxTags = forPeers(limits.maxTags, limits); doc.tags().size() > maxTags) {
+    return fieldError("tag", "a review merged from peers has at most " + std::to_string(maxTags) +
+                                 " tags (got " + std::to_string(doc.tags().size()) + ")");
+  }
+  return checkStateSize(doc, forPeers(limits.maxStateBytes, limits));
+}
+
 Check checkState(const crdt::ReviewDoc& doc, const Limits& limits) {
   if (auto e = checkKey(doc.key().product, doc.key().author, limits)) return e;
+  if (doc.tags().size() > forPeers(limits.maxTags, limits)) {
+    return checkPeerGrowth(doc, limits);  // before checking each of too many tags
+  }
   if (doc.content().isSet() && !doc.content().value().deleted) {
     const auto& c = doc.content().value();
     if (auto e = checkRating(c.rating)) return e;
@@ -144,7 +183,7 @@ Check checkState(const crdt::ReviewDoc& doc, const Limits& limits) {
   if (doc.reply().isSet()) {
     if (auto e = checkText("text", doc.reply().value().text, limits.maxBodyBytes)) return e;
   }
-  return std::nullopt;
+  return checkPeerGrowth(doc, limits);
 }
 
 Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self) {

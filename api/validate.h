@@ -6,6 +6,9 @@
 //   rating: 1..5
 //   title: <= maxTitleBytes, body: <= maxBodyBytes, reply: <= maxBodyBytes,
 //   moderation reason: <= maxReasonBytes; all valid UTF-8 without NUL.
+//   growth of one review: <= maxTags tags, and its canonical encoding
+//   (ReviewDoc::encode) <= maxStateBytes after any write that adds to it;
+//   states from peers get peerSlack times as much (see checkState).
 #pragma once
 
 #include <chrono>
@@ -26,6 +29,28 @@ struct Limits {
   size_t maxTitleBytes = 200;
   size_t maxBodyBytes = 20'000;
   size_t maxReasonBytes = 500;
+  // Growth of one review. A client's tag that would make more than maxTags
+  // is refused, and so is any write (put, tag, vote, moderate, reply) after
+  // which the review's canonical encoding would pass maxStateBytes (256
+  // KiB: a quarter of the 1 MiB RPC message and far below gossip's 16 MiB
+  // anti-entropy messages, while every write rewrites the whole review).
+  // Votes are one per principal, so the size bounds the voters: a voter
+  // costs 56 bytes with a 10-byte id and 176 with the largest (128 bytes),
+  // so about 4,600 or 1,480 voters fit, and still 3,900 or 1,200 beside 32
+  // tags and the largest title, body, reason and reply. Untag, unvote and
+  // delete only shrink a review and are never refused for size.
+  size_t maxTags = 32;
+  size_t maxStateBytes = 256 * 1024;
+  // States from peers (checkState) may hold up to peerSlack times maxTags
+  // and maxStateBytes (by default 128 tags, 1 MiB). A node refuses a tag or
+  // vote past the limits only from what it has seen, so writes accepted on
+  // both sides of a partition can merge into more; refusing that union on
+  // merge would leave the nodes apart for good. The slack lets up to
+  // peerSlack full sides merge, and still stops a peer that is broken or
+  // set up without limits. It holds for the joined result of every merge,
+  // not only for each state or delta received (checkPeerGrowth). 1 holds
+  // peers to exactly the client limits.
+  size_t peerSlack = 4;
 };
 
 // A rejected input: which field, and why (a sentence for a human).
@@ -59,11 +84,27 @@ Check checkModerate(std::string_view product, std::string_view author, std::stri
 Check checkReply(std::string_view product, std::string_view author, std::string_view text,
                  const Limits& limits);
 
+// A client's tag `tag` on `doc` (the review as stored): refused (field "tag")
+// when `doc` has limits.maxTags tags and `tag` is not one of them.
+Check checkTagRoom(const crdt::ReviewDoc& doc, std::string_view tag, const Limits& limits);
+
+// The size of `doc`'s canonical encoding against `maxBytes`: refused with
+// field "review", naming both sizes.
+Check checkStateSize(const crdt::ReviewDoc& doc, size_t maxBytes);
+
+// What a merge may make of a review: at most maxTags * peerSlack tags and
+// an encoding of at most maxStateBytes * peerSlack bytes (fields "tag",
+// "review"). The store applies it to the joined state of every merge
+// (storage::Options::admitMerge), since deltas that pass one by one could
+// add up past any limit.
+Check checkPeerGrowth(const crdt::ReviewDoc& doc, const Limits& limits);
+
 // A review state received from a peer, held to what this node's API would
 // accept from a client: key ids, a live content's rating and texts, every
-// tag and voter id, the moderation reason and the reply within `limits`.
+// tag and voter id, the moderation reason and the reply within `limits`,
+// and checkPeerGrowth.
 // Fields are "product", "author", "rating", "title", "body", "tag", "voter",
-// "reason", "text". Peers are trusted (they hold the cluster key); this keeps
+// "reason", "text", "review". Peers are trusted (they hold the cluster key); this keeps
 // a buggy, older or differently configured peer from storing what no client
 // here could have written.
 Check checkState(const crdt::ReviewDoc& doc, const Limits& limits);

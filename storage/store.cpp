@@ -12,12 +12,14 @@
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -84,11 +86,12 @@ class LockFile {
   static Result<LockFile> acquire(const std::string& dir) {
     std::string path = dir + "/chorus.lock";
     LockFile lock;
-    lock.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    lock.fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lock.fd_ < 0) {
       return makeError(ErrorCode::kIo,
                        "cannot open lock file " + path + ": " + std::strerror(errno));
     }
+    (void)::fchmod(lock.fd_, 0600);  // it holds a pid only; best effort
     if (::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
       if (err != EWOULDBLOCK) {
@@ -755,6 +758,12 @@ class StoreImpl final : public Store {
         delta = *w.remote;
       }
       bool changed = !(next == doc.doc);
+      if (changed && !w.mutation && options_.admitMerge) {
+        if (Status admitted = options_.admitMerge(next); !admitted.ok()) {
+          p->results[i] = admitted.error();
+          continue;
+        }
+      }
       if (changed) {
         doc.doc = next;
         doc.dirty = true;
@@ -1348,17 +1357,85 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir) {
   return o;
 }
 
+using Notice = std::function<void(const std::string&)>;
+
+void tell(const Notice& notice, const std::string& what) {
+  if (notice) notice(what);
+}
+
+std::string octal(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// `dir` (and missing parents) created, the dir itself 0700 whatever the
+// umask; an existing one group or others may use is chmod-ed 0700.
+Status makePrivateDir(const std::string& dir, const Notice& notice) {
+  std::error_code ec;
+  auto parent = std::filesystem::path(dir).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (ec) {
+    return makeError(ErrorCode::kIo, "cannot create data dir " + dir + ": " + ec.message());
+  }
+  if (::mkdir(dir.c_str(), 0700) == 0) {
+    if (::chmod(dir.c_str(), 0700) != 0) {  // the umask may have taken bits from the owner
+      return makeError(ErrorCode::kIo,
+                       "cannot chmod data dir " + dir + ": " + std::strerror(errno));
+    }
+    return okStatus();
+  }
+  if (errno != EEXIST) {
+    return makeError(ErrorCode::kIo, "cannot create data dir " + dir + ": " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    return makeError(ErrorCode::kIo, "cannot stat data dir " + dir + ": " + std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return makeError(ErrorCode::kInvalidArgument, "data dir " + dir + " is not a directory");
+  }
+  if ((st.st_mode & 077) == 0) return okStatus();
+  if ((st.st_mode & S_ISVTX) != 0) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "data dir " + dir + " is a shared directory (mode " + octal(st.st_mode) +
+                         ", sticky, like /tmp); give the node a directory of its own, e.g. " + dir +
+                         "/chorus");
+  }
+  if (st.st_uid != ::geteuid() || ::chmod(dir.c_str(), 0700) != 0) {
+    tell(notice, "data dir " + dir + " has mode " + octal(st.st_mode) +
+                     " and could not be made 0700 (" +
+                     (st.st_uid != ::geteuid() ? std::string("owned by another user")
+                                               : std::string(std::strerror(errno))) +
+                     "); other users may list it (the store's files stay 0600): chmod 700 " + dir);
+    return okStatus();
+  }
+  tell(notice, "data dir " + dir + " had mode " + octal(st.st_mode) +
+                   ", open to other users; changed it to 0700");
+  return okStatus();
+}
+
+// A store file group or others may use: chmod-ed 0600.
+void tightenFile(const std::string& path, const Notice& notice) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || (st.st_mode & 077) == 0) return;
+  if (::chmod(path.c_str(), 0600) != 0) {
+    tell(notice, "store file " + path + " has mode " + octal(st.st_mode) +
+                     " and could not be made 0600 (" + std::strerror(errno) + "): chmod 600 " +
+                     path);
+    return;
+  }
+  tell(notice, "store file " + path + " had mode " + octal(st.st_mode) +
+                   ", readable by other users; changed it to 0600");
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Store>> Store::open(Options options) {
   if (options.dir.empty()) return makeError(ErrorCode::kInvalidArgument, "no data dir given");
   if (options.maxBatch == 0) return makeError(ErrorCode::kInvalidArgument, "maxBatch must be >= 1");
   if (!options.clock) return makeError(ErrorCode::kInvalidArgument, "no physical clock given");
-  std::error_code ec;
-  std::filesystem::create_directories(options.dir, ec);
-  if (ec) {
-    return makeError(ErrorCode::kIo, "cannot create data dir " + options.dir + ": " + ec.message());
-  }
+  if (auto made = makePrivateDir(options.dir, options.notice); !made.ok()) return made.error();
   if (sodium_init() < 0) return makeError(ErrorCode::kInternal, "libsodium failed to initialize");
 
   auto lock = LockFile::acquire(options.dir);
@@ -1376,9 +1453,13 @@ Result<std::unique_ptr<Store>> Store::open(Options options) {
     return lmdbError(rc, "configuring LMDB");
   }
   unsigned flags = MDB_NOTLS | (options.unsafeNoSync ? MDB_NOSYNC : 0u);
-  if (int rc = mdb_env_open(raw, options.dir.c_str(), flags, 0644); rc != 0) {
+  if (int rc = mdb_env_open(raw, options.dir.c_str(), flags, 0600); rc != 0) {
     return lmdbError(rc, "opening the LMDB environment in " + options.dir);
   }
+  // LMDB's mode applies only to files it creates: a store made by an older
+  // version (0644) is tightened here.
+  tightenFile(options.dir + "/data.mdb", options.notice);
+  tightenFile(options.dir + "/lock.mdb", options.notice);
   int dead = 0;
   if (int rc = mdb_reader_check(raw, &dead); rc != 0) {
     return lmdbError(rc, "clearing stale LMDB reader slots in " + options.dir);

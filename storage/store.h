@@ -28,7 +28,11 @@ namespace chorus::storage {
 inline constexpr uint32_t kSchemaVersion = 3;
 
 struct Options {
-  std::string dir;                           // created if missing
+  // Created if missing, mode 0700 whatever the umask; the store's files in
+  // it are 0600. An existing dir that group or others may enter, or a store
+  // file they may read, is tightened at open (and `notice` told); a shared
+  // sticky dir such as /tmp is refused.
+  std::string dir;
   uint64_t initialMapBytes = 64ull << 20;    // grows on MDB_MAP_FULL
   size_t maxBatch = 1000;                    // writes per transaction, at most
   // Skips fsync at commit (MDB_NOSYNC): an OS crash may lose acknowledged
@@ -36,6 +40,15 @@ struct Options {
   bool unsafeNoSync = false;
   crdt::PhysicalClock clock = crdt::systemClock();
   uint64_t maxDriftMillis = crdt::HybridClock::kDefaultMaxDriftMillis;
+  // Called during open() with what an operator should hear about (a mode
+  // tightened, or one that could not be); nothing is said when unset.
+  std::function<void(const std::string&)> notice;
+  // Called with the document a merge would store (the stored one joined
+  // with the remote state or delta) whenever that changes it; an error
+  // refuses just that merge (its Done gets the error, nothing is stored).
+  // Deltas are checked here, joined, because each alone may be small. Runs
+  // on one of the store's threads: pure, quick, no locks. Unset: all pass.
+  std::function<Status(const crdt::ReviewDoc& merged)> admitMerge;
 };
 
 // What a committed write did.

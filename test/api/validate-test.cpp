@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "api/validate.h"
@@ -186,4 +187,99 @@ TEST_CASE("states from peers are held to the client rules") {
   ReviewDoc badReply({"kettle", "ann"});
   badReply.setReply({std::string(limits.maxBodyBytes + 1, 'r')}, stamp());
   CHECK(fieldOf(badReply) == "text");
+}
+
+namespace {
+
+// A review with the largest texts the client rules allow, `tags` tags and
+// `voters` voters whose ids are `idBytes` long, each added on replica 7.
+chorus::crdt::ReviewDoc grown(const Limits& l, size_t tags, size_t voters, size_t idBytes) {
+  using chorus::crdt::Hlc;
+  using chorus::crdt::Stamp;
+  chorus::crdt::ReviewDoc d({"kettle", "ann"});
+  uint64_t t = 1'700'000'000'000;
+  d.write(5, std::string(l.maxTitleBytes, 't'), std::string(l.maxBodyBytes, 'b'),
+          Stamp{Hlc::fromParts(++t, 0), 7});
+  d.moderate({chorus::crdt::Visibility::kFlagged, std::string(l.maxReasonBytes, 'r')},
+             Stamp{Hlc::fromParts(++t, 0), 7});
+  d.setReply({std::string(l.maxBodyBytes, 'y')}, Stamp{Hlc::fromParts(++t, 0), 7});
+  auto id = [&](char kind, size_t i) {
+    std::string s = kind + std::to_string(i);
+    return s + std::string(idBytes > s.size() ? idBytes - s.size() : 0, '.');
+  };
+  for (size_t i = 0; i < tags; ++i) d.tag(id('t', i), 7);
+  for (size_t i = 0; i < voters; ++i) d.vote(id('v', i), 7);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("growth limits: 32 tags and 256 KiB by default; peers get 4 times as much") {
+  Limits l;
+  CHECK(l.maxTags == 32);
+  CHECK(l.maxStateBytes == 256 * 1024);
+  CHECK(l.peerSlack == 4);
+
+  // The client path: a 33rd tag is refused, naming the field and the limit;
+  // one already there may be added again.
+  auto full = grown(l, 32, 0, 8);
+  auto e = checkTagRoom(full, "another", l);
+  REQUIRE(e);
+  CHECK(e->field == "tag");
+  CHECK(e->message.find("at most 32 tags") != std::string::npos);
+  CHECK(e->toError().code == chorus::ErrorCode::kInvalidArgument);
+  CHECK(e->toError().message.rfind("tag: ", 0) == 0);
+  CHECK_FALSE(checkTagRoom(full, full.tags().elements().front(), l));
+  CHECK_FALSE(checkTagRoom(grown(l, 31, 0, 8), "another", l));
+
+  // Sizes are of the canonical encoding.
+  auto small = grown(l, 1, 1, 8);
+  CHECK_FALSE(checkStateSize(small, small.encode().size()));
+  auto big = checkStateSize(small, small.encode().size() - 1);
+  REQUIRE(big);
+  CHECK(big->field == "review");
+  CHECK(big->message.find(std::to_string(small.encode().size() - 1)) != std::string::npos);
+
+  // How many voters fit in 256 KiB next to 32 maximal tags and the largest
+  // texts (documented in validate.h): 3,900 ids of 10 bytes (56 bytes a
+  // voter), 1,200 of 128 (176 bytes), not 100 more.
+  for (auto [idBytes, atLeast, below] :
+       {std::tuple<size_t, size_t, size_t>{10, 3'900, 4'000}, {128, 1'200, 1'300}}) {
+    CAPTURE(idBytes);
+    CHECK_FALSE(checkStateSize(grown(l, 32, atLeast, idBytes), l.maxStateBytes));
+    CHECK(checkStateSize(grown(l, 32, below, idBytes), l.maxStateBytes));
+  }
+}
+
+TEST_CASE("states from peers: refused past the peer limits, alone and once merged") {
+  Limits l;
+  // 33 tags: what two sides of a partition can make from 32 client limits
+  // each, so it merges; past 32 * peerSlack it does not.
+  CHECK_FALSE(checkState(grown(l, 33, 0, 8), l));
+  CHECK_FALSE(checkState(grown(l, 128, 0, 8), l));
+  auto many = checkState(grown(l, 129, 0, 8), l);
+  REQUIRE(many);
+  CHECK(many->field == "tag");
+  CHECK(many->message.find("at most 128 tags") != std::string::npos);
+  CHECK(checkPeerGrowth(grown(l, 129, 0, 8), l));
+
+  // Held to exactly the client limits with peerSlack 1.
+  Limits strict;
+  strict.peerSlack = 1;
+  CHECK_FALSE(checkState(grown(strict, 32, 0, 8), strict));
+  auto tag33 = checkState(grown(strict, 33, 0, 8), strict);
+  REQUIRE(tag33);
+  CHECK(tag33->field == "tag");
+
+  // Size: a state over maxStateBytes * peerSlack is refused ("review").
+  auto huge = grown(l, 0, 6'000, 128);
+  REQUIRE(huge.encode().size() > 4 * l.maxStateBytes);
+  auto tooBig = checkState(huge, l);
+  REQUIRE(tooBig);
+  CHECK(tooBig->field == "review");
+  CHECK(tooBig->message.find(std::to_string(4 * l.maxStateBytes)) != std::string::npos);
+  auto mid = grown(l, 0, 2'000, 128);  // over the client limit, within the peers'
+  REQUIRE(mid.encode().size() > l.maxStateBytes);
+  CHECK_FALSE(checkState(mid, l));
+  CHECK(checkState(mid, strict));
 }

@@ -1,6 +1,7 @@
 // Store operations as a caller sees them: writes, merges, reads, listings,
 // summaries, group commit.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -570,4 +571,97 @@ TEST_CASE("a batch prepared while the previous one commits builds on its writes"
   CHECK(store->stats().commits > n / 4);
   auto v = store->verify();
   if (!v) FAIL(v.error().toString());
+}
+
+namespace {
+
+mode_t modeOf(const std::string& path) {
+  struct stat st {};
+  REQUIRE_MESSAGE(::stat(path.c_str(), &st) == 0, path);
+  return st.st_mode & 07777;
+}
+
+// Sets the umask for one scope.
+struct Umask {
+  explicit Umask(mode_t m) : old(::umask(m)) {}
+  ~Umask() { ::umask(old); }
+  mode_t old;
+};
+
+}  // namespace
+
+TEST_CASE("the data dir is 0700 and the store's files 0600 under umask 022") {
+  Umask scoped(022);
+  TempDir dir;
+  std::string data = dir.sub("parent/data");
+  std::vector<std::string> notices;
+  auto o = test::optionsFor(data);
+  o.notice = [&](const std::string& s) { notices.push_back(s); };
+  {
+    auto store = test::openStore(o);
+    CHECK(modeOf(data) == 0700);
+    for (const char* f : {"data.mdb", "lock.mdb", "chorus.lock"}) {
+      CAPTURE(f);
+      CHECK(modeOf(data + "/" + f) == 0600);
+    }
+  }
+  CHECK(notices.empty());  // nothing was loose
+
+  // A store left open to others (an older version, a careless chmod) is
+  // tightened at open, and the operator told.
+  REQUIRE(::chmod(data.c_str(), 0755) == 0);
+  REQUIRE(::chmod((data + "/data.mdb").c_str(), 0644) == 0);
+  REQUIRE(::chmod((data + "/lock.mdb").c_str(), 0664) == 0);
+  {
+    auto store = test::openStore(o);
+    CHECK(modeOf(data) == 0700);
+    CHECK(modeOf(data + "/data.mdb") == 0600);
+    CHECK(modeOf(data + "/lock.mdb") == 0600);
+  }
+  REQUIRE(notices.size() == 3);
+  CHECK(notices[0].find(data) != std::string::npos);
+  CHECK(notices[0].find("0755") != std::string::npos);
+  CHECK(notices[0].find("0700") != std::string::npos);
+  CHECK(notices[1].find("data.mdb") != std::string::npos);
+  CHECK(notices[1].find("0644") != std::string::npos);
+
+  // A shared sticky directory (like /tmp) is not taken over.
+  std::string shared = dir.sub("shared");
+  REQUIRE(::mkdir(shared.c_str(), 0700) == 0);
+  REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+  auto refused = Store::open(test::optionsFor(shared));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == ErrorCode::kInvalidArgument);
+  CHECK(refused.error().message.find("sticky") != std::string::npos);
+  CHECK(modeOf(shared) == 01777);
+}
+
+TEST_CASE("admitMerge sees the joined state and refuses just that merge") {
+  TempDir dir;
+  auto o = test::optionsFor(dir.path());
+  size_t calls = 0;
+  o.admitMerge = [&](const crdt::ReviewDoc& merged) -> Status {
+    ++calls;
+    if (merged.tags().size() > 2) return makeError(ErrorCode::kInvalidArgument, "tag: too many");
+    return okStatus();
+  };
+  auto store = test::openStore(o);
+  crdt::ReviewDoc source({"sku-1", "alice"});
+  // Each delta holds one tag; only the joined state shows three.
+  std::vector<crdt::ReviewDoc> deltas;
+  for (const char* t : {"a", "b", "c"}) deltas.push_back(source.tag(t, 99));
+  CHECK(store->mergeSync(deltas[0]).ok());
+  CHECK(store->mergeSync(deltas[1]).ok());
+  auto third = store->mergeSync(deltas[2]);
+  REQUIRE_FALSE(third.ok());
+  CHECK(third.error().message == "tag: too many");
+  CHECK(mustGet(*store, {"sku-1", "alice"}).tags().size() == 2);
+  CHECK(store->mergeSync(deltas[1]).ok());  // no change: not asked
+  CHECK(calls == 3);
+  // Local writes are the API's to check, not admitMerge's.
+  auto local = store->mutateSync({"sku-1", "alice"}, [](crdt::ReviewDoc& d, crdt::HybridClock& c) {
+    return Result<crdt::ReviewDoc>(d.tag("d", c.replica()));
+  });
+  CHECK(local.ok());
+  CHECK(store->verify().ok());
 }
