@@ -88,20 +88,75 @@ std::string generateClusterKey() {
 }
 
 Result<std::vector<std::string>> readKeyFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return makeError(ErrorCode::kIo, "cannot read key file '" + path + "'");
-  std::vector<std::string> keys;
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t b = line.find_first_not_of(" \t\r");
-    if (b == std::string::npos || line[b] == '#') continue;
-    size_t e = line.find_last_not_of(" \t\r");
-    keys.push_back(line.substr(b, e - b + 1));
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return makeError(ErrorCode::kIo,
+                     "cannot read key file '" + path + "': " + std::strerror(errno));
   }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    Error e =
+        makeError(ErrorCode::kIo, "cannot stat key file '" + path + "': " + std::strerror(errno));
+    ::close(fd);
+    return e;
+  }
+  // The same file the check saw (fstat on the open descriptor). Pipes and
+  // other special files (a key handed over as <(...)) are not checked.
+  if (S_ISREG(st.st_mode) && (st.st_mode & 077) != 0) {
+    ::close(fd);
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return makeError(ErrorCode::kInvalidArgument,
+                     "key file '" + path + "' has mode " + mode +
+                         ": group or others may read or change the cluster key; refused "
+                         "(run `chmod 600 " +
+                         path + "`)");
+  }
+  std::string text;
+  char buffer[4096];
+  bool tooLarge = false;
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Error e =
+          makeError(ErrorCode::kIo, "cannot read key file '" + path + "': " + std::strerror(errno));
+      ::close(fd);
+      sodium_memzero(buffer, sizeof buffer);
+      sodium_memzero(text.data(), text.size());
+      return e;
+    }
+    if (n == 0) break;
+    text.append(buffer, size_t(n));
+    if (text.size() > kMaxFileBytes) {
+      tooLarge = true;
+      break;
+    }
+  }
+  ::close(fd);
+  sodium_memzero(buffer, sizeof buffer);
+  if (tooLarge) {
+    sodium_memzero(text.data(), text.size());
+    return makeError(ErrorCode::kInvalidArgument,
+                     "key file '" + path + "' is larger than 64 KiB; it is not a key file");
+  }
+  std::vector<std::string> keys;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + at, end - at);
+    at = end + 1;
+    size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string_view::npos || line[b] == '#') continue;
+    size_t e = line.find_last_not_of(" \t\r");
+    keys.emplace_back(line.substr(b, e - b + 1));
+  }
+  sodium_memzero(text.data(), text.size());
   if (keys.empty()) {
     return makeError(ErrorCode::kInvalidArgument,
-                     "key file '" + path + "' holds no key (make one with `chorus cluster keys " +
-                         "generate > " + path + "`)");
+                     "key file '" + path + "' holds no key (make one with `(umask 077; chorus " +
+                         "cluster keys generate > " + path + ")`)");
   }
   return keys;
 }

@@ -63,7 +63,9 @@ Result<ClusterKey> parseClusterKey(std::string_view base64);
 // keys --key-file): one base64 key per line, the first is the primary;
 // blank lines and lines starting with '#' are skipped, surrounding
 // whitespace trimmed. Keys are not parsed here. Errors: kIo (unreadable),
-// kInvalidArgument (no key in it).
+// kInvalidArgument (no key in it, larger than 64 KiB, or a regular file that
+// group or others may read or write: the message names the file, its mode
+// and `chmod 600`).
 Result<std::vector<std::string>> readKeyFile(const std::string& path);
 
 // 1..16 keys, exactly one of them the primary. Changes return a new state

@@ -1,5 +1,7 @@
 #include "gossip/member-file.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -57,6 +59,7 @@ Status saveMembers(const std::string& path, const std::vector<KnownMember>& memb
       return makeError(ErrorCode::kIo, "cannot write member list " + tmp + ": " + std::strerror(errno));
     }
   }
+  (void)::chmod(tmp.c_str(), 0600);  // like every file in the data dir; best effort
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     return makeError(ErrorCode::kIo, "cannot replace member list " + path + ": " + std::strerror(errno));
   }

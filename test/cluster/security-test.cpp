@@ -93,6 +93,7 @@ TEST_CASE("security: a node with another cluster key, or none, cannot join") {
   // A key file that holds no key is a configuration error too.
   std::string badKey = h.tmp().sub("bad.key");
   std::ofstream(badKey) << "not-a-key\n";
+  REQUIRE(::chmod(badKey.c_str(), 0600) == 0);  // bad for what it holds, not its mode
   auto bad = run(bin("CHORUSD_BIN"),
                  {"--node-id", "n5", "--data-dir", h.tmp().sub("n5"), "--listen", "127.0.0.1:0",
                   "--no-auth", "--gossip-listen", "127.0.0.1:0", "--cluster-key-file", badKey},

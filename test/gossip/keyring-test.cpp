@@ -164,3 +164,42 @@ TEST_CASE("the keyring file: mode 0600, read back exactly, damage reported") {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("a cluster key file that group or others may read is refused, naming the fix") {
+  auto dir = tempDir("keyfile");
+  std::string path = (dir / "cluster.key").string();
+  std::string key = generateClusterKey();
+  {
+    mode_t old = ::umask(022);
+    std::ofstream(path, std::ios::trunc) << "# the cluster key\n" << key << "\n";
+    ::umask(old);
+  }
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  REQUIRE((st.st_mode & 0777) == 0644);  // what `keys generate > FILE` makes under umask 022
+  for (mode_t mode : {0644, 0640, 0604, 0620}) {
+    CAPTURE(mode);
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
+    auto read = readKeyFile(path);
+    REQUIRE_FALSE(read.ok());
+    CHECK(read.error().code == ErrorCode::kInvalidArgument);
+    const std::string& m = read.error().message;
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", unsigned(mode));
+    CHECK_MESSAGE(m.find(path) != std::string::npos, m);
+    CHECK_MESSAGE(m.find(octal) != std::string::npos, m);
+    CHECK_MESSAGE(m.find("chmod 600 " + path) != std::string::npos, m);
+    CHECK(m.find(key) == std::string::npos);  // never key material
+  }
+  for (mode_t mode : {0600, 0400}) {
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
+    auto read = readKeyFile(path);
+    REQUIRE(read.ok());
+    REQUIRE(read->size() == 1);
+    CHECK(read->front() == key);
+  }
+  auto missing = readKeyFile((dir / "none").string());
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code == ErrorCode::kIo);
+  std::filesystem::remove_all(dir);
+}

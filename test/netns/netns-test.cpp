@@ -315,6 +315,8 @@ class Net {
       keyFile_ = tmp_.sub("cluster.key");
       std::ofstream key(keyFile_, std::ios::trunc);
       key << chorus::gossip::generateClusterKey() << "\n";
+      key.close();
+      ::chmod(keyFile_.c_str(), 0600);  // chorusd refuses a key file others may read
     }
     args.insert(args.end(), {"--cluster-key-file", keyFile_, "--no-auth"});
     if (i != 1) args.insert(args.end(), {"--join", addr(1) + ":7410"});
