@@ -383,3 +383,27 @@ TEST_CASE("simulation: the same scenario on the LMDB store and the memory store 
   // Equal roots, equal messages: the very same run.
   CHECK(memory->traceHash == lmdb->traceHash);
 }
+
+TEST_CASE(
+    "simulation: the flood baseline delivers everything without faults, and loses writes "
+    "across a split it has no repair for") {
+  SimOptions o;
+  o.nodes = 20;
+  o.seed = 3;
+  o.protocol = ProtocolKind::kFlood;
+  o.network.regions = {Region{"a", 500}, Region{"b", 500}};
+  o.warmup = 2 * kSeconds;
+  o.duration = 5 * kSeconds;
+  o.settle = 5 * kSeconds;
+  o.writeRate = 50;
+  auto clean = runSimulation(o);
+  REQUIRE(clean.ok());
+  CHECK(clean->ok());
+  CHECK(clean->writes > 100);
+  CHECK(clean->suspicions == 0);  // it has no membership view
+  o.faults.finalSplit = 3 * kSeconds;
+  auto split = runSimulation(o);
+  REQUIRE(split.ok());
+  CHECK_FALSE(split->ok());
+  CHECK(split->lost > 0);
+}

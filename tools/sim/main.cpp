@@ -54,7 +54,8 @@ std::string num(double v) {
   return buf;
 }
 
-std::string json(const SimResult& r, uint64_t seed, const std::string& store) {
+std::string json(const SimResult& r, uint64_t seed, const std::string& store,
+                 const std::string& protocol) {
   std::string s = "{";
   auto field = [&](const std::string& k, const std::string& v) {
     if (s.size() > 1) s += ", ";
@@ -62,6 +63,7 @@ std::string json(const SimResult& r, uint64_t seed, const std::string& store) {
   };
   field("seed", std::to_string(seed));
   field("store", "\"" + store + "\"");
+  field("protocol", "\"" + protocol + "\"");
   field("nodes", std::to_string(r.nodes));
   field("total_nodes", std::to_string(r.totalNodes));
   field("regions", std::to_string(r.regions));
@@ -160,6 +162,7 @@ int main(int argc, char** argv) {
   std::string regions = "local:0.5ms";
   std::string bandwidth = "1gbit";
   std::string store = "memory";
+  std::string protocol = "core";
   std::string lmdbDir;
   bool asJson = false;
   int runs = 1;
@@ -257,6 +260,13 @@ int main(int argc, char** argv) {
                  "node (small N)")
       ->check(CLI::IsMember({"memory", "lmdb"}))
       ->default_val("memory");
+  app.add_option("--protocol", protocol,
+                 "core: the replication core chorusd runs; flood: a trivial O(1)-per-node "
+                 "baseline (fixed neighbours, 16-byte heartbeats, deltas flooded once; no "
+                 "anti-entropy, so faults lose writes under it) that measures the simulator's "
+                 "own cost")
+      ->check(CLI::IsMember({"core", "flood"}))
+      ->default_val("core");
   app.add_option("--lmdb-dir", lmdbDir,
                  "where the LMDB stores go (must not hold earlier ones); default: a temporary "
                  "directory, removed at the end");
@@ -290,6 +300,7 @@ int main(int argc, char** argv) {
   o.antiEntropyMillis = std::max<uint64_t>(1, antiEntropy / kMillis);
   if (!pollSet && o.nodes > 100) o.pollInterval = Micros(o.nodes) * kMillis;
   o.store = store == "lmdb" ? StoreKind::kLmdb : StoreKind::kMemory;
+  o.protocol = protocol == "flood" ? ProtocolKind::kFlood : ProtocolKind::kCore;
 
   int exitCode = 0;
   uint64_t firstSeed = o.seed;
@@ -316,7 +327,7 @@ int main(int argc, char** argv) {
     }
     const SimResult& r = result.value();
     if (asJson) {
-      std::printf("%s\n", json(r, o.seed, store).c_str());
+      std::printf("%s\n", json(r, o.seed, store, protocol).c_str());
     } else {
       table(r, o.seed, store);
     }

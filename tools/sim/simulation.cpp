@@ -17,6 +17,7 @@
 #include "gossip/gossip.capnp.h"
 #include "gossip/replication-core.h"
 #include "tools/sim/checker.h"
+#include "tools/sim/protocol.h"
 #include "tools/sim/stores.h"
 
 namespace chorus::sim {
@@ -96,7 +97,7 @@ struct Node {
   std::string id, address;
   int region = 0;
   std::unique_ptr<SimStore> store;
-  std::unique_ptr<ReplicationCore> core;
+  std::unique_ptr<Protocol> core;  // null while down
   std::vector<gossip::KnownMember> persisted;
   bool started = false, up = false, paused = false, left = false;
   Micros startedAt = 0;
@@ -262,7 +263,13 @@ void Sim::startNode(int i) {
   co.pushFanout = o_.pushFanout;
   co.frameOverheadBytes = kFrameOverheadBytes;
   co.seed = coreRng_.next();
-  n.core = std::make_unique<ReplicationCore>(std::move(co), n.store->replica());
+  if (o_.protocol == ProtocolKind::kFlood) {
+    std::vector<std::string> addresses;
+    for (int k = 0; k < o_.nodes; ++k) addresses.push_back(nodes_[size_t(k)].address);
+    n.core = makeFloodProtocol(i, std::move(addresses));
+  } else {
+    n.core = makeCoreProtocol(std::move(co), n.store->replica());
+  }
   n.view.assign(size_t(total_), kUnknown);
   trace_.add(loop_.now(), 'S', uint64_t(i), n.incarnation);
   timed([&] { n.core->start(nowMillis(), n.persisted); });

@@ -28,6 +28,9 @@
 namespace chorus::sim {
 
 enum class StoreKind { kMemory, kLmdb };
+// kCore: gossip::ReplicationCore. kFlood: the trivial baseline of
+// tools/sim/protocol.h, to measure the simulator's own cost.
+enum class ProtocolKind { kCore, kFlood };
 
 struct SimOptions {
   int nodes = 5;  // started at time 0 (joins add more)
@@ -43,6 +46,7 @@ struct SimOptions {
   size_t bodyBytes = 200;
   FaultOptions faults;  // begin/end default to the workload window
   StoreKind store = StoreKind::kMemory;
+  ProtocolKind protocol = ProtocolKind::kCore;
   std::string lmdbDir;  // for kLmdb: one subdirectory per node
   // Replica ids of the nodes' stores; empty = drawn from the seed (memory)
   // or chosen by the store (LMDB).
