@@ -43,9 +43,23 @@ constexpr uint64_t kTickMillis = 50;
 constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // one deltas frame carries at most ~this
 constexpr size_t kMaxMembers = 1024;              // members accepted from gossip
 constexpr size_t kMaxTokenBytes = 256;            // node ids and addresses
-constexpr size_t kMaxInbound = 256;               // connections peers (or anyone) opened to us
-constexpr uint64_t kHelloTimeoutMillis = 10'000;  // a connection must say hello by then
-constexpr uint64_t kWarnEveryMillis = 10'000;     // authentication warnings per peer host
+constexpr size_t kMaxInbound = 256;               // connections to us that completed hello
+// Strangers: connections to us that have not completed hello (authenticated
+// with a cluster key). A newcomer beyond either cap evicts the oldest one
+// (of its address, else of all), so a peer with the key always gets its
+// one round trip.
+constexpr size_t kMaxStrangers = 64;
+constexpr size_t kMaxStrangersPerHost = 8;
+constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello by then
+constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer by then
+constexpr uint64_t kWarnEveryMillis = 10'000;       // authentication warnings per peer host
+// Room in the kernel's queue for strangers reconnecting as they are evicted,
+// so a peer's connection is not dropped there (SYN retried after 1, 3, 7 s).
+constexpr int kListenBacklog = 1024;
+// Accepted per loop turn at most. libuv accepts for as long as the kernel has
+// connections waiting; strangers reconnecting as fast as they are evicted
+// would keep it there, and no frame would ever be read.
+constexpr int kAcceptsPerTurn = 16;
 
 uint64_t unixMillis() {
   return uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -178,12 +192,20 @@ class Cluster::Impl {
     uint64_t nextAttempt = 0;  // loop time, ms
     uint64_t backoff = kMinBackoffMillis;
     bool self = false;  // the address is this node's own: never dial
+    // Dialled for good: a seed, an address a node gave for itself, or one
+    // that answered with a hello. Any other (learned second-hand, or from
+    // the member file) is dropped if unanswered after forgetUnansweredAfter.
+    bool keep = false;
+    uint64_t createdAt = 0;  // loop time
   };
   struct Conn {
     Impl* impl;
     uv_tcp_t tcp;
     Dialer* dialer = nullptr;  // set for connections this node dialled
+    bool inbound = false;      // accepted, not dialled
+    uint64_t serial = 0;       // accept order (inbound)
     std::string remote;        // the peer's address, for logs
+    std::string host;          // remote without the port (inbound)
     std::string peerId;        // from the first frame the peer sent
     bool helloReceived = false;
     bool connected = false;
@@ -225,6 +247,11 @@ class Cluster::Impl {
   void learnMembers(const std::string& from, capnp::List<wire::Member>::Reader list);
   void learn(const std::string& id, const std::string& gossip, const std::string& rpc,
              bool authoritative);
+  // A dialler for `address` unless there is one; `keep` marks it for good.
+  void addDialer(const std::string& address, bool keep);
+  // Drops diallers that are no seed and no member's address, and second-hand
+  // ones never answered within forgetUnansweredAfter.
+  void pruneDialers();
   void heard(const std::string& id);
   void updateStates();
   void flushDeltas();
@@ -266,11 +293,17 @@ class Cluster::Impl {
   uv_tcp_t server_;
   uv_async_t wake_;
   uv_timer_t tick_;
+  uv_check_t afterIo_;  // after each turn's I/O: resumes accepting
+  int acceptsThisTurn_ = 0;
+  bool acceptWaiting_ = false;  // a connection is waiting for accept()
   std::thread thread_;
   std::atomic<bool> stopping_{false};
 
   std::set<Conn*> conns_;
   std::map<std::string, std::unique_ptr<Dialer>> dialers_;  // by address
+  std::set<std::string> seeds_;  // options_.seeds, but this node's own address
+  uint64_t acceptSerial_ = 0;
+  uint64_t lastPrune_ = 0;
   std::string sessionPeer_;                    // anti-entropy session this node started
   bool sessionMore_ = false;                   // a message in it was cut to the size cap
   std::string syncAgain_;                      // continue with this peer at once
@@ -300,9 +333,10 @@ Status Cluster::Impl::start() {
                        "cluster: node id '" + options_.nodeId + "' has spaces or control bytes");
     }
   }
-  if (options_.antiEntropyInterval.count() <= 0 || options_.heartbeatInterval.count() <= 0) {
+  if (options_.antiEntropyInterval.count() <= 0 || options_.heartbeatInterval.count() <= 0 ||
+      options_.forgetUnansweredAfter.count() <= 0) {
     return makeError(ErrorCode::kInvalidArgument,
-                     "cluster: anti-entropy and heartbeat intervals must be positive");
+                     "cluster: anti-entropy, heartbeat and forget intervals must be positive");
   }
   sockaddr_storage addr;
   auto parsed = parseAddress(options_.listen, addr);
@@ -327,9 +361,10 @@ Status Cluster::Impl::start() {
   server_.data = this;
   int rc = uv_tcp_bind(&server_, reinterpret_cast<sockaddr*>(&addr), 0);
   if (rc == 0) {
-    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&server_), 128, [](uv_stream_t* s, int status) {
-      if (status == 0) static_cast<Impl*>(s->data)->accept();
-    });
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&server_), kListenBacklog,
+                   [](uv_stream_t* s, int status) {
+                     if (status == 0) static_cast<Impl*>(s->data)->accept();
+                   });
   }
   if (rc != 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
@@ -346,22 +381,31 @@ Status Cluster::Impl::start() {
   if (!options_.dataDir.empty()) {
     auto known = loadMembers(options_.dataDir + "/members");
     if (known.ok()) {
-      for (const auto& m : known.value()) learn(m.nodeId, m.gossipAddress, m.rpcAddress, true);
+      // Not said by the node itself: dialled until forgetUnansweredAfter
+      // unless it answers (a node that is down then dials this one itself).
+      for (const auto& m : known.value()) learn(m.nodeId, m.gossipAddress, m.rpcAddress, false);
     }
   }
   membersDirty_ = false;
   for (const auto& seed : options_.seeds) {
     if (seed == bound_ || seed == options_.advertise) continue;
-    auto& d = dialers_[seed];
-    if (!d) {
-      d = std::make_unique<Dialer>();
-      d->address = seed;
-    }
+    seeds_.insert(seed);
+    addDialer(seed, true);
   }
 
   uv_async_init(&loop_, &wake_, [](uv_async_t* a) { static_cast<Impl*>(a->data)->onWake(); });
   wake_.data = this;
   uv_timer_init(&loop_, &tick_);
+  uv_check_init(&loop_, &afterIo_);
+  afterIo_.data = this;
+  uv_check_start(&afterIo_, [](uv_check_t* h) {
+    auto* impl = static_cast<Impl*>(h->data);
+    impl->acceptsThisTurn_ = 0;
+    if (impl->acceptWaiting_) {
+      impl->acceptWaiting_ = false;
+      impl->accept();  // uv_accept restarts listening
+    }
+  });
   tick_.data = this;
   uv_timer_start(
       &tick_, [](uv_timer_t* t) { static_cast<Impl*>(t->data)->onTick(); }, 0, kTickMillis);
@@ -442,6 +486,7 @@ void Cluster::Impl::onWake() {
     for (Conn* c : std::vector<Conn*>(conns_.begin(), conns_.end())) close(c);
     uv_close(reinterpret_cast<uv_handle_t*>(&server_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&afterIo_), nullptr);
     {
       std::lock_guard lock(mu_);
       wakeClosed_ = true;
@@ -461,6 +506,12 @@ void Cluster::Impl::onWake() {
 // ---- connections ----------------------------------------------------------
 
 void Cluster::Impl::accept() {
+  if (stopping_) return;
+  if (acceptsThisTurn_ >= kAcceptsPerTurn) {
+    acceptWaiting_ = true;  // not taken: libuv stops listening until afterIo_
+    return;
+  }
+  ++acceptsThisTurn_;
   auto* c = new Conn(this, options_.maxFrameBytes);
   uv_tcp_init(&loop_, &c->tcp);
   c->tcp.data = c;
@@ -476,13 +527,31 @@ void Cluster::Impl::accept() {
   if (uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&peer), &peerLen) == 0) {
     c->remote = formatAddress(peer);
   }
-  size_t inbound = 0;
-  for (Conn* other : conns_) inbound += other->dialer == nullptr && !other->closing;
-  if (inbound > kMaxInbound) {  // a flood: keep file descriptors for real peers and clients
-    close(c);
+  c->inbound = true;
+  c->serial = ++acceptSerial_;
+  c->host = hostOf(c->remote);
+  // Until it says hello with a cluster key it is a stranger: past the caps,
+  // the oldest stranger of its address (else of all) makes room. Evicting
+  // rather than refusing: a peer with the key needs one round trip of the
+  // pool's time, however many strangers keep reconnecting.
+  size_t strangers = 0, fromHost = 0;
+  Conn *oldest = nullptr, *oldestFromHost = nullptr;
+  for (Conn* other : conns_) {
+    if (other == c || !other->inbound || other->helloReceived || other->closing) continue;
+    ++strangers;
+    if (!oldest || other->serial < oldest->serial) oldest = other;
+    if (other->host == c->host) {
+      ++fromHost;
+      if (!oldestFromHost || other->serial < oldestFromHost->serial) oldestFromHost = other;
+    }
+  }
+  Conn* evict = fromHost >= kMaxStrangersPerHost ? oldestFromHost
+                : strangers >= kMaxStrangers     ? oldest
+                                                 : nullptr;
+  if (evict) {
+    close(evict);
     std::lock_guard lock(mu_);
     ++stats_.connectionsRefused;
-    return;
   }
   connected(c, 0);
 }
@@ -840,10 +909,23 @@ void Cluster::Impl::handle(Conn* c, ParsedFrame& frame) {
         return;
       }
       bool first = !c->helloReceived;
+      if (first && c->inbound) {  // no longer a stranger: counts as a peer's connection
+        size_t peers = 0;
+        for (Conn* other : conns_) {
+          peers += other->inbound && other->helloReceived && !other->closing;
+        }
+        if (peers >= kMaxInbound) {
+          close(c);
+          std::lock_guard lock(mu_);
+          ++stats_.connectionsRefused;
+          return;
+        }
+      }
       c->helloReceived = true;
       learn(from, str(m.getGossipAddress()), str(m.getRpcAddress()), true);
       if (c->dialer) {
         c->dialer->backoff = kMinBackoffMillis;
+        c->dialer->keep = true;  // it answered
       } else if (first) {
         sendHello(c);
       }
@@ -989,6 +1071,8 @@ void Cluster::Impl::learnMembers(const std::string& from, capnp::List<wire::Memb
 void Cluster::Impl::learn(const std::string& id, const std::string& gossip, const std::string& rpc,
                           bool authoritative) {
   if (id == options_.nodeId) return;
+  bool isNew = false;
+  std::string address;
   {
     std::lock_guard lock(mu_);
     auto it = peers_.find(id);
@@ -998,19 +1082,59 @@ void Cluster::Impl::learn(const std::string& id, const std::string& gossip, cons
       it->second.gossipAddress = gossip;
       it->second.rpcAddress = rpc;
       membersDirty_ = true;
+      isNew = true;
     } else if (authoritative &&
                (it->second.gossipAddress != gossip || it->second.rpcAddress != rpc)) {
       it->second.gossipAddress = gossip;
       it->second.rpcAddress = rpc;
       membersDirty_ = true;
     }
+    address = it->second.gossipAddress;
   }
-  auto& d = dialers_[gossip];
+  // Only a member's own address is dialled (so diallers are bounded like
+  // members); a second-hand mention of a known member adds none (its
+  // dialler may have been dropped as unanswered: the node reaches this one
+  // itself, or after a restart the member file brings it back).
+  if (isNew || authoritative) addDialer(address, authoritative);
+}
+
+void Cluster::Impl::addDialer(const std::string& address, bool keep) {
+  auto& d = dialers_[address];
   if (!d) {
     d = std::make_unique<Dialer>();
-    d->address = gossip;
-    if (gossip == bound_ || gossip == options_.advertise) d->self = true;
+    d->address = address;
+    d->createdAt = now();
+    if (address == bound_ || address == options_.advertise) d->self = true;
   }
+  d->keep = d->keep || keep;
+  std::lock_guard lock(mu_);
+  stats_.dialers = dialers_.size();
+}
+
+void Cluster::Impl::pruneDialers() {
+  uint64_t t = now();
+  lastPrune_ = t;
+  std::set<std::string> addresses;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, p] : peers_) addresses.insert(p.gossipAddress);
+  }
+  uint64_t forgetAfter = uint64_t(options_.forgetUnansweredAfter.count());
+  for (auto it = dialers_.begin(); it != dialers_.end();) {
+    Dialer& d = *it->second;
+    bool seed = seeds_.count(d.address) != 0;
+    // No member's address any more (it gave another one for itself).
+    bool orphan = !seed && !addresses.count(d.address);
+    bool unanswered = !seed && !d.keep && !d.conn && t - d.createdAt >= forgetAfter;
+    if (orphan && d.conn) close(d.conn);  // clears d.conn
+    if (orphan || unanswered) {
+      it = dialers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  std::lock_guard lock(mu_);
+  stats_.dialers = dialers_.size();
 }
 
 void Cluster::Impl::heard(const std::string& id) {
@@ -1055,8 +1179,16 @@ void Cluster::Impl::onTick() {
   uint64_t t = now();
   // Close connections that never said who they are.
   for (Conn* c : std::vector<Conn*>(conns_.begin(), conns_.end())) {
-    if (!c->closing && !c->helloReceived && t - c->openedAt > kHelloTimeoutMillis) close(c);
+    if (c->closing || c->helloReceived) continue;
+    if (c->inbound && t - c->openedAt > kStrangerTimeoutMillis) {
+      close(c);
+      std::lock_guard lock(mu_);
+      ++stats_.connectionsRefused;
+    } else if (!c->inbound && t - c->openedAt > kHelloTimeoutMillis) {
+      close(c);
+    }
   }
+  if (t - lastPrune_ >= 1000) pruneDialers();
   // Dial what is not connected.
   for (auto& [address, d] : dialers_) {
     if (!d->self && !d->conn && t >= d->nextAttempt) dial(*d);

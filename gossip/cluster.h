@@ -67,6 +67,12 @@ struct ClusterOptions {
   // deltas published and not yet sent; beyond either, further ones are
   // dropped and counted (anti-entropy repairs; local writes are already durable).
   size_t maxPendingDeltaBytes = 64u << 20;
+  // A member's address this node learned second-hand (from another node's
+  // member list, or the member file at start) and that has not answered a
+  // dial with a hello by then is no longer dialled (seeds and addresses a
+  // node gave for itself always are). The node gets dialled again once it
+  // connects to this one itself, or after a restart.
+  std::chrono::milliseconds forgetUnansweredAfter{60'000};
 };
 
 // With the default 200 ms heartbeats a silent peer turns suspect after about
@@ -105,13 +111,17 @@ struct ClusterStats {
   // Well-formed states from peers that ClusterOptions::admit refused.
   uint64_t statesRefused = 0;
   uint64_t partitionDropped = 0;     // frames dropped by partition()
-  uint64_t connectionsRefused = 0;   // inbound beyond 256 open ones, closed at once
+  // Inbound connections closed by a cap: beyond 256 that completed hello;
+  // strangers (no hello yet) evicted by a newer one past 64, or 8 from one
+  // address; or strangers at the 5 s hello deadline.
+  uint64_t connectionsRefused = 0;
   uint64_t deltasSent = 0, deltasReceived = 0;
   uint64_t deltasDropped = 0;        // not sent (per peer): unreachable, queue full, or outbox full
   uint64_t receivedDeltasDropped = 0;  // received but not merged: store behind by maxPendingDeltaBytes
   uint64_t syncStarted = 0, syncCompleted = 0;
   uint64_t antiEntropyBytes = 0;     // reconcile frames, both directions
   uint64_t statesRepaired = 0;       // states received through anti-entropy
+  uint64_t dialers = 0;              // addresses dialled now: seeds + members at most
 };
 
 class Cluster {
