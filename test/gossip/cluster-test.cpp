@@ -218,6 +218,32 @@ struct FakePeer {
   }
   // Whether the node answers (the acceptor answers a hello with its own).
   bool answered() { return !conn.read(1).empty(); }
+  // Reads until the node's next sealed frame has arrived whole; false if
+  // the node closed, went quiet (3 s) or sent something that does not open.
+  bool nextFrame() {
+    for (int reads = 0; reads < 10'000; ++reads) {
+      auto received = channel.next(ring);
+      if (received.kind == gossip::SecureChannel::Received::Kind::kFrame) return true;
+      if (received.kind != gossip::SecureChannel::Received::Kind::kNeedMore) return false;
+      char buffer[64 * 1024];
+      ssize_t got = ::read(conn.fd, buffer, sizeof buffer);
+      if (got <= 0) return false;
+      channel.append(buffer, size_t(got));
+    }
+    return false;
+  }
+  // A heartbeat from `id` listing `members` (node id, gossip address), sealed.
+  std::string sealedHeartbeat(const std::string& id,
+                              const std::vector<std::pair<std::string, std::string>>& members) {
+    capnp::MallocMessageBuilder message;
+    auto list = gossip::newFrame(message, id).initHeartbeat(unsigned(members.size()));
+    for (unsigned i = 0; i < members.size(); ++i) {
+      list[i].setNodeId(members[i].first);
+      list[i].setGossipAddress(members[i].second);
+    }
+    std::string frame = gossip::encodeFrame(message);
+    return channel.seal(ring.primary(), std::string_view(frame).substr(gossip::kFrameHeaderBytes));
+  }
 };
 
 uint64_t refusals(const gossip::ClusterStats& s) {
@@ -624,4 +650,42 @@ TEST_CASE("cluster: states a node's admit rule refuses are neither pushed in nor
   CHECK(stats.statesRefused >= 2);  // the push and at least one repair
   MESSAGE("states refused by b: " << stats.statesRefused);
   CHECK(a.cluster->stats().statesRefused == 0);
+}
+
+TEST_CASE("learned addresses never grow the dialler list past the member bound") {
+  // A holder of the key tells n1 about 20,000 addresses: new members up to
+  // the 1,024 bound, and new addresses for members n1 already knows.
+  TestNode n1("d1", {}, {clusterKey()},
+              [](gossip::ClusterOptions& c) { c.forgetUnansweredAfter = 1500ms; });
+  FakePeer peer(n1.cluster->address(), clusterKey());
+  peer.send(peer.sealedHello("d-teller"));                    // it gives 127.0.0.1:1 for itself
+  REQUIRE(peer.nextFrame());                                  // n1's hello
+  const size_t kRounds = 40, kPerRound = 500, kBound = 1024;  // kMaxMembers
+  size_t most = 0;
+  for (size_t round = 0; round < kRounds; ++round) {
+    std::vector<std::pair<std::string, std::string>> members;
+    for (size_t i = 0; i < kPerRound; ++i) {
+      size_t n = round * kPerRound + i;
+      // Every address is new; nothing listens on port 1 of 127.3.x.y, so
+      // each dial is refused at once. Odd entries name an earlier member.
+      std::string address =
+          "127.3." + std::to_string(n / 250) + "." + std::to_string(n % 250 + 1) + ":1";
+      std::string id = "d-told-" + std::to_string(i % 2 ? n / 4 : n);
+      members.emplace_back(id, address);
+    }
+    peer.send(peer.sealedHeartbeat("d-teller", members));
+    REQUIRE(peer.nextFrame());  // n1's ack: the heartbeat was handled
+    most = std::max<size_t>(most, n1.cluster->stats().dialers);
+  }
+  REQUIRE(eventually([&] { return n1.cluster->members().size() == kBound; }, 10s));
+  most = std::max<size_t>(most, n1.cluster->stats().dialers);
+  MESSAGE("most diallers seen: " << most << " after " << kRounds * kPerRound
+                                 << " learned addresses");
+  CHECK(most <= kBound);
+  // The second-hand addresses never answer: dropped after 1.5 s. The
+  // teller's own address stays (a node said it of itself), so do members.
+  CHECK(eventually([&] { return n1.cluster->stats().dialers == 1; }, 10s));
+  CHECK(n1.cluster->members().size() == kBound);
+  std::this_thread::sleep_for(1s);  // and nothing brings them back
+  CHECK(n1.cluster->stats().dialers == 1);
 }
