@@ -43,8 +43,22 @@ constexpr size_t kFrameOverheadBytes = 72;  // the seal (gossip/secure-channel.h
 
 enum class FrameKind { kMembership, kDeltas, kReconcile, kOther };
 
+uint32_t le32(const std::string& s, size_t at) {
+  return uint32_t(uint8_t(s[at])) | uint32_t(uint8_t(s[at + 1])) << 8 |
+         uint32_t(uint8_t(s[at + 2])) << 16 | uint32_t(uint8_t(s[at + 3])) << 24;
+}
+
+// The kind of a gossip frame body (for the byte counts). Anything that is
+// not a well-formed Cap'n Proto message is kOther; its segment table is
+// checked first, so that case costs no exception.
 FrameKind classify(const std::string& body) {
-  if (body.size() % sizeof(capnp::word) != 0 || body.empty()) return FrameKind::kOther;
+  if (body.size() % sizeof(capnp::word) != 0 || body.size() < 8) return FrameKind::kOther;
+  uint64_t segments = uint64_t(le32(body, 0)) + 1;
+  uint64_t tableBytes = ((4 + 4 * segments) + 7) / 8 * 8;
+  if (segments > 512 || tableBytes > body.size()) return FrameKind::kOther;
+  uint64_t total = tableBytes;
+  for (uint64_t i = 0; i < segments; ++i) total += uint64_t(le32(body, 4 + 4 * i)) * 8;
+  if (total != body.size()) return FrameKind::kOther;
   FrameKind kind = FrameKind::kOther;
   auto ex = kj::runCatchingExceptions([&] {
     kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(body.data()),
@@ -523,7 +537,7 @@ void Sim::sendFrame(int i, const gossip::SendFrame& send) {
   Micros now = loop_.now();
   if (now >= loadBegin_ && now < loadEnd_) {
     bytesWindow_ += bytes;
-    FrameKind kind = classify(*send.body);
+    FrameKind kind = o_.protocol == ProtocolKind::kCore ? classify(*send.body) : FrameKind::kOther;
     if (kind == FrameKind::kMembership) membershipBytesWindow_ += bytes;
     if (kind == FrameKind::kDeltas || kind == FrameKind::kReconcile) {
       repairBytesWindow_ += bytes;
