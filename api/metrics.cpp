@@ -21,11 +21,18 @@ void appendf(std::string& out, const char* fmt, auto... args) {
 
 const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
-      "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
-      "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
-      "partition", "heal",  "cluster", "authenticate", "keys"};
+      "put",       "erase", "vote",    "unvote",       "tag",      "untag",   "moderate",
+      "reply",     "get",   "list",    "summary",      "byAuthor", "watch",   "status",
+      "partition", "heal",  "cluster", "authenticate", "keys",     "reviews", "admin"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
+}
+
+const char* Metrics::closeReasonName(CloseReason r) {
+  static constexpr const char* kNames[] = {"unfinished_calls", "reply_queue", "memory",
+                                           "auth_timeout", "evicted"};
+  static_assert(sizeof kNames / sizeof kNames[0] == kCloseReasonCount);
+  return kNames[r];
 }
 
 void Metrics::record(Method method, double seconds, const char* errorCode) {
@@ -93,8 +100,22 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
         double(authFailures_.load()));
   gauge("chorus_rpc_rate_limited_total", "Calls refused by the per-connection rate limit.",
         "counter", double(rateLimited_.load()));
-  gauge("chorus_rpc_connections_refused_total", "Connections closed at accept: too many were open.",
-        "counter", double(connectionsRefused_.load()));
+  gauge("chorus_rpc_connections_refused_total",
+        "Connections refused: --max-connections authenticated ones were open.", "counter",
+        double(connectionsRefused_.load()));
+  gauge("chorus_rpc_unauthenticated_connections",
+        "Open RPC connections without a valid token (yet).", "gauge",
+        double(unauthenticated_.load()));
+  out +=
+      "# HELP chorus_rpc_connections_closed_total Connections the server closed for a limit, by "
+      "reason.\n# TYPE chorus_rpc_connections_closed_total counter\n";
+  for (int r = 0; r < kCloseReasonCount; ++r) {
+    appendf(out, "chorus_rpc_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
+            closeReasonName(CloseReason(r)), closed_[r].load());
+  }
+  gauge("chorus_rpc_watches_refused_total",
+        "watch calls refused: the per-connection or per-node watch limit.", "counter",
+        double(watchesRefused_.load()));
   gauge("chorus_documents", "Review documents stored (including tombstones).", "gauge",
         double(s.documents));
   gauge("chorus_store_map_bytes", "LMDB map size.", "gauge", double(s.mapBytes));

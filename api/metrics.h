@@ -36,6 +36,8 @@ class Metrics {
     kCluster,
     kAuthenticate,
     kKeys,
+    kReviews,  // Chorus.reviews and Chorus.admin (the bootstrap's)
+    kAdmin,
     kMethodCount
   };
   static const char* methodName(Method m);
@@ -53,11 +55,29 @@ class Metrics {
   void watchClosed() { watches_.fetch_sub(1, std::memory_order_relaxed); }
   void changesDropped(uint64_t n) { dropped_.fetch_add(n, std::memory_order_relaxed); }
   // Security counters: authenticate with an unknown token; calls refused by
-  // the per-connection rate limit; connections closed at accept because
-  // maxConnections were open.
+  // the per-connection rate limit; connections refused because
+  // maxConnections were open (closed at accept with noAuth, authenticate
+  // answering `overloaded` otherwise).
   void authFailed() { authFailures_.fetch_add(1, std::memory_order_relaxed); }
   void rateLimited() { rateLimited_.fetch_add(1, std::memory_order_relaxed); }
   void connectionRefused() { connectionsRefused_.fetch_add(1, std::memory_order_relaxed); }
+  // Connections the server closed because of a limit (RpcLimits), by why.
+  enum CloseReason {
+    kUnfinishedCalls,  // too many calls not finished
+    kReplyQueue,       // too many reply bytes queued: the client stopped reading
+    kMemory,           // the connection's memory figure
+    kAuthTimeout,      // no valid token within authTimeout
+    kEvicted,          // an unauthenticated connection made room for a newer one
+    kCloseReasonCount
+  };
+  static const char* closeReasonName(CloseReason r);
+  void closedByLimit(CloseReason r) { closed_[r].fetch_add(1, std::memory_order_relaxed); }
+  uint64_t closedBy(CloseReason r) const { return closed_[r].load(); }
+  void unauthenticatedOpened() { unauthenticated_.fetch_add(1, std::memory_order_relaxed); }
+  void unauthenticatedClosed() { unauthenticated_.fetch_sub(1, std::memory_order_relaxed); }
+  int64_t unauthenticatedConnections() const { return unauthenticated_.load(); }
+  void watchRefused() { watchesRefused_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t watchesRefused() const { return watchesRefused_.load(); }
   uint64_t authFailures() const { return authFailures_.load(); }
   uint64_t rateLimitedCalls() const { return rateLimited_.load(); }
   uint64_t connectionsRefused() const { return connectionsRefused_.load(); }
@@ -88,6 +108,9 @@ class Metrics {
   std::atomic<uint64_t> authFailures_{0};
   std::atomic<uint64_t> rateLimited_{0};
   std::atomic<uint64_t> connectionsRefused_{0};
+  std::array<std::atomic<uint64_t>, kCloseReasonCount> closed_{};
+  std::atomic<int64_t> unauthenticated_{0};
+  std::atomic<uint64_t> watchesRefused_{0};
 };
 
 }  // namespace chorus::api

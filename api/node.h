@@ -42,16 +42,46 @@ class Metrics;
 struct RpcLimits {
   size_t maxMessageBytes = 1 << 20;  // incoming messages larger are refused
   int nestingLimit = 16;
-  uint32_t maxInFlightPerConnection = 256;        // more calls get `overloaded`
-  std::chrono::milliseconds idleTimeout{60'000};  // no calls, no watches
-  uint32_t maxPendingChangesPerWatch = 256;       // then changes are dropped+counted
+  uint32_t maxInFlightPerConnection = 256;  // more calls get `overloaded`
+  // No call for this long, none in flight and no watch: closed.
+  std::chrono::milliseconds idleTimeout{60'000};
+  uint32_t maxPendingChangesPerWatch = 256;  // then changes are dropped+counted
   // Per-connection token bucket: `maxCallsPerSecond` refill, `callBurst`
   // capacity. A call over it answers `overloaded` before it is queued. 0 = off.
   uint32_t maxCallsPerSecond = 20'000;
   uint32_t callBurst = 2'000;
-  // Open RPC connections; a connection beyond it is accepted and closed at
-  // once (counted in chorus_rpc_connections_refused_total).
+  // Authenticated RPC connections (every connection with noAuth); beyond it
+  // authenticate answers `overloaded` (noAuth: the connection is accepted and
+  // closed at once). Counted in chorus_rpc_connections_refused_total.
   uint32_t maxConnections = 1'024;
+
+  // Per connection, whatever it sent: over any of these the connection is
+  // closed, and everything it held is freed (api/README.md, "Limits").
+  // Calls sent and not finished, answered or not: Cap'n Proto keeps each
+  // answer until the client's Finish.
+  uint32_t maxUnfinishedCalls = 1'024;
+  // Bytes of replies (and watch changes) queued for the client, not yet
+  // taken by its socket: a client that stops reading.
+  size_t maxQueuedReplyBytes = 16 << 20;
+  // The connection's memory figure: bytes of its messages still held + queued
+  // reply bytes + 10 KiB per unfinished call + 1 KiB per watch.
+  size_t maxConnectionBytes = 64 << 20;
+  // Watches per connection and per node; more get `overloaded`.
+  uint32_t maxWatchesPerConnection = 64;
+  uint32_t maxWatches = 4'096;
+
+  // Before a connection authenticates (with a tokens file): it must present
+  // a valid token within authTimeout or it is closed; at most
+  // maxUnauthenticated such connections (a newcomer evicts the oldest) and
+  // maxUnauthenticatedPerAddress from one source address (likewise); they
+  // do not count toward maxConnections. Their tighter bounds:
+  std::chrono::milliseconds authTimeout{5'000};
+  uint32_t maxUnauthenticated = 64;
+  uint32_t maxUnauthenticatedPerAddress = 8;
+  size_t unauthenticatedMaxMessageBytes = 64 << 10;
+  uint32_t unauthenticatedMaxUnfinishedCalls = 16;
+  size_t unauthenticatedMaxQueuedReplyBytes = 256 << 10;
+  size_t unauthenticatedMaxConnectionBytes = 512 << 10;
 
   // Who may call (api/auth.h, api/README.md). With Node::Options::listen set
   // exactly one of these is required (Node::open: kInvalidArgument):

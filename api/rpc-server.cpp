@@ -5,17 +5,21 @@
 #include <kj/compat/http.h>
 #include <kj/debug.h>
 
+#include <malloc.h>
 #include <netdb.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <list>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <variant>
 
 #include "api/chorus.capnp.h"
+#include "api/internal/rpc-connection.h"
 #include "api/log.h"
 #include "api/metrics.h"
 #include "api/wire.h"
@@ -68,17 +72,57 @@ std::string peerName(kj::AsyncIoStream& stream) {
                                     : std::string(host) + ":" + port;
 }
 
+// "1.2.3.4" of "1.2.3.4:5678", "[::1]" of "[::1]:5678": the source address
+// the per-address cap counts.
+std::string hostOf(const std::string& peer) {
+  auto colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+
+struct Session;
+
 // Per-connection accounting, shared by the connection's capabilities.
 struct ConnState : kj::Refcounted {
   uint64_t id = 0;
   std::string peer;  // address of the client, for logs
+  std::string host;  // its source address, for the per-address cap
   uint32_t inFlight = 0;
   uint32_t watches = 0;
   kj::TimePoint lastActivity = kj::origin<kj::TimePoint>();
   // Rate limit: a token bucket refilled at RpcLimits::maxCallsPerSecond.
   double callTokens = 0;
   kj::TimePoint refilled = kj::origin<kj::TimePoint>();
+
+  // Holds a session with a valid token (always, on a --no-auth node). If
+  // not, it is on the Loop's unauthenticated list until authDeadline.
+  bool authenticated = false;
+  bool unauthListed = false;
+  std::list<ConnState*>::iterator unauthPos;
+  kj::TimePoint authDeadline = kj::origin<kj::TimePoint>();
+  // The sessions authenticate made on this connection, to follow a reload.
+  std::vector<std::shared_ptr<Session>> sessions;
+
+  // What the client's messages make the server hold (see
+  // api/internal/rpc-connection.h), and the reply queue of its network:
+  // set while the connection is open.
+  kj::Own<internal::ConnectionUsage> usage = kj::refcounted<internal::ConnectionUsage>();
+  capnp::TwoPartyVatNetwork* network = nullptr;
+  // Fulfilled to close the connection (its streams, answers and exports go).
+  kj::Own<kj::PromiseFulfiller<void>> kill;
+  bool closing = false;
+
+  size_t queuedReplyBytes() const {
+    return network != nullptr ? network->getCurrentQueueSize() : 0;
+  }
 };
+
+// The memory figure of a connection (RpcLimits::maxConnectionBytes).
+constexpr size_t kAnswerBytes = 10 << 10;  // an answer: 8 KiB result segment + bookkeeping
+constexpr size_t kWatchBytes = 1 << 10;
+size_t connectionBytes(const ConnState& c) {
+  return c.usage->heldRequestBytes + c.queuedReplyBytes() +
+         c.usage->unfinishedCalls() * kAnswerBytes + size_t(c.watches) * kWatchBytes;
+}
 
 // A refused call: `unauthenticated` (no or an unknown token) or `error`.
 struct Refusal {
@@ -158,8 +202,10 @@ class RateLimitedLog {
 struct WatchEntry {
   uint64_t nodeWatchId = 0;
   wire::WatchObserver::Client observer;
-  uint32_t inFlight = 0;  // onChange calls not yet answered
-  uint32_t missed = 0;    // dropped since the last delivered change
+  kj::Own<ConnState> conn;
+  const Session* session = nullptr;  // whom it reads for; removed if revoked
+  uint32_t inFlight = 0;             // onChange calls not yet answered
+  uint32_t missed = 0;               // dropped since the last delivered change
 };
 
 // Every RPC watch. Refcounted so a WatchHandle destroyed late still finds it.
@@ -170,30 +216,34 @@ struct Watches : kj::Refcounted {
   std::unordered_map<uint64_t, WatchEntry> map;
   uint64_t next = 1;
 
+  // Idempotent: a revoked watch goes at the reload, its handle later.
   void remove(uint64_t id) {
     auto it = map.find(id);
     if (it == map.end()) return;
     node.unwatch(it->second.nodeWatchId);
+    --it->second.conn->watches;
     map.erase(it);
     metrics.watchClosed();
+  }
+  // The watches reading for `session`; returns how many.
+  size_t removeFor(const Session* session) {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, w] : map) {
+      if (w.session == session) ids.push_back(id);
+    }
+    for (uint64_t id : ids) remove(id);
+    return ids.size();
   }
 };
 
 class WatchHandleImpl final : public wire::WatchHandle::Server {
  public:
-  WatchHandleImpl(kj::Own<Watches> watches, uint64_t id, kj::Own<ConnState> conn)
-      : watches_(kj::mv(watches)), id_(id), conn_(kj::mv(conn)) {
-    ++conn_->watches;
-  }
-  ~WatchHandleImpl() noexcept(false) {
-    --conn_->watches;
-    watches_->remove(id_);
-  }
+  WatchHandleImpl(kj::Own<Watches> watches, uint64_t id) : watches_(kj::mv(watches)), id_(id) {}
+  ~WatchHandleImpl() noexcept(false) { watches_->remove(id_); }
 
  private:
   kj::Own<Watches> watches_;
   uint64_t id_;
-  kj::Own<ConnState> conn_;
 };
 
 }  // namespace
@@ -229,46 +279,82 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   // The session of `reviews` and `admin` without authenticate.
   std::shared_ptr<const Session> defaultSession() const { return tokens_ ? anonymous_ : trusted_; }
 
-  // authenticate(token): the session for it, or the refusal (counted and
-  // logged with the peer's address, never the token).
+  // authenticate(token) on `conn`: the session for it (the same one for
+  // the same token on one connection), or the refusal: an unknown token
+  // (counted and logged with the peer's address, never the token), or
+  // maxConnections authenticated connections already open.
   std::variant<std::shared_ptr<const Session>, Refusal> authenticate(std::string_view token,
-                                                                     const ConnState& conn) {
+                                                                     ConnState& conn) {
     if (!tokens_) return trusted_;
     auto digest = TokenTable::digest(token);
-    if (auto principal = tokens_->findDigest(digest)) {
-      auto session = std::make_shared<Session>();
-      session->kind = Session::Kind::kPrincipal;
-      session->principal = std::move(*principal);
-      session->digest = digest;
-      std::erase_if(sessions_, [](const auto& s) { return s.expired(); });
-      sessions_.push_back(session);
-      logf(LogLevel::kDebug, "rpc: connection %llu from %s authenticated as %s",
-           static_cast<unsigned long long>(conn.id), conn.peer.c_str(),
-           session->principal.id.c_str());
-      return session;
+    auto principal = tokens_->findDigest(digest);
+    if (!principal) {
+      metrics_.authFailed();
+      authLog_.warn(timer_.now(), "rpc: unknown token from %s (connection %llu)", conn.peer.c_str(),
+                    static_cast<unsigned long long>(conn.id));
+      return Refusal{true, makeError(ErrorCode::kForbidden, "unknown token")};
     }
-    metrics_.authFailed();
-    authLog_.warn(timer_.now(), "rpc: unknown token from %s (connection %llu)", conn.peer.c_str(),
-                  static_cast<unsigned long long>(conn.id));
-    return Refusal{true, makeError(ErrorCode::kForbidden, "unknown token")};
+    if (!conn.authenticated) {
+      if (authenticatedConnections_ >= limits_.maxConnections) {
+        metrics_.connectionRefused();
+        connectionLog_.warn(timer_.now(),
+                            "rpc: %u authenticated connections open (the limit); refused "
+                            "authenticate from %s",
+                            limits_.maxConnections, conn.peer.c_str());
+        return Refusal{false, makeError(ErrorCode::kOverloaded,
+                                        std::to_string(limits_.maxConnections) +
+                                            " authenticated connections are open (the node's "
+                                            "limit, --max-connections); retry later")};
+      }
+      leaveUnauthenticated(conn);
+      conn.authenticated = true;
+      ++authenticatedConnections_;
+    }
+    for (const auto& s : conn.sessions) {
+      if (s->kind == Session::Kind::kPrincipal && s->digest == digest) {
+        s->principal = std::move(*principal);
+        return std::shared_ptr<const Session>(s);
+      }
+    }
+    auto session = std::make_shared<Session>();
+    session->kind = Session::Kind::kPrincipal;
+    session->principal = std::move(*principal);
+    session->digest = digest;
+    conn.sessions.push_back(session);
+    logf(LogLevel::kDebug, "rpc: connection %llu from %s authenticated as %s",
+         static_cast<unsigned long long>(conn.id), conn.peer.c_str(),
+         session->principal.id.c_str());
+    return std::shared_ptr<const Session>(session);
   }
 
-  // RPC thread: a reloaded tokens file. Sessions already authenticated
-  // follow it at their next call: new roles, or refused if their token is
-  // gone. Returns how many sessions were revoked.
+  // RPC thread: a reloaded tokens file. Sessions follow it at once: new
+  // roles, or revoked if their token is gone; a revoked session's watches
+  // end now, and a connection left without a valid session is
+  // unauthenticated again (authTimeout from now). Returns how many sessions
+  // were revoked.
   size_t replaceTokens(TokenTable tokens) {
     if (!tokens_) return 0;  // --no-auth stays --no-auth
     tokens_ = std::move(tokens);
     size_t revoked = 0;
-    std::erase_if(sessions_, [](const auto& s) { return s.expired(); });
-    for (const auto& weak : sessions_) {
-      auto session = weak.lock();
-      if (!session || session->kind != Session::Kind::kPrincipal) continue;
-      if (auto principal = tokens_->findDigest(session->digest)) {
-        session->principal = std::move(*principal);
-      } else {
-        session->kind = Session::Kind::kRevoked;
-        ++revoked;
+    for (auto& [id, conn] : connections_by_id_) {
+      bool valid = false;
+      for (const auto& session : conn->sessions) {
+        if (session->kind != Session::Kind::kPrincipal) continue;
+        if (auto principal = tokens_->findDigest(session->digest)) {
+          session->principal = std::move(*principal);
+          valid = true;
+        } else {
+          session->kind = Session::Kind::kRevoked;
+          ++revoked;
+          size_t ended = watches_->removeFor(session.get());
+          logf(LogLevel::kDebug, "rpc: connection %llu: token of %s revoked, %zu watch(es) ended",
+               static_cast<unsigned long long>(id), session->principal.id.c_str(), ended);
+        }
+      }
+      if (!valid && conn->authenticated && !conn->closing) {
+        conn->authenticated = false;
+        --authenticatedConnections_;
+        enterUnauthenticated(*conn);
       }
     }
     return revoked;
@@ -291,28 +377,30 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   // directly or as a promise) as one call of `conn`, with the rate limit,
   // the in-flight cap, idle bookkeeping and metrics. `initError` makes the
   // results' error. A call refused by a limit never runs `body`.
-  template <typename Body, typename InitError>
-  kj::Promise<void> call(ConnState& conn, Metrics::Method method, Body&& body,
-                         InitError&& initError) {
+  // The rate limit and the in-flight cap, for one call of `conn`; refreshes
+  // its idle clock. The refusal (`overloaded`) if the call must not run.
+  std::optional<Error> admit(ConnState& conn) {
     conn.lastActivity = timer_.now();
     if (!takeCallToken(conn)) {
       metrics_.rateLimited();
-      const char* code =
-          toWire(makeError(ErrorCode::kOverloaded,
-                           "rate limit: " + std::to_string(limits_.maxCallsPerSecond) +
-                               " calls/s per connection (bursts of " +
-                               std::to_string(limits_.callBurst) + "); retry with backoff"),
-                 initError());
-      metrics_.record(method, 0.0, code);
-      return kj::READY_NOW;
+      return makeError(ErrorCode::kOverloaded,
+                       "rate limit: " + std::to_string(limits_.maxCallsPerSecond) +
+                           " calls/s per connection (bursts of " +
+                           std::to_string(limits_.callBurst) + "); retry with backoff");
     }
     if (conn.inFlight >= limits_.maxInFlightPerConnection) {
-      const char* code =
-          toWire(makeError(ErrorCode::kOverloaded,
-                           "more than " + std::to_string(limits_.maxInFlightPerConnection) +
-                               " calls in flight on this connection; wait for replies, then retry"),
-                 initError());
-      metrics_.record(method, 0.0, code);
+      return makeError(ErrorCode::kOverloaded,
+                       "more than " + std::to_string(limits_.maxInFlightPerConnection) +
+                           " calls in flight on this connection; wait for replies, then retry");
+    }
+    return std::nullopt;
+  }
+
+  template <typename Body, typename InitError>
+  kj::Promise<void> call(ConnState& conn, Metrics::Method method, Body&& body,
+                         InitError&& initError) {
+    if (auto refused = admit(conn)) {
+      metrics_.record(method, 0.0, toWire(*refused, initError()));
       return kj::READY_NOW;
     }
     ++conn.inFlight;
@@ -349,8 +437,20 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
   Result<wire::WatchHandle::Client> addWatch(const std::string& product,
-                                             wire::WatchObserver::Client observer,
-                                             ConnState& conn) {
+                                             wire::WatchObserver::Client observer, ConnState& conn,
+                                             const Session& session) {
+    if (conn.watches >= limits_.maxWatchesPerConnection) {
+      metrics_.watchRefused();
+      return makeError(ErrorCode::kOverloaded, "at most " +
+                                                   std::to_string(limits_.maxWatchesPerConnection) +
+                                                   " watches per connection; drop one first");
+    }
+    if (watches_->map.size() >= limits_.maxWatches) {
+      metrics_.watchRefused();
+      return makeError(ErrorCode::kOverloaded, "this node serves at most " +
+                                                   std::to_string(limits_.maxWatches) +
+                                                   " watches; retry later");
+    }
     uint64_t localId = watches_->next++;
     RpcServer* server = &server_;
     Loop* self = this;
@@ -359,10 +459,11 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
       server->post([self, localId, change] { self->deliver(localId, change); });
     });
     if (!nodeId.ok()) return nodeId.error();
-    watches_->map.emplace(localId, WatchEntry{*nodeId, kj::mv(observer), 0, 0});
+    watches_->map.emplace(localId,
+                          WatchEntry{*nodeId, kj::mv(observer), kj::addRef(conn), &session, 0, 0});
+    ++conn.watches;
     metrics_.watchOpened();
-    return wire::WatchHandle::Client(
-        kj::heap<WatchHandleImpl>(kj::addRef(*watches_), localId, kj::addRef(conn)));
+    return wire::WatchHandle::Client(kj::heap<WatchHandleImpl>(kj::addRef(*watches_), localId));
   }
 
   void taskFailed(kj::Exception&& e) override {
@@ -380,6 +481,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     auto it = watches_->map.find(localId);
     if (it == watches_->map.end()) return;
     WatchEntry& w = it->second;
+    if (w.conn->closing) return;
+    if (checkUsage(*w.conn)) return;  // closed: the client does not read its changes
     if (w.inFlight >= limits_.maxPendingChangesPerWatch) {
       ++w.missed;
       metrics_.changesDropped(1);
@@ -427,7 +530,10 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     return listener.accept()
         .then(
             [this](kj::Own<kj::AsyncIoStream> stream) {
-              if (openConnections_ >= limits_.maxConnections) {
+              // --no-auth: every connection is trusted and counts toward
+              // maxConnections at once. With tokens, a newcomer is
+              // unauthenticated: it has its own cap (serve() evicts).
+              if (!tokens_ && authenticatedConnections_ >= limits_.maxConnections) {
                 metrics_.connectionRefused();
                 connectionLog_.warn(timer_.now(),
                                     "rpc: %u connections open (the limit); closed a new one "
@@ -448,19 +554,142 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
 
   kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream);
 
-  kj::Promise<void> idleWatch(ConnState& conn) {
+  // Until the connection should close: no valid token by its deadline, over
+  // a usage limit (e.g. a client that stopped reading), or idle: no call for
+  // idleTimeout, none in flight, and no watch (a watch keeps only an
+  // authenticated connection open).
+  kj::Promise<void> watchdog(ConnState& conn) {
     auto idle = kj::MILLISECONDS * limits_.idleTimeout.count();
-    auto interval = idle / 4;
+    auto interval = std::min(idle, kj::MILLISECONDS * limits_.authTimeout.count()) / 4;
     if (interval < 10 * kj::MILLISECONDS) interval = 10 * kj::MILLISECONDS;
-    if (interval > kj::SECONDS) interval = kj::SECONDS;
+    if (interval > 250 * kj::MILLISECONDS) interval = 250 * kj::MILLISECONDS;
     return timer_.afterDelay(interval).then([this, &conn, idle]() -> kj::Promise<void> {
-      if (conn.inFlight == 0 && conn.watches == 0 && timer_.now() - conn.lastActivity >= idle) {
+      if (conn.closing) return kj::NEVER_DONE;  // `kill` ends it
+      kj::TimePoint now = timer_.now();
+      if (!conn.authenticated && now >= conn.authDeadline) {
+        close(conn, Metrics::kAuthTimeout,
+              "no valid token within " + std::to_string(limits_.authTimeout.count()) + " ms");
+        return kj::NEVER_DONE;
+      }
+      if (checkUsage(conn)) return kj::NEVER_DONE;
+      if (conn.inFlight == 0 && (conn.watches == 0 || !conn.authenticated) &&
+          now - conn.lastActivity >= idle) {
         logf(LogLevel::kDebug, "rpc: closing idle connection %llu",
              static_cast<unsigned long long>(conn.id));
         return kj::READY_NOW;
       }
-      return idleWatch(conn);
+      return watchdog(conn);
     });
+  }
+
+  // The bounds of `conn`'s tier: before or after authentication.
+  size_t maxMessageBytes(const ConnState& c) const {
+    return c.authenticated
+               ? limits_.maxMessageBytes
+               : std::min(limits_.maxMessageBytes, limits_.unauthenticatedMaxMessageBytes);
+  }
+  size_t maxUnfinishedCalls(const ConnState& c) const {
+    return c.authenticated ? limits_.maxUnfinishedCalls : limits_.unauthenticatedMaxUnfinishedCalls;
+  }
+  size_t maxQueuedReplyBytes(const ConnState& c) const {
+    return c.authenticated ? limits_.maxQueuedReplyBytes
+                           : limits_.unauthenticatedMaxQueuedReplyBytes;
+  }
+  size_t maxConnectionBytes(const ConnState& c) const {
+    return c.authenticated ? limits_.maxConnectionBytes : limits_.unauthenticatedMaxConnectionBytes;
+  }
+
+  // Closes `conn` if it is over a usage limit; true if it did.
+  bool checkUsage(ConnState& conn) {
+    if (conn.closing) return true;
+    const char* tier = conn.authenticated ? "" : "unauthenticated ";
+    if (conn.usage->unfinishedCalls() > maxUnfinishedCalls(conn)) {
+      close(conn, Metrics::kUnfinishedCalls,
+            "more than " + std::to_string(maxUnfinishedCalls(conn)) +
+                " calls not finished on this " + tier + "connection");
+      return true;
+    }
+    if (conn.queuedReplyBytes() > maxQueuedReplyBytes(conn)) {
+      close(conn, Metrics::kReplyQueue,
+            "more than " + std::to_string(maxQueuedReplyBytes(conn)) +
+                " bytes of replies queued and not read on this " + tier + "connection");
+      return true;
+    }
+    if (connectionBytes(conn) > maxConnectionBytes(conn)) {
+      close(conn, Metrics::kMemory,
+            "this " + std::string(tier) + "connection holds more than " +
+                std::to_string(maxConnectionBytes(conn)) + " bytes");
+      return true;
+    }
+    return false;
+  }
+
+  // After each message `conn` sent (MeteredMessageStream): over a limit, the
+  // connection ends (the RPC system sees the exception, kill frees the rest).
+  void afterRead(ConnState& conn) {
+    if (checkUsage(conn)) {
+      kj::throwFatalException(kj::Exception(kj::Exception::Type::DISCONNECTED, __FILE__, __LINE__,
+                                            kj::str("closed by the server: over a limit")));
+    }
+  }
+
+  // Marks `conn` closing and ends it (on a later turn); everything it held
+  // goes with its RPC system.
+  void close(ConnState& conn, Metrics::CloseReason reason, const std::string& why) {
+    if (conn.closing) return;
+    conn.closing = true;
+    leaveUnauthenticated(conn);
+    metrics_.closedByLimit(reason);
+    limitLog_.warn(timer_.now(), "rpc: closed connection %llu from %s: %s",
+                   static_cast<unsigned long long>(conn.id), conn.peer.c_str(), why.c_str());
+    if (conn.kill) conn.kill->fulfill();
+  }
+
+  // Puts `conn` on the unauthenticated list (deadline authTimeout from now),
+  // first evicting the oldest unauthenticated connection of its address, and
+  // then the oldest of all, when their caps are reached.
+  void enterUnauthenticated(ConnState& conn) {
+    conn.authDeadline = timer_.now() + kj::MILLISECONDS * limits_.authTimeout.count();
+    uint32_t& fromHost = unauthByHost_[conn.host];
+    if (fromHost >= limits_.maxUnauthenticatedPerAddress) {
+      for (ConnState* other : unauth_) {
+        if (other->host == conn.host) {
+          close(*other, Metrics::kEvicted,
+                "evicted: " + std::to_string(limits_.maxUnauthenticatedPerAddress) +
+                    " unauthenticated connections from " + conn.host);
+          break;
+        }
+      }
+    }
+    if (unauth_.size() >= limits_.maxUnauthenticated && !unauth_.empty()) {
+      close(*unauth_.front(), Metrics::kEvicted,
+            "evicted: " + std::to_string(limits_.maxUnauthenticated) +
+                " unauthenticated connections open");
+    }
+    conn.unauthPos = unauth_.insert(unauth_.end(), &conn);
+    conn.unauthListed = true;
+    ++unauthByHost_[conn.host];
+    metrics_.unauthenticatedOpened();
+  }
+
+  void leaveUnauthenticated(ConnState& conn) {
+    if (!conn.unauthListed) return;
+    unauth_.erase(conn.unauthPos);
+    conn.unauthListed = false;
+    auto it = unauthByHost_.find(conn.host);
+    if (it != unauthByHost_.end() && --it->second == 0) unauthByHost_.erase(it);
+    metrics_.unauthenticatedClosed();
+  }
+
+  // After connections closed: give freed memory back to the system, at most
+  // once a second (glibc keeps freed heap otherwise).
+  void trimSoon() {
+    if (trimScheduled_) return;
+    trimScheduled_ = true;
+    tasks_.add(timer_.afterDelay(kj::SECONDS).then([this] {
+      trimScheduled_ = false;
+      malloc_trim(0);
+    }));
   }
 
  private:
@@ -505,14 +734,19 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   Node& node_;
   RpcLimits limits_;
   std::optional<TokenTable> tokens_;  // nullopt: --no-auth
-  // Authenticated sessions still held by some capability, to update at a
-  // reload (expired ones are pruned at each authenticate).
-  std::vector<std::weak_ptr<Session>> sessions_;
+  // Every open connection (for a reload), the unauthenticated ones oldest
+  // first, how many of those per source address, and how many are
+  // authenticated (RpcLimits::maxConnections).
+  std::unordered_map<uint64_t, ConnState*> connections_by_id_;
+  std::list<ConnState*> unauth_;
+  std::unordered_map<std::string, uint32_t> unauthByHost_;
+  uint32_t authenticatedConnections_ = 0;
+  RateLimitedLog limitLog_{10 * kj::SECONDS};
+  bool trimScheduled_ = false;
   std::shared_ptr<Session> trusted_ = std::make_shared<Session>();
   std::shared_ptr<Session> anonymous_ = std::make_shared<Session>();
   RateLimitedLog authLog_{10 * kj::SECONDS};
   RateLimitedLog connectionLog_{10 * kj::SECONDS};
-  uint32_t openConnections_ = 0;
   kj::AsyncIoContext& io_;
   kj::Timer& timer_;
   Metrics& metrics_;
@@ -661,7 +895,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
             return refusalToWire(*no, ctx.getResults().initError());
           auto p = ctx.getParams();
           auto results = ctx.getResults();
-          auto handle = loop_.addWatch(str(p.getProduct()), p.getObserver(), *conn_);
+          auto handle = loop_.addWatch(str(p.getProduct()), p.getObserver(), *conn_, *session_);
           if (!handle.ok()) return toWire(handle.error(), results.initError());
           results.setHandle(kj::mv(*handle));
           return nullptr;
@@ -682,6 +916,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
 
   template <typename Ctx>
   kj::Promise<void> write(Metrics::Method method, Ctx ctx, WriteRequest request) {
+    ctx.releaseParams();  // copied into `request`; not held while the write commits
     return loop_.call(
         *conn_, method,
         [this, ctx, request = std::move(request)]() mutable -> kj::Promise<const char*> {
@@ -821,19 +1056,21 @@ class AdminImpl final : public wire::Admin::Server {
   std::shared_ptr<const Session> session_;
 };
 
+// The bootstrap capability of one connection. It hands out one ReviewStore
+// and one Admin per session, made once: a flood of reviews() or
+// authenticate calls cannot grow the connection's export table.
 class ChorusImpl final : public wire::Chorus::Server {
  public:
   ChorusImpl(Loop& loop, kj::Own<ConnState> conn) : loop_(loop), conn_(kj::mv(conn)) {}
 
   kj::Promise<void> reviews(ReviewsContext ctx) override {
-    ctx.getResults().setReviews(
-        kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_), loop_.defaultSession()));
-    return kj::READY_NOW;
+    return bootstrapCall(Metrics::kReviews, [&] {
+      ctx.getResults().setReviews(capsFor(loop_.defaultSession()).reviews);
+    });
   }
   kj::Promise<void> admin(AdminContext ctx) override {
-    ctx.getResults().setAdmin(
-        kj::heap<AdminImpl>(loop_, kj::addRef(*conn_), loop_.defaultSession()));
-    return kj::READY_NOW;
+    return bootstrapCall(Metrics::kAdmin,
+                         [&] { ctx.getResults().setAdmin(capsFor(loop_.defaultSession()).admin); });
   }
   // Capabilities acting for the token's principal; on a --no-auth node any
   // token gets trusted ones (principal empty, every role).
@@ -855,30 +1092,76 @@ class ChorusImpl final : public wire::Chorus::Server {
           results.setPrincipal(session->principal.id);
           auto list = results.initRoles(static_cast<unsigned>(roles.size()));
           for (unsigned i = 0; i < roles.size(); ++i) list.set(i, roleName(roles[i]));
-          results.setReviews(kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_), session));
-          results.setAdmin(kj::heap<AdminImpl>(loop_, kj::addRef(*conn_), session));
+          Caps& caps = capsFor(session);
+          results.setReviews(caps.reviews);
+          results.setAdmin(caps.admin);
           return nullptr;
         },
         errorInit(ctx));
   }
 
  private:
+  struct Caps {
+    wire::ReviewStore::Client reviews;
+    wire::Admin::Client admin;
+  };
+
+  Caps& capsFor(const std::shared_ptr<const Session>& session) {
+    auto it = caps_.find(session.get());
+    if (it == caps_.end()) {
+      it = caps_
+               .emplace(session.get(),
+                        Caps{kj::heap<ReviewStoreImpl>(loop_, kj::addRef(*conn_), session),
+                             kj::heap<AdminImpl>(loop_, kj::addRef(*conn_), session)})
+               .first;
+    }
+    return it->second;
+  }
+
+  // reviews() and admin(): no error in their results, so a refusal by the
+  // rate limit or the in-flight cap is an `overloaded` exception.
+  template <typename Fill>
+  kj::Promise<void> bootstrapCall(Metrics::Method method, Fill&& fill) {
+    auto start = std::chrono::steady_clock::now();
+    if (auto refused = loop_.admit(*conn_)) {
+      loop_.metrics().record(method, 0.0, "overloaded");
+      return kj::Exception(kj::Exception::Type::OVERLOADED, __FILE__, __LINE__,
+                           kj::str(refused->message.c_str()));
+    }
+    fill();
+    loop_.metrics().record(method, secondsSince(start), nullptr);
+    return kj::READY_NOW;
+  }
+
   Loop& loop_;
   kj::Own<ConnState> conn_;
+  // By session (the connection's own, or the node's shared trusted and
+  // anonymous ones, which outlive every connection).
+  std::map<const Session*, Caps> caps_;
 };
 
-// One client connection: the stream, its two-party network and RPC system.
+// One client connection: the stream, its metering, its two-party network
+// and RPC system. Destroying it closes the socket and frees every answer,
+// export and queued reply of the connection.
 struct Connection {
   Connection(Loop& loop, kj::Own<kj::AsyncIoStream> s, capnp::ReaderOptions options,
              kj::Own<ConnState> st)
       : stream(kj::mv(s)),
-        network(*stream, capnp::rpc::twoparty::Side::SERVER, options),
         state(kj::mv(st)),
+        messages(
+            *stream, kj::addRef(*state->usage),
+            [&loop, c = state.get()]() { return loop.maxMessageBytes(*c); },
+            [&loop, c = state.get()]() { loop.afterRead(*c); }),
+        network(messages, capnp::rpc::twoparty::Side::SERVER, options),
         rpc(capnp::makeRpcServer(
-            network, wire::Chorus::Client(kj::heap<ChorusImpl>(loop, kj::addRef(*state))))) {}
+            network, wire::Chorus::Client(kj::heap<ChorusImpl>(loop, kj::addRef(*state))))) {
+    state->network = &network;
+  }
+  ~Connection() noexcept(false) { state->network = nullptr; }
   kj::Own<kj::AsyncIoStream> stream;
-  capnp::TwoPartyVatNetwork network;
   kj::Own<ConnState> state;
+  internal::MeteredMessageStream messages;
+  capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
 };
 
@@ -930,20 +1213,37 @@ kj::Promise<void> RpcServer::Loop::serve(kj::Own<kj::AsyncIoStream> stream) {
   auto state = kj::refcounted<ConnState>();
   state->id = nextConn_++;
   state->peer = peerName(*stream);
+  state->host = hostOf(state->peer);
   state->lastActivity = timer_.now();
   state->refilled = timer_.now();
   state->callTokens = std::max<uint32_t>(limits_.callBurst, 1);
-  ++openConnections_;
-  auto conn = kj::heap<Connection>(*this, kj::mv(stream), readerOptions_, kj::mv(state));
+  if (tokens_) {
+    enterUnauthenticated(*state);  // may evict older strangers
+  } else {
+    state->authenticated = true;  // --no-auth: trusted
+    ++authenticatedConnections_;
+  }
+  auto kill = kj::newPromiseAndFulfiller<void>();
+  state->kill = kj::mv(kill.fulfiller);
+  connections_by_id_.emplace(state->id, state.get());
+  auto conn = kj::heap<Connection>(*this, kj::mv(stream), readerOptions_, kj::addRef(*state));
   metrics_.connectionOpened();
-  logf(LogLevel::kDebug, "rpc: connection %llu opened",
-       static_cast<unsigned long long>(conn->state->id));
-  auto closed = kj::defer([this, id = conn->state->id]() {
-    --openConnections_;
+  logf(LogLevel::kDebug, "rpc: connection %llu opened from %s",
+       static_cast<unsigned long long>(state->id), state->peer.c_str());
+  auto closed = kj::defer([this, state = kj::mv(state)]() mutable {
+    connections_by_id_.erase(state->id);
+    leaveUnauthenticated(*state);
+    if (state->authenticated) --authenticatedConnections_;
+    state->closing = true;
+    state->kill = nullptr;
     metrics_.connectionClosed();
-    logf(LogLevel::kDebug, "rpc: connection %llu closed", static_cast<unsigned long long>(id));
+    logf(LogLevel::kDebug, "rpc: connection %llu closed",
+         static_cast<unsigned long long>(state->id));
+    trimSoon();
   });
-  auto done = conn->network.onDisconnect().exclusiveJoin(idleWatch(*conn->state));
+  auto done = conn->network.onDisconnect()
+                  .exclusiveJoin(watchdog(*conn->state))
+                  .exclusiveJoin(kj::mv(kill.promise));
   // `closed` runs after `conn` is gone.
   return done.attach(kj::mv(conn)).attach(kj::mv(closed));
 }

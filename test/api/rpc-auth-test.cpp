@@ -441,39 +441,91 @@ int rawConnect(const std::string& address) {
 
 }  // namespace
 
-TEST_CASE("limits: connections over the cap are closed and counted") {
+TEST_CASE("limits: strangers do not count toward the cap; authenticated ones over it are refused") {
   chorus::RpcLimits limits;
   limits.maxConnections = 2;
   AuthNode n(Principals{{"alice", "reader"}}, limits);
+  // Two strangers (no token) hold connections: they are not authenticated,
+  // so they do not take the slots token holders need.
   int a = rawConnect(n.node->rpcAddress());
   int b = rawConnect(n.node->rpcAddress());
   REQUIRE(a >= 0);
   REQUIRE(b >= 0);
-  // Wait until the server accepted both.
-  for (int i = 0; i < 500 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 2") ==
-                                 std::string::npos;
-       ++i) {
+  for (int i = 0; i < 500 && n.node->metrics().unauthenticatedConnections() < 2; ++i) {
     std::this_thread::sleep_for(10ms);
   }
+  CHECK(n.node->metrics().unauthenticatedConnections() == 2);
   Client::Options o;
   o.token = n.tokens["alice"];
   o.timeout = 2s;
+  // Two authenticated connections, each held by a thread of its own (a
+  // thread holds one Client) until `release`.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::vector<std::promise<bool>> held(2);
+  std::vector<std::thread> holders;
+  for (int i = 0; i < 2; ++i) {
+    holders.emplace_back([&, i] {
+      auto c = Client::connect(n.node->rpcAddress(), o);
+      held[i].set_value(c.ok() && (*c)->summary("p").ok());
+      released.wait();
+    });
+  }
+  for (auto& h : held) CHECK(h.get_future().get());
+  // A third authenticated connection is over the cap: authenticate answers
+  // overloaded, counted.
   auto third = Client::connect(n.node->rpcAddress(), o);
   REQUIRE_FALSE(third.ok());
-  CHECK(third.error().code == ErrorCode::kUnavailable);
+  CHECK(third.error().code == ErrorCode::kOverloaded);
+  CHECK(third.error().message.find("2 authenticated connections are open") == 0);
   CHECK(n.node->metrics().connectionsRefused() == 1);
   third = chorus::Error{ErrorCode::kInternal, "closed"};
 
-  ::close(a);
-  for (int i = 0; i < 500 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 1") ==
+  release.set_value();
+  for (auto& t : holders) t.join();
+  for (int i = 0; i < 500 && n.node->metrics().render({}, 0).find("chorus_rpc_connections 2") ==
                                  std::string::npos;
        ++i) {
-    std::this_thread::sleep_for(10ms);  // until the server noticed the disconnect
+    std::this_thread::sleep_for(10ms);  // until the server noticed the disconnects
   }
   auto again = Client::connect(n.node->rpcAddress(), o);
   REQUIRE_MESSAGE(again.ok(), again.error().toString());
   CHECK((*again)->summary("p").ok());
+  ::close(a);
   ::close(b);
+}
+
+TEST_CASE(
+    "limits: a stranger is closed at the auth deadline; the per-address cap evicts the oldest") {
+  chorus::RpcLimits limits;
+  limits.authTimeout = 300ms;
+  limits.maxUnauthenticatedPerAddress = 3;
+  AuthNode n(Principals{{"alice", "reader"}}, limits);
+  std::vector<int> fds;
+  for (int i = 0; i < 5; ++i) {
+    fds.push_back(rawConnect(n.node->rpcAddress()));
+    REQUIRE(fds.back() >= 0);
+  }
+  auto closedBy = [&](chorus::api::Metrics::CloseReason r) {
+    return n.node->metrics().closedBy(r);
+  };
+  for (int i = 0; i < 500 && closedBy(chorus::api::Metrics::kEvicted) < 2; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(closedBy(chorus::api::Metrics::kEvicted) == 2);  // 5 from one address, 3 allowed
+  CHECK(n.node->metrics().unauthenticatedConnections() == 3);
+  // An authenticated client stays past the deadline; the strangers do not.
+  Client::Options o;
+  o.token = n.tokens["alice"];
+  auto alice = Client::connect(n.node->rpcAddress(), o);
+  REQUIRE_MESSAGE(alice.ok(), alice.error().toString());
+  for (int i = 0; i < 300 && n.node->metrics().unauthenticatedConnections() > 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(n.node->metrics().unauthenticatedConnections() == 0);
+  CHECK(closedBy(chorus::api::Metrics::kAuthTimeout) >= 2);
+  CHECK((*alice)->summary("p").ok());
+  for (int fd : fds) ::close(fd);
 }
 
 TEST_CASE("Admin.keys: list, install, use, remove; the keys themselves never come back") {

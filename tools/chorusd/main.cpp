@@ -5,9 +5,10 @@
 // then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
-// exits 0. SIGHUP: reread --tokens-file (revoked tokens are refused from
-// their next call; a broken file keeps the previous tokens). Exit codes: 0 clean stop, 1 usage or
-// configuration, 2 the node could not start (data dir locked or damaged, address in use).
+// exits 0. SIGHUP: reread --tokens-file (a revoked token's calls are refused
+// and its watches end at once; a broken file keeps the previous tokens). Exit codes: 0 clean stop,
+// 1 usage or configuration, 2 the node could not start (data dir locked or damaged, address in
+// use).
 #include <pthread.h>
 #include <signal.h>
 
@@ -74,6 +75,19 @@ int main(int argc, char** argv) {
   bool unsafeNoSync = false;
   uint32_t rateLimit = chorus::RpcLimits{}.maxCallsPerSecond;
   uint32_t maxConnections = chorus::RpcLimits{}.maxConnections;
+  const chorus::RpcLimits rpcDefaults;
+  uint32_t maxUnfinishedCalls = rpcDefaults.maxUnfinishedCalls;
+  size_t maxReplyQueueBytes = rpcDefaults.maxQueuedReplyBytes;
+  size_t maxConnectionBytes = rpcDefaults.maxConnectionBytes;
+  uint32_t maxWatchesPerConnection = rpcDefaults.maxWatchesPerConnection;
+  uint32_t maxWatches = rpcDefaults.maxWatches;
+  uint64_t authTimeoutMs = static_cast<uint64_t>(rpcDefaults.authTimeout.count());
+  uint32_t maxUnauthenticated = rpcDefaults.maxUnauthenticated;
+  uint32_t maxUnauthenticatedPerAddress = rpcDefaults.maxUnauthenticatedPerAddress;
+  size_t unauthMessageBytes = rpcDefaults.unauthenticatedMaxMessageBytes;
+  uint32_t unauthUnfinishedCalls = rpcDefaults.unauthenticatedMaxUnfinishedCalls;
+  size_t unauthReplyQueueBytes = rpcDefaults.unauthenticatedMaxQueuedReplyBytes;
+  size_t unauthConnectionBytes = rpcDefaults.unauthenticatedMaxConnectionBytes;
   std::string tokensFile;
   bool noAuth = false;
   std::string clusterKeyFile;
@@ -106,9 +120,78 @@ int main(int argc, char** argv) {
                      ", before calls get `overloaded` (0 = no limit)")
       ->capture_default_str();
   app.add_option("--max-connections", maxConnections,
-                 "Open RPC connections; more are accepted and closed at once")
+                 "Authenticated RPC connections (every connection with --no-auth); beyond it "
+                 "authenticate answers `overloaded` (--no-auth: closed at accept)")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1'000'000u));
+  auto* limitsGroup = app.add_option_group(
+      "RPC limits",
+      "Per-connection bounds; a connection over one is closed and what it held freed");
+  limitsGroup
+      ->add_option("--max-unfinished-calls", maxUnfinishedCalls,
+                   "Calls a connection sent and did not finish (answered or not) before it is "
+                   "closed")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1'000'000u));
+  limitsGroup
+      ->add_option("--max-reply-queue-bytes", maxReplyQueueBytes,
+                   "Bytes of replies and watch changes queued for a client that does not read "
+                   "them, before it is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{64 << 10}, size_t{1} << 40));
+  limitsGroup
+      ->add_option("--max-connection-bytes", maxConnectionBytes,
+                   "A connection's memory figure (request bytes held + queued reply bytes + "
+                   "10 KiB per unfinished call + 1 KiB per watch) before it is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{64 << 10}, size_t{1} << 40));
+  limitsGroup
+      ->add_option("--max-watches-per-connection", maxWatchesPerConnection,
+                   "Watches per connection; more get `overloaded`")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 1'000'000u));
+  limitsGroup
+      ->add_option("--max-watches", maxWatches, "Watches on this node; more get `overloaded`")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 10'000'000u));
+  limitsGroup
+      ->add_option("--auth-timeout-ms", authTimeoutMs,
+                   "Close a connection that has no valid token this long after it opened (or "
+                   "after its token was revoked)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{10}, uint64_t{3'600'000}));
+  limitsGroup
+      ->add_option("--max-unauthenticated", maxUnauthenticated,
+                   "Connections without a valid token (yet); a newcomer evicts the oldest. They "
+                   "do not count toward --max-connections")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1'000'000u));
+  limitsGroup
+      ->add_option("--max-unauthenticated-per-address", maxUnauthenticatedPerAddress,
+                   "Connections without a valid token from one source address; a newcomer "
+                   "evicts that address's oldest")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1'000'000u));
+  limitsGroup
+      ->add_option("--unauthenticated-max-message-bytes", unauthMessageBytes,
+                   "Largest message read from a connection without a valid token")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{4 << 10}, size_t{1} << 30));
+  limitsGroup
+      ->add_option("--unauthenticated-max-unfinished-calls", unauthUnfinishedCalls,
+                   "--max-unfinished-calls for a connection without a valid token")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1'000'000u));
+  limitsGroup
+      ->add_option("--unauthenticated-max-reply-queue-bytes", unauthReplyQueueBytes,
+                   "--max-reply-queue-bytes for a connection without a valid token")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{16 << 10}, size_t{1} << 40));
+  limitsGroup
+      ->add_option("--unauthenticated-max-connection-bytes", unauthConnectionBytes,
+                   "--max-connection-bytes for a connection without a valid token")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{64 << 10}, size_t{1} << 40));
   app.add_flag("--unsafe-no-sync", unsafeNoSync,
                "Skip fsync at commit: an OS crash may lose acknowledged writes "
                "(benchmarks and throwaway test clusters only)");
@@ -203,6 +286,18 @@ int main(int argc, char** argv) {
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
   options.rpc.maxCallsPerSecond = rateLimit;
   options.rpc.maxConnections = maxConnections;
+  options.rpc.maxUnfinishedCalls = maxUnfinishedCalls;
+  options.rpc.maxQueuedReplyBytes = maxReplyQueueBytes;
+  options.rpc.maxConnectionBytes = maxConnectionBytes;
+  options.rpc.maxWatchesPerConnection = maxWatchesPerConnection;
+  options.rpc.maxWatches = maxWatches;
+  options.rpc.authTimeout = std::chrono::milliseconds(authTimeoutMs);
+  options.rpc.maxUnauthenticated = maxUnauthenticated;
+  options.rpc.maxUnauthenticatedPerAddress = maxUnauthenticatedPerAddress;
+  options.rpc.unauthenticatedMaxMessageBytes = unauthMessageBytes;
+  options.rpc.unauthenticatedMaxUnfinishedCalls = unauthUnfinishedCalls;
+  options.rpc.unauthenticatedMaxQueuedReplyBytes = unauthReplyQueueBytes;
+  options.rpc.unauthenticatedMaxConnectionBytes = unauthConnectionBytes;
   options.rpc.tokensFile = tokensFile;
   options.rpc.noAuth = noAuth;
   options.store.unsafeNoSync = unsafeNoSync;
