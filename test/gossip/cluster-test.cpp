@@ -667,10 +667,10 @@ TEST_CASE("learned addresses never grow the dialler list past the member bound")
     for (size_t i = 0; i < kPerRound; ++i) {
       size_t n = round * kPerRound + i;
       // Every address is new; nothing listens on port 1 of 127.3.x.y, so
-      // each dial is refused at once. Odd entries name an earlier member.
+      // each dial is refused at once. Odd entries name a member of the first round.
       std::string address =
           "127.3." + std::to_string(n / 250) + "." + std::to_string(n % 250 + 1) + ":1";
-      std::string id = "d-told-" + std::to_string(i % 2 ? n / 4 : n);
+      std::string id = "d-told-" + std::to_string(i % 2 ? (n % 250) * 2 : n);
       members.emplace_back(id, address);
     }
     peer.send(peer.sealedHeartbeat("d-teller", members));
