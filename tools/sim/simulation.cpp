@@ -499,9 +499,10 @@ void Sim::synAttempt(uint64_t cid, int attempt, Micros dialledAt) {
         onNode(a, it->second.aInc, [this, cid, a] {
           auto it = conns_.find(cid);
           if (it == conns_.end() || !it->second.aOpen) return;
+          int b = it->second.b;  // runActions may close (and forget) the connection
           timed([&] { nodes_[size_t(a)].core->opened(nowMillis(), it->second.aId); });
           runActions(a);
-          loop_.after(net_->latency(a, it->second.b), [this, cid] {
+          loop_.after(net_->latency(a, b), [this, cid] {
             auto it = conns_.find(cid);
             if (it == conns_.end() || !it->second.bOpen) return;
             int b = it->second.b;
