@@ -1274,6 +1274,10 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
   bool signalled = false;
   try {
     auto io = kj::setupAsyncIo();
+    // Check for I/O (other sockets, the inbox) every 64 events even while
+    // busy: by default KJ polls only when nothing is queued, so one client
+    // that always has a message waiting would starve every other one.
+    io.waitScope.setBusyPollInterval(64);
     Loop loop(server, node, limits, std::move(tokens), io);
     server.loop_ = &loop;  // read only by closures run on this thread
     KJ_DEFER(server.loop_ = nullptr);
