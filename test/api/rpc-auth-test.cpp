@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <kj/async.h>
+#include <kj/debug.h>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -678,4 +679,75 @@ TEST_CASE("auth: a reloaded tokens file admits new tokens and revokes removed on
   REQUIRE_FALSE(broken.ok());
   CHECK(broken.error().code == ErrorCode::kInvalidArgument);
   CHECK((*c)->get("p", "carol").ok());
+}
+
+TEST_CASE("limits: watches per connection and per node; a reload ends a revoked token's watches") {
+  chorus::RpcLimits limits;
+  limits.maxWatchesPerConnection = 2;
+  limits.maxWatches = 3;
+  AuthNode n(Principals{{"alice", "reader"}, {"bob", "reader"}}, limits);
+  // Each principal on a thread of its own (a thread holds one Client),
+  // registering watches in turn: alice 3 (the third over her cap), then bob
+  // 2 (the second over the node's cap).
+  struct Outcome {
+    int ok = 0;
+    std::vector<std::string> refusals;
+  };
+  auto watchMany = [&](const std::string& who, int count, Outcome& out, std::promise<void>& done,
+                       std::shared_future<void> release) {
+    Client::Options o;
+    o.token = n.tokens.at(who);
+    auto c = Client::connect(n.node->rpcAddress(), o);
+    std::vector<chorus::api::wire::WatchHandle::Client> handles;
+    if (c.ok()) {
+      for (int i = 0; i < count; ++i) {
+        auto q = (*c)->reviews().watchRequest();
+        q.setProduct("p");
+        q.setObserver(chorus::api::wire::WatchObserver::Client(
+            KJ_EXCEPTION(FAILED, "not called in this test")));
+        auto resp = q.send().wait((*c)->waitScope());
+        if (!resp.hasError()) {
+          ++out.ok;
+          handles.push_back(resp.getHandle());
+        } else {
+          CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::OVERLOADED);
+          out.refusals.emplace_back(resp.getError().getMessage().cStr());
+        }
+      }
+    }
+    done.set_value();
+    release.wait();
+  };
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Outcome alice, bob;
+  std::promise<void> aliceDone, bobDone;
+  std::thread a([&] { watchMany("alice", 3, alice, aliceDone, released); });
+  aliceDone.get_future().wait();
+  std::thread b([&] { watchMany("bob", 2, bob, bobDone, released); });
+  bobDone.get_future().wait();
+  CHECK(alice.ok == 2);
+  REQUIRE(alice.refusals.size() == 1);
+  CHECK(alice.refusals[0] == "at most 2 watches per connection; drop one first");
+  CHECK(bob.ok == 1);
+  REQUIRE(bob.refusals.size() == 1);
+  CHECK(bob.refusals[0] == "this node serves at most 3 watches; retry later");
+  CHECK(n.node->metrics().watchesRefused() == 2);
+  CHECK(n.node->metrics().render({}, 0).find("chorus_watches 3") != std::string::npos);
+
+  // alice's token is revoked: her two watches end at the reload, while her
+  // connection is still open; bob's stays.
+  std::string path = n.node->options().rpc.tokensFile;
+  FILE* f = std::fopen(path.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fputs((*chorus::api::tokenLine("bob", "reader", n.tokens.at("bob")) + "\n").c_str(), f);
+  std::fclose(f);
+  auto revoked = n.node->reloadTokens();
+  REQUIRE(revoked.ok());
+  CHECK(*revoked == 1);
+  CHECK(n.node->metrics().render({}, 0).find("chorus_watches 1") != std::string::npos);
+  CHECK(n.node->metrics().unauthenticatedConnections() == 1);  // alice's, on its deadline
+  release.set_value();
+  a.join();
+  b.join();
 }
