@@ -72,6 +72,8 @@ struct RpcNode {
                                      "--tokens-file", tokensPath(), "--unsafe-no-sync",
                                      "--log-level",   "info"};
     args.insert(args.end(), extra.begin(), extra.end());
+    // For a human watching a run: RPC_TEST_METRICS=127.0.0.1:PORT serves
+    // the node's /metrics there (unset in the suite).
     if (const char* m = std::getenv("RPC_TEST_METRICS")) {
       args.push_back("--metrics-addr");
       args.push_back(m);
