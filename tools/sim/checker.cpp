@@ -115,7 +115,8 @@ std::optional<Micros> Checker::allDelivered(Micros before) const {
 }
 
 size_t Checker::verify(const std::vector<int>& live, const StampAt& stampAt,
-                       std::vector<std::string>& missing, size_t examples) const {
+                       std::vector<std::string>& missing, size_t examples,
+                       std::vector<uint32_t>* lostIds) const {
   size_t lost = 0;
   for (const auto& w : writes_) {
     bool everywhere = true;
@@ -132,7 +133,10 @@ size_t Checker::verify(const std::vector<int>& live, const StampAt& stampAt,
         break;
       }
     }
-    if (!everywhere) ++lost;
+    if (!everywhere) {
+      ++lost;
+      if (lostIds) lostIds->push_back(w.id);
+    }
   }
   return lost;
 }

@@ -60,8 +60,10 @@ class Checker {
   // somewhere, and fills `missing` with up to `examples` "write w (key) not
   // on node n" lines.
   using StampAt = std::function<std::optional<crdt::Stamp>(int node, const crdt::ReviewKey& key)>;
+  // `lostIds` (if given) receives the ids of the writes missing somewhere.
   size_t verify(const std::vector<int>& live, const StampAt& stampAt,
-                std::vector<std::string>& missing, size_t examples = 5) const;
+                std::vector<std::string>& missing, size_t examples = 5,
+                std::vector<uint32_t>* lostIds = nullptr) const;
 
  private:
   void hold(WriteRecord& w, int node, Micros now);

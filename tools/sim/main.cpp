@@ -94,6 +94,7 @@ std::string json(const SimResult& r, uint64_t seed, const std::string& store,
   field("wrongly_declared_dead", std::to_string(r.wronglyDeclaredDead));
   field("refused_stamps", std::to_string(r.refusedStamps));
   field("lost", std::to_string(r.lost));
+  field("lost_with_leaver", std::to_string(r.lostWithLeaver));
   field("roots_equal", r.rootsEqual ? "true" : "false");
   field("ok", r.ok() ? "true" : "false");
   field("trace_hash", "\"" + r.traceHash + "\"");
@@ -127,7 +128,8 @@ void table(const SimResult& r, uint64_t seed, const std::string& store) {
   row("suspicions / wrongly declared dead",
       std::to_string(r.suspicions) + " / " + std::to_string(r.wronglyDeclaredDead));
   row("merges refused (clock drift)", std::to_string(r.refusedStamps));
-  row("lost", std::to_string(r.lost));
+  row("lost (acknowledged by a node that left)",
+      std::to_string(r.lost) + " (" + std::to_string(r.lostWithLeaver) + ")");
   row("roots equal at the end", r.rootsEqual ? "yes" : "no");
   row("trace hash", r.traceHash);
 }

@@ -33,6 +33,7 @@ class CoreProtocol final : public Protocol {
   void merged(uint64_t ticket) override { core_.merged(ticket); }
   std::vector<gossip::Action> takeActions() override { return core_.takeActions(); }
   std::vector<gossip::MemberInfo> members() const override { return core_.members(); }
+  gossip::ClusterStats stats() const override { return core_.stats(); }
 
  private:
   gossip::ReplicationCore core_;
@@ -106,6 +107,7 @@ class FloodProtocol final : public Protocol {
     return out;
   }
   std::vector<gossip::MemberInfo> members() const override { return {}; }
+  gossip::ClusterStats stats() const override { return {}; }
 
  private:
   void dialMissing(uint64_t now) {

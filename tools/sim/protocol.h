@@ -35,6 +35,8 @@ class Protocol {
   virtual std::vector<gossip::Action> takeActions() = 0;
   // The node's view of its peers (empty for a protocol without membership).
   virtual std::vector<gossip::MemberInfo> members() const = 0;
+  // The protocol's counters (zero where it keeps none).
+  virtual gossip::ClusterStats stats() const = 0;
 };
 
 std::unique_ptr<Protocol> makeCoreProtocol(gossip::CoreOptions options,

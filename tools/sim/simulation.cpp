@@ -529,11 +529,14 @@ void Sim::sendFrame(int i, const gossip::SendFrame& send) {
   SimConn& c = sc->second;
   bool fromA = c.a == i && c.aId == send.conn && c.aOpen;
   int to = fromA ? c.b : c.a;
-  if (to < 0 || (fromA ? !c.bOpen : !c.aOpen)) {
+  if (to < 0) {
     n.drains.push_back(
         Drain{loop_.now(), send.conn, send.body->size() + kFrameOverheadBytes, send.deltas});
-    return;  // the other side is gone; its reset is on its way
+    return;
   }
+  // A frame to a side that is closed still travels: deliver() answers it
+  // with a reset, which is how a half-open connection (its FIN lost in a
+  // partition, its peer crashed) ends.
   uint64_t bytes = send.body->size() + kFrameOverheadBytes;
   Micros now = loop_.now();
   if (now >= loadBegin_ && now < loadEnd_) {
@@ -561,7 +564,7 @@ void Sim::deliver(uint64_t cid, bool toB, std::shared_ptr<const std::string> bod
   if (!(toB ? c.bOpen : c.aOpen)) {
     // The receiver's side is closed: its kernel answers with a reset.
     if (nodes_[size_t(to)].started) {
-      loop_.after(net_->latency(to, from), [this, cid, toB] { tellClosed(cid, !toB); });
+      loop_.after(net_->latency(to, from), [this, cid, toB] { tellClosed(cid, toB); });
     }
     return;
   }
@@ -931,19 +934,58 @@ Result<SimResult> Sim::run() {
     if (n.up && !n.left) live.push_back(n.index);
   }
   std::vector<std::string> missing;
+  std::vector<uint32_t> lostIds;
   r.lost = checker_.verify(
       live,
       [&](int node, const crdt::ReviewKey& key) -> std::optional<crdt::Stamp> {
         auto s = nodes_[size_t(node)].store->contentStamp(key);
         return s.ok() ? s.value() : std::nullopt;
       },
-      missing);
+      missing, 5, &lostIds);
+  for (uint32_t id : lostIds) r.lostWithLeaver += nodes_[size_t(checker_.writes()[id].node)].left;
   r.rootsEqual = true;
   std::optional<storage::Hash> first;
   for (int i : live) {
     auto root = nodes_[size_t(i)].store->root();
     if (!root.ok() || (first && *first != root.value())) r.rootsEqual = false;
     if (root.ok() && !first) first = root.value();
+  }
+  if (o_.verbose && !converged_) {
+    // Each live node as it sees the others: where a run got stuck.
+    for (int i : live) {
+      Node& n = nodes_[size_t(i)];
+      int counts[3] = {0, 0, 0};
+      std::string dead;
+      for (const auto& m : n.core->members()) {
+        ++counts[int(m.state)];
+        if (m.state != gossip::PeerState::kAlive) dead += " " + m.nodeId;
+      }
+      auto st = n.core->stats();
+      auto root = n.store->root();
+      std::fprintf(stderr,
+                   "  %s: %zu connections; peers alive %d, suspect %d, dead %d:%s; sessions "
+                   "started %llu, completed %llu; states repaired %llu; %llu documents, root "
+                   "%02x%02x%02x%02x\n",
+                   n.id.c_str(), n.conns.size(), counts[0], counts[1], counts[2], dead.c_str(),
+                   (unsigned long long)st.syncStarted, (unsigned long long)st.syncCompleted,
+                   (unsigned long long)st.statesRepaired, (unsigned long long)n.store->documents(),
+                   root.ok() ? root.value()[0] : 0, root.ok() ? root.value()[1] : 0,
+                   root.ok() ? root.value()[2] : 0, root.ok() ? root.value()[3] : 0);
+      if (std::getenv("CHORUS_SIM_DEBUG_CONNS")) {
+        for (const auto& [id, cid] : n.conns) {
+          auto it = conns_.find(cid);
+          if (it == conns_.end()) {
+            std::fprintf(stderr, "    conn %llu: forgotten by the network\n",
+                         (unsigned long long)id);
+            continue;
+          }
+          const SimConn& c = it->second;
+          std::fprintf(stderr, "    conn %llu: %s n%d, a open %d, b open %d, b id %llu\n",
+                       (unsigned long long)id, c.a == i ? "to" : "from", c.a == i ? c.b : c.a,
+                       c.aOpen, c.bOpen, (unsigned long long)c.bId);
+        }
+      }
+    }
   }
   r.problems = problems_;
   for (auto& m : missing) r.problems.push_back("lost: " + m);

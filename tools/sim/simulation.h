@@ -81,6 +81,7 @@ struct SimResult {
   uint64_t suspicions = 0;           // a peer went alive -> suspect or dead in a view
   uint64_t wronglyDeclaredDead = 0;  // ... -> dead while up and able to reach the viewer
   uint64_t lost = 0;                 // acknowledged writes missing on a live node at the end
+  uint64_t lostWithLeaver = 0;       // of which acknowledged by a node that later left for good
   bool rootsEqual = false;
   uint64_t refusedStamps = 0;         // merges refused for clock drift
   std::vector<std::string> problems;  // what failed, for humans
