@@ -1,4 +1,7 @@
-// chorus::gossip::Cluster: replication between Chorus nodes over libuv TCP.
+// chorus::gossip::Cluster: replication between Chorus nodes over libuv TCP:
+// the transport (connections, sealing, inbound caps, the loop thread) under
+// the replication core (gossip/replication-core.h), which holds the
+// protocol described here.
 //
 //   - Transport: one TCP connection per peer that this node dials, plus the
 //     connections peers dial to it; frames are Cap'n Proto messages
@@ -19,8 +22,8 @@
 //   - Partition injection: partition(ids) drops every frame to and from the
 //     named peers inside this node's transport, until heal().
 //
-// Threads: the Cluster owns one libuv loop thread. Every public method may be
-// called from any thread. `onMerged` runs on the store thread (see
+// Threads: the Cluster owns one libuv loop thread, on which the core runs.
+// Every public method may be called from any thread. `onMerged` runs on the store thread (see
 // storage/store.h) after a state received from a peer committed.
 #pragma once
 
@@ -39,21 +42,21 @@
 namespace chorus::gossip {
 
 struct ClusterOptions {
-  std::string nodeId;                 // unique in the cluster; required
-  std::string listen;                 // gossip "host:port" (port 0 = any free port)
-  std::string advertise;              // address peers dial; empty = the bound address
-  std::vector<std::string> seeds;     // gossip addresses of nodes to join through
-  std::string rpcAddress;             // this node's client API address, shared with peers
-  std::string dataDir;                // where the member list and keyring are persisted; empty = nowhere
+  std::string nodeId;              // unique in the cluster; required
+  std::string listen;              // gossip "host:port" (port 0 = any free port)
+  std::string advertise;           // address peers dial; empty = the bound address
+  std::vector<std::string> seeds;  // gossip addresses of nodes to join through
+  std::string rpcAddress;          // this node's client API address, shared with peers
+  std::string dataDir;  // where the member list and keyring are persisted; empty = nowhere
   // base64 cluster keys; keys[0] is the primary; used when <dataDir>/keyring
   // does not exist yet (once it does, it wins: it reflects rotations).
   std::vector<std::string> keys;
   std::chrono::milliseconds antiEntropyInterval{1000};
   std::chrono::milliseconds heartbeatInterval{200};
-  double suspectPhi = 5;              // phi-accrual thresholds
+  double suspectPhi = 5;  // phi-accrual thresholds
   double deadPhi = 10;
-  size_t pushFanout = 8;              // peers each delta goes to (all if fewer)
-  size_t maxFrameBytes = 32u << 20;   // larger frames are refused
+  size_t pushFanout = 8;             // peers each delta goes to (all if fewer)
+  size_t maxFrameBytes = 32u << 20;  // larger frames are refused
   // States from peers (pushed deltas and anti-entropy alike) are merged only
   // if this accepts them; a refused one is dropped, counted in
   // statesRefused and logged (at most every 10 s). Empty = every state that
@@ -87,13 +90,13 @@ struct MemberInfo {
   std::string gossipAddress;
   std::string rpcAddress;
   PeerState state = PeerState::kDead;
-  bool partitioned = false;        // traffic dropped by partition()
+  bool partitioned = false;  // traffic dropped by partition()
   // Wall-clock time (system clock, not the HLC) of the last completed
   // anti-entropy session. Completed is not equal: states the store refused
   // (e.g. for clock drift) leave the trees different. 0 = never.
   uint64_t lastSyncUnixMillis = 0;
-  uint64_t pendingDeltas = 0;      // queued, not yet written to the socket
-  double phi = -1;                 // suspicion (phi accrual); -1 = never heard from
+  uint64_t pendingDeltas = 0;  // queued, not yet written to the socket
+  double phi = -1;             // suspicion (phi accrual); -1 = never heard from
 };
 
 struct ClusterStats {
@@ -110,18 +113,19 @@ struct ClusterStats {
   uint64_t replaysRefused = 0;
   // Well-formed states from peers that ClusterOptions::admit refused.
   uint64_t statesRefused = 0;
-  uint64_t partitionDropped = 0;     // frames dropped by partition()
+  uint64_t partitionDropped = 0;  // frames dropped by partition()
   // Inbound connections closed by a cap: beyond 256 that completed hello;
   // strangers (no hello yet) evicted by a newer one past 64, or 8 from one
   // address; or strangers at the 5 s hello deadline.
   uint64_t connectionsRefused = 0;
   uint64_t deltasSent = 0, deltasReceived = 0;
-  uint64_t deltasDropped = 0;        // not sent (per peer): unreachable, queue full, or outbox full
-  uint64_t receivedDeltasDropped = 0;  // received but not merged: store behind by maxPendingDeltaBytes
+  uint64_t deltasDropped = 0;  // not sent (per peer): unreachable, queue full, or outbox full
+  uint64_t receivedDeltasDropped =
+      0;  // received but not merged: store behind by maxPendingDeltaBytes
   uint64_t syncStarted = 0, syncCompleted = 0;
-  uint64_t antiEntropyBytes = 0;     // reconcile frames, both directions
-  uint64_t statesRepaired = 0;       // states received through anti-entropy
-  uint64_t dialers = 0;              // addresses dialled now: seeds + members at most
+  uint64_t antiEntropyBytes = 0;  // reconcile frames, both directions
+  uint64_t statesRepaired = 0;    // states received through anti-entropy
+  uint64_t dialers = 0;           // addresses dialled now: seeds + members at most
 };
 
 class Cluster {
@@ -154,9 +158,6 @@ class Cluster {
 
   std::vector<MemberInfo> members() const;  // peers, without this node; by id
   ClusterStats stats() const;
-
-  // Starts an anti-entropy round now (with the least recently synced peer).
-  void syncNow();
 
   // ---- the keyring: any thread; each change is persisted before it returns.
   // Rotation without downtime: installKey(new) on every node, then

@@ -24,11 +24,7 @@ wire::Frame::Builder newFrame(capnp::MessageBuilder& message, std::string_view f
 std::string encodeFrame(capnp::MessageBuilder& message) {
   auto words = capnp::messageToFlatArray(message);
   auto bytes = words.asBytes();
-  std::string out(kFrameHeaderBytes + bytes.size(), '\0');
-  uint32_t size = static_cast<uint32_t>(bytes.size());
-  for (size_t i = 0; i < kFrameHeaderBytes; ++i) out[i] = static_cast<char>((size >> (8 * i)) & 0xff);
-  std::memcpy(out.data() + kFrameHeaderBytes, bytes.begin(), bytes.size());
-  return out;
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
 }
 
 namespace {
@@ -109,32 +105,6 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
   std::unique_ptr<ParsedFrame> frame(new ParsedFrame(std::move(body)));
   frame->root_ = frame->reader_.getRoot<wire::Frame>();
   return frame;
-}
-
-Result<std::optional<kj::Array<capnp::word>>> FrameSplitter::next() {
-  if (buffered() < kFrameHeaderBytes) return std::optional<kj::Array<capnp::word>>();
-  const auto* p = reinterpret_cast<const uint8_t*>(buffer_.data() + offset_);
-  uint32_t size = 0;
-  for (size_t i = 0; i < kFrameHeaderBytes; ++i) size |= uint32_t{p[i]} << (8 * i);
-  if (size == 0 || size % sizeof(capnp::word) != 0) {
-    return malformed("length " + std::to_string(size) + " is not a positive multiple of 8");
-  }
-  if (size > max_) {
-    return malformed("length " + std::to_string(size) + " exceeds the limit of " +
-                     std::to_string(max_) + " bytes");
-  }
-  if (buffered() < kFrameHeaderBytes + size) return std::optional<kj::Array<capnp::word>>();
-  auto words = kj::heapArray<capnp::word>(size / sizeof(capnp::word));
-  std::memcpy(words.begin(), p + kFrameHeaderBytes, size);
-  offset_ += kFrameHeaderBytes + size;
-  if (offset_ == buffer_.size()) {
-    buffer_.clear();
-    offset_ = 0;
-  } else if (offset_ > (1u << 20) && offset_ * 2 > buffer_.size()) {
-    buffer_.erase(0, offset_);  // keep the buffer from growing without bound
-    offset_ = 0;
-  }
-  return std::optional<kj::Array<capnp::word>>(std::move(words));
 }
 
 }  // namespace chorus::gossip

@@ -1,6 +1,6 @@
 # Gossip frames: what nodes send each other over TCP. On the wire each frame
-# is a 4-byte little-endian length, then one unpacked Cap'n Proto message
-# (a Frame) of that many bytes. See gossip/README.md.
+# is one unpacked Cap'n Proto message (a Frame), sealed by
+# gossip/secure-channel.h, which carries its length. See gossip/README.md.
 @0xc3b6f0e4a1d25a77;
 
 using Cxx = import "/capnp/c++.capnp";

@@ -23,10 +23,7 @@ bool validToken(capnp::Text::Reader t) {
 std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
 std::shared_ptr<const std::string> bodyOf(capnp::MessageBuilder& message) {
-  auto words = capnp::messageToFlatArray(message);
-  auto bytes = words.asBytes();
-  return std::make_shared<const std::string>(reinterpret_cast<const char*>(bytes.begin()),
-                                             bytes.size());
+  return std::make_shared<const std::string>(encodeFrame(message));
 }
 
 }  // namespace
@@ -48,6 +45,7 @@ CoreOptions coreOptionsFrom(const ClusterOptions& options, const std::string& bo
   o.maxFrameBytes = options.maxFrameBytes;
   o.maxQueuedBytesPerPeer = options.maxQueuedBytesPerPeer;
   o.maxPendingDeltaBytes = options.maxPendingDeltaBytes;
+  o.forgetUnansweredAfterMillis = uint64_t(options.forgetUnansweredAfter.count());
   o.admit = options.admit;
   o.seed = seed;
   return o;
@@ -93,14 +91,18 @@ void ReplicationCore::shuffle(std::vector<T>& v) {
 
 void ReplicationCore::start(uint64_t now, const std::vector<KnownMember>& known) {
   now_ = now;
-  for (const auto& m : known) learn(m.nodeId, m.gossipAddress, m.rpcAddress, true);
+  // Not said by the nodes themselves: dialled until forgetUnansweredAfter
+  // unless they answer (a node that is down then dials this one itself).
+  for (const auto& m : known) learn(m.nodeId, m.gossipAddress, m.rpcAddress, false);
   membersDirty_ = false;
   lastPersist_ = now;
   for (const auto& seed : options_.seeds) {
     bool self = seed == options_.gossipAddress ||
                 std::find(options_.selfAddresses.begin(), options_.selfAddresses.end(), seed) !=
                     options_.selfAddresses.end();
-    if (!self) dialers_.try_emplace(seed);
+    if (self) continue;
+    seeds_.insert(seed);
+    addDialer(seed, true);
   }
 }
 
@@ -115,9 +117,16 @@ void ReplicationCore::tick(uint64_t now) {
   // Close connections that never said who they are.
   std::vector<ConnId> silent;
   for (const auto& [id, c] : conns_) {
-    if (!c.helloReceived && now - c.openedAt > kHelloTimeoutMillis) silent.push_back(id);
+    if (c.helloReceived) continue;
+    if (!c.outbound && now - c.openedAt > kStrangerTimeoutMillis) {
+      silent.push_back(id);
+      ++stats_.connectionsRefused;
+    } else if (c.outbound && now - c.openedAt > kHelloTimeoutMillis) {
+      silent.push_back(id);
+    }
   }
   for (ConnId id : silent) close(now, id, true);
+  if (!pruned_ || now - lastPrune_ >= 1000) pruneDialers(now);
   // Dial what is not connected.
   for (auto& [address, d] : dialers_) {
     if (d.self || d.conn != 0 || now < d.nextAttempt) continue;
@@ -362,11 +371,23 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
           return;
         }
         bool first = !c.helloReceived;
+        if (first && !c.outbound) {  // no longer a stranger: counts as a peer's connection
+          size_t peers = 0;
+          for (const auto& [otherId, other] : conns_) {
+            peers += !other.outbound && other.helloReceived;
+          }
+          if (peers >= options_.maxInbound) {
+            ++stats_.connectionsRefused;
+            close(now, id, true);
+            return;
+          }
+        }
         c.helloReceived = true;
         learn(from, str(m.getGossipAddress()), str(m.getRpcAddress()), true);
         if (c.outbound) {
           if (auto d = dialers_.find(c.dialAddress); d != dialers_.end()) {
             d->second.backoff = kMinBackoffMillis;
+            d->second.keep = true;  // it answered
           }
         } else if (first) {
           sendHello(id);
@@ -552,6 +573,7 @@ void ReplicationCore::learnMembers(const std::string& from,
 void ReplicationCore::learn(const std::string& id, const std::string& gossip,
                             const std::string& rpc, bool authoritative) {
   if (id == options_.nodeId) return;
+  bool isNew = false;
   auto it = peers_.find(id);
   if (it == peers_.end()) {
     if (peers_.size() >= kMaxMembers) return;
@@ -559,23 +581,54 @@ void ReplicationCore::learn(const std::string& id, const std::string& gossip,
     it->second.gossipAddress = gossip;
     it->second.rpcAddress = rpc;
     membersDirty_ = true;
+    isNew = true;
   } else if (authoritative &&
              (it->second.gossipAddress != gossip || it->second.rpcAddress != rpc)) {
     it->second.gossipAddress = gossip;
     it->second.rpcAddress = rpc;
     membersDirty_ = true;
   }
-  addDialer(gossip);
+  // Only a member's own address is dialled (so diallers are bounded like
+  // members); a second-hand mention of a known member adds none (its
+  // dialler may have been dropped as unanswered: the node reaches this one
+  // itself, or after a restart the member file brings it back).
+  if (isNew || authoritative) addDialer(it->second.gossipAddress, authoritative);
 }
 
-void ReplicationCore::addDialer(const std::string& address) {
+void ReplicationCore::addDialer(const std::string& address, bool keep) {
   auto [d, inserted] = dialers_.try_emplace(address);
-  if (!inserted) return;
-  if (address == options_.gossipAddress ||
-      std::find(options_.selfAddresses.begin(), options_.selfAddresses.end(), address) !=
-          options_.selfAddresses.end()) {
-    d->second.self = true;
+  if (inserted) {
+    d->second.createdAt = now_;
+    if (address == options_.gossipAddress ||
+        std::find(options_.selfAddresses.begin(), options_.selfAddresses.end(), address) !=
+            options_.selfAddresses.end()) {
+      d->second.self = true;
+    }
   }
+  d->second.keep = d->second.keep || keep;
+  stats_.dialers = dialers_.size();
+}
+
+void ReplicationCore::pruneDialers(uint64_t now) {
+  pruned_ = true;
+  lastPrune_ = now;
+  std::set<std::string> addresses;
+  for (const auto& [id, p] : peers_) addresses.insert(p.gossipAddress);
+  for (auto it = dialers_.begin(); it != dialers_.end();) {
+    Dialer& d = it->second;
+    bool seed = seeds_.count(it->first) != 0;
+    // No member's address any more (it gave another one for itself).
+    bool orphan = !seed && !addresses.count(it->first);
+    bool unanswered =
+        !seed && !d.keep && !d.conn && now - d.createdAt >= options_.forgetUnansweredAfterMillis;
+    if (orphan && d.conn) close(now, d.conn, true);  // clears d.conn
+    if (orphan || unanswered) {
+      it = dialers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  stats_.dialers = dialers_.size();
 }
 
 void ReplicationCore::updateStates(uint64_t now) {

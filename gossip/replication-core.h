@@ -68,6 +68,12 @@ struct CoreOptions {
   size_t maxFrameBytes = 32u << 20;  // reconcile messages are cut to half of it (at most 16 MiB)
   size_t maxQueuedBytesPerPeer = 64u << 20;
   size_t maxPendingDeltaBytes = 64u << 20;  // received deltas merging, not yet committed
+  // Connections others opened that completed hello; a hello beyond is
+  // refused (closed, counted in connectionsRefused).
+  size_t maxInbound = 256;
+  // As ClusterOptions::forgetUnansweredAfter: a second-hand address that
+  // never answered a dial with a hello is dropped after this long.
+  uint64_t forgetUnansweredAfterMillis = 60'000;
   // Bytes the transport adds to each frame body on the wire (the seal);
   // counted in bytesIn/bytesOut and queued bytes.
   size_t frameOverheadBytes = 72;
@@ -124,7 +130,8 @@ class ReplicationCore {
   static constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // a deltas frame carries ~this at most
   static constexpr size_t kMaxMembers = 1024;
   static constexpr size_t kMaxTokenBytes = 256;
-  static constexpr uint64_t kHelloTimeoutMillis = 10'000;
+  static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
+  static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
   static constexpr uint64_t kWarnEveryMillis = 10'000;
 
   ReplicationCore(CoreOptions options, ReplicaStore& store);
@@ -208,6 +215,12 @@ class ReplicationCore {
     uint64_t nextAttempt = 0;
     uint64_t backoff = kMinBackoffMillis;
     bool self = false;
+    // Dialled for good: a seed, an address a node gave for itself, or one
+    // that answered with a hello. Any other (learned second-hand, or from
+    // the member file) is dropped if unanswered after
+    // forgetUnansweredAfterMillis.
+    bool keep = false;
+    uint64_t createdAt = 0;
   };
   struct Ticket {
     bool repair = false;
@@ -227,7 +240,11 @@ class ReplicationCore {
   void learnMembers(const std::string& from, capnp::List<wire::Member>::Reader list);
   void learn(const std::string& id, const std::string& gossip, const std::string& rpc,
              bool authoritative);
-  void addDialer(const std::string& address);
+  // A dialler for `address` unless there is one; `keep` marks it for good.
+  void addDialer(const std::string& address, bool keep);
+  // Drops diallers that are no seed and no member's address, and
+  // second-hand ones never answered within forgetUnansweredAfterMillis.
+  void pruneDialers(uint64_t now);
   void updateStates(uint64_t now);
   void flushDeltas(std::vector<std::string> encoded);
   void startSync(uint64_t now, const std::string& peerId);
@@ -257,6 +274,9 @@ class ReplicationCore {
   std::map<ConnId, Conn> conns_;
   ConnId nextConn_ = 1;
   std::map<std::string, Dialer> dialers_;  // by address
+  std::set<std::string> seeds_;            // options_.seeds but this node's own address
+  bool pruned_ = false;
+  uint64_t lastPrune_ = 0;
 
   std::map<uint64_t, Ticket> tickets_;
   uint64_t nextTicket_ = 1;

@@ -82,7 +82,8 @@ std::string frame(Edit edit) {
   capnp::MallocMessageBuilder message;
   auto f = chorus::gossip::newFrame(message, "mallory");
   edit(f);
-  return chorus::gossip::encodeFrame(message);
+  std::string body = chorus::gossip::encodeFrame(message);
+  return le32(uint32_t(body.size())) + body;  // as older nodes sent frames: in clear, with a length
 }
 
 // A counter anywhere in a JSON document (the first field named `key`).

@@ -1,19 +1,30 @@
-// Fuzz target: a gossip TCP stream from a peer (gossip/frame.h).
+// Fuzz target: gossip frames as they travel on the wire, and the replication
+// core that reads them (gossip/frame.h, gossip/secure-channel.h,
+// gossip/replication-core.h).
 //
-// The input is the byte stream. It is cut into frames twice, appended whole
-// and appended in small pieces: both must give the same frames and the same
-// error. Each frame that parses is read the way gossip::Cluster reads it
-// (which must not throw: a parsed frame is safe to read); its deltas are
-// decoded and merged into a real store and its reconcile message goes to a
-// real gossip::Reconciler, whose own replies must in turn be well formed.
+// The input is a script of frame bodies, each a 4-byte little-endian length
+// and that many bytes (the last may be cut short). On two connections (pairs
+// of SecureChannels), a sender seals each body (cut to whole words; bodies
+// too large for a first frame are skipped) and the receiver opens the
+// stream, appended whole on one and in small pieces on the other: both must
+// give back the very bodies sealed, in order, and a stream cut inside a
+// frame must just wait for more. Then each body
+//   - is parsed; a frame that parses is read the way the core reads it
+//     (which must not throw: a parsed frame is safe to read): its deltas are
+//     decoded and merged into a real store, its reconcile message goes to a
+//     real gossip::Reconciler, whose own replies must in turn be well formed;
+//   - goes, in order, to a real ReplicationCore over that store, on a
+//     connection of its own per input, whose Merge actions are executed.
 //
-// This target found that parse did not check that `deltas` and `reconcile`
-// are byte lists, and that reading a parsed frame again could exceed the
-// traversal limit parse had used up; both are fixed and their inputs are in
-// the corpus (corpus/frame/finding-*). A throw while reading a parsed frame
-// is a finding; CHORUS_FUZZ_STRICT_FRAMES=0 tolerates it.
+// This target (then over a plaintext length-prefixed stream) found that
+// parse did not check that `deltas` and `reconcile` are byte lists, and that
+// reading a parsed frame again could exceed the traversal limit parse had
+// used up; both are fixed and their inputs are in the corpus
+// (corpus/frame/finding-*). A throw while reading a parsed frame is a
+// finding; CHORUS_FUZZ_STRICT_FRAMES=0 tolerates it.
 #include <kj/exception.h>
 
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -21,37 +32,71 @@
 #include "fuzz-support.h"
 #include "gossip/frame.h"
 #include "gossip/reconciler.h"
+#include "gossip/replica-store.h"
+#include "gossip/replication-core.h"
+#include "gossip/secure-channel.h"
 
 using namespace chorus;
+using Kind = gossip::SecureChannel::Received::Kind;
 
 namespace {
 
 constexpr size_t kMaxFrameBytes = 1 << 20;  // the real limit is 32 MiB; inputs are small
 
-// What splitting a stream gave: the frame bodies, then the error if any.
-struct Split {
+const gossip::Keyring& ring() {
+  static const gossip::Keyring r =
+      gossip::Keyring::fromBase64({"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}).value();
+  return r;
+}
+
+// The script's bodies; `cut`: the last one was cut short.
+struct Script {
   std::vector<std::string> bodies;
-  std::optional<std::string> error;
+  bool cut = false;
 };
 
-Split split(const uint8_t* data, size_t size, size_t piece) {
-  Split out;
-  gossip::FrameSplitter splitter(kMaxFrameBytes);
-  for (size_t at = 0; at < size && !out.error; at += piece) {
-    splitter.append(reinterpret_cast<const char*>(data + at), std::min(piece, size - at));
+Script parseScript(const uint8_t* data, size_t size) {
+  Script out;
+  size_t at = 0;
+  while (at + 4 <= size) {
+    uint32_t length = uint32_t(data[at]) | uint32_t(data[at + 1]) << 8 |
+                      uint32_t(data[at + 2]) << 16 | uint32_t(data[at + 3]) << 24;
+    at += 4;
+    size_t take = std::min<size_t>(length, size - at);
+    std::string body(reinterpret_cast<const char*>(data + at), take);
+    at += take;
+    if (take < length) out.cut = true;
+    body.resize(body.size() / 8 * 8);  // the channel seals whole words
+    if (body.empty()) continue;
+    // The first frame of a connection may be at most kMaxUnauthenticatedBytes.
+    if (body.size() + gossip::kSealOverheadBytes > gossip::kMaxUnauthenticatedBytes) continue;
+    out.bodies.push_back(std::move(body));
+    if (out.cut) break;
+  }
+  return out;
+}
+
+// Seals the script's bodies on one connection and opens them, the stream
+// delivered in pieces of `piece` bytes; the bodies that opened.
+std::vector<std::string> sealAndOpen(const Script& script, size_t cutBytes, size_t piece) {
+  gossip::SecureChannel sender(kMaxFrameBytes), receiver(kMaxFrameBytes);
+  std::string toSender = receiver.preamble();
+  sender.append(toSender.data(), toSender.size());
+  FUZZ_CHECK(sender.next(ring()).kind == Kind::kNeedMore && sender.ready(), "sender not ready");
+  std::string stream = sender.preamble();
+  for (const auto& body : script.bodies) stream += sender.seal(ring().primary(), body);
+  stream.resize(stream.size() - cutBytes);
+  std::vector<std::string> out;
+  for (size_t at = 0; at < stream.size(); at += piece) {
+    receiver.append(stream.data() + at, std::min(piece, stream.size() - at));
     for (;;) {
-      auto body = splitter.next();
-      if (!body.ok()) {
-        FUZZ_CHECK(body.error().code == ErrorCode::kCorruption, body.error().toString());
-        out.error = body.error().message;
-        break;
-      }
-      if (!body.value()) break;
-      auto bytes = body.value()->asBytes();
-      out.bodies.emplace_back(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+      auto received = receiver.next(ring());
+      if (received.kind == Kind::kNeedMore) break;
+      FUZZ_CHECK(received.kind == Kind::kFrame, "a sealed frame did not open: " + received.why);
+      auto bytes = received.body.asBytes();
+      out.emplace_back(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
     }
   }
-  if (!out.error) FUZZ_CHECK(splitter.buffered() < size + 1, "buffered more than was appended");
   return out;
 }
 
@@ -61,6 +106,25 @@ gossip::Reconciler& reconciler() {
   return *r;
 }
 uint64_t deltasMerged = 0;
+
+gossip::StoreReplica& replica() {
+  static gossip::StoreReplica* r = new gossip::StoreReplica(fuzz::FuzzStore::get().store());
+  return *r;
+}
+gossip::ReplicationCore& core() {
+  static gossip::ReplicationCore* c = [] {
+    gossip::CoreOptions o;
+    o.nodeId = "fuzzed";
+    o.gossipAddress = "127.0.0.1:7400";
+    o.maxFrameBytes = kMaxFrameBytes;
+    auto* core = new gossip::ReplicationCore(o, replica());
+    core->start(1, {});
+    return core;
+  }();
+  return *c;
+}
+uint64_t coreMerges = 0;
+uint64_t coreNow = 1;
 
 bool strict() {
   static const bool strict = [] {
@@ -90,7 +154,7 @@ void handleReconcile(std::string_view message) {
 }
 
 void readFrame(gossip::ParsedFrame& frame, size_t bodyBytes) {
-  FUZZ_CHECK(frame.bytes() == bodyBytes + gossip::kFrameHeaderBytes, "frame size");
+  FUZZ_CHECK(frame.bytes() == bodyBytes, "frame size");
   auto root = frame.root();
   FUZZ_CHECK(root.getVersion() == gossip::wire::PROTOCOL_VERSION, "version");
   FUZZ_CHECK(root.getFrom().size() > 0, "sender");
@@ -134,30 +198,63 @@ void readFrame(gossip::ParsedFrame& frame, size_t bodyBytes) {
   }
 }
 
+// The core's actions: merges run through the store (counted, so the input's
+// writes are done before the next input); the rest needs no network here.
+void runCore() {
+  auto& store = fuzz::FuzzStore::get();
+  for (auto& action : core().takeActions()) {
+    if (auto* merge = std::get_if<gossip::Merge>(&action)) {
+      for (auto& state : merge->states) {
+        ++coreMerges;
+        replica().merge(std::move(state), store.onMerged());
+        core().merged(merge->ticket);  // (as if committed: only the count matters here)
+      }
+    } else if (auto* send = std::get_if<gossip::SendFrame>(&action)) {
+      FUZZ_CHECK(send->body->size() % 8 == 0 && !send->body->empty(), "the core sent no frame");
+      core().drained(send->conn, send->body->size() + gossip::kSealOverheadBytes, send->deltas);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  Split whole = split(data, size, size == 0 ? 1 : size);
-  Split pieces = split(data, size, 1 + size % 7);
-  FUZZ_CHECK(whole.bodies == pieces.bodies, "cutting the stream changed its frames");
-  FUZZ_CHECK(whole.error == pieces.error, "cutting the stream changed its error");
+  Script script = parseScript(data, size);
 
-  for (const auto& body : whole.bodies) {
-    FUZZ_CHECK(!body.empty() && body.size() % 8 == 0 && body.size() <= kMaxFrameBytes,
-               "body of " + std::to_string(body.size()) + " bytes");
+  bool cut = script.cut && !script.bodies.empty();
+  // The last frame cut short: it must not open, and nothing is refused.
+  size_t cutBytes = cut ? 1 + size % 16 : 0;
+  std::vector<std::string> openedWhole = sealAndOpen(script, cutBytes, size + 1024);
+  std::vector<std::string> openedPieces = sealAndOpen(script, cutBytes, 1 + size % 7);
+  FUZZ_CHECK(openedWhole == openedPieces, "cutting the stream changed its frames");
+  size_t expected = script.bodies.size() - (cut ? 1 : 0);
+  FUZZ_CHECK(openedWhole.size() == expected, "frames lost or invented by the channel");
+  for (size_t i = 0; i < openedWhole.size(); ++i) {
+    FUZZ_CHECK(openedWhole[i] == script.bodies[i], "a frame opened with other bytes");
+  }
+
+  gossip::ConnId conn = core().accepted(++coreNow, "127.0.0.2:1");
+  core().opened(coreNow, conn);
+  runCore();
+  for (const auto& body : openedWhole) {
     auto words = kj::heapArray<capnp::word>(body.size() / sizeof(capnp::word));
     std::memcpy(words.begin(), body.data(), body.size());
     auto frame = gossip::ParsedFrame::parse(std::move(words));
     if (!frame.ok()) {
       FUZZ_CHECK(frame.error().code == ErrorCode::kCorruption, frame.error().toString());
-      continue;  // the connection would be closed here
+    } else {
+      auto thrown = kj::runCatchingExceptions([&] { readFrame(*frame.value(), body.size()); });
+      KJ_IF_MAYBE (e, thrown) {  // see "known gaps"
+        FUZZ_CHECK(!strict(),
+                   std::string("reading a parsed frame threw: ") + e->getDescription().cStr());
+      }
     }
-    auto thrown = kj::runCatchingExceptions([&] { readFrame(*frame.value(), body.size()); });
-    KJ_IF_MAYBE (e, thrown) {  // see "known gaps"
-      FUZZ_CHECK(!strict(),
-                 std::string("reading a parsed frame threw: ") + e->getDescription().cStr());
-    }
+    core().received(coreNow, conn, body);  // closes the connection on what it refuses
+    runCore();
   }
-  fuzz::FuzzStore::get().waitMerged(reconciler().counters().statesReceived + deltasMerged);
+  core().closed(coreNow, conn);
+  runCore();
+  fuzz::FuzzStore::get().waitMerged(reconciler().counters().statesReceived + deltasMerged +
+                                    coreMerges);
   return 0;
 }

@@ -177,7 +177,11 @@ std::string frameWith(const std::function<void(gossip::wire::Frame::Builder)>& f
                       const std::string& from = "n2") {
   capnp::MallocMessageBuilder message;
   fill(gossip::newFrame(message, from));
-  return gossip::encodeFrame(message);
+  // The frame target's input: each frame body after its 4-byte length.
+  std::string body = gossip::encodeFrame(message);
+  std::string out;
+  fuzz::putU32(out, uint32_t(body.size()));
+  return out + body;
 }
 
 void setMember(gossip::wire::Member::Builder m, const std::string& id, int port) {
@@ -231,7 +235,7 @@ int main(int argc, char** argv) {
         wants.set(1, 0xfedcba9876543210ull);
       }));
 
-  // frame: TCP streams of real frames.
+  // frame: scripts of real frame bodies (sealed and opened by the target).
   std::string hello = frameWith([](auto f) { setMember(f.initHello(), "n2", 7411); });
   put("frame", "hello", hello);
   std::string heartbeat = frameWith([](auto f) {

@@ -592,10 +592,10 @@ TEST_CASE("core: malformed frames and connections that never say hello are close
   CHECK(std::get<Close>(actions[0]).conn == b);
   CHECK(n1.core->stats().malformedFrames == 2);
   CHECK(n1.core->members().empty());
-  // Silence: closed after 10 s.
+  // Silence: a stranger is closed after 5 s, and counted.
   ConnId c = n1.core->accepted(net.now, "10.0.0.1:5002");
   n1.core->opened(net.now, c);
-  net.runFor(ReplicationCore::kHelloTimeoutMillis - 100);
+  net.runFor(ReplicationCore::kStrangerTimeoutMillis - 100);
   CHECK(n1.core->takeActions().empty());
   bool closed = false;
   for (int i = 0; i < 4 && !closed; ++i) {
@@ -605,6 +605,7 @@ TEST_CASE("core: malformed frames and connections that never say hello are close
     }
   }
   CHECK(closed);
+  CHECK(n1.core->stats().connectionsRefused == 1);
 }
 
 TEST_CASE("core: partition injection drops traffic both ways until heal; then the sides converge") {
