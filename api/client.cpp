@@ -324,12 +324,18 @@ Status Client::watch(const std::string& product, const std::function<bool(const 
         impl_->io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
           return 1;
         });
-    int why = stop.promise.then([]() { return 0; })
+    // The observer's fulfiller is destroyed unfulfilled when the node drops
+    // the observer: it ended the watch (a revoked token) or the connection.
+    int why = stop.promise.then([]() { return 0; }, [](kj::Exception&&) { return 3; })
                   .exclusiveJoin(kj::mv(elapsed))
                   .exclusiveJoin(kj::mv(disconnected))
                   .wait(impl_->io.waitScope);
     if (why == 2) {
       return makeError(ErrorCode::kUnavailable, "lost the connection to " + impl_->address);
+    }
+    if (why == 3) {
+      return makeError(ErrorCode::kUnavailable,
+                       impl_->address + " ended the watch (token revoked, or connection closed)");
     }
   } catch (kj::Exception& e) {
     return impl_->transportError(e);

@@ -12,8 +12,6 @@
 #include <pthread.h>
 #include <signal.h>
 
-#include <sys/stat.h>
-
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
@@ -39,20 +37,14 @@ bool parseDurationFlag(const char* flag, const std::string& text, std::chrono::m
   return true;
 }
 
-// The keys of --cluster-key-file (gossip::readKeyFile), with a warning if
-// other users may read it. Prints why and returns false when it cannot be
-// used.
+// The keys of --cluster-key-file (gossip::readKeyFile, which refuses a file
+// other users may read or write). Prints why and returns false when it
+// cannot be used.
 bool readClusterKeys(const std::string& path, std::vector<std::string>& keys) {
   auto read = chorus::gossip::readKeyFile(path);
   if (!read.ok()) {
     std::fprintf(stderr, "chorusd: --cluster-key-file: %s\n", read.error().message.c_str());
     return false;
-  }
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    chorus::api::logf(chorus::api::LogLevel::kWarn,
-                      "cluster key file %s is readable by other users (chmod 600 it)",
-                      path.c_str());
   }
   keys = std::move(read).value();
   return true;
