@@ -158,7 +158,9 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
          "counter");
   sample("chorus_gossip_partition_dropped_frames_total", "", s.partitionDropped);
   family("chorus_gossip_connections_refused_total",
-         "Inbound gossip connections closed at once because 256 were already open.", "counter");
+         "Inbound gossip connections closed by a bound: past 256 after hello, or strangers "
+         "(no hello yet) evicted past 64 (8 per address) or closed at their 5 s deadline.",
+         "counter");
   sample("chorus_gossip_connections_refused_total", "", s.connectionsRefused);
   family("chorus_gossip_auth_failures_total",
          "Gossip frames failing the cluster key check: a peer without the key, or tampering.",
