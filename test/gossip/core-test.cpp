@@ -659,3 +659,81 @@ TEST_CASE("core: the same seed and inputs give the same actions") {
   };
   CHECK(trace(7) == trace(7));
 }
+
+namespace {
+
+// A frame body from `from`, filled by `fill`.
+template <typename Fill>
+std::string frameFrom(const std::string& from, Fill fill) {
+  capnp::MallocMessageBuilder message;
+  fill(newFrame(message, from));
+  return encodeFrame(message);
+}
+
+std::string helloFrom(const std::string& id) {
+  return frameFrom(id, [&](wire::Frame::Builder f) {
+    auto m = f.initHello();
+    m.setNodeId(id);
+    m.setGossipAddress(id + ":7400");
+  });
+}
+
+}  // namespace
+
+TEST_CASE(
+    "core: a second-hand address that never answers stops being dialled; a node's own does not") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  auto& n1 = net.add("n1", {}, [](CoreOptions& o) { o.forgetUnansweredAfterMillis = 3000; });
+  // "teller" connects, says who it is, and names a member nobody can reach.
+  ConnId conn = n1.core->accepted(net.now, "10.0.0.7:5000");
+  n1.core->opened(net.now, conn);
+  n1.core->received(net.now, conn, helloFrom("teller"));
+  n1.core->received(net.now, conn, frameFrom("teller", [](wire::Frame::Builder f) {
+                      auto list = f.initHeartbeat(2);
+                      list[0].setNodeId("teller");
+                      list[0].setGossipAddress("teller:7400");
+                      list[1].setNodeId("ghost");
+                      list[1].setGossipAddress("ghost:7400");
+                    }));
+  net.settle();
+  CHECK(memberOf(n1, "ghost"));
+  CHECK(n1.core->stats().dialers == 2);
+  net.runFor(2000);
+  CHECK(std::count(n1.dials.begin(), n1.dials.end(), "ghost:7400") > 0);
+  net.runFor(3000);  // past forgetUnansweredAfter: pruned within a second
+  size_t ghostDials = std::count(n1.dials.begin(), n1.dials.end(), "ghost:7400");
+  size_t tellerDials = std::count(n1.dials.begin(), n1.dials.end(), "teller:7400");
+  net.runFor(10'000);
+  CHECK(std::count(n1.dials.begin(), n1.dials.end(), "ghost:7400") == ghostDials);
+  CHECK(std::count(n1.dials.begin(), n1.dials.end(), "teller:7400") > tellerDials);
+  CHECK(n1.core->stats().dialers == 1);
+  CHECK(memberOf(n1, "ghost"));  // still a member, just not dialled
+}
+
+TEST_CASE("core: connections others opened are capped once they say hello") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  auto& n1 = net.add("n1", {}, [](CoreOptions& o) { o.maxInbound = 2; });
+  std::vector<ConnId> conns;
+  for (int i = 0; i < 3; ++i) {
+    conns.push_back(n1.core->accepted(net.now, "10.0.0.9:" + std::to_string(5000 + i)));
+    n1.core->opened(net.now, conns.back());
+  }
+  // Strangers do not count: all three are open. The third to say hello is
+  // one too many.
+  for (int i = 0; i < 3; ++i) {
+    n1.core->received(net.now, conns[i], helloFrom("p" + std::to_string(i)));
+  }
+  bool thirdClosed = false;
+  for (auto& action : n1.core->takeActions()) {
+    if (auto* close = std::get_if<Close>(&action)) thirdClosed = close->conn == conns[2];
+  }
+  CHECK(thirdClosed);
+  CHECK(n1.core->stats().connectionsRefused == 1);
+  CHECK(n1.core->helloReceived(conns[0]));
+  CHECK(n1.core->helloReceived(conns[1]));
+  CHECK_FALSE(n1.core->helloReceived(conns[2]));
+}
