@@ -4,12 +4,13 @@
 // timer, and executes the core's actions; the protocol itself (membership,
 // failure detection, push, anti-entropy, backoff) is the core's.
 //
-// Locking: one mutex, mu_, guards the core and everything the public
+// Locking: one mutex, mu_, guards the core and what the other public
 // methods touch; the loop thread holds it for the whole of each callback.
-// Merge completions from the store thread never take it: they queue their
-// ticket in the Wake (its own small mutex) and wake the loop, which hands
-// them to the core. So the core runs on the loop thread only, and the store
-// thread never waits for the loop.
+// publish() and the store thread's merge completions never take it: they
+// queue their delta or ticket in the Wake (its own small mutex, taken after
+// mu_ when both are) and wake the loop, which hands them to the core. So the
+// core runs on the loop thread only, and neither a writer nor the store
+// thread waits for the loop's work.
 #include "gossip/cluster.h"
 
 #include <sys/stat.h>
@@ -150,6 +151,11 @@ struct Wake {
   std::mutex mu;
   uv_async_t* async = nullptr;
   std::vector<uint64_t> merged;  // tickets of completed merges, for the core
+  // Published deltas (encoded), not yet handed to the core: publish() never
+  // waits for the loop's mutex, which the loop holds while it works.
+  std::vector<std::string> outbox;
+  size_t outboxBytes = 0;
+  uint64_t outboxDropped = 0;  // deltasDropped: pushes refused for a full outbox
   bool stopping = false;
   void send() {
     std::lock_guard lock(mu);
@@ -175,9 +181,8 @@ class Cluster::Impl {
 
   // ---- under mu_ ----------------------------------------------------------
   mutable std::mutex mu_;
-  std::unique_ptr<ReplicationCore> core_;  // created in start(), before the loop runs
-  std::vector<std::string> outbox_;        // encoded deltas, not yet handed to the core
-  size_t outboxBytes_ = 0;
+  std::unique_ptr<ReplicationCore> core_;   // created in start(), before the loop runs
+  std::atomic<size_t> peerCount_{0};        // the core's, after each loop callback
   std::shared_ptr<const Keyring> keyring_;  // replaced whole on a change
   ClusterStats wire_;                       // the transport's own counters
   std::string bound_;
@@ -433,10 +438,13 @@ void Cluster::Impl::onWake() {
 }
 
 void Cluster::Impl::takeOutbox() {
-  if (outbox_.empty()) return;
   std::vector<std::string> encoded;
-  encoded.swap(outbox_);
-  outboxBytes_ = 0;
+  {
+    std::lock_guard lock(wake_->mu);
+    encoded.swap(wake_->outbox);
+    wake_->outboxBytes = 0;
+  }
+  if (encoded.empty()) return;
   core_->publish(now(), std::move(encoded));
 }
 
@@ -451,6 +459,7 @@ void Cluster::Impl::onTick() {
 // ---- the core's actions ----------------------------------------------------
 
 void Cluster::Impl::execute() {
+  peerCount_ = core_->peerCount();
   for (int rounds = 0; rounds < 1000; ++rounds) {
     auto actions = core_->takeActions();
     if (actions.empty()) return;
@@ -752,18 +761,17 @@ std::string Cluster::address() const {
 
 void Cluster::publish(const crdt::ReviewDoc& delta) {
   std::string encoded = delta.encode();  // on the caller's thread, not the loop's
-  {
-    std::lock_guard lock(impl_->mu_);
-    // A loop that cannot keep up: drop the push (the write is durable here;
-    // anti-entropy carries it), counted once per peer it did not reach.
-    if (impl_->outboxBytes_ + encoded.size() > impl_->options_.maxPendingDeltaBytes) {
-      impl_->wire_.deltasDropped += impl_->core_->peerCount();
-      return;
-    }
-    impl_->outboxBytes_ += encoded.size();
-    impl_->outbox_.push_back(std::move(encoded));
+  auto& wake = *impl_->wake_;
+  std::lock_guard lock(wake.mu);
+  // A loop that cannot keep up: drop the push (the write is durable here;
+  // anti-entropy carries it), counted once per peer it did not reach.
+  if (wake.outboxBytes + encoded.size() > impl_->options_.maxPendingDeltaBytes) {
+    wake.outboxDropped += impl_->peerCount_.load();
+    return;
   }
-  impl_->wake_->send();
+  wake.outboxBytes += encoded.size();
+  wake.outbox.push_back(std::move(encoded));
+  if (wake.async) uv_async_send(wake.async);
 }
 
 void Cluster::partition(const std::vector<std::string>& nodeIds) {
@@ -801,6 +809,8 @@ ClusterStats Cluster::stats() const {
   std::lock_guard lock(impl_->mu_);
   ClusterStats s = impl_->core_->stats();
   addCounters(s, impl_->wire_);
+  std::lock_guard wakeLock(impl_->wake_->mu);
+  s.deltasDropped += impl_->wake_->outboxDropped;
   return s;
 }
 
