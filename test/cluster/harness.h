@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -374,6 +375,15 @@ class Harness {
     return out;
   }
   std::string dataDir(const std::string& id) const { return tmp_.sub(id); }
+  // Every node's RPC address (its latest incarnation's, running or not),
+  // comma-separated: the operator's node list for `chorus cluster`.
+  std::string rpcAddresses() const {
+    std::string out;
+    for (const auto& [id, d] : nodes_) {
+      if (!d->rpc().empty()) out += (out.empty() ? "" : ",") + d->rpc();
+    }
+    return out;
+  }
   const TempDir& tmp() const { return tmp_; }
 
   // The end of every node's log, for failure messages.
@@ -386,9 +396,15 @@ class Harness {
     return out;
   }
 
-  // `chorus --connect <id's address> args...`
+  // `chorus --connect <id's address> args...`. A `cluster` command that
+  // talks to nodes also gets `--nodes` with every node's RPC address (the
+  // CLI asks only the nodes it is given), unless `args` has its own.
   RunResult chorus(const std::string& id, std::vector<std::string> args,
                    std::chrono::milliseconds timeout = 20s) {
+    auto has = [&](const char* a) { return std::find(args.begin(), args.end(), a) != args.end(); };
+    if (has("cluster") && !has("generate") && !has("--nodes") && !has("--nodes-file")) {
+      args.insert(args.end(), {"--nodes", rpcAddresses()});
+    }
     args.insert(args.begin(), {"--connect", node(id).rpc()});
     if (!cliTokenFile.empty()) args.insert(args.begin(), {"--token-file", cliTokenFile});
     return run(bin("CHORUS_BIN"), args, timeout);

@@ -1,17 +1,31 @@
-// `chorus cluster ...`: look at and steer replication across every node the
-// connected node knows (itself plus its gossip members).
+// `chorus cluster ...`: look at and steer replication across the nodes the
+// operator names: the connected node (--connect) plus --nodes HOST:PORT[,...],
+// else $CHORUS_NODES, else a nodes file (--nodes-file, $CHORUS_NODES_FILE).
+//
+// The admin token goes only to those addresses, never to an RPC address a
+// peer advertises over gossip: any holder of the cluster key can advertise
+// any address, and would collect the token of every operator who ran a
+// cluster command. Nodes the connected node knows over gossip but whose
+// address the operator did not list are shown ("not asked"), never dialled;
+// commands that need every node (converge, keys install/use/remove, and
+// partition for the nodes it changes) refuse and name them.
 //
 // Each node is asked over its own RPC address, all in parallel: one thread
 // and one Client per node (a Client's event loop belongs to its thread), and
 // a short per-call timeout, so a dead or hung node costs at most that long.
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <string>
@@ -35,23 +49,129 @@ constexpr milliseconds kProbeTimeout{2000};    // per node and call
 constexpr milliseconds kPollInterval{100};     // converge
 constexpr milliseconds kMinProbeTimeout{250};  // converge, near its deadline
 
-// A node as the connected node knows it.
-struct KnownNode {
-  std::string id;
-  std::string rpcAddress;  // empty: not known (yet)
-  std::string gossipAddress;
-  std::optional<gossip::MemberInfo> member;  // as the connected node sees it; none for itself
+constexpr const char* kNotAsked = "not asked: not in --nodes";
+
+// ---- the operator's node list ----------------------------------------------
+
+// --nodes / --nodes-file of one subcommand (only one runs per invocation).
+struct NodeFlags {
+  std::vector<std::string> nodes;
+  std::string nodesFile;
 };
 
-// The connected node first, then its members; sorted by id.
-std::vector<KnownNode> knownNodes(const ClusterView& view, const std::string& connectedAddress) {
-  std::vector<KnownNode> out;
-  out.push_back({view.nodeId, connectedAddress, view.gossipAddress, std::nullopt});
-  for (const auto& m : view.members) out.push_back({m.nodeId, m.rpcAddress, m.gossipAddress, m});
-  std::sort(out.begin(), out.end(),
-            [](const KnownNode& a, const KnownNode& b) { return a.id < b.id; });
-  return out;
+// RPC addresses from the operator, in order, without duplicates.
+struct NodeList {
+  std::vector<std::string> addresses;
+  std::string source;  // where they came from, for messages; empty: nowhere
+};
+
+// "host:port" with a non-empty host and a port 1-65535.
+bool isHostPort(const std::string& a) {
+  size_t colon = a.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.size()) return false;
+  if (a.size() - colon - 1 > 5) return false;
+  for (size_t i = colon + 1; i < a.size(); ++i) {
+    if (a[i] < '0' || a[i] > '9') return false;
+  }
+  long port = std::stol(a.substr(colon + 1));
+  return port >= 1 && port <= 65535;
 }
+
+// Adds the items of `text` (separated by commas or whitespace) to `list`.
+Status addItems(const std::string& text, const std::string& from, NodeList& list) {
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t end = text.find_first_of(", \t\r\n", i);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(i, end - i);
+    i = end + 1;
+    if (item.empty()) continue;
+    if (!isHostPort(item)) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       from + ": '" + item + "' is not HOST:PORT (a node's RPC address)");
+    }
+    if (std::find(list.addresses.begin(), list.addresses.end(), item) == list.addresses.end()) {
+      list.addresses.push_back(item);
+    }
+  }
+  return okStatus();
+}
+
+// One HOST:PORT per line; '#' starts a comment. The file decides where the
+// admin token is sent, so it must not be writable by group or others.
+Status addFile(const std::string& path, NodeList& list) {
+  struct stat st {};
+  std::ifstream in(path);
+  if (!in || ::stat(path.c_str(), &st) != 0) {
+    return makeError(ErrorCode::kInvalidArgument, "cannot read nodes file '" + path + "'");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "nodes file '" + path +
+                         "' is writable by group or others (whoever can edit it decides where "
+                         "the admin token goes); chmod go-w it");
+  }
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    line = line.substr(0, line.find('#'));
+    size_t b = line.find_first_not_of(" \t\r");
+    if (b == std::string::npos) continue;
+    size_t e = line.find_last_not_of(" \t\r");
+    std::string item = line.substr(b, e - b + 1);
+    std::string where = "nodes file '" + path + "' line " + std::to_string(n);
+    if (item.find_first_of(" \t,") != std::string::npos) {
+      return makeError(ErrorCode::kInvalidArgument, where + ": one HOST:PORT per line");
+    }
+    if (auto s = addItems(item, where, list); !s.ok()) return s;
+  }
+  return okStatus();
+}
+
+// --nodes and --nodes-file (together if both are given), else $CHORUS_NODES,
+// else $CHORUS_NODES_FILE; empty if none is set (then only --connect is
+// asked). There is no default file: the list decides where the admin token
+// goes, so it comes only from what this command line or environment names.
+Result<NodeList> operatorNodes(const NodeFlags& f) {
+  NodeList list;
+  if (!f.nodes.empty() || !f.nodesFile.empty()) {
+    list.source = "--nodes";
+    for (const auto& n : f.nodes) {
+      if (auto s = addItems(n, "--nodes", list); !s.ok()) return s.error();
+    }
+    if (!f.nodesFile.empty()) {
+      if (auto s = addFile(f.nodesFile, list); !s.ok()) return s.error();
+      list.source = f.nodes.empty() ? "--nodes-file" : "--nodes and --nodes-file";
+    }
+    return list;
+  }
+  if (const char* env = std::getenv("CHORUS_NODES"); env != nullptr && *env != '\0') {
+    list.source = "$CHORUS_NODES";
+    if (auto s = addItems(env, "$CHORUS_NODES", list); !s.ok()) return s.error();
+    return list;
+  }
+  if (const char* env = std::getenv("CHORUS_NODES_FILE"); env != nullptr && *env != '\0') {
+    list.source = "$CHORUS_NODES_FILE";
+    if (auto s = addFile(env, list); !s.ok()) return s.error();
+    return list;
+  }
+  return list;  // no source: only --connect is asked
+}
+
+// ---- the nodes -------------------------------------------------------------
+
+// A node: one the operator listed (asked), or one the connected node knows
+// over gossip whose address the operator did not list (not asked).
+struct KnownNode {
+  std::string id;
+  // The address it is asked at: --connect or the operator's list. Empty:
+  // not asked, and never dialled.
+  std::string rpcAddress;
+  std::string advertisedRpc;  // what gossip says; shown, never dialled
+  std::string gossipAddress;
+  std::optional<gossip::MemberInfo> member;  // as the connected node sees it
+  bool self = false;                         // the connected node
+  bool asked() const { return !rpcAddress.empty(); }
+};
 
 std::string joinIds(const std::vector<std::string>& ids, const char* sep = ", ") {
   std::string out;
@@ -69,23 +189,23 @@ milliseconds probeTimeout(const Globals& g) {
   return std::min(milliseconds(g.timeoutMs), kProbeTimeout);
 }
 
-// Runs `fn` against every node in `nodes` at once, each on its own thread
-// with its own client; returns the results in the same order.
+// Runs `fn` against every asked node in `nodes` at once, each on its own
+// thread with its own client; returns the results in the same order. A node
+// that was not asked gets an error and no connection.
 template <typename T>
 std::vector<Result<T>> onEach(const Globals& g, const std::vector<KnownNode>& nodes,
-                              milliseconds timeout,
+                              const std::function<milliseconds(size_t)>& timeout,
                               const std::function<Result<T>(size_t, api::Client&)>& fn) {
   std::vector<std::optional<Result<T>>> slots(nodes.size());
   std::vector<std::thread> threads;
   threads.reserve(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!nodes[i].asked()) {
+      slots[i].emplace(makeError(ErrorCode::kUnavailable, kNotAsked));
+      continue;
+    }
     threads.emplace_back([&, i] {
-      if (nodes[i].rpcAddress.empty()) {
-        slots[i].emplace(makeError(ErrorCode::kUnavailable,
-                                   "its RPC address is not known yet (no heartbeat from it)"));
-        return;
-      }
-      auto client = api::Client::connect(nodes[i].rpcAddress, clientOptions(g, timeout));
+      auto client = api::Client::connect(nodes[i].rpcAddress, clientOptions(g, timeout(i)));
       if (!client.ok()) {
         slots[i].emplace(client.error());
         return;
@@ -100,16 +220,151 @@ std::vector<Result<T>> onEach(const Globals& g, const std::vector<KnownNode>& no
   return out;
 }
 
+template <typename T>
+std::vector<Result<T>> onEach(const Globals& g, const std::vector<KnownNode>& nodes,
+                              milliseconds timeout,
+                              const std::function<Result<T>(size_t, api::Client&)>& fn) {
+  return onEach<T>(
+      g, nodes, [timeout](size_t) { return timeout; }, fn);
+}
+
 std::vector<Result<ClusterView>> viewsOf(const Globals& g, const std::vector<KnownNode>& nodes,
                                          milliseconds timeout) {
   return onEach<ClusterView>(g, nodes, timeout, [](size_t, api::Client& c) { return c.cluster(); });
 }
 
-// The connected node's view of the cluster.
-Result<ClusterView> connectedView(const Globals& g) {
-  auto client = api::Client::connect(g.connect, clientOptions(g, milliseconds(g.timeoutMs)));
-  if (!client.ok()) return client.error();
-  return (*client)->cluster();
+// The cluster as the operator's list and the connected node show it.
+struct Cluster {
+  ClusterView view;                        // the connected node's
+  std::vector<KnownNode> nodes;            // sorted by id
+  std::vector<Result<ClusterView>> views;  // each node's answer; not asked: an error
+  std::string source;                      // of the node list, for messages
+
+  // Why the nodes of notAsked() were not asked.
+  std::string why() const {
+    return source.empty() ? "no node list given, so only --connect is asked"
+                          : "not in the node list from " + source;
+  }
+
+  std::vector<std::string> notAsked() const {
+    std::vector<std::string> ids;
+    for (const auto& n : nodes) {
+      if (!n.asked()) ids.push_back(n.id);
+    }
+    return ids;
+  }
+};
+
+// Asks --connect and every listed address for its view (which names the
+// node), then adds the connected node's gossip members that no listed
+// address turned out to be, as not asked.
+Result<Cluster> discover(const Globals& g, const NodeList& list) {
+  std::vector<KnownNode> probes(1);
+  probes[0].rpcAddress = g.connect;
+  for (const auto& a : list.addresses) {
+    if (a != g.connect) probes.emplace_back().rpcAddress = a;
+  }
+  auto answers = onEach<ClusterView>(
+      g, probes, [&](size_t i) { return i == 0 ? milliseconds(g.timeoutMs) : probeTimeout(g); },
+      [](size_t, api::Client& c) { return c.cluster(); });
+  if (!answers[0].ok()) return answers[0].error();
+
+  Cluster c;
+  c.view = *answers[0];
+  c.source = list.source;
+  std::map<std::string, size_t> byId;
+  auto add = [&](KnownNode n, Result<ClusterView> v) {
+    byId[n.id] = c.nodes.size();
+    c.nodes.push_back(std::move(n));
+    c.views.push_back(std::move(v));
+  };
+  // Those that answered, under the id they gave (a second address of the
+  // same node is dropped) ...
+  for (size_t i = 0; i < probes.size(); ++i) {
+    if (!answers[i].ok() || byId.count(answers[i]->nodeId)) continue;
+    KnownNode n;
+    n.id = answers[i]->nodeId;
+    n.rpcAddress = probes[i].rpcAddress;
+    n.gossipAddress = answers[i]->gossipAddress;
+    n.self = i == 0;
+    add(std::move(n), answers[i]);
+  }
+  // ... those that did not, under the id of the member that advertises their
+  // address (for display only), else under the address ...
+  for (size_t i = 1; i < probes.size(); ++i) {
+    if (answers[i].ok()) continue;
+    KnownNode n;
+    n.id = probes[i].rpcAddress;
+    n.rpcAddress = probes[i].rpcAddress;
+    for (const auto& m : c.view.members) {
+      if (m.rpcAddress == n.rpcAddress && !byId.count(m.nodeId)) n.id = m.nodeId;
+    }
+    if (byId.count(n.id)) continue;
+    add(std::move(n), answers[i]);
+  }
+  // ... and the connected node's members: the gossip state of those above,
+  // and a row for each of the others, not asked.
+  for (const auto& m : c.view.members) {
+    auto it = byId.find(m.nodeId);
+    if (it != byId.end()) {
+      KnownNode& n = c.nodes[it->second];
+      n.member = m;
+      n.advertisedRpc = m.rpcAddress;
+      if (n.gossipAddress.empty()) n.gossipAddress = m.gossipAddress;
+      continue;
+    }
+    KnownNode n;
+    n.id = m.nodeId;
+    n.advertisedRpc = m.rpcAddress;
+    n.gossipAddress = m.gossipAddress;
+    n.member = m;
+    add(std::move(n), makeError(ErrorCode::kUnavailable, kNotAsked));
+  }
+  std::vector<size_t> order(c.nodes.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return c.nodes[a].id < c.nodes[b].id; });
+  Cluster sorted;
+  sorted.view = std::move(c.view);
+  sorted.source = std::move(c.source);
+  for (size_t i : order) {
+    sorted.nodes.push_back(std::move(c.nodes[i]));
+    sorted.views.push_back(std::move(c.views[i]));
+  }
+  return sorted;
+}
+
+// The operator's list, then discover(); nullopt after printing why not, with
+// `code` set (a bad list is a usage error, found before anything is asked).
+std::optional<Cluster> discoverOrFail(const Globals& g, const NodeFlags& flags, int& code) {
+  auto list = operatorNodes(flags);
+  if (!list.ok()) {
+    std::fprintf(stderr, "chorus: %s\n", list.error().message.c_str());
+    code = kExitUsage;
+    return std::nullopt;
+  }
+  auto c = discover(g, *list);
+  if (!c.ok()) {
+    code = fail(c);
+    return std::nullopt;
+  }
+  return std::move(*c);
+}
+
+constexpr const char* kPassNodes =
+    "pass their RPC addresses with --nodes HOST:PORT[,...] (or $CHORUS_NODES, --nodes-file); "
+    "the admin token goes only to addresses you list, never to ones learned over gossip";
+
+// For a command that needs every node: refuses (exit 3, nothing done) when
+// the connected node knows nodes that were not asked.
+std::optional<int> refuseIfNotAsked(const Cluster& c, const char* what) {
+  auto missing = c.notAsked();
+  if (missing.empty()) return std::nullopt;
+  std::fprintf(stderr,
+               "chorus: %s needs every node, but %s knows %s, not asked (%s); nothing done. "
+               "Check that they are yours, then %s\n",
+               what, c.view.nodeId.c_str(), joinIds(missing).c_str(), c.why().c_str(), kPassNodes);
+  return kExitInvalid;
 }
 
 std::string shortRoot(const storage::Hash& h) { return hex(h).substr(0, 8); }
@@ -131,7 +386,8 @@ std::string ago(uint64_t nowMillis, uint64_t thenMillis) {
 }
 
 std::string stateText(const KnownNode& n) {
-  if (!n.member) return "self";
+  if (n.self) return "self";
+  if (!n.member) return "not a member";  // answered, but the connected node does not know it
   std::string s = gossip::peerStateName(n.member->state);
   if (n.member->partitioned) s += ",partitioned";
   return s;
@@ -204,11 +460,14 @@ std::optional<storage::Hash> commonRoot(const std::vector<Result<ClusterView>>& 
 
 // ---- status ----------------------------------------------------------------
 
-int status(const Globals& g) {
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
-  auto views = viewsOf(g, nodes, probeTimeout(g));
+int status(const Globals& g, const NodeFlags& flags) {
+  int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  const ClusterView* view = &c->view;
+  const auto& nodes = c->nodes;
+  const auto& views = c->views;
+  auto notAsked = c->notAsked();
   size_t reachable = 0;
   auto root = commonRoot(views, reachable);
 
@@ -219,8 +478,10 @@ int status(const Globals& g) {
       const auto& v = views[i];
       out += i ? "," : "";
       out += "{\"node_id\":" + json(n.id) + ",\"rpc_address\":" + json(n.rpcAddress) +
+             ",\"advertised_rpc_address\":" + json(n.advertisedRpc) +
              ",\"gossip_address\":" + json(n.gossipAddress) + ",\"state\":" + json(stateText(n)) +
              ",\"partitioned\":" + (n.member && n.member->partitioned ? "true" : "false") +
+             ",\"asked\":" + (n.asked() ? "true" : "false") +
              ",\"reachable\":" + (v.ok() ? "true" : "false");
       if (v.ok()) {
         out += ",\"keys\":" + std::to_string(v->keyCount) +
@@ -228,7 +489,7 @@ int status(const Globals& g) {
                ",\"refused_stamps\":" + std::to_string(v->refusedStamps) +
                ",\"partitioned_from\":" + jsonIds(v->partitioned);
       } else {
-        out += ",\"error\":" + json(v.error().toString());
+        out += ",\"error\":" + json(n.asked() ? v.error().toString() : kNotAsked);
       }
       if (n.member) {
         const auto& m = *n.member;
@@ -243,7 +504,7 @@ int status(const Globals& g) {
       }
       out += "}";
     }
-    out += "],\"reachable\":" + std::to_string(reachable) +
+    out += "],\"not_asked\":" + jsonIds(notAsked) + ",\"reachable\":" + std::to_string(reachable) +
            ",\"same_root\":" + (root ? "true" : "false") + ",\"gossip\":" + jsonStats(view->stats) +
            "}";
     std::printf("%s\n", out.c_str());
@@ -256,14 +517,16 @@ int status(const Globals& g) {
   for (size_t i = 0; i < nodes.size(); ++i) {
     const KnownNode& n = nodes[i];
     const auto& v = views[i];
-    std::string keys = v.ok() ? std::to_string(v->keyCount) : "unreachable";
+    std::string keys = v.ok()      ? std::to_string(v->keyCount)
+                       : n.asked() ? "unreachable"
+                                   : "not asked";
     std::string rootText = v.ok() ? shortRoot(v->merkleRoot) : "-";
     std::string refused = v.ok() ? std::to_string(v->refusedStamps) : "-";
     std::string sync = n.member ? ago(view->nowUnixMillis, n.member->lastSyncUnixMillis) : "-";
     std::string pending = n.member ? std::to_string(n.member->pendingDeltas) : "-";
     std::printf("%-*s %-21s %-19s %-11s %-9s %-11s %-7s %s\n", w, n.id.c_str(),
-                n.rpcAddress.empty() ? "?" : n.rpcAddress.c_str(), stateText(n).c_str(),
-                keys.c_str(), rootText.c_str(), sync.c_str(), pending.c_str(), refused.c_str());
+                n.asked() ? n.rpcAddress.c_str() : "-", stateText(n).c_str(), keys.c_str(),
+                rootText.c_str(), sync.c_str(), pending.c_str(), refused.c_str());
   }
   std::printf(
       "\n(state, last sync and pending as %s sees them; keys, root and refused clock "
@@ -279,9 +542,18 @@ int status(const Globals& g) {
                 reachable);
   }
   for (size_t i = 0; i < nodes.size(); ++i) {
-    if (!views[i].ok()) {
+    if (!nodes[i].asked()) {
+      std::printf("%s %s (%s)\n", nodes[i].id.c_str(), kNotAsked,
+                  nodes[i].advertisedRpc.empty()
+                      ? "gossip has no RPC address for it"
+                      : ("gossip says its RPC address is " + nodes[i].advertisedRpc).c_str());
+    } else if (!views[i].ok()) {
       std::printf("%s unreachable: %s\n", nodes[i].id.c_str(), views[i].error().toString().c_str());
     }
+  }
+  if (!notAsked.empty()) {
+    std::printf("not asked: %s (%s); to include them, %s\n", joinIds(notAsked).c_str(),
+                c->why().c_str(), kPassNodes);
   }
   const auto& s = view->stats;
   std::printf("gossip at %s: %" PRIu64 " syncs completed, %" PRIu64 " deltas sent, %" PRIu64
@@ -308,6 +580,12 @@ int report(const Globals& g, const std::vector<KnownNode>& targets,
         ok += (ok.empty() ? "" : ",") + json(targets[i].id) + ":" + jsonValue(i);
       } else {
         std::printf("%s: %s\n", targets[i].id.c_str(), did(i).c_str());
+      }
+    } else if (!targets[i].asked()) {  // the caller says what to do about it
+      if (g.json) {
+        failed += (failed.empty() ? "" : ",") + json(targets[i].id) + ":" + json(kNotAsked);
+      } else {
+        std::printf("%s: %s\n", targets[i].id.c_str(), kNotAsked);
       }
     } else {
       const Error& e = results[i].error();
@@ -345,7 +623,8 @@ std::optional<std::vector<std::string>> splitIds(const std::string& text) {
   return ids;
 }
 
-int partition(const Globals& g, const std::string& isolate, const std::string& split) {
+int partition(const Globals& g, const NodeFlags& flags, const std::string& isolate,
+              const std::string& split) {
   if (isolate.empty() == split.empty()) {
     std::fprintf(stderr, "chorus: give either --isolate ID or --split A,B/C,D\n");
     return kExitUsage;
@@ -370,9 +649,11 @@ int partition(const Globals& g, const std::string& isolate, const std::string& s
     sideB = std::move(*b);
   }
 
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
+  int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  const ClusterView* view = &c->view;
+  const auto& nodes = c->nodes;
   std::map<std::string, const KnownNode*> byId;
   for (const auto& n : nodes) byId[n.id] = &n;
 
@@ -408,11 +689,22 @@ int partition(const Globals& g, const std::string& isolate, const std::string& s
   }
 
   std::vector<KnownNode> targets;
-  for (const auto& [id, peers] : plan) targets.push_back(*byId[id]);
-  auto results = onEach<Ok>(g, targets, probeTimeout(g), [&](size_t i, api::Client& c) {
-    return c.partition(plan[targets[i].id]);
+  std::vector<std::string> missing;
+  for (const auto& [id, peers] : plan) {
+    targets.push_back(*byId[id]);
+    if (!byId[id]->asked()) missing.push_back(id);
+  }
+  if (!missing.empty()) {
+    std::fprintf(stderr,
+                 "chorus: this partition changes %s, not asked (%s); nothing changed. Check "
+                 "that they are yours, then %s\n",
+                 joinIds(missing).c_str(), c->why().c_str(), kPassNodes);
+    return kExitInvalid;
+  }
+  auto results = onEach<Ok>(g, targets, probeTimeout(g), [&](size_t i, api::Client& client) {
+    return client.partition(plan[targets[i].id]);
   });
-  int code = report(
+  code = report(
       g, targets, results,
       [&](size_t i) { return "drops gossip with " + joinIds(plan[targets[i].id]); }, "partitioned",
       [&](size_t i) { return jsonIds(plan[targets[i].id]); }, std::nullopt);
@@ -426,37 +718,53 @@ int partition(const Globals& g, const std::string& isolate, const std::string& s
   return code;
 }
 
-int heal(const Globals& g) {
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
+// Heals every asked node; undoing a partition is always safe, so the nodes
+// not asked do not stop it, but they are named and the exit is 3.
+int heal(const Globals& g, const NodeFlags& flags) {
+  int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  const auto& nodes = c->nodes;
   auto results =
       onEach<Ok>(g, nodes, probeTimeout(g), [](size_t, api::Client& c) { return c.heal(); });
-  return report(
+  code = report(
       g, nodes, results, [](size_t) { return std::string("healed"); }, "healed",
       [](size_t) { return std::string("true"); }, kExitUnavailable);
+  if (auto missing = c->notAsked(); !missing.empty()) {
+    std::fprintf(stderr, "chorus: not healed: %s, not asked (%s); %s\n", joinIds(missing).c_str(),
+                 c->why().c_str(), kPassNodes);
+    code = kExitInvalid;
+  }
+  return code;
 }
 
 // ---- converge --------------------------------------------------------------
 
-int converge(const Globals& g, const std::string& timeoutText) {
+int converge(const Globals& g, const NodeFlags& flags, const std::string& timeoutText) {
   auto timeout = api::parseDuration(timeoutText, std::chrono::seconds(1));
   if (!timeout.ok() || timeout->count() <= 0) {
     std::fprintf(stderr, "chorus: --timeout: %s\n",
                  timeout.ok() ? "must be positive" : timeout.error().message.c_str());
     return kExitUsage;
   }
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
   auto start = SteadyClock::now();
   auto deadline = start + *timeout;
+  int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  // Equal roots on the asked nodes say nothing of a node that was not asked.
+  if (auto refused = refuseIfNotAsked(*c, "converge")) return *refused;
+  const auto& nodes = c->nodes;
+  std::optional<std::vector<Result<ClusterView>>> first = std::move(c->views);
   while (true) {
     auto roundStart = SteadyClock::now();
     // A hung node may cost a round its call timeout, but not much more than
-    // the time left.
+    // the time left. The first round is the answers discover() got.
     auto left = std::chrono::duration_cast<milliseconds>(deadline - roundStart);
-    auto views = viewsOf(g, nodes, std::min(probeTimeout(g), std::max(left, kMinProbeTimeout)));
+    auto views =
+        first ? std::move(*first)
+              : viewsOf(g, nodes, std::min(probeTimeout(g), std::max(left, kMinProbeTimeout)));
+    first.reset();
     double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
     size_t reachable = 0;
     auto root = commonRoot(views, reachable);
@@ -595,32 +903,40 @@ std::optional<std::vector<std::vector<gossip::KeyInfo>>> ringsOf(
   return out;
 }
 
-int keysList(const Globals& g) {
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
-  auto rings = listRings(g, nodes);
+int keysList(const Globals& g, const NodeFlags& flags) {
   int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  const auto& nodes = c->nodes;
+  auto rings = listRings(g, nodes);
   std::string out;
   for (size_t i = 0; i < nodes.size(); ++i) {
     const auto& r = rings[i];
-    if (!r.ok() && code == kExitOk) code = exitCodeFor(r.error());
+    if (!r.ok() && nodes[i].asked() && code == kExitOk) code = exitCodeFor(r.error());
+    std::string error = !nodes[i].asked() ? kNotAsked : r.ok() ? "" : r.error().toString();
     if (g.json) {
       out += (i ? "," : "") + json(nodes[i].id) + ":" +
-             (r.ok() ? ringJson(*r) : "{\"error\":" + json(r.error().toString()) + "}");
+             (r.ok() ? ringJson(*r) : "{\"error\":" + json(error) + "}");
     } else {
       std::printf("%s: %s\n", nodes[i].id.c_str(),
-                  r.ok() ? ringText(*r).c_str() : ("FAILED: " + r.error().toString()).c_str());
+                  r.ok()             ? ringText(*r).c_str()
+                  : nodes[i].asked() ? ("FAILED: " + error).c_str()
+                                     : kNotAsked);
     }
   }
-  if (g.json) std::printf("{\"keys\":{%s}}\n", out.c_str());
+  if (g.json) {
+    std::printf("{\"keys\":{%s},\"not_asked\":%s}\n", out.c_str(), jsonIds(c->notAsked()).c_str());
+  } else if (auto missing = c->notAsked(); !missing.empty()) {
+    std::printf("not asked: %s (%s); to include them, %s\n", joinIds(missing).c_str(),
+                c->why().c_str(), kPassNodes);
+  }
   return code;
 }
 
 // install / use / remove on every known node, after checking that the step
 // is safe on all of them (use: every node has the key; remove: no node sends
 // with it).
-int keysChange(const Globals& g, api::KeyOp op, const std::string& key) {
+int keysChange(const Globals& g, const NodeFlags& flags, api::KeyOp op, const std::string& key) {
   const char* verb = op == api::KeyOp::kInstall ? "installed"
                      : op == api::KeyOp::kUse   ? "now sends with"
                                                 : "removed";
@@ -630,9 +946,14 @@ int keysChange(const Globals& g, api::KeyOp op, const std::string& key) {
   } else if (op == api::KeyOp::kInstall) {
     return fail(parsed);
   }
-  auto view = connectedView(g);
-  if (!view.ok()) return fail(view);
-  auto nodes = knownNodes(*view, g.connect);
+  int code = kExitOk;
+  auto c = discoverOrFail(g, flags, code);
+  if (!c) return code;
+  // "Every node has it" must not pass because a node was not asked.
+  if (auto refused = refuseIfNotAsked(*c, (std::string("keys ") + api::keyOpName(op)).c_str())) {
+    return *refused;
+  }
+  const auto& nodes = c->nodes;
   if (op != api::KeyOp::kInstall) {
     auto rings = ringsOf(g, nodes);
     if (!rings) {
@@ -664,7 +985,7 @@ int keysChange(const Globals& g, api::KeyOp op, const std::string& key) {
     if (!r.ok()) return r.error();
     return okStatus();
   });
-  int code = report(
+  code = report(
       g, nodes, results, [&](size_t) { return std::string(verb) + " key " + fingerprint; },
       "changed", [&](size_t) { return json(fingerprint); }, std::nullopt);
   if (code != kExitOk && !g.json) {
@@ -675,19 +996,47 @@ int keysChange(const Globals& g, api::KeyOp op, const std::string& key) {
   return code;
 }
 
+constexpr const char* kNodesHelp =
+    "The nodes: --connect plus --nodes HOST:PORT[,...] (repeatable), else $CHORUS_NODES\n"
+    "(same form), else the file --nodes-file or $CHORUS_NODES_FILE names (one HOST:PORT per\n"
+    "line, '#' comments, not writable by group or others). Each is an RPC address of a node;\n"
+    "the admin token goes only to these, never to an address learned over gossip. Nodes the\n"
+    "connected node knows over gossip but that are not listed show as 'not asked'; converge,\n"
+    "keys install/use/remove and partition (for the nodes it changes) refuse with exit 3\n"
+    "while any is not asked, heal heals the rest and exits 3.";
+
+// --nodes and --nodes-file on `sub`, into `flags`.
+void addNodeOptions(CLI::App* sub, const std::shared_ptr<NodeFlags>& flags) {
+  sub->add_option("--nodes", flags->nodes,
+                  "RPC addresses of the cluster's nodes, HOST:PORT[,...] (repeatable); else "
+                  "$CHORUS_NODES")
+      ->type_name("HOST:PORT[,...]")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--nodes-file", flags->nodesFile,
+                  "File of RPC addresses, one HOST:PORT per line; else $CHORUS_NODES_FILE")
+      ->type_name("FILE");
+  sub->footer(kNodesHelp);
+}
+
 }  // namespace
 
 void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
   auto* cluster =
-      app.add_subcommand("cluster", "Replication across the nodes the connected node knows")
+      app.add_subcommand("cluster", "Replication across the nodes you list (--nodes, see its help)")
           ->require_subcommand(1);
-  cluster
-      ->add_subcommand("status",
-                       "Per node: address, state, keys, Merkle root, last sync, pending deltas, "
-                       "refused clock stamps")
-      ->callback([&] { result = status(g); });
+  cluster->footer(kNodesHelp);
+  // The node list of whichever subcommand runs, kept alive by the callbacks
+  // (which `app` owns).
+  auto nodes = std::make_shared<NodeFlags>();
+  auto* st = cluster->add_subcommand(
+      "status",
+      "Per node: address, state, keys, Merkle root, last sync, pending deltas, refused clock "
+      "stamps");
+  addNodeOptions(st, nodes);
+  st->callback([&g, &result, nodes] { result = status(g, *nodes); });
 
-  // Option values, kept alive by the callbacks (which `app` owns).
+  // Option values, kept alive by the callbacks.
   struct Flags {
     std::string isolate, split, timeout = "30s";
   };
@@ -700,59 +1049,67 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
                                "Cut the cluster in two: A,B/C,D (every node of one side drops "
                                "the other side)");
   iso->excludes(spl);
-  part->callback([&g, &result, flags] { result = partition(g, flags->isolate, flags->split); });
-  cluster->add_subcommand("heal", "Undo every partition on every known node")->callback([&] {
-    result = heal(g);
-  });
+  addNodeOptions(part, nodes);
+  part->callback(
+      [&g, &result, flags, nodes] { result = partition(g, *nodes, flags->isolate, flags->split); });
+  auto* hl = cluster->add_subcommand("heal", "Undo every partition on every listed node");
+  addNodeOptions(hl, nodes);
+  hl->callback([&g, &result, nodes] { result = heal(g, *nodes); });
   auto* conv = cluster->add_subcommand(
       "converge",
-      "Wait until every reachable node reports the same Merkle root (exit 6 on timeout)");
+      "Wait until every reachable node reports the same Merkle root (exit 6 on timeout; exit 3 "
+      "if a node the connected node knows is not listed)");
   conv->add_option("--timeout", flags->timeout, "How long to wait: 30s, 2m, 500ms (bare = seconds)")
       ->capture_default_str();
-  conv->callback([&g, &result, flags] { result = converge(g, flags->timeout); });
+  addNodeOptions(conv, nodes);
+  conv->callback([&g, &result, flags, nodes] { result = converge(g, *nodes, flags->timeout); });
 
   auto* keys = cluster
                    ->add_subcommand("keys",
-                                    "The gossip keyring of every known node. Rotation: "
+                                    "The gossip keyring of every listed node. Rotation: "
                                     "generate, install, use, then remove the old key")
                    ->require_subcommand(1);
   keys->footer(
       "Keys are 32 random bytes in base64 and are secrets: prefer --key-file to an argument\n"
-      "(arguments show in ps). Nodes and listings name keys by fingerprint.");
+      "(arguments show in ps). Nodes and listings name keys by fingerprint.\n" +
+      std::string(kNodesHelp));
   keys->add_subcommand("generate", "Print a new random cluster key (talks to no node)")
       ->callback([&result] {
         std::printf("%s\n", gossip::generateClusterKey().c_str());
         result = kExitOk;
       });
-  keys->add_subcommand("list", "Each node's key fingerprints, the primary marked")->callback([&] {
-    result = keysList(g);
-  });
+  auto* list = keys->add_subcommand("list", "Each node's key fingerprints, the primary marked");
+  addNodeOptions(list, nodes);
+  list->callback([&g, &result, nodes] { result = keysList(g, *nodes); });
   struct KeyFlags {
     std::string key, keyFile;
   };
   for (auto [name, op, help, what] :
        {std::tuple{"install", api::KeyOp::kInstall,
-                   "Add a key to every node's keyring (frames are still sent with the primary)",
+                   "Add a key to every node's keyring (frames are still sent with the primary; "
+                   "refused unless every node is listed)",
                    "key"},
         std::tuple{"use", api::KeyOp::kUse,
                    "Make an installed key the primary on every node (refused unless every node "
-                   "has it)",
+                   "is listed and has it)",
                    "key or fingerprint"},
         std::tuple{"remove", api::KeyOp::kRemove,
-                   "Remove a key from every node (refused while any node sends with it)",
+                   "Remove a key from every node (refused unless every node is listed, and while "
+                   "any sends with it)",
                    "key or fingerprint"}}) {
     auto kf = std::make_shared<KeyFlags>();
     auto* sub = keys->add_subcommand(name, help);
     sub->add_option("key", kf->key, std::string("The ") + what);
     sub->add_option("--key-file", kf->keyFile,
                     "Read the key from this file (its first key; '#' lines skipped)");
-    sub->callback([&g, &result, kf, op = op, what = what] {
+    addNodeOptions(sub, nodes);
+    sub->callback([&g, &result, kf, nodes, op = op, what = what] {
       auto key = keyArgument(kf->key, kf->keyFile, what);
       if (!key.ok()) {
         result = fail(key);
         return;
       }
-      result = keysChange(g, op, *key);
+      result = keysChange(g, *nodes, op, *key);
     });
   }
 }
