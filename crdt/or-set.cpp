@@ -87,7 +87,11 @@ OrSet OrSet::add(const Element& e, ReplicaId replica) {
   }
   delta.entries_[e] = {dot};
   delta.context_.insert(dot);
-  join(delta);
+  // join(delta), done in place: the delta's context holds only e's old dots
+  // and the fresh one, so only e changes (a join would rebuild every entry,
+  // making each vote on a review with n voters cost n copies).
+  entries_[e] = {dot};
+  context_.insert(dot);
   return delta;
 }
 
@@ -96,7 +100,7 @@ OrSet OrSet::remove(const Element& e) {
   if (auto it = entries_.find(e); it != entries_.end()) {
     for (const Dot& old : it->second) delta.context_.insert(old);
   }
-  join(delta);
+  entries_.erase(e);  // join(delta) in place: the context already covers these dots
   return delta;
 }
 
