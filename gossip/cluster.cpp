@@ -13,6 +13,8 @@
 // thread waits for the loop's work.
 #include "gossip/cluster.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <uv.h>
 
@@ -399,6 +401,14 @@ Status Cluster::Impl::changeKeys(const std::function<Status(Keyring&)>& change) 
 }
 
 void Cluster::Impl::run() {
+  // libuv writes with write(2): to a peer that has closed, that raises
+  // SIGPIPE, which kills a host process that does not ignore it (a service
+  // embedding a Node without RPC). Blocked on this thread, the write fails
+  // with EPIPE instead and the connection closes as usual.
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
