@@ -290,6 +290,8 @@ void ReplicationCore::sendHello(ConnId id) {
 }
 
 std::shared_ptr<const std::string> ReplicationCore::memberFrame(bool ack) {
+  auto& cached = ack ? ackFrame_ : heartbeatFrame_;
+  if (cached) return cached;
   capnp::MallocMessageBuilder message;
   auto frame = newFrame(message, options_.nodeId);
   auto list = ack ? frame.initAck(unsigned(peers_.size() + 1))
@@ -304,7 +306,8 @@ std::shared_ptr<const std::string> ReplicationCore::memberFrame(bool ack) {
     list[i].setRpcAddress(p.rpcAddress);
     ++i;
   }
-  return bodyOf(message);
+  cached = bodyOf(message);
+  return cached;
 }
 
 void ReplicationCore::received(uint64_t now, ConnId id, std::string_view body) {
@@ -561,8 +564,16 @@ void ReplicationCore::learnMembers(const std::string& from,
   size_t n = 0;
   for (auto m : list) {
     if (++n > kMaxMembers) break;
-    if (!validToken(m.getNodeId()) || !validToken(m.getGossipAddress())) continue;
-    std::string id = str(m.getNodeId());
+    auto idText = m.getNodeId();
+    // The common case, every member of every heartbeat: a known member
+    // mentioned second-hand, which learn() would leave as it is (whatever
+    // the addresses say, valid or not).
+    if (std::string_view idView(idText.cStr(), idText.size());
+        idView != from && peerIds_.count(idView) != 0) {
+      continue;
+    }
+    if (!validToken(idText) || !validToken(m.getGossipAddress())) continue;
+    std::string id = str(idText);
     if (id == options_.nodeId) continue;
     std::string rpc = m.getRpcAddress().size() <= kMaxTokenBytes ? str(m.getRpcAddress()) : "";
     learn(id, str(m.getGossipAddress()), rpc, id == from);
@@ -578,15 +589,20 @@ void ReplicationCore::learn(const std::string& id, const std::string& gossip,
   if (it == peers_.end()) {
     if (peers_.size() >= kMaxMembers) return;
     it = peers_.emplace(id, Peer(double(options_.heartbeatIntervalMillis))).first;
+    peerIds_.insert(it->first);  // map keys stay put; peers are never erased
     it->second.gossipAddress = gossip;
     it->second.rpcAddress = rpc;
     membersDirty_ = true;
     isNew = true;
+    heartbeatFrame_.reset();
+    ackFrame_.reset();
   } else if (authoritative &&
              (it->second.gossipAddress != gossip || it->second.rpcAddress != rpc)) {
     it->second.gossipAddress = gossip;
     it->second.rpcAddress = rpc;
     membersDirty_ = true;
+    heartbeatFrame_.reset();
+    ackFrame_.reset();
   }
   // Only a member's own address is dialled (so diallers are bounded like
   // members); a second-hand mention of a known member adds none (its

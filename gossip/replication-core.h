@@ -38,6 +38,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <variant>
 #include <vector>
 
@@ -269,12 +270,13 @@ class ReplicationCore {
   ClusterStats stats_;
   uint64_t now_ = 0;  // of the input being handled
 
-  std::map<std::string, Peer> peers_;  // by node id, never this node
+  std::map<std::string, Peer, std::less<>> peers_;  // by node id, never this node
+  std::unordered_set<std::string_view> peerIds_;    // peers_'s keys, for a quick lookup
   std::set<std::string> blocked_;
   std::map<ConnId, Conn> conns_;
   ConnId nextConn_ = 1;
-  std::map<std::string, Dialer> dialers_;  // by address
-  std::set<std::string> seeds_;            // options_.seeds but this node's own address
+  std::map<std::string, Dialer, std::less<>> dialers_;  // by address
+  std::set<std::string> seeds_;  // options_.seeds but this node's own address
   bool pruned_ = false;
   uint64_t lastPrune_ = 0;
 
@@ -299,6 +301,10 @@ class ReplicationCore {
   bool warnedRefusedState_ = false;
   bool membersDirty_ = false;
   uint64_t lastPersist_ = 0;
+  // memberFrame()'s bodies, kept until a member is added or changes address
+  // (learn() drops them): the same bytes it would encode again.
+  std::shared_ptr<const std::string> heartbeatFrame_;
+  std::shared_ptr<const std::string> ackFrame_;
 };
 
 }  // namespace chorus::gossip
