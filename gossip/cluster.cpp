@@ -170,9 +170,7 @@ struct Wake {
 class Cluster::Impl {
  public:
   Impl(ClusterOptions options, storage::Store& store, Merged onMerged)
-      : options_(std::move(options)),
-        replica_(store),
-        onMerged_(onMerged ? std::move(onMerged) : [](Result<storage::Applied>) {}) {}
+      : options_(std::move(options)), replica_(store), onMerged_(std::move(onMerged)) {}
 
   Status start();
   void stop();
@@ -490,9 +488,11 @@ void Cluster::Impl::execute() {
         if (it != conns_.end()) this->close(it->second, false);
       } else if (auto* merge = std::get_if<Merge>(&action)) {
         for (auto& state : merge->states) {
-          replica_.merge(std::move(state), [wake = wake_, user = onMerged_,
-                                            ticket = merge->ticket](Result<storage::Applied> r) {
-            user(std::move(r));
+          // (`r` by const reference and copied for `user`: g++ 12 at -O2
+          // reports a false maybe-uninitialized for a moved Result here.)
+          replica_.merge(std::move(state), [wake = wake_, user = onMerged_, ticket = merge->ticket](
+                                               const Result<storage::Applied>& r) {
+            if (user) user(r);
             std::lock_guard lock(wake->mu);
             wake->merged.push_back(ticket);
             if (wake->async) uv_async_send(wake->async);
