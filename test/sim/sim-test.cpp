@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "api/temp-dir.h"
 #include "storage/merkle.h"
 #include "storage/store.h"
 #include "tools/sim/checker.h"
@@ -23,23 +24,7 @@ using namespace chorus::sim;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "chorus-sim-XXXXXX").string();
-    char* made = mkdtemp(pattern.data());
-    if (made == nullptr) std::abort();
-    path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // What a failing run says, with the command that replays it.
 std::string explain(const SimOptions& o, const SimResult& r) {
