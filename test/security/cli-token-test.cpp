@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "../cluster/checks.h"
+#include "sockets.h"
 
 using namespace chorus::test::cluster;
 using chorus::test::Json;
@@ -26,14 +27,9 @@ class Collector {
   explicit Collector(std::chrono::milliseconds lifetime) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     REQUIRE(fd_ >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    address_ = chorus::test::security::bindLoopback(fd_);
+    REQUIRE(!address_.empty());
     REQUIRE(::listen(fd_, 64) == 0);
-    socklen_t len = sizeof a;
-    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
     thread_ = std::thread([this, deadline = Clock::now() + lifetime] { loop(deadline); });
   }
   ~Collector() {
@@ -102,13 +98,8 @@ class DeadPort {
   DeadPort() {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     REQUIRE(fd_ >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    socklen_t len = sizeof a;
-    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    address_ = chorus::test::security::bindLoopback(fd_);
+    REQUIRE(!address_.empty());
   }
   ~DeadPort() { ::close(fd_); }
   const std::string& address() const { return address_; }

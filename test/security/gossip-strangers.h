@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "sockets.h"
+
 namespace chorus::test::security {
 
 // `perSource[i]` silent TCP connections from source address `sources[i]`
@@ -53,25 +55,6 @@ class SilentFlood {
     int fd;
   };
 
-  int connectFrom(const std::string& source) {
-    auto colon = target_.rfind(':');
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(uint16_t(std::stoi(target_.substr(colon + 1))));
-    if (inet_pton(AF_INET, target_.substr(0, colon).c_str(), &to.sin_addr) != 1) return -1;
-    sockaddr_in from{};
-    from.sin_family = AF_INET;
-    if (inet_pton(AF_INET, source.c_str(), &from.sin_addr) != 1) return -1;
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
-        (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0 && errno != EINPROGRESS)) {
-      ::close(fd);
-      return -1;
-    }
-    return fd;
-  }
-
   void run(std::chrono::milliseconds limit) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     std::vector<pollfd> fds(slots_.size());
@@ -80,7 +63,7 @@ class SilentFlood {
       size_t open = 0;
       for (size_t i = 0; i < slots_.size(); ++i) {
         if (slots_[i].fd < 0) {
-          slots_[i].fd = connectFrom(slots_[i].source);
+          slots_[i].fd = connectFrom(target_, slots_[i].source, false);
           ++(slots_[i].fd >= 0 ? opened_ : failed_);
         }
         open += slots_[i].fd >= 0;

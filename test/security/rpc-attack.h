@@ -29,6 +29,7 @@
 #include "../api/temp-dir.h"
 #include "api/auth.h"
 #include "api/chorus.capnp.h"
+#include "sockets.h"
 
 namespace chorus::test::security {
 
@@ -107,25 +108,8 @@ struct RpcNode {
 // "127.0.0.2"), non-blocking. fd() < 0 if it could not connect.
 class RawConnection {
  public:
-  RawConnection(const std::string& address, const std::string& source) {
-    auto colon = address.rfind(':');
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-    inet_pton(AF_INET, address.substr(0, colon).c_str(), &to.sin_addr);
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) return;
-    sockaddr_in from{};
-    from.sin_family = AF_INET;
-    inet_pton(AF_INET, source.c_str(), &from.sin_addr);
-    if (::bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
-        ::connect(fd_, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
-      ::close(fd_);
-      fd_ = -1;
-      return;
-    }
-    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
-  }
+  RawConnection(const std::string& address, const std::string& source)
+      : fd_(connectFrom(address, source, true)) {}
   ~RawConnection() {
     if (fd_ >= 0) ::close(fd_);
   }
