@@ -73,30 +73,20 @@ std::vector<Fault> makeSchedule(const FaultOptions& o, int initialNodes, int reg
   nodeFault(Fault::Kind::kLeave, std::min(o.leaves, initialNodes - 1));
   nodeFault(Fault::Kind::kCrash, o.crashes);
   nodeFault(Fault::Kind::kPause, o.pauses);
-  for (int i = 0; i < o.splits && regions > 1; ++i) {
-    Fault f;
-    f.kind = Fault::Kind::kSplitRegion;
-    f.at = start();
-    f.target = int(rng.below(uint64_t(regions)));
-    f.duration = length(f.at);
-    out.push_back(f);
-  }
-  for (int i = 0; i < o.isolations; ++i) {
-    Fault f;
-    f.kind = Fault::Kind::kIsolate;
-    f.at = start();
-    f.target = int(rng.below(uint64_t(initialNodes)));
-    f.duration = length(f.at);
-    out.push_back(f);
-  }
-  for (int i = 0; i < o.oneWay; ++i) {
-    Fault f;
-    f.kind = Fault::Kind::kOneWay;
-    f.at = start();
-    f.target = int(rng.below(uint64_t(initialNodes)));
-    f.duration = length(f.at);
-    out.push_back(f);
-  }
+  // Faults over a window of their own, on a region or a node.
+  auto timedFault = [&](Fault::Kind kind, int count, int targets) {
+    for (int i = 0; i < count; ++i) {
+      Fault f;
+      f.kind = kind;
+      f.at = start();
+      f.target = int(rng.below(uint64_t(targets)));
+      f.duration = length(f.at);
+      out.push_back(f);
+    }
+  };
+  if (regions > 1) timedFault(Fault::Kind::kSplitRegion, o.splits, regions);
+  timedFault(Fault::Kind::kIsolate, o.isolations, initialNodes);
+  timedFault(Fault::Kind::kOneWay, o.oneWay, initialNodes);
   for (int i = 0; i < o.skews; ++i) {
     Fault f;
     f.kind = Fault::Kind::kSkew;
