@@ -46,6 +46,8 @@ const char* peerStateName(PeerState state) {
       return "suspect";
     case PeerState::kDead:
       return "dead";
+    case PeerState::kLeft:
+      return "left";
   }
   return "?";
 }
@@ -144,6 +146,7 @@ void addCounters(ClusterStats& to, const ClusterStats& from) {
   to.replaysRefused += from.replaysRefused;
   to.connectionsRefused += from.connectionsRefused;
   to.deltasDropped += from.deltasDropped;
+  to.versionRefused += from.versionRefused;
 }
 
 // The loop's wake-up and the merge completions that come with it. Shared
@@ -257,10 +260,19 @@ Status Cluster::Impl::start() {
                        "cluster: node id '" + options_.nodeId + "' has spaces or control bytes");
     }
   }
-  if (options_.antiEntropyInterval.count() <= 0 || options_.heartbeatInterval.count() <= 0 ||
-      options_.forgetUnansweredAfter.count() <= 0) {
+  if (options_.antiEntropyInterval.count() <= 0 ||
+      options_.crossRegionAntiEntropyInterval.count() <= 0 ||
+      options_.probeInterval.count() <= 0 || options_.gossipInterval.count() <= 0 ||
+      options_.forgetDeadAfter.count() <= 0) {
     return makeError(ErrorCode::kInvalidArgument,
-                     "cluster: anti-entropy, heartbeat and forget intervals must be positive");
+                     "cluster: anti-entropy, probe, gossip and forget intervals must be positive");
+  }
+  if (options_.region.empty() || options_.region.size() > 64 ||
+      options_.region.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789-_.") != std::string::npos) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "cluster: region '" + options_.region +
+                         "' must be 1-64 letters, digits, '-', '_' or '.'");
   }
   sockaddr_storage addr;
   auto parsed = parseAddress(options_.listen, addr);
@@ -310,8 +322,13 @@ Status Cluster::Impl::start() {
     std::lock_guard lock(mu_);
     bound_ = formatAddress(boundAddr);
     core_ = std::make_unique<ReplicationCore>(
+        // Incarnation: above the last run's (the member file's entry for
+        // this node, see ReplicationCore::start) and, without one, the wall
+        // clock's seconds, so a restart with a lost member file still
+        // outranks what peers remember of the previous run.
         coreOptionsFrom(options_, bound_,
-                        std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32)),
+                        std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32),
+                        unixMillis() / 1000),
         replica_);
     core_->start(now(), known);
   }
@@ -813,6 +830,43 @@ std::vector<MemberInfo> Cluster::members() const {
     }
   }
   return out;
+}
+
+const std::string& Cluster::region() const { return impl_->options_.region; }
+
+Status Cluster::leave(std::chrono::milliseconds timeout) {
+  {
+    std::lock_guard lock(impl_->mu_);
+    impl_->core_->leave(steadyMillis());
+  }
+  impl_->wake_->send();  // the loop executes the core's actions
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard lock(impl_->mu_);
+      if (impl_->core_->leaveDone()) return okStatus();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return makeError(ErrorCode::kUnavailable,
+                   "left, but no peer confirmed holding this node's writes within " +
+                       std::to_string(timeout.count()) +
+                       " ms (the announcement may still spread; anti-entropy did not finish)");
+}
+
+Status Cluster::remove(const std::string& nodeId) {
+  Status s = okStatus();
+  {
+    std::lock_guard lock(impl_->mu_);
+    s = impl_->core_->remove(steadyMillis(), nodeId);
+  }
+  impl_->wake_->send();
+  return s;
+}
+
+bool Cluster::removed() const {
+  std::lock_guard lock(impl_->mu_);
+  return impl_->core_->removed();
 }
 
 ClusterStats Cluster::stats() const {

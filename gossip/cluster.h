@@ -1,24 +1,29 @@
 // chorus::gossip::Cluster: replication between Chorus nodes over libuv TCP:
 // the transport (connections, sealing, inbound caps, the loop thread) under
 // the replication core (gossip/replication-core.h), which holds the
-// protocol described here.
+// protocol described here and in gossip/README.md.
 //
-//   - Transport: one TCP connection per peer that this node dials, plus the
-//     connections peers dial to it; frames are Cap'n Proto messages
-//     (gossip/frame.h) with a protocol version and a size cap, each sealed
-//     with a cluster key (gossip/secure-channel.h, gossip/keyring.h). A
-//     malformed, oversized, unauthentic or replayed frame is counted and
-//     closes its connection; only holders of a cluster key can join.
-//   - Membership: nodes join through seed addresses; the member list rides on
-//     heartbeats, is persisted in <dataDir>/members, and is reloaded at start.
-//     A phi-accrual detector over heartbeat arrivals marks peers
-//     alive/suspect/dead; dead peers keep being redialled with jittered
-//     backoff, so a healed partition needs no operator.
-//   - Fast path: every local write's delta is pushed at once to all peers
-//     (to `pushFanout` random ones in larger clusters).
-//   - Repair path: every `antiEntropyInterval` this node reconciles Merkle
-//     trees (gossip/reconciler.h) with the alive peer it synced least
-//     recently, and at once with a peer that comes back alive.
+//   - Transport: TCP connections to a bounded set of peers (the partial
+//     view: a few in the node's region, plus bridges to other regions), and
+//     short-lived ones for probes and repairs; frames are Cap'n Proto
+//     messages (gossip/frame.h) with a protocol version and a size cap,
+//     each sealed with a cluster key (gossip/secure-channel.h,
+//     gossip/keyring.h). A malformed, oversized, unauthentic or replayed
+//     frame is counted and closes its connection; only holders of a
+//     cluster key can join.
+//   - Membership (SWIM with Lifeguard's refinements): one probe per period
+//     to a member, indirect probes before suspicion, suspicion refuted by
+//     the member's higher incarnation, updates piggybacked on protocol
+//     frames, a slow full-state push-pull. Persisted in <dataDir>/members.
+//   - Fast path: each local write's delta spreads by epidemic broadcast
+//     (Plumtree) over the partial views, crossing each region boundary
+//     about once.
+//   - Repair path: Merkle-tree anti-entropy (gossip/reconciler.h) with
+//     in-region peers every `antiEntropyInterval`, across regions through
+//     the bridges every `crossRegionAntiEntropyInterval`.
+//   - Lifecycle: leave() announces this node's departure; remove() declares
+//     another node gone for good; dead members are forgotten after
+//     `forgetDeadAfter`.
 //   - Partition injection: partition(ids) drops every frame to and from the
 //     named peers inside this node's transport, until heal().
 //
@@ -51,11 +56,19 @@ struct ClusterOptions {
   // base64 cluster keys; keys[0] is the primary; used when <dataDir>/keyring
   // does not exist yet (once it does, it wins: it reflects rotations).
   std::vector<std::string> keys;
-  std::chrono::milliseconds antiEntropyInterval{1000};
-  std::chrono::milliseconds heartbeatInterval{200};
-  double suspectPhi = 5;  // phi-accrual thresholds
-  double deadPhi = 10;
-  size_t pushFanout = 8;             // peers each delta goes to (all if fewer)
+  // This node's region ("us-east", "eu"; letters, digits, '-', '_', '.'):
+  // dissemination and repair prefer peers of the same region.
+  std::string region = "default";
+  // A node that left or was removed only joins again when started with this
+  // set (else it learns it was removed and stays out, with a warning).
+  bool rejoin = false;
+  std::chrono::milliseconds antiEntropyInterval{1000};               // with in-region peers
+  std::chrono::milliseconds crossRegionAntiEntropyInterval{10'000};  // bridges, across regions
+  std::chrono::milliseconds probeInterval{1000};  // SWIM: one member probed per interval
+  std::chrono::milliseconds gossipInterval{200};  // membership updates sent this often
+  // A dead member is forgotten this long after it was declared dead (one
+  // that left or was removed: after as long, as a tombstone).
+  std::chrono::milliseconds forgetDeadAfter{std::chrono::hours(24)};
   size_t maxFrameBytes = 32u << 20;  // larger frames are refused
   // States from peers (pushed deltas and anti-entropy alike) are merged only
   // if this accepts them; a refused one is dropped, counted in
@@ -78,25 +91,27 @@ struct ClusterOptions {
   std::chrono::milliseconds forgetUnansweredAfter{60'000};
 };
 
-// With the default 200 ms heartbeats a silent peer turns suspect after about
-// 2.3 s and dead after about 4.6 s (phi 5 and 10); one frame from it makes it
-// alive again.
-enum class PeerState { kAlive, kSuspect, kDead };
-const char* peerStateName(PeerState state);  // "alive", "suspect", "dead"
+// A member's state as this node sees it: alive; suspect (a probe failed,
+// it has until the suspicion timeout to refute); dead; left (it left, or an
+// administrator removed it: for good).
+enum class PeerState { kAlive, kSuspect, kDead, kLeft };
+const char* peerStateName(PeerState state);  // "alive", "suspect", "dead", "left"
 
 // A peer as this node sees it.
 struct MemberInfo {
   std::string nodeId;
   std::string gossipAddress;
   std::string rpcAddress;
+  std::string region;
+  uint64_t incarnation = 0;
   PeerState state = PeerState::kDead;
+  bool active = false;       // in this node's partial view (connected for broadcast)
   bool partitioned = false;  // traffic dropped by partition()
   // Wall-clock time (system clock, not the HLC) of the last completed
   // anti-entropy session. Completed is not equal: states the store refused
   // (e.g. for clock drift) leave the trees different. 0 = never.
   uint64_t lastSyncUnixMillis = 0;
   uint64_t pendingDeltas = 0;  // queued, not yet written to the socket
-  double phi = -1;             // suspicion (phi accrual); -1 = never heard from
 };
 
 struct ClusterStats {
@@ -114,7 +129,7 @@ struct ClusterStats {
   // Well-formed states from peers that ClusterOptions::admit refused.
   uint64_t statesRefused = 0;
   uint64_t partitionDropped = 0;  // frames dropped by partition()
-  // Inbound connections closed by a cap: beyond 256 that completed hello;
+  // Inbound connections closed by a cap: beyond maxConnections that completed hello;
   // strangers (no hello yet) evicted by a newer one past 64, or 8 from one
   // address; or strangers at the 5 s hello deadline.
   uint64_t connectionsRefused = 0;
@@ -126,6 +141,16 @@ struct ClusterStats {
   uint64_t antiEntropyBytes = 0;  // reconcile frames, both directions
   uint64_t statesRepaired = 0;    // states received through anti-entropy
   uint64_t dialers = 0;           // addresses dialled now: seeds + members at most
+  // Membership and broadcast (the replication core's protocol).
+  uint64_t connections = 0;        // with peers (hello done), now
+  uint64_t activePeers = 0;        // in the partial view, now
+  uint64_t probes = 0;             // direct probes sent
+  uint64_t probesFailed = 0;       // no ack, direct or indirect: the member became suspect
+  uint64_t refutations = 0;        // this node refuted a suspicion of itself
+  uint64_t broadcastDuplicates = 0;  // deltas received again (each prunes a tree link)
+  uint64_t grafts = 0;               // deltas fetched after an announcement alone
+  uint64_t pushPulls = 0;            // full member-list exchanges started
+  uint64_t versionRefused = 0;       // frames of another gossip protocol version
 };
 
 class Cluster {
@@ -157,6 +182,23 @@ class Cluster {
   std::vector<std::string> partitioned() const;
 
   std::vector<MemberInfo> members() const;  // peers, without this node; by id
+  const std::string& region() const;
+
+  // Leaves the cluster for good: tells peers (each marks this node left and
+  // stops dialling it) and waits up to `timeout` until at least one peer
+  // holds everything this node acknowledged (an anti-entropy session ends
+  // in sync) and the announcement was written to the peers. Afterwards the
+  // node gossips no more; stop it. kUnavailable if no peer could be reached
+  // in time (the announcement may still spread).
+  Status leave(std::chrono::milliseconds timeout);
+  // Declares `nodeId` gone for good (an administrator's decision: the
+  // node is dead and will not return as it is): every node marks it left
+  // and stops dialling it; if it comes back it is refused until restarted
+  // with ClusterOptions::rejoin. kNotFound if unknown, kInvalidArgument for
+  // this node itself (use leave()).
+  Status remove(const std::string& nodeId);
+  // Whether another node removed this one (it then stops gossiping).
+  bool removed() const;
   ClusterStats stats() const;
 
   // ---- the keyring: any thread; each change is persisted before it returns.

@@ -55,19 +55,46 @@ void validate(wire::Frame::Reader root) {
     (void)m.getNodeId();
     (void)m.getGossipAddress();
     (void)m.getRpcAddress();
+    (void)m.getRegion();
   };
+  auto probe = [](wire::Probe::Reader p) {
+    (void)p.getTarget();
+    (void)p.getTargetAddress();
+  };
+  for (auto m : root.getMembers()) member(m);
   switch (root.which()) {
     case wire::Frame::HELLO:
-      member(root.getHello());
+      member(root.getHello().getMember());
       break;
-    case wire::Frame::HEARTBEAT:
-      for (auto m : root.getHeartbeat()) member(m);
+    case wire::Frame::PING:
+      probe(root.getPing());
       break;
     case wire::Frame::ACK:
-      for (auto m : root.getAck()) member(m);
+      probe(root.getAck());
       break;
-    case wire::Frame::DELTAS:
-      for (auto d : root.getDeltas()) (void)d.size();
+    case wire::Frame::NACK:
+      probe(root.getNack());
+      break;
+    case wire::Frame::PING_REQ:
+      probe(root.getPingReq());
+      break;
+    case wire::Frame::PUSH_PULL:
+      for (auto m : root.getPushPull()) member(m);
+      break;
+    case wire::Frame::PUSH_PULL_REPLY:
+      for (auto m : root.getPushPullReply()) member(m);
+      break;
+    case wire::Frame::BROADCAST:
+      for (auto b : root.getBroadcast()) {
+        (void)b.getScope();
+        (void)b.getData().size();
+      }
+      break;
+    case wire::Frame::IHAVE:
+      (void)root.getIhave().size();
+      break;
+    case wire::Frame::GRAFT:
+      (void)root.getGraft().size();
       break;
     case wire::Frame::RECONCILE:
       (void)root.getReconcile().size();
@@ -87,12 +114,15 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
   auto exception = kj::runCatchingExceptions([&] {
     capnp::FlatArrayMessageReader check(body, limitsFor(body.size()));
     auto root = check.getRoot<wire::Frame>();
-    validate(root);
+    // The version first: another version's frame need not validate as ours.
     if (root.getVersion() != wire::PROTOCOL_VERSION) {
-      failure = malformed("protocol version " + std::to_string(root.getVersion()) +
+      failure = malformed("gossip protocol version " + std::to_string(root.getVersion()) +
                           ", this node speaks " + std::to_string(wire::PROTOCOL_VERSION) +
-                          " (upgrade the older node)");
-    } else if (root.getFrom().size() == 0) {
+                          " (nodes of both versions cannot mix: upgrade every node)");
+      return;
+    }
+    validate(root);
+    if (root.getFrom().size() == 0) {
       failure = malformed("no sender id");
     } else if (unsigned(root.which()) > unsigned(wire::Frame::RECONCILE)) {
       failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));

@@ -7,30 +7,88 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::gossip::wire");
 
 # Bumped on any change a peer of the previous version would misread. A
-# frame of another version is refused (counted, connection closed).
-const protocolVersion :UInt16 = 1;
+# frame of another version is refused (counted, connection closed, and the
+# operator warned with both versions).
+#   1: full member lists on heartbeats, direct delta push
+#   2: SWIM membership, partial views, regions, epidemic broadcast
+const protocolVersion :UInt16 = 2;
 
-# A node as its peers know it.
+enum MemberState {
+  alive @0;
+  suspect @1;
+  dead @2;
+  left @3;      # left, or removed by an administrator: for good
+}
+
+# What one node says about a member (itself or another). For one member, a
+# higher incarnation wins; at equal incarnations alive < suspect < dead <
+# left. Only the member raises its own incarnation (refuting a suspicion,
+# or at each start). `left` is final: only `alive` with `rejoin` set and a
+# higher incarnation supersedes it.
 struct Member {
   nodeId @0 :Text;
   gossipAddress @1 :Text;   # "host:port" peers dial
   rpcAddress @2 :Text;      # its client API, for `chorus cluster`
+  region @3 :Text;
+  incarnation @4 :UInt64;
+  state @5 :MemberState;
+  rejoin @6 :Bool;          # alive again after having left or been removed
+}
+
+# A probe (SWIM): `ping` asks the receiver to `ack` with the same seq;
+# `pingReq` asks the receiver to ping `target` on the sender's behalf and
+# ack the sender if the target answers (else `nack`, Lifeguard).
+struct Probe {
+  seq @0 :UInt64;
+  target @1 :Text;          # pingReq: the member to probe
+  targetAddress @2 :Text;
+}
+
+# One write's delta in epidemic broadcast (Plumtree).
+struct Broadcast {
+  id @0 :UInt64;            # random, chosen by the node that accepted the write
+  round @1 :UInt16;         # hops so far
+  scope @2 :Text;           # empty: everyone; else only this region
+  data @3 :Data;            # crdt/state.capnp encoding
 }
 
 struct Frame {
   version @0 :UInt16;
   from @1 :Text;            # the sender's node id
+  # Membership updates riding on any frame (SWIM's piggyback), at most
+  # ReplicationCore::kMaxPiggyback.
+  members @2 :List(Member);
   union {
-    # First frame each way on a new connection: who the sender is.
-    hello @2 :Member;
-    # Heartbeat: the sender's member list (itself included). Answered by
-    # `ack` with the receiver's list.
-    heartbeat @3 :List(Member);
-    ack @4 :List(Member);
-    # Deltas of committed local writes (crdt/state.capnp encodings).
-    deltas @5 :List(Data);
+    # First frame each way on a new connection: who the sender is, and
+    # whether the dialler wants the link in both partial views (`active`)
+    # or only for a probe or a repair (transient). The acceptor answers
+    # with its own hello; `active` there says whether it took the link.
+    hello @3 :Hello;
+    ping @4 :Probe;
+    ack @5 :Probe;
+    nack @6 :Probe;
+    pingReq @7 :Probe;
+    # Only the piggybacked members.
+    gossip @8 :Void;
+    # Full state exchange (the only frame carrying the whole member list),
+    # every pushPullInterval with one random member; answered with
+    # `pushPullReply`.
+    pushPull @9 :List(Member);
+    pushPullReply @10 :List(Member);
+    # Plumtree: deltas pushed eagerly along the tree; ids announced lazily
+    # elsewhere; `graft` asks for ids missed (and puts the link in the
+    # tree), `prune` takes the link out of the tree.
+    broadcast @11 :List(Broadcast);
+    ihave @12 :List(UInt64);
+    graft @13 :List(UInt64);
+    prune @14 :Void;
     # One anti-entropy message (gossip/reconcile.capnp), answered on the
     # same connection.
-    reconcile @6 :Data;
+    reconcile @15 :Data;
   }
+}
+
+struct Hello {
+  member @0 :Member;
+  active @1 :Bool;
 }

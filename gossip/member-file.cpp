@@ -12,7 +12,7 @@ namespace chorus::gossip {
 
 namespace {
 
-constexpr const char* kHeader = "# chorus members v1";
+constexpr const char* kHeader = "# chorus members v2";
 
 bool isToken(const std::string& s) {
   if (s.empty() || s.size() > 256) return false;
@@ -39,6 +39,17 @@ Result<std::vector<KnownMember>> loadMembers(const std::string& path) {
     if (!(fields >> m.nodeId >> m.gossipAddress >> m.rpcAddress)) continue;
     if (!isToken(m.nodeId) || !isToken(m.gossipAddress)) continue;
     if (m.rpcAddress == "-") m.rpcAddress.clear();
+    std::string region, state;
+    uint64_t incarnation = 0;
+    if (fields >> region >> incarnation >> state) {  // v2
+      if (!isToken(region) ||
+          (state != "alive" && state != "suspect" && state != "dead" && state != "left")) {
+        continue;
+      }
+      m.region = region;
+      m.incarnation = incarnation;
+      m.state = state;
+    }
     out.push_back(std::move(m));
   }
   return out;
@@ -52,7 +63,9 @@ Status saveMembers(const std::string& path, const std::vector<KnownMember>& memb
     for (const auto& m : members) {
       if (!isToken(m.nodeId) || !isToken(m.gossipAddress)) continue;
       out << m.nodeId << ' ' << m.gossipAddress << ' '
-          << (isToken(m.rpcAddress) ? m.rpcAddress : "-") << "\n";
+          << (isToken(m.rpcAddress) ? m.rpcAddress : "-") << ' '
+          << (isToken(m.region) ? m.region : "default") << ' ' << m.incarnation << ' '
+          << m.state << "\n";
     }
     out.flush();
     if (!out) {

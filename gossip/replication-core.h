@@ -1,6 +1,9 @@
 // gossip::ReplicationCore: the replication protocol of one node as a
-// single-threaded state machine with no I/O: membership, phi-accrual failure
-// detection, delta push, anti-entropy scheduling and the reconciler exchange.
+// single-threaded state machine with no I/O: SWIM membership with Lifeguard's
+// refinements, the partial view (bounded connections, region bridges),
+// epidemic broadcast of deltas (Plumtree), anti-entropy scheduling and the
+// reconciler exchange, and the member lifecycle (leave, remove, forget).
+// gossip/README.md describes the protocol.
 //
 // It touches no socket, thread, clock or global. Time comes in with every
 // input (`now`, milliseconds of a monotonic clock of the driver's choosing),
@@ -31,6 +34,7 @@
 #include <kj/array.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -60,21 +64,51 @@ struct CoreOptions {
   std::string gossipAddress;               // the address peers dial to reach this node
   std::vector<std::string> selfAddresses;  // other spellings of it (e.g. the bound address)
   std::string rpcAddress;                  // shared with peers
-  std::vector<std::string> seeds;          // addresses to join through
-  uint64_t antiEntropyIntervalMillis = 1000;
-  uint64_t heartbeatIntervalMillis = 200;
-  double suspectPhi = 5;
-  double deadPhi = 10;
-  size_t pushFanout = 8;
+  std::string region = "default";
+  std::vector<std::string> seeds;  // addresses to join through
+  // This run's first incarnation: above any earlier run's (Cluster: from the
+  // member file and the wall clock), so that stale suspicions of an earlier
+  // run cannot touch this one.
+  uint64_t incarnation = 1;
+  bool rejoin = false;  // as ClusterOptions::rejoin
+
+  // SWIM and Lifeguard
+  uint64_t probeIntervalMillis = 1000;
+  uint64_t probeTimeoutMillis = 500;  // direct ack before indirect probes
+  size_t indirectProbes = 3;          // k members asked to probe on our behalf
+  // Suspicion timeout: min = suspicionMult x log10(max(N, 10)) x probe
+  // interval, falling from maxSuspicionMult x min towards min as independent
+  // confirmations arrive (Lifeguard; kSuspicionConfirmations of them).
+  double suspicionMult = 1.0;
+  double maxSuspicionMult = 3.0;
+  uint64_t gossipIntervalMillis = 200;  // membership updates to gossipFanout partial-view peers
+  size_t gossipFanout = 3;
+  size_t retransmitMult = 4;  // each update is sent retransmitMult x ceil(log10(N + 1)) times
+  // Full member lists with one random member this often, scaled up with N
+  // as memberlist does (x ceil(log2(N) - 5) + 1 beyond 32 members).
+  uint64_t pushPullIntervalMillis = 60'000;
+
+  // Partial view
+  size_t activeInRegion = 4;     // partial-view links this node dials in its region
+  size_t maxActive = 16;         // partial-view links in all (dialled and accepted)
+  size_t bridgesPerRegion = 2;   // nodes of each region that link to each other region
+  size_t maxConnections = 32;    // with peers (hello done): partial view, probes, repairs
+  uint64_t idleTransientMillis = 5000;  // a probe or repair connection unused this long closes
+
+  // Broadcast (Plumtree)
+  bool eagerPush = true;            // false: announce only (tests of the repair path)
+  uint64_t graftTimeoutMillis = 150;  // an announced delta not received by then is asked for
+
+  // Anti-entropy
+  uint64_t antiEntropyIntervalMillis = 1000;              // with an in-region partial-view peer
+  uint64_t crossRegionAntiEntropyIntervalMillis = 10'000;  // bridges, with their bridge peers
+
+  // Lifecycle
+  uint64_t forgetDeadAfterMillis = 24ull * 3600 * 1000;
+
   size_t maxFrameBytes = 32u << 20;  // reconcile messages are cut to half of it (at most 16 MiB)
   size_t maxQueuedBytesPerPeer = 64u << 20;
   size_t maxPendingDeltaBytes = 64u << 20;  // received deltas merging, not yet committed
-  // Connections others opened that completed hello; a hello beyond is
-  // refused (closed, counted in connectionsRefused).
-  size_t maxInbound = 256;
-  // As ClusterOptions::forgetUnansweredAfter: a second-hand address that
-  // never answered a dial with a hello is dropped after this long.
-  uint64_t forgetUnansweredAfterMillis = 60'000;
   // Bytes the transport adds to each frame body on the wire (the seal);
   // counted in bytesIn/bytesOut and queued bytes.
   size_t frameOverheadBytes = 72;
@@ -84,7 +118,7 @@ struct CoreOptions {
 
 // The core's view of ClusterOptions (Cluster's driver uses it).
 CoreOptions coreOptionsFrom(const ClusterOptions& options, const std::string& boundAddress,
-                            uint64_t seed);
+                            uint64_t seed, uint64_t incarnation);
 
 // ---- actions --------------------------------------------------------------
 
@@ -128,9 +162,16 @@ class ReplicationCore {
   static constexpr uint64_t kTickMillis = 50;  // how often drivers should call tick()
   static constexpr uint64_t kMinBackoffMillis = 100;
   static constexpr uint64_t kMaxBackoffMillis = 2000;
-  static constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // a deltas frame carries ~this at most
-  static constexpr size_t kMaxMembers = 1024;
+  static constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // a broadcast frame carries ~this at most
+  static constexpr size_t kMaxMembers = 4096;
   static constexpr size_t kMaxTokenBytes = 256;
+  static constexpr size_t kMaxPiggyback = 32;          // member updates per frame
+  static constexpr size_t kSuspicionConfirmations = 3;  // Lifeguard's K
+  static constexpr int kMaxHealth = 8;                  // Lifeguard's local health multiplier cap
+  static constexpr uint64_t kSeenMillis = 60'000;       // broadcast ids remembered this long
+  static constexpr uint64_t kCacheMillis = 10'000;      // broadcast payloads kept for grafts
+  static constexpr size_t kMaxCacheBytes = 16u << 20;
+  static constexpr size_t kMaxMissing = 65'536;         // announced ids not yet received
   static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
   static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
   static constexpr uint64_t kWarnEveryMillis = 10'000;
@@ -141,10 +182,11 @@ class ReplicationCore {
   ReplicationCore& operator=(const ReplicationCore&) = delete;
 
   // ---- inputs -------------------------------------------------------------
-  // The persisted member list, then the seeds: who to dial.
+  // The persisted member list (this node's own entry, if there, is
+  // skipped), then the seeds: who to contact.
   void start(uint64_t now, const std::vector<KnownMember>& known);
-  // Periodic work: dials, heartbeats, failure detection, persisting members,
-  // anti-entropy.
+  // Periodic work: probes, gossip, the partial view, failure detection,
+  // persisting members, anti-entropy, announcements and grafts.
   void tick(uint64_t now);
   // A connection someone opened to this node; its id.
   ConnId accepted(uint64_t now, std::string remote);
@@ -158,13 +200,19 @@ class ReplicationCore {
   // `bytes` (as queued: body + frameOverheadBytes) of frames on `conn`
   // carrying `deltas` deltas left the node.
   void drained(ConnId conn, uint64_t bytes, uint64_t deltas);
-  // Committed local writes' deltas (crdt::ReviewDoc::encode), to push now.
+  // Committed local writes' deltas (crdt::ReviewDoc::encode), to broadcast now.
   void publish(uint64_t now, std::vector<std::string> encodedDeltas);
   // One state of the Merge action `ticket` completed (committed or refused).
   void merged(uint64_t ticket);
   // Partition injection: drop every frame to and from these peers / stop.
   void partition(const std::vector<std::string>& nodeIds);
   void heal();
+  // Leaving for good: announces it, and runs one last anti-entropy session
+  // with a peer. leaveDone() once both happened; then the driver stops.
+  void leave(uint64_t now);
+  // Declares `nodeId` left for good. kNotFound if unknown (or already
+  // forgotten), kInvalidArgument for this node itself.
+  Status remove(uint64_t now, const std::string& nodeId);
   // Shutting down: persists the member list if it changed.
   void stop(uint64_t now);
 
@@ -173,10 +221,18 @@ class ReplicationCore {
 
   // ---- views --------------------------------------------------------------
   const std::string& nodeId() const { return options_.nodeId; }
-  // Peers, by id. lastSyncUnixMillis is in the core's clock (the `now` of
-  // the session's end); Cluster converts it to wall-clock time.
+  const std::string& region() const { return options_.region; }
+  uint64_t incarnation() const { return incarnation_; }
+  // Members but this node (left ones until forgotten), by id.
+  // lastSyncUnixMillis is in the core's clock (the `now` of the session's
+  // end); Cluster converts it to wall-clock time.
   std::vector<MemberInfo> members() const;
-  size_t peerCount() const { return peers_.size(); }
+  // fn(id, state) for every member, by id: members() without the copies.
+  template <typename F>
+  void forEachState(F&& fn) const {
+    for (const auto& [id, m] : members_) fn(id, m.state);
+  }
+  size_t peerCount() const { return members_.size(); }
   std::vector<std::string> partitioned() const { return {blocked_.begin(), blocked_.end()}; }
   // Counters kept by the core (Cluster adds its transport's own). bytesOut
   // and framesOut count frames as queued.
@@ -187,18 +243,29 @@ class ReplicationCore {
   std::string peerOf(ConnId conn) const;
   // Anti-entropy merges handed out and not yet completed.
   int64_t mergesPending() const { return mergesPending_; }
+  bool leaving() const { return leaving_; }
+  // After leave(): the announcement left for at least one peer and a last
+  // anti-entropy session completed (or no peer was alive to have one).
+  bool leaveDone() const;
+  // Another node removed this one: it gossips no more (see ClusterOptions::rejoin).
+  bool removed() const { return removed_; }
 
  private:
-  struct Peer {
+  struct Member {
     std::string gossipAddress;
     std::string rpcAddress;
-    PeerState state = PeerState::kDead;
+    std::string region;
+    uint64_t incarnation = 0;
+    PeerState state = PeerState::kAlive;
+    bool rejoin = false;
+    uint64_t stateSince = 0;  // core clock
+    // Suspicion (Lifeguard): when it turns dead unless refuted, and who
+    // else said so (independent confirmations shorten it).
+    uint64_t suspectedAt = 0;
+    uint64_t suspectDeadline = 0;
+    std::set<std::string> confirmations;
     bool synced = false;
     uint64_t lastSync = 0;  // core clock
-    uint64_t pendingDeltas = 0;
-    double phi = INFINITY;
-    PhiAccrualDetector detector;
-    explicit Peer(double minMean) : detector(minMean) {}
   };
   struct Conn {
     std::string dialAddress;  // set for connections this node dialled
@@ -207,53 +274,112 @@ class ReplicationCore {
     bool outbound = false;
     bool ready = false;
     bool helloReceived = false;
+    bool wantActive = false;  // dialled for the partial view
+    bool active = false;      // in the partial view (both sides agreed)
+    bool eager = true;        // Plumtree: deltas pushed here (else announced)
+    bool seed = false;        // dialled to join through a seed address
     uint64_t queuedBytes = 0;
     uint64_t queuedDeltas = 0;
     uint64_t openedAt = 0;
+    uint64_t lastUsed = 0;
+    std::vector<std::shared_ptr<const std::string>> pending;  // until hello
+    std::vector<uint64_t> lazy;  // broadcast ids to announce at the next tick
   };
-  struct Dialer {
-    ConnId conn = 0;
-    uint64_t nextAttempt = 0;
-    uint64_t backoff = kMinBackoffMillis;
-    bool self = false;
-    // Dialled for good: a seed, an address a node gave for itself, or one
-    // that answered with a hello. Any other (learned second-hand, or from
-    // the member file) is dropped if unanswered after
-    // forgetUnansweredAfterMillis.
-    bool keep = false;
-    uint64_t createdAt = 0;
+  struct Probe {  // one this node runs, directly or for another (pingReq)
+    std::string target;
+    uint64_t started = 0;
+    bool indirectSent = false;
+    size_t nacksExpected = 0, nacks = 0;
+    bool acked = false;
+    // For a pingReq: answer this peer with its seq.
+    std::string forPeer;
+    uint64_t forSeq = 0;
+  };
+  struct Queued {  // a membership update being disseminated
+    uint64_t transmits = 0;
+    uint64_t order = 0;  // ties: older first
   };
   struct Ticket {
     bool repair = false;
     uint64_t remaining = 0;
     std::vector<int64_t> bytes;  // deltas: each state's size, released as they complete
   };
+  struct Cached {
+    std::shared_ptr<const std::string> data;  // the encoded delta
+    std::string scope;
+    uint16_t round = 0;
+    uint64_t at = 0;
+  };
+  struct Missing {
+    uint64_t deadline = 0;
+    std::vector<std::string> announcers;  // in order of announcement
+  };
 
+  // frames
   void handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::word> body);
-  void handleDeltas(uint64_t now, const std::string& from, capnp::List<capnp::Data>::Reader list);
+  void handleHello(uint64_t now, ConnId id, Conn& c, wire::Hello::Reader hello);
+  void handleBroadcast(uint64_t now, ConnId id, const std::string& from,
+                       capnp::List<wire::Broadcast>::Reader list);
+  void handleIhave(uint64_t now, const std::string& from, capnp::List<uint64_t>::Reader ids);
+  void handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>::Reader ids);
   void handleReconcile(uint64_t now, ConnId id, const std::string& from, capnp::Data::Reader data,
                        size_t bytes);
+  void handlePing(uint64_t now, ConnId id, const std::string& from, wire::Probe::Reader p);
+  void handlePingReq(uint64_t now, const std::string& from, wire::Probe::Reader p);
+  void handleAck(uint64_t now, uint64_t seq, bool nack);
+  // A frame body with piggybacked member updates (`about`'s record first).
+  std::shared_ptr<const std::string> frame(
+      const std::function<void(wire::Frame::Builder&)>& fill, const std::string& about = {});
+  // connections
   void close(uint64_t now, ConnId id, bool emit);
   bool send(ConnId id, std::shared_ptr<const std::string> body, uint64_t deltas = 0);
-  void malformed(uint64_t now, ConnId id);
+  // Sends to `peerId` over any connection with it, dialling a transient one
+  // (frames wait for its hello) if there is none and the cap allows.
+  bool sendTo(const std::string& peerId, std::shared_ptr<const std::string> body);
+  ConnId dial(const std::string& address, bool wantActive, bool seed);
+  ConnId connTo(const std::string& peerId) const;  // hello done, prefers the partial view
+  void malformed(uint64_t now, ConnId id, const std::string& why = {});
   void sendHello(ConnId id);
-  std::shared_ptr<const std::string> memberFrame(bool ack);
-  void learnMembers(const std::string& from, capnp::List<wire::Member>::Reader list);
-  void learn(const std::string& id, const std::string& gossip, const std::string& rpc,
-             bool authoritative);
-  // A dialler for `address` unless there is one; `keep` marks it for good.
-  void addDialer(const std::string& address, bool keep);
-  // Drops diallers that are no seed and no member's address, and
-  // second-hand ones never answered within forgetUnansweredAfterMillis.
-  void pruneDialers(uint64_t now);
-  void updateStates(uint64_t now);
-  void flushDeltas(std::vector<std::string> encoded);
+  size_t peerConnections() const;  // hello done
+  // membership
+  void learn(wire::Member::Reader m, const std::string& from);
+  void apply(const std::string& id, const std::string& gossip, const std::string& rpc,
+             const std::string& region, uint64_t incarnation, PeerState state, bool rejoin,
+             const std::string& from);
+  void aboutSelf(PeerState state, uint64_t incarnation, bool rejoin);
+  void setState(const std::string& id, Member& m, PeerState state);
+  void enqueue(const std::string& id);
+  void writeMember(wire::Member::Builder b, const std::string& id) const;
+  void fillPiggyback(wire::Frame::Builder& f, const std::string& about);
+  uint64_t transmitLimit() const;
+  void suspect(uint64_t now, const std::string& id, const std::string& by);
+  uint64_t suspicionTimeout(const Member& m) const;
+  void probe(uint64_t now);
+  void probeMember(uint64_t now, const std::string& id);
+  void checkProbes(uint64_t now);
+  void gossip(uint64_t now);
+  void pushPull(uint64_t now, const std::string& peerId);
+  void sendPushPull(ConnId id, bool reply);
+  void forget(uint64_t now);
+  bool alive(const std::string& id) const;
+  // partial view
+  void maintainView(uint64_t now);
+  std::vector<std::string> bridgesOf(const std::string& region, const std::string& toward) const;
+  bool isActive(const std::string& peerId) const;
+  // broadcast
+  void broadcast(uint64_t now, std::vector<Cached> items, const std::string& except);
+  void flushLazy(uint64_t now);
+  void graftMissing(uint64_t now);
+  void expireSeen(uint64_t now);
+  void mergeStates(const std::string& from, std::vector<crdt::ReviewDoc> states,
+                   std::vector<int64_t> sizes);
+  // anti-entropy
   void startSync(uint64_t now, const std::string& peerId);
   void maybeSync(uint64_t now);
   void sessionDone(uint64_t now, const std::string& peerId);
-  void persist(uint64_t now);
   void refusedState(uint64_t now, const std::string& from, const std::string& why, uint64_t count);
-  ConnId outboundTo(const std::string& peerId) const;
+  void warn(uint64_t now, uint64_t& last, const std::string& message);
+  void persist(uint64_t now);
   bool blocked(const std::string& peerId) const { return blocked_.count(peerId) != 0; }
   uint64_t sessionTimeoutMillis() const;
   uint64_t uniform(uint64_t lo, uint64_t hi);  // inclusive
@@ -269,22 +395,49 @@ class ReplicationCore {
   std::vector<Action> actions_;
   ClusterStats stats_;
   uint64_t now_ = 0;  // of the input being handled
+  bool started_ = false;
 
-  std::map<std::string, Peer, std::less<>> peers_;  // by node id, never this node
-  std::unordered_set<std::string_view> peerIds_;    // peers_'s keys, for a quick lookup
+  // membership
+  uint64_t incarnation_;
+  bool leaving_ = false, removed_ = false;
+  uint64_t leaveStarted_ = 0;
+  bool leaveSynced_ = false;
+  std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
+  std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
+  uint64_t queueOrder_ = 0;
+  std::vector<std::string> probeOrder_;  // round robin, reshuffled each pass
+  size_t probeNext_ = 0;
+  std::map<uint64_t, Probe> probes_;  // by seq
+  uint64_t nextSeq_ = 1;
+  uint64_t lastProbe_ = 0, lastGossip_ = 0, lastPushPull_ = 0, lastForget_ = 0;
+  bool joined_ = false;  // a push-pull with a seed completed
+  int health_ = 0;       // Lifeguard's local health multiplier (0 = healthy)
   std::set<std::string> blocked_;
+
+  // connections
   std::map<ConnId, Conn> conns_;
   ConnId nextConn_ = 1;
-  std::map<std::string, Dialer, std::less<>> dialers_;  // by address
   std::set<std::string> seeds_;  // options_.seeds but this node's own address
-  bool pruned_ = false;
-  uint64_t lastPrune_ = 0;
+  uint64_t nextSeedDial_ = 0;
+  uint64_t seedBackoff_ = kMinBackoffMillis;
+  uint64_t lastView_ = 0;
+  bool viewDirty_ = true;
 
+  // broadcast
+  std::unordered_map<uint64_t, uint64_t> seen_;  // id -> when
+  std::deque<std::pair<uint64_t, uint64_t>> seenOrder_;
+  std::map<uint64_t, Cached> cache_;
+  std::deque<uint64_t> cacheOrder_;
+  size_t cacheBytes_ = 0;
+  std::map<uint64_t, Missing> missing_;
+
+  // merges
   std::map<uint64_t, Ticket> tickets_;
   uint64_t nextTicket_ = 1;
   int64_t mergesPending_ = 0;      // anti-entropy states merging
   int64_t deltaBytesMerging_ = 0;  // received deltas merging
 
+  // anti-entropy
   std::string sessionPeer_;   // the session this node started
   bool sessionMore_ = false;  // a message in it was cut to the size cap
   std::string syncAgain_;     // continue with this peer at once
@@ -292,19 +445,14 @@ class ReplicationCore {
   std::string respondingTo_;  // the peer whose session this node answers
   uint64_t respondingSince_ = 0;
   uint64_t sessionStarted_ = 0;
-  bool heartbeatSent_ = false;
   bool syncDue_ = false;  // start a session at the next tick, interval or not
-  uint64_t lastHeartbeat_ = 0;
-  uint64_t lastAntiEntropy_ = 0;
-  std::set<std::string> syncSoon_;  // peers that came back alive
-  uint64_t lastRefusedStateWarning_ = 0;
-  bool warnedRefusedState_ = false;
+  uint64_t lastAntiEntropy_ = 0, lastCrossAntiEntropy_ = 0;
+  std::set<std::string> syncSoon_;  // peers that joined the partial view
+
+  // warnings and persistence
+  uint64_t lastRefusedStateWarning_ = 0, lastVersionWarning_ = 0, lastRemovedWarning_ = 0;
   bool membersDirty_ = false;
   uint64_t lastPersist_ = 0;
-  // memberFrame()'s bodies, kept until a member is added or changes address
-  // (learn() drops them): the same bytes it would encode again.
-  std::shared_ptr<const std::string> heartbeatFrame_;
-  std::shared_ptr<const std::string> ackFrame_;
 };
 
 }  // namespace chorus::gossip
