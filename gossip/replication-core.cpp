@@ -362,7 +362,6 @@ void ReplicationCore::close(uint64_t now, ConnId id, bool emit) {
     for (const auto& [oid, o] : conns_) other = other || (oid != id && o.peerId == c.peerId && o.helloReceived);
     if (!other) sessionPeer_.clear();
   }
-  if (c.active) viewDirty_ = true;
   conns_.erase(it);
   if (emit) actions_.push_back(Close{id});
 }
@@ -692,9 +691,10 @@ void ReplicationCore::handleHello(uint64_t now, ConnId id, Conn& c, wire::Hello:
   if (!conns_.count(id)) return;
   auto known = members_.find(peer);
   if (known != members_.end() && known->second.state == PeerState::kLeft) {
-    // Left or removed: tell it so (its tombstone rides along), and part.
+    // Left or removed: tell it so (its tombstone rides along); it stops on
+    // hearing it, and the connection, never in the partial view, idles out.
+    if (first && !c.outbound) sendHello(id);
     send(id, frame([](wire::Frame::Builder& f) { f.setGossip(); }, peer));
-    close(now, id, true);
     return;
   }
   if (!first) return;
@@ -845,10 +845,19 @@ void ReplicationCore::setState(const std::string& id, Member& m, PeerState state
   if (m.state == state) return;
   m.state = state;
   m.stateSince = now_;
-  if (state == PeerState::kDead || state == PeerState::kLeft) {
+  if (state == PeerState::kDead) {
     // Out of the partial view (it is replaced at the next maintenance).
     for (auto& [cid, c] : std::map<ConnId, Conn>(conns_)) {
-      if (c.peerId == id && (c.active || state == PeerState::kLeft)) close(now_, cid, true);
+      if (c.peerId == id && c.active) close(now_, cid, true);
+    }
+  } else if (state == PeerState::kLeft) {
+    // Out of the partial view, but not cut off: a leaving node's last
+    // repair may still be under way on it. Idle, it closes.
+    for (auto& [cid, c] : conns_) {
+      if (c.peerId == id && c.active) {
+        c.active = false;
+        viewDirty_ = true;
+      }
     }
   }
 }
