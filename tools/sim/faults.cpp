@@ -102,6 +102,15 @@ std::vector<Fault> makeSchedule(const FaultOptions& o, int initialNodes, int reg
     f.target = initialNodes + i;
     out.push_back(f);
   }
+  // The burst draws nothing from `rng`: the rest of the schedule is the
+  // same with or without it.
+  for (int i = 0; i < o.joinBurst; ++i) {
+    Fault f;
+    f.kind = Fault::Kind::kJoin;
+    f.at = o.joinBurstAt;
+    f.target = initialNodes + o.joins + i;
+    out.push_back(f);
+  }
   if (o.finalSplit > 0 && regions > 1) {
     Fault f;
     f.kind = Fault::Kind::kSplitRegion;

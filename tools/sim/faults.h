@@ -21,7 +21,7 @@ struct Fault {
     kPause,        // node `target` stops running (no ticks, nothing handled) for `duration`
     kSkew,         // node `target`'s wall clock jumps by `skewMillis` (the HLC sees it)
     kJoin,         // node `target` (not started at time 0) starts and joins
-    kLeave,        // node `target` stops for good
+    kLeave,        // node `target` leaves for good (announces it, then stops)
   };
   Micros at = 0;
   Kind kind = Kind::kCrash;
@@ -48,6 +48,11 @@ struct FaultOptions {
   // Nodes [initialNodes, initialNodes + joins) start during the window;
   // `leaves` of the initial nodes leave during it.
   int joins = 0, leaves = 0;
+  // Nodes [initialNodes + joins, initialNodes + joins + joinBurst) all start
+  // at `joinBurstAt` (simulated time, not bound to the window): a burst of
+  // joins.
+  int joinBurst = 0;
+  Micros joinBurstAt = 0;
 };
 
 // Sorted by time (then as drawn). Nodes [0, initialNodes) run from time 0.

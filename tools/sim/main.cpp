@@ -85,13 +85,32 @@ std::string json(const SimResult& r, uint64_t seed, const std::string& store,
   field("heal_converge_s", num(r.healConvergeS));
   field("bytes_per_node_per_s", num(r.bytesPerNodePerS));
   field("membership_bytes_per_node_per_s", num(r.membershipBytesPerNodePerS));
+  field("dissemination_bytes_per_node_per_s", num(r.disseminationBytesPerNodePerS));
   field("bytes_per_write", num(r.bytesPerWrite));
   field("cross_region_bytes_per_write", num(r.crossRegionBytesPerWrite));
+  field("delta_bytes_mean", num(r.deltaBytesMean));
+  field("received_dissemination_bytes_per_write_per_node",
+        num(r.receivedDisseminationBytesPerWritePerNode));
+  field("receive_ratio", num(r.receiveRatio));
+  field("cross_region_dissemination_bytes_per_write", num(r.crossRegionDisseminationBytesPerWrite));
+  field("region_pair_ratio_max", num(r.regionPairRatioMax));
+  field("max_connections_per_node", std::to_string(r.maxConnectionsPerNode));
+  field("mean_connections_per_node", num(r.meanConnectionsPerNode));
+  field("max_core_connections_per_node", std::to_string(r.maxCoreConnectionsPerNode));
   field("detect_dead_s", num(r.detectDeadS));
+  field("detect_dead_max_s", num(r.detectDeadMaxS));
   field("crashes_detected", std::to_string(r.crashesDetected));
   field("crashes_undetected", std::to_string(r.crashesUndetected));
+  field("join_known_s", num(r.joinKnownS));
+  field("joins_known", std::to_string(r.joinsKnown));
+  field("joins_unknown", std::to_string(r.joinsUnknown));
+  field("leave_known_s", num(r.leaveKnownS));
   field("suspicions", std::to_string(r.suspicions));
   field("wrongly_declared_dead", std::to_string(r.wronglyDeclaredDead));
+  field("probes_failed", std::to_string(r.probesFailed));
+  field("refutations", std::to_string(r.refutations));
+  field("broadcast_duplicates", std::to_string(r.broadcastDuplicates));
+  field("grafts", std::to_string(r.grafts));
   field("refused_stamps", std::to_string(r.refusedStamps));
   field("lost", std::to_string(r.lost));
   field("lost_with_leaver", std::to_string(r.lostWithLeaver));
@@ -102,7 +121,7 @@ std::string json(const SimResult& r, uint64_t seed, const std::string& store,
 }
 
 void table(const SimResult& r, uint64_t seed, const std::string& store) {
-  auto row = [](const char* k, const std::string& v) { std::printf("  %-34s %s\n", k, v.c_str()); };
+  auto row = [](const char* k, const std::string& v) { std::printf("  %-42s %s\n", k, v.c_str()); };
   std::printf("chorus-sim seed %llu (%s store)\n", (unsigned long long)seed, store.c_str());
   row("nodes (at start / in all)", std::to_string(r.nodes) + " / " + std::to_string(r.totalNodes));
   row("regions", std::to_string(r.regions));
@@ -118,15 +137,35 @@ void table(const SimResult& r, uint64_t seed, const std::string& store) {
   row("write to all p50 / p99 / max", num(r.writeToAllP50Ms) + " / " + num(r.writeToAllP99Ms) +
                                           " / " + num(r.writeToAllMaxMs) + " ms");
   row("converged after the final heal", r.healConvergeS < 0 ? "no" : num(r.healConvergeS) + " s");
-  row("bytes per node per s (membership)",
-      num(r.bytesPerNodePerS) + " (" + num(r.membershipBytesPerNodePerS) + ")");
+  row("bytes per node per s (membership, dissemination)",
+      num(r.bytesPerNodePerS) + " (" + num(r.membershipBytesPerNodePerS) + ", " +
+          num(r.disseminationBytesPerNodePerS) + ")");
   row("bytes per write (cross-region)",
       num(r.bytesPerWrite) + " (" + num(r.crossRegionBytesPerWrite) + ")");
-  row("dead detected after (mean)", r.detectDeadS < 0 ? "-" : num(r.detectDeadS) + " s");
+  row("delta size (mean)", num(r.deltaBytesMean) + " bytes");
+  row("received per write per node (ratio)",
+      num(r.receivedDisseminationBytesPerWritePerNode) + " bytes (" + num(r.receiveRatio) +
+          " x delta)");
+  row("worst region pair per write (ratio)",
+      num(r.crossRegionDisseminationBytesPerWrite) + " bytes (" + num(r.regionPairRatioMax) +
+          " x delta)");
+  row("connections per node max / mean",
+      std::to_string(r.maxConnectionsPerNode) + " / " + num(r.meanConnectionsPerNode) +
+          " (the cores' count: max " + std::to_string(r.maxCoreConnectionsPerNode) + ")");
+  row("dead detected after mean / max",
+      r.detectDeadS < 0 ? "-" : num(r.detectDeadS) + " / " + num(r.detectDeadMaxS) + " s");
   row("crashes detected / not",
       std::to_string(r.crashesDetected) + " / " + std::to_string(r.crashesUndetected));
+  row("joins known to all after (max)",
+      r.joinKnownS < 0 ? (r.joinsUnknown ? std::to_string(r.joinsUnknown) + " not known" : "-")
+                       : num(r.joinKnownS) + " s");
+  row("leaves known to all after (max)", r.leaveKnownS < 0 ? "-" : num(r.leaveKnownS) + " s");
   row("suspicions / wrongly declared dead",
       std::to_string(r.suspicions) + " / " + std::to_string(r.wronglyDeclaredDead));
+  row("probes failed / refutations",
+      std::to_string(r.probesFailed) + " / " + std::to_string(r.refutations));
+  row("broadcast duplicates / grafts",
+      std::to_string(r.broadcastDuplicates) + " / " + std::to_string(r.grafts));
   row("merges refused (clock drift)", std::to_string(r.refusedStamps));
   row("lost (acknowledged by a node that left)",
       std::to_string(r.lost) + " (" + std::to_string(r.lostWithLeaver) + ")");
@@ -168,7 +207,10 @@ int main(int argc, char** argv) {
   std::string lmdbDir;
   bool asJson = false;
   int runs = 1;
-  Micros heartbeat = 200 * kMillis, antiEntropy = 1 * kSeconds;
+  Micros probe = 1 * kSeconds, gossipInterval = 200 * kMillis, antiEntropy = 1 * kSeconds,
+         crossAntiEntropy = 10 * kSeconds;
+  bool noEagerPush = false;
+  std::vector<std::string> joinBurst;
   bool pollSet = false;
 
   app.add_option("--nodes", o.nodes, "nodes started at time 0")
@@ -251,10 +293,17 @@ int main(int argc, char** argv) {
       ->type_name("DURATION");
   app.add_option("--joins", o.faults.joins, "nodes that start (and join) during the workload")
       ->default_val(0);
+  app.add_option("--join-burst", joinBurst,
+                 "N AT: N more nodes start all at once at simulated time AT (e.g. 100 20s)")
+      ->expected(2)
+      ->type_name("N AT");
   app.add_option("--leaves", o.faults.leaves,
-                 "nodes that stop for good during the workload (today's protocol has no leave "
-                 "message: to the others it is a crash)")
+                 "nodes that leave for good during the workload: the core announces it and "
+                 "runs a last anti-entropy session; the node stops when its core is done, or "
+                 "after --leave-timeout")
       ->default_val(0);
+  durationOption(app, "--leave-timeout", o.leaveTimeout,
+                 "a leaving node stops after this long at most [5s]");
   durationOption(app, "--fault-duration", o.faults.meanDuration,
                  "mean length of a random fault (x U[0.5, 1.5]) [5s]");
   app.add_option("--store", store,
@@ -279,9 +328,19 @@ int main(int argc, char** argv) {
   durationOption(app, "--commit-latency", o.commitLatency,
                  "a merge of a peer's state commits this long after the core hands it over "
                  "[0: at once]");
-  durationOption(app, "--heartbeat", heartbeat, "the core's heartbeat interval [200ms]");
-  durationOption(app, "--anti-entropy", antiEntropy, "the core's anti-entropy interval [1s]");
-  app.add_option("--push-fanout", o.pushFanout, "peers each delta is pushed to")->default_val(8);
+  durationOption(app, "--probe-interval", probe,
+                 "the core's SWIM probe interval (one member probed per interval) [1s]");
+  durationOption(app, "--gossip-interval", gossipInterval,
+                 "the core's membership gossip interval [200ms]");
+  durationOption(app, "--anti-entropy", antiEntropy,
+                 "the core's anti-entropy interval with in-region peers [1s]");
+  durationOption(app, "--cross-anti-entropy", crossAntiEntropy,
+                 "the core's anti-entropy interval across regions (bridges) [10s]");
+  app.add_option("--max-connections", o.maxConnections,
+                 "the core's bound on connections with peers")
+      ->default_val(32);
+  app.add_flag("--no-eager-push", noEagerPush,
+               "the core announces deltas only (Plumtree's lazy path: ihave, then graft)");
   app.add_flag("--json", asJson, "one JSON object per run on stdout instead of a table");
   app.add_flag("--verbose", o.verbose, "faults, the cores' warnings and progress on stderr");
   CLI11_PARSE(app, argc, argv);
@@ -298,8 +357,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.network.bandwidthBitsPerSecond = bw.value();
-  o.heartbeatMillis = std::max<uint64_t>(1, heartbeat / kMillis);
+  o.probeIntervalMillis = std::max<uint64_t>(1, probe / kMillis);
+  o.gossipIntervalMillis = std::max<uint64_t>(1, gossipInterval / kMillis);
   o.antiEntropyMillis = std::max<uint64_t>(1, antiEntropy / kMillis);
+  o.crossRegionAntiEntropyMillis = std::max<uint64_t>(1, crossAntiEntropy / kMillis);
+  o.eagerPush = !noEagerPush;
+  if (!joinBurst.empty()) {
+    char* end = nullptr;
+    long count = std::strtol(joinBurst[0].c_str(), &end, 10);
+    auto at = parseDuration(joinBurst[1]);
+    if (*end != '\0' || count < 0 || count > 100000 || !at.ok()) {
+      std::fprintf(stderr, "chorus-sim: --join-burst takes a count and a time, e.g. 100 20s\n");
+      return 2;
+    }
+    o.faults.joinBurst = int(count);
+    o.faults.joinBurstAt = at.value();
+  }
   if (!pollSet && o.nodes > 100) o.pollInterval = Micros(o.nodes) * kMillis;
   o.store = store == "lmdb" ? StoreKind::kLmdb : StoreKind::kMemory;
   o.protocol = protocol == "flood" ? ProtocolKind::kFlood : ProtocolKind::kCore;

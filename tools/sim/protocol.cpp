@@ -31,6 +31,9 @@ class CoreProtocol final : public Protocol {
     core_.publish(now, std::move(deltas));
   }
   void merged(uint64_t ticket) override { core_.merged(ticket); }
+  void leave(uint64_t now) override { core_.leave(now); }
+  bool leaveDone() const override { return core_.leaveDone(); }
+  void stop(uint64_t now) override { core_.stop(now); }
   std::vector<gossip::Action> takeActions() override { return core_.takeActions(); }
   std::vector<gossip::MemberInfo> members() const override { return core_.members(); }
   gossip::ClusterStats stats() const override { return core_.stats(); }
@@ -101,6 +104,9 @@ class FloodProtocol final : public Protocol {
     }
   }
   void merged(uint64_t) override {}
+  void leave(uint64_t) override {}
+  bool leaveDone() const override { return true; }
+  void stop(uint64_t) override {}
   std::vector<gossip::Action> takeActions() override {
     std::vector<gossip::Action> out;
     out.swap(actions_);

@@ -6,7 +6,8 @@
 //     simulator's own cost: each node keeps connections to a fixed handful
 //     of peers (O(1) of them), sends each a 16-byte heartbeat every 200 ms,
 //     and floods every new delta to them once. No membership, no failure
-//     detection, no anti-entropy: partitions lose writes under it. Its cost
+//     detection, no anti-entropy, no leave message (a leave is a stop):
+//     partitions lose writes under it. Its cost
 //     per node is O(1) in N, so a run of it shows what the event loop, the
 //     network model, the stores and the checker cost on their own.
 #pragma once
@@ -32,6 +33,11 @@ class Protocol {
   virtual void drained(gossip::ConnId conn, uint64_t bytes, uint64_t deltas) = 0;
   virtual void publish(uint64_t now, std::vector<std::string> encodedDeltas) = 0;
   virtual void merged(uint64_t ticket) = 0;
+  // Leaving for good (ReplicationCore::leave); leaveDone() once the driver
+  // may stop it; stop() before the process goes.
+  virtual void leave(uint64_t now) = 0;
+  virtual bool leaveDone() const = 0;
+  virtual void stop(uint64_t now) = 0;
   virtual std::vector<gossip::Action> takeActions() = 0;
   // The node's view of its peers (empty for a protocol without membership).
   virtual std::vector<gossip::MemberInfo> members() const = 0;

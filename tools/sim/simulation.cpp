@@ -41,7 +41,13 @@ constexpr Micros kSynRetries[] = {1 * kSeconds,  3 * kSeconds,  7 * kSeconds,
 constexpr Micros kConnectTimeout = 127 * kSeconds;
 constexpr size_t kFrameOverheadBytes = 72;  // the seal (gossip/secure-channel.h)
 
-enum class FrameKind { kMembership, kDeltas, kReconcile, kOther };
+// What a frame is, for the byte counts: membership (hello included),
+// dissemination, repair. kHello is also membership.
+enum class FrameKind : uint8_t { kOther, kHello, kMembership, kDissemination, kRepair };
+
+bool isMembership(FrameKind k) { return k == FrameKind::kHello || k == FrameKind::kMembership; }
+bool isDissemination(FrameKind k) { return k == FrameKind::kDissemination; }
+bool isDataFrame(FrameKind k) { return k == FrameKind::kDissemination || k == FrameKind::kRepair; }
 
 uint32_t le32(const std::string& s, size_t at) {
   return uint32_t(uint8_t(s[at])) | uint32_t(uint8_t(s[at + 1])) << 8 |
@@ -66,17 +72,25 @@ FrameKind classify(const std::string& body) {
     capnp::FlatArrayMessageReader reader(words);
     switch (reader.getRoot<gossip::wire::Frame>().which()) {
       case gossip::wire::Frame::HELLO:
-      case gossip::wire::Frame::HEARTBEAT:
+        kind = FrameKind::kHello;
+        break;
+      case gossip::wire::Frame::PING:
       case gossip::wire::Frame::ACK:
+      case gossip::wire::Frame::NACK:
+      case gossip::wire::Frame::PING_REQ:
+      case gossip::wire::Frame::GOSSIP:
+      case gossip::wire::Frame::PUSH_PULL:
+      case gossip::wire::Frame::PUSH_PULL_REPLY:
         kind = FrameKind::kMembership;
         break;
-      case gossip::wire::Frame::DELTAS:
-        kind = FrameKind::kDeltas;
+      case gossip::wire::Frame::BROADCAST:
+      case gossip::wire::Frame::IHAVE:
+      case gossip::wire::Frame::GRAFT:
+      case gossip::wire::Frame::PRUNE:
+        kind = FrameKind::kDissemination;
         break;
       case gossip::wire::Frame::RECONCILE:
-        kind = FrameKind::kReconcile;
-        break;
-      default:
+        kind = FrameKind::kRepair;
         break;
     }
   });
@@ -91,12 +105,30 @@ std::string addressOf(int i) {
 
 std::string nodeIdOf(int i) { return "n" + std::to_string(i); }
 
+// nodeIdOf's inverse without a hash lookup: "n123" -> 123; -1 if not one of
+// ours (or beyond `total`).
+int nodeIndexOf(const std::string& id, int total) {
+  if (id.size() < 2 || id.size() > 10 || id[0] != 'n') return -1;
+  int64_t v = 0;
+  for (size_t k = 1; k < id.size(); ++k) {
+    char ch = id[k];
+    if (ch < '0' || ch > '9' || (k == 1 && ch == '0' && id.size() > 2)) return -1;
+    v = v * 10 + (ch - '0');
+  }
+  return v < total ? int(v) : -1;
+}
+
 // One connection as the network sees it: `a` dialled `b`.
 struct SimConn {
   int a = -1, b = -1;
   ConnId aId = 0, bId = 0;
   uint64_t aInc = 0, bInc = 0;
   bool aOpen = false, bOpen = false;  // that side's core still knows it
+  // A hello arrived at that side (kCore), or that side's core got opened()
+  // (kFlood, which has no hello): once both, the connection counts in the
+  // connections of each side that is open.
+  bool readyA = false, readyB = false;
+  bool established = false;
 };
 
 struct Drain {
@@ -114,7 +146,10 @@ struct Node {
   std::unique_ptr<Protocol> core;  // null while down
   std::vector<gossip::KnownMember> persisted;
   bool started = false, up = false, paused = false, left = false;
+  bool leaving = false;  // leave() called; stops at leaveDone() or the leave timeout
   Micros startedAt = 0;
+  uint64_t coreIncarnation = 0;  // CoreOptions::incarnation of its last start
+  uint32_t connections = 0;      // established and open at this node (SimConn::established)
   Micros disturbed = 0;  // last crash, start, pause or resume
   uint64_t incarnation = 0;
   int64_t skewMillis = 0;
@@ -131,7 +166,7 @@ class Sim {
   Sim(const SimOptions& o, bool keepContents)
       : o_(o),
         keepContents_(keepContents),
-        total_(o.nodes + o.faults.joins),
+        total_(o.nodes + o.faults.joins + o.faults.joinBurst),
         rng_(o.seed),
         netRng_(rng_.fork(1)),
         faultRng_(rng_.fork(2)),
@@ -145,7 +180,13 @@ class Sim {
   // ---- nodes ---------------------------------------------------------------
   Status openStores();
   void startNode(int i);
-  void crash(int i, bool forever);
+  gossip::CoreOptions coreOptions(int i);
+  void crash(int i);
+  // The process goes (crash, or the end of a leave): connections reset.
+  void teardown(int i);
+  void beginLeave(int i);
+  void checkLeave(int i, uint64_t inc, Micros deadline);
+  void stopForGood(int i);
   void restart(int i);
   void pause(int i, Micros duration);
   void resume(int i);
@@ -172,10 +213,13 @@ class Sim {
   void dial(int i, ConnId conn, const std::string& address);
   void synAttempt(uint64_t cid, int attempt, Micros dialledAt);
   void sendFrame(int i, const gossip::SendFrame& send);
-  void deliver(uint64_t cid, bool toB, std::shared_ptr<const std::string> body);
+  void deliver(uint64_t cid, bool toB, FrameKind kind, std::shared_ptr<const std::string> body);
   // Side `fromA ? a : b` is gone (Close action, crash): the other learns it.
   void closeSide(uint64_t cid, bool sideA, bool notifyPeer);
   void tellClosed(uint64_t cid, bool sideA);
+  // Side A or B of `cid` is ready (hello received, or opened for kFlood).
+  void ready(uint64_t cid, bool sideA);
+  FrameKind kindOf(const std::shared_ptr<const std::string>& body);
   void mergeOne(int i, uint64_t inc, uint64_t ticket, const crdt::ReviewDoc& state);
 
   // ---- workload, faults, observation ---------------------------------------
@@ -210,16 +254,26 @@ class Sim {
 
   // measurements
   uint64_t frames_ = 0, reads_ = 0, staleReads_ = 0, writeErrors_ = 0;
-  uint64_t bytesWindow_ = 0, membershipBytesWindow_ = 0, repairBytesWindow_ = 0,
-           crossRepairBytesWindow_ = 0;
+  uint64_t bytesWindow_ = 0, membershipBytesWindow_ = 0, disseminationBytesWindow_ = 0,
+           repairBytesWindow_ = 0, crossRepairBytesWindow_ = 0;
+  uint64_t receivedDisseminationWindow_ = 0;
+  std::vector<uint64_t> pairBytesWindow_;  // regions x regions, [min][max]
+  uint64_t deltaBytesWindow_ = 0, deltasWindow_ = 0;
+  uint32_t maxConnections_ = 0;
+  uint64_t maxCoreConnections_ = 0;
+  double connectionSamples_ = 0, runningSamples_ = 0;  // sums over polls in the window
+  uint64_t pollsWindow_ = 0;
+  std::shared_ptr<const std::string> lastClassified_;  // kindOf's one-entry cache
+  FrameKind lastKind_ = FrameKind::kOther;
+  Micros wrongDeadQuiet_ = 10 * kSeconds;
   uint64_t suspicions_ = 0, wronglyDead_ = 0, refused_ = 0;
-  struct Detection {
+  struct Detection {  // a crash, a leave or a join, until every running node knows it
     int node;
     Micros at;
     bool done = false;
   };
-  std::vector<Detection> detections_;
-  std::vector<double> detectTimes_;
+  std::vector<Detection> detections_, leaves_, joins_;
+  std::vector<double> detectTimes_, leaveTimes_, joinTimes_;
   uint64_t undetected_ = 0;
   std::vector<std::string> problems_;
 };
@@ -265,18 +319,10 @@ void Sim::startNode(int i) {
     n.startedAt = loop_.now();
     checker_.setMember(i, true, loop_.now());
   }
-  gossip::CoreOptions co;
-  co.nodeId = n.id;
-  co.gossipAddress = n.address;
-  co.rpcAddress = "";
-  for (int s = 0; s < std::min(3, o_.nodes); ++s) {
-    if (s != i) co.seeds.push_back(nodes_[size_t(s)].address);
-  }
-  co.heartbeatIntervalMillis = o_.heartbeatMillis;
-  co.antiEntropyIntervalMillis = o_.antiEntropyMillis;
-  co.pushFanout = o_.pushFanout;
-  co.frameOverheadBytes = kFrameOverheadBytes;
-  co.seed = coreRng_.next();
+  // Above every earlier start's: a restarted node refutes what was said of
+  // its last run.
+  n.coreIncarnation = std::max(n.coreIncarnation + 1, nowMillis() + 1);
+  gossip::CoreOptions co = coreOptions(i);
   if (o_.protocol == ProtocolKind::kFlood) {
     std::vector<std::string> addresses;
     for (int k = 0; k < o_.nodes; ++k) addresses.push_back(nodes_[size_t(k)].address);
@@ -293,6 +339,30 @@ void Sim::startNode(int i) {
   loop_.after(phase, [this, i, inc] { tick(i, inc); });
 }
 
+gossip::CoreOptions Sim::coreOptions(int i) {
+  Node& n = nodes_[size_t(i)];
+  gossip::CoreOptions co;
+  co.nodeId = n.id;
+  co.gossipAddress = n.address;
+  co.rpcAddress = "";
+  co.region = o_.network.regions[size_t(n.region)].name;
+  co.incarnation = n.coreIncarnation;
+  co.rejoin = false;
+  for (int s = 0; s < std::min(3, o_.nodes); ++s) {
+    if (s != i) co.seeds.push_back(nodes_[size_t(s)].address);
+  }
+  co.probeIntervalMillis = o_.probeIntervalMillis;
+  co.gossipIntervalMillis = o_.gossipIntervalMillis;
+  co.antiEntropyIntervalMillis = o_.antiEntropyMillis;
+  co.crossRegionAntiEntropyIntervalMillis = o_.crossRegionAntiEntropyMillis;
+  co.maxConnections = o_.maxConnections;
+  co.eagerPush = o_.eagerPush;
+  co.frameOverheadBytes = kFrameOverheadBytes;
+  co.seed = coreRng_.next();
+  if (o_.tuneCore) o_.tuneCore(co);
+  return co;
+}
+
 void Sim::tick(int i, uint64_t inc) {
   Node& n = nodes_[size_t(i)];
   if (!n.up || n.incarnation != inc) return;
@@ -307,10 +377,16 @@ void Sim::tick(int i, uint64_t inc) {
   runActions(i);
 }
 
-void Sim::crash(int i, bool forever) {
+void Sim::crash(int i) {
   Node& n = nodes_[size_t(i)];
   if (!n.up) return;
-  trace_.add(loop_.now(), 'C', uint64_t(i), forever);
+  trace_.add(loop_.now(), 'C', uint64_t(i));
+  teardown(i);
+  detections_.push_back(Detection{i, loop_.now()});
+}
+
+void Sim::teardown(int i) {
+  Node& n = nodes_[size_t(i)];
   // The process dies: its kernel resets every connection; nothing is persisted.
   std::vector<uint64_t> cids;
   for (auto& [conn, cid] : n.conns) cids.push_back(cid);
@@ -329,11 +405,59 @@ void Sim::crash(int i, bool forever) {
   n.paused = false;
   n.disturbed = loop_.now();
   ++n.incarnation;
-  if (forever) {
-    n.left = true;
-    checker_.setMember(i, false, loop_.now());
+}
+
+// A leave: the core announces it and runs a last anti-entropy session; the
+// node keeps running (it takes no more client writes or reads) until the
+// core says it is done, or `leaveTimeout`, then stops for good.
+void Sim::beginLeave(int i) {
+  Node& n = nodes_[size_t(i)];
+  if (n.left || n.leaving) return;
+  leaves_.push_back(Detection{i, loop_.now()});
+  if (!n.up) {  // down already: it never comes back
+    stopForGood(i);
+    return;
   }
-  detections_.push_back(Detection{i, loop_.now()});
+  trace_.add(loop_.now(), 'L', uint64_t(i));
+  n.leaving = true;
+  uint64_t inc = n.incarnation;
+  onNode(i, inc, [this, i] {
+    Node& n = nodes_[size_t(i)];
+    timed([&] { n.core->leave(nowMillis()); });
+    runActions(i);
+  });
+  Micros deadline = loop_.now() + o_.leaveTimeout;
+  loop_.after(ReplicationCore::kTickMillis * kMillis,
+              [this, i, inc, deadline] { checkLeave(i, inc, deadline); });
+}
+
+void Sim::checkLeave(int i, uint64_t inc, Micros deadline) {
+  Node& n = nodes_[size_t(i)];
+  if (!n.up || n.incarnation != inc || n.left) return;
+  bool done = !n.paused && timed([&] { return n.core->leaveDone(); });
+  if (done || loop_.now() >= deadline) {
+    if (!done && o_.verbose) {
+      std::fprintf(stderr, "%10.3fs %s: leave not done after %.1f s; stopped anyway\n",
+                   double(loop_.now()) / 1e6, n.id.c_str(), double(o_.leaveTimeout) / 1e6);
+    }
+    stopForGood(i);
+    return;
+  }
+  loop_.after(ReplicationCore::kTickMillis * kMillis,
+              [this, i, inc, deadline] { checkLeave(i, inc, deadline); });
+}
+
+void Sim::stopForGood(int i) {
+  Node& n = nodes_[size_t(i)];
+  trace_.add(loop_.now(), 'E', uint64_t(i));
+  if (n.up) {
+    timed([&] { n.core->stop(nowMillis()); });
+    runActions(i);
+    teardown(i);
+  }
+  n.left = true;
+  n.leaving = false;
+  checker_.setMember(i, false, loop_.now());
 }
 
 void Sim::restart(int i) {
@@ -502,6 +626,7 @@ void Sim::synAttempt(uint64_t cid, int attempt, Micros dialledAt) {
           int b = it->second.b;  // runActions may close (and forget) the connection
           timed([&] { nodes_[size_t(a)].core->opened(nowMillis(), it->second.aId); });
           runActions(a);
+          if (o_.protocol == ProtocolKind::kFlood) ready(cid, true);
           loop_.after(net_->latency(a, b), [this, cid] {
             auto it = conns_.find(cid);
             if (it == conns_.end() || !it->second.bOpen) return;
@@ -511,6 +636,7 @@ void Sim::synAttempt(uint64_t cid, int attempt, Micros dialledAt) {
               if (it == conns_.end() || !it->second.bOpen) return;
               timed([&] { nodes_[size_t(b)].core->opened(nowMillis(), it->second.bId); });
               runActions(b);
+              if (o_.protocol == ProtocolKind::kFlood) ready(cid, false);
             });
           });
         });
@@ -539,23 +665,60 @@ void Sim::sendFrame(int i, const gossip::SendFrame& send) {
   // partition, its peer crashed) ends.
   uint64_t bytes = send.body->size() + kFrameOverheadBytes;
   Micros now = loop_.now();
-  if (now >= loadBegin_ && now < loadEnd_) {
-    bytesWindow_ += bytes;
-    FrameKind kind = o_.protocol == ProtocolKind::kCore ? classify(*send.body) : FrameKind::kOther;
-    if (kind == FrameKind::kMembership) membershipBytesWindow_ += bytes;
-    if (kind == FrameKind::kDeltas || kind == FrameKind::kReconcile) {
-      repairBytesWindow_ += bytes;
-      if (net_->regionOf(i) != net_->regionOf(to)) crossRepairBytesWindow_ += bytes;
-    }
+  bool inWindow = now >= loadBegin_ && now < loadEnd_;
+  // Classified only when counted, or while the connection waits for its hellos.
+  FrameKind kind = FrameKind::kOther;
+  if (o_.protocol == ProtocolKind::kCore && (inWindow || !c.established)) {
+    kind = kindOf(send.body);
   }
   auto transit = net_->send(now, i, to, bytes);
+  if (inWindow) {
+    bytesWindow_ += bytes;
+    if (isMembership(kind)) membershipBytesWindow_ += bytes;
+    if (isDissemination(kind)) disseminationBytesWindow_ += bytes;
+    if (isDataFrame(kind)) {
+      repairBytesWindow_ += bytes;
+      int ra = net_->regionOf(i), rb = net_->regionOf(to);
+      if (ra != rb) {
+        crossRepairBytesWindow_ += bytes;
+        if (transit) {
+          pairBytesWindow_[size_t(std::min(ra, rb)) * net_->regionCount() + size_t(std::max(ra, rb))] +=
+              bytes;
+        }
+      }
+    }
+  }
   n.drains.push_back(Drain{transit ? transit->departs : now, send.conn, bytes, send.deltas});
   if (!transit) return;
-  loop_.at(transit->arrives,
-           [this, cid, fromA, body = send.body] { deliver(cid, fromA, std::move(body)); });
+  loop_.at(transit->arrives, [this, cid, fromA, kind, body = send.body] {
+    deliver(cid, fromA, kind, std::move(body));
+  });
 }
 
-void Sim::deliver(uint64_t cid, bool toB, std::shared_ptr<const std::string> body) {
+FrameKind Sim::kindOf(const std::shared_ptr<const std::string>& body) {
+  // One frame body is often sent to several peers in a row (a broadcast):
+  // classified once. The cache holds the body, so its address is not reused.
+  if (body == lastClassified_) return lastKind_;
+  lastKind_ = classify(*body);
+  lastClassified_ = body;
+  return lastKind_;
+}
+
+void Sim::ready(uint64_t cid, bool sideA) {
+  auto it = conns_.find(cid);
+  if (it == conns_.end()) return;
+  SimConn& c = it->second;
+  (sideA ? c.readyA : c.readyB) = true;
+  if (c.established || !c.readyA || !c.readyB || !c.aOpen || !c.bOpen) return;
+  c.established = true;
+  for (int side : {c.a, c.b}) {
+    uint32_t k = ++nodes_[size_t(side)].connections;
+    maxConnections_ = std::max(maxConnections_, k);
+  }
+}
+
+void Sim::deliver(uint64_t cid, bool toB, FrameKind kind,
+                  std::shared_ptr<const std::string> body) {
   auto it = conns_.find(cid);
   if (it == conns_.end()) return;
   SimConn& c = it->second;
@@ -569,15 +732,22 @@ void Sim::deliver(uint64_t cid, bool toB, std::shared_ptr<const std::string> bod
     return;
   }
   uint64_t inc = toB ? c.bInc : c.aInc;
-  onNode(to, inc, [this, cid, toB, from, to, body = std::move(body)] {
+  onNode(to, inc, [this, cid, toB, from, to, kind, body = std::move(body)] {
     auto it = conns_.find(cid);
     if (it == conns_.end() || !(toB ? it->second.bOpen : it->second.aOpen)) return;
     ConnId id = toB ? it->second.bId : it->second.aId;
     ++frames_;
-    trace_.add(loop_.now(), uint64_t(from) << 32 | uint64_t(to), body->size());
+    Micros now = loop_.now();
+    if (isDissemination(kind) && now >= loadBegin_ && now < loadEnd_) {
+      receivedDisseminationWindow_ += body->size() + kFrameOverheadBytes;
+    }
+    trace_.add(now, uint64_t(from) << 32 | uint64_t(to), body->size());
     trace_.addBytes(std::string_view(*body).substr(0, 64));
     timed([&] { nodes_[size_t(to)].core->received(nowMillis(), id, std::string_view(*body)); });
     runActions(to);
+    // Counted once the hello was handled and the connection is still open:
+    // one the receiver refuses at once does not count.
+    if (kind == FrameKind::kHello) ready(cid, !toB);
   });
 }
 
@@ -585,11 +755,9 @@ void Sim::closeSide(uint64_t cid, bool sideA, bool notifyPeer) {
   auto it = conns_.find(cid);
   if (it == conns_.end()) return;
   SimConn& c = it->second;
-  if (sideA) {
-    c.aOpen = false;
-  } else {
-    c.bOpen = false;
-  }
+  bool& open = sideA ? c.aOpen : c.bOpen;
+  if (open && c.established) --nodes_[size_t(sideA ? c.a : c.b)].connections;
+  open = false;
   trace_.add(loop_.now(), 'X', uint64_t(sideA ? c.a : c.b), cid);
   bool peerOpen = sideA ? c.bOpen : c.aOpen;
   if (!peerOpen) {
@@ -635,7 +803,7 @@ void Sim::tellClosed(uint64_t cid, bool sideA) {
 int Sim::pickUpNode(Rng& rng) {
   std::vector<int> up;
   for (const auto& n : nodes_) {
-    if (n.up && !n.paused) up.push_back(n.index);
+    if (n.up && !n.paused && !n.leaving) up.push_back(n.index);
   }
   if (up.empty()) return -1;
   return up[rng.below(up.size())];
@@ -681,6 +849,10 @@ void Sim::write() {
   checker_.stored(i, applied->state, loop_.now());
   trace_.add(loop_.now(), 'W', uint64_t(i) << 32 | id, stamp.hlc.bits);
   std::vector<std::string> deltas{applied->delta.encode()};
+  if (loop_.now() < loadEnd_) {
+    deltaBytesWindow_ += deltas[0].size();
+    ++deltasWindow_;
+  }
   timed([&] { n.core->publish(nowMillis(), std::move(deltas)); });
   runActions(i);
 }
@@ -735,7 +907,7 @@ void Sim::applyFault(const Fault& f) {
       break;  // the final heal clears every block
     }
     case Fault::Kind::kCrash:
-      crash(f.target, false);
+      crash(f.target);
       if (f.at + f.duration < loadEnd_) {
         loop_.at(f.at + f.duration, [this, t = f.target] { restart(t); });
       }
@@ -747,10 +919,13 @@ void Sim::applyFault(const Fault& f) {
       nodes_[size_t(f.target)].skewMillis = f.skewMillis;
       break;
     case Fault::Kind::kJoin:
-      if (!nodes_[size_t(f.target)].started) startNode(f.target);
+      if (!nodes_[size_t(f.target)].started) {
+        startNode(f.target);
+        joins_.push_back(Detection{f.target, loop_.now()});
+      }
       break;
     case Fault::Kind::kLeave:
-      crash(f.target, true);
+      beginLeave(f.target);
       break;
   }
 }
@@ -770,44 +945,80 @@ void Sim::healAll() {
 
 void Sim::poll() {
   Micros now = loop_.now();
-  // A declaration of death is wrong when the peer was up, running and
-  // reachable both ways, and so was the viewer, for longer than the
-  // detector needs to declare a silent peer dead (phi deadPhi at the
-  // heartbeat interval: deadPhi x interval x ln 10), plus one poll.
-  Micros quiet =
-      Micros(10.0 * double(o_.heartbeatMillis) * std::log(10.0)) * kMillis + o_.pollInterval;
+  constexpr auto kAlive = uint8_t(gossip::PeerState::kAlive);
+  constexpr auto kDead = uint8_t(gossip::PeerState::kDead);
+  constexpr auto kLeft = uint8_t(gossip::PeerState::kLeft);
   for (auto& n : nodes_) {
     if (!n.up || n.paused || !n.core) continue;
+    maxCoreConnections_ = std::max(maxCoreConnections_, n.core->stats().connections);
     for (const auto& m : n.core->members()) {
-      auto p = byId_.find(m.nodeId);
-      if (p == byId_.end()) continue;
-      uint8_t& last = n.view[size_t(p->second)];
+      int p = nodeIndexOf(m.nodeId, total_);
+      if (p < 0) continue;
+      uint8_t& last = n.view[size_t(p)];
       uint8_t state = uint8_t(m.state);
-      if (last == uint8_t(gossip::PeerState::kAlive) && state != last) ++suspicions_;
-      if (state == uint8_t(gossip::PeerState::kDead) && last != kUnknown && last != state) {
-        const Node& peer = nodes_[size_t(p->second)];
+      if (last == kAlive && state != last) ++suspicions_;
+      // A declaration of death is wrong when the peer was up, running,
+      // not leaving and reachable both ways, and so was the viewer, for
+      // longer than the detector needs to declare a silent peer dead
+      // (wrongDeadQuiet_). A suspicion refuted in time never shows here.
+      if (state == kDead && last != kUnknown && last != state) {
+        const Node& peer = nodes_[size_t(p)];
         Micros calmSince = std::max({blocksChanged_, peer.disturbed, n.disturbed});
-        if (peer.up && !peer.paused && !net_->blocked(peer.index, n.index) &&
-            !net_->blocked(n.index, peer.index) && now - calmSince > quiet) {
+        if (peer.up && !peer.paused && !peer.leaving && !net_->blocked(peer.index, n.index) &&
+            !net_->blocked(n.index, peer.index) && now - calmSince > wrongDeadQuiet_) {
           ++wronglyDead_;
+          if (o_.verbose) {
+            std::fprintf(stderr, "%10.3fs %s: %s wrongly declared dead\n", double(now) / 1e6,
+                         n.id.c_str(), m.nodeId.c_str());
+          }
         }
       }
       last = state;
     }
   }
-  for (auto& d : detections_) {
+  if (now >= loadBegin_ && now < loadEnd_) {
+    uint64_t running = 0, connections = 0;
+    for (const auto& n : nodes_) {
+      if (!n.up) continue;
+      ++running;
+      connections += n.connections;
+    }
+    ++pollsWindow_;
+    runningSamples_ += double(running);
+    connectionSamples_ += running ? double(connections) / double(running) : 0;
+  }
+  // Every running node that was there at `since` (and is not `d.node`) sees
+  // `d.node` in one of the states `want` accepts.
+  auto everyone = [&](const Detection& d, auto want) {
+    for (const auto& n : nodes_) {
+      if (n.index == d.node || !n.up || n.paused || !n.core || n.startedAt > d.at) continue;
+      if (!want(n.view[size_t(d.node)])) return false;
+    }
+    return true;
+  };
+  auto follow = [&](std::vector<Detection>& list, std::vector<double>& times, auto want) {
+    for (auto& d : list) {
+      if (d.done || !everyone(d, want)) continue;
+      d.done = true;
+      times.push_back(double(now - d.at) / 1e6);
+    }
+  };
+  follow(detections_, detectTimes_, [](uint8_t s) { return s == kDead || s == kLeft; });
+  follow(leaves_, leaveTimes_, [](uint8_t s) { return s == kLeft; });
+  // A joiner must be known to nodes that started after it too.
+  for (auto& d : joins_) {
     if (d.done) continue;
     bool all = true;
     for (const auto& n : nodes_) {
-      if (n.index == d.node || !n.up || n.paused || !n.core || n.startedAt > d.at) continue;
-      if (n.view[size_t(d.node)] != uint8_t(gossip::PeerState::kDead)) {
+      if (n.index == d.node || !n.up || n.paused || !n.core) continue;
+      if (n.view[size_t(d.node)] != kAlive) {
         all = false;
         break;
       }
     }
     if (all) {
       d.done = true;
-      detectTimes_.push_back(double(now - d.at) / 1e6);
+      joinTimes_.push_back(double(now - d.at) / 1e6);
     }
   }
 }
@@ -835,12 +1046,16 @@ Result<SimResult> Sim::run() {
   if (o_.store == StoreKind::kLmdb && o_.lmdbDir.empty()) {
     return makeError(ErrorCode::kInvalidArgument, "the LMDB store needs a directory");
   }
+  if (o_.faults.joinBurst > 0 && o_.faults.joinBurstAt >= o_.warmup + o_.duration) {
+    return makeError(ErrorCode::kInvalidArgument, "a join burst must start before the workload ends");
+  }
   auto wallStart = WallClock::now();
   double cpuStart = processCpuSeconds();
   std::vector<int> regionOf(static_cast<size_t>(total_));
   size_t regions = o_.network.regions.size();
   for (int i = 0; i < total_; ++i) regionOf[size_t(i)] = int(size_t(i) % regions);
   net_ = std::make_unique<Network>(o_.network, regionOf, netRng_);
+  pairBytesWindow_.assign(regions * regions, 0);
   nodes_.resize(size_t(total_));
   for (int i = 0; i < total_; ++i) {
     Node& n = nodes_[size_t(i)];
@@ -852,6 +1067,19 @@ Result<SimResult> Sim::run() {
     byId_[n.id] = i;
   }
   if (auto s = openStores(); !s.ok()) return s.error();
+  {
+    // How long the detector may take to declare a silent member dead: a
+    // probe interval, the probe timeout, and the longest suspicion
+    // (maxSuspicionMult x suspicionMult x log10(max(N, 10)) x the probe
+    // interval), plus a poll; at least 10 s.
+    gossip::CoreOptions co;
+    co.probeIntervalMillis = o_.probeIntervalMillis;
+    if (o_.tuneCore) o_.tuneCore(co);
+    double suspicion = co.maxSuspicionMult * co.suspicionMult *
+                       std::log10(std::max(10.0, double(total_))) * double(co.probeIntervalMillis);
+    Micros need = Micros(double(co.probeIntervalMillis + co.probeTimeoutMillis) + suspicion) * kMillis;
+    wrongDeadQuiet_ = std::max<Micros>(10 * kSeconds, need + o_.pollInterval);
+  }
 
   loadBegin_ = o_.warmup;
   loadEnd_ = o_.warmup + o_.duration;
@@ -912,19 +1140,45 @@ Result<SimResult> Sim::run() {
   double windowS = double(loadEnd_ - loadBegin_) / 1e6;
   r.bytesPerNodePerS = double(bytesWindow_) / double(o_.nodes) / windowS;
   r.membershipBytesPerNodePerS = double(membershipBytesWindow_) / double(o_.nodes) / windowS;
+  r.disseminationBytesPerNodePerS =
+      double(disseminationBytesWindow_) / double(o_.nodes) / windowS;
   uint64_t windowWrites = 0;
   for (const auto& w : checker_.writes()) windowWrites += w.acked < loadEnd_;
   r.bytesPerWrite = windowWrites ? double(repairBytesWindow_) / double(windowWrites) : 0;
   r.crossRegionBytesPerWrite =
       windowWrites ? double(crossRepairBytesWindow_) / double(windowWrites) : 0;
+  r.maxConnectionsPerNode = maxConnections_;
+  r.maxCoreConnectionsPerNode = maxCoreConnections_;
+  r.meanConnectionsPerNode = pollsWindow_ ? connectionSamples_ / double(pollsWindow_) : 0;
+  r.deltaBytesMean = deltasWindow_ ? double(deltaBytesWindow_) / double(deltasWindow_) : 0;
+  double running = pollsWindow_ ? runningSamples_ / double(pollsWindow_) : double(o_.nodes);
+  if (windowWrites && running > 0) {
+    r.receivedDisseminationBytesPerWritePerNode =
+        double(receivedDisseminationWindow_) / double(windowWrites) / running;
+    uint64_t pairMax = *std::max_element(pairBytesWindow_.begin(), pairBytesWindow_.end());
+    r.crossRegionDisseminationBytesPerWrite = double(pairMax) / double(windowWrites);
+  }
+  if (r.deltaBytesMean > 0) {
+    r.receiveRatio = r.receivedDisseminationBytesPerWritePerNode / r.deltaBytesMean;
+    r.regionPairRatioMax = r.crossRegionDisseminationBytesPerWrite / r.deltaBytesMean;
+  }
   if (!detectTimes_.empty()) {
     double sum = 0;
     for (double t : detectTimes_) sum += t;
     r.detectDeadS = sum / double(detectTimes_.size());
+    r.detectDeadMaxS = *std::max_element(detectTimes_.begin(), detectTimes_.end());
   }
   r.crashesDetected = detectTimes_.size();
   for (const auto& d : detections_) r.crashesUndetected += !d.done;
   r.crashesUndetected += undetected_;
+  r.joinsKnown = joinTimes_.size();
+  r.joinsUnknown = joins_.size() - joinTimes_.size();
+  if (!joinTimes_.empty() && r.joinsUnknown == 0) {
+    r.joinKnownS = *std::max_element(joinTimes_.begin(), joinTimes_.end());
+  }
+  if (!leaveTimes_.empty()) {
+    r.leaveKnownS = *std::max_element(leaveTimes_.begin(), leaveTimes_.end());
+  }
   r.suspicions = suspicions_;
   r.wronglyDeclaredDead = wronglyDead_;
   r.refusedStamps = refused_;
@@ -932,6 +1186,13 @@ Result<SimResult> Sim::run() {
   std::vector<int> live;
   for (const auto& n : nodes_) {
     if (n.up && !n.left) live.push_back(n.index);
+  }
+  for (int i : live) {
+    auto st = nodes_[size_t(i)].core->stats();
+    r.probesFailed += st.probesFailed;
+    r.refutations += st.refutations;
+    r.broadcastDuplicates += st.broadcastDuplicates;
+    r.grafts += st.grafts;
   }
   std::vector<std::string> missing;
   std::vector<uint32_t> lostIds;
@@ -950,11 +1211,41 @@ Result<SimResult> Sim::run() {
     if (!root.ok() || (first && *first != root.value())) r.rootsEqual = false;
     if (root.ok() && !first) first = root.value();
   }
+  if (o_.verbose) {
+    // Joins and crashes not known everywhere: who does not know.
+    auto unknownTo = [&](const Detection& d, bool join) {
+      std::string who;
+      for (const auto& n : nodes_) {
+        if (n.index == d.node || !n.up || !n.core || (!join && n.startedAt > d.at)) continue;
+        uint8_t v = n.view[size_t(d.node)];
+        bool fine = join ? v == uint8_t(gossip::PeerState::kAlive)
+                         : v == uint8_t(gossip::PeerState::kDead) ||
+                               v == uint8_t(gossip::PeerState::kLeft);
+        if (!fine) {
+          who += " " + n.id + "(" +
+                 (v == kUnknown ? "unknown" : gossip::peerStateName(gossip::PeerState(v))) + ")";
+        }
+      }
+      return who;
+    };
+    for (const auto& d : joins_) {
+      if (!d.done) {
+        std::fprintf(stderr, "  join of n%d at %.3fs not known to:%s\n", d.node,
+                     double(d.at) / 1e6, unknownTo(d, true).c_str());
+      }
+    }
+    for (const auto& d : detections_) {
+      if (!d.done) {
+        std::fprintf(stderr, "  crash of n%d at %.3fs not known to:%s\n", d.node,
+                     double(d.at) / 1e6, unknownTo(d, false).c_str());
+      }
+    }
+  }
   if (o_.verbose && !converged_) {
     // Each live node as it sees the others: where a run got stuck.
     for (int i : live) {
       Node& n = nodes_[size_t(i)];
-      int counts[3] = {0, 0, 0};
+      int counts[4] = {0, 0, 0, 0};
       std::string dead;
       for (const auto& m : n.core->members()) {
         ++counts[int(m.state)];
@@ -963,10 +1254,10 @@ Result<SimResult> Sim::run() {
       auto st = n.core->stats();
       auto root = n.store->root();
       std::fprintf(stderr,
-                   "  %s: %zu connections; peers alive %d, suspect %d, dead %d:%s; sessions "
+                   "  %s: %zu connections; peers alive %d, suspect %d, dead %d, left %d:%s; sessions "
                    "started %llu, completed %llu; states repaired %llu; %llu documents, root "
                    "%02x%02x%02x%02x\n",
-                   n.id.c_str(), n.conns.size(), counts[0], counts[1], counts[2], dead.c_str(),
+                   n.id.c_str(), n.conns.size(), counts[0], counts[1], counts[2], counts[3], dead.c_str(),
                    (unsigned long long)st.syncStarted, (unsigned long long)st.syncCompleted,
                    (unsigned long long)st.statesRepaired, (unsigned long long)n.store->documents(),
                    root.ok() ? root.value()[0] : 0, root.ok() ? root.value()[1] : 0,

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,10 @@
 #include "tools/sim/event-loop.h"
 #include "tools/sim/faults.h"
 #include "tools/sim/network.h"
+
+namespace chorus::gossip {
+struct CoreOptions;
+}
 
 namespace chorus::sim {
 
@@ -53,10 +58,21 @@ struct SimOptions {
   std::vector<uint64_t> replicaIds;
   Micros pollInterval = 100 * kMillis;  // membership views sampled this often
   Micros commitLatency = 0;             // a merge commits this long after it is handed over
-  // Core options
-  uint64_t heartbeatMillis = 200;
+  // Core options (the rest are CoreOptions' defaults, unless `tuneCore`
+  // changes them). Each core also gets its region's name, an incarnation
+  // (its start in simulated milliseconds + 1: it grows across restarts),
+  // rejoin = false, a seed from the run's, and its peers' addresses: the
+  // first three nodes' as seeds.
+  uint64_t probeIntervalMillis = 1000;
+  uint64_t gossipIntervalMillis = 200;
   uint64_t antiEntropyMillis = 1000;
-  size_t pushFanout = 8;
+  uint64_t crossRegionAntiEntropyMillis = 10'000;
+  size_t maxConnections = 32;
+  bool eagerPush = true;  // false: deltas are only announced (Plumtree's lazy path)
+  // Last word on every core's options (tests: repair-path-only cores...).
+  std::function<void(gossip::CoreOptions&)> tuneCore;
+  // A leaving node runs until its core's leaveDone(), at most this long, then stops.
+  Micros leaveTimeout = 5 * kSeconds;
   bool verbose = false;  // faults and progress on stderr
 };
 
@@ -71,17 +87,55 @@ struct SimResult {
   uint64_t frames = 0;
   uint64_t writes = 0, reads = 0, staleReads = 0;
   double writeToAllP50Ms = -1, writeToAllP99Ms = -1, writeToAllMaxMs = -1;
-  double healConvergeS = -1;              // after the final heal; -1 = did not converge in `settle`
-  double bytesPerNodePerS = 0;            // everything sent, workload window
-  double membershipBytesPerNodePerS = 0;  // hello, heartbeat, ack frames
-  double bytesPerWrite = 0;               // delta and reconcile frames per write
-  double crossRegionBytesPerWrite = 0;
-  double detectDeadS = -1;  // crash or leave -> every live node sees it dead (mean); -1 = none
+  double healConvergeS = -1;  // after the final heal; -1 = did not converge in `settle`
+  // Bytes are frames on the wire (body + the 72-byte seal), sent in the
+  // workload window unless said otherwise. Frame kinds: membership (hello,
+  // ping, ack, nack, pingReq, gossip, pushPull, pushPullReply),
+  // dissemination (broadcast, ihave, graft, prune), repair (reconcile).
+  double bytesPerNodePerS = 0;            // everything sent, per node started at 0
+  double membershipBytesPerNodePerS = 0;  // of which membership frames
+  double disseminationBytesPerNodePerS = 0;
+  double bytesPerWrite = 0;  // dissemination and repair frames per write acknowledged in the window
+  double crossRegionBytesPerWrite = 0;  // ... of which between regions
+  // Connections open at a node whose hello went both ways (the simulator's
+  // own count, not the core's): the maximum any node had at any time of
+  // the run, and the mean over running nodes (sampled at each poll in the
+  // window).
+  uint64_t maxConnectionsPerNode = 0;
+  double meanConnectionsPerNode = 0;
+  // The cores' own count (ClusterStats::connections), sampled at each poll:
+  // the largest.
+  uint64_t maxCoreConnectionsPerNode = 0;
+  double deltaBytesMean = 0;  // encoded delta of a write published in the window
+  // Dissemination frames delivered to a running node, per write, per
+  // running node (mean over the polls in the window); and its ratio to
+  // deltaBytesMean.
+  double receivedDisseminationBytesPerWritePerNode = 0;
+  double receiveRatio = 0;
+  // Dissemination and repair frames delivered between the two regions of a
+  // pair (either way), per write: the largest pair; and its ratio to
+  // deltaBytesMean. 0 with one region.
+  double crossRegionDisseminationBytesPerWrite = 0;
+  double regionPairRatioMax = 0;
+  // Crash or leave -> every running node that started before it sees it
+  // dead or left (mean, max); -1 = none.
+  double detectDeadS = -1, detectDeadMaxS = -1;
   uint64_t crashesDetected = 0, crashesUndetected = 0;
-  uint64_t suspicions = 0;           // a peer went alive -> suspect or dead in a view
-  uint64_t wronglyDeclaredDead = 0;  // ... -> dead while up and able to reach the viewer
+  // A joined node (--joins, --join-burst) -> every running node lists it
+  // alive: max over joiners; -1 = none joined or not all known by the end.
+  double joinKnownS = -1;
+  uint64_t joinsKnown = 0, joinsUnknown = 0;
+  // A leave -> every running node lists the leaver left: max; -1 = none.
+  double leaveKnownS = -1;
+  uint64_t suspicions = 0;  // a peer went alive -> suspect, dead or left in a view
+  // ... -> dead (not suspect) while it and the viewer were up, unpaused and
+  // not partitioned from each other for longer than the detector needs
+  // (see wrongDeadQuiet in simulation.cpp).
+  uint64_t wronglyDeclaredDead = 0;
+  // The live cores' counters at the end (a restarted core starts at 0).
+  uint64_t probesFailed = 0, refutations = 0, broadcastDuplicates = 0, grafts = 0;
   uint64_t lost = 0;                 // acknowledged writes missing on a live node at the end
-  uint64_t lostWithLeaver = 0;       // of which acknowledged by a node that later left for good
+  uint64_t lostWithLeaver = 0;       // of which acknowledged by a node that later left
   bool rootsEqual = false;
   uint64_t refusedStamps = 0;         // merges refused for clock drift
   std::vector<std::string> problems;  // what failed, for humans
