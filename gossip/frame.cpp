@@ -87,6 +87,7 @@ void validate(wire::Frame::Reader root) {
     case wire::Frame::BROADCAST:
       for (auto b : root.getBroadcast()) {
         (void)b.getScope();
+        (void)b.getOrigin();
         (void)b.getData().size();
       }
       break;
@@ -95,6 +96,9 @@ void validate(wire::Frame::Reader root) {
       break;
     case wire::Frame::GRAFT:
       (void)root.getGraft().size();
+      break;
+    case wire::Frame::PRUNE:
+      for (auto o : root.getPrune()) (void)o;
       break;
     case wire::Frame::RECONCILE:
       (void)root.getReconcile().size();

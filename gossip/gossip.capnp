@@ -50,6 +50,7 @@ struct Broadcast {
   round @1 :UInt16;         # hops so far
   scope @2 :Text;           # empty: everyone; else only this region
   data @3 :Data;            # crdt/state.capnp encoding
+  origin @4 :Text;          # the node that started it: each origin has its own tree
 }
 
 struct Frame {
@@ -75,13 +76,14 @@ struct Frame {
     # `pushPullReply`.
     pushPull @9 :List(Member);
     pushPullReply @10 :List(Member);
-    # Plumtree: deltas pushed eagerly along the tree; ids announced lazily
-    # elsewhere; `graft` asks for ids missed (and puts the link in the
-    # tree), `prune` takes the link out of the tree.
+    # Plumtree: deltas pushed eagerly along the tree of their origin; ids
+    # announced lazily elsewhere; `graft` asks for ids missed (and puts the
+    # link in their origins' trees), `prune` takes the link out of the
+    # named origins' trees.
     broadcast @11 :List(Broadcast);
     ihave @12 :List(UInt64);
     graft @13 :List(UInt64);
-    prune @14 :Void;
+    prune @14 :List(Text);
     # One anti-entropy message (gossip/reconcile.capnp), answered on the
     # same connection.
     reconcile @15 :Data;

@@ -658,9 +658,14 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
       case wire::Frame::GRAFT:
         handleGraft(now, id, root.getGraft());
         return;
-      case wire::Frame::PRUNE:
-        c.eager = false;
+      case wire::Frame::PRUNE: {
+        size_t k = 0;
+        for (auto o : root.getPrune()) {
+          if (++k > kMaxMembers || !validToken(o)) break;
+          setLazy(str(o), from, true);
+        }
         return;
+      }
       case wire::Frame::RECONCILE:
         handleReconcile(now, id, from, root.getReconcile(), wireBytes);
         return;
@@ -1211,13 +1216,16 @@ void ReplicationCore::maintainView(uint64_t now) {
   // Bridges: this node's partner in each other region, if it is one of its
   // region's bridges towards that region.
   std::set<std::string> partners;
+  primaryPartners_.clear();
   for (const auto& r : regions) {
     auto mine = bridgesOf(options_.region, r);
     auto it = std::find(mine.begin(), mine.end(), options_.nodeId);
     if (it == mine.end()) continue;
     auto theirs = bridgesOf(r, options_.region);
     if (theirs.empty()) continue;
-    partners.insert(theirs[size_t(it - mine.begin()) % theirs.size()]);
+    size_t rank = size_t(it - mine.begin());
+    partners.insert(theirs[rank % theirs.size()]);
+    if (rank == 0) primaryPartners_.insert(theirs[0]);
   }
   size_t inRegion = 0, active = 0;
   std::set<std::string> linked;
@@ -1276,6 +1284,7 @@ void ReplicationCore::publish(uint64_t now, std::vector<std::string> encoded) {
     uint64_t id = rng_();
     Cached c;
     c.data = std::make_shared<const std::string>(std::move(e));
+    c.origin = options_.nodeId;
     c.at = now;
     seen_[id] = now;
     seenOrder_.emplace_back(now, id);
@@ -1294,6 +1303,7 @@ void ReplicationCore::publish(uint64_t now, std::vector<std::string> encoded) {
 void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const std::string& except) {
   (void)now;
   if (items.empty()) return;
+  // All items share their scope and origin (callers group them).
   const std::string& scope = items.front().scope;
   std::vector<ConnId> eager;
   std::set<std::string> reached;
@@ -1304,11 +1314,12 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
       auto m = members_.find(c.peerId);
       if (m == members_.end() || m->second.region != scope) continue;
     }
-    if (c.eager && options_.eagerPush && c.queuedBytes < options_.maxQueuedBytesPerPeer) {
+    bool eagerLink = options_.eagerPush && !lazyLink(items.front().origin, c.peerId);
+    if (eagerLink && c.queuedBytes < options_.maxQueuedBytesPerPeer) {
       eager.push_back(id);
     } else {
       for (const auto& item : items) c.lazy.push_back(item.at);
-      if (!c.eager || !options_.eagerPush) continue;
+      if (!eagerLink) continue;
       stats_.deltasDropped += items.size();  // queue full: announced instead
     }
   }
@@ -1326,6 +1337,7 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
       auto b = list[unsigned(i - begin)];
       b.setId(items[i].at);
       b.setRound(items[i].round);
+      b.setOrigin(items[i].origin);
       if (!items[i].scope.empty()) b.setScope(items[i].scope);
       b.setData(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(items[i].data->data()),
                                     items[i].data->size()));
@@ -1344,11 +1356,14 @@ void ReplicationCore::handleBroadcast(uint64_t now, ConnId id, const std::string
   std::vector<crdt::ReviewDoc> states;
   std::vector<int64_t> sizes;
   uint64_t duplicates = 0, dropped = 0;
+  std::set<std::string> dupOrigins;
   int64_t merging = deltaBytesMerging_;
   for (auto b : list) {
     uint64_t bid = b.getId();
+    if (!validToken(b.getOrigin())) continue;
     if (seen_.count(bid)) {
       ++duplicates;
+      dupOrigins.insert(str(b.getOrigin()));
       continue;
     }
     seen_[bid] = now;
@@ -1359,6 +1374,9 @@ void ReplicationCore::handleBroadcast(uint64_t now, ConnId id, const std::string
     c.data = std::make_shared<const std::string>(reinterpret_cast<const char*>(data.begin()),
                                                  data.size());
     c.scope = b.getScope().size() <= 64 ? str(b.getScope()) : std::string();
+    c.origin = str(b.getOrigin());
+    // Pushed to us: the link is in this origin's tree on both ends.
+    setLazy(c.origin, from, false);
     c.round = uint16_t(std::min<unsigned>(b.getRound() + 1u, 65535u));
     c.at = now;
     cacheBytes_ += c.data->size();
@@ -1388,22 +1406,29 @@ void ReplicationCore::handleBroadcast(uint64_t now, ConnId id, const std::string
     stats_.broadcastDuplicates += duplicates;
     // Plumtree: a second copy means this link is redundant in the tree.
     auto it = conns_.find(id);
-    if (it != conns_.end() && it->second.active && it->second.eager && forward.empty()) {
-      it->second.eager = false;
-      send(id, frame([](wire::Frame::Builder& f) { f.setPrune(); }));
+    std::vector<std::string> prune;
+    for (const auto& o : dupOrigins) {
+      if (setLazy(o, from, true)) prune.push_back(o);
+    }
+    if (it != conns_.end() && it->second.active && !prune.empty()) {
+      send(id, frame([&](wire::Frame::Builder& f) {
+             auto list = f.initPrune(unsigned(prune.size()));
+             for (size_t i = 0; i < prune.size(); ++i) list.set(unsigned(i), prune[i]);
+           }));
     }
   }
   if (!states.empty()) {
     deltaBytesMerging_ = merging;
     mergeStates(from, std::move(states), std::move(sizes));
   }
-  // Forward, grouped by scope.
+  // Forward, grouped by scope and origin.
+  auto group = [](const Cached& a) { return std::tie(a.scope, a.origin); };
   std::stable_sort(forward.begin(), forward.end(),
-                   [](const Cached& a, const Cached& b) { return a.scope < b.scope; });
+                   [&](const Cached& a, const Cached& b) { return group(a) < group(b); });
   size_t begin = 0;
   while (begin < forward.size()) {
     size_t end = begin;
-    while (end < forward.size() && forward[end].scope == forward[begin].scope) ++end;
+    while (end < forward.size() && group(forward[end]) == group(forward[begin])) ++end;
     broadcast(now, std::vector<Cached>(forward.begin() + long(begin), forward.begin() + long(end)),
               from);
     begin = end;
@@ -1456,7 +1481,8 @@ void ReplicationCore::graftMissing(uint64_t now) {
   for (auto& [peer, ids] : grafts) {
     ConnId c = connTo(peer);
     if (!c) continue;
-    conns_.at(c).eager = true;  // into the tree
+
+    // (The link joins the deltas' trees when they arrive: handleBroadcast.)
     stats_.grafts += ids.size();
     send(c, frame([&](wire::Frame::Builder& f) {
            auto list = f.initGraft(unsigned(ids.size()));
@@ -1469,7 +1495,6 @@ void ReplicationCore::handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>
   (void)now;
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
-  it->second.eager = true;
   std::vector<Cached> items;
   size_t n = 0;
   for (uint64_t bid : ids) {
@@ -1478,6 +1503,7 @@ void ReplicationCore::handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>
     if (c == cache_.end()) continue;
     Cached item = c->second;
     item.at = bid;
+    setLazy(item.origin, it->second.peerId, false);  // into this origin's tree
     items.push_back(std::move(item));
   }
   if (items.empty()) return;
@@ -1487,6 +1513,7 @@ void ReplicationCore::handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>
     auto b = list[unsigned(i)];
     b.setId(items[i].at);
     b.setRound(items[i].round);
+    b.setOrigin(items[i].origin);
     if (!items[i].scope.empty()) b.setScope(items[i].scope);
     b.setData(capnp::Data::Reader(reinterpret_cast<const uint8_t*>(items[i].data->data()),
                                   items[i].data->size()));
@@ -1599,6 +1626,7 @@ void ReplicationCore::handleReconcile(uint64_t now, ConnId id, const std::string
         Cached c;
         c.data = std::make_shared<const std::string>(doc.encode());
         c.scope = options_.region;
+        c.origin = options_.nodeId;
         c.at = now;
         seen_[bid] = now;
         seenOrder_.emplace_back(now, bid);
@@ -1775,6 +1803,60 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
     if (sessionMore_) syncAgain_ = peerId;
     sessionMore_ = false;
   }
+}
+
+}  // namespace chorus::gossip
+
+namespace chorus::gossip {
+
+uint32_t ReplicationCore::intern(const std::string& id) {
+  auto [it, fresh] = interned_.try_emplace(id, uint32_t(interned_.size()));
+  return it->second;
+}
+
+// A new origin's tree: every partial-view link in this region is eager
+// (duplicates prune it to a tree), but across regions only the link to
+// this node's first-ranked bridge partner, and only for origins of this
+// region: a write enters each other region once, through its origin
+// region's bridges, and the other links only announce it.
+std::vector<uint32_t>& ReplicationCore::tree(const std::string& origin) {
+  uint32_t o = intern(origin);
+  auto [it, fresh] = lazy_.try_emplace(o);
+  if (!fresh) return it->second;
+  std::string originRegion = options_.region;
+  if (origin != options_.nodeId) {
+    auto m = members_.find(origin);
+    originRegion = m != members_.end() ? m->second.region : std::string();
+  }
+  for (const auto& [id, c] : conns_) {
+    if (!c.active) continue;
+    auto m = members_.find(c.peerId);
+    if (m == members_.end() || m->second.region == options_.region) continue;
+    if (originRegion == options_.region && primaryPartners_.count(c.peerId)) continue;
+    uint32_t p = intern(c.peerId);
+    if (std::find(it->second.begin(), it->second.end(), p) == it->second.end()) {
+      it->second.push_back(p);
+    }
+  }
+  return it->second;
+}
+
+bool ReplicationCore::setLazy(const std::string& origin, const std::string& peer, bool lazy) {
+  auto& set = tree(origin);
+  uint32_t p = intern(peer);
+  auto it = std::find(set.begin(), set.end(), p);
+  if (lazy == (it != set.end())) return false;
+  if (lazy) {
+    set.push_back(p);
+  } else {
+    set.erase(it);
+  }
+  return true;
+}
+
+bool ReplicationCore::lazyLink(const std::string& origin, const std::string& peer) {
+  auto& set = tree(origin);
+  return std::find(set.begin(), set.end(), intern(peer)) != set.end();
 }
 
 }  // namespace chorus::gossip

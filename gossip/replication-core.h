@@ -276,7 +276,6 @@ class ReplicationCore {
     bool helloReceived = false;
     bool wantActive = false;  // dialled for the partial view
     bool active = false;      // in the partial view (both sides agreed)
-    bool eager = true;        // Plumtree: deltas pushed here (else announced)
     bool seed = false;        // dialled to join through a seed address
     uint64_t queuedBytes = 0;
     uint64_t queuedDeltas = 0;
@@ -307,6 +306,7 @@ class ReplicationCore {
   struct Cached {
     std::shared_ptr<const std::string> data;  // the encoded delta
     std::string scope;
+    std::string origin;
     uint16_t round = 0;
     uint64_t at = 0;
   };
@@ -322,6 +322,11 @@ class ReplicationCore {
                        capnp::List<wire::Broadcast>::Reader list);
   void handleIhave(uint64_t now, const std::string& from, capnp::List<uint64_t>::Reader ids);
   void handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>::Reader ids);
+  bool lazyLink(const std::string& origin, const std::string& peer);
+  // Marks the link to `peer` lazy (else eager) in `origin`'s tree; whether it changed.
+  bool setLazy(const std::string& origin, const std::string& peer, bool lazy);
+  std::vector<uint32_t>& tree(const std::string& origin);
+  uint32_t intern(const std::string& id);
   void handleReconcile(uint64_t now, ConnId id, const std::string& from, capnp::Data::Reader data,
                        size_t bytes);
   void handlePing(uint64_t now, ConnId id, const std::string& from, wire::Probe::Reader p);
@@ -424,6 +429,12 @@ class ReplicationCore {
   bool viewDirty_ = true;
 
   // broadcast
+  // Plumtree, per origin: the peers its deltas are announced to, not pushed to.
+  // Origins and peers by interned index (thousands of origins, a few
+  // peers each: no string sets).
+  std::unordered_map<uint32_t, std::vector<uint32_t>> lazy_;
+  std::unordered_map<std::string, uint32_t> interned_;
+  std::set<std::string> primaryPartners_;  // cross-region links eager for new origins of this region
   std::unordered_map<uint64_t, uint64_t> seen_;  // id -> when
   std::deque<std::pair<uint64_t, uint64_t>> seenOrder_;
   std::map<uint64_t, Cached> cache_;
