@@ -14,7 +14,8 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 2;  # 2: authenticate, Admin.keys, unauthenticated
+const apiVersion :UInt32 = 3;  # 2: authenticate, Admin.keys, unauthenticated;
+                               # 3: Admin.leave/remove, regions, member state `left`
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -140,12 +141,14 @@ struct NodeStatus {
   merkleRoot @6 :Data;           # 16 bytes
   stats @7 :StoreStats;
   gossipAddress @8 :Text;        # empty when the node runs without a cluster
+  region @9 :Text;               # its region (chorusd --region); empty without a cluster
 }
 
 enum PeerState {
   alive @0;
-  suspect @1;
+  suspect @1;                    # a probe failed; it has a while to refute
   dead @2;
+  left @3;                       # it left, or an administrator removed it: for good
 }
 
 # A peer as the answering node sees it.
@@ -157,7 +160,10 @@ struct ClusterMember {
   partitioned @4 :Bool;          # traffic to and from it dropped by `partition`
   lastSyncUnixMillis @5 :UInt64; # last completed anti-entropy session; 0 = never
   pendingDeltas @6 :UInt64;      # queued for it, not yet sent
-  phi @7 :Float64;               # failure detector suspicion
+  obsoletePhi @7 :Float64;       # unused since gossip protocol v2 (SWIM has no phi): never set
+  region @8 :Text;
+  incarnation @9 :UInt64;        # its SWIM incarnation: bumped when it refutes a suspicion
+  active @10 :Bool;              # in the answering node's partial view (a broadcast link)
 }
 
 # Replication counters of one node since it started.
@@ -179,6 +185,15 @@ struct GossipStats {
   authFailures @14 :UInt64;      # frames failing the cluster key check (wrong key, tampered)
   replaysRefused @15 :UInt64;    # authentic frames replayed or reordered, refused
   statesRefused @16 :UInt64;     # well-formed states from peers this node's API rules refuse
+  connections @17 :UInt64;       # with peers (hello done), now
+  activePeers @18 :UInt64;       # in the partial view, now
+  probes @19 :UInt64;            # direct probes sent
+  probesFailed @20 :UInt64;      # unanswered, direct and indirect: the member became suspect
+  refutations @21 :UInt64;       # suspicions of this node it refuted
+  broadcastDuplicates @22 :UInt64;  # deltas received again
+  grafts @23 :UInt64;            # deltas fetched after an announcement alone
+  pushPulls @24 :UInt64;         # full member-list exchanges started
+  versionRefused @25 :UInt64;    # frames of another gossip protocol version
 }
 
 # One node's view of the cluster.
@@ -193,6 +208,9 @@ struct ClusterView {
   members @7 :List(ClusterMember);  # its peers, without itself; by id
   stats @8 :GossipStats;
   nowUnixMillis @9 :UInt64;      # this node's wall clock, for lastSyncUnixMillis
+  region @10 :Text;              # this node's region
+  state @11 :PeerState;          # this node's own: alive, or left (it left, or was removed)
+  removed @12 :Bool;             # another node removed this one (state is then left)
 }
 
 interface Admin {
@@ -215,6 +233,20 @@ interface Admin {
   # fingerprint) as primary, or `remove` one. Answers the key list after the
   # change; keys are never sent back, only their fingerprints.
   keys @4 (op :KeyOp, key :Text) -> (error :Error, keys :List(ClusterKey));
+
+  # Takes the answering node out of the cluster for good: it tells its
+  # peers, waits up to `timeoutMillis` (0 = 10 s, at most 300000) until a
+  # peer holds all its data, then gossips no more and refuses writes
+  # (unavailable); stop it afterwards. unavailable if no peer was reached in
+  # time (the announcement may still spread: the node stays out), or a
+  # leave is already running. Start it with --rejoin to join again.
+  leave @5 (timeoutMillis :UInt32) -> (error :Error);
+  # Declares the member `node` gone for good (a dead node that will not
+  # return as it is): every node marks it left and stops dialling it; it is
+  # refused if it comes back, until restarted with --rejoin. notFound if the
+  # answering node does not know it; invalidArgument (field "node") for an
+  # empty or oversized id, or the answering node itself (use leave).
+  remove @6 (node :Text) -> (error :Error);
 }
 
 enum KeyOp {

@@ -32,19 +32,22 @@ struct Client::Impl {
     }
   }
 
-  // Waits for `promise`, bounded by options.timeout.
+  // Waits for `promise`, bounded by options.timeout (or `limit`).
   template <typename T>
   Result<T> wait(kj::Promise<T>&& promise) {
+    return wait(kj::mv(promise), options.timeout);
+  }
+  template <typename T>
+  Result<T> wait(kj::Promise<T>&& promise, std::chrono::milliseconds limit) {
     try {
-      auto bounded = io.provider->getTimer().timeoutAfter(
-          kj::MILLISECONDS * options.timeout.count(), kj::mv(promise));
+      auto bounded = io.provider->getTimer().timeoutAfter(kj::MILLISECONDS * limit.count(),
+                                                          kj::mv(promise));
       return bounded.wait(io.waitScope);
     } catch (kj::Exception& e) {
       if (e.getType() == kj::Exception::Type::OVERLOADED &&
           std::string(e.getDescription().cStr()).find("timed out") != std::string::npos) {
         return makeError(ErrorCode::kUnavailable, "no answer from " + address + " within " +
-                                                      std::to_string(options.timeout.count()) +
-                                                      " ms");
+                                                      std::to_string(limit.count()) + " ms");
       }
       return transportError(e);
     }
@@ -283,6 +286,27 @@ Result<std::vector<gossip::KeyInfo>> Client::keys(KeyOp op, const std::string& k
     keys.push_back(std::move(info));
   }
   return keys;
+}
+
+Status Client::leave(std::chrono::milliseconds timeout) {
+  if (timeout.count() < 1 || timeout > std::chrono::minutes(5)) {
+    return makeError(ErrorCode::kInvalidArgument, "timeout: must be between 1 ms and 5 min");
+  }
+  auto q = impl_->admin.leaveRequest();
+  q.setTimeoutMillis(static_cast<uint32_t>(timeout.count()));
+  auto response = impl_->wait(q.send(), timeout + std::chrono::seconds(5));
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return okStatus();
+}
+
+Status Client::remove(const std::string& node) {
+  auto q = impl_->admin.removeRequest();
+  q.setNode(node);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return okStatus();
 }
 
 namespace {

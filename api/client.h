@@ -64,6 +64,12 @@ class Client {
   // `key` is a base64 key (kInstall, kUse, kRemove) or a fingerprint (kUse,
   // kRemove), ignored by kList.
   Result<std::vector<gossip::KeyInfo>> keys(KeyOp op, const std::string& key = {});
+  // Admin.leave: the node leaves the cluster, waiting up to `timeout` (1 ms
+  // to 5 min) for a peer to hold its data. This call waits that long plus
+  // 5 s, whatever Options::timeout says.
+  Status leave(std::chrono::milliseconds timeout);
+  // Admin.remove: the node declares member `node` gone for good.
+  Status remove(const std::string& node);
 
   // Whom the node serves this client as, from authenticate: the principal
   // and its role names; empty without a token, and the principal is empty

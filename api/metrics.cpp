@@ -2,6 +2,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <iterator>
 #include <cstring>
 
 namespace chorus::api {
@@ -23,7 +24,8 @@ const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
       "put",       "erase", "vote",    "unvote",       "tag",      "untag",   "moderate",
       "reply",     "get",   "list",    "summary",      "byAuthor", "watch",   "status",
-      "partition", "heal",  "cluster", "authenticate", "keys",     "reviews", "admin"};
+      "partition", "heal",  "cluster", "authenticate", "keys",     "leave",   "remove",
+      "reviews",   "admin"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -137,7 +139,7 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
 
 std::string Metrics::renderCluster(const gossip::ClusterStats& s,
                                    const std::vector<gossip::MemberInfo>& members,
-                                   uint64_t mergesRefused) {
+                                   uint64_t mergesRefused, const std::string& region) {
   std::string out;
   auto family = [&](const char* name, const char* help, const char* type) {
     appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -158,7 +160,7 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
          "counter");
   sample("chorus_gossip_partition_dropped_frames_total", "", s.partitionDropped);
   family("chorus_gossip_connections_refused_total",
-         "Inbound gossip connections closed by a bound: past 256 after hello, or strangers "
+         "Inbound gossip connections closed by a bound: past the cap after hello, or strangers "
          "(no hello yet) evicted past 64 (8 per address) or closed at their 5 s deadline.",
          "counter");
   sample("chorus_gossip_connections_refused_total", "", s.connectionsRefused);
@@ -189,21 +191,50 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_merges_refused_total",
          "States from peers the store refused (e.g. clock drift).", "counter");
   sample("chorus_gossip_merges_refused_total", "", mergesRefused);
-  uint64_t byState[3] = {0, 0, 0};
+  family("chorus_gossip_connections", "Gossip connections with peers (hello done), now.",
+         "gauge");
+  sample("chorus_gossip_connections", "", s.connections);
+  family("chorus_gossip_active_peers",
+         "Peers in this node's partial view (its broadcast links), now.", "gauge");
+  sample("chorus_gossip_active_peers", "", s.activePeers);
+  family("chorus_gossip_probes_total", "Direct SWIM probes sent.", "counter");
+  sample("chorus_gossip_probes_total", "", s.probes);
+  family("chorus_gossip_probes_failed_total",
+         "Probes unanswered, directly and through others: the member became suspect.",
+         "counter");
+  sample("chorus_gossip_probes_failed_total", "", s.probesFailed);
+  family("chorus_gossip_refutations_total", "Suspicions of this node that it refuted.",
+         "counter");
+  sample("chorus_gossip_refutations_total", "", s.refutations);
+  family("chorus_gossip_broadcast_duplicates_total",
+         "Broadcast deltas received again (each prunes a tree link).", "counter");
+  sample("chorus_gossip_broadcast_duplicates_total", "", s.broadcastDuplicates);
+  family("chorus_gossip_grafts_total", "Deltas fetched after an announcement alone.", "counter");
+  sample("chorus_gossip_grafts_total", "", s.grafts);
+  family("chorus_gossip_push_pulls_total", "Full member-list exchanges started.", "counter");
+  sample("chorus_gossip_push_pulls_total", "", s.pushPulls);
+  family("chorus_gossip_version_refused_total",
+         "Gossip frames refused for another protocol version.", "counter");
+  sample("chorus_gossip_version_refused_total", "", s.versionRefused);
+  constexpr gossip::PeerState kStates[] = {gossip::PeerState::kAlive, gossip::PeerState::kSuspect,
+                                           gossip::PeerState::kDead, gossip::PeerState::kLeft};
+  uint64_t byState[std::size(kStates)] = {};
   uint64_t partitioned = 0;
   for (const auto& m : members) {
-    ++byState[static_cast<int>(m.state)];
+    for (size_t i = 0; i < std::size(kStates); ++i) byState[i] += m.state == kStates[i];
     if (m.partitioned) ++partitioned;
   }
-  family("chorus_gossip_members", "Peers, by failure-detector state.", "gauge");
-  for (auto state :
-       {gossip::PeerState::kAlive, gossip::PeerState::kSuspect, gossip::PeerState::kDead}) {
-    appendf(out, "chorus_gossip_members{state=\"%s\"} %" PRIu64 "\n", gossip::peerStateName(state),
-            byState[static_cast<int>(state)]);
+  family("chorus_gossip_members", "Peers this node knows, by membership state.", "gauge");
+  for (size_t i = 0; i < std::size(kStates); ++i) {
+    appendf(out, "chorus_gossip_members{state=\"%s\"} %" PRIu64 "\n",
+            gossip::peerStateName(kStates[i]), byState[i]);
   }
   family("chorus_gossip_partitioned_members", "Peers whose traffic is dropped by a partition.",
          "gauge");
   sample("chorus_gossip_partitioned_members", "", partitioned);
+  // The region is checked (api::checkRegion): no quote or backslash to escape.
+  family("chorus_gossip_region_info", "This node's region, as a label; always 1.", "gauge");
+  appendf(out, "chorus_gossip_region_info{region=\"%s\"} 1\n", region.c_str());
   return out;
 }
 

@@ -36,6 +36,8 @@ class Metrics {
     kCluster,
     kAuthenticate,
     kKeys,
+    kLeave,
+    kRemove,
     kReviews,  // Chorus.reviews and Chorus.admin (the bootstrap's)
     kAdmin,
     kMethodCount
@@ -84,10 +86,11 @@ class Metrics {
 
   // Prometheus text exposition format 0.0.4.
   std::string render(const storage::StoreStats& stats, uint64_t uptimeMillis) const;
-  // The replication part, appended on a node that runs a cluster.
+  // The replication part, appended on a node that runs a cluster; `region`
+  // is this node's.
   static std::string renderCluster(const gossip::ClusterStats& stats,
                                    const std::vector<gossip::MemberInfo>& members,
-                                   uint64_t mergesRefused);
+                                   uint64_t mergesRefused, const std::string& region);
 
   uint64_t calls(Method m) const { return methods_[m].calls.load(); }
   uint64_t errors(Method m) const { return methods_[m].errors.load(); }

@@ -98,6 +98,9 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     return makeError(ErrorCode::kInvalidArgument,
                      "metrics address: needs an RPC listen address too");
   }
+  if (!options.cluster.listen.empty()) {
+    if (auto bad = api::checkRegion(options.cluster.region)) return bad->toError();
+  }
   std::optional<api::TokenTable> tokens;
   if (!options.listen.empty()) {
     if (options.rpc.noAuth && !options.rpc.tokensFile.empty()) {
@@ -172,8 +175,9 @@ Status Node::startCluster() {
   std::unique_lock lock(clusterMutex_);
   cluster_ = std::move(cluster).value();
   clusterLive_ = cluster_.get();
-  api::logf(api::LogLevel::kInfo, "gossip: node %s on %s, %zu seed(s)", options_.nodeId.c_str(),
-            cluster_->address().c_str(), options_.cluster.seeds.size());
+  api::logf(api::LogLevel::kInfo, "gossip: node %s in region %s on %s, %zu seed(s)%s",
+            options_.nodeId.c_str(), cluster_->region().c_str(), cluster_->address().c_str(),
+            options_.cluster.seeds.size(), options_.cluster.rejoin ? ", rejoining" : "");
   return okStatus();
 }
 
@@ -224,9 +228,17 @@ void Node::shutdown() {
   // No write callback runs any more, so nobody reads clusterLive_.
   clusterLive_ = nullptr;
   {
-    std::unique_lock lock(clusterMutex_);
+    std::unique_lock lock(clusterMutex_);  // after a synchronous leave() returned
     cluster_.reset();
   }
+  // An asynchronous leave's thread: it finds no cluster now, or has
+  // finished; its callback may still post to rpc_, so before rpc_ goes.
+  std::thread leaver;
+  {
+    std::lock_guard lock(leaveMutex_);
+    leaver = std::move(leaveThread_);
+  }
+  if (leaver.joinable()) leaver.join();
   {
     // Merges the store still commits must not reach RPC watchers once the
     // RPC server is gone.
@@ -267,6 +279,12 @@ void Node::write(WriteRequest request, WriteDone done) {
     if (closing_) {
       done(makeError(ErrorCode::kUnavailable,
                      "node is shutting down; retry on another node or after restart"));
+      return;
+    }
+    // Not closing, so the cluster (if any) is still there.
+    gossip::Cluster* cluster = clusterLive_.load();
+    if (left_.load() || (cluster != nullptr && cluster->removed())) {
+      done(outOfClusterError());
       return;
     }
     ++writesInFlight_;
@@ -420,7 +438,10 @@ Result<NodeStatus> Node::status() {
   if (!root.ok()) return root.error();
   s.merkleRoot = *root;
   std::shared_lock lock(clusterMutex_);
-  if (cluster_) s.gossipAddress = cluster_->address();
+  if (cluster_) {
+    s.gossipAddress = cluster_->address();
+    s.region = cluster_->region();
+  }
   return s;
 }
 
@@ -429,6 +450,20 @@ Error Node::noCluster() const {
                    "node '" + options_.nodeId +
                        "' runs without a cluster: start chorusd with --gossip-listen "
                        "(embedded: set Node::Options::cluster.listen)");
+}
+
+Error Node::outOfClusterError() const {
+  return makeError(ErrorCode::kUnavailable,
+                   "node '" + options_.nodeId +
+                       "' is out of the cluster (it left, or was removed), so its writes would "
+                       "never reach the other nodes; write to another node (restart it with "
+                       "--rejoin to join again)");
+}
+
+bool Node::outOfCluster() {
+  if (left_.load()) return true;
+  std::shared_lock lock(clusterMutex_);
+  return cluster_ && cluster_->removed();
 }
 
 Result<ClusterView> Node::clusterView() {
@@ -442,6 +477,9 @@ Result<ClusterView> Node::clusterView() {
     v.partitioned = cluster_->partitioned();
     v.members = cluster_->members();
     v.stats = cluster_->stats();
+    v.region = cluster_->region();
+    v.removed = cluster_->removed();
+    v.state = v.removed || left_.load() ? gossip::PeerState::kLeft : gossip::PeerState::kAlive;
   }
   storage::StoreStats stats = store_->stats();
   v.keyCount = stats.documents;
@@ -498,6 +536,104 @@ Result<std::vector<gossip::KeyInfo>> Node::keys(api::KeyOp op, const std::string
               keys.empty() ? "none" : keys.front().fingerprint.c_str());
   }
   return keys;
+}
+
+namespace {
+constexpr std::chrono::milliseconds kMaxLeaveTimeout = std::chrono::minutes(5);
+}  // namespace
+
+Status Node::leaveNow(std::chrono::milliseconds timeout) {
+  if (timeout < std::chrono::milliseconds(1) || timeout > kMaxLeaveTimeout) {
+    return makeError(ErrorCode::kInvalidArgument, "timeout: must be between 1 ms and 5 min");
+  }
+  std::shared_lock lock(clusterMutex_);
+  if (!cluster_ || closing_.load()) return noCluster();
+  if (cluster_->removed()) {
+    return makeError(ErrorCode::kUnavailable, "node '" + options_.nodeId +
+                                                  "' was removed from the cluster by another "
+                                                  "node; it gossips no more");
+  }
+  api::logf(api::LogLevel::kInfo, "gossip: leaving the cluster on request (up to %lld ms)",
+            static_cast<long long>(timeout.count()));
+  Status s = cluster_->leave(timeout);
+  // Whatever the answer, the announcement may be out: writes here would
+  // not reach the others.
+  left_ = true;
+  if (s.ok()) {
+    api::logf(api::LogLevel::kInfo,
+              "gossip: left the cluster; a peer holds this node's data; writes are refused, "
+              "stop the node");
+  } else {
+    api::logf(api::LogLevel::kWarn,
+              "gossip: leaving: %s; writes are refused (peers may have learnt that this node "
+              "left); stop it, or restart it with --rejoin to stay",
+              s.error().toString().c_str());
+  }
+  return s;
+}
+
+Status Node::leave(std::chrono::milliseconds timeout) {
+  {
+    std::lock_guard lock(leaveMutex_);
+    if (leaving_) {
+      return makeError(ErrorCode::kUnavailable,
+                       "node '" + options_.nodeId + "' is already leaving the cluster");
+    }
+    leaving_ = true;
+  }
+  Status s = leaveNow(timeout);
+  std::lock_guard lock(leaveMutex_);
+  leaving_ = false;
+  return s;
+}
+
+void Node::leave(std::chrono::milliseconds timeout, std::function<void(Status)> done) {
+  std::thread finished;
+  {
+    std::unique_lock lock(leaveMutex_);
+    std::optional<Error> refused;
+    if (closing_.load()) {
+      refused = makeError(ErrorCode::kUnavailable, "node '" + options_.nodeId +
+                                                       "' is shutting down (it stays a member)");
+    } else if (leaving_) {
+      refused = makeError(ErrorCode::kUnavailable,
+                          "node '" + options_.nodeId + "' is already leaving the cluster");
+    }
+    if (refused) {
+      lock.unlock();
+      done(std::move(*refused));
+      return;
+    }
+    leaving_ = true;
+    finished = std::move(leaveThread_);  // a previous one, done leaving
+    leaveThread_ = std::thread([this, timeout, done = std::move(done)] {
+      Status s = leaveNow(timeout);
+      {
+        std::lock_guard lock(leaveMutex_);
+        leaving_ = false;
+      }
+      done(std::move(s));
+    });
+  }
+  if (finished.joinable()) finished.join();
+}
+
+Status Node::remove(const std::string& nodeId) {
+  std::shared_lock lock(clusterMutex_);
+  if (!cluster_) return noCluster();
+  if (auto bad = api::checkRemoveId(nodeId, options_.nodeId)) return bad->toError();
+  Status s = cluster_->remove(nodeId);
+  if (!s.ok()) {
+    if (s.error().code == ErrorCode::kNotFound) {
+      return makeError(ErrorCode::kNotFound, "node '" + options_.nodeId +
+                                                 "' knows no member '" + nodeId +
+                                                 "' (`chorus cluster status` lists the members)");
+    }
+    return s;
+  }
+  api::logf(api::LogLevel::kInfo, "gossip: removed node %s from the cluster on request",
+            nodeId.c_str());
+  return okStatus();
 }
 
 Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {

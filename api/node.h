@@ -22,6 +22,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "api/types.h"
@@ -109,7 +110,8 @@ class Node {
     storage::Options store;
     // Replication: the node joins a cluster when `cluster.listen` is set.
     // nodeId, dataDir (the member list is kept there) and rpcAddress (the
-    // bound `listen` address, shared with peers) are filled in by the node.
+    // bound `listen` address, shared with peers) are filled in by the node;
+    // cluster.region must pass api::checkRegion.
     gossip::ClusterOptions cluster;
   };
 
@@ -131,8 +133,10 @@ class Node {
   std::string metricsAddress() const;
 
   // Refuses new writes (kUnavailable), waits until every accepted write has
-  // committed and its callback ran, then leaves the cluster and stops the
-  // RPC server. Idempotent. Not from a store-thread callback.
+  // committed and its callback ran (and a running leave() has returned),
+  // then stops the cluster and the RPC server. Idempotent. Not from a
+  // store-thread callback. (Stopping is not leaving: a stopped node is
+  // still a member, dead until it comes back.)
   void shutdown();
 
   // ---- writes ---------------------------------------------------------------
@@ -142,7 +146,9 @@ class Node {
   // write committed, or on the calling thread if it was refused up front.
   // Errors: kInvalidArgument, kNotFound (the review does not exist, for
   // every op but kPut), kForbidden (an author voting for their own review),
-  // kUnavailable (shutting down), and the store's errors.
+  // kUnavailable (shutting down, or the node left the cluster or was
+  // removed from it: its writes would never reach the others), and the
+  // store's errors.
   void write(WriteRequest request, WriteDone done);
   // Blocking form of write().
   Result<ReviewView> write(WriteRequest request);
@@ -194,6 +200,25 @@ class Node {
   // the cluster (kInvalidArgument for a malformed or unknown key, removing
   // the primary), kUnavailable without a cluster.
   Result<std::vector<gossip::KeyInfo>> keys(api::KeyOp op, const std::string& key);
+  // Takes this node out of the cluster for good (gossip::Cluster::leave):
+  // waits up to `timeout` until a peer holds all its data. Once it ran
+  // (even if it answered kUnavailable: the announcement may still spread)
+  // the node refuses writes; stop it, and start it with ClusterOptions::
+  // rejoin to join again. Errors: kInvalidArgument for a timeout outside
+  // 1 ms..5 min; kUnavailable without a cluster, when no peer was reached in
+  // time, or while another leave runs.
+  Status leave(std::chrono::milliseconds timeout);
+  // leave() on a thread of its own; `done` runs there (or on the calling
+  // thread if refused up front). For the RPC server, whose thread must not
+  // block. Not from a store-thread callback.
+  void leave(std::chrono::milliseconds timeout, std::function<void(Status)> done);
+  // Declares the member `nodeId` gone for good (gossip::Cluster::remove).
+  // Errors: kInvalidArgument (field "node": empty, malformed, or this node
+  // itself), kNotFound (not a member this node knows), kUnavailable
+  // without a cluster.
+  Status remove(const std::string& nodeId);
+  // Whether this node left (leave() ran) or another node removed it.
+  bool outOfCluster();
   // States from peers that the store refused (e.g. kClockDrift), and those
   // that changed a review, since open.
   uint64_t mergesRefused() const { return mergesRefused_.load(); }
@@ -227,6 +252,8 @@ class Node {
   void merged(const Result<storage::Applied>& applied);
   Status startCluster();
   Error noCluster() const;
+  Error outOfClusterError() const;
+  Status leaveNow(std::chrono::milliseconds timeout);  // leave(), without the one-at-a-time guard
   // Store thread: after a write committed.
   Result<ReviewView> committed(const char* op, const Result<storage::Applied>& applied);
   void finishWrite();
@@ -257,6 +284,13 @@ class Node {
   std::shared_mutex clusterMutex_;
   std::unique_ptr<gossip::Cluster> cluster_;
   std::atomic<gossip::Cluster*> clusterLive_{nullptr};
+  std::atomic<bool> left_{false};  // leave() ran
+
+  // The thread of an asynchronous leave(); joined by shutdown() (or by the
+  // next asynchronous leave once it finished).
+  std::mutex leaveMutex_;  // guards the two below
+  std::thread leaveThread_;
+  bool leaving_ = false;  // a leave() runs, either form
 };
 
 }  // namespace chorus

@@ -436,6 +436,26 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     return kj::mv(paf.promise);
   }
 
+  // Node::leave on its own thread (it waits for peers: this thread must
+  // not); resolves on this thread with its answer.
+  kj::Promise<kj::Own<Status>> leave(std::chrono::milliseconds timeout) {
+    auto paf = kj::newPromiseAndFulfiller<kj::Own<Status>>();
+    uint64_t id = nextCall_++;
+    pendingStatus_.emplace(id, kj::mv(paf.fulfiller));
+    RpcServer* server = &server_;
+    Loop* self = this;
+    node_.leave(timeout, [server, self, id](Status s) {
+      // The leave thread (or this one, if refused up front).
+      server->post([self, id, s = std::move(s)]() mutable {
+        auto it = self->pendingStatus_.find(id);
+        if (it == self->pendingStatus_.end()) return;
+        it->second->fulfill(kj::heap<Status>(std::move(s)));  // no-op if cancelled
+        self->pendingStatus_.erase(it);
+      });
+    });
+    return kj::mv(paf.promise);
+  }
+
   Result<wire::WatchHandle::Client> addWatch(const std::string& product,
                                              wire::WatchObserver::Client observer, ConnState& conn,
                                              const Session& session) {
@@ -725,6 +745,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     inboxTask_ = nullptr;
     connections_ = nullptr;  // closes every connection
     pending_.clear();
+    pendingStatus_.clear();
   }
 
  private:
@@ -754,6 +775,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   kj::Own<Watches> watches_;
   kj::TaskSet tasks_;  // onChange sends
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Status>>>> pendingStatus_;
   uint64_t nextCall_ = 1;
   uint64_t nextConn_ = 1;
   kj::Own<const kj::CrossThreadPromiseFulfiller<void>> wake_;
@@ -773,6 +795,8 @@ namespace {
 using Loop = RpcServer::Loop;
 
 constexpr size_t kMaxKeyArgBytes = 256;  // Admin.keys' `key`
+constexpr uint32_t kDefaultLeaveMillis = 10'000;  // Admin.leave's timeoutMillis 0
+constexpr uint32_t kMaxLeaveMillis = 300'000;
 
 template <typename Ctx>
 auto errorInit(Ctx ctx) {
@@ -1050,6 +1074,50 @@ class AdminImpl final : public wire::Admin::Server {
         errorInit(ctx));
   }
 
+  kj::Promise<void> leave(LeaveContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kLeave,
+        [this, ctx]() mutable -> kj::Promise<const char*> {
+          if (auto no = session_->mayAdmin("leave")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          uint32_t millis = ctx.getParams().getTimeoutMillis();
+          if (millis == 0) millis = kDefaultLeaveMillis;
+          if (millis > kMaxLeaveMillis) {
+            return toWire(FieldError{"timeoutMillis",
+                                     "at most " + std::to_string(kMaxLeaveMillis) + " (5 min)"}
+                              .toError(),
+                          ctx.getResults().initError());
+          }
+          return loop_.leave(std::chrono::milliseconds(millis))
+              .then([ctx](kj::Own<Status> s) mutable -> const char* {
+                if (!s->ok()) return toWire(s->error(), ctx.getResults().initError());
+                return nullptr;
+              });
+        },
+        errorInit(ctx));
+  }
+
+  kj::Promise<void> remove(RemoveContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kRemove,
+        [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayAdmin("remove")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          auto node = ctx.getParams().getNode();
+          auto results = ctx.getResults();
+          if (node.size() > 128) {  // before copying it
+            return toWire(FieldError{"node", "is longer than 128 bytes"}.toError(),
+                          results.initError());
+          }
+          auto r = loop_.node().remove(str(node));
+          if (!r.ok()) return toWire(r.error(), results.initError());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
  private:
   Loop& loop_;
   kj::Own<ConnState> conn_;
@@ -1191,7 +1259,8 @@ class RpcServer::Loop::MetricsService final : public kj::HttpService {
       if (s.ok()) {
         body = node_.metrics().render(s->stats, s->uptimeMillis);
         if (auto view = node_.clusterView(); view.ok()) {
-          body += Metrics::renderCluster(view->stats, view->members, node_.mergesRefused());
+          body += Metrics::renderCluster(view->stats, view->members, node_.mergesRefused(),
+                                         view->region);
         }
       } else {
         status = 500;

@@ -15,7 +15,7 @@ namespace chorus {
 
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
-inline constexpr uint32_t kApiVersion = 2;
+inline constexpr uint32_t kApiVersion = 3;
 
 // Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
 enum class KeyOp { kList, kInstall, kUse, kRemove };
@@ -80,6 +80,7 @@ struct NodeStatus {
   storage::Hash merkleRoot{};
   storage::StoreStats stats;
   std::string gossipAddress;  // empty when the node runs without a cluster
+  std::string region;         // gossip::ClusterOptions::region; empty without a cluster
 };
 
 // One node's view of its cluster (Admin.cluster, `chorus cluster status`).
@@ -94,6 +95,11 @@ struct ClusterView {
   std::vector<gossip::MemberInfo> members;  // its peers, without itself; by id
   gossip::ClusterStats stats;
   uint64_t nowUnixMillis = 0;  // the node's wall clock when it answered
+  std::string region;          // this node's region
+  // This node's own membership: kAlive, or kLeft once it left (Node::leave)
+  // or another node removed it (then `removed` is set too).
+  gossip::PeerState state = gossip::PeerState::kAlive;
+  bool removed = false;
 };
 
 const char* visibilityName(crdt::Visibility v);  // "visible", "hidden", "flagged"

@@ -1,6 +1,7 @@
 #include "api/validate.h"
 
 #include <cstdint>
+#include <set>
 #include <string>
 
 namespace chorus::api {
@@ -204,6 +205,107 @@ Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self)
     }
   }
   return std::nullopt;
+}
+
+Check checkRegion(std::string_view region) {
+  const std::string rule =
+      "must be 1-" + std::to_string(kMaxRegionBytes) +
+      " characters of letters, digits, '-', '_' and '.' (e.g. us-east, eu.west_2)";
+  if (region.empty()) return fieldError("region", "is empty; it " + rule);
+  if (region.size() > kMaxRegionBytes) {
+    return fieldError("region", "is " + std::to_string(region.size()) + " characters long; it " +
+                                    rule);
+  }
+  for (char c : region) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.';
+    if (!ok) {
+      bool printable = static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+      return fieldError("region", (printable ? "'" + std::string(region) + "'"
+                                             : std::string("the region")) +
+                                      " has a character that is not allowed; it " + rule);
+    }
+  }
+  return std::nullopt;
+}
+
+Check checkRemoveId(std::string_view node, std::string_view self) {
+  if (node.empty()) return fieldError("node", "is empty; give the id of the node to remove");
+  if (node.size() > 128) return fieldError("node", "is longer than 128 bytes");
+  if (!isValidUtf8(node)) return fieldError("node", "is not valid UTF-8");
+  for (char c : node) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return fieldError("node", "contains a control character");
+    }
+  }
+  if (node == self) {
+    return fieldError("node", "'" + std::string(node) +
+                                  "' is the node asked; a node takes itself out with leave "
+                                  "(`chorus cluster leave`), not remove");
+  }
+  return std::nullopt;
+}
+
+namespace {
+// "a,b" -> {"a", "b"}; nullopt for an empty list or an empty item.
+std::optional<std::vector<std::string>> commaList(std::string_view text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (true) {
+    size_t comma = text.find(',', start);
+    std::string_view item =
+        text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    if (item.empty()) return std::nullopt;
+    items.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return items;
+}
+}  // namespace
+
+std::optional<SplitSides> parseSplit(std::string_view text) {
+  size_t slash = text.find('/');
+  if (slash == std::string_view::npos || text.find('/', slash + 1) != std::string_view::npos) {
+    return std::nullopt;
+  }
+  auto a = commaList(text.substr(0, slash));
+  auto b = commaList(text.substr(slash + 1));
+  if (!a || !b) return std::nullopt;
+  return SplitSides{std::move(*a), std::move(*b)};
+}
+
+Result<std::vector<std::string>> expandSplitSide(
+    const std::vector<std::string>& tokens, const std::map<std::string, std::string>& regionOf) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  auto add = [&](const std::string& id) {
+    if (seen.insert(id).second) out.push_back(id);
+  };
+  for (const auto& token : tokens) {
+    if (regionOf.count(token)) {
+      add(token);
+      continue;
+    }
+    bool region = false;
+    for (const auto& [id, r] : regionOf) {  // by id
+      if (!r.empty() && r == token) {
+        add(id);
+        region = true;
+      }
+    }
+    if (region) continue;
+    std::set<std::string> regions;
+    for (const auto& [id, r] : regionOf) {
+      if (!r.empty()) regions.insert(r);
+    }
+    std::string known;
+    for (const auto& r : regions) known += (known.empty() ? "" : ", ") + r;
+    return makeError(ErrorCode::kInvalidArgument,
+                     "'" + token + "' is neither a node id nor a region (regions: " +
+                         (known.empty() ? "none known" : known) + ")");
+  }
+  return out;
 }
 
 Result<std::chrono::milliseconds> parseDuration(std::string_view text,

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <map>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -114,6 +115,32 @@ Check checkState(const crdt::ReviewDoc& doc, const Limits& limits);
 // node's id). The field is "peers".
 inline constexpr size_t kMaxPartitionPeers = 1024;
 Check checkPeerIds(const std::vector<std::string>& peers, std::string_view self);
+
+// A node's region (chorusd --region, gossip::ClusterOptions::region): 1-64
+// characters of letters, digits, '-', '_' and '.'. The field is "region".
+inline constexpr size_t kMaxRegionBytes = 64;
+Check checkRegion(std::string_view region);
+
+// Admin.remove's node id: 1-128 bytes of UTF-8 without control characters,
+// not `self` (a node leaves with Admin.leave instead). The field is "node".
+Check checkRemoveId(std::string_view node, std::string_view self);
+
+// `chorus cluster partition --split A,B/C,D`: the two sides, each a list
+// of tokens as given (node ids or region names). nullopt unless `text` is
+// two non-empty comma-separated lists, without empty items, joined by one '/'.
+struct SplitSides {
+  std::vector<std::string> a, b;
+};
+std::optional<SplitSides> parseSplit(std::string_view text);
+
+// The node ids one side of a --split stands for. `regionOf` maps each node
+// that may take part to its region. A token that is a node id in `regionOf`
+// stands for that node (ids win over region names); else one that names a
+// region of `regionOf` stands for every node of that region; else it is an
+// error (kInvalidArgument) naming the token and the known regions. The ids
+// come in token order, each region's by id, without duplicates.
+Result<std::vector<std::string>> expandSplitSide(
+    const std::vector<std::string>& tokens, const std::map<std::string, std::string>& regionOf);
 
 // Parses a duration for flags: an optional sign, a decimal number and a unit
 // of ms, s, m or h ("1500ms", "-30s", "2.5s", "5m"); a bare number counts in

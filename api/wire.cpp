@@ -92,6 +92,7 @@ void toWire(const NodeStatus& s, wire::NodeStatus::Builder b) {
   st.setMapGrowths(s.stats.mapGrowths);
   st.setRefusedStamps(s.stats.refusedStamps);
   b.setGossipAddress(text(s.gossipAddress));
+  b.setRegion(text(s.region));
 }
 
 NodeStatus fromWire(wire::NodeStatus::Reader r) {
@@ -113,6 +114,7 @@ NodeStatus fromWire(wire::NodeStatus::Reader r) {
   s.stats.mapGrowths = st.getMapGrowths();
   s.stats.refusedStamps = st.getRefusedStamps();
   s.gossipAddress = str(r.getGossipAddress());
+  s.region = str(r.getRegion());
   return s;
 }
 
@@ -136,7 +138,9 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
     mb.setPartitioned(m.partitioned);
     mb.setLastSyncUnixMillis(m.lastSyncUnixMillis);
     mb.setPendingDeltas(m.pendingDeltas);
-    mb.setPhi(m.phi);
+    mb.setRegion(text(m.region));
+    mb.setIncarnation(m.incarnation);
+    mb.setActive(m.active);
   }
   const gossip::ClusterStats& s = v.stats;
   auto st = b.initStats();
@@ -157,7 +161,19 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   st.setAuthFailures(s.authFailures);
   st.setReplaysRefused(s.replaysRefused);
   st.setStatesRefused(s.statesRefused);
+  st.setConnections(s.connections);
+  st.setActivePeers(s.activePeers);
+  st.setProbes(s.probes);
+  st.setProbesFailed(s.probesFailed);
+  st.setRefutations(s.refutations);
+  st.setBroadcastDuplicates(s.broadcastDuplicates);
+  st.setGrafts(s.grafts);
+  st.setPushPulls(s.pushPulls);
+  st.setVersionRefused(s.versionRefused);
   b.setNowUnixMillis(v.nowUnixMillis);
+  b.setRegion(text(v.region));
+  b.setState(toWire(v.state));
+  b.setRemoved(v.removed);
 }
 
 ClusterView fromWire(wire::ClusterView::Reader r) {
@@ -179,7 +195,9 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
     m.partitioned = mr.getPartitioned();
     m.lastSyncUnixMillis = mr.getLastSyncUnixMillis();
     m.pendingDeltas = mr.getPendingDeltas();
-    m.phi = mr.getPhi();
+    m.region = str(mr.getRegion());
+    m.incarnation = mr.getIncarnation();
+    m.active = mr.getActive();
     v.members.push_back(std::move(m));
   }
   auto st = r.getStats();
@@ -201,7 +219,19 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
   s.authFailures = st.getAuthFailures();
   s.replaysRefused = st.getReplaysRefused();
   s.statesRefused = st.getStatesRefused();
+  s.connections = st.getConnections();
+  s.activePeers = st.getActivePeers();
+  s.probes = st.getProbes();
+  s.probesFailed = st.getProbesFailed();
+  s.refutations = st.getRefutations();
+  s.broadcastDuplicates = st.getBroadcastDuplicates();
+  s.grafts = st.getGrafts();
+  s.pushPulls = st.getPushPulls();
+  s.versionRefused = st.getVersionRefused();
   v.nowUnixMillis = r.getNowUnixMillis();
+  v.region = str(r.getRegion());
+  v.state = fromWire(r.getState());
+  v.removed = r.getRemoved();
   return v;
 }
 
@@ -213,6 +243,8 @@ wire::PeerState toWire(gossip::PeerState s) {
       return wire::PeerState::SUSPECT;
     case gossip::PeerState::kDead:
       return wire::PeerState::DEAD;
+    case gossip::PeerState::kLeft:
+      return wire::PeerState::LEFT;
   }
   return wire::PeerState::DEAD;
 }
@@ -225,6 +257,8 @@ gossip::PeerState fromWire(wire::PeerState s) {
       return gossip::PeerState::kSuspect;
     case wire::PeerState::DEAD:
       return gossip::PeerState::kDead;
+    case wire::PeerState::LEFT:
+      return gossip::PeerState::kLeft;
   }
   return gossip::PeerState::kDead;  // an unknown (newer) value
 }

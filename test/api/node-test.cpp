@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -319,7 +321,8 @@ TEST_CASE("cluster: a node without one answers unavailable, in-process and over 
   CHECK(node->cluster() == nullptr);
   CHECK(node->status()->gossipAddress.empty());
   for (const auto& error :
-       {node->clusterView().error(), node->partition({"n2"}).error(), node->heal().error()}) {
+       {node->clusterView().error(), node->partition({"n2"}).error(), node->heal().error(),
+        node->leave(1s).error(), node->remove("n2").error()}) {
     CHECK(error.code == ErrorCode::kUnavailable);
     CHECK(error.message.find("--gossip-listen") != std::string::npos);
   }
@@ -339,12 +342,26 @@ TEST_CASE("cluster: a node without one answers unavailable, in-process and over 
   CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::UNAVAILABLE);
   CHECK_FALSE(resp.hasView());
   CHECK(node->metrics().calls(chorus::api::Metrics::kCluster) == 2);
+  // leave and remove: unavailable too, with the same hint.
+  for (const auto& error : {c.leave(1s).error(), c.remove("n2").error()}) {
+    CHECK(error.code == ErrorCode::kUnavailable);
+    CHECK(error.message.find("--gossip-listen") != std::string::npos);
+  }
+  auto leave = c.admin().leaveRequest().send().wait(c.waitScope());
+  REQUIRE(leave.hasError());
+  CHECK(leave.getError().getCode() == chorus::api::wire::ErrorCode::UNAVAILABLE);
+  CHECK(node->metrics().calls(chorus::api::Metrics::kLeave) == 2);
+  CHECK(node->metrics().errors(chorus::api::Metrics::kRemove) == 1);
+  // Without a cluster, writes are not refused for being out of one.
+  CHECK_FALSE(node->outOfCluster());
+  CHECK(node->put("p1", "ann", 5, "t", "").ok());
 }
 
 namespace {
 
 std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& id,
-                                    std::vector<std::string> seeds = {}) {
+                                    std::vector<std::string> seeds = {},
+                                    std::string region = "default") {
   Node::Options o;
   o.nodeId = id;
   o.dataDir = dir;
@@ -355,8 +372,10 @@ std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& i
   static const std::string key = chorus::gossip::generateClusterKey();  // one cluster per process
   o.cluster.keys = {key};
   o.cluster.seeds = std::move(seeds);
+  o.cluster.region = std::move(region);
   o.cluster.antiEntropyInterval = 100ms;
-  o.cluster.heartbeatInterval = 50ms;
+  o.cluster.probeInterval = 200ms;
+  o.cluster.gossipInterval = 50ms;
   auto node = Node::open(std::move(o));
   REQUIRE_MESSAGE(node.ok(), node.error().toString());
   return std::move(node).value();
@@ -440,12 +459,215 @@ TEST_CASE("metrics: gossip counters and members by state") {
   members[1].state = chorus::gossip::PeerState::kDead;
   members[1].partitioned = true;
   members[2].state = chorus::gossip::PeerState::kAlive;
-  auto text = chorus::api::Metrics::renderCluster(s, members, 4);
+  s.probes = 11;
+  s.probesFailed = 2;
+  s.activePeers = 5;
+  s.connections = 6;
+  s.versionRefused = 1;
+  s.grafts = 3;
+  members.emplace_back().state = chorus::gossip::PeerState::kLeft;
+  auto text = chorus::api::Metrics::renderCluster(s, members, 4, "eu-west");
   CHECK(text.find("chorus_gossip_frames_total{direction=\"in\"} 7\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_members{state=\"left\"} 1\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_members{state=\"suspect\"} 0\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_region_info{region=\"eu-west\"} 1\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_probes_total 11\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_probes_failed_total 2\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_active_peers 5\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_connections 6\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_version_refused_total 1\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_grafts_total 3\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_refutations_total 0\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_broadcast_duplicates_total 0\n") != std::string::npos);
+  CHECK(text.find("chorus_gossip_push_pulls_total 0\n") != std::string::npos);
+  CHECK(text.find("# TYPE chorus_gossip_active_peers gauge\n") != std::string::npos);
+  CHECK(text.find("# TYPE chorus_gossip_probes_total counter\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_malformed_frames_total 2\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_deltas_total{outcome=\"dropped\"} 3\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_merges_refused_total 4\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_members{state=\"alive\"} 2\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_members{state=\"dead\"} 1\n") != std::string::npos);
   CHECK(text.find("chorus_gossip_partitioned_members 1\n") != std::string::npos);
+}
+
+TEST_CASE("cluster: a bad region is refused at open, naming the field") {
+  TempDir tmp;
+  for (std::string bad : {std::string(), std::string("us east"), std::string(65, 'r')}) {
+    CAPTURE(bad);
+    Node::Options o;
+    o.nodeId = "a";
+    o.dataDir = tmp.sub("a");
+    o.cluster.listen = "127.0.0.1:0";
+    o.cluster.keys = {chorus::gossip::generateClusterKey()};
+    o.cluster.region = bad;
+    auto node = Node::open(std::move(o));
+    REQUIRE_FALSE(node.ok());
+    CHECK(node.error().code == ErrorCode::kInvalidArgument);
+    CHECK(node.error().message.rfind("region: ", 0) == 0);
+  }
+  // Without a cluster the region is not used, so not checked.
+  Node::Options o;
+  o.nodeId = "b";
+  o.dataDir = tmp.sub("b");
+  o.cluster.region = "";
+  CHECK(Node::open(std::move(o)).ok());
+}
+
+TEST_CASE("cluster: Admin.remove and Admin.leave map their errors to the API's codes") {
+  TempDir tmp;
+  auto node = openClustered(tmp.sub("a"), "a", {}, "eu-west");
+  CHECK(node->status()->region == "eu-west");
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  auto view = c.cluster();
+  REQUIRE(view.ok());
+  CHECK(view->region == "eu-west");
+  CHECK(view->state == chorus::gossip::PeerState::kAlive);
+  CHECK_FALSE(view->removed);
+  CHECK(c.status()->region == "eu-west");
+
+  // An unknown node: notFound, on the wire too.
+  auto unknown = c.remove("nobody");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code == ErrorCode::kNotFound);
+  CHECK(unknown.error().message.find("'nobody'") != std::string::npos);
+  auto q = c.admin().removeRequest();
+  q.setNode("nobody");
+  auto raw = q.send().wait(c.waitScope());
+  REQUIRE(raw.hasError());
+  CHECK(raw.getError().getCode() == chorus::api::wire::ErrorCode::NOT_FOUND);
+  // This node itself, an empty or oversized id: invalidArgument, field "node".
+  for (std::string bad : {std::string("a"), std::string(), std::string(129, 'x')}) {
+    CAPTURE(bad);
+    auto q = c.admin().removeRequest();
+    q.setNode(bad);
+    auto r = q.send().wait(c.waitScope());
+    REQUIRE(r.hasError());
+    CHECK(r.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
+    CHECK(std::string(r.getError().getField().cStr()) == "node");
+  }
+  CHECK(c.remove("a").error().message.find("leave") != std::string::npos);
+  // leave: a timeout past 5 min is refused before anything happens.
+  auto lq = c.admin().leaveRequest();
+  lq.setTimeoutMillis(300'001);
+  auto tooLong = lq.send().wait(c.waitScope());
+  REQUIRE(tooLong.hasError());
+  CHECK(tooLong.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
+  CHECK(std::string(tooLong.getError().getField().cStr()) == "timeoutMillis");
+  CHECK(c.leave(0ms).error().code == ErrorCode::kInvalidArgument);  // checked by the client
+  CHECK(node->leave(0ms).error().code == ErrorCode::kInvalidArgument);
+  CHECK(node->leave(6min).error().code == ErrorCode::kInvalidArgument);
+  // Still a member: writes work.
+  CHECK_FALSE(node->outOfCluster());
+  CHECK(node->put("p1", "ann", 5, "t", "").ok());
+}
+
+namespace {
+// Waits up to 10 s for `ready`.
+bool eventually(const std::function<bool()>& ready) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return ready();
+}
+
+std::optional<chorus::gossip::MemberInfo> memberOf(Node& node, const std::string& id) {
+  auto view = node.clusterView();
+  if (!view.ok()) return std::nullopt;
+  for (const auto& m : view->members) {
+    if (m.nodeId == id) return m;
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+TEST_CASE("cluster: leave hands the data to a peer, then the node refuses writes") {
+  TempDir tmp;
+  auto a = openClustered(tmp.sub("a"), "a");
+  auto b = openClustered(tmp.sub("b"), "b", {a->cluster()->address()});
+  REQUIRE(eventually([&] {
+    auto m = memberOf(*a, "b");
+    return m && m->state == chorus::gossip::PeerState::kAlive;
+  }));
+  REQUIRE(a->put("p1", "ann", 5, "from a", "").ok());
+  auto client = chorus::api::Client::connect(a->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  auto left = c.leave(5s);
+  REQUIRE_MESSAGE(left.ok(), left.error().toString());
+  CHECK(b->get("p1", "ann").ok());  // a peer holds its data
+  CHECK(a->outOfCluster());
+  auto put = a->put("p1", "bob", 4, "t", "");
+  REQUIRE_FALSE(put.ok());
+  CHECK(put.error().code == ErrorCode::kUnavailable);
+  CHECK(put.error().message.find("--rejoin") != std::string::npos);
+  CHECK(a->get("p1", "ann").ok());  // reads still work
+  auto view = c.cluster();
+  REQUIRE(view.ok());
+  CHECK(view->state == chorus::gossip::PeerState::kLeft);
+  CHECK_FALSE(view->removed);
+  // Over RPC, the write is refused the same way.
+  chorus::WriteRequest w;
+  w.op = WriteOp::kPut;
+  w.product = "p1";
+  w.author = "cy";
+  w.rating = 3;
+  CHECK(c.write(w).error().code == ErrorCode::kUnavailable);
+  CHECK(eventually([&] {
+    auto m = memberOf(*b, "a");
+    return m && m->state == chorus::gossip::PeerState::kLeft;
+  }));
+  // b is still a member and takes writes.
+  CHECK(b->put("p1", "dan", 2, "t", "").ok());
+}
+
+TEST_CASE("cluster: a node alone may leave; it refuses writes afterwards") {
+  TempDir tmp;
+  auto node = openClustered(tmp.sub("a"), "a");
+  auto left = node->leave(600ms);
+  // Nobody to hand data to: the core may go at once or time out.
+  if (!left.ok()) CHECK(left.error().code == ErrorCode::kUnavailable);
+  CHECK(node->outOfCluster());
+  CHECK(node->put("p1", "ann", 5, "t", "").error().code == ErrorCode::kUnavailable);
+  CHECK(node->clusterView()->state == chorus::gossip::PeerState::kLeft);
+}
+
+TEST_CASE("cluster: remove marks a known member left; region, incarnation on the wire") {
+  TempDir tmp;
+  auto a = openClustered(tmp.sub("a"), "a", {}, "us");
+  auto b = openClustered(tmp.sub("b"), "b", {a->cluster()->address()}, "eu");
+  auto client = chorus::api::Client::connect(a->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  auto memberB = [&]() -> std::optional<chorus::gossip::MemberInfo> {
+    auto view = c.cluster();  // over the wire
+    if (!view.ok()) return std::nullopt;
+    for (const auto& m : view->members) {
+      if (m.nodeId == "b") return m;
+    }
+    return std::nullopt;
+  };
+  REQUIRE(eventually([&] {
+    auto m = memberB();
+    return m && m->state == chorus::gossip::PeerState::kAlive && m->rpcAddress == b->rpcAddress();
+  }));
+  auto m = memberB();
+  REQUIRE(m.has_value());
+  CHECK(m->region == "eu");
+  CHECK(m->incarnation == memberOf(*a, "b")->incarnation);
+  CHECK(m->active == memberOf(*a, "b")->active);
+
+  REQUIRE(c.remove("b").ok());
+  m = memberB();
+  REQUIRE(m.has_value());
+  CHECK(m->state == chorus::gossip::PeerState::kLeft);
+  CHECK(c.remove("b").ok());  // again: nothing more to do
+  // b learns it was removed, and refuses writes from then on.
+  CHECK(eventually([&] { return b->outOfCluster(); }));
+  CHECK(b->put("p1", "ann", 5, "t", "").error().code == ErrorCode::kUnavailable);
+  CHECK(b->clusterView()->removed);
+  CHECK(b->clusterView()->state == chorus::gossip::PeerState::kLeft);
 }

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -282,4 +283,80 @@ TEST_CASE("states from peers: refused past the peer limits, alone and once merge
   REQUIRE(mid.encode().size() > l.maxStateBytes);
   CHECK_FALSE(checkState(mid, l));
   CHECK(checkState(mid, strict));
+}
+
+TEST_CASE("regions: 1-64 letters, digits, '-', '_', '.'") {
+  for (std::string ok : std::initializer_list<std::string>{"default", "us-east", "eu.west_2", "A", std::string(64, 'r')}) {
+    CAPTURE(ok);
+    CHECK_FALSE(checkRegion(ok));
+  }
+  for (std::string bad : std::initializer_list<std::string>{
+           "", std::string(65, 'r'), "us east", "eu/west", "ü", "a\nb", "x\"y", "a:b",
+           std::string("a\0b", 3)}) {
+    CAPTURE(bad);
+    auto e = checkRegion(bad);
+    REQUIRE(e);
+    CHECK(e->field == "region");
+    CHECK(e->message.find("1-64 characters") != std::string::npos);
+  }
+  CHECK(checkRegion("").value().message.find("empty") != std::string::npos);
+  CHECK(checkRegion(std::string(65, 'r')).value().message.find("65") != std::string::npos);
+  CHECK(checkRegion("us east").value().message.find("'us east'") != std::string::npos);
+}
+
+TEST_CASE("remove: one bounded, printable node id, not the node asked") {
+  CHECK_FALSE(checkRemoveId("n2", "n1"));
+  CHECK_FALSE(checkRemoveId(std::string(128, 'x'), "n1"));
+  for (std::string bad : std::initializer_list<std::string>{"", std::string(129, 'x'), "a\tb",
+                                                            "\xff"}) {
+    CAPTURE(bad);
+    auto e = checkRemoveId(bad, "n1");
+    REQUIRE(e);
+    CHECK(e->field == "node");
+  }
+  auto self = checkRemoveId("n1", "n1");
+  REQUIRE(self);
+  CHECK(self->field == "node");
+  CHECK(self->message.find("leave") != std::string::npos);
+  // The RPC error carries the field.
+  CHECK(self->toError().code == chorus::ErrorCode::kInvalidArgument);
+  CHECK(self->toError().message.rfind("node: ", 0) == 0);
+}
+
+TEST_CASE("--split: two comma lists joined by one '/'") {
+  auto s = parseSplit("n1,us/eu,n7");
+  REQUIRE(s);
+  CHECK(s->a == std::vector<std::string>{"n1", "us"});
+  CHECK(s->b == std::vector<std::string>{"eu", "n7"});
+  CHECK(parseSplit("a/b"));
+  for (const char* bad : {"", "n1,n2", "/", "a/", "/b", "a,/b", "a/b,", "a//b", "a/b/c", ",a/b"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parseSplit(bad));
+  }
+}
+
+TEST_CASE("--split: region names stand for their nodes, ids for themselves") {
+  // n5 left: the caller gives it no region, so no region name covers it.
+  std::map<std::string, std::string> regionOf = {{"n1", "us"}, {"n2", "us"}, {"n3", "eu"},
+                                                 {"n4", "ap"}, {"n5", ""},   {"eu", "ap"}};
+  auto ids = [&](std::vector<std::string> tokens) {
+    auto r = expandSplitSide(tokens, regionOf);
+    REQUIRE_MESSAGE(r.ok(), r.error().toString());
+    return *r;
+  };
+  CHECK(ids({"us"}) == std::vector<std::string>{"n1", "n2"});
+  CHECK(ids({"n3", "ap"}) == std::vector<std::string>{"n3", "eu", "n4"});  // by id
+  CHECK(ids({"n2", "us"}) == std::vector<std::string>{"n2", "n1"});        // no duplicates
+  CHECK(ids({"n5"}) == std::vector<std::string>{"n5"});  // an id works without a region
+  // A node named like a region is the node: ids win.
+  CHECK(ids({"eu"}) == std::vector<std::string>{"eu"});
+
+  auto unknown = expandSplitSide({"n1", "mars"}, regionOf);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code == chorus::ErrorCode::kInvalidArgument);
+  CHECK(unknown.error().message.find("'mars'") != std::string::npos);
+  CHECK(unknown.error().message.find("regions: ap, eu, us") != std::string::npos);
+  // An empty region (a node that left) is no region name.
+  CHECK_FALSE(expandSplitSide({""}, regionOf).ok());
+  CHECK(expandSplitSide({"x"}, {}).error().message.find("none known") != std::string::npos);
 }
