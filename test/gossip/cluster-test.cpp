@@ -67,7 +67,8 @@ struct TestNode {
     c.dataDir = dir.string();
     c.keys = keys;
     c.antiEntropyInterval = 200ms;
-    c.heartbeatInterval = 50ms;
+    c.probeInterval = 200ms;  // suspicion after ~0.1 s, dead ~0.6 s later
+    c.gossipInterval = 50ms;
     if (tweak) tweak(c);
     auto started = gossip::Cluster::start(c, *store, nullptr);
     REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().toString()));
@@ -193,8 +194,8 @@ struct RawConn {
 struct FakePeer {
   RawConn conn;
   gossip::Keyring ring;
-  gossip::SecureChannel channel{1 << 20};
-  std::string sent;  // everything written, to replay
+  gossip::SecureChannel channel{8 << 20};  // a push-pull reply of 4,096 members fits
+  std::string sent;                        // everything written, to replay
   FakePeer(const std::string& address, const std::string& key)
       : conn(address), ring(gossip::Keyring::fromBase64({key}).value()) {
     send(channel.preamble());
@@ -206,9 +207,10 @@ struct FakePeer {
   }
   std::string sealedHello(const std::string& id) {
     capnp::MallocMessageBuilder message;
-    auto hello = gossip::newFrame(message, id).initHello();
+    auto hello = gossip::newFrame(message, id).initHello().initMember();
     hello.setNodeId(id);
     hello.setGossipAddress("127.0.0.1:1");  // nobody listens there
+    hello.setIncarnation(1);
     return channel.seal(ring.primary(), gossip::encodeFrame(message));
   }
   void send(const std::string& bytes) {
@@ -219,10 +221,16 @@ struct FakePeer {
   bool answered() { return !conn.read(1).empty(); }
   // Reads until the node's next sealed frame has arrived whole; false if
   // the node closed, went quiet (3 s) or sent something that does not open.
-  bool nextFrame() {
+  bool nextFrame(std::optional<gossip::wire::Frame::Which>* kind = nullptr) {
     for (int reads = 0; reads < 10'000; ++reads) {
       auto received = channel.next(ring);
-      if (received.kind == gossip::SecureChannel::Received::Kind::kFrame) return true;
+      if (received.kind == gossip::SecureChannel::Received::Kind::kFrame) {
+        if (kind) {
+          auto parsed = gossip::ParsedFrame::parse(std::move(received.body));
+          *kind = parsed.ok() ? std::optional(parsed.value()->root().which()) : std::nullopt;
+        }
+        return true;
+      }
       if (received.kind != gossip::SecureChannel::Received::Kind::kNeedMore) return false;
       char buffer[64 * 1024];
       ssize_t got = ::read(conn.fd, buffer, sizeof buffer);
@@ -231,14 +239,25 @@ struct FakePeer {
     }
     return false;
   }
-  // A heartbeat from `id` listing `members` (node id, gossip address), sealed.
-  std::string sealedHeartbeat(const std::string& id,
-                              const std::vector<std::pair<std::string, std::string>>& members) {
+  // Reads the node's frames until one of `kind`; false if none came.
+  bool awaitFrame(gossip::wire::Frame::Which kind) {
+    for (int frames = 0; frames < 1000; ++frames) {
+      std::optional<gossip::wire::Frame::Which> got;
+      if (!nextFrame(&got)) return false;
+      if (got == kind) return true;
+    }
+    return false;
+  }
+  // A push-pull from `id` listing `members` (node id, gossip address), all
+  // alive, sealed: the only frame that may carry a whole member list.
+  std::string sealedPushPull(const std::string& id,
+                             const std::vector<std::pair<std::string, std::string>>& members) {
     capnp::MallocMessageBuilder message;
-    auto list = gossip::newFrame(message, id).initHeartbeat(unsigned(members.size()));
+    auto list = gossip::newFrame(message, id).initPushPull(unsigned(members.size()));
     for (unsigned i = 0; i < members.size(); ++i) {
       list[i].setNodeId(members[i].first);
       list[i].setGossipAddress(members[i].second);
+      list[i].setIncarnation(1);
     }
     return channel.seal(ring.primary(), gossip::encodeFrame(message));
   }
@@ -391,7 +410,7 @@ TEST_CASE("a node with another key never becomes a member and none of its writes
 TEST_CASE("a raw client with an old-style plaintext hello cannot join") {
   TestNode n1("p1", {});
   capnp::MallocMessageBuilder message;
-  auto hello = gossip::newFrame(message, "plain").initHello();
+  auto hello = gossip::newFrame(message, "plain").initHello().initMember();
   hello.setNodeId("plain");
   hello.setGossipAddress("127.0.0.1:1");
   RawConn c(n1.cluster->address());
@@ -505,7 +524,7 @@ TEST_CASE("key rotation under continuous writes on three nodes loses nothing and
       }
     });
   }
-  auto settle = [] { std::this_thread::sleep_for(400ms); };  // several heartbeats
+  auto settle = [] { std::this_thread::sleep_for(400ms); };  // two probes, eight gossip rounds
   for (auto* n : all) REQUIRE(n->cluster->installKey(k2).ok());
   settle();
   std::string fp2 = gossip::parseClusterKey(k2)->fingerprint();
@@ -619,8 +638,8 @@ TEST_CASE(
   }));
   s1 = n1.cluster->stats();
   CHECK(s1.receivedDeltasDropped >= 11);
-  CHECK(s1.deltasReceived == 0);
-  CHECK(s1.deltasDropped == 10);  // ten pushes, one peer each
+  CHECK(s1.deltasReceived == s1.receivedDeltasDropped);  // every one received was dropped
+  CHECK(s1.deltasDropped == 10);  // ten local writes refused by the outbox, one peer each
   CHECK(s1.deltasSent == 0);
   CHECK(s1.statesRepaired + n2.cluster->stats().statesRepaired >= 20);
   CHECK(n1.has("sku-b", "from-b2-" + std::to_string(pushed - 1)));
@@ -654,40 +673,193 @@ TEST_CASE("cluster: states a node's admit rule refuses are neither pushed in nor
   CHECK(a.cluster->stats().statesRefused == 0);
 }
 
-TEST_CASE("learned addresses never grow the dialler list past the member bound") {
-  // A holder of the key tells n1 about 20,000 addresses: new members up to
-  // the 1,024 bound, and new addresses for members n1 already knows.
-  TestNode n1("d1", {}, {clusterKey()},
-              [](gossip::ClusterOptions& c) { c.forgetUnansweredAfter = 1500ms; });
+TEST_CASE("members learned from push-pulls stop at the member bound; connections at theirs") {
+  // A holder of the key tells n1 about 6,000 members in three push-pulls
+  // (the only frame that may carry a whole member list): n1 keeps 4,096 at
+  // most (ReplicationCore::kMaxMembers) and, probing and gossiping to
+  // members none of which answers, never holds more than its 32
+  // connections (ClusterOptions' documented bound).
+  TestNode n1("d1", {});
   FakePeer peer(n1.cluster->address(), clusterKey());
-  peer.send(peer.sealedHello("d-teller"));                    // it gives 127.0.0.1:1 for itself
-  REQUIRE(peer.nextFrame());                                  // n1's hello
-  const size_t kRounds = 40, kPerRound = 500, kBound = 1024;  // kMaxMembers
-  size_t most = 0;
+  peer.send(peer.sealedHello("d-teller"));  // it gives 127.0.0.1:1 for itself
+  REQUIRE(peer.nextFrame());                // n1's hello
+  const size_t kRounds = 3, kPerRound = 2000, kBound = 4096, kMaxConnections = 32;
+  size_t mostDialling = 0, mostConnections = 0;
+  auto sample = [&] {
+    auto s = n1.cluster->stats();
+    mostDialling = std::max<size_t>(mostDialling, s.dialers);
+    mostConnections = std::max<size_t>(mostConnections, s.connections + s.dialers);
+  };
   for (size_t round = 0; round < kRounds; ++round) {
     std::vector<std::pair<std::string, std::string>> members;
     for (size_t i = 0; i < kPerRound; ++i) {
       size_t n = round * kPerRound + i;
-      // Every address is new; nothing listens on port 1 of 127.3.x.y, so
-      // each dial is refused at once. Odd entries name a member of the first round.
-      std::string address =
-          "127.3." + std::to_string(n / 250) + "." + std::to_string(n % 250 + 1) + ":1";
-      std::string id = "d-told-" + std::to_string(i % 2 ? (n % 250) * 2 : n);
-      members.emplace_back(id, address);
+      // Nothing listens on port 1 of 127.3.x.y: each dial is refused at once.
+      members.emplace_back("d-told-" + std::to_string(n), "127.3." + std::to_string(n / 250) + "." +
+                                                              std::to_string(n % 250 + 1) + ":1");
     }
-    peer.send(peer.sealedHeartbeat("d-teller", members));
-    REQUIRE(peer.nextFrame());  // n1's ack: the heartbeat was handled
-    most = std::max<size_t>(most, n1.cluster->stats().dialers);
+    peer.send(peer.sealedPushPull("d-teller", members));
+    REQUIRE(peer.awaitFrame(gossip::wire::Frame::PUSH_PULL_REPLY));  // handled
+    sample();
   }
-  REQUIRE(eventually([&] { return n1.cluster->members().size() == kBound; }, 10s));
-  most = std::max<size_t>(most, n1.cluster->stats().dialers);
-  MESSAGE("most diallers seen: " << most << " after " << kRounds * kPerRound
-                                 << " learned addresses");
-  CHECK(most <= kBound);
-  // The second-hand addresses never answer: dropped after 1.5 s. The
-  // teller's own address stays (a node said it of itself), so do members.
-  CHECK(eventually([&] { return n1.cluster->stats().dialers == 1; }, 10s));
-  CHECK(n1.cluster->members().size() == kBound);
-  std::this_thread::sleep_for(1s);  // and nothing brings them back
-  CHECK(n1.cluster->stats().dialers == 1);
+  CHECK(n1.cluster->members().size() == kBound);  // the teller and 4,095 of the told
+  for (int i = 0; i < 40; ++i) {                  // 2 s of probes to members that never answer
+    sample();
+    std::this_thread::sleep_for(50ms);
+  }
+  MESSAGE("most connections: " << mostConnections << ", most dials under way: " << mostDialling);
+  CHECK(mostConnections <= kMaxConnections);
+  CHECK(n1.cluster->members().size() <= kBound);
+}
+
+TEST_CASE("leave: the others show the node left, hold its last writes, and do not bring it back") {
+  // l3 pushes nothing (its outbox takes no delta): its writes reach the
+  // others only through anti-entropy, which leave() waits for.
+  TestNode n1("l1", {});
+  TestNode n2("l2", {n1.cluster->address()});
+  TestNode n3("l3", {n1.cluster->address()}, {clusterKey()},
+              [](gossip::ClusterOptions& c) { c.maxPendingDeltaBytes = 1; });
+  REQUIRE(eventually([&] { return n1.alive() == 2 && n2.alive() == 2 && n3.alive() == 2; }));
+  for (int i = 0; i < 20; ++i)
+    n3.write("sku-l", "user-" + std::to_string(i), "just before leaving");
+  auto started = std::chrono::steady_clock::now();
+  Status left = n3.cluster->leave(10s);
+  auto took = std::chrono::steady_clock::now() - started;
+  REQUIRE_MESSAGE(left.ok(), left.error().toString());
+  MESSAGE("leave took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                        << " ms");
+  // leave() returned: at least one peer holds everything l3 acknowledged.
+  auto holdsAll = [](TestNode& n) {
+    for (int i = 0; i < 20; ++i) {
+      if (!n.has("sku-l", "user-" + std::to_string(i))) return false;
+    }
+    return true;
+  };
+  CHECK((holdsAll(n1) || holdsAll(n2)));
+  CHECK_FALSE(n3.cluster->removed());  // it left; nobody removed it
+  auto stateOf = [](TestNode& n, const std::string& id) -> std::optional<gossip::PeerState> {
+    for (const auto& m : n.cluster->members()) {
+      if (m.nodeId == id) return m.state;
+    }
+    return std::nullopt;
+  };
+  REQUIRE(eventually(
+      [&] {
+        return stateOf(n1, "l3") == gossip::PeerState::kLeft &&
+               stateOf(n2, "l3") == gossip::PeerState::kLeft;
+      },
+      5s));
+  n3.close();
+  std::vector<TestNode*> rest{&n1, &n2};
+  REQUIRE(eventually([&] { return holdsAll(n1) && holdsAll(n2) && sameRoots(rest); }));
+  // Neither stale gossip nor the stopped process brings it back; the
+  // others keep replicating with each other.
+  n1.write("sku-l", "ann", "after l3 left");
+  REQUIRE(eventually([&] { return n2.has("sku-l", "ann"); }));
+  std::this_thread::sleep_for(1s);  // five probe periods
+  CHECK(stateOf(n1, "l3") == gossip::PeerState::kLeft);
+  CHECK(stateOf(n2, "l3") == gossip::PeerState::kLeft);
+  CHECK(n1.alive() == 1);
+  CHECK(n2.alive() == 1);
+  // A tombstone in the member file (written within 5 s of a change), until forgotten.
+  CHECK(eventually([&] { return n1.membersFile().find("l3 ") != std::string::npos; }, 10s));
+  CHECK(n1.membersFile().find(" left\n") != std::string::npos);
+}
+
+TEST_CASE(
+    "remove: a stopped node is left everywhere, stays out when it returns, rejoins explicitly") {
+  TestNode n1("m1", {});
+  TestNode n2("m2", {n1.cluster->address()});
+  TestNode n3("m3", {n1.cluster->address()});
+  REQUIRE(eventually([&] { return n1.alive() == 2 && n2.alive() == 2 && n3.alive() == 2; }));
+  auto stateOf = [](TestNode& n, const std::string& id) -> std::optional<gossip::PeerState> {
+    for (const auto& m : n.cluster->members()) {
+      if (m.nodeId == id) return m.state;
+    }
+    return std::nullopt;
+  };
+  std::string m3Address = n3.cluster->address();
+  n3.close();
+
+  // The administrator's mistakes.
+  auto unknown = n1.cluster->remove("m-nobody");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code == ErrorCode::kNotFound);
+  auto self = n1.cluster->remove("m1");
+  REQUIRE_FALSE(self.ok());
+  CHECK(self.error().code == ErrorCode::kInvalidArgument);
+
+  REQUIRE(n1.cluster->remove("m3").ok());
+  CHECK(stateOf(n1, "m3") == gossip::PeerState::kLeft);  // at once where it was removed
+  REQUIRE(eventually([&] { return stateOf(n2, "m3") == gossip::PeerState::kLeft; }, 5s));
+  CHECK(n1.cluster->remove("m3").ok());  // again: nothing to do
+  CHECK_FALSE(n1.cluster->removed());
+  CHECK_FALSE(n2.cluster->removed());
+
+  // It comes back as it was (its member file names m1 and m2): told it
+  // was removed, it stays out, and nobody sees it alive.
+  n3.open({}, m3Address);
+  REQUIRE(eventually([&] { return n3.cluster->removed(); }, 10s));
+  n3.write("sku-m", "dave", "written after removal");
+  std::this_thread::sleep_for(1s);
+  CHECK(stateOf(n1, "m3") == gossip::PeerState::kLeft);
+  CHECK(stateOf(n2, "m3") == gossip::PeerState::kLeft);
+  CHECK_FALSE(n1.has("sku-m", "dave"));
+  CHECK_FALSE(n2.has("sku-m", "dave"));
+
+  // Restarted with rejoin: alive everywhere again, and replicating.
+  n3.close();
+  n3.tweak = [](gossip::ClusterOptions& c) { c.rejoin = true; };
+  n3.open({n1.cluster->address()});
+  REQUIRE(eventually([&] {
+    return stateOf(n1, "m3") == gossip::PeerState::kAlive &&
+           stateOf(n2, "m3") == gossip::PeerState::kAlive && n3.alive() == 2;
+  }));
+  CHECK_FALSE(n3.cluster->removed());
+  std::vector<TestNode*> all{&n1, &n2, &n3};
+  REQUIRE(eventually([&] { return sameRoots(all); }));
+  CHECK(n1.has("sku-m", "dave"));
+}
+
+TEST_CASE("regions: a bad region is refused at start; nodes of two regions replicate") {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("chorus-cluster-test-region-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  storage::Options so;
+  so.dir = (dir / "store").string();
+  so.unsafeNoSync = true;
+  auto store = storage::Store::open(so);
+  REQUIRE(store.ok());
+  for (std::string bad : {std::string(), std::string("us east"), std::string("eu/west"),
+                          std::string(65, 'r'), std::string("r\n"), std::string("é")}) {
+    CAPTURE(bad);
+    gossip::ClusterOptions c;
+    c.nodeId = "badregion";
+    c.listen = "127.0.0.1:0";
+    c.keys = {clusterKey()};
+    c.region = bad;
+    auto started = gossip::Cluster::start(c, *store.value(), nullptr);
+    REQUIRE_FALSE(started.ok());
+    CHECK(started.error().code == ErrorCode::kInvalidArgument);
+    CHECK(started.error().message.find("region") != std::string::npos);
+  }
+  store.value().reset();
+  std::filesystem::remove_all(dir);
+
+  auto in = [](std::string region) {
+    return [region](gossip::ClusterOptions& c) { c.region = region; };
+  };
+  TestNode us("rg-us", {}, {clusterKey()}, in("us-east.1_a"));
+  TestNode eu("rg-eu", {us.cluster->address()}, {clusterKey()}, in("eu"));
+  CHECK(us.cluster->region() == "us-east.1_a");
+  REQUIRE(eventually([&] { return us.alive() == 1 && eu.alive() == 1; }));
+  REQUIRE(us.cluster->members().size() == 1);
+  CHECK(us.cluster->members()[0].region == "eu");
+  CHECK(eu.cluster->members()[0].region == "us-east.1_a");
+  us.write("sku-rg", "ann", "from us");
+  eu.write("sku-rg", "bob", "from eu");
+  std::vector<TestNode*> both{&us, &eu};
+  REQUIRE(eventually([&] { return sameRoots(both); }));
+  CHECK(eu.has("sku-rg", "ann"));
+  CHECK(us.has("sku-rg", "bob"));
 }
