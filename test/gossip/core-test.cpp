@@ -473,13 +473,23 @@ TEST_CASE("core: a suspected member that is alive refutes with a higher incarnat
   }
   REQUIRE(suspected);
   net.muted.clear();
-  net.runFor(3000);
+  // Everyone ends with n6 alive at its latest incarnation (it may have
+  // refuted more than once: probes begun while it was silent end later).
+  bool agreed = false;
+  for (int i = 0; i < 100 && !agreed; ++i) {
+    net.runFor(100);
+    agreed = true;
+    for (Node* n : net.all()) {
+      if (n == &n6) continue;
+      auto m = memberOf(*n, "n6");
+      agreed = agreed && m->state == PeerState::kAlive && m->incarnation == n6.core->incarnation();
+    }
+  }
+  CHECK(agreed);
   CHECK(n6.core->incarnation() > before);
   CHECK(n6.core->stats().refutations >= 1);
   for (Node* n : net.all()) {
-    if (n == &n6) continue;
-    CHECK(memberOf(*n, "n6")->state == PeerState::kAlive);
-    CHECK(memberOf(*n, "n6")->incarnation == n6.core->incarnation());
+    if (n != &n6) CHECK(memberOf(*n, "n6")->state != PeerState::kDead);
   }
 }
 
