@@ -1,5 +1,7 @@
 // Gossip frames (and their framing on the wire, the sealed stream), the
 // failure detector and the member file.
+#include <capnp/any.h>
+#include <capnp/schema.h>
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -7,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "gossip/failure-detector.h"
 #include "gossip/frame.h"
@@ -23,10 +26,75 @@ std::string helloFrame(const std::string& from, uint16_t version = wire::PROTOCO
   capnp::MallocMessageBuilder message;
   auto frame = newFrame(message, from);
   frame.setVersion(version);
-  auto m = frame.initHello();
+  auto m = frame.initHello().initMember();
   m.setNodeId(from);
   m.setGossipAddress("127.0.0.1:7410");
+  m.setRegion("eu");
   return encodeFrame(message);
+}
+
+// A frame of each kind of protocol 2, with one piggybacked member update.
+std::vector<std::pair<wire::Frame::Which, std::string>> everyKind() {
+  std::vector<std::pair<wire::Frame::Which, std::string>> out;
+  auto make = [&](wire::Frame::Which which, auto fill) {
+    capnp::MallocMessageBuilder message;
+    auto f = newFrame(message, "n1");
+    auto m = f.initMembers(1)[0];
+    m.setNodeId("n2");
+    m.setGossipAddress("127.0.0.1:7411");
+    m.setRegion("us");
+    m.setIncarnation(7);
+    m.setState(wire::MemberState::SUSPECT);
+    fill(f);
+    out.emplace_back(which, encodeFrame(message));
+  };
+  auto probe = [](wire::Probe::Builder p) {
+    p.setSeq(42);
+    p.setTarget("n3");
+    p.setTargetAddress("127.0.0.1:7412");
+  };
+  auto members = [](capnp::List<wire::Member>::Builder list) {
+    list[0].setNodeId("n1");
+    list[0].setGossipAddress("127.0.0.1:7410");
+    list[1].setNodeId("n4");
+    list[1].setGossipAddress("127.0.0.1:7413");
+    list[1].setState(wire::MemberState::LEFT);
+  };
+  make(wire::Frame::HELLO, [](wire::Frame::Builder f) {
+    auto h = f.initHello();
+    h.initMember().setNodeId("n1");
+    h.getMember().setGossipAddress("127.0.0.1:7410");
+    h.setActive(true);
+  });
+  make(wire::Frame::PING, [&](wire::Frame::Builder f) { probe(f.initPing()); });
+  make(wire::Frame::ACK, [&](wire::Frame::Builder f) { probe(f.initAck()); });
+  make(wire::Frame::NACK, [&](wire::Frame::Builder f) { probe(f.initNack()); });
+  make(wire::Frame::PING_REQ, [&](wire::Frame::Builder f) { probe(f.initPingReq()); });
+  make(wire::Frame::GOSSIP, [](wire::Frame::Builder f) { f.setGossip(); });
+  make(wire::Frame::PUSH_PULL, [&](wire::Frame::Builder f) { members(f.initPushPull(2)); });
+  make(wire::Frame::PUSH_PULL_REPLY,
+       [&](wire::Frame::Builder f) { members(f.initPushPullReply(2)); });
+  make(wire::Frame::BROADCAST, [](wire::Frame::Builder f) {
+    auto b = f.initBroadcast(1)[0];
+    b.setId(99);
+    b.setRound(3);
+    b.setScope("eu");
+    b.setOrigin("n1");
+    const uint8_t data[] = {1, 2, 3};
+    b.setData(capnp::Data::Reader(data, sizeof data));
+  });
+  make(wire::Frame::IHAVE, [](wire::Frame::Builder f) {
+    auto ids = f.initIhave(2);
+    ids.set(0, 5);
+    ids.set(1, 6);
+  });
+  make(wire::Frame::GRAFT, [](wire::Frame::Builder f) { f.initGraft(1).set(0, 5); });
+  make(wire::Frame::PRUNE, [](wire::Frame::Builder f) { f.initPrune(1).set(0, "n1"); });
+  make(wire::Frame::RECONCILE, [](wire::Frame::Builder f) {
+    const uint8_t data[] = {9, 9};
+    f.setReconcile(capnp::Data::Reader(data, sizeof data));
+  });
+  return out;
 }
 
 // A frame body as the sealed channel hands it over.
@@ -41,12 +109,19 @@ Result<std::unique_ptr<ParsedFrame>> parseWhole(const std::string& body) {
   return ParsedFrame::parse(wordsOf(body));
 }
 
+std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 }  // namespace
 
 TEST_CASE("a frame body is the message's words alone; sealed, it survives any cutting") {
   // No length prefix in the body: the seal carries the length.
   capnp::MallocMessageBuilder message;
-  newFrame(message, "n1").initHeartbeat(0);
+  newFrame(message, "n1").setGossip();
   std::string body = encodeFrame(message);
   auto words = capnp::messageToFlatArray(message);
   CHECK(body.size() == words.asBytes().size());
@@ -77,13 +152,83 @@ TEST_CASE("a frame body is the message's words alone; sealed, it survives any cu
   }
 }
 
-TEST_CASE("frames of another version, without a sender, or not Cap'n Proto are refused") {
+TEST_CASE("every kind of protocol 2 parses, with its piggybacked member update") {
+  auto frames = everyKind();
+  CHECK(frames.size() == 13);  // hello .. reconcile: every member of the union
+  for (const auto& [which, body] : frames) {
+    CAPTURE(unsigned(which));
+    auto parsed = parseWhole(body);
+    REQUIRE_MESSAGE(parsed.ok(), parsed.error().toString());
+    auto root = parsed.value()->root();
+    CHECK(root.which() == which);
+    CHECK(root.getVersion() == 2);
+    REQUIRE(root.getMembers().size() == 1);
+    CHECK(root.getMembers()[0].getState() == wire::MemberState::SUSPECT);
+    CHECK(root.getMembers()[0].getIncarnation() == 7);
+    CHECK(std::string(root.getMembers()[0].getRegion().cStr()) == "us");
+  }
+}
+
+TEST_CASE(
+    "frames of another version, without a sender, of an unknown kind or not Cap'n Proto are "
+    "refused") {
+  CHECK(wire::PROTOCOL_VERSION == 2);
   CHECK(parseWhole(helloFrame("n1")).ok());
-  auto old = parseWhole(helloFrame("n1", wire::PROTOCOL_VERSION + 1));
-  REQUIRE(!old.ok());
-  CHECK(old.error().message.find("protocol version") != std::string::npos);
-  CHECK(!parseWhole(helloFrame("")).ok());
+  // Protocol 1 (full member lists on heartbeats): refused by its version
+  // alone, with both versions named for the operator.
+  auto v1 = parseWhole(helloFrame("n1", 1));
+  REQUIRE(!v1.ok());
+  CHECK(v1.error().code == ErrorCode::kCorruption);
+  CHECK(v1.error().message.find("protocol version 1") != std::string::npos);
+  CHECK(v1.error().message.find("speaks 2") != std::string::npos);
+  auto newer = parseWhole(helloFrame("n1", wire::PROTOCOL_VERSION + 1));
+  REQUIRE(!newer.ok());
+  CHECK(newer.error().message.find("protocol version 3") != std::string::npos);
+  // Every kind of another version, not only hellos.
+  for (auto [which, body] : everyKind()) {
+    CAPTURE(unsigned(which));
+    auto words = wordsOf(body);
+    capnp::FlatArrayMessageReader reader(words);
+    capnp::MallocMessageBuilder copy;
+    copy.setRoot(reader.getRoot<wire::Frame>());
+    copy.getRoot<wire::Frame>().setVersion(1);
+    auto refused = parseWhole(encodeFrame(copy));
+    REQUIRE(!refused.ok());
+    CHECK(refused.error().message.find("protocol version 1") != std::string::npos);
+  }
+  auto anonymous = parseWhole(helloFrame(""));
+  REQUIRE(!anonymous.ok());
+  CHECK(anonymous.error().message.find("no sender") != std::string::npos);
   CHECK(!parseWhole(std::string(64, '\xff')).ok());
+  // A union discriminant past the last kind this node knows (a frame of a
+  // later schema that kept the version): refused, not read as another kind.
+  {
+    capnp::MallocMessageBuilder message;
+    newFrame(message, "n1").setGossip();
+    auto data = capnp::toAny(message.getRoot<wire::Frame>()).getDataSection();
+    size_t at = capnp::Schema::from<wire::Frame>().getProto().getStruct().getDiscriminantOffset();
+    REQUIRE((at + 1) * 2 <= data.size());
+    uint16_t unknown = uint16_t(wire::Frame::RECONCILE) + 1;
+    data[at * 2] = uint8_t(unknown & 0xff);  // little-endian on the wire
+    data[at * 2 + 1] = uint8_t(unknown >> 8);
+    auto refused = parseWhole(encodeFrame(message));
+    REQUIRE(!refused.ok());
+    CHECK(refused.error().message.find("unknown frame kind") != std::string::npos);
+  }
+  // A member list whose text is not NUL-terminated: fails validation.
+  {
+    capnp::MallocMessageBuilder message;
+    auto m = newFrame(message, "n1").initPushPull(1)[0];
+    m.setNodeId("n2");
+    m.setGossipAddress("127.0.0.1:7411");
+    std::string body = encodeFrame(message);
+    auto at = body.find("127.0.0.1:7411");
+    REQUIRE(at != std::string::npos);
+    body[at + 14] = 'x';  // the terminating NUL
+    auto refused = parseWhole(body);
+    REQUIRE(!refused.ok());
+    CHECK(refused.error().code == ErrorCode::kCorruption);
+  }
 }
 
 TEST_CASE("bit-flipped frames are refused or parse into a valid frame, never crash") {
@@ -106,7 +251,7 @@ TEST_CASE("bit-flipped frames are refused or parse into a valid frame, never cra
     // Reading a parsed frame must be safe.
     auto root = frame.value()->root();
     (void)root.getFrom().size();
-    if (root.which() == wire::Frame::HELLO) (void)root.getHello().getNodeId().size();
+    if (root.which() == wire::Frame::HELLO) (void)root.getHello().getMember().getNodeId().size();
   }
   CHECK(refused > 0);
 }
@@ -125,7 +270,7 @@ TEST_CASE("phi grows with silence and falls back with a heartbeat") {
   CHECK(d.phi(8000) < 0.01);
 }
 
-TEST_CASE("the member list round-trips and skips lines it cannot read") {
+TEST_CASE("the member list round-trips, reads v1 lines, and skips lines it cannot read") {
   auto dir = std::filesystem::temp_directory_path() /
              ("chorus-member-file-test-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -133,18 +278,35 @@ TEST_CASE("the member list round-trips and skips lines it cannot read") {
   auto missing = loadMembers(path);
   REQUIRE(missing.ok());
   CHECK(missing.value().empty());
-  REQUIRE(
-      saveMembers(path, {{"n1", "127.0.0.1:7410", "127.0.0.1:7400"}, {"n2", "127.0.0.1:7411", ""}})
-          .ok());
+  KnownMember n1{"n1", "127.0.0.1:7410", "127.0.0.1:7400", "eu", 1700000000, "left"};
+  KnownMember n2{"n2", "127.0.0.1:7411", "", "", 3, "dead"};  // no region: written "default"
+  REQUIRE(saveMembers(path, {n1, n2}).ok());
   {
     std::ofstream out(path, std::ios::app);
     out << "only-one-field\n\n# a comment\n";
+    out << "n3 127.0.0.1:7412 -\n";              // v1: alive, region unknown
+    out << "n4 127.0.0.1:7413 - us 5 zombie\n";  // no such state
+    out << "n5 127.0.0.1:7414 - us 5 suspect\n";
   }
+  CHECK(readFile(path).rfind("# chorus members v2", 0) == 0);
   auto loaded = loadMembers(path);
   REQUIRE(loaded.ok());
-  REQUIRE(loaded.value().size() == 2);
-  CHECK(loaded.value()[0].nodeId == "n1");
-  CHECK(loaded.value()[0].rpcAddress == "127.0.0.1:7400");
-  CHECK(loaded.value()[1].rpcAddress.empty());
+  REQUIRE(loaded.value().size() == 4);
+  const auto& l = loaded.value();
+  CHECK(l[0].nodeId == "n1");
+  CHECK(l[0].rpcAddress == "127.0.0.1:7400");
+  CHECK(l[0].region == "eu");
+  CHECK(l[0].incarnation == 1700000000);
+  CHECK(l[0].state == "left");
+  CHECK(l[1].rpcAddress.empty());
+  CHECK(l[1].region == "default");
+  CHECK(l[1].incarnation == 3);
+  CHECK(l[1].state == "dead");
+  CHECK(l[2].nodeId == "n3");
+  CHECK(l[2].region.empty());
+  CHECK(l[2].incarnation == 0);
+  CHECK(l[2].state == "alive");
+  CHECK(l[3].nodeId == "n5");
+  CHECK(l[3].state == "suspect");
   std::filesystem::remove_all(dir);
 }
