@@ -5,7 +5,8 @@
 // then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
-// exits 0. SIGHUP: reread --tokens-file (a revoked token's calls are refused
+// exits 0 (still a member of its cluster: `chorus cluster leave` first to
+// take it out for good). SIGHUP: reread --tokens-file (a revoked token's calls are refused
 // and its watches end at once; a broken file keeps the previous tokens). Exit codes: 0 clean stop,
 // 1 usage or configuration, 2 the node could not start (data dir locked or damaged, address in
 // use).
@@ -88,6 +89,9 @@ int main(int argc, char** argv) {
   std::string advertise;
   std::string antiEntropyInterval = "1000";
   std::string clockOffset = "0";
+  std::string region = chorus::gossip::ClusterOptions{}.region;
+  bool rejoin = false;
+  std::string forgetDeadAfter = "24h";
   app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
       ->required();
   app.add_option("--data-dir", dataDir, "Directory of the store (created if missing)")->required();
@@ -220,6 +224,25 @@ int main(int argc, char** argv) {
                    "How often to compare Merkle trees with a peer: milliseconds, or with a unit "
                    "(500ms, 2s)")
       ->capture_default_str();
+  auto* regionOption =
+      gossipGroup
+          ->add_option("--region", region,
+                       "This node's region (1-64 letters, digits, '-', '_', '.'; e.g. us-east): "
+                       "dissemination and repair prefer peers of the same region, and "
+                       "`chorus cluster partition --split` takes region names")
+          ->capture_default_str()
+          ->type_name("NAME");
+  auto* rejoinOption = gossipGroup->add_flag(
+      "--rejoin", rejoin,
+      "Join again after this node left (`chorus cluster leave`) or was removed (`chorus "
+      "cluster remove`); without it such a node stays out, with a warning");
+  auto* forgetOption =
+      gossipGroup
+          ->add_option("--forget-dead-after", forgetDeadAfter,
+                       "Forget a dead member this long after it was declared dead (a left or "
+                       "removed one: its tombstone); a duration (30m, 24h; a bare number is "
+                       "milliseconds), at least 1s")
+          ->capture_default_str();
   gossipGroup
       ->add_option("--clock-offset", clockOffset,
                    "FOR TESTS: skew this node's clock by a duration (-30s, 5m, 1500ms; a bare "
@@ -232,10 +255,20 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   chorus::api::setLogLevel(*chorus::api::parseLogLevel(logLevel));
-  std::chrono::milliseconds antiEntropy{}, offset{};
+  std::chrono::milliseconds antiEntropy{}, offset{}, forgetDead{};
   if (!parseDurationFlag("--anti-entropy-interval", antiEntropyInterval,
                          std::chrono::milliseconds(1), antiEntropy) ||
-      !parseDurationFlag("--clock-offset", clockOffset, std::chrono::milliseconds(1), offset)) {
+      !parseDurationFlag("--clock-offset", clockOffset, std::chrono::milliseconds(1), offset) ||
+      !parseDurationFlag("--forget-dead-after", forgetDeadAfter, std::chrono::milliseconds(1),
+                         forgetDead)) {
+    return 1;
+  }
+  if (forgetDead < std::chrono::seconds(1)) {
+    std::fprintf(stderr, "chorusd: --forget-dead-after: must be at least 1s (default 24h)\n");
+    return 1;
+  }
+  if (auto bad = chorus::api::checkRegion(region)) {
+    std::fprintf(stderr, "chorusd: --region: %s\n", bad->message.c_str());
     return 1;
   }
   if (antiEntropy < std::chrono::milliseconds(10) || antiEntropy > std::chrono::hours(1)) {
@@ -244,6 +277,12 @@ int main(int argc, char** argv) {
   }
   if (gossipListen.empty() && (!join.empty() || !advertise.empty())) {
     std::fprintf(stderr, "chorusd: --join and --advertise need --gossip-listen\n");
+    return 1;
+  }
+  if (gossipListen.empty() &&
+      (regionOption->count() > 0 || rejoinOption->count() > 0 || forgetOption->count() > 0)) {
+    std::fprintf(stderr,
+                 "chorusd: --region, --rejoin and --forget-dead-after need --gossip-listen\n");
     return 1;
   }
   if (gossipListen.empty() && !clusterKeyFile.empty()) {
@@ -307,6 +346,9 @@ int main(int argc, char** argv) {
   options.cluster.advertise = advertise;
   options.cluster.antiEntropyInterval = antiEntropy;
   options.cluster.keys = clusterKeys;
+  options.cluster.region = region;
+  options.cluster.rejoin = rejoin;
+  options.cluster.forgetDeadAfter = forgetDead;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     std::fprintf(stderr, "chorusd: cannot start: %s\n", node.error().toString().c_str());
