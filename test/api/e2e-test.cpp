@@ -46,8 +46,9 @@ std::string writeClusterKeyFile(const TempDir& tmp) {
 
 // chorusd without tokens (--no-auth): these tests are about the CLI and
 // the daemon; tokens are tested in rpc-auth-test.cpp and test/cluster.
-Daemon startDaemon(const std::string& dataDir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--node-id",   "e2e",      "--data-dir",
+Daemon startDaemon(const std::string& dataDir, std::vector<std::string> extra = {},
+                   const std::string& nodeId = "e2e") {
+  std::vector<std::string> args = {"--node-id",   nodeId,     "--data-dir",
                                    dataDir,       "--listen", "127.0.0.1:0",
                                    "--log-level", "warn",     "--no-auth"};
   args.insert(args.end(), extra.begin(), extra.end());
@@ -293,7 +294,9 @@ TEST_CASE("e2e: cluster commands against a node without a cluster say how to get
   for (std::vector<std::string> args : {std::vector<std::string>{"cluster", "status"},
                                         {"cluster", "heal"},
                                         {"cluster", "partition", "--isolate", "n2"},
-                                        {"cluster", "converge", "--timeout", "1s"}}) {
+                                        {"cluster", "converge", "--timeout", "1s"},
+                                        {"cluster", "leave"},
+                                        {"cluster", "remove", "n2"}}) {
     CAPTURE(args[1]);
     auto r = cli(d.address, args);
     CHECK(r.code == 4);
@@ -307,6 +310,10 @@ TEST_CASE("e2e: cluster commands against a node without a cluster say how to get
   CHECK(cli(d.address, {"cluster", "partition", "--split", "n1,/n2"}).code == 1);
   CHECK(cli(d.address, {"cluster", "partition", "--isolate", "n1", "--split", "n1/n2"}).code == 1);
   CHECK(cli(d.address, {"cluster", "converge", "--timeout", "soon"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "partition", "--split", "a/b/c"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "leave", "--timeout", "soon"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "leave", "--timeout", "6m"}).code == 1);
+  CHECK(cli(d.address, {"cluster", "remove"}).code == 1);  // which node?
 }
 
 TEST_CASE("e2e: a one-node cluster: gossip flags, cluster commands and their exit codes") {
@@ -362,7 +369,18 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
                                        {"--anti-entropy-interval", "-1s"},
                                        {"--join", "127.0.0.1:1"},  // needs --gossip-listen
                                        {"--gossip-listen", "127.0.0.1:0", "--join", "nohostport"},
-                                       {"--gossip-listen", "nonsense"}}) {
+                                       {"--gossip-listen", "nonsense"},
+                                       {"--region", "eu"},  // needs --gossip-listen
+                                       {"--rejoin"},
+                                       {"--forget-dead-after", "1h"},
+                                       {"--gossip-listen", "127.0.0.1:0", "--region", "us east"},
+                                       {"--gossip-listen", "127.0.0.1:0", "--region", ""},
+                                       {"--gossip-listen", "127.0.0.1:0", "--region",
+                                        std::string(65, 'r')},
+                                       {"--gossip-listen", "127.0.0.1:0", "--forget-dead-after",
+                                        "soon"},
+                                       {"--gossip-listen", "127.0.0.1:0", "--forget-dead-after",
+                                        "500ms"}}) {
     CAPTURE(bad[0]);
     std::vector<std::string> args = {"--node-id", "n",           "--data-dir", tmp.sub("x"),
                                      "--listen",  "127.0.0.1:0", "--no-auth"};
@@ -371,6 +389,18 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
     std::string out = p.readAll(10s);
     CHECK(p.wait(10s) == 1);
     CHECK(out.find("chorusd: ") != std::string::npos);
+    if (bad.size() > 2 && (bad[2] == "--region" || bad[2] == "--forget-dead-after")) {
+      CHECK(out.find(bad[2] + ": ") != std::string::npos);  // names the flag
+    }
+  }
+  {
+    Process p(bin("CHORUSD_BIN"), {"--node-id", "n", "--data-dir", tmp.sub("x"), "--listen",
+                                   "127.0.0.1:0", "--no-auth", "--gossip-listen", "127.0.0.1:0",
+                                   "--region", "us east"});
+    std::string out = p.readAll(10s);
+    CHECK(p.wait(10s) == 1);
+    CHECK(out.find("--region: 'us east' has a character that is not allowed") !=
+          std::string::npos);
   }
 
   // A node 5 minutes fast stamps its edits 5 minutes ahead.
@@ -401,4 +431,98 @@ TEST_CASE("e2e: chorusd refuses bad cluster flags; --clock-offset skews its stam
   REQUIRE(fromConfig.waitForLine("chorusd: listening on ", 10s).has_value());
   CHECK(fromConfig.waitForLine("chorusd: gossip on ", 10s).has_value());
   CHECK(fromConfig.stop(SIGTERM, 10s) == 0);
+}
+
+namespace {
+// Polls `chorus ... args` until its output has `needle` (10 s).
+bool cliEventually(const std::string& address, const std::vector<std::string>& args,
+                   const std::string& needle) {
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cli(address, args).out.find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+}  // namespace
+
+TEST_CASE("e2e: two regions: --split by region name, leave and remove, and their JSON") {
+  TempDir tmp;
+  std::string key = writeClusterKeyFile(tmp);
+  auto d1 = startDaemon(tmp.sub("n1"),
+                        {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "100ms",
+                         "--cluster-key-file", key, "--region", "us"},
+                        "n1");
+  auto g1 = d1.process->waitForLine("chorusd: gossip on ", 10s);
+  REQUIRE(g1.has_value());
+  auto d2 = startDaemon(tmp.sub("n2"),
+                        {"--gossip-listen", "127.0.0.1:0", "--anti-entropy-interval", "100ms",
+                         "--cluster-key-file", key, "--region", "eu", "--forget-dead-after", "2h",
+                         "--join", g1->substr(g1->find(" on ") + 4)},
+                        "n2");
+  const auto& a = d1.address;
+  std::vector<std::string> nodes = {"--nodes", d2.address};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), nodes.begin(), nodes.end());
+    return args;
+  };
+  REQUIRE(cliEventually(a, with({"cluster", "status"}), "alive"));
+
+  auto status = cli(a, with({"--json", "cluster", "status"}));
+  CHECK(status.code == 0);
+  CHECK(status.out.find("{\"node_id\":\"n1\",\"region\":\"us\",\"nodes\":[") == 0);
+  CHECK(status.out.find("\"node_id\":\"n2\",\"rpc_address\":\"" + d2.address + "\"") !=
+        std::string::npos);
+  CHECK(status.out.find("\"region\":\"eu\",\"state\":\"alive\",\"left\":false") !=
+        std::string::npos);
+  CHECK(status.out.find("\"incarnation\":") != std::string::npos);
+  CHECK(status.out.find("\"active\":") != std::string::npos);
+  CHECK(status.out.find("\"probes\":") != std::string::npos);
+  CHECK(status.out.find("phi") == std::string::npos);
+  auto table = cli(a, with({"cluster", "status"}));
+  CHECK(table.out.find("REGION") != std::string::npos);
+  CHECK(table.out.find(" eu ") != std::string::npos);
+  CHECK(cli(d2.address, {"--json", "node", "status"}).out.find("\"region\":\"eu\"") !=
+        std::string::npos);
+
+  // Region names stand for their nodes; ids still work; unknown names fail.
+  auto split = cli(a, with({"--json", "cluster", "partition", "--split", "us/eu"}));
+  CHECK(split.code == 0);
+  CHECK(split.out.find("{\"partitioned\":{\"n1\":[\"n2\"],\"n2\":[\"n1\"]},\"failed\":{}}") !=
+        std::string::npos);
+  CHECK(cli(a, with({"cluster", "heal"})).code == 0);
+  CHECK(cli(a, with({"cluster", "partition", "--split", "n1/eu"})).code == 0);
+  CHECK(cli(a, with({"cluster", "heal"})).code == 0);
+  auto mars = cli(a, with({"cluster", "partition", "--split", "us/mars"}));
+  CHECK(mars.code == 3);
+  CHECK(mars.out.find("'mars' is neither a node id nor a region (regions: eu, us)") !=
+        std::string::npos);
+  CHECK(cli(a, with({"cluster", "partition", "--split", "us/n1"})).code == 3);  // both sides
+
+  // remove: unknown -> 2, the node asked -> 3.
+  auto nobody = cli(a, {"cluster", "remove", "nobody"});
+  CHECK(nobody.code == 2);
+  CHECK(nobody.out.find("'nobody'") != std::string::npos);
+  auto self = cli(a, {"cluster", "remove", "n1"});
+  CHECK(self.code == 3);
+  CHECK(self.out.find("leave") != std::string::npos);
+
+  // n2 leaves (asked at its listed address); n1 then sees it left.
+  REQUIRE(cli(d2.address, {"review", "put", "kettle-1", "ann", "-r", "4"}).code == 0);
+  auto leave = cli(a, with({"--json", "cluster", "leave", "n2", "--timeout", "5s"}));
+  CHECK(leave.code == 0);
+  CHECK(leave.out.find("{\"node_id\":\"n2\",\"left\":true,\"seconds\":") == 0);
+  CHECK(cli(a, {"review", "get", "kettle-1", "ann"}).code == 0);  // handed on
+  auto refused = cli(d2.address, {"review", "put", "kettle-1", "bob", "-r", "4"});
+  CHECK(refused.code == 4);
+  CHECK(refused.out.find("--rejoin") != std::string::npos);
+  CHECK(cliEventually(a, with({"--json", "cluster", "status"}), "\"state\":\"left\",\"left\":true"));
+  // It takes no part any more: converge and partitions leave it out.
+  CHECK(cli(a, {"cluster", "converge", "--timeout", "5s"}).code == 0);
+  auto removeJson = cli(a, {"--json", "cluster", "remove", "n2"});
+  CHECK(removeJson.code == 0);
+  CHECK(removeJson.out.find("{\"node_id\":\"n2\",\"removed\":true,\"asked\":\"n1\",\"was\":\"left\"}") !=
+        std::string::npos);
+  CHECK(d1.process->stop(SIGTERM, 10s) == 0);
+  CHECK(d2.process->stop(SIGTERM, 10s) == 0);
 }

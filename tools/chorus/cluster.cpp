@@ -8,7 +8,8 @@
 // cluster command. Nodes the connected node knows over gossip but whose
 // address the operator did not list are shown ("not asked"), never dialled;
 // commands that need every node (converge, keys install/use/remove, and
-// partition for the nodes it changes) refuse and name them.
+// partition for the nodes it changes) refuse and name them. Members that
+// left or were removed are shown but need not be asked: they take no part.
 //
 // Each node is asked over its own RPC address, all in parallel: one thread
 // and one Client per node (a Client's event loop belongs to its thread), and
@@ -170,6 +171,11 @@ struct KnownNode {
   std::string gossipAddress;
   std::optional<gossip::MemberInfo> member;  // as the connected node sees it
   bool self = false;                         // the connected node
+  // Its own answer, else the connected node's member entry; empty if unknown.
+  std::string region;
+  // It left or was removed (by its own answer or the connected node's
+  // view): out of the cluster for good, so no command needs it.
+  bool gone = false;
   bool asked() const { return !rpcAddress.empty(); }
 };
 
@@ -246,12 +252,26 @@ struct Cluster {
                           : "not in the node list from " + source;
   }
 
+  // Not asked, and still members (a node that left needs no asking).
   std::vector<std::string> notAsked() const {
     std::vector<std::string> ids;
     for (const auto& n : nodes) {
-      if (!n.asked()) ids.push_back(n.id);
+      if (!n.asked() && !n.gone) ids.push_back(n.id);
     }
     return ids;
+  }
+
+  // The same without the nodes that left or were removed.
+  Cluster members() const {
+    Cluster out;
+    out.view = view;
+    out.source = source;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      if (nodes[i].gone) continue;
+      out.nodes.push_back(nodes[i]);
+      out.views.push_back(views[i]);
+    }
+    return out;
   }
 };
 
@@ -287,6 +307,8 @@ Result<Cluster> discover(const Globals& g, const NodeList& list) {
     n.rpcAddress = probes[i].rpcAddress;
     n.gossipAddress = answers[i]->gossipAddress;
     n.self = i == 0;
+    n.region = answers[i]->region;
+    n.gone = answers[i]->state == gossip::PeerState::kLeft;
     add(std::move(n), answers[i]);
   }
   // ... those that did not, under the id of the member that advertises their
@@ -311,12 +333,16 @@ Result<Cluster> discover(const Globals& g, const NodeList& list) {
       n.member = m;
       n.advertisedRpc = m.rpcAddress;
       if (n.gossipAddress.empty()) n.gossipAddress = m.gossipAddress;
+      if (n.region.empty()) n.region = m.region;
+      if (m.state == gossip::PeerState::kLeft) n.gone = true;
       continue;
     }
     KnownNode n;
     n.id = m.nodeId;
     n.advertisedRpc = m.rpcAddress;
     n.gossipAddress = m.gossipAddress;
+    n.region = m.region;
+    n.gone = m.state == gossip::PeerState::kLeft;
     n.member = m;
     add(std::move(n), makeError(ErrorCode::kUnavailable, kNotAsked));
   }
@@ -385,12 +411,22 @@ std::string ago(uint64_t nowMillis, uint64_t thenMillis) {
   return buf;
 }
 
-std::string stateText(const KnownNode& n) {
-  if (n.self) return "self";
-  if (!n.member) return "not a member";  // answered, but the connected node does not know it
+std::string stateText(const KnownNode& n, const std::optional<ClusterView>& own) {
+  if (n.self) {
+    if (own && own->removed) return "self,removed";
+    return n.gone ? "self,left" : "self";
+  }
+  if (!n.member) {
+    // Answered, but the connected node does not know it.
+    return n.gone ? "left" : "not a member";
+  }
   std::string s = gossip::peerStateName(n.member->state);
   if (n.member->partitioned) s += ",partitioned";
   return s;
+}
+
+std::string stateText(const KnownNode& n, const Result<ClusterView>& own) {
+  return stateText(n, own.ok() ? std::optional<ClusterView>(*own) : std::nullopt);
 }
 
 std::string jsonNumber(double v) {
@@ -407,7 +443,7 @@ std::string jsonIds(const std::vector<std::string>& ids) {
 }
 
 std::string jsonStats(const gossip::ClusterStats& s) {
-  char buf[1024];
+  char buf[2048];
   std::snprintf(
       buf, sizeof buf,
       "{\"frames_in\":%" PRIu64 ",\"frames_out\":%" PRIu64 ",\"bytes_in\":%" PRIu64
@@ -415,10 +451,15 @@ std::string jsonStats(const gossip::ClusterStats& s) {
       ",\"deltas_sent\":%" PRIu64 ",\"deltas_received\":%" PRIu64 ",\"deltas_dropped\":%" PRIu64
       ",\"sync_started\":%" PRIu64 ",\"sync_completed\":%" PRIu64 ",\"anti_entropy_bytes\":%" PRIu64
       ",\"states_repaired\":%" PRIu64 ",\"auth_failures\":%" PRIu64 ",\"replays_refused\":%" PRIu64
-      ",\"states_refused\":%" PRIu64 "}",
+      ",\"states_refused\":%" PRIu64 ",\"connections\":%" PRIu64 ",\"active_peers\":%" PRIu64
+      ",\"probes\":%" PRIu64 ",\"probes_failed\":%" PRIu64 ",\"refutations\":%" PRIu64
+      ",\"broadcast_duplicates\":%" PRIu64 ",\"grafts\":%" PRIu64 ",\"push_pulls\":%" PRIu64
+      ",\"version_refused\":%" PRIu64 "}",
       s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames, s.partitionDropped,
       s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted, s.syncCompleted,
-      s.antiEntropyBytes, s.statesRepaired, s.authFailures, s.replaysRefused, s.statesRefused);
+      s.antiEntropyBytes, s.statesRepaired, s.authFailures, s.replaysRefused, s.statesRefused,
+      s.connections, s.activePeers, s.probes, s.probesFailed, s.refutations,
+      s.broadcastDuplicates, s.grafts, s.pushPulls, s.versionRefused);
   return buf;
 }
 
@@ -472,14 +513,16 @@ int status(const Globals& g, const NodeFlags& flags) {
   auto root = commonRoot(views, reachable);
 
   if (g.json) {
-    std::string out = "{\"node_id\":" + json(view->nodeId) + ",\"nodes\":[";
+    std::string out = "{\"node_id\":" + json(view->nodeId) + ",\"region\":" + json(view->region) +
+                      ",\"nodes\":[";
     for (size_t i = 0; i < nodes.size(); ++i) {
       const KnownNode& n = nodes[i];
       const auto& v = views[i];
       out += i ? "," : "";
       out += "{\"node_id\":" + json(n.id) + ",\"rpc_address\":" + json(n.rpcAddress) +
              ",\"advertised_rpc_address\":" + json(n.advertisedRpc) +
-             ",\"gossip_address\":" + json(n.gossipAddress) + ",\"state\":" + json(stateText(n)) +
+             ",\"gossip_address\":" + json(n.gossipAddress) + ",\"region\":" + json(n.region) +
+             ",\"state\":" + json(stateText(n, v)) + ",\"left\":" + (n.gone ? "true" : "false") +
              ",\"partitioned\":" + (n.member && n.member->partitioned ? "true" : "false") +
              ",\"asked\":" + (n.asked() ? "true" : "false") +
              ",\"reachable\":" + (v.ok() ? "true" : "false");
@@ -500,7 +543,8 @@ int status(const Globals& g, const NodeFlags& flags) {
                                          ? view->nowUnixMillis - m.lastSyncUnixMillis
                                          : 0)) +
                ",\"pending_deltas\":" + std::to_string(m.pendingDeltas) +
-               ",\"phi\":" + jsonNumber(m.phi);
+               ",\"incarnation\":" + std::to_string(m.incarnation) +
+               ",\"active\":" + (m.active ? "true" : "false");
       }
       out += "}";
     }
@@ -512,8 +556,11 @@ int status(const Globals& g, const NodeFlags& flags) {
   }
 
   int w = static_cast<int>(idWidth(nodes));
-  std::printf("%-*s %-21s %-19s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS", "STATE", "KEYS",
-              "ROOT", "LAST SYNC", "PENDING", "REFUSED");
+  size_t rw = 6;
+  for (const auto& n : nodes) rw = std::max(rw, n.region.size());
+  int regionWidth = static_cast<int>(std::min<size_t>(rw, 16));
+  std::printf("%-*s %-21s %-*s %-19s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS",
+              regionWidth, "REGION", "STATE", "KEYS", "ROOT", "LAST SYNC", "PENDING", "REFUSED");
   for (size_t i = 0; i < nodes.size(); ++i) {
     const KnownNode& n = nodes[i];
     const auto& v = views[i];
@@ -524,8 +571,9 @@ int status(const Globals& g, const NodeFlags& flags) {
     std::string refused = v.ok() ? std::to_string(v->refusedStamps) : "-";
     std::string sync = n.member ? ago(view->nowUnixMillis, n.member->lastSyncUnixMillis) : "-";
     std::string pending = n.member ? std::to_string(n.member->pendingDeltas) : "-";
-    std::printf("%-*s %-21s %-19s %-11s %-9s %-11s %-7s %s\n", w, n.id.c_str(),
-                n.asked() ? n.rpcAddress.c_str() : "-", stateText(n).c_str(), keys.c_str(),
+    std::printf("%-*s %-21s %-*s %-19s %-11s %-9s %-11s %-7s %s\n", w, n.id.c_str(),
+                n.asked() ? n.rpcAddress.c_str() : "-", regionWidth,
+                n.region.empty() ? "-" : n.region.c_str(), stateText(n, v).c_str(), keys.c_str(),
                 rootText.c_str(), sync.c_str(), pending.c_str(), refused.c_str());
   }
   std::printf(
@@ -542,7 +590,9 @@ int status(const Globals& g, const NodeFlags& flags) {
                 reachable);
   }
   for (size_t i = 0; i < nodes.size(); ++i) {
-    if (!nodes[i].asked()) {
+    if (nodes[i].gone && !nodes[i].asked()) {
+      std::printf("%s left the cluster (or was removed): needs no asking\n", nodes[i].id.c_str());
+    } else if (!nodes[i].asked()) {
       std::printf("%s %s (%s)\n", nodes[i].id.c_str(), kNotAsked,
                   nodes[i].advertisedRpc.empty()
                       ? "gossip has no RPC address for it"
@@ -556,11 +606,17 @@ int status(const Globals& g, const NodeFlags& flags) {
                 c->why().c_str(), kPassNodes);
   }
   const auto& s = view->stats;
-  std::printf("gossip at %s: %" PRIu64 " syncs completed, %" PRIu64 " deltas sent, %" PRIu64
-              " received, %" PRIu64 " states repaired, %" PRIu64 " malformed frames, %" PRIu64
-              " failing the cluster key, %" PRIu64 " replays\n",
-              view->nodeId.c_str(), s.syncCompleted, s.deltasSent, s.deltasReceived,
-              s.statesRepaired, s.malformedFrames, s.authFailures, s.replaysRefused);
+  std::printf("gossip at %s (region %s): %" PRIu64 " syncs completed, %" PRIu64
+              " deltas sent, %" PRIu64 " received, %" PRIu64 " states repaired, %" PRIu64
+              " malformed frames, %" PRIu64 " failing the cluster key, %" PRIu64 " replays\n",
+              view->nodeId.c_str(), view->region.c_str(), s.syncCompleted, s.deltasSent,
+              s.deltasReceived, s.statesRepaired, s.malformedFrames, s.authFailures,
+              s.replaysRefused);
+  std::printf("membership at %s: %" PRIu64 " connections, %" PRIu64 " active peers, %" PRIu64
+              " probes (%" PRIu64 " failed), %" PRIu64 " refutations, %" PRIu64
+              " frames of another protocol version\n",
+              view->nodeId.c_str(), s.connections, s.activePeers, s.probes, s.probesFailed,
+              s.refutations, s.versionRefused);
   return kExitOk;
 }
 
@@ -607,22 +663,6 @@ int unknownId(const std::string& id, const std::vector<KnownNode>& nodes) {
   return kExitInvalid;
 }
 
-// "n1,n2" -> {"n1", "n2"}; empty items are a usage error (nullopt).
-std::optional<std::vector<std::string>> splitIds(const std::string& text) {
-  std::vector<std::string> ids;
-  size_t start = 0;
-  while (true) {
-    size_t comma = text.find(',', start);
-    std::string id =
-        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    if (id.empty()) return std::nullopt;
-    ids.push_back(id);
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return ids;
-}
-
 int partition(const Globals& g, const NodeFlags& flags, const std::string& isolate,
               const std::string& split) {
   if (isolate.empty() == split.empty()) {
@@ -630,23 +670,16 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     return kExitUsage;
   }
   // Parse before asking anything: a typo should not need a running cluster.
-  std::vector<std::string> sideA, sideB;
+  std::optional<api::SplitSides> sides;
   if (!split.empty()) {
-    auto slash = split.find('/');
-    std::optional<std::vector<std::string>> a, b;
-    if (slash != std::string::npos && split.find('/', slash + 1) == std::string::npos) {
-      a = splitIds(split.substr(0, slash));
-      b = splitIds(split.substr(slash + 1));
-    }
-    if (!a || !b) {
+    sides = api::parseSplit(split);
+    if (!sides) {
       std::fprintf(stderr,
-                   "chorus: --split: '%s' is not two comma-separated id lists joined by '/' "
-                   "(e.g. n1,n2/n3,n4,n5)\n",
+                   "chorus: --split: '%s' is not two comma-separated lists of node ids or "
+                   "regions joined by '/' (e.g. n1,n2/n3,n4,n5 or us/eu,ap)\n",
                    split.c_str());
       return kExitUsage;
     }
-    sideA = std::move(*a);
-    sideB = std::move(*b);
   }
 
   int code = kExitOk;
@@ -662,7 +695,7 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     if (!byId.count(isolate)) return unknownId(isolate, nodes);
     std::vector<std::string> others;
     for (const auto& n : nodes) {
-      if (n.id != isolate) others.push_back(n.id);
+      if (n.id != isolate && !n.gone) others.push_back(n.id);
     }
     if (others.empty()) {
       std::fprintf(stderr, "chorus: %s is the only node %s knows; nothing to isolate it from\n",
@@ -672,13 +705,22 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     plan[isolate] = others;
     for (const auto& o : others) plan[o] = {isolate};
   } else {
-    std::set<std::string> inA;
-    for (const auto& id : sideA) {
-      if (!byId.count(id)) return unknownId(id, nodes);
-      inA.insert(id);
+    // Region names stand for the nodes of that region that are still
+    // members; a node id stands for itself, even one that left.
+    std::map<std::string, std::string> regionOf;
+    for (const auto& n : nodes) regionOf[n.id] = n.gone ? std::string() : n.region;
+    auto a = api::expandSplitSide(sides->a, regionOf);
+    auto b = api::expandSplitSide(sides->b, regionOf);
+    for (const auto* side : {&a, &b}) {
+      if (!side->ok()) {
+        std::fprintf(stderr, "chorus: --split: %s; known ids: %s\n",
+                     side->error().message.c_str(), knownIds(nodes).c_str());
+        return kExitInvalid;
+      }
     }
+    std::vector<std::string> sideA = std::move(*a), sideB = std::move(*b);
+    std::set<std::string> inA(sideA.begin(), sideA.end());
     for (const auto& id : sideB) {
-      if (!byId.count(id)) return unknownId(id, nodes);
       if (inA.count(id)) {
         std::fprintf(stderr, "chorus: --split: %s is on both sides\n", id.c_str());
         return kExitInvalid;
@@ -710,7 +752,7 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
       [&](size_t i) { return jsonIds(plan[targets[i].id]); }, std::nullopt);
   if (!g.json) {
     for (const auto& n : nodes) {
-      if (!plan.count(n.id)) {
+      if (!plan.count(n.id) && !n.gone) {
         std::printf("%s: in neither side, still talks to both\n", n.id.c_str());
       }
     }
@@ -750,8 +792,14 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
   auto start = SteadyClock::now();
   auto deadline = start + *timeout;
   int code = kExitOk;
-  auto c = discoverOrFail(g, flags, code);
-  if (!c) return code;
+  auto found = discoverOrFail(g, flags, code);
+  if (!found) return code;
+  // A node that left no longer receives writes: its root says nothing.
+  auto c = std::optional<Cluster>(found->members());
+  if (c->nodes.empty()) {
+    std::fprintf(stderr, "chorus: every node asked left the cluster; connect to a member\n");
+    return kExitInvalid;
+  }
   // Equal roots on the asked nodes say nothing of a node that was not asked.
   if (auto refused = refuseIfNotAsked(*c, "converge")) return *refused;
   const auto& nodes = c->nodes;
@@ -832,6 +880,144 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
     auto next = std::min(roundStart + kPollInterval, deadline);
     std::this_thread::sleep_until(next);
   }
+}
+
+// ---- leave / remove --------------------------------------------------------
+
+constexpr milliseconds kMaxLeaveTimeout = std::chrono::minutes(5);
+
+// Asks one node to leave: the connected one, or `nodeId` (which must be at
+// an address the operator listed: the admin token goes nowhere else).
+int leave(const Globals& g, const NodeFlags& flags, const std::string& nodeId,
+          const std::string& timeoutText) {
+  auto timeout = api::parseDuration(timeoutText, std::chrono::seconds(1));
+  if (!timeout.ok() || timeout->count() <= 0 || *timeout > kMaxLeaveTimeout) {
+    std::fprintf(stderr, "chorus: --timeout: %s\n",
+                 !timeout.ok() ? timeout.error().message.c_str()
+                               : "must be more than 0 and at most 5m");
+    return kExitUsage;
+  }
+  std::string id, address = g.connect;
+  if (!nodeId.empty()) {
+    int code = kExitOk;
+    auto c = discoverOrFail(g, flags, code);
+    if (!c) return code;
+    const KnownNode* target = nullptr;
+    for (const auto& n : c->nodes) {
+      if (n.id == nodeId) target = &n;
+    }
+    if (target == nullptr) return unknownId(nodeId, c->nodes);
+    if (!target->asked()) {
+      std::fprintf(stderr, "chorus: %s is %s (%s); nothing done. To ask it, %s\n", nodeId.c_str(),
+                   kNotAsked, c->why().c_str(), kPassNodes);
+      return kExitInvalid;
+    }
+    id = nodeId;
+    address = target->rpcAddress;
+  }
+  auto client = api::Client::connect(address, clientOptions(g, milliseconds(g.timeoutMs)));
+  if (!client.ok()) return fail(client);
+  if (id.empty()) {
+    auto view = (*client)->cluster();
+    if (!view.ok()) return fail(view);
+    id = view->nodeId;
+  }
+  auto start = SteadyClock::now();
+  Status s = (*client)->leave(*timeout);
+  double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+  if (g.json) {
+    std::printf("{\"node_id\":%s,\"left\":%s,\"seconds\":%s%s}\n", json(id).c_str(),
+                s.ok() ? "true" : "false", jsonNumber(seconds).c_str(),
+                s.ok() ? "" : (",\"error\":" + json(s.error().toString())).c_str());
+  } else if (s.ok()) {
+    std::printf(
+        "%s left the cluster in %.2f s: a peer holds its data, the others will mark it left.\n"
+        "It refuses writes now; stop its chorusd (start it with --rejoin to join again).\n",
+        id.c_str(), seconds);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "chorus: %s: leave: %s\n", id.c_str(), s.error().toString().c_str());
+    if (s.error().code == ErrorCode::kUnavailable) {
+      std::fprintf(stderr,
+                   "chorus: if it began to leave, it refuses writes and may be marked left on "
+                   "some nodes: run leave again once peers are reachable, or restart it with "
+                   "--rejoin to stay\n");
+    }
+    return exitCodeFor(s.error());
+  }
+  return kExitOk;
+}
+
+// Asks the first node that answers (--connect, then the listed ones) to
+// remove `nodeId`; the removal spreads from there.
+int remove(const Globals& g, const NodeFlags& flags, const std::string& nodeId) {
+  auto list = operatorNodes(flags);
+  if (!list.ok()) {
+    std::fprintf(stderr, "chorus: %s\n", list.error().message.c_str());
+    return kExitUsage;
+  }
+  std::vector<std::string> addresses = {g.connect};
+  for (const auto& a : list->addresses) {
+    if (a != g.connect) addresses.push_back(a);
+  }
+  std::optional<Error> last;
+  for (const auto& address : addresses) {
+    auto client = api::Client::connect(address, clientOptions(g, probeTimeout(g)));
+    if (!client.ok()) {
+      last = client.error();
+      if (last->code == ErrorCode::kUnavailable) continue;  // try the next node
+      return fail(*last);
+    }
+    // What the node thinks of it, for the message; the removal decides.
+    auto view = (*client)->cluster();
+    if (!view.ok() && view.error().code == ErrorCode::kUnavailable &&
+        view.error().message.find("without a cluster") == std::string::npos) {
+      last = view.error();
+      continue;
+    }
+    Status s = (*client)->remove(nodeId);
+    if (!s.ok() && s.error().code == ErrorCode::kUnavailable &&
+        s.error().message.find("without a cluster") == std::string::npos) {
+      last = s.error();
+      continue;
+    }
+    std::string asked = view.ok() ? view->nodeId : address;
+    if (!s.ok()) {
+      if (g.json) {
+        std::printf("{\"node_id\":%s,\"removed\":false,\"asked\":%s,\"error\":%s}\n",
+                    json(nodeId).c_str(), json(asked).c_str(), json(s.error().toString()).c_str());
+      }
+      std::fprintf(stderr, "chorus: %s: remove %s: %s\n", asked.c_str(), nodeId.c_str(),
+                   s.error().toString().c_str());
+      return exitCodeFor(s.error());
+    }
+    std::optional<gossip::PeerState> state;
+    if (view.ok()) {
+      for (const auto& m : view->members) {
+        if (m.nodeId == nodeId) state = m.state;
+      }
+    }
+    if (g.json) {
+      std::printf("{\"node_id\":%s,\"removed\":true,\"asked\":%s,\"was\":%s}\n",
+                  json(nodeId).c_str(), json(asked).c_str(),
+                  state ? json(gossip::peerStateName(*state)).c_str() : "null");
+    } else {
+      std::printf(
+          "removed %s (through %s): every node will mark it left and stop dialling it; if it "
+          "comes back it is refused until restarted with --rejoin\n",
+          nodeId.c_str(), asked.c_str());
+      if (state == gossip::PeerState::kAlive || state == gossip::PeerState::kSuspect) {
+        std::printf(
+            "note: %s saw %s %s; it will stop gossiping and refuse writes once it learns it "
+            "was removed\n",
+            asked.c_str(), nodeId.c_str(), gossip::peerStateName(*state));
+      }
+    }
+    return kExitOk;
+  }
+  std::fprintf(stderr, "chorus: no node answered (tried %s); last: %s\n",
+               joinIds(addresses).c_str(), last ? last->toString().c_str() : "-");
+  return kExitUnavailable;
 }
 
 // ---- keys ------------------------------------------------------------------
@@ -947,8 +1133,10 @@ int keysChange(const Globals& g, const NodeFlags& flags, api::KeyOp op, const st
     return fail(parsed);
   }
   int code = kExitOk;
-  auto c = discoverOrFail(g, flags, code);
-  if (!c) return code;
+  auto found = discoverOrFail(g, flags, code);
+  if (!found) return code;
+  // Nodes that left or were removed take no part (and may be gone).
+  auto c = std::optional<Cluster>(found->members());
   // "Every node has it" must not pass because a node was not asked.
   if (auto refused = refuseIfNotAsked(*c, (std::string("keys ") + api::keyOpName(op)).c_str())) {
     return *refused;
@@ -1031,23 +1219,25 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
   auto nodes = std::make_shared<NodeFlags>();
   auto* st = cluster->add_subcommand(
       "status",
-      "Per node: address, state, keys, Merkle root, last sync, pending deltas, refused clock "
-      "stamps");
+      "Per node: address, region, member state (alive, suspect, dead, left), keys, Merkle "
+      "root, last sync, pending deltas, refused clock stamps");
   addNodeOptions(st, nodes);
   st->callback([&g, &result, nodes] { result = status(g, *nodes); });
 
   // Option values, kept alive by the callbacks.
   struct Flags {
-    std::string isolate, split, timeout = "30s";
+    std::string isolate, split, timeout = "30s", leaveTimeout = "10s", node;
   };
   auto flags = std::make_shared<Flags>();
   auto* part = cluster->add_subcommand(
       "partition", "Fault injection: make nodes drop gossip traffic with each other");
   auto* iso = part->add_option("--isolate", flags->isolate,
                                "Cut this node off from every other node (both directions)");
-  auto* spl = part->add_option("--split", flags->split,
-                               "Cut the cluster in two: A,B/C,D (every node of one side drops "
-                               "the other side)");
+  auto* spl = part->add_option(
+      "--split", flags->split,
+      "Cut the cluster in two: A,B/C,D (every node of one side drops the other side). Each "
+      "item is a node id, or a region name standing for every member of that region (as the "
+      "nodes report it); ids win over region names. E.g. n1,n2/n3 or us/eu,ap or us,n7/eu");
   iso->excludes(spl);
   addNodeOptions(part, nodes);
   part->callback(
@@ -1063,6 +1253,39 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
       ->capture_default_str();
   addNodeOptions(conv, nodes);
   conv->callback([&g, &result, flags, nodes] { result = converge(g, *nodes, flags->timeout); });
+
+  auto* lv = cluster->add_subcommand(
+      "leave",
+      "Take a node out of the cluster for good: it tells its peers, waits until one holds all "
+      "its data, then gossips no more and refuses writes (stop it afterwards; --rejoin brings "
+      "it back)");
+  lv->add_option("node", flags->node,
+                 "The node to leave: its id, at an address in --nodes (default: the --connect "
+                 "node)");
+  lv->add_option("--timeout", flags->leaveTimeout,
+                 "How long the node waits for a peer: 10s, 1m, 500ms (bare = seconds; at most 5m)")
+      ->capture_default_str();
+  addNodeOptions(lv, nodes);
+  lv->footer(
+      "Exit 0 once it left; 4 if no peer was reached in time (it may be marked left on some\n"
+      "nodes already: it refuses writes; run leave again, or restart it with --rejoin).\n" +
+      std::string(kNodesHelp));
+  lv->callback([&g, &result, flags, nodes] {
+    result = leave(g, *nodes, flags->node, flags->leaveTimeout);
+  });
+  auto removeNode = std::make_shared<std::string>();
+  auto* rm = cluster->add_subcommand(
+      "remove",
+      "Declare a dead node gone for good: every node marks it left and stops dialling it; if it "
+      "comes back it is refused until restarted with --rejoin");
+  rm->add_option("node", *removeNode, "The id of the node to remove")->required();
+  addNodeOptions(rm, nodes);
+  rm->footer(
+      "Sent to the --connect node, else the first listed node that answers; the removal\n"
+      "spreads from there. Exit 2 if that node knows no such member, 3 for the node itself\n"
+      "(use `chorus cluster leave`).\n" +
+      std::string(kNodesHelp));
+  rm->callback([&g, &result, removeNode, nodes] { result = remove(g, *nodes, *removeNode); });
 
   auto* keys = cluster
                    ->add_subcommand("keys",

@@ -292,11 +292,12 @@ int main(int argc, char** argv) {
                         "\"stats\":{\"documents\":%" PRIu64 ",\"map_bytes\":%" PRIu64
                         ",\"used_bytes\":%" PRIu64 ",\"commits\":%" PRIu64 ",\"writes\":%" PRIu64
                         ",\"map_growths\":%" PRIu64 ",\"refused_stamps\":%" PRIu64
-                        "},\"gossip_address\":%s}\n",
+                        "},\"gossip_address\":%s,\"region\":%s}\n",
                         json(s->nodeId).c_str(), s->replicaId, json(s->version).c_str(),
                         s->apiVersion, s->uptimeMillis, s->keyCount, hex(s->merkleRoot).c_str(),
                         st.documents, st.mapBytes, st.usedBytes, st.commits, st.writes,
-                        st.mapGrowths, st.refusedStamps, json(s->gossipAddress).c_str());
+                        st.mapGrowths, st.refusedStamps, json(s->gossipAddress).c_str(),
+                        json(s->region).c_str());
           } else {
             std::printf("node:        %s (replica %016" PRIx64
                         ")\nversion:     %s (api %u)\n"
@@ -309,7 +310,7 @@ int main(int argc, char** argv) {
                         st.usedBytes, st.mapBytes, st.writes, st.commits);
             std::printf("gossip:      %s\n", s->gossipAddress.empty()
                                                  ? "off (chorusd without --gossip-listen)"
-                                                 : s->gossipAddress.c_str());
+                                                 : (s->gossipAddress + ", region " + s->region).c_str());
           }
           return kExitOk;
         });
