@@ -72,6 +72,7 @@ std::string json(const SimResult& r, uint64_t seed, const std::string& store,
   field("cpu_s", num(r.cpuS));
   field("core_wall_s", num(r.coreWallS));
   field("sim_overhead_wall_s", num(r.wallS - r.coreWallS));
+  field("view_poll_wall_s", num(r.viewWallS));
   field("node_seconds_per_wall_s", num(r.simulatedS * r.totalNodes / r.wallS));
   field("node_seconds_per_cpu_s", num(r.simulatedS * r.totalNodes / r.cpuS));
   field("events", std::to_string(r.events));
@@ -127,7 +128,8 @@ void table(const SimResult& r, uint64_t seed, const std::string& store) {
   row("regions", std::to_string(r.regions));
   row("simulated", num(r.simulatedS) + " s");
   row("wall", num(r.wallS) + " s (cores and stores " + num(r.coreWallS) + " s, simulator " +
-                  num(r.wallS - r.coreWallS) + " s)");
+                  num(r.wallS - r.coreWallS) + " s, of which polling views " +
+                  num(r.viewWallS) + " s)");
   row("cpu", num(r.cpuS) + " s");
   row("node-seconds per wall / cpu second", num(r.simulatedS * r.totalNodes / r.wallS) + " / " +
                                                 num(r.simulatedS * r.totalNodes / r.cpuS));

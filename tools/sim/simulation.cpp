@@ -230,6 +230,7 @@ class Sim {
   void applyFault(const Fault& f);
   void healAll();
   void poll();
+  void pollViews();
   void checkConverged();
   int pickUpNode(Rng& rng);
 
@@ -250,7 +251,7 @@ class Sim {
   Micros blocksChanged_ = 0;  // last time a partition began or ended
   bool healed_ = false;
   std::optional<Micros> converged_;
-  WallClock::duration coreWall_{};
+  WallClock::duration coreWall_{}, viewWall_{};
 
   // measurements
   uint64_t frames_ = 0, reads_ = 0, staleReads_ = 0, writeErrors_ = 0;
@@ -944,6 +945,12 @@ void Sim::healAll() {
 }
 
 void Sim::poll() {
+  auto wall0 = WallClock::now();
+  pollViews();
+  viewWall_ += WallClock::now() - wall0;
+}
+
+void Sim::pollViews() {
   Micros now = loop_.now();
   constexpr auto kAlive = uint8_t(gossip::PeerState::kAlive);
   constexpr auto kDead = uint8_t(gossip::PeerState::kDead);
@@ -1297,6 +1304,7 @@ Result<SimResult> Sim::run() {
   }
   r.traceHash = trace_.hex();
   r.coreWallS = std::chrono::duration<double>(coreWall_).count();
+  r.viewWallS = std::chrono::duration<double>(viewWall_).count();
   // Cores go before their stores.
   for (auto& n : nodes_) n.core.reset();
   r.wallS = std::chrono::duration<double>(WallClock::now() - wallStart).count();

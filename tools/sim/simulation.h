@@ -83,6 +83,7 @@ struct SimResult {
   double simulatedS = 0, wallS = 0;
   double cpuS = 0;       // CPU time of the process (the machine may be shared)
   double coreWallS = 0;  // wall time inside the replication cores and stores
+  double viewWallS = 0;  // of the rest: reading the cores' member lists (polls)
   uint64_t events = 0;
   uint64_t frames = 0;
   uint64_t writes = 0, reads = 0, staleReads = 0;
