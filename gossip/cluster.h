@@ -83,12 +83,6 @@ struct ClusterOptions {
   // deltas published and not yet sent; beyond either, further ones are
   // dropped and counted (anti-entropy repairs; local writes are already durable).
   size_t maxPendingDeltaBytes = 64u << 20;
-  // A member's address this node learned second-hand (from another node's
-  // member list, or the member file at start) and that has not answered a
-  // dial with a hello by then is no longer dialled (seeds and addresses a
-  // node gave for itself always are). The node gets dialled again once it
-  // connects to this one itself, or after a restart.
-  std::chrono::milliseconds forgetUnansweredAfter{60'000};
 };
 
 // A member's state as this node sees it: alive; suspect (a probe failed,

@@ -1693,7 +1693,6 @@ void ReplicationCore::maybeSync(uint64_t now) {
   // The last session's states are still committing (bounded: a store that
   // stalls must not stop repair for good).
   if (mergesPending_ > 0 && now - sessionStarted_ < 30'000) return;
-  if (!sessionPeer_.empty() && leaving_) leaveSynced_ = true;  // timed out: go anyway
   sessionPeer_.clear();
   sessionMore_ = false;
   if (leaving_) {  // one completed session before going (leave())
@@ -1702,11 +1701,9 @@ void ReplicationCore::maybeSync(uint64_t now) {
     for (const auto& [id, c] : conns_) {
       if (c.helloReceived && alive(c.peerId) && !blocked(c.peerId)) peers.push_back(c.peerId);
     }
-    if (peers.empty()) {
-      leaveSynced_ = true;
-    } else {
-      startSync(now, peers[uniform(0, peers.size() - 1)]);
-    }
+    // None reachable (yet): try again at the next tick; the driver decides
+    // how long to wait (Cluster::leave's timeout).
+    if (!peers.empty()) startSync(now, peers[uniform(0, peers.size() - 1)]);
     return;
   }
   auto usable = [&](const std::string& id) { return connTo(id) && !blocked(id) && alive(id); };

@@ -244,8 +244,9 @@ class ReplicationCore {
   // Anti-entropy merges handed out and not yet completed.
   int64_t mergesPending() const { return mergesPending_; }
   bool leaving() const { return leaving_; }
-  // After leave(): the announcement left for at least one peer and a last
-  // anti-entropy session completed (or no peer was alive to have one).
+  // After leave(): a last anti-entropy session with a peer completed (so a
+  // peer holds everything this node acknowledged) and what was queued for
+  // peers was written. Until then it keeps trying with the peers it can reach.
   bool leaveDone() const;
   // Another node removed this one: it gossips no more (see ClusterOptions::rejoin).
   bool removed() const { return removed_; }
