@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <unordered_map>
@@ -131,6 +132,32 @@ struct SimConn {
   bool established = false;
 };
 
+// The network's connections by id (ids are handed out 1, 2, 3, ...): a
+// vector, not a hash map, since every frame looks its connection up.
+// find() and end() mimic the map's: an entry (->second) or null.
+class ConnTable {
+ public:
+  struct Entry {
+    uint64_t first;
+    SimConn second;
+    bool live;
+  };
+  Entry* find(uint64_t cid) {
+    if (cid == 0 || cid > entries_.size()) return nullptr;
+    Entry* e = &entries_[size_t(cid - 1)];
+    return e->live ? e : nullptr;
+  }
+  Entry* end() { return nullptr; }
+  void emplace(uint64_t cid, const SimConn& c) {
+    if (cid != entries_.size() + 1) std::abort();  // ids come in order
+    entries_.push_back(Entry{cid, c, true});
+  }
+  void erase(Entry* e) { e->live = false; }
+
+ private:
+  std::deque<Entry> entries_;  // stable addresses as it grows
+};
+
 struct Drain {
   Micros departs;
   ConnId conn;
@@ -244,7 +271,7 @@ class Sim {
   TraceHash trace_;
   std::vector<Node> nodes_;
   std::unordered_map<std::string, int> byAddress_, byId_;
-  std::unordered_map<uint64_t, SimConn> conns_;
+  ConnTable conns_;
   uint64_t nextConn_ = 1;
 
   Micros loadBegin_ = 0, loadEnd_ = 0;
