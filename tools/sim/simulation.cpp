@@ -461,7 +461,11 @@ void Sim::beginLeave(int i) {
 
 void Sim::checkLeave(int i, uint64_t inc, Micros deadline) {
   Node& n = nodes_[size_t(i)];
-  if (!n.up || n.incarnation != inc || n.left) return;
+  if (n.left) return;
+  if (!n.up || n.incarnation != inc) {  // crashed while leaving: gone for good
+    stopForGood(i);
+    return;
+  }
   bool done = !n.paused && timed([&] { return n.core->leaveDone(); });
   if (done || loop_.now() >= deadline) {
     if (!done && o_.verbose) {
@@ -980,6 +984,7 @@ void Sim::poll() {
 void Sim::pollViews() {
   Micros now = loop_.now();
   constexpr auto kAlive = uint8_t(gossip::PeerState::kAlive);
+  constexpr auto kSuspect = uint8_t(gossip::PeerState::kSuspect);
   constexpr auto kDead = uint8_t(gossip::PeerState::kDead);
   constexpr auto kLeft = uint8_t(gossip::PeerState::kLeft);
   for (auto& n : nodes_) {
@@ -990,7 +995,7 @@ void Sim::pollViews() {
       if (p < 0) continue;
       uint8_t& last = n.view[size_t(p)];
       uint8_t state = uint8_t(m.state);
-      if (last == kAlive && state != last) ++suspicions_;
+      if (last == kAlive && (state == kSuspect || state == kDead)) ++suspicions_;
       // A declaration of death is wrong when the peer was up, running,
       // not leaving and reachable both ways, and so was the viewer, for
       // longer than the detector needs to declare a silent peer dead

@@ -128,7 +128,7 @@ struct SimResult {
   uint64_t joinsKnown = 0, joinsUnknown = 0;
   // A leave -> every running node lists the leaver left: max; -1 = none.
   double leaveKnownS = -1;
-  uint64_t suspicions = 0;  // a peer went alive -> suspect, dead or left in a view
+  uint64_t suspicions = 0;  // a peer went alive -> suspect or dead in a view
   // ... -> dead (not suspect) while it and the viewer were up, unpaused and
   // not partitioned from each other for longer than the detector needs
   // (see wrongDeadQuiet in simulation.cpp).
