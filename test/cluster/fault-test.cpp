@@ -153,12 +153,17 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
        true},
       {"protocol version 99", frame([](auto f) {
          f.setVersion(99);
-         f.initHello().setNodeId("mallory");
+         f.initHello().initMember().setNodeId("mallory");
+       }),
+       true},
+      {"protocol version 1 (full member lists)", frame([](auto f) {
+         f.setVersion(1);
+         f.initHello().initMember().setNodeId("mallory");
        }),
        true},
       {"no sender id", frame([](auto f) {
          f.setFrom("");
-         f.initHeartbeat(0);
+         f.setGossip();
        }),
        true},
   };
@@ -167,20 +172,32 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
   // now fail authentication before they are parsed; the parser's handling of
   // such frames is covered by test/gossip and the frame fuzzer.
   std::vector<Case> deeper = {
-      {"deltas that are not review states", frame([](auto f) {
-         auto d = f.initDeltas(2);
-         d.set(0, kj::StringPtr("not a state").asBytes());
-         d.set(1, kj::ArrayPtr<const kj::byte>());
+      {"broadcast deltas that are not review states", frame([](auto f) {
+         auto d = f.initBroadcast(2);
+         d[0].setId(1);
+         d[0].setOrigin("mallory");
+         d[0].setData(kj::StringPtr("not a state").asBytes());
+         d[1].setId(2);
+         d[1].setData(kj::ArrayPtr<const kj::byte>());
        }),
        false},
       {"a reconcile message that is garbage",
        frame([](auto f) { f.setReconcile(kj::StringPtr("\x01\x02\x03\x04garbage!").asBytes()); }),
        false},
-      {"a heartbeat listing a member with an unparseable address", frame([](auto f) {
-         auto m = f.initHeartbeat(1);
+      {"a push-pull listing a member with an unparseable address", frame([](auto f) {
+         auto m = f.initPushPull(1);
          m[0].setNodeId("ghost");
          m[0].setGossipAddress("not an address");
          m[0].setRpcAddress("");
+       }),
+       false},
+      {"a piggybacked update declaring n2 left", frame([](auto f) {
+         auto m = f.initMembers(1);
+         m[0].setNodeId("n2");
+         m[0].setGossipAddress("127.0.0.1:1");
+         m[0].setIncarnation(~uint64_t(0));
+         m[0].setState(chorus::gossip::wire::MemberState::LEFT);
+         f.setGossip();
        }),
        false},
   };
@@ -197,7 +214,7 @@ TEST_CASE("cluster: corrupt frames from a fake peer are survived") {
     CAPTURE(c.what);
     RawPeer p(target);
     std::string hello = frame([](auto f) {
-      auto m = f.initHello();
+      auto m = f.initHello().initMember();
       m.setNodeId("mallory");
       m.setGossipAddress("127.0.0.1:1");
       m.setRpcAddress("");

@@ -31,6 +31,10 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
 
   auto before = authors("pre", 20);
   clientPuts(h, "n1", "mug", before, "before ");
+  // Tagged on n2 once n2 has it (no node promises another's write at once:
+  // written before n1's partial view formed, it travels by anti-entropy).
+  REQUIRE(h.waitUntil("n2 has the first writes", 30s,
+                      [&] { return missing(h, "n2", "mug", titled(before, "before ")).empty(); }));
   cliWrite(h, "n2", {"tag", "mug", "pre0", "sturdy"});
   REQUIRE(h.waitUntil("n3 has the first writes", 30s,
                       [&] { return missing(h, "n3", "mug", titled(before, "before ")).empty(); }));
@@ -98,6 +102,12 @@ TEST_CASE("cluster: a node that joins after the writes receives everything") {
   auto early = authors("e", 40);
   clientPuts(h, "n1", "desk", std::vector<std::string>(early.begin(), early.begin() + 20), "t ");
   clientPuts(h, "n2", "desk", std::vector<std::string>(early.begin() + 20, early.end()), "t ");
+  // n2 votes on and tags n1's reviews once it has them (as in the restart case).
+  REQUIRE(h.waitUntil("n2 has n1's writes", 30s, [&] {
+    return missing(h, "n2", "desk",
+                   titled(std::vector<std::string>(early.begin(), early.begin() + 20), "t "))
+        .empty();
+  }));
   cliWrite(h, "n1", {"vote", "desk", "e0", "x"});
   cliWrite(h, "n2", {"vote", "desk", "e0", "y"});
   cliWrite(h, "n2", {"tag", "desk", "e1", "wobbly"});

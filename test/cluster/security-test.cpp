@@ -65,7 +65,7 @@ TEST_CASE("security: a node with another cluster key, or none, cannot join") {
   h.start("n3", {h.node("n1").gossip(), h.node("n2").gossip()});
   cliWrite(h, "n3", {"put", "leak", "mallory", "-r", "1", "-t", "should stay on n3"});
 
-  // Two seconds is ten heartbeats and ten anti-entropy rounds.
+  // Two seconds: two probe periods, ten gossip and ten anti-entropy rounds.
   std::this_thread::sleep_for(2s);
   for (const auto& id : {"n1", "n2"}) {
     CAPTURE(id);
