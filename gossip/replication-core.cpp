@@ -254,12 +254,18 @@ void ReplicationCore::tick(uint64_t now) {
     if (now - lastProbe_ >= period) probe(now);
   }
   checkProbes(now);
-  // Suspicions that ran out.
-  for (auto& [id, m] : members_) {
-    if (m.state == PeerState::kSuspect && now >= m.suspectDeadline) {
-      setState(id, m, PeerState::kDead);
-      enqueue(id);
-      membersDirty_ = true;
+  // Suspicions that ran out (scanned only when the earliest is due).
+  if (now >= nextDeadline_) {
+    nextDeadline_ = UINT64_MAX;
+    for (auto& [id, m] : members_) {
+      if (m.state != PeerState::kSuspect) continue;
+      if (now >= m.suspectDeadline) {
+        setState(id, m, PeerState::kDead);
+        enqueue(id);
+        membersDirty_ = true;
+      } else {
+        nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
+      }
     }
   }
   if (now - lastGossip_ >= options_.gossipIntervalMillis) gossip(now);
@@ -310,10 +316,36 @@ ConnId ReplicationCore::accepted(uint64_t now, std::string remote) {
   return id;
 }
 
-ConnId ReplicationCore::dial(const std::string& address, bool wantActive, bool seed) {
+// With peers (hello done) or being dialled: what maxConnections bounds.
+size_t ReplicationCore::openConnections() const {
   size_t open = 0;
   for (const auto& [id, c] : conns_) open += c.helloReceived || c.outbound;
-  if (open >= options_.maxConnections) return 0;
+  return open;
+}
+
+// At the cap, a probe or repair connection unused the longest makes room
+// (never a partial-view link, nor one carrying a repair): probes must get
+// through for failure detection to hold.
+bool ReplicationCore::evictTransient(ConnId keep) {
+  ConnId oldest = 0;
+  uint64_t oldestUse = UINT64_MAX;
+  for (const auto& [id, c] : conns_) {
+    if (id == keep || c.active || !c.helloReceived || c.peerId == sessionPeer_ ||
+        c.peerId == respondingTo_) {
+      continue;
+    }
+    if (c.lastUsed < oldestUse) {
+      oldestUse = c.lastUsed;
+      oldest = id;
+    }
+  }
+  if (!oldest) return false;
+  close(now_, oldest, true);
+  return true;
+}
+
+ConnId ReplicationCore::dial(const std::string& address, bool wantActive, bool seed) {
+  if (openConnections() >= options_.maxConnections && !evictTransient(0)) return 0;
   ConnId id = nextConn_++;
   Conn c;
   c.outbound = true;
@@ -499,35 +531,48 @@ uint64_t ReplicationCore::transmitLimit() const {
 }
 
 void ReplicationCore::enqueue(const std::string& id) {
-  queue_[id] = Queued{0, ++queueOrder_};
+  auto it = queue_.find(id);
+  if (it != queue_.end()) {
+    order_.erase({it->second.transmits, it->second.order, id});
+    it->second = Queued{0, --queueOrder_};
+  } else {
+    it = queue_.emplace(id, Queued{0, --queueOrder_}).first;
+  }
+  order_.insert({0, it->second.order, id});
+}
+
+void ReplicationCore::dequeue(const std::string& id) {
+  auto it = queue_.find(id);
+  if (it == queue_.end()) return;
+  order_.erase({it->second.transmits, it->second.order, id});
+  queue_.erase(it);
 }
 
 void ReplicationCore::fillPiggyback(wire::Frame::Builder& f, const std::string& about) {
-  // The updates sent least often first (newest first among equals).
-  std::vector<std::tuple<uint64_t, uint64_t, const std::string*>> picks;
-  picks.reserve(queue_.size());
-  for (const auto& [id, q] : queue_) {
-    if (id != about) picks.emplace_back(q.transmits, UINT64_MAX - q.order, &id);
-  }
-  size_t room = kMaxPiggyback - (about.empty() ? 0 : 1);
-  if (picks.size() > room) {
-    std::nth_element(picks.begin(), picks.begin() + long(room), picks.end());
-    picks.resize(room);
-  }
-  std::sort(picks.begin(), picks.end());
+  // The updates sent least often first (newest first among equals):
+  // order_ is sorted so.
   bool withAbout = !about.empty() && (about == options_.nodeId || members_.count(about));
+  size_t room = kMaxPiggyback - (withAbout ? 1 : 0);
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> picks;
+  for (auto it = order_.begin(); it != order_.end() && picks.size() < room; ++it) {
+    if (std::get<2>(*it) != about) picks.push_back(*it);
+  }
   if (picks.empty() && !withAbout) return;
   auto list = f.initMembers(unsigned(picks.size() + (withAbout ? 1 : 0)));
   unsigned i = 0;
   if (withAbout) writeMember(list[i++], about);
   uint64_t limit = transmitLimit();
-  std::vector<std::string> done;
-  for (const auto& [transmits, order, id] : picks) {
-    writeMember(list[i++], *id);
-    auto& q = queue_.at(*id);
-    if (++q.transmits >= limit) done.push_back(*id);
+  for (auto& pick : picks) {
+    const std::string& id = std::get<2>(pick);
+    writeMember(list[i++], id);
+    order_.erase(pick);
+    auto& q = queue_.at(id);
+    if (++q.transmits >= limit) {
+      queue_.erase(id);
+    } else {
+      order_.insert({q.transmits, q.order, id});
+    }
   }
-  for (const auto& id : done) queue_.erase(id);
 }
 
 std::shared_ptr<const std::string> ReplicationCore::frame(
@@ -637,10 +682,12 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
       case wire::Frame::PUSH_PULL_REPLY: {
         auto list = which == wire::Frame::PUSH_PULL ? root.getPushPull() : root.getPushPullReply();
         size_t k = 0;
+        bulk_ = true;  // new members from a full list are not news to pass on
         for (auto m : list) {
           if (++k > kMaxMembers + 1) break;
           learn(m, from);
         }
+        bulk_ = false;
         if (which == wire::Frame::PUSH_PULL) {
           sendPushPull(id, true);
         } else {
@@ -685,7 +732,7 @@ void ReplicationCore::handleHello(uint64_t now, ConnId id, Conn& c, wire::Hello:
     return;
   }
   bool first = !c.helloReceived;
-  if (first && !c.outbound && peerConnections() >= options_.maxConnections) {
+  if (first && !c.outbound && openConnections() >= options_.maxConnections && !evictTransient(id)) {
     ++stats_.connectionsRefused;
     close(now, id, true);
     return;
@@ -709,6 +756,9 @@ void ReplicationCore::handleHello(uint64_t now, ConnId id, Conn& c, wire::Hello:
     c.pending.clear();
     bool seed = c.seed;
     for (auto& body : pending) send(id, std::move(body));
+    for (auto& [seq, p] : probes_) {  // their pings just left
+      if (p.sent == 0 && p.target == peer) p.sent = now;
+    }
     if (seed) sendPushPull(id, false);
   } else {
     size_t active = 0;
@@ -809,9 +859,10 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
       m.suspectedAt = now_;
       m.confirmations.insert(from);
       m.suspectDeadline = now_ + suspicionTimeout(m);
+      nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
     }
     members_.emplace(id, std::move(m));
-    enqueue(id);
+    if (!bulk_) enqueue(id);
     membersDirty_ = true;
     return;
   }
@@ -828,6 +879,7 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
         incarnation == m.incarnation && m.confirmations.insert(from).second) {
       // Lifeguard: an independent confirmation shortens the suspicion.
       m.suspectDeadline = m.suspectedAt + suspicionTimeout(m);
+      nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
     }
     return;
   }
@@ -840,6 +892,7 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
     m.suspectedAt = now_;
     m.confirmations = {from};
     m.suspectDeadline = now_ + suspicionTimeout(m);
+    nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
   }
   setState(id, m, state);
   enqueue(id);
@@ -884,6 +937,7 @@ void ReplicationCore::suspect(uint64_t now, const std::string& id, const std::st
   m.suspectedAt = now;
   m.confirmations = {by};
   m.suspectDeadline = now + suspicionTimeout(m);
+  nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
   setState(id, m, PeerState::kSuspect);
   enqueue(id);
   membersDirty_ = true;
@@ -922,6 +976,7 @@ void ReplicationCore::probe(uint64_t now) {
     p.target = id;
     p.started = now;
     p.indirectSent = true;  // no indirect probes, no suspicion: it is dead already
+    p.indirectAt = now;
     probes_.emplace(seq, std::move(p));
     sendTo(id, frame([seq](wire::Frame::Builder& f) { f.initPing().setSeq(seq); }, id));
   }
@@ -932,34 +987,67 @@ void ReplicationCore::probeMember(uint64_t now, const std::string& id) {
   Probe p;
   p.target = id;
   p.started = now;
+  // Timed from when the ping leaves: a probe that needs a new connection
+  // (most do: targets are any member) waits for its hello first.
+  if (connTo(id)) p.sent = now;
   probes_.emplace(seq, std::move(p));
   ++stats_.probes;
   // The target's record as we see it rides first: told it is suspect, it
   // refutes in its ack (Lifeguard's buddy system).
   bool sent = sendTo(id, frame([seq](wire::Frame::Builder& f) { f.initPing().setSeq(seq); }, id));
-  if (!sent) probes_.at(seq).started = now - std::min(now, options_.probeTimeoutMillis);
+  if (!sent) probes_.at(seq).sent = 1;  // no connection possible: straight to indirect
+}
+
+// How long an ack may take once the ping left: the probe timeout (scaled
+// by Lifeguard's local health) plus twice the round trip seen to the
+// target's region (WAN links are slower than the timeout's LAN default).
+uint64_t ReplicationCore::probeWait(const std::string& target) const {
+  uint64_t wait = options_.probeTimeoutMillis * uint64_t(1 + health_);
+  auto m = members_.find(target);
+  if (m != members_.end()) {
+    auto r = rtt_.find(m->second.region);
+    if (r != rtt_.end()) wait += uint64_t(2 * r->second);
+  }
+  return wait;
 }
 
 void ReplicationCore::checkProbes(uint64_t now) {
-  uint64_t scale = uint64_t(1 + health_);
   std::vector<uint64_t> done;
   for (auto& [seq, p] : probes_) {
-    uint64_t age = now - p.started;
+    uint64_t wait = probeWait(p.target);
     if (!p.forPeer.empty()) {  // probing for another node: nack in time (80%)
-      if (age >= options_.probeTimeoutMillis * 8 / 10) {
+      if (p.sent ? now - p.sent >= wait * 8 / 10 : now - p.started >= options_.probeIntervalMillis) {
         uint64_t forSeq = p.forSeq;
         sendTo(p.forPeer, frame([forSeq](wire::Frame::Builder& f) { f.initNack().setSeq(forSeq); }));
         done.push_back(seq);
       }
       continue;
     }
-    if (!p.indirectSent && age >= options_.probeTimeoutMillis * scale) {
+    // Direct: no ack within `wait` of the ping, or no connection within a
+    // probe interval: ask k others.
+    bool directFailed = p.sent ? now - p.sent >= wait : now - p.started >= options_.probeIntervalMillis;
+    if (!p.indirectSent && directFailed) {
       p.indirectSent = true;
-      std::vector<std::string> helpers;
-      for (const auto& [id, m] : members_) {
-        if (m.state == PeerState::kAlive && id != p.target && !blocked(id)) helpers.push_back(id);
+      p.indirectAt = now;
+      // Helpers: partial-view peers first (connected, near), then others.
+      std::vector<std::string> helpers, others;
+      std::set<std::string> seen;
+      for (const auto& [cid, c] : conns_) {
+        if (c.active && c.peerId != p.target && alive(c.peerId) && !blocked(c.peerId) &&
+            seen.insert(c.peerId).second) {
+          helpers.push_back(c.peerId);
+        }
       }
       shuffle(helpers);
+      if (helpers.size() < options_.indirectProbes) {
+        for (const auto& [id, m] : members_) {
+          if (m.state == PeerState::kAlive && id != p.target && !blocked(id) && !seen.count(id)) {
+            others.push_back(id);
+          }
+        }
+        shuffle(others);
+        helpers.insert(helpers.end(), others.begin(), others.end());
+      }
       if (helpers.size() > options_.indirectProbes) helpers.resize(options_.indirectProbes);
       auto t = members_.find(p.target);
       std::string address = t != members_.end() ? t->second.gossipAddress : std::string();
@@ -976,7 +1064,8 @@ void ReplicationCore::checkProbes(uint64_t now) {
         }
       }
     }
-    if (age >= options_.probeIntervalMillis * scale) {
+    // Indirect: the helpers may need a connection to the target too.
+    if (p.indirectSent && now - p.indirectAt >= wait + options_.probeIntervalMillis) {
       done.push_back(seq);
       auto t = members_.find(p.target);
       if (t == members_.end() || t->second.state != PeerState::kAlive) continue;
@@ -1006,6 +1095,7 @@ void ReplicationCore::handlePingReq(uint64_t now, const std::string& from, wire:
   Probe r;
   r.target = target;
   r.started = now;
+  if (connTo(target)) r.sent = now;
   r.forPeer = from;
   r.forSeq = p.getSeq();
   probes_.emplace(seq, std::move(r));
@@ -1013,7 +1103,6 @@ void ReplicationCore::handlePingReq(uint64_t now, const std::string& from, wire:
 }
 
 void ReplicationCore::handleAck(uint64_t now, uint64_t seq, bool nack) {
-  (void)now;
   auto it = probes_.find(seq);
   if (it == probes_.end()) return;
   Probe& p = it->second;
@@ -1028,6 +1117,14 @@ void ReplicationCore::handleAck(uint64_t now, uint64_t seq, bool nack) {
   if (nack) {
     ++p.nacks;
     return;
+  }
+  if (p.sent > 1 && !p.indirectSent) {  // a direct round trip: learn the region's
+    auto m = members_.find(p.target);
+    if (m != members_.end()) {
+      double sample = double(now - p.sent);
+      auto [r, fresh] = rtt_.try_emplace(m->second.region, sample);
+      if (!fresh) r->second = 0.8 * r->second + 0.2 * sample;
+    }
   }
   probes_.erase(it);
   health_ = std::max(health_ - 1, 0);
@@ -1060,7 +1157,7 @@ void ReplicationCore::forget(uint64_t now) {
     const Member& m = it->second;
     if ((m.state == PeerState::kDead || m.state == PeerState::kLeft) &&
         now - m.stateSince >= options_.forgetDeadAfterMillis) {
-      queue_.erase(it->first);
+      dequeue(it->first);
       busyUntil_.erase(it->first);
       it = members_.erase(it);
       membersDirty_ = true;

@@ -42,6 +42,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <unordered_set>
 #include <variant>
 #include <vector>
@@ -93,7 +94,7 @@ struct CoreOptions {
   size_t maxActive = 16;         // partial-view links in all (dialled and accepted)
   size_t bridgesPerRegion = 2;   // nodes of each region that link to each other region
   size_t maxConnections = 32;    // with peers (hello done): partial view, probes, repairs
-  uint64_t idleTransientMillis = 5000;  // a probe or repair connection unused this long closes
+  uint64_t idleTransientMillis = 2000;  // a probe or repair connection unused this long closes
 
   // Broadcast (Plumtree)
   bool eagerPush = true;            // false: announce only (tests of the repair path)
@@ -287,7 +288,9 @@ class ReplicationCore {
   };
   struct Probe {  // one this node runs, directly or for another (pingReq)
     std::string target;
-    uint64_t started = 0;
+    uint64_t started = 0;  // created
+    uint64_t sent = 0;     // the ping left (0: its connection is being set up)
+    uint64_t indirectAt = 0;
     bool indirectSent = false;
     size_t nacksExpected = 0, nacks = 0;
     bool acked = false;
@@ -347,6 +350,8 @@ class ReplicationCore {
   void malformed(uint64_t now, ConnId id, const std::string& why = {});
   void sendHello(ConnId id);
   size_t peerConnections() const;  // hello done
+  size_t openConnections() const;  // hello done, or dialled
+  bool evictTransient(ConnId keep);
   // membership
   void learn(wire::Member::Reader m, const std::string& from);
   void apply(const std::string& id, const std::string& gossip, const std::string& rpc,
@@ -355,6 +360,7 @@ class ReplicationCore {
   void aboutSelf(PeerState state, uint64_t incarnation, bool rejoin);
   void setState(const std::string& id, Member& m, PeerState state);
   void enqueue(const std::string& id);
+  void dequeue(const std::string& id);
   void writeMember(wire::Member::Builder b, const std::string& id) const;
   void fillPiggyback(wire::Frame::Builder& f, const std::string& about);
   uint64_t transmitLimit() const;
@@ -410,14 +416,19 @@ class ReplicationCore {
   bool leaveSynced_ = false;
   std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
   std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
-  uint64_t queueOrder_ = 0;
+  std::set<std::tuple<uint64_t, uint64_t, std::string>> order_;  // (transmits, order, id)
+  uint64_t queueOrder_ = UINT64_MAX;  // counts down: newer sorts first
+  uint64_t nextDeadline_ = 0;         // earliest suspicion deadline (UINT64_MAX: none)
   std::vector<std::string> probeOrder_;  // round robin, reshuffled each pass
   size_t probeNext_ = 0;
   std::map<uint64_t, Probe> probes_;  // by seq
   uint64_t nextSeq_ = 1;
   uint64_t lastProbe_ = 0, lastGossip_ = 0, lastPushPull_ = 0, lastForget_ = 0;
   bool joined_ = false;  // a push-pull with a seed completed
+  bool bulk_ = false;    // learning a push-pull's full list
   int health_ = 0;       // Lifeguard's local health multiplier (0 = healthy)
+  std::map<std::string, double, std::less<>> rtt_;  // probe round trips by region, smoothed
+  uint64_t probeWait(const std::string& target) const;  // for an ack, after the ping left
   std::set<std::string> blocked_;
 
   // connections
