@@ -283,7 +283,11 @@ void ReplicationCore::tick(uint64_t now) {
     }
   }
   if (!leaving_ && (viewDirty_ || now - lastView_ >= 1000)) maintainView(now);
-  flushLazy(now);
+  // Announcements go out every other tick, in one frame per peer.
+  if (now - lastLazy_ >= 2 * kTickMillis) {
+    lastLazy_ = now;
+    flushLazy(now);
+  }
   graftMissing(now);
   if (now - lastForget_ >= 1000) {
     lastForget_ = now;
@@ -638,6 +642,7 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
     }
     if (c.peerId.empty()) {
       c.peerId = from;
+      c.peerIx = intern(from);
     } else if (c.peerId != from) {
       bad = true;  // a connection speaks for one node only
       return;
@@ -1403,15 +1408,18 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
   // All items share their scope and origin (callers group them).
   const std::string& scope = items.front().scope;
   std::vector<ConnId> eager;
-  std::set<std::string> reached;
+  std::vector<uint32_t> reached;
+  const auto& lazySet = tree(items.front().origin);
   for (auto& [id, c] : conns_) {
     if (!c.active || !c.helloReceived || c.peerId == except || blocked(c.peerId)) continue;
-    if (!reached.insert(c.peerId).second) continue;  // one link per peer
+    if (std::find(reached.begin(), reached.end(), c.peerIx) != reached.end()) continue;
+    reached.push_back(c.peerIx);  // one link per peer
     if (!scope.empty()) {
       auto m = members_.find(c.peerId);
       if (m == members_.end() || m->second.region != scope) continue;
     }
-    bool eagerLink = options_.eagerPush && !lazyLink(items.front().origin, c.peerId);
+    bool eagerLink = options_.eagerPush &&
+                     std::find(lazySet.begin(), lazySet.end(), c.peerIx) == lazySet.end();
     if (eagerLink && c.queuedBytes < options_.maxQueuedBytesPerPeer) {
       eager.push_back(id);
     } else {
@@ -1948,9 +1956,5 @@ bool ReplicationCore::setLazy(const std::string& origin, const std::string& peer
   return true;
 }
 
-bool ReplicationCore::lazyLink(const std::string& origin, const std::string& peer) {
-  auto& set = tree(origin);
-  return std::find(set.begin(), set.end(), intern(peer)) != set.end();
-}
 
 }  // namespace chorus::gossip

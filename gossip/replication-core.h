@@ -43,6 +43,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <unordered_set>
 #include <variant>
 #include <vector>
@@ -98,7 +99,7 @@ struct CoreOptions {
 
   // Broadcast (Plumtree)
   bool eagerPush = true;            // false: announce only (tests of the repair path)
-  uint64_t graftTimeoutMillis = 150;  // an announced delta not received by then is asked for
+  uint64_t graftTimeoutMillis = 250;  // an announced delta not received by then is asked for
 
   // Anti-entropy
   uint64_t antiEntropyIntervalMillis = 1000;              // with an in-region partial-view peer
@@ -273,6 +274,7 @@ class ReplicationCore {
     std::string dialAddress;  // set for connections this node dialled
     std::string remote;       // for logs
     std::string peerId;       // from the first frame
+    uint32_t peerIx = 0;      // peerId interned
     bool outbound = false;
     bool ready = false;
     bool helloReceived = false;
@@ -326,7 +328,6 @@ class ReplicationCore {
                        capnp::List<wire::Broadcast>::Reader list);
   void handleIhave(uint64_t now, const std::string& from, capnp::List<uint64_t>::Reader ids);
   void handleGraft(uint64_t now, ConnId id, capnp::List<uint64_t>::Reader ids);
-  bool lazyLink(const std::string& origin, const std::string& peer);
   // Marks the link to `peer` lazy (else eager) in `origin`'s tree; whether it changed.
   bool setLazy(const std::string& origin, const std::string& peer, bool lazy);
   std::vector<uint32_t>& tree(const std::string& origin);
@@ -423,7 +424,7 @@ class ReplicationCore {
   size_t probeNext_ = 0;
   std::map<uint64_t, Probe> probes_;  // by seq
   uint64_t nextSeq_ = 1;
-  uint64_t lastProbe_ = 0, lastGossip_ = 0, lastPushPull_ = 0, lastForget_ = 0;
+  uint64_t lastProbe_ = 0, lastGossip_ = 0, lastPushPull_ = 0, lastForget_ = 0, lastLazy_ = 0;
   bool joined_ = false;  // a push-pull with a seed completed
   bool bulk_ = false;    // learning a push-pull's full list
   int health_ = 0;       // Lifeguard's local health multiplier (0 = healthy)
@@ -449,7 +450,7 @@ class ReplicationCore {
   std::set<std::string> primaryPartners_;  // cross-region links eager for new origins of this region
   std::unordered_map<uint64_t, uint64_t> seen_;  // id -> when
   std::deque<std::pair<uint64_t, uint64_t>> seenOrder_;
-  std::map<uint64_t, Cached> cache_;
+  std::unordered_map<uint64_t, Cached> cache_;
   std::deque<uint64_t> cacheOrder_;
   size_t cacheBytes_ = 0;
   std::map<uint64_t, Missing> missing_;
