@@ -1428,7 +1428,32 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
       stats_.deltasDropped += items.size();  // queue full: announced instead
     }
   }
-  if (eager.empty()) return;
+  std::vector<ConnId> dialling;
+  if (reached.empty() && scope.empty() && except.empty() && options_.eagerPush) {
+    // No partial view yet (just joined): a few live members of the region
+    // get it directly (over probe connections); they forward it.
+    std::vector<std::string> members;
+    for (const auto& [id, m] : members_) {
+      if (m.state == PeerState::kAlive && m.region == options_.region && !blocked(id)) {
+        members.push_back(id);
+      }
+    }
+    shuffle(members);
+    if (members.size() > options_.gossipFanout) members.resize(options_.gossipFanout);
+    for (const auto& id : members) {
+      if (!connTo(id)) sendTo(id, frame([](wire::Frame::Builder& f) { f.setGossip(); }));
+      if (ConnId c = connTo(id)) {
+        eager.push_back(c);
+      } else {  // being dialled: the frames wait for its hello
+        for (auto& [cid, c] : conns_) {
+          if (c.outbound && !c.helloReceived && c.dialAddress == members_.at(id).gossipAddress) {
+            dialling.push_back(cid);
+          }
+        }
+      }
+    }
+  }
+  if (eager.empty() && dialling.empty()) return;
   size_t begin = 0;
   while (begin < items.size()) {
     size_t end = begin, bytes = 0;
@@ -1450,6 +1475,10 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
     auto body = bodyOf(message);
     for (ConnId c : eager) {
       if (send(c, body, end - begin)) stats_.deltasSent += end - begin;
+    }
+    for (ConnId c : dialling) {
+      auto it = conns_.find(c);
+      if (it != conns_.end() && it->second.pending.size() < 16) it->second.pending.push_back(body);
     }
     begin = end;
   }
@@ -1901,7 +1930,7 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
   if (peerId == sessionPeer_) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
-    if (leaving_) leaveSynced_ = true;
+    if (leaving_ && !sessionMore_) leaveSynced_ = true;  // else the next one continues
     if (sessionMore_) syncAgain_ = peerId;
     sessionMore_ = false;
   }

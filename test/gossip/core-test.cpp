@@ -940,22 +940,63 @@ TEST_CASE("core: connections others opened are capped once they say hello") {
   Net net(seed);
   auto& n1 = net.add("n1", {}, [](CoreOptions& o) { o.maxConnections = 2; });
   std::vector<ConnId> conns;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 4; ++i) {
     conns.push_back(n1.core->accepted(net.now, "10.0.0.9:" + std::to_string(5000 + i)));
     n1.core->opened(net.now, conns.back());
   }
-  // Strangers do not count: all three are open. The third to say hello is
-  // one too many.
+  // Strangers do not count: all four are open. Past the cap, the probe
+  // connection unused the longest makes room for a newcomer.
   for (int i = 0; i < 3; ++i) {
-    n1.core->received(net.now, conns[i], helloFrom("p" + std::to_string(i)));
+    n1.core->received(net.now + uint64_t(i), conns[size_t(i)], helloFrom("p" + std::to_string(i)));
+  }
+  bool firstClosed = false;
+  for (auto& action : n1.core->takeActions()) {
+    if (auto* close = std::get_if<Close>(&action)) firstClosed = firstClosed || close->conn == conns[0];
+  }
+  CHECK(firstClosed);
+  CHECK_FALSE(n1.core->helloReceived(conns[0]));
+  CHECK(n1.core->helloReceived(conns[1]));
+  CHECK(n1.core->helloReceived(conns[2]));
+  // Partial-view links are never evicted: with both slots taken by them, a
+  // newcomer is refused.
+  auto& n2 = net.add("n2", {}, [](CoreOptions& o) { o.maxConnections = 2; });
+  std::vector<ConnId> links;
+  for (int i = 0; i < 3; ++i) {
+    links.push_back(n2.core->accepted(net.now, "10.0.0.8:" + std::to_string(5000 + i)));
+    n2.core->opened(net.now, links.back());
+    n2.core->received(net.now, links.back(), frameFrom("q" + std::to_string(i), [&](wire::Frame::Builder f) {
+                        auto h = f.initHello();
+                        auto m = h.initMember();
+                        m.setNodeId("q" + std::to_string(i));
+                        m.setGossipAddress("q" + std::to_string(i) + ":7400");
+                        m.setIncarnation(1);
+                        h.setActive(true);
+                      }));
   }
   bool thirdClosed = false;
-  for (auto& action : n1.core->takeActions()) {
-    if (auto* close = std::get_if<Close>(&action)) thirdClosed = close->conn == conns[2];
+  for (auto& action : n2.core->takeActions()) {
+    if (auto* close = std::get_if<Close>(&action)) thirdClosed = close->conn == links[2];
   }
   CHECK(thirdClosed);
-  CHECK(n1.core->stats().connectionsRefused == 1);
-  CHECK(n1.core->helloReceived(conns[0]));
-  CHECK(n1.core->helloReceived(conns[1]));
-  CHECK_FALSE(n1.core->helloReceived(conns[2]));
+  CHECK(n2.core->stats().connectionsRefused == 1);
+  CHECK(n2.core->helloReceived(links[0]));
+  CHECK(n2.core->helloReceived(links[1]));
+}
+
+TEST_CASE("core: a write made while a node has no partial view is pushed to members directly") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  // No partial-view links at all (as just after a join, before the view
+  // forms): only the fallback can push.
+  auto none = [](CoreOptions& o) { o.activeInRegion = 0; };
+  auto& n1 = net.add("n1", {}, none);
+  auto& n2 = net.add("n2", {"n1:7400"}, none);
+  auto& n3 = net.add("n3", {"n1:7400"}, none);
+  net.runFor(2000);
+  REQUIRE(alive(n3) == 2);
+  for (auto& m : n3.core->members()) REQUIRE_FALSE(m.active);
+  publish(net, n3, n3.store.write("sku", "early", "x", 10, n3.replica));
+  CHECK(n1.store.has("sku", "early"));  // at once, not at an anti-entropy session
+  CHECK(n2.store.has("sku", "early"));
 }
