@@ -1509,6 +1509,7 @@ void ReplicationCore::handleBroadcast(uint64_t now, ConnId id, const std::string
                                                  data.size());
     c.scope = b.getScope().size() <= 64 ? str(b.getScope()) : std::string();
     c.origin = str(b.getOrigin());
+    ++delivered_[intern(c.origin)];
     // Pushed to us: the link is in this origin's tree on both ends.
     setLazy(c.origin, from, false);
     c.round = uint16_t(std::min<unsigned>(b.getRound() + 1u, 65535u));
@@ -1942,6 +1943,7 @@ namespace chorus::gossip {
 
 uint32_t ReplicationCore::intern(const std::string& id) {
   auto [it, fresh] = interned_.try_emplace(id, uint32_t(interned_.size()));
+  if (fresh) names_.push_back(id);
   return it->second;
 }
 
@@ -1952,8 +1954,30 @@ uint32_t ReplicationCore::intern(const std::string& id) {
 // region's bridges, and the other links only announce it.
 std::vector<uint32_t>& ReplicationCore::tree(const std::string& origin) {
   uint32_t o = intern(origin);
-  auto [it, fresh] = lazy_.try_emplace(o);
-  if (!fresh) return it->second;
+  if (auto known = lazy_.find(o); known != lazy_.end()) return known->second;
+  // A tree formed for one origin spans the partial views (its links are
+  // eager at both ends), so it carries any other origin's deltas once to
+  // every node too: a new origin starts with a formed tree, that of the
+  // lowest-named origin with kReferenceDeltas delivered here (every node
+  // picks the same one once all saw that many), and adjusts from there.
+  const std::string* best = nullptr;
+  uint32_t reference = 0;
+  for (const auto& [ix, count] : delivered_) {
+    if (count < kReferenceDeltas || ix == o || !lazy_.count(ix)) continue;
+    if (!best || names_[ix] < *best) {
+      best = &names_[ix];
+      reference = ix;
+    }
+  }
+  std::vector<uint32_t> start;
+  if (best) {
+    // Its links within the region only: across regions the rule below holds.
+    for (uint32_t p : lazy_.at(reference)) {
+      auto m = members_.find(names_[p]);
+      if (m != members_.end() && m->second.region == options_.region) start.push_back(p);
+    }
+  }
+  auto [it, fresh] = lazy_.try_emplace(o, std::move(start));
   std::string originRegion = options_.region;
   if (origin != options_.nodeId) {
     auto m = members_.find(origin);

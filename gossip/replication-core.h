@@ -174,6 +174,7 @@ class ReplicationCore {
   static constexpr uint64_t kCacheMillis = 10'000;      // broadcast payloads kept for grafts
   static constexpr size_t kMaxCacheBytes = 16u << 20;
   static constexpr size_t kMaxMissing = 65'536;         // announced ids not yet received
+  static constexpr uint64_t kReferenceDeltas = 2;      // a tree this used is formed
   static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
   static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
   static constexpr uint64_t kWarnEveryMillis = 10'000;
@@ -447,6 +448,8 @@ class ReplicationCore {
   // peers each: no string sets).
   std::unordered_map<uint32_t, std::vector<uint32_t>> lazy_;
   std::unordered_map<std::string, uint32_t> interned_;
+  std::vector<std::string> names_;                   // by interned index
+  std::unordered_map<uint32_t, uint64_t> delivered_;  // deltas received, by origin
   std::set<std::string> primaryPartners_;  // cross-region links eager for new origins of this region
   std::unordered_map<uint64_t, uint64_t> seen_;  // id -> when
   std::deque<std::pair<uint64_t, uint64_t>> seenOrder_;
