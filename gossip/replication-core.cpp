@@ -220,7 +220,11 @@ void ReplicationCore::tick(uint64_t now) {
       if (!c.outbound && now - c.openedAt > kStrangerTimeoutMillis) {
         ending.push_back(id);
         ++stats_.connectionsRefused;
-      } else if (c.outbound && now - c.openedAt > kHelloTimeoutMillis) {
+      } else if (c.outbound &&
+                 now - c.openedAt > (c.wantActive || c.seed ? kHelloTimeoutMillis
+                                                            : 2 * options_.probeIntervalMillis)) {
+        // A probe's connection is of no use after its probe: do not let a
+        // dial across a partition (SYNs retried for minutes) outlive it.
         ending.push_back(id);
       }
     } else if (!c.active && now - c.lastUsed > options_.idleTransientMillis &&
@@ -1822,7 +1826,14 @@ uint64_t ReplicationCore::sessionTimeoutMillis() const {
 void ReplicationCore::maybeSync(uint64_t now) {
   if (removed_) return;
   if (!sessionPeer_.empty() && now - sessionStarted_ < sessionTimeoutMillis()) {
-    syncSoon_.clear();  // the session under way repairs as much
+    // The session under way repairs as much as one with a revived peer of
+    // this region would; one across regions (a bridge link back after a
+    // WAN partition) still has to run.
+    for (auto it = syncSoon_.begin(); it != syncSoon_.end();) {
+      auto m = members_.find(*it);
+      bool remote = m != members_.end() && m->second.region != options_.region;
+      it = remote ? std::next(it) : syncSoon_.erase(it);
+    }
     return;
   }
   // The last session's states are still committing (bounded: a store that
