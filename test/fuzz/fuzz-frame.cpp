@@ -160,25 +160,54 @@ void readFrame(gossip::ParsedFrame& frame, size_t bodyBytes) {
   FUZZ_CHECK(root.getFrom().size() > 0, "sender");
   auto member = [](gossip::wire::Member::Reader m) {
     return std::string(m.getNodeId().cStr()) + m.getGossipAddress().cStr() +
-           m.getRpcAddress().cStr();
+           m.getRpcAddress().cStr() + m.getRegion().cStr();
   };
+  auto probe = [](gossip::wire::Probe::Reader p) {
+    return std::string(p.getTarget().cStr()) + p.getTargetAddress().cStr();
+  };
+  for (auto m : root.getMembers()) (void)member(m);
   auto& store = fuzz::FuzzStore::get();
   switch (root.which()) {
     case gossip::wire::Frame::HELLO:
-      (void)member(root.getHello());
+      (void)member(root.getHello().getMember());
       break;
-    case gossip::wire::Frame::HEARTBEAT:
-      for (auto m : root.getHeartbeat()) (void)member(m);
+    case gossip::wire::Frame::PING:
+      (void)probe(root.getPing());
       break;
     case gossip::wire::Frame::ACK:
-      for (auto m : root.getAck()) (void)member(m);
+      (void)probe(root.getAck());
       break;
-    case gossip::wire::Frame::DELTAS: {
-      capnp::List<capnp::Data>::Reader list;
-      if (!readData([&] { list = root.getDeltas(); })) break;
+    case gossip::wire::Frame::NACK:
+      (void)probe(root.getNack());
+      break;
+    case gossip::wire::Frame::PING_REQ:
+      (void)probe(root.getPingReq());
+      break;
+    case gossip::wire::Frame::GOSSIP:
+      break;
+    case gossip::wire::Frame::PUSH_PULL:
+      for (auto m : root.getPushPull()) (void)member(m);
+      break;
+    case gossip::wire::Frame::PUSH_PULL_REPLY:
+      for (auto m : root.getPushPullReply()) (void)member(m);
+      break;
+    case gossip::wire::Frame::IHAVE:
+      for (auto id : root.getIhave()) (void)id;
+      break;
+    case gossip::wire::Frame::GRAFT:
+      for (auto id : root.getGraft()) (void)id;
+      break;
+    case gossip::wire::Frame::PRUNE:
+      for (auto o : root.getPrune()) (void)o.size();
+      break;
+    case gossip::wire::Frame::BROADCAST: {
+      capnp::List<gossip::wire::Broadcast>::Reader list;
+      if (!readData([&] { list = root.getBroadcast(); })) break;
       for (unsigned i = 0; i < list.size(); ++i) {
         capnp::Data::Reader data;
-        if (!readData([&] { data = list[i]; })) continue;
+        if (!readData([&] { data = list[i].getData(); })) continue;
+        (void)list[i].getOrigin();
+        (void)list[i].getScope();
         auto doc = crdt::ReviewDoc::decode(
             std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
         if (!doc.ok()) continue;

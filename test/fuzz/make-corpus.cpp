@@ -188,6 +188,8 @@ void setMember(gossip::wire::Member::Builder m, const std::string& id, int port)
   m.setNodeId(id);
   m.setGossipAddress("127.0.0.1:" + std::to_string(port));
   m.setRpcAddress("127.0.0.1:" + std::to_string(port - 10));
+  m.setRegion("eu");
+  m.setIncarnation(1764000000);
 }
 
 capnp::Data::Reader asData(const std::string& s) {
@@ -236,31 +238,58 @@ int main(int argc, char** argv) {
       }));
 
   // frame: scripts of real frame bodies (sealed and opened by the target).
-  std::string hello = frameWith([](auto f) { setMember(f.initHello(), "n2", 7411); });
+  std::string hello = frameWith([](auto f) {
+    auto h = f.initHello();
+    setMember(h.initMember(), "n2", 7411);
+    h.setActive(true);
+  });
   put("frame", "hello", hello);
-  std::string heartbeat = frameWith([](auto f) {
-    auto list = f.initHeartbeat(3);
+  // Gossip: piggybacked membership updates only (one suspect, one left).
+  std::string gossip = frameWith([](auto f) {
+    auto list = f.initMembers(3);
     setMember(list[0], "n2", 7411);
     setMember(list[1], "n1", 7410);
+    list[1].setState(gossip::wire::MemberState::SUSPECT);
     setMember(list[2], "n3", 7412);
+    list[2].setState(gossip::wire::MemberState::LEFT);
+    f.setGossip();
   });
-  put("frame", "heartbeat", heartbeat);
-  put("frame", "ack", frameWith([](auto f) {
-        auto list = f.initAck(2);
-        setMember(list[0], "n1", 7410);
-        setMember(list[1], "n2", 7411);
-      }, "n1"));
+  put("frame", "gossip", gossip);
+  put("frame", "ping", frameWith([](auto f) { f.initPing().setSeq(7); }));
+  put("frame", "ack", frameWith([](auto f) { f.initAck().setSeq(7); }, "n1"));
+  put("frame", "ping-req", frameWith([](auto f) {
+        auto p = f.initPingReq();
+        p.setSeq(8);
+        p.setTarget("n3");
+        p.setTargetAddress("127.0.0.1:7412");
+      }));
+  put("frame", "push-pull", frameWith([](auto f) {
+        auto list = f.initPushPull(2);
+        setMember(list[0], "n2", 7411);
+        setMember(list[1], "n1", 7410);
+      }));
   std::string deltas = frameWith([&](auto f) {
-    auto list = f.initDeltas(3);
-    for (unsigned i = 0; i < 3; ++i) list.set(i, asData(docs[i * 2].second.encode()));
+    auto list = f.initBroadcast(3);
+    for (unsigned i = 0; i < 3; ++i) {
+      list[i].setId(0x1000 + i);
+      list[i].setOrigin("n2");
+      list[i].setData(asData(docs[i * 2].second.encode()));
+    }
   });
-  put("frame", "deltas", deltas);
+  put("frame", "broadcast", deltas);
+  put("frame", "ihave", frameWith([](auto f) {
+        auto list = f.initIhave(2);
+        list.set(0, 0x1000);
+        list.set(1, 0x2000);
+      }));
+  put("frame", "prune", frameWith([](auto f) { f.initPrune(1).set(0, "n2"); }));
+  std::string heartbeat = gossip;
   for (size_t i : {size_t{0}, size_t{1}, size_t{5}, size_t{6}}) {
     if (i >= session.size()) continue;
     put("frame", std::string("reconcile-") + (i < 8 ? kinds[i] : "x"),
         frameWith([&](auto f) { f.setReconcile(asData(session[i])); }));
   }
-  put("frame", "stream-hello-heartbeat-deltas", hello + heartbeat + deltas);
+  put("frame", "stream-hello-gossip-broadcast", hello + heartbeat + deltas);
   put("frame", "stream-truncated", (hello + heartbeat).substr(0, hello.size() + 20));
 
   // validate: [which, limits, fields...], see fuzz-validate.cpp.
