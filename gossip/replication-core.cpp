@@ -383,6 +383,16 @@ void ReplicationCore::closed(uint64_t now, ConnId id) {
   // A partial-view peer's connection broke: find out at once whether it
   // is gone (a crashed process resets its connections).
   std::string peer = it->second.active ? it->second.peerId : std::string();
+  // A dial that failed before its hello (refused, reset): the probes
+  // waiting on it learn now that the target cannot be reached directly.
+  if (it->second.outbound && !it->second.helloReceived) {
+    const std::string& address = it->second.dialAddress;
+    for (auto& [seq, p] : probes_) {
+      if (p.sent != 0) continue;
+      auto m = members_.find(p.target);
+      if (m != members_.end() && m->second.gossipAddress == address) p.unreachable = true;
+    }
+  }
   close(now, id, false);
   if (!peer.empty() && alive(peer) && !leaving_ && !removed_) {
     bool probing = false;
@@ -1025,7 +1035,8 @@ void ReplicationCore::checkProbes(uint64_t now) {
   for (auto& [seq, p] : probes_) {
     uint64_t wait = probeWait(p.target);
     if (!p.forPeer.empty()) {  // probing for another node: nack in time (80%)
-      if (p.sent ? now - p.sent >= wait * 8 / 10 : now - p.started >= options_.probeIntervalMillis) {
+      if (p.unreachable ||
+          (p.sent ? now - p.sent >= wait * 8 / 10 : now - p.started >= options_.probeIntervalMillis)) {
         uint64_t forSeq = p.forSeq;
         sendTo(p.forPeer, frame([forSeq](wire::Frame::Builder& f) { f.initNack().setSeq(forSeq); }));
         done.push_back(seq);
@@ -1034,7 +1045,8 @@ void ReplicationCore::checkProbes(uint64_t now) {
     }
     // Direct: no ack within `wait` of the ping, or no connection within a
     // probe interval: ask k others.
-    bool directFailed = p.sent ? now - p.sent >= wait : now - p.started >= options_.probeIntervalMillis;
+    bool directFailed = p.unreachable ||
+                        (p.sent ? now - p.sent >= wait : now - p.started >= options_.probeIntervalMillis);
     if (!p.indirectSent && directFailed) {
       p.indirectSent = true;
       p.indirectAt = now;
@@ -1073,8 +1085,10 @@ void ReplicationCore::checkProbes(uint64_t now) {
         }
       }
     }
-    // Indirect: the helpers may need a connection to the target too.
-    if (p.indirectSent && now - p.indirectAt >= wait + options_.probeIntervalMillis) {
+    // Indirect: the helpers may need a connection to the target too. Every
+    // helper's nack in (none could reach it either): no need to wait.
+    bool allNacked = p.nacksExpected > 0 && p.nacks >= p.nacksExpected;
+    if (p.indirectSent && (allNacked || now - p.indirectAt >= wait + options_.probeIntervalMillis)) {
       done.push_back(seq);
       auto t = members_.find(p.target);
       if (t == members_.end() || t->second.state != PeerState::kAlive) continue;

@@ -295,6 +295,7 @@ class ReplicationCore {
     uint64_t sent = 0;     // the ping left (0: its connection is being set up)
     uint64_t indirectAt = 0;
     bool indirectSent = false;
+    bool unreachable = false;  // its connection failed before a hello
     size_t nacksExpected = 0, nacks = 0;
     bool acked = false;
     // For a pingReq: answer this peer with its seq.
