@@ -1272,9 +1272,7 @@ void ReplicationCore::leave(uint64_t now) {
   gossip(now);
   // One last repair with a peer of the region, so that what this node
   // acknowledged is held elsewhere before it goes.
-  sessionPeer_.clear();
-  sessionStarted_ = now;
-  maybeSync(now);
+  maybeSync(now);  // after the session under way, if any
 }
 
 bool ReplicationCore::leaveDone() const {
@@ -1942,6 +1940,8 @@ void ReplicationCore::startSync(uint64_t now, const std::string& peerId) {
   sessionPeer_ = peerId;
   sessionStarted_ = now;
   syncDue_ = false;
+  leaveSession_ = leaving_;
+  leaveStatesSent_ = reconciler_.counters().statesSent;
   ++stats_.syncStarted;
   stats_.antiEntropyBytes += size;
 }
@@ -1956,7 +1956,14 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
   if (peerId == sessionPeer_) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
-    if (leaving_ && !sessionMore_) leaveSynced_ = true;  // else the next one continues
+    // Leaving: done once a session begun after leave() found nothing the
+    // peer lacked. A session that sent states hands them over, but their
+    // merge may not have committed yet: the next one checks.
+    if (leaving_ && leaveSession_ && !sessionMore_ &&
+        reconciler_.counters().statesSent == leaveStatesSent_) {
+      leaveSynced_ = true;
+    }
+    leaveSession_ = false;
     if (sessionMore_) syncAgain_ = peerId;
     sessionMore_ = false;
   }

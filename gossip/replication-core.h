@@ -247,9 +247,10 @@ class ReplicationCore {
   // Anti-entropy merges handed out and not yet completed.
   int64_t mergesPending() const { return mergesPending_; }
   bool leaving() const { return leaving_; }
-  // After leave(): a last anti-entropy session with a peer completed (so a
-  // peer holds everything this node acknowledged) and what was queued for
-  // peers was written. Until then it keeps trying with the peers it can reach.
+  // After leave(): an anti-entropy session begun after leave() completed
+  // without sending the peer anything (so the peer's committed store holds
+  // everything this node acknowledged), and what was queued for peers was
+  // written. Until then it keeps trying with the peers it can reach.
   bool leaveDone() const;
   // Another node removed this one: it gossips no more (see ClusterOptions::rejoin).
   bool removed() const { return removed_; }
@@ -417,6 +418,8 @@ class ReplicationCore {
   bool leaving_ = false, removed_ = false;
   uint64_t leaveStarted_ = 0;
   bool leaveSynced_ = false;
+  bool leaveSession_ = false;      // the session under way began after leave()
+  uint64_t leaveStatesSent_ = 0;   // the reconciler's statesSent when it began
   std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
   std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
   std::set<std::tuple<uint64_t, uint64_t, std::string>> order_;  // (transmits, order, id)
