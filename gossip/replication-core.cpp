@@ -1942,6 +1942,7 @@ void ReplicationCore::startSync(uint64_t now, const std::string& peerId) {
   syncDue_ = false;
   leaveSession_ = leaving_;
   leaveStatesSent_ = reconciler_.counters().statesSent;
+  sessionMoved_ = reconciler_.counters().statesSent + stats_.statesRepaired;
   ++stats_.syncStarted;
   stats_.antiEntropyBytes += size;
 }
@@ -1956,6 +1957,15 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
   if (peerId == sessionPeer_) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
+    // A session across regions that repaired something: the WAN link was
+    // behind (a heal); the next one follows at the in-region pace, not
+    // after crossRegionAntiEntropyInterval, until one finds nothing.
+    uint64_t moved = reconciler_.counters().statesSent + stats_.statesRepaired;
+    if (it != members_.end() && it->second.region != options_.region && moved != sessionMoved_) {
+      uint64_t soon = options_.antiEntropyIntervalMillis;
+      uint64_t cross = options_.crossRegionAntiEntropyIntervalMillis;
+      lastCrossAntiEntropy_ = now + std::min(soon, cross) - std::min(now + soon, cross);
+    }
     // Leaving: done once a session begun after leave() found nothing the
     // peer lacked. A session that sent states hands them over, but their
     // merge may not have committed yet: the next one checks.

@@ -420,6 +420,7 @@ class ReplicationCore {
   bool leaveSynced_ = false;
   bool leaveSession_ = false;      // the session under way began after leave()
   uint64_t leaveStatesSent_ = 0;   // the reconciler's statesSent when it began
+  uint64_t sessionMoved_ = 0;      // states sent and repaired when the session began
   std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
   std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
   std::set<std::tuple<uint64_t, uint64_t, std::string>> order_;  // (transmits, order, id)
