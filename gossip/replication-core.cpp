@@ -1802,10 +1802,13 @@ void ReplicationCore::handleReconcile(uint64_t now, ConnId id, const std::string
     return;
   }
   if (reconciler_.peerBusy() && from == sessionPeer_) {
-    // Try elsewhere now, this peer a little later.
+    // Try elsewhere now, this peer a little later; a bridge partner across
+    // regions stays due (its link may be all that crosses).
     sessionPeer_.clear();
     busyUntil_[from] = now + uniform(50, 250);
     syncDue_ = true;
+    auto m = members_.find(from);
+    if (m != members_.end() && m->second.region != options_.region) syncSoon_.insert(from);
     return;
   }
   if (from == sessionPeer_ &&
@@ -1880,10 +1883,17 @@ void ReplicationCore::maybeSync(uint64_t now) {
   // One peer that just joined the partial view (a heal, a restart, a
   // first contact), at random: one session carries every difference.
   std::vector<std::string> revived;
-  for (const auto& id : syncSoon_) {
-    if (usable(id) && !resting(id)) revived.push_back(id);
+  for (auto it = syncSoon_.begin(); it != syncSoon_.end();) {
+    if (!usable(*it)) {
+      it = syncSoon_.erase(it);
+    } else {
+      if (!resting(*it)) revived.push_back(*it);  // a resting one waits its turn
+      ++it;
+    }
   }
-  syncSoon_.clear();
+  if (!revived.empty()) {
+    for (const auto& id : revived) syncSoon_.erase(id);
+  }
   if (!revived.empty()) {
     startSync(now, revived[uniform(0, revived.size() - 1)]);
     return;
