@@ -1455,7 +1455,8 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const s
       }
     }
     shuffle(members);
-    if (members.size() > options_.gossipFanout) members.resize(options_.gossipFanout);
+    size_t fanout = std::max(options_.activeInRegion, options_.gossipFanout);
+    if (members.size() > fanout) members.resize(fanout);
     for (const auto& id : members) {
       if (!connTo(id)) sendTo(id, frame([](wire::Frame::Builder& f) { f.setGossip(); }));
       if (ConnId c = connTo(id)) {
@@ -1808,7 +1809,9 @@ void ReplicationCore::handleReconcile(uint64_t now, ConnId id, const std::string
     busyUntil_[from] = now + uniform(50, 250);
     syncDue_ = true;
     auto m = members_.find(from);
-    if (m != members_.end() && m->second.region != options_.region) syncSoon_.insert(from);
+    if (sessionRevived_ && m != members_.end() && m->second.region != options_.region) {
+      syncSoon_.insert(from);
+    }
     return;
   }
   if (from == sessionPeer_ &&
@@ -1896,6 +1899,7 @@ void ReplicationCore::maybeSync(uint64_t now) {
   }
   if (!revived.empty()) {
     startSync(now, revived[uniform(0, revived.size() - 1)]);
+    sessionRevived_ = true;
     return;
   }
   // Partial-view peers: in-region every antiEntropyInterval, across
@@ -1951,6 +1955,7 @@ void ReplicationCore::startSync(uint64_t now, const std::string& peerId) {
   sessionStarted_ = now;
   syncDue_ = false;
   leaveSession_ = leaving_;
+  sessionRevived_ = false;
   leaveStatesSent_ = reconciler_.counters().statesSent;
   sessionMoved_ = reconciler_.counters().statesSent + stats_.statesRepaired;
   ++stats_.syncStarted;
@@ -1970,8 +1975,10 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
     // A session across regions that repaired something: the WAN link was
     // behind (a heal); the next one follows at the in-region pace, not
     // after crossRegionAntiEntropyInterval, until one finds nothing.
-    uint64_t moved = reconciler_.counters().statesSent + stats_.statesRepaired;
-    if (it != members_.end() && it->second.region != options_.region && moved != sessionMoved_) {
+    // (A few states differ in any session while writes flow; a heal's
+    // backlog is many more.)
+    uint64_t moved = reconciler_.counters().statesSent + stats_.statesRepaired - sessionMoved_;
+    if (it != members_.end() && it->second.region != options_.region && moved > kBacklogStates) {
       uint64_t soon = options_.antiEntropyIntervalMillis;
       uint64_t cross = options_.crossRegionAntiEntropyIntervalMillis;
       lastCrossAntiEntropy_ = now + std::min(soon, cross) - std::min(now + soon, cross);
@@ -2012,9 +2019,13 @@ std::vector<uint32_t>& ReplicationCore::tree(const std::string& origin) {
   // every node too: a new origin starts with a formed tree, that of the
   // lowest-named origin with kReferenceDeltas delivered here (every node
   // picks the same one once all saw that many), and adjusts from there.
+  // In a cluster no larger than a partial view, a first delta flooding the
+  // region costs a few copies once, and copying trees formed at different
+  // times left a write in a hundred to a graft.
   const std::string* best = nullptr;
   uint32_t reference = 0;
   for (const auto& [ix, count] : delivered_) {
+    if (members_.size() + 1 <= options_.maxActive) break;
     if (count < kReferenceDeltas || ix == o || !lazy_.count(ix)) continue;
     if (!best || names_[ix] < *best) {
       best = &names_[ix];

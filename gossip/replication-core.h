@@ -174,6 +174,7 @@ class ReplicationCore {
   static constexpr uint64_t kCacheMillis = 10'000;      // broadcast payloads kept for grafts
   static constexpr size_t kMaxCacheBytes = 16u << 20;
   static constexpr size_t kMaxMissing = 65'536;         // announced ids not yet received
+  static constexpr uint64_t kBacklogStates = 256;  // a cross-region session moving more: go again soon
   static constexpr uint64_t kReferenceDeltas = 2;      // a tree this used is formed
   static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
   static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
@@ -421,6 +422,7 @@ class ReplicationCore {
   bool leaveSession_ = false;      // the session under way began after leave()
   uint64_t leaveStatesSent_ = 0;   // the reconciler's statesSent when it began
   uint64_t sessionMoved_ = 0;      // states sent and repaired when the session began
+  bool sessionRevived_ = false;    // begun for a peer that just joined the partial view
   std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
   std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
   std::set<std::tuple<uint64_t, uint64_t, std::string>> order_;  // (transmits, order, id)
