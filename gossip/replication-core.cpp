@@ -875,10 +875,7 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
     m.state = state;
     m.stateSince = now_;
     if (state == PeerState::kSuspect) {
-      m.suspectedAt = now_;
-      m.confirmations.insert(from);
-      m.suspectDeadline = now_ + suspicionTimeout(m);
-      nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
+      startSuspicion(m, from);
     }
     members_.emplace(id, std::move(m));
     if (!bulk_) enqueue(id);
@@ -907,12 +904,7 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
   if (!region.empty()) m.region = region;
   m.incarnation = incarnation;
   m.rejoin = rejoin;
-  if (state == PeerState::kSuspect) {
-    m.suspectedAt = now_;
-    m.confirmations = {from};
-    m.suspectDeadline = now_ + suspicionTimeout(m);
-    nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
-  }
+  if (state == PeerState::kSuspect) startSuspicion(m, from);
   setState(id, m, state);
   enqueue(id);
   membersDirty_ = true;
@@ -949,14 +941,20 @@ uint64_t ReplicationCore::suspicionTimeout(const Member& m) const {
   return uint64_t(std::max(min, t));
 }
 
+// A suspicion of `m` begins now, said by `by` (its first confirmation).
+void ReplicationCore::startSuspicion(Member& m, const std::string& by) {
+  m.suspectedAt = now_;
+  m.confirmations = {by};
+  m.suspectDeadline = now_ + suspicionTimeout(m);
+  nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
+}
+
 void ReplicationCore::suspect(uint64_t now, const std::string& id, const std::string& by) {
+  now_ = now;
   auto it = members_.find(id);
   if (it == members_.end() || it->second.state != PeerState::kAlive) return;
   Member& m = it->second;
-  m.suspectedAt = now;
-  m.confirmations = {by};
-  m.suspectDeadline = now + suspicionTimeout(m);
-  nextDeadline_ = std::min(nextDeadline_, m.suspectDeadline);
+  startSuspicion(m, by);
   setState(id, m, PeerState::kSuspect);
   enqueue(id);
   membersDirty_ = true;
@@ -1193,24 +1191,12 @@ void ReplicationCore::forget(uint64_t now) {
 void ReplicationCore::persist(uint64_t now) {
   membersDirty_ = false;
   lastPersist_ = now;
-  auto name = [](PeerState s) -> std::string {
-    switch (s) {
-      case PeerState::kAlive:
-        return "alive";
-      case PeerState::kSuspect:
-        return "suspect";
-      case PeerState::kDead:
-        return "dead";
-      case PeerState::kLeft:
-        return "left";
-    }
-    return "alive";
-  };
   PersistMembers out;
   out.members.push_back({options_.nodeId, options_.gossipAddress, options_.rpcAddress,
                          options_.region, incarnation_, leaving_ ? "left" : "alive"});
   for (const auto& [id, m] : members_) {
-    out.members.push_back({id, m.gossipAddress, m.rpcAddress, m.region, m.incarnation, name(m.state)});
+    out.members.push_back(
+        {id, m.gossipAddress, m.rpcAddress, m.region, m.incarnation, peerStateName(m.state)});
   }
   actions_.push_back(std::move(out));
 }

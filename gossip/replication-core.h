@@ -369,6 +369,7 @@ class ReplicationCore {
   void writeMember(wire::Member::Builder b, const std::string& id) const;
   void fillPiggyback(wire::Frame::Builder& f, const std::string& about);
   uint64_t transmitLimit() const;
+  void startSuspicion(Member& m, const std::string& by);
   void suspect(uint64_t now, const std::string& id, const std::string& by);
   uint64_t suspicionTimeout(const Member& m) const;
   void probe(uint64_t now);
