@@ -327,9 +327,12 @@ Result<ReviewDoc> ReviewDoc::decode(std::string_view bytes) {
       Content content{c.getDeleted(), c.getRating(), toString(c.getTitle()), toString(c.getBody())};
       Stamp contentStamp = readStamp(c.getStamp());
       if (!contentStamp.isZero()) {
-        if (content.deleted &&
-            (content.rating != 0 || !content.title.empty() || !content.body.empty())) {
-          invalid("tombstone carries content");
+        if (content.deleted && content.rating != 0) {
+          invalid("tombstone with rating " + std::to_string(content.rating) +
+                  " (a tombstone's rating is 0)");
+        }
+        if (content.deleted && (!content.title.empty() || !content.body.empty())) {
+          invalid("tombstone carries a title or body");
         }
         if (!content.deleted && (content.rating < 1 || content.rating > 5)) {
           invalid("rating " + std::to_string(content.rating) + " outside 1-5");
@@ -341,7 +344,9 @@ Result<ReviewDoc> ReviewDoc::decode(std::string_view bytes) {
 
       auto m = root.getModeration();
       auto visibility = static_cast<uint16_t>(m.getVisibility());
-      if (visibility > static_cast<uint16_t>(Visibility::kFlagged)) invalid("unknown visibility");
+      if (visibility > static_cast<uint16_t>(Visibility::kFlagged)) {
+        invalid("visibility " + std::to_string(visibility) + " outside 0-2");
+      }
       doc.moderation_ = checkedRegister(
           readStamp(m.getStamp()),
           Moderation{static_cast<Visibility>(visibility), toString(m.getReason())}, "moderation");

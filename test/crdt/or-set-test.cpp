@@ -70,3 +70,51 @@ TEST_CASE("fromParts rejects dots outside the context and shared dots") {
   CHECK_FALSE(CausalContext::fromParts({{1, 2}}, {{1, 3}}, bad));  // not compacted
   CHECK_FALSE(CausalContext::fromParts({{1, 0}}, {}, bad));
 }
+
+// Compaction, by what it must preserve: a dot folds into the version vector
+// only when contiguous with it, so a later dot arriving first never hides an
+// earlier one.
+TEST_CASE("one replica adds x then y: delivered y before x, both survive") {
+  OrSet origin;
+  OrSet addX = origin.add("x", 1);
+  OrSet addY = origin.add("y", 1);
+  OrSet addZ = origin.add("z", 1);
+
+  OrSet other;
+  other.join(addZ);
+  CHECK(other.contains("z"));
+  other.join(addY);
+  CHECK(other.contains("y"));
+  CHECK(other.contains("z"));
+  other.join(addX);
+  CHECK(other.contains("x"));
+  CHECK(other.contains("y"));
+  CHECK(other.contains("z"));
+  CHECK(other == origin);
+
+  // And the same through a second replica that merges states, not deltas.
+  OrSet third, fourth;
+  third.join(addY);
+  fourth.join(third);
+  fourth.join(addX);
+  CHECK(fourth.contains("x"));
+  CHECK(fourth.contains("y"));
+}
+
+TEST_CASE("a remove delivered before a later add of another element keeps that add") {
+  OrSet origin;
+  OrSet addX = origin.add("x", 1);
+  OrSet addY = origin.add("y", 1);
+  OrSet removeX = origin.remove("x");
+  OrSet addW = origin.add("w", 1);
+
+  OrSet other;
+  other.join(addW);     // dot 3 before dots 1 and 2
+  other.join(removeX);  // covers dot 1 only
+  other.join(addY);     // dot 2
+  other.join(addX);     // dot 1: removed, stays out
+  CHECK_FALSE(other.contains("x"));
+  CHECK(other.contains("y"));
+  CHECK(other.contains("w"));
+  CHECK(other == origin);
+}

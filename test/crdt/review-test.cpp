@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "crdt/out-of-range.h"
 #include "crdt/review.h"
 #include "support/seed.h"
 
@@ -42,6 +43,43 @@ TEST_CASE("concurrent content edits with equal HLC resolve by replica id") {
   b.doc.join(fromA);
   CHECK(a.doc == b.doc);
   CHECK(a.doc.content().value().title == "from b");  // replica 2 > replica 1
+}
+
+// Equal HLCs, and the lower replica's value is the greater one, so a join
+// that compared only the HLC (and then the values) would pick the wrong one.
+// Every register, in both delivery orders.
+TEST_CASE("on equal HLC the higher replica id wins, for content, moderation and reply") {
+  uint64_t now = 1'000;
+  Replica low(1, &now), high(2, &now);
+  ReviewDoc lowDeltas(kKey), highDeltas(kKey);
+  lowDeltas.join(low.doc.write(5, "zzz", "zzz", low.clock.now()));
+  lowDeltas.join(low.doc.moderate({Visibility::kFlagged, "zzz"}, low.clock.now()));
+  lowDeltas.join(low.doc.setReply({"zzz"}, low.clock.now()));
+  highDeltas.join(high.doc.write(1, "aaa", "aaa", high.clock.now()));
+  highDeltas.join(high.doc.moderate({Visibility::kVisible, "aaa"}, high.clock.now()));
+  highDeltas.join(high.doc.setReply({"aaa"}, high.clock.now()));
+  REQUIRE(lowDeltas.content().stamp().hlc == highDeltas.content().stamp().hlc);
+  REQUIRE(lowDeltas.moderation().stamp().hlc == highDeltas.moderation().stamp().hlc);
+  REQUIRE(lowDeltas.reply().stamp().hlc == highDeltas.reply().stamp().hlc);
+  REQUIRE(lowDeltas.content().value() > highDeltas.content().value());
+  REQUIRE(lowDeltas.moderation().value() > highDeltas.moderation().value());
+  REQUIRE(lowDeltas.reply().value() > highDeltas.reply().value());
+
+  ReviewDoc lowThenHigh(kKey), highThenLow(kKey);
+  lowThenHigh.join(lowDeltas);
+  lowThenHigh.join(highDeltas);
+  highThenLow.join(highDeltas);
+  highThenLow.join(lowDeltas);
+  low.doc.join(highDeltas);
+  high.doc.join(lowDeltas);
+  for (const ReviewDoc* d : {&lowThenHigh, &highThenLow, &low.doc, &high.doc}) {
+    CHECK(d->content().value() == Content{false, 1, "aaa", "aaa"});
+    CHECK(d->content().stamp().replica == 2);
+    CHECK(d->moderation().value() == Moderation{Visibility::kVisible, "aaa"});
+    CHECK(d->moderation().stamp().replica == 2);
+    CHECK(d->reply().value().text == "aaa");
+    CHECK(d->reply().stamp().replica == 2);
+  }
 }
 
 TEST_CASE("an edit replaces the content as a unit") {
@@ -207,4 +245,49 @@ TEST_CASE("decode rejects garbage, wrong versions and broken invariants with a r
   auto r = ReviewDoc::decode(std::string(16, '\0'));
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().toString().rfind("corruption: review state:", 0) == 0);
+}
+
+TEST_CASE("decode refuses a canonical state with a field outside its range, naming the range") {
+  const ReviewKey key{"kettle-1", "ann"};
+  const std::string valid = chorus::test::validReview(key).encode();
+  REQUIRE(ReviewDoc::decode(valid).ok());
+  // The edit path itself: no change gives the valid bytes back, and every
+  // in-range rating and visibility decodes.
+  REQUIRE(chorus::test::editCanonical(valid, [](auto) {}) == valid);
+  for (uint8_t rating = 1; rating <= 5; ++rating) {
+    auto r = ReviewDoc::decode(chorus::test::editCanonical(
+        valid, [&](auto root) { root.getContent().setRating(rating); }));
+    REQUIRE_MESSAGE(r.ok(), r.error().toString());
+    CHECK(r->content().value().rating == rating);
+  }
+  for (uint16_t v = 0; v <= 2; ++v) {
+    auto r = ReviewDoc::decode(chorus::test::editCanonical(valid, [&](auto root) {
+      root.getModeration().setVisibility(static_cast<chorus::crdt::wire::Visibility>(v));
+    }));
+    REQUIRE_MESSAGE(r.ok(), r.error().toString());
+    CHECK(static_cast<uint16_t>(r->moderation().value().visibility) == v);
+  }
+
+  auto states = chorus::test::outOfRangeStates(key);
+  REQUIRE(states.size() >= 9);
+  for (const auto& bad : states) {
+    CAPTURE(bad.name);
+    auto r = ReviewDoc::decode(bad.bytes);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == chorus::ErrorCode::kCorruption);
+    CHECK_MESSAGE(r.error().message.find(bad.why) != std::string::npos, r.error().message);
+  }
+  // Rating 6 is the valid encoding with one byte changed: the rating's.
+  const std::string& six = states[1].bytes;
+  REQUIRE(states[1].name == "rating-6");
+  REQUIRE(six.size() == valid.size());
+  size_t differing = 0;
+  for (size_t i = 0; i < six.size(); ++i) {
+    if (six[i] != valid[i]) {
+      ++differing;
+      CHECK(static_cast<uint8_t>(valid[i]) == 3);
+      CHECK(static_cast<uint8_t>(six[i]) == 6);
+    }
+  }
+  CHECK(differing == 1);
 }
