@@ -2,7 +2,9 @@
 // disk, crdt::ReviewDoc::decode (crdt/review.h).
 //
 // Anything decode refuses must be kCorruption. For anything it accepts:
-// the bytes are the canonical encoding (encode gives them back, decode of
+// its fields are within their ranges (a live rating 1-5, a tombstone
+// without content, a known visibility, a non-empty key); the bytes are the
+// canonical encoding (encode gives them back, decode of
 // that gives the same document); join with itself changes nothing; each
 // delta mutator obeys the delta law (state before joined with the delta ==
 // state after) and leaves a state that still round-trips; and join with a
@@ -51,6 +53,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const ReviewDoc& doc = decoded.value();
   FUZZ_CHECK(doc.encode() == bytes, "accepted bytes that are not the canonical encoding");
+  // Only states within the document's ranges: what the store's listings and
+  // summaries rely on (a live rating 0 once broke every listing of its product).
+  if (doc.content().isSet()) {
+    const crdt::Content& c = doc.content().value();
+    if (c.deleted) {
+      FUZZ_CHECK(c.rating == 0 && c.title.empty() && c.body.empty(), "a tombstone with content");
+    } else {
+      FUZZ_CHECK(c.rating >= 1 && c.rating <= 5, "accepted rating " + std::to_string(c.rating));
+    }
+  }
+  FUZZ_CHECK(static_cast<unsigned>(doc.moderation().value().visibility) <= 2,
+             "accepted an unknown visibility");
+  FUZZ_CHECK(!doc.key().product.empty() && !doc.key().author.empty(), "accepted an empty key");
   roundTrips(doc, "decoded");
   FUZZ_CHECK(joined(doc, doc) == doc, "join with itself changed the document");
   FUZZ_CHECK(joined(doc, ReviewDoc(doc.key())) == doc, "join with the empty document changed it");

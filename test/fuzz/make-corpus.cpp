@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "../crdt/out-of-range.h"
 #include "crdt/review.h"
 #include "fuzz-support.h"
 #include "gossip/frame.h"
@@ -41,7 +42,9 @@ void put(const std::string& target, const std::string& name, const std::string& 
   totalBytes += bytes.size();
 }
 
-Stamp at(uint64_t millis, crdt::ReplicaId replica) { return Stamp{Hlc::fromParts(millis, 0), replica}; }
+Stamp at(uint64_t millis, crdt::ReplicaId replica) {
+  return Stamp{Hlc::fromParts(millis, 0), replica};
+}
 
 // Documents that cover each part of the encoding.
 std::vector<std::pair<std::string, ReviewDoc>> documents() {
@@ -220,15 +223,30 @@ int main(int argc, char** argv) {
   // review: canonical states and deltas.
   auto docs = documents();
   for (const auto& [name, doc] : docs) put("review", name, doc.encode());
+  // Canonical states with one field outside its range (a live rating 0 or
+  // 6, a tombstone with a rating, visibility 3, ...), which decode refuses.
+  auto outOfRange = test::outOfRangeStates({"kettle-1", "mallory"}, 1'700'000'000'000);
+  for (const auto& bad : outOfRange) put("review", "out-of-range-" + bad.name, bad.bytes);
 
   // reconcile: each message of a real session, plus the short ones.
   auto session = recordSession();
-  const char* kinds[] = {"1-root", "2-children-0", "3-children-1", "4-children-2",
-                         "5-children-3", "6-leaves", "7-states-and-wants", "8-states"};
+  const char* kinds[] = {"1-root",       "2-children-0", "3-children-1",       "4-children-2",
+                         "5-children-3", "6-leaves",     "7-states-and-wants", "8-states"};
   for (size_t i = 0; i < session.size(); ++i)
     put("reconcile", i < 8 ? kinds[i] : "message-" + std::to_string(i + 1), session[i]);
   put("reconcile", "in-sync", reconcileMessage([](auto r) { r.setInSync(); }));
   put("reconcile", "root-zero", reconcileMessage([](auto r) { r.setRoot(0); }));
+  // The same from a peer, each beside a valid state, for a product the fuzz
+  // store holds (its listing must survive the merge).
+  ReviewDoc valid({"sku-1", "newcomer"});
+  (void)valid.write(4, "valid", "beside a bad one", at(9300, 3));
+  for (const auto& bad : test::outOfRangeStates({"sku-1", "mallory"}, 9400)) {
+    put("reconcile", "states-out-of-range-" + bad.name, reconcileMessage([&](auto r) {
+          auto states = r.initStates(2);
+          states.set(0, asData(bad.bytes));
+          states.set(1, asData(valid.encode()));
+        }));
+  }
   put("reconcile", "wants-only", reconcileMessage([](auto r) {
         auto group = r.initStatesAndWants();
         group.initStates(0);
@@ -296,7 +314,8 @@ int main(int argc, char** argv) {
   put("validate", "put", request(0, false, {"kettle-1", "ann", "Boils fast", "Quiet too"}, 5));
   put("validate", "put-utf8", request(0, false, {"kettle-1", "ann", "Très bien", "👍 ünï"}, 4));
   put("validate", "put-bad-rating", request(0, false, {"kettle-1", "ann", "t", "b"}, 6));
-  put("validate", "put-small-limits", request(0, true, {"kettle-1", "ann", "too long a title", "b"}, 3));
+  put("validate", "put-small-limits",
+      request(0, true, {"kettle-1", "ann", "too long a title", "b"}, 3));
   put("validate", "put-bad-utf8", request(0, false, {"kettle-1", "ann", "ok", "\xed\xa0\x80"}, 1));
   put("validate", "vote", request(1, false, {"kettle-1", "ann", "bob"}));
   put("validate", "tag-bad-id", request(2, false, {"kettle-1", "ann", "has space"}));
