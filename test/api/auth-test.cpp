@@ -8,6 +8,7 @@
 #include <set>
 
 #include "api/auth.h"
+#include "support/results.h"
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
@@ -16,6 +17,8 @@ using chorus::WriteRequest;
 using chorus::api::Principal;
 using chorus::api::Role;
 using chorus::api::TokenTable;
+using chorus::test::failure;
+using chorus::test::present;
 using chorus::test::TempDir;
 
 namespace {
@@ -58,9 +61,9 @@ TEST_CASE("tokens: tokenLine checks the principal and the roles") {
   auto line = chorus::api::tokenLine("alice", "writer,reader", "chorus_x");
   REQUIRE(line.ok());
   CHECK(*line == "alice writer,reader " + chorus::api::tokenHash("chorus_x"));
-  CHECK(chorus::api::tokenLine("al ice", "writer", "t").error().code ==
+  CHECK(failure(chorus::api::tokenLine("al ice", "writer", "t")).code ==
         ErrorCode::kInvalidArgument);
-  CHECK(chorus::api::tokenLine("", "writer", "t").error().code == ErrorCode::kInvalidArgument);
+  CHECK(failure(chorus::api::tokenLine("", "writer", "t")).code == ErrorCode::kInvalidArgument);
   auto badRole = chorus::api::tokenLine("alice", "writer,root", "t");
   REQUIRE_FALSE(badRole.ok());
   CHECK(badRole.error().message.find("unknown role 'root'") != std::string::npos);
@@ -206,16 +209,16 @@ TEST_CASE("authorize: every write operation by every role, on own and others' re
 
 TEST_CASE("authorize: refusals say what was needed") {
   auto alice = principal("alice", {Role::kWriter});
-  CHECK(chorus::api::authorizeWrite(alice, request(WriteOp::kDelete, "bob"))->message ==
+  CHECK(present(chorus::api::authorizeWrite(alice, request(WriteOp::kDelete, "bob"))).message ==
         "author: erase of a review by bob needs principal bob; you are alice");
-  CHECK(chorus::api::authorizeWrite(alice, request(WriteOp::kTag, "bob"))->message ==
+  CHECK(present(chorus::api::authorizeWrite(alice, request(WriteOp::kTag, "bob"))).message ==
         "author: tag of a review by bob needs principal bob (or the moderator role); you are "
         "alice");
-  CHECK(chorus::api::authorizeWrite(alice, request(WriteOp::kVote, "bob", "carol"))->message ==
-        "voter: you can only vote as yourself (alice), not as carol");
-  CHECK(chorus::api::authorizeWrite(alice, request(WriteOp::kModerate, "bob"))->message ==
+  CHECK(present(chorus::api::authorizeWrite(alice, request(WriteOp::kVote, "bob", "carol")))
+            .message == "voter: you can only vote as yourself (alice), not as carol");
+  CHECK(present(chorus::api::authorizeWrite(alice, request(WriteOp::kModerate, "bob"))).message ==
         "role: moderate needs the moderator role; alice has writer");
-  CHECK(chorus::api::authorizeAdmin(alice, "keys")->message ==
+  CHECK(present(chorus::api::authorizeAdmin(alice, "keys")).message ==
         "role: Admin.keys needs the admin role; alice has writer");
   // Several roles add up.
   auto both = principal("m", {Role::kWriter, Role::kMerchant});

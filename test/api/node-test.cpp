@@ -16,6 +16,7 @@
 #include "api/metrics.h"
 #include "api/node.h"
 #include "gossip/keyring.h"
+#include "support/results.h"
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
@@ -24,6 +25,7 @@ using chorus::WriteOp;
 using chorus::WriteRequest;
 using chorus::test::TempDir;
 using namespace std::chrono_literals;
+using chorus::test::failure;
 
 namespace {
 
@@ -89,7 +91,7 @@ TEST_CASE("embedded: every write operation, then reads") {
   CHECK(byAuthor->reviews[0].product == "p1");
 
   REQUIRE(node->erase("p1", "bob").ok());
-  CHECK(node->get("p1", "bob").error().code == ErrorCode::kNotFound);
+  CHECK(failure(node->get("p1", "bob")).code == ErrorCode::kNotFound);
   CHECK(node->summary("p1")->count == 1);
 
   auto status = node->status();
@@ -106,17 +108,18 @@ TEST_CASE("embedded: errors are values naming the field; nothing is stored") {
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().code == ErrorCode::kInvalidArgument);
   CHECK(bad.error().message.rfind("rating: ", 0) == 0);
-  CHECK(node->put("p 1", "ann", 5, "", "").error().message.rfind("product: ", 0) == 0);
-  CHECK(node->put("p1", "ann", 5, std::string(201, 'x'), "").error().message.rfind("title: ", 0) ==
+  CHECK(failure(node->put("p 1", "ann", 5, "", "")).message.rfind("product: ", 0) == 0);
+  CHECK(failure(node->put("p1", "ann", 5, std::string(201, 'x'), "")).message.rfind("title: ", 0) ==
         0);
-  CHECK(node->put("p1", "ann", 5, "", "\xc3(").error().message.rfind("body: ", 0) == 0);
-  CHECK(node->get("p1", "ann").error().code == ErrorCode::kNotFound);
+  CHECK(failure(node->put("p1", "ann", 5, "", "\xc3(")).message.rfind("body: ", 0) == 0);
+  CHECK(failure(node->get("p1", "ann")).code == ErrorCode::kNotFound);
   CHECK(node->status()->keyCount == 0);
 
-  CHECK(node->vote("p1", "nobody", "bob").error().code == ErrorCode::kNotFound);
-  CHECK(node->erase("p1", "nobody").error().code == ErrorCode::kNotFound);
+  CHECK(failure(node->vote("p1", "nobody", "bob")).code == ErrorCode::kNotFound);
+  CHECK(failure(node->erase("p1", "nobody")).code == ErrorCode::kNotFound);
   REQUIRE(node->put("p1", "ann", 5, "", "").ok());
   auto self = node->vote("p1", "ann", "ann");
+  REQUIRE_FALSE(self.ok());
   CHECK(self.error().code == ErrorCode::kForbidden);
   CHECK(node->get("p1", "ann")->helpful == 0);
 }
@@ -165,11 +168,12 @@ TEST_CASE("embedded: shutdown commits accepted writes and refuses new ones") {
     CHECK(done == 200);
     CHECK(acked == 200);
     auto refused = node->put("p1", "late", 5, "", "");
+    REQUIRE_FALSE(refused.ok());
     CHECK(refused.error().code == ErrorCode::kUnavailable);
   }
   auto reopened = openNode(tmp.path());
   CHECK(reopened->summary("p1")->count == 200);
-  CHECK(reopened->get("p1", "late").error().code == ErrorCode::kNotFound);
+  CHECK(failure(reopened->get("p1", "late")).code == ErrorCode::kNotFound);
 }
 
 TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
@@ -198,7 +202,7 @@ TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
   CHECK(resp.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
   CHECK(resp.getError().getField() == "rating");
   CHECK_FALSE(resp.hasReview());
-  CHECK(node->get("p1", "bob").error().code == ErrorCode::kNotFound);
+  CHECK(failure(node->get("p1", "bob")).code == ErrorCode::kNotFound);
 
   // Watch: changes made through the embedded API reach the RPC observer.
   std::vector<chorus::Change> changes;
@@ -275,7 +279,7 @@ TEST_CASE("rpc in-process: oversized messages refused, idle connections closed")
     big.body = std::string(100 * 1024, 'x');  // over the message limit
     auto r = (*client)->write(big);
     REQUIRE_FALSE(r.ok());
-    CHECK(node->get("p1", "ann").error().code == ErrorCode::kNotFound);
+    CHECK(failure(node->get("p1", "ann")).code == ErrorCode::kNotFound);
   }
   auto client = chorus::api::Client::connect(node->rpcAddress());
   REQUIRE(client.ok());
@@ -321,8 +325,8 @@ TEST_CASE("cluster: a node without one answers unavailable, in-process and over 
   CHECK(node->cluster() == nullptr);
   CHECK(node->status()->gossipAddress.empty());
   for (const auto& error :
-       {node->clusterView().error(), node->partition({"n2"}).error(), node->heal().error(),
-        node->leave(1s).error(), node->remove("n2").error()}) {
+       {failure(node->clusterView()), failure(node->partition({"n2"})), failure(node->heal()),
+        failure(node->leave(1s)), failure(node->remove("n2"))}) {
     CHECK(error.code == ErrorCode::kUnavailable);
     CHECK(error.message.find("--gossip-listen") != std::string::npos);
   }
@@ -330,8 +334,8 @@ TEST_CASE("cluster: a node without one answers unavailable, in-process and over 
   auto client = chorus::api::Client::connect(node->rpcAddress());
   REQUIRE(client.ok());
   auto& c = **client;
-  CHECK(c.cluster().error().code == ErrorCode::kUnavailable);
-  CHECK(c.heal().error().code == ErrorCode::kUnavailable);
+  CHECK(failure(c.cluster()).code == ErrorCode::kUnavailable);
+  CHECK(failure(c.heal()).code == ErrorCode::kUnavailable);
   auto partition = c.partition({"n2"});
   REQUIRE_FALSE(partition.ok());
   CHECK(partition.error().code == ErrorCode::kUnavailable);
@@ -343,7 +347,7 @@ TEST_CASE("cluster: a node without one answers unavailable, in-process and over 
   CHECK_FALSE(resp.hasView());
   CHECK(node->metrics().calls(chorus::api::Metrics::kCluster) == 2);
   // leave and remove: unavailable too, with the same hint.
-  for (const auto& error : {c.leave(1s).error(), c.remove("n2").error()}) {
+  for (const auto& error : {failure(c.leave(1s)), failure(c.remove("n2"))}) {
     CHECK(error.code == ErrorCode::kUnavailable);
     CHECK(error.message.find("--gossip-listen") != std::string::npos);
   }
@@ -408,7 +412,7 @@ TEST_CASE("cluster: Admin partition/heal/cluster on a clustered node") {
   REQUIRE_FALSE(self.ok());
   CHECK(self.error().code == ErrorCode::kInvalidArgument);
   CHECK(self.error().message.rfind("peers: ", 0) == 0);
-  CHECK(c.partition({"b", ""}).error().code == ErrorCode::kInvalidArgument);
+  CHECK(failure(c.partition({"b", ""})).code == ErrorCode::kInvalidArgument);
   CHECK(c.cluster()->partitioned.empty());
 
   // Ids not (yet) members are kept.
@@ -547,7 +551,7 @@ TEST_CASE("cluster: Admin.remove and Admin.leave map their errors to the API's c
     CHECK(r.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
     CHECK(std::string(r.getError().getField().cStr()) == "node");
   }
-  CHECK(c.remove("a").error().message.find("leave") != std::string::npos);
+  CHECK(failure(c.remove("a")).message.find("leave") != std::string::npos);
   // leave: a timeout past 5 min is refused before anything happens.
   auto lq = c.admin().leaveRequest();
   lq.setTimeoutMillis(300'001);
@@ -555,9 +559,9 @@ TEST_CASE("cluster: Admin.remove and Admin.leave map their errors to the API's c
   REQUIRE(tooLong.hasError());
   CHECK(tooLong.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
   CHECK(std::string(tooLong.getError().getField().cStr()) == "timeoutMillis");
-  CHECK(c.leave(0ms).error().code == ErrorCode::kInvalidArgument);  // checked by the client
-  CHECK(node->leave(0ms).error().code == ErrorCode::kInvalidArgument);
-  CHECK(node->leave(6min).error().code == ErrorCode::kInvalidArgument);
+  CHECK(failure(c.leave(0ms)).code == ErrorCode::kInvalidArgument);  // checked by the client
+  CHECK(failure(node->leave(0ms)).code == ErrorCode::kInvalidArgument);
+  CHECK(failure(node->leave(6min)).code == ErrorCode::kInvalidArgument);
   // Still a member: writes work.
   CHECK_FALSE(node->outOfCluster());
   CHECK(node->put("p1", "ann", 5, "t", "").ok());
@@ -615,7 +619,7 @@ TEST_CASE("cluster: leave hands the data to a peer, then the node refuses writes
   w.product = "p1";
   w.author = "cy";
   w.rating = 3;
-  CHECK(c.write(w).error().code == ErrorCode::kUnavailable);
+  CHECK(failure(c.write(w)).code == ErrorCode::kUnavailable);
   CHECK(eventually([&] {
     auto m = memberOf(*b, "a");
     return m && m->state == chorus::gossip::PeerState::kLeft;
@@ -631,7 +635,7 @@ TEST_CASE("cluster: a node alone may leave; it refuses writes afterwards") {
   // Nobody to hand data to: the core may go at once or time out.
   if (!left.ok()) CHECK(left.error().code == ErrorCode::kUnavailable);
   CHECK(node->outOfCluster());
-  CHECK(node->put("p1", "ann", 5, "t", "").error().code == ErrorCode::kUnavailable);
+  CHECK(failure(node->put("p1", "ann", 5, "t", "")).code == ErrorCode::kUnavailable);
   CHECK(node->clusterView()->state == chorus::gossip::PeerState::kLeft);
 }
 
@@ -667,7 +671,7 @@ TEST_CASE("cluster: remove marks a known member left; region, incarnation on the
   CHECK(c.remove("b").ok());  // again: nothing more to do
   // b learns it was removed, and refuses writes from then on.
   CHECK(eventually([&] { return b->outOfCluster(); }));
-  CHECK(b->put("p1", "ann", 5, "t", "").error().code == ErrorCode::kUnavailable);
+  CHECK(failure(b->put("p1", "ann", 5, "t", "")).code == ErrorCode::kUnavailable);
   CHECK(b->clusterView()->removed);
   CHECK(b->clusterView()->state == chorus::gossip::PeerState::kLeft);
 }

@@ -14,10 +14,12 @@
 #include "gossip/reconcile.capnp.h"
 #include "gossip/replication-core.h"
 #include "storage/merkle.h"
+#include "support/results.h"
 #include "support/seed.h"
 
 using namespace chorus;
 using namespace chorus::gossip;
+using chorus::test::failure;
 
 namespace {
 
@@ -890,8 +892,8 @@ TEST_CASE("core: an administrator removes a dead node for good; dead members are
   Net net(seed);
   cluster(net, 5, 1, [](CoreOptions& o) { o.forgetDeadAfterMillis = 30'000; });
   auto& n1 = net["n1"];
-  CHECK(n1.core->remove(net.now, "n1").error().code == ErrorCode::kInvalidArgument);
-  CHECK(n1.core->remove(net.now, "nobody").error().code == ErrorCode::kNotFound);
+  CHECK(failure(n1.core->remove(net.now, "n1")).code == ErrorCode::kInvalidArgument);
+  CHECK(failure(n1.core->remove(net.now, "nobody")).code == ErrorCode::kNotFound);
   auto& n5 = net["n5"];
   net.crash(n5);
   REQUIRE(n1.core->remove(net.now, "n5").ok());

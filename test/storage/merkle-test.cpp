@@ -13,10 +13,12 @@
 #include "storage/key-schema.h"
 #include "storage/merkle.h"
 #include "storage/store.h"
+#include "support/results.h"
 #include "support/seed.h"
 
 using namespace chorus;
 using namespace chorus::storage;
+using chorus::test::failure;
 using chorus::test::TempDir;
 
 namespace {
@@ -286,10 +288,10 @@ TEST_CASE("equal contents give equal trees; one difference is found by descendin
 TEST_CASE("Merkle reads refuse nodes that do not exist") {
   TempDir dir;
   auto store = test::openStore(test::optionsFor(dir.path()));
-  CHECK(store->merkleChildren(Store::kDepth, 0).error().code == ErrorCode::kInvalidArgument);
-  CHECK(store->merkleChildren(1, 16).error().code == ErrorCode::kInvalidArgument);
-  CHECK(store->merkleChildren(-1, 0).error().code == ErrorCode::kInvalidArgument);
-  CHECK(store->leafEntries(kMerkleLeaves).error().code == ErrorCode::kInvalidArgument);
+  CHECK(failure(store->merkleChildren(Store::kDepth, 0)).code == ErrorCode::kInvalidArgument);
+  CHECK(failure(store->merkleChildren(1, 16)).code == ErrorCode::kInvalidArgument);
+  CHECK(failure(store->merkleChildren(-1, 0)).code == ErrorCode::kInvalidArgument);
+  CHECK(failure(store->leafEntries(kMerkleLeaves)).code == ErrorCode::kInvalidArgument);
   auto children = store->merkleChildren(3, 4095);
   REQUIRE(children.ok());
   CHECK(children->size() == 16);

@@ -10,9 +10,11 @@
 #include "storage/helpers.h"
 #include "storage/key-schema.h"
 #include "storage/store.h"
+#include "support/results.h"
 
 using namespace chorus;
 using namespace chorus::storage;
+using chorus::test::failure;
 using chorus::test::TempDir;
 
 namespace {
@@ -129,7 +131,8 @@ TEST_CASE("a damaged stored value is reported as corruption naming its key") {
   REQUIRE_FALSE(c[0].ok());
   CHECK(c[0].error().code == ErrorCode::kCorruption);
   CHECK(c[1].ok());
-  CHECK(store->listProduct("sku-42", Order::kNewest, "", 10).error().code == ErrorCode::kCorruption);
+  CHECK(failure(store->listProduct("sku-42", Order::kNewest, "", 10)).code ==
+        ErrorCode::kCorruption);
   auto v = store->verify();
   REQUIRE_FALSE(v.ok());
   CHECK(v.error().code == ErrorCode::kCorruption);
