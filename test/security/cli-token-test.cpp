@@ -294,10 +294,16 @@ TEST_CASE("security: the node list: --nodes, $CHORUS_NODES, a nodes file; what i
   CHECK(heal.err.find("mallory") != std::string::npos);
 
   // Listing mallory's address (the operator's choice) asks it: unreachable,
-  // and then converge runs over the reachable nodes.
-  auto conv =
-      cli(h, "n1",
-          {"cluster", "converge", "--timeout", "20s", "--nodes", n2 + "," + deadRpc.address()});
+  // so not converged (exit 6 naming it) unless --reachable asks for
+  // agreement among the nodes that answer.
+  auto notAll = cli(
+      h, "n1", {"cluster", "converge", "--timeout", "1s", "--nodes", n2 + "," + deadRpc.address()});
+  CHECK_MESSAGE(notAll.code == 6, shown(notAll));
+  CHECK_MESSAGE(notAll.out.find("not every node answered") != std::string::npos, shown(notAll));
+  CHECK_MESSAGE(notAll.out.find("unreachable") != std::string::npos, shown(notAll));
+  auto conv = cli(h, "n1",
+                  {"cluster", "converge", "--reachable", "--timeout", "20s", "--nodes",
+                   n2 + "," + deadRpc.address()});
   CHECK_MESSAGE(conv.code == 0, shown(conv));
   CHECK_MESSAGE(conv.out.find("unreachable: mallory") != std::string::npos, shown(conv));
 
