@@ -10,10 +10,12 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 
 #include "api/auth.h"
+#include "cluster/json.h"
 #include "process.h"
 #include "temp-dir.h"
 
@@ -57,12 +59,13 @@ std::string readFile(const std::string& path) {
 struct Daemon {
   std::unique_ptr<Process> process;
   std::string address;
-  Daemon(const TempDir& tmp, const std::string& tokens) {
-    process = std::make_unique<Process>(
-        bin("CHORUSD_BIN"),
-        std::vector<std::string>{"--node-id", "habits", "--data-dir", tmp.sub("data"), "--listen",
-                                 "127.0.0.1:0", "--log-level", "warn", "--tokens-file", tokens,
-                                 "--unsafe-no-sync"});
+  Daemon(const TempDir& tmp, const std::string& tokens, const std::string& id = "habits",
+         std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        "--node-id",   id,     "--data-dir",    tmp.sub(id), "--listen",        "127.0.0.1:0",
+        "--log-level", "warn", "--tokens-file", tokens,      "--unsafe-no-sync"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    process = std::make_unique<Process>(bin("CHORUSD_BIN"), args);
     auto line = process->waitForLine("chorusd: listening on ", 10s);
     REQUIRE_MESSAGE(line.has_value(), process->output());
     address = line->substr(line->find(" on ") + 4);
@@ -284,4 +287,60 @@ TEST_CASE("cli: cluster keys generate --out writes a 0600 file; chorus-chaos usa
     CAPTURE(args[0]);
     CHECK_MESSAGE(r.code == 2, shown(r));
   }
+}
+
+// Partitions replace each other: after --isolate n3, a --split n1/n2,n3
+// leaves n3 talking to n2 again (they used to add up, so n2 kept dropping
+// n3 too), and a node in neither side of a split is healed.
+TEST_CASE("cli: a new partition replaces the previous one") {
+  TempDir tmp;
+  std::string tokens = tmp.sub("tokens"), ops = tmp.sub("ops.token");
+  REQUIRE(cli({"token", "create", "--principal", "ops", "--roles", "admin", "--tokens-file", tokens,
+               "--out", ops})
+              .code == 0);
+  std::string key = tmp.sub("cluster.key");
+  REQUIRE(cli({"cluster", "keys", "generate", "--out", key}).code == 0);
+  std::vector<std::string> gossip = {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key};
+  Daemon n1(tmp, tokens, "n1", gossip), n2(tmp, tokens, "n2", gossip),
+      n3(tmp, tokens, "n3", gossip), n4(tmp, tokens, "n4", gossip);
+  // No --join: partitions name peers by id, known or not yet.
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"--connect", n1.address, "--token-file", ops});
+    args.insert(args.end(), {"--nodes", n2.address + "," + n3.address + "," + n4.address});
+    return cli(args);
+  };
+  auto dropped = [&]() {
+    auto s = run({"--json", "cluster", "status"});
+    REQUIRE_MESSAGE(s.code == 0, shown(s));
+    auto j = chorus::test::Json::parse(s.out.substr(0, s.out.find('\n')));
+    REQUIRE_MESSAGE(j.has_value(), shown(s));
+    std::map<std::string, std::string> out;
+    for (const auto& n : (*j)["nodes"].items()) {
+      std::string ids;
+      for (const auto& id : n["partitioned_from"].items())
+        ids += (ids.empty() ? "" : ",") + id.str();
+      out[n["node_id"].str()] = ids;
+    }
+    return out;
+  };
+  auto iso = run({"cluster", "partition", "--isolate", "n3"});
+  REQUIRE_MESSAGE(iso.code == 0, shown(iso));
+  auto d = dropped();
+  CHECK(d["n1"] == "n3");
+  CHECK(d["n2"] == "n3");
+  CHECK(d["n3"] == "n1,n2,n4");
+  CHECK(d["n4"] == "n3");
+  auto split = run({"cluster", "partition", "--split", "n1/n2,n3"});
+  REQUIRE_MESSAGE(split.code == 0, shown(split));
+  CHECK_MESSAGE(has(split, "n4: in neither side, talks to both"), shown(split));
+  d = dropped();
+  CHECK(d["n1"] == "n2,n3");
+  CHECK(d["n2"] == "n1");
+  CHECK(d["n3"] == "n1");
+  CHECK(d["n4"] == "");
+  auto heal = run({"cluster", "heal"});
+  CHECK_MESSAGE(heal.code == 0, shown(heal));
+  d = dropped();
+  for (const char* id : {"n1", "n2", "n3", "n4"}) CHECK(d[id] == "");
+  for (auto* n : {&n1, &n2, &n3, &n4}) CHECK(n->process->stop(SIGTERM, 10s) == 0);
 }
