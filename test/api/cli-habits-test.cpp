@@ -194,6 +194,11 @@ TEST_CASE("cli: token create --expires, token list, token revoke; old tokens fil
   REQUIRE(cli({"token", "create", "--principal", "bob", "--roles", "writer", "--tokens-file",
                tokens, "--out", tmp.sub("bob.token")})
               .code == 0);
+  auto asJson = cli({"token", "create", "--principal", "dee", "--roles", "reader", "--tokens-file",
+                     tokens, "--json"});
+  CHECK_MESSAGE(asJson.code == 0, shown(asJson));
+  CHECK_MESSAGE(has(asJson, "\"principal\":\"dee\",\"token\":\"chorus_"), shown(asJson));
+  REQUIRE(cli({"token", "revoke", "--principal", "dee", "--tokens-file", tokens}).code == 0);
   auto badExpiry = cli({"token", "create", "--principal", "cy", "--roles", "writer",
                         "--tokens-file", tokens, "--expires", "soon"});
   CHECK(badExpiry.code == 1);

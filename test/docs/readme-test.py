@@ -11,7 +11,8 @@ Conventions (README.md follows them; this test enforces them):
 - In a block that runs, a line starting with "$ " is a command; a command
   line ending in "\\" continues on the next line. Any other line is the
   output a reader would see, shown, not checked.
-- Each command must exit 0. A command ending in "&" (a daemon) must print a
+- Each command must exit 0 (one that shows a refusal says so: `cmd || echo
+  "refused: exit $?"`). A command ending in "&" (a daemon) must print a
   line and still be running then; the test waits for that line (chorusd's
   "listening on") before it goes on, as a reader would.
 - Every loopback port written 127.0.0.1:PORT is replaced by a free one, the

@@ -1321,10 +1321,10 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
   gen->add_option("--out", flags->keyOut,
                   "Write the key to this new file (created 0600, never overwritten) instead of "
                   "printing it");
-  gen->callback([&result, flags] {
+  gen->callback([&result, flags, &g] {
     std::string key = gossip::generateClusterKey();
     if (flags->keyOut.empty()) {
-      std::printf("%s\n", key.c_str());
+      std::printf(g.json ? "{\"key\":\"%s\"}\n" : "%s\n", key.c_str());  // base64: no escapes
       result = kExitOk;
       return;
     }

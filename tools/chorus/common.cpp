@@ -66,7 +66,14 @@ void errorf(const char* format, ...) {
 }
 
 int finishErrors(int code) {
-  if (!jsonErrors || code == kExitOk || recorded.empty()) return code;
+  if (!jsonErrors || recorded.empty()) return code;
+  if (code == kExitOk) {  // said on the way, the command still succeeded
+    std::string message;
+    for (const auto& r : recorded) message += (message.empty() ? "" : "; ") + r.message;
+    std::fprintf(stderr, "{\"warning\":{\"message\":%s}}\n", json(message).c_str());
+    recorded.clear();
+    return code;
+  }
   const RecordedError& first = recorded.front();
   std::string name = first.code.empty() ? codeForExit(code) : first.code;
   std::string message;

@@ -142,7 +142,7 @@ void addTokenCommands(CLI::App& app, const Globals& g, int& result) {
   create->footer(
       "Nodes read their tokens file at start and on SIGHUP (chorusd --tokens-file): `kill -HUP` "
       "each node to apply a change.");
-  create->callback([&result, flags] {
+  create->callback([&result, flags, &g] {
     int64_t now = static_cast<int64_t>(std::time(nullptr)), expires = 0;
     if (!flags->expires.empty()) {
       auto d = parseExpiry(flags->expires);
@@ -173,6 +173,13 @@ void addTokenCommands(CLI::App& app, const Globals& g, int& result) {
         result = fail(s);
         return;
       }
+    }
+    if (g.json) {  // the token only where the text output shows it too
+      std::string token = flags->out.empty() ? json(t) : "null";
+      std::printf("{\"id\":%s,\"principal\":%s,\"token\":%s,\"line\":%s}\n",
+                  json(api::shortId(api::tokenHash(t))).c_str(), json(flags->principal).c_str(),
+                  token.c_str(), json(*line).c_str());
+    } else if (!flags->tokensFile.empty()) {
       if (flags->out.empty()) std::printf("%s\n", t.c_str());
     } else if (flags->out.empty()) {
       std::printf("token: %s\ntokens-file line: %s\n", t.c_str(), line->c_str());
