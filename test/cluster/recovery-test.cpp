@@ -26,8 +26,8 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
   h.start("n2", {h.node("n1").gossip()});
   h.start("n3", {h.node("n1").gossip()});
   const std::vector<std::string> all = {"n1", "n2", "n3"};
-  REQUIRE(h.waitUntil(
-      "all alive", 30s, [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
 
   auto before = authors("pre", 20);
   clientPuts(h, "n1", "mug", before, "before ");
@@ -40,13 +40,10 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
                       [&] { return missing(h, "n3", "mug", titled(before, "before ")).empty(); }));
   // n3 must have persisted both peers before it dies.
   std::string memberFile = h.dataDir("n3") + "/members";
-  REQUIRE(h.waitUntil(
-      "n3's member file lists n1 and n2", 30s,
-      [&] {
-        std::string m = readFile(memberFile);
-        return m.find("n1 ") != std::string::npos && m.find("n2 ") != std::string::npos;
-      },
-      [&] { return "members: " + readFile(memberFile); }));
+  REQUIRE(h.waitUntil("n3's member file lists n1 and n2", 30s, [&] {
+    std::string m = readFile(memberFile);
+    return m.find("n1 ") != std::string::npos && m.find("n2 ") != std::string::npos;
+  }, [&] { return "members: " + readFile(memberFile); }));
 
   CHECK(h.node("n3").stop(SIGKILL, 10s) == 128 + SIGKILL);
   // The survivors take writes while n3 is down: new reviews, an edit, a vote.
@@ -76,9 +73,8 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
 
   auto restarted = Clock::now();
   h.restart("n3");  // same data dir and ports, no --join
-  REQUIRE(h.waitUntil(
-      "restarted n3 finds n1 and n2 from its member list", 30s, [&] { return allAlive(h, all); },
-      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil("restarted n3 finds n1 and n2 from its member list", 30s,
+                      [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
   converge(h, "n3");
   MESSAGE("restarted n3 caught up " << secondsSince(restarted) << " s after its restart");
 
@@ -122,14 +118,9 @@ TEST_CASE("cluster: a node that joins after the writes receives everything") {
   // n3 joins through n2 only; it must learn of n1 too.
   auto joined = Clock::now();
   h.start("n3", {h.node("n2").gossip()});
-  REQUIRE(h.waitUntil(
-      "n3 sees n1 and n2, they see n3", 30s,
-      [&] {
-        return allAlive(h, {"n1", "n2", "n3"});
-      },
-      [&] {
-        return aliveDetail(h, {"n1", "n2", "n3"});
-      }));
+  REQUIRE(h.waitUntil("n3 sees n1 and n2, they see n3", 30s,
+                      [&] { return allAlive(h, {"n1", "n2", "n3"}); },
+                      [&] { return aliveDetail(h, {"n1", "n2", "n3"}); }));
   converge(h, "n1");
   MESSAGE("late n3 had everything " << secondsSince(joined) << " s after it started");
 
@@ -153,8 +144,8 @@ TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, 
   h.start("n2", {h.node("n1").gossip()});
   h.start("n3", {h.node("n1").gossip()});
   const std::vector<std::string> all = {"n1", "n2", "n3"};
-  REQUIRE(h.waitUntil(
-      "all alive", 30s, [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil("all alive", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
   std::string memberFile = h.dataDir("n3") + "/members";
   REQUIRE(h.waitUntil("n3's member file lists n1 and n2", 30s, [&] {
     std::string m = readFile(memberFile);
@@ -168,9 +159,8 @@ TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, 
   clientPuts(h, "n1", "chair", {"a", "b", "c"}, "while n3 was away ");
   h.start("n3");
   CHECK(h.node("n3").gossip() != oldGossip);
-  REQUIRE(h.waitUntil(
-      "n3 on its new ports is alive for everyone", 30s, [&] { return allAlive(h, all); },
-      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil("n3 on its new ports is alive for everyone", 30s,
+                      [&] { return allAlive(h, all); }, [&] { return aliveDetail(h, all); }));
   auto s1 = clusterStatus(h, "n1");
   CHECK(entryOf(s1, "n3")["gossip_address"].str() == h.node("n3").gossip());
   CHECK(entryOf(s1, "n3")["rpc_address"].str() == h.node("n3").rpc());
@@ -182,27 +172,21 @@ TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, 
            getReview(h, "n2", "chair", "d").has_value();
   }));
   // The peers persisted n3's new address.
-  REQUIRE(h.waitUntil(
-      "n1's member file has n3's new address", 30s,
-      [&] {
-        return readFile(h.dataDir("n1") + "/members").find(h.node("n3").gossip()) !=
-               std::string::npos;
-      },
-      [&] { return "n1 members: " + readFile(h.dataDir("n1") + "/members"); }));
+  REQUIRE(h.waitUntil("n1's member file has n3's new address", 30s, [&] {
+    return readFile(h.dataDir("n1") + "/members").find(h.node("n3").gossip()) != std::string::npos;
+  }, [&] { return "n1 members: " + readFile(h.dataDir("n1") + "/members"); }));
 
   // Everyone stops; everyone restarts on its last ports, none with --join.
   h.stopAll();
   for (const auto& id : all) h.restart(id);
-  REQUIRE(h.waitUntil(
-      "the restarted cluster finds itself", 30s, [&] { return allAlive(h, all); },
-      [&] { return aliveDetail(h, all); }));
+  REQUIRE(h.waitUntil("the restarted cluster finds itself", 30s, [&] { return allAlive(h, all); },
+                      [&] { return aliveDetail(h, all); }));
   cliWrite(h, "n2", {"put", "chair", "e", "-r", "5", "-t", "after the restart"});
   converge(h, "n2");
   for (const auto& id : all) {
     CAPTURE(id);
-    CHECK(missing(
-              h, id, "chair",
-              {{"a", "while n3 was away a"}, {"d", "from the new n3"}, {"e", "after the restart"}})
+    CHECK(missing(h, id, "chair",
+                  {{"a", "while n3 was away a"}, {"d", "from the new n3"}, {"e", "after the restart"}})
               .empty());
   }
   h.stopAll();
