@@ -177,6 +177,24 @@ TEST_CASE("cli: global flags anywhere, --timeout units, suggestions, JSON errors
   CHECK(d.process->stop(SIGTERM, 10s) == 0);
 }
 
+TEST_CASE("cli: --connect at a gossip port says so, in plain words") {
+  TempDir tmp;
+  std::string tokens = tmp.sub("tokens"), key = tmp.sub("cluster.key");
+  REQUIRE(cli({"token", "create", "--principal", "ops", "--roles", "admin", "--tokens-file", tokens,
+               "--out", tmp.sub("ops.token")})
+              .code == 0);
+  REQUIRE(cli({"cluster", "keys", "generate", "--out", key}).code == 0);
+  Daemon d(tmp, tokens, "n1", {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key});
+  auto line = d.process->waitForLine("chorusd: gossip on ", 10s);
+  REQUIRE(line.has_value());
+  std::string gossip = line->substr(line->find(" on ") + 4);
+  auto r = cli({"--connect", gossip, "--token-file", tmp.sub("ops.token"), "node", "status"});
+  CHECK(r.code == 4);
+  CHECK_MESSAGE(has(r, "this looks like a gossip port, not the client API"), shown(r));
+  CHECK_MESSAGE(!has(r, "segmentCount"), shown(r));
+  CHECK(d.process->stop(SIGTERM, 10s) == 0);
+}
+
 TEST_CASE("cli: token create --expires, token list, token revoke; old tokens files still load") {
   TempDir tmp;
   std::string tokens = tmp.sub("tokens");
