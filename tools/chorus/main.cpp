@@ -168,7 +168,9 @@ chorus::Result<std::string> readBody(const std::string& path) {
 int main(int argc, char** argv) {
   CLI::App app{"chorus: command-line client of a Chorus node (product reviews)."};
   app.footer(std::string(kExitHelp) +
-             "\nThe node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.\n"
+             "\nGlobal flags, anywhere on the line: --connect, --token-file, --token, --json,\n"
+             "--timeout (chorus --help says more).\n"
+             "The node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.\n"
              "Nodes that require tokens refuse calls without a valid one (exit 7).");
   app.require_subcommand(1);
   // The global flags below go anywhere on the line, as in kubectl and
