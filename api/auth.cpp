@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -123,6 +125,57 @@ std::string joinRoles(const std::vector<Role>& roles) {
   return out;
 }
 
+std::string formatUtcTime(int64_t unixSeconds) {
+  std::time_t t = static_cast<std::time_t>(unixSeconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::optional<int64_t> parseUtcTime(std::string_view text) {
+  // Exactly YYYY-MM-DDTHH:MM:SSZ.
+  if (text.size() != 20) return std::nullopt;
+  static constexpr std::string_view kShape = "dddd-dd-ddTdd:dd:ddZ";
+  for (size_t i = 0; i < kShape.size(); ++i) {
+    bool digit = text[i] >= '0' && text[i] <= '9';
+    if (kShape[i] == 'd' ? !digit : text[i] != kShape[i]) return std::nullopt;
+  }
+  auto num = [&](size_t at, size_t n) {
+    int v = 0;
+    for (size_t i = at; i < at + n; ++i) v = v * 10 + (text[i] - '0');
+    return v;
+  };
+  std::tm tm{};
+  tm.tm_year = num(0, 4) - 1900;
+  tm.tm_mon = num(5, 2) - 1;
+  tm.tm_mday = num(8, 2);
+  tm.tm_hour = num(11, 2);
+  tm.tm_min = num(14, 2);
+  tm.tm_sec = num(17, 2);
+  if (tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 59) {
+    return std::nullopt;
+  }
+  int64_t t = static_cast<int64_t>(timegm(&tm));
+  if (formatUtcTime(t) != text) return std::nullopt;  // e.g. February 30
+  return t;
+}
+
+std::string shortId(std::string_view hash) {
+  if (hash.substr(0, kHashPrefix.size()) == kHashPrefix) hash.remove_prefix(kHashPrefix.size());
+  return std::string(hash.substr(0, 8));
+}
+
+std::string TokenTable::Entry::id() const { return hex(hash).substr(0, 8); }
+
+std::optional<Error> expiredError(const Principal& p, int64_t nowUnixSeconds) {
+  if (!p.expired(nowUnixSeconds)) return std::nullopt;
+  return makeError(ErrorCode::kForbidden,
+                   "token expired at " + formatUtcTime(p.expiresUnixSeconds) + " (principal " +
+                       p.id + "); make a new one with `chorus token create`");
+}
+
 bool Principal::has(Role role) const {
   for (Role r : roles) {
     if (r == role) return true;
@@ -148,14 +201,22 @@ std::string tokenHash(std::string_view token) {
 }
 
 Result<std::string> tokenLine(const std::string& principal, const std::string& rolesCommaSeparated,
-                              std::string_view token) {
+                              std::string_view token, int64_t createdUnixSeconds,
+                              int64_t expiresUnixSeconds) {
   if (auto bad = checkId("principal", principal, Limits{})) {
     return invalid(bad->field + ": " + bad->message);
   }
   auto roles = parseRoles(rolesCommaSeparated);
   if (!roles.ok()) return roles.error();
   if (token.empty()) return invalid("token: must not be empty");
-  return principal + " " + joinRoles(*roles) + " " + tokenHash(token);
+  if (expiresUnixSeconds != 0 && createdUnixSeconds != 0 &&
+      expiresUnixSeconds <= createdUnixSeconds) {
+    return invalid("expires: must be after the creation time");
+  }
+  std::string line = principal + " " + joinRoles(*roles) + " " + tokenHash(token);
+  if (createdUnixSeconds != 0) line += " created=" + formatUtcTime(createdUnixSeconds);
+  if (expiresUnixSeconds != 0) line += " expires=" + formatUtcTime(expiresUnixSeconds);
+  return line;
 }
 
 Result<TokenTable> TokenTable::parse(std::string_view text, const std::string& name) {
@@ -182,11 +243,31 @@ Result<TokenTable> TokenTable::parse(std::string_view text, const std::string& n
       fields.push_back(line.substr(start, i - start));
     }
     if (fields.empty()) continue;  // blank or comment
-    if (fields.size() != 3) {
-      return fail("expected '<principal> <roles> blake2b:<hex>', got " +
+    if (fields.size() < 3) {
+      return fail("expected '<principal> <roles> blake2b:<hex> [created=...] [expires=...]', got " +
                   std::to_string(fields.size()) + " field(s)");
     }
     Entry entry;
+    entry.line = lineNo;
+    for (size_t f = 3; f < fields.size(); ++f) {
+      std::string_view field = fields[f];
+      size_t eq = field.find('=');
+      std::string key(field.substr(0, eq));
+      int64_t* slot = key == "created"   ? &entry.createdUnixSeconds
+                      : key == "expires" ? &entry.principal.expiresUnixSeconds
+                                         : nullptr;
+      if (eq == std::string_view::npos || slot == nullptr) {
+        return fail("unknown field '" + std::string(field.substr(0, 64)) +
+                    "' after the hash (only created=TIME and expires=TIME)");
+      }
+      if (*slot != 0) return fail(key + " given twice");
+      auto t = parseUtcTime(field.substr(eq + 1));
+      if (!t || *t <= 0) {
+        return fail(key + ": '" + std::string(field.substr(eq + 1, 64)) +
+                    "' is not a UTC time like 2026-11-27T10:00:00Z");
+      }
+      *slot = *t;
+    }
     if (auto bad = checkId("principal", fields[0], Limits{})) {
       return fail(bad->field + " '" + std::string(fields[0].substr(0, 128)) + "' " + bad->message);
     }
@@ -196,7 +277,7 @@ Result<TokenTable> TokenTable::parse(std::string_view text, const std::string& n
     entry.principal.roles = std::move(roles).value();
     std::string_view hash = fields[2];
     if (hash.substr(0, kHashPrefix.size()) != kHashPrefix) {
-      return fail("hash: must start with 'blake2b:' (make lines with `chorus token new`)");
+      return fail("hash: must start with 'blake2b:' (make lines with `chorus token create`)");
     }
     hash.remove_prefix(kHashPrefix.size());
     if (hash.size() != 64) {

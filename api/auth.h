@@ -5,13 +5,23 @@
 // the operator controls; one entry per line, `#` comments and blank lines
 // ignored:
 //
-//   # principal  roles                hash
-//   alice        writer,reader        blake2b:<64 lowercase hex digits>
-//   mod-1        moderator            blake2b:...
+//   # principal  roles          hash                                 [created=...] [expires=...]
+//   alice        writer,reader  blake2b:<64 lowercase hex digits>
+//   mod-1        moderator      blake2b:...  created=2026-11-27T10:00:00Z
+//   expires=2026-12-27T10:00:00Z
 //
 // The hash is BLAKE2b-256 (libsodium crypto_generichash, 32-byte output, no
 // key) of the whole token. A principal id follows the rules of an author id
 // (api/validate.h); a principal may have several lines (token rotation).
+// After the hash come optional `key=value` fields, each at most once:
+// `created=` and `expires=`, UTC times in RFC 3339 form
+// (YYYY-MM-DDTHH:MM:SSZ). A token past its `expires` is refused
+// ("token expired"). Any other key is an error, so a misspelt `expires`
+// never leaves a token valid for good. Lines of three fields (files made
+// before these fields existed) still load: no creation time, no expiry.
+//
+// A token's id is the first 8 hex digits of its hash (shortId): enough to
+// name a line for `chorus token list` / `revoke`, nothing about the token.
 //
 // Authorization (authorizeWrite/Read/Admin) is pure: which principal may do
 // which operation. The RPC session (api/rpc-server.cpp) enforces it; the
@@ -42,18 +52,38 @@ std::string joinRoles(const std::vector<Role>& roles);  // "writer,reader"
 struct Principal {
   std::string id;
   std::vector<Role> roles;
+  int64_t expiresUnixSeconds = 0;  // 0: never
   bool has(Role role) const;
+  bool expired(int64_t nowUnixSeconds) const {
+    return expiresUnixSeconds != 0 && nowUnixSeconds >= expiresUnixSeconds;
+  }
 };
+
+// kForbidden "token expired at <time> (principal P); ..." when `p` expired
+// by `nowUnixSeconds`, else nullopt. The RPC server refuses such a session
+// as unauthenticated, at authenticate and on every later call.
+std::optional<Error> expiredError(const Principal& p, int64_t nowUnixSeconds);
+
+// "2026-11-27T10:00:00Z" <-> Unix seconds (UTC). parseUtcTime: nullopt
+// unless the text is exactly that form and a real date.
+std::string formatUtcTime(int64_t unixSeconds);
+std::optional<int64_t> parseUtcTime(std::string_view text);
+
+// The first 8 hex digits of a token hash ("blake2b:..." or the bare hex).
+std::string shortId(std::string_view hash);
 
 // A fresh random token (libsodium's CSPRNG).
 std::string newToken();
 // "blake2b:" + lowercase hex of BLAKE2b-256(token).
 std::string tokenHash(std::string_view token);
-// The tokens-file line for a principal: "alice writer,reader blake2b:...".
-// Errors: kInvalidArgument for a bad principal id, an unknown or missing
-// role name, or an empty token.
+// The tokens-file line for a principal: "alice writer,reader blake2b:...",
+// then " created=..." when createdUnixSeconds != 0 and " expires=..." when
+// expiresUnixSeconds != 0. Errors: kInvalidArgument for a bad principal id,
+// an unknown or missing role name, an empty token, or an expiry not after
+// the creation time.
 Result<std::string> tokenLine(const std::string& principal, const std::string& rolesCommaSeparated,
-                              std::string_view token);
+                              std::string_view token, int64_t createdUnixSeconds = 0,
+                              int64_t expiresUnixSeconds = 0);
 
 class TokenTable {
  public:
@@ -76,11 +106,17 @@ class TokenTable {
   std::optional<Principal> findDigest(const Digest& digest) const;
   size_t size() const { return entries_.size(); }
 
- private:
+  // One line of the file, for listings: never the token (the file has none).
   struct Entry {
     Principal principal;
     std::array<uint8_t, 32> hash;
+    int64_t createdUnixSeconds = 0;  // 0: not recorded
+    size_t line = 0;                 // 1-based line number in the file
+    std::string id() const;          // shortId of the hash
   };
+  const std::vector<Entry>& entries() const { return entries_; }
+
+ private:
   std::vector<Entry> entries_;
 };
 

@@ -25,6 +25,16 @@ struct Client::Impl {
       case kj::Exception::Type::OVERLOADED:
         return makeError(ErrorCode::kOverloaded, "node at " + address + " is overloaded: " + what);
       case kj::Exception::Type::DISCONNECTED:
+        // Bytes that are not Cap'n Proto messages: something else listens
+        // there, most likely a node's gossip port.
+        if (what.find("segment") != std::string::npos) {
+          return makeError(ErrorCode::kUnavailable,
+                           address +
+                               " does not answer as a Chorus RPC port; this looks like a "
+                               "gossip port, not the client API (--connect takes the "
+                               "address chorusd prints as 'listening on', default port "
+                               "7400)");
+        }
         return makeError(ErrorCode::kUnavailable,
                          "lost the connection to " + address + ": " + what);
       default:
@@ -40,8 +50,8 @@ struct Client::Impl {
   template <typename T>
   Result<T> wait(kj::Promise<T>&& promise, std::chrono::milliseconds limit) {
     try {
-      auto bounded = io.provider->getTimer().timeoutAfter(kj::MILLISECONDS * limit.count(),
-                                                          kj::mv(promise));
+      auto bounded =
+          io.provider->getTimer().timeoutAfter(kj::MILLISECONDS * limit.count(), kj::mv(promise));
       return bounded.wait(io.waitScope);
     } catch (kj::Exception& e) {
       if (e.getType() == kj::Exception::Type::OVERLOADED &&

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <future>
 #include <list>
 #include <map>
@@ -152,23 +153,27 @@ struct Session {
       return Refusal{true, makeError(ErrorCode::kForbidden,
                                      "token revoked (no longer in the node's tokens file)")};
     }
+    if (kind == Kind::kPrincipal) {  // a token that expired since authenticate
+      auto e = expiredError(principal, static_cast<int64_t>(std::time(nullptr)));
+      return e ? std::optional<Refusal>(Refusal{true, std::move(*e)}) : std::nullopt;
+    }
     if (kind != Kind::kAnonymous) return std::nullopt;
     return Refusal{true, makeError(ErrorCode::kForbidden,
-                                   "this node requires a token: pass --token-file, --token or "
-                                   "set CHORUS_TOKEN")};
+                                   "this node requires a token: pass --token-file FILE or "
+                                   "--token T, or set $CHORUS_TOKEN_FILE or $CHORUS_TOKEN")};
   }
   std::optional<Refusal> mayWrite(const WriteRequest& r) const {
-    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto r = anonymous(); r || kind != Kind::kPrincipal) return r;
     if (auto e = authorizeWrite(principal, r)) return Refusal{false, std::move(*e)};
     return std::nullopt;
   }
   std::optional<Refusal> mayRead() const {
-    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto r = anonymous(); r || kind != Kind::kPrincipal) return r;
     if (auto e = authorizeRead(principal)) return Refusal{false, std::move(*e)};
     return std::nullopt;
   }
   std::optional<Refusal> mayAdmin(std::string_view what) const {
-    if (kind != Kind::kPrincipal) return anonymous();
+    if (auto r = anonymous(); r || kind != Kind::kPrincipal) return r;
     if (auto e = authorizeAdmin(principal, what)) return Refusal{false, std::move(*e)};
     return std::nullopt;
   }
@@ -292,7 +297,13 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
       metrics_.authFailed();
       authLog_.warn(timer_.now(), "rpc: unknown token from %s (connection %llu)", conn.peer.c_str(),
                     static_cast<unsigned long long>(conn.id));
-      return Refusal{true, makeError(ErrorCode::kForbidden, "unknown token")};
+      return Refusal{true, makeError(ErrorCode::kForbidden,
+                                     "unknown token (not in the node's tokens file; after "
+                                     "editing that file, send the node SIGHUP: kill -HUP PID)")};
+    }
+    if (auto e = expiredError(*principal, static_cast<int64_t>(std::time(nullptr)))) {
+      metrics_.authFailed();
+      return Refusal{true, std::move(*e)};
     }
     if (!conn.authenticated) {
       if (authenticatedConnections_ >= limits_.maxConnections) {

@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <set>
 
@@ -97,8 +98,19 @@ TEST_CASE("tokens file: a table finds its principals, and only them") {
 TEST_CASE("tokens file: parse errors name file:line and the problem") {
   std::string h = chorus::api::tokenHash("x");
   CHECK(parseError("# ok\nalice writer\n") ==
-        "tokens:2: expected '<principal> <roles> blake2b:<hex>', got 2 field(s)");
-  CHECK(parseError("alice writer " + h + " extra\n").find("tokens:1: expected") == 0);
+        "tokens:2: expected '<principal> <roles> blake2b:<hex> [created=...] [expires=...]', got "
+        "2 field(s)");
+  CHECK(parseError("alice writer " + h + " extra\n").find("tokens:1: unknown field 'extra'") == 0);
+  // A misspelt field never leaves a token valid for good.
+  CHECK(parseError("alice writer " + h + " expire=2030-01-01T00:00:00Z\n")
+            .find("tokens:1: unknown field 'expire=") == 0);
+  CHECK(parseError("alice writer " + h + " expires=2030-01-01\n")
+            .find("tokens:1: expires: '2030-01-01' is not a UTC time") == 0);
+  CHECK(parseError("alice writer " + h + " expires=2030-02-30T00:00:00Z\n")
+            .find("tokens:1: expires:") == 0);
+  CHECK(parseError("alice writer " + h +
+                   " expires=2030-01-01T00:00:00Z expires=2031-01-01T00:00:00Z\n")
+            .find("tokens:1: expires given twice") == 0);
   CHECK(parseError("al/ice writer " + h).find("tokens:1: principal 'al/ice'") == 0);
   CHECK(parseError("alice writer,root " + h).find("tokens:1: roles: unknown role 'root'") == 0);
   CHECK(parseError("alice writer sha256:" + h.substr(8)).find("tokens:1: hash: must start") == 0);
@@ -224,4 +236,41 @@ TEST_CASE("authorize: refusals say what was needed") {
   auto both = principal("m", {Role::kWriter, Role::kMerchant});
   CHECK_FALSE(chorus::api::authorizeWrite(both, request(WriteOp::kPut, "m")).has_value());
   CHECK_FALSE(chorus::api::authorizeWrite(both, request(WriteOp::kReply, "x")).has_value());
+}
+
+TEST_CASE("tokens file: created and expires fields, short ids, and old three-field lines") {
+  std::string a = chorus::api::newToken(), b = chorus::api::newToken();
+  auto created = chorus::api::parseUtcTime("2026-11-27T10:00:00Z");
+  REQUIRE(created.has_value());
+  CHECK(*created == 1'795'773'600);
+  CHECK(chorus::api::formatUtcTime(*created) == "2026-11-27T10:00:00Z");
+  CHECK_FALSE(chorus::api::parseUtcTime("2026-11-27 10:00:00Z").has_value());
+  CHECK_FALSE(chorus::api::parseUtcTime("2026-13-01T00:00:00Z").has_value());
+  auto line = chorus::api::tokenLine("ops", "admin", a, *created, *created + 86400);
+  REQUIRE(line.ok());
+  CHECK(*line == "ops admin " + chorus::api::tokenHash(a) +
+                     " created=2026-11-27T10:00:00Z expires=2026-11-28T10:00:00Z");
+  CHECK_FALSE(chorus::api::tokenLine("ops", "admin", a, *created, *created).ok());
+  // A line of the old format (three fields) next to a new one.
+  std::string text = *chorus::api::tokenLine("alice", "writer", b) + "\n" + *line + "\n";
+  auto table = TokenTable::parse(text, "t");
+  REQUIRE_MESSAGE(table.ok(), table.error().toString());
+  REQUIRE(table->entries().size() == 2);
+  const auto& old = table->entries()[0];
+  CHECK(old.createdUnixSeconds == 0);
+  CHECK(old.principal.expiresUnixSeconds == 0);
+  CHECK(old.line == 1);
+  CHECK(old.id() == chorus::api::tokenHash(b).substr(8, 8));
+  CHECK(old.id() == chorus::api::shortId(chorus::api::tokenHash(b)));
+  const auto& ops = table->entries()[1];
+  CHECK(ops.createdUnixSeconds == *created);
+  CHECK(ops.principal.expiresUnixSeconds == *created + 86400);
+  // Expiry: the principal is found, and expiredError says so once past it.
+  auto found = table->find(a);
+  REQUIRE(found.has_value());
+  CHECK_FALSE(chorus::api::expiredError(*found, *created + 86399).has_value());
+  auto expired = chorus::api::expiredError(*found, *created + 86400);
+  REQUIRE(expired.has_value());
+  CHECK(expired->message.rfind("token expired at 2026-11-28T10:00:00Z (principal ops)", 0) == 0);
+  CHECK_FALSE(chorus::api::expiredError(*table->find(b), INT64_MAX).has_value());  // never
 }

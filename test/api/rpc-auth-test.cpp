@@ -12,6 +12,7 @@
 #include <kj/debug.h>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <functional>
 #include <future>
 #include <map>
@@ -39,7 +40,8 @@ using chorus::test::failure;
 namespace {
 
 constexpr const char* kNeedToken =
-    "this node requires a token: pass --token-file, --token or set CHORUS_TOKEN";
+    "this node requires a token: pass --token-file FILE or --token T, or set $CHORUS_TOKEN_FILE "
+    "or $CHORUS_TOKEN";
 
 using Principals = std::map<std::string, std::string>;  // id -> roles
 
@@ -173,7 +175,8 @@ TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {
       auto refused = Client::connect(n.node->rpcAddress(), wrong);
       REQUIRE_FALSE(refused.ok());
       CHECK(refused.error().code == ErrorCode::kForbidden);
-      CHECK(refused.error().message == "unauthenticated: unknown token");
+      CHECK(refused.error().message.rfind("unauthenticated: unknown token (", 0) == 0);
+      CHECK(refused.error().message.find("SIGHUP") != std::string::npos);
     }
     std::fflush(stderr);
     ::dup2(saved, 2);
@@ -756,4 +759,38 @@ TEST_CASE("limits: watches per connection and per node; a reload ends a revoked 
   release.set_value();
   a.join();
   b.join();
+}
+
+TEST_CASE("auth: an expired token is refused as unauthenticated, at authenticate and later") {
+  AuthNode n(Principals{{"alice", "writer"}, {"bob", "writer"}});
+  auto bob = n.client("bob");
+  REQUIRE(bob->get("p1", "alice").error().code == ErrorCode::kNotFound);  // authenticated
+  // Rewrite the file: alice's token expired an hour ago, bob's expires in 2 s.
+  int64_t now = static_cast<int64_t>(std::time(nullptr));
+  std::string text =
+      *chorus::api::tokenLine("alice", "writer", n.tokens["alice"], now - 7200, now - 3600) + "\n" +
+      *chorus::api::tokenLine("bob", "writer", n.tokens["bob"], now - 60, now + 2) + "\n";
+  FILE* f = std::fopen(n.tmp.sub("tokens").c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+  REQUIRE(n.node->reloadTokens().ok());
+
+  // Another thread: a thread has one client event loop, bob's.
+  auto alice = std::async(std::launch::async, [&] {
+                 Client::Options o;
+                 o.token = n.tokens["alice"];
+                 auto c = Client::connect(n.node->rpcAddress(), o);
+                 return c.ok() ? std::string("connected") : c.error().message;
+               }).get();
+  CHECK(alice.rfind("unauthenticated: token expired at ", 0) == 0);
+  CHECK(alice.find("(principal alice)") != std::string::npos);
+
+  // bob's session keeps working until the expiry, then every call is refused.
+  CHECK(bob->get("p1", "alice").error().code == ErrorCode::kNotFound);
+  while (std::time(nullptr) < now + 3) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto refused = bob->get("p1", "alice");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == ErrorCode::kForbidden);
+  CHECK(refused.error().message.rfind("unauthenticated: token expired at ", 0) == 0);
 }

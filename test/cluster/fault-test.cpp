@@ -366,7 +366,8 @@ TEST_CASE("cluster: a hung node (SIGSTOP) does not stall the others, and catches
   CHECK(peerState(*sj, "n3") == "dead");
   CHECK(entryOf(*sj, "n3")["reachable"].type() == Json::Type::kBool);
   CHECK_FALSE(entryOf(*sj, "n3")["reachable"].boolean());
-  auto conv = h.chorus("n2", {"--json", "cluster", "converge", "--timeout", "20s"}, 40s);
+  auto conv =
+      h.chorus("n2", {"--json", "cluster", "converge", "--reachable", "--timeout", "20s"}, 40s);
   CHECK_MESSAGE(conv.code == 0, conv.out << conv.err);
   MESSAGE("converge with n3 hung took " << conv.seconds << " s: " << conv.out);
 

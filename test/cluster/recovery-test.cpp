@@ -59,9 +59,10 @@ TEST_CASE("cluster: a SIGKILLed node restarts without --join and catches up") {
     return peerState(s, "n3") != "alive";
   }));
 
-  // converge counts reachable nodes only: n1 and n2 agree, n3 is listed
-  // as unreachable.
-  auto downConv = h.chorus("n1", {"--json", "cluster", "converge", "--timeout", "30s"}, 45s);
+  // converge --reachable counts reachable nodes only: n1 and n2 agree, n3
+  // is listed as unreachable.
+  auto downConv =
+      h.chorus("n1", {"--json", "cluster", "converge", "--reachable", "--timeout", "30s"}, 45s);
   CHECK_MESSAGE(downConv.code == 0, downConv.out << downConv.err);
   auto dc = Json::parse(downConv.out);
   REQUIRE(dc.has_value());

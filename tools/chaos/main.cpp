@@ -73,7 +73,13 @@ int main(int argc, char** argv) {
                "Print each fault as it is injected (always in <dir>/nemesis.log)");
   app.add_flag("--print-schedule", printSchedule,
                "Print the fault schedule of --seed/--duration/--nodes and exit");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help exits 0; every usage error exits 2, as the help says (CLI11's
+    // own codes, 105 and up, would read as faults found).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   if (printSchedule) {
     for (const auto& f : chorus::chaos::schedule(c))

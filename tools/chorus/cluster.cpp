@@ -365,7 +365,7 @@ Result<Cluster> discover(const Globals& g, const NodeList& list) {
 std::optional<Cluster> discoverOrFail(const Globals& g, const NodeFlags& flags, int& code) {
   auto list = operatorNodes(flags);
   if (!list.ok()) {
-    std::fprintf(stderr, "chorus: %s\n", list.error().message.c_str());
+    errorf("%s\n", list.error().message.c_str());
     code = kExitUsage;
     return std::nullopt;
   }
@@ -386,10 +386,10 @@ constexpr const char* kPassNodes =
 std::optional<int> refuseIfNotAsked(const Cluster& c, const char* what) {
   auto missing = c.notAsked();
   if (missing.empty()) return std::nullopt;
-  std::fprintf(stderr,
-               "chorus: %s needs every node, but %s knows %s, not asked (%s); nothing done. "
-               "Check that they are yours, then %s\n",
-               what, c.view.nodeId.c_str(), joinIds(missing).c_str(), c.why().c_str(), kPassNodes);
+  errorf(
+      "%s needs every node, but %s knows %s, not asked (%s); nothing done. "
+      "Check that they are yours, then %s\n",
+      what, c.view.nodeId.c_str(), joinIds(missing).c_str(), c.why().c_str(), kPassNodes);
   return kExitInvalid;
 }
 
@@ -458,8 +458,8 @@ std::string jsonStats(const gossip::ClusterStats& s) {
       s.framesIn, s.framesOut, s.bytesIn, s.bytesOut, s.malformedFrames, s.partitionDropped,
       s.deltasSent, s.deltasReceived, s.deltasDropped, s.syncStarted, s.syncCompleted,
       s.antiEntropyBytes, s.statesRepaired, s.authFailures, s.replaysRefused, s.statesRefused,
-      s.connections, s.activePeers, s.probes, s.probesFailed, s.refutations,
-      s.broadcastDuplicates, s.grafts, s.pushPulls, s.versionRefused);
+      s.connections, s.activePeers, s.probes, s.probesFailed, s.refutations, s.broadcastDuplicates,
+      s.grafts, s.pushPulls, s.versionRefused);
   return buf;
 }
 
@@ -513,8 +513,8 @@ int status(const Globals& g, const NodeFlags& flags) {
   auto root = commonRoot(views, reachable);
 
   if (g.json) {
-    std::string out = "{\"node_id\":" + json(view->nodeId) + ",\"region\":" + json(view->region) +
-                      ",\"nodes\":[";
+    std::string out =
+        "{\"node_id\":" + json(view->nodeId) + ",\"region\":" + json(view->region) + ",\"nodes\":[";
     for (size_t i = 0; i < nodes.size(); ++i) {
       const KnownNode& n = nodes[i];
       const auto& v = views[i];
@@ -559,8 +559,8 @@ int status(const Globals& g, const NodeFlags& flags) {
   size_t rw = 6;
   for (const auto& n : nodes) rw = std::max(rw, n.region.size());
   int regionWidth = static_cast<int>(std::min<size_t>(rw, 16));
-  std::printf("%-*s %-21s %-*s %-19s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS",
-              regionWidth, "REGION", "STATE", "KEYS", "ROOT", "LAST SYNC", "PENDING", "REFUSED");
+  std::printf("%-*s %-21s %-*s %-19s %-11s %-9s %-11s %-7s %s\n", w, "NODE", "ADDRESS", regionWidth,
+              "REGION", "STATE", "KEYS", "ROOT", "LAST SYNC", "PENDING", "REFUSED");
   for (size_t i = 0; i < nodes.size(); ++i) {
     const KnownNode& n = nodes[i];
     const auto& v = views[i];
@@ -658,15 +658,14 @@ int report(const Globals& g, const std::vector<KnownNode>& targets,
 }
 
 int unknownId(const std::string& id, const std::vector<KnownNode>& nodes) {
-  std::fprintf(stderr, "chorus: unknown node id '%s'; known ids: %s\n", id.c_str(),
-               knownIds(nodes).c_str());
+  errorf("unknown node id '%s'; known ids: %s\n", id.c_str(), knownIds(nodes).c_str());
   return kExitInvalid;
 }
 
 int partition(const Globals& g, const NodeFlags& flags, const std::string& isolate,
               const std::string& split) {
   if (isolate.empty() == split.empty()) {
-    std::fprintf(stderr, "chorus: give either --isolate ID or --split A,B/C,D\n");
+    errorf("give either --isolate ID or --split A,B/C,D\n");
     return kExitUsage;
   }
   // Parse before asking anything: a typo should not need a running cluster.
@@ -674,10 +673,10 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
   if (!split.empty()) {
     sides = api::parseSplit(split);
     if (!sides) {
-      std::fprintf(stderr,
-                   "chorus: --split: '%s' is not two comma-separated lists of node ids or "
-                   "regions joined by '/' (e.g. n1,n2/n3,n4,n5 or us/eu,ap)\n",
-                   split.c_str());
+      errorf(
+          "--split: '%s' is not two comma-separated lists of node ids or "
+          "regions joined by '/' (e.g. n1,n2/n3,n4,n5 or us/eu,ap)\n",
+          split.c_str());
       return kExitUsage;
     }
   }
@@ -698,8 +697,8 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
       if (n.id != isolate && !n.gone) others.push_back(n.id);
     }
     if (others.empty()) {
-      std::fprintf(stderr, "chorus: %s is the only node %s knows; nothing to isolate it from\n",
-                   isolate.c_str(), view->nodeId.c_str());
+      errorf("%s is the only node %s knows; nothing to isolate it from\n", isolate.c_str(),
+             view->nodeId.c_str());
       return kExitInvalid;
     }
     plan[isolate] = others;
@@ -713,8 +712,8 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     auto b = api::expandSplitSide(sides->b, regionOf);
     for (const auto* side : {&a, &b}) {
       if (!side->ok()) {
-        std::fprintf(stderr, "chorus: --split: %s; known ids: %s\n",
-                     side->error().message.c_str(), knownIds(nodes).c_str());
+        errorf("--split: %s; known ids: %s\n", side->error().message.c_str(),
+               knownIds(nodes).c_str());
         return kExitInvalid;
       }
     }
@@ -722,7 +721,7 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     std::set<std::string> inA(sideA.begin(), sideA.end());
     for (const auto& id : sideB) {
       if (inA.count(id)) {
-        std::fprintf(stderr, "chorus: --split: %s is on both sides\n", id.c_str());
+        errorf("--split: %s is on both sides\n", id.c_str());
         return kExitInvalid;
       }
     }
@@ -737,25 +736,39 @@ int partition(const Globals& g, const NodeFlags& flags, const std::string& isola
     if (!byId[id]->asked()) missing.push_back(id);
   }
   if (!missing.empty()) {
-    std::fprintf(stderr,
-                 "chorus: this partition changes %s, not asked (%s); nothing changed. Check "
-                 "that they are yours, then %s\n",
-                 joinIds(missing).c_str(), c->why().c_str(), kPassNodes);
+    errorf(
+        "this partition changes %s, not asked (%s); nothing changed. Check "
+        "that they are yours, then %s\n",
+        joinIds(missing).c_str(), c->why().c_str(), kPassNodes);
     return kExitInvalid;
   }
+  // A new partition replaces the one before (as a declarative tool's
+  // "apply" would): every asked member drops exactly what this plan says,
+  // so the nodes outside it are healed too.
+  std::vector<std::string> stale;  // members outside the plan we cannot heal
+  for (const auto& n : nodes) {
+    if (plan.count(n.id) || n.gone) continue;
+    if (n.asked()) {
+      targets.push_back(n);
+    } else {
+      stale.push_back(n.id);
+    }
+  }
   auto results = onEach<Ok>(g, targets, probeTimeout(g), [&](size_t i, api::Client& client) {
+    auto healed = client.heal();
+    if (!healed.ok() || !plan.count(targets[i].id)) return healed;
     return client.partition(plan[targets[i].id]);
   });
   code = report(
       g, targets, results,
-      [&](size_t i) { return "drops gossip with " + joinIds(plan[targets[i].id]); }, "partitioned",
-      [&](size_t i) { return jsonIds(plan[targets[i].id]); }, std::nullopt);
-  if (!g.json) {
-    for (const auto& n : nodes) {
-      if (!plan.count(n.id) && !n.gone) {
-        std::printf("%s: in neither side, still talks to both\n", n.id.c_str());
-      }
-    }
+      [&](size_t i) {
+        return plan.count(targets[i].id) ? "drops gossip with " + joinIds(plan[targets[i].id])
+                                         : std::string("in neither side, talks to both");
+      },
+      "partitioned", [&](size_t i) { return jsonIds(plan[targets[i].id]); }, std::nullopt);
+  if (!stale.empty()) {
+    errorf("%s not asked (%s): an earlier partition there stays until they are healed",
+           joinIds(stale).c_str(), c->why().c_str());
   }
   return code;
 }
@@ -773,8 +786,8 @@ int heal(const Globals& g, const NodeFlags& flags) {
       g, nodes, results, [](size_t) { return std::string("healed"); }, "healed",
       [](size_t) { return std::string("true"); }, kExitUnavailable);
   if (auto missing = c->notAsked(); !missing.empty()) {
-    std::fprintf(stderr, "chorus: not healed: %s, not asked (%s); %s\n", joinIds(missing).c_str(),
-                 c->why().c_str(), kPassNodes);
+    errorf("not healed: %s, not asked (%s); %s\n", joinIds(missing).c_str(), c->why().c_str(),
+           kPassNodes);
     code = kExitInvalid;
   }
   return code;
@@ -782,11 +795,11 @@ int heal(const Globals& g, const NodeFlags& flags) {
 
 // ---- converge --------------------------------------------------------------
 
-int converge(const Globals& g, const NodeFlags& flags, const std::string& timeoutText) {
-  auto timeout = api::parseDuration(timeoutText, std::chrono::seconds(1));
+int converge(const Globals& g, const NodeFlags& flags, const std::string& timeoutText,
+             bool reachableOnly) {
+  auto timeout = api::parseDuration(timeoutText, milliseconds(1));
   if (!timeout.ok() || timeout->count() <= 0) {
-    std::fprintf(stderr, "chorus: --timeout: %s\n",
-                 timeout.ok() ? "must be positive" : timeout.error().message.c_str());
+    errorf("--timeout: %s\n", timeout.ok() ? "must be positive" : timeout.error().message.c_str());
     return kExitUsage;
   }
   auto start = SteadyClock::now();
@@ -797,7 +810,7 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
   // A node that left no longer receives writes: its root says nothing.
   auto c = std::optional<Cluster>(found->members());
   if (c->nodes.empty()) {
-    std::fprintf(stderr, "chorus: every node asked left the cluster; connect to a member\n");
+    errorf("every node asked left the cluster; connect to a member\n");
     return kExitInvalid;
   }
   // Equal roots on the asked nodes say nothing of a node that was not asked.
@@ -820,7 +833,9 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
     for (size_t i = 0; i < nodes.size(); ++i) {
       if (!views[i].ok()) unreachable.push_back(nodes[i].id);
     }
-    if (root) {
+    // By default an unreachable node is not converged: "converged" must not
+    // mean "among those I could reach" unless the operator asked for that.
+    if (root && (reachableOnly || unreachable.empty())) {
       if (g.json) {
         std::printf(
             "{\"converged\":true,\"seconds\":%.3f,\"nodes\":%zu,\"reachable\":%zu,"
@@ -854,8 +869,9 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
         }
         std::printf("%s]}\n", out.c_str());
       } else {
-        std::printf("did not converge within %.1f s; the nodes differ:\n",
-                    std::chrono::duration<double>(*timeout).count());
+        std::printf("did not converge within %.1f s; %s:\n",
+                    std::chrono::duration<double>(*timeout).count(),
+                    root ? "not every node answered" : "the nodes differ");
         int w = static_cast<int>(idWidth(nodes));
         std::printf("%-*s %-9s %s\n", w, "NODE", "ROOT", "KEYS");
         for (size_t i = 0; i < nodes.size(); ++i) {
@@ -874,7 +890,7 @@ int converge(const Globals& g, const NodeFlags& flags, const std::string& timeou
         }
       }
       std::fflush(stdout);
-      std::fprintf(stderr, "chorus: did not converge\n");
+      errorf("did not converge\n");
       return kExitNotConverged;
     }
     auto next = std::min(roundStart + kPollInterval, deadline);
@@ -890,11 +906,10 @@ constexpr milliseconds kMaxLeaveTimeout = std::chrono::minutes(5);
 // an address the operator listed: the admin token goes nowhere else).
 int leave(const Globals& g, const NodeFlags& flags, const std::string& nodeId,
           const std::string& timeoutText) {
-  auto timeout = api::parseDuration(timeoutText, std::chrono::seconds(1));
+  auto timeout = api::parseDuration(timeoutText, milliseconds(1));
   if (!timeout.ok() || timeout->count() <= 0 || *timeout > kMaxLeaveTimeout) {
-    std::fprintf(stderr, "chorus: --timeout: %s\n",
-                 !timeout.ok() ? timeout.error().message.c_str()
-                               : "must be more than 0 and at most 5m");
+    errorf("--timeout: %s\n",
+           !timeout.ok() ? timeout.error().message.c_str() : "must be more than 0 and at most 5m");
     return kExitUsage;
   }
   std::string id, address = g.connect;
@@ -908,8 +923,8 @@ int leave(const Globals& g, const NodeFlags& flags, const std::string& nodeId,
     }
     if (target == nullptr) return unknownId(nodeId, c->nodes);
     if (!target->asked()) {
-      std::fprintf(stderr, "chorus: %s is %s (%s); nothing done. To ask it, %s\n", nodeId.c_str(),
-                   kNotAsked, c->why().c_str(), kPassNodes);
+      errorf("%s is %s (%s); nothing done. To ask it, %s\n", nodeId.c_str(), kNotAsked,
+             c->why().c_str(), kPassNodes);
       return kExitInvalid;
     }
     id = nodeId;
@@ -936,12 +951,12 @@ int leave(const Globals& g, const NodeFlags& flags, const std::string& nodeId,
         id.c_str(), seconds);
   }
   if (!s.ok()) {
-    std::fprintf(stderr, "chorus: %s: leave: %s\n", id.c_str(), s.error().toString().c_str());
+    errorf("%s: leave: %s\n", id.c_str(), s.error().toString().c_str());
     if (s.error().code == ErrorCode::kUnavailable) {
-      std::fprintf(stderr,
-                   "chorus: if it began to leave, it refuses writes and may be marked left on "
-                   "some nodes: run leave again once peers are reachable, or restart it with "
-                   "--rejoin to stay\n");
+      errorf(
+          "if it began to leave, it refuses writes and may be marked left on "
+          "some nodes: run leave again once peers are reachable, or restart it with "
+          "--rejoin to stay\n");
     }
     return exitCodeFor(s.error());
   }
@@ -953,7 +968,7 @@ int leave(const Globals& g, const NodeFlags& flags, const std::string& nodeId,
 int remove(const Globals& g, const NodeFlags& flags, const std::string& nodeId) {
   auto list = operatorNodes(flags);
   if (!list.ok()) {
-    std::fprintf(stderr, "chorus: %s\n", list.error().message.c_str());
+    errorf("%s\n", list.error().message.c_str());
     return kExitUsage;
   }
   std::vector<std::string> addresses = {g.connect};
@@ -987,8 +1002,7 @@ int remove(const Globals& g, const NodeFlags& flags, const std::string& nodeId) 
         std::printf("{\"node_id\":%s,\"removed\":false,\"asked\":%s,\"error\":%s}\n",
                     json(nodeId).c_str(), json(asked).c_str(), json(s.error().toString()).c_str());
       }
-      std::fprintf(stderr, "chorus: %s: remove %s: %s\n", asked.c_str(), nodeId.c_str(),
-                   s.error().toString().c_str());
+      errorf("%s: remove %s: %s\n", asked.c_str(), nodeId.c_str(), s.error().toString().c_str());
       return exitCodeFor(s.error());
     }
     std::optional<gossip::PeerState> state;
@@ -1015,8 +1029,8 @@ int remove(const Globals& g, const NodeFlags& flags, const std::string& nodeId) 
     }
     return kExitOk;
   }
-  std::fprintf(stderr, "chorus: no node answered (tried %s); last: %s\n",
-               joinIds(addresses).c_str(), last ? last->toString().c_str() : "-");
+  errorf("no node answered (tried %s); last: %s\n", joinIds(addresses).c_str(),
+         last ? last->toString().c_str() : "-");
   return kExitUnavailable;
 }
 
@@ -1078,8 +1092,7 @@ std::optional<std::vector<std::vector<gossip::KeyInfo>>> ringsOf(
   bool all = true;
   for (size_t i = 0; i < nodes.size(); ++i) {
     if (!rings[i].ok()) {
-      std::fprintf(stderr, "chorus: %s: %s\n", nodes[i].id.c_str(),
-                   rings[i].error().toString().c_str());
+      errorf("%s: %s\n", nodes[i].id.c_str(), rings[i].error().toString().c_str());
       all = false;
       continue;
     }
@@ -1145,25 +1158,25 @@ int keysChange(const Globals& g, const NodeFlags& flags, api::KeyOp op, const st
   if (op != api::KeyOp::kInstall) {
     auto rings = ringsOf(g, nodes);
     if (!rings) {
-      std::fprintf(stderr,
-                   "chorus: not changing any node: every node must answer first (a node that "
-                   "misses this step could no longer talk to the others)\n");
+      errorf(
+          "not changing any node: every node must answer first (a node that "
+          "misses this step could no longer talk to the others)\n");
       return kExitUnavailable;
     }
     for (size_t i = 0; i < nodes.size(); ++i) {
       const auto& ring = (*rings)[i];
       if (op == api::KeyOp::kUse && !ringHas(ring, fingerprint, false)) {
-        std::fprintf(stderr,
-                     "chorus: %s does not have key %s yet; run `chorus cluster keys install` "
-                     "first (nothing changed)\n",
-                     nodes[i].id.c_str(), fingerprint.c_str());
+        errorf(
+            "%s does not have key %s yet; run `chorus cluster keys install` "
+            "first (nothing changed)\n",
+            nodes[i].id.c_str(), fingerprint.c_str());
         return kExitInvalid;
       }
       if (op == api::KeyOp::kRemove && ringHas(ring, fingerprint, true)) {
-        std::fprintf(stderr,
-                     "chorus: %s still sends with key %s; `chorus cluster keys use` another "
-                     "key first (nothing changed)\n",
-                     nodes[i].id.c_str(), fingerprint.c_str());
+        errorf(
+            "%s still sends with key %s; `chorus cluster keys use` another "
+            "key first (nothing changed)\n",
+            nodes[i].id.c_str(), fingerprint.c_str());
         return kExitInvalid;
       }
     }
@@ -1177,9 +1190,9 @@ int keysChange(const Globals& g, const NodeFlags& flags, api::KeyOp op, const st
       g, nodes, results, [&](size_t) { return std::string(verb) + " key " + fingerprint; },
       "changed", [&](size_t) { return json(fingerprint); }, std::nullopt);
   if (code != kExitOk && !g.json) {
-    std::fprintf(stderr,
-                 "chorus: not every node changed; run the same command again once the failed "
-                 "nodes are back (each step is idempotent)\n");
+    errorf(
+        "not every node changed; run the same command again once the failed "
+        "nodes are back (each step is idempotent)\n");
   }
   return code;
 }
@@ -1226,7 +1239,8 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
 
   // Option values, kept alive by the callbacks.
   struct Flags {
-    std::string isolate, split, timeout = "30s", leaveTimeout = "10s", node;
+    std::string isolate, split, timeout = "30s", leaveTimeout = "10s", node, keyOut;
+    bool reachableOnly = false;
   };
   auto flags = std::make_shared<Flags>();
   auto* part = cluster->add_subcommand(
@@ -1247,12 +1261,18 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
   hl->callback([&g, &result, nodes] { result = heal(g, *nodes); });
   auto* conv = cluster->add_subcommand(
       "converge",
-      "Wait until every reachable node reports the same Merkle root (exit 6 on timeout; exit 3 "
-      "if a node the connected node knows is not listed)");
-  conv->add_option("--timeout", flags->timeout, "How long to wait: 30s, 2m, 500ms (bare = seconds)")
+      "Wait until every listed node answers with the same Merkle root (exit 6 on timeout, an "
+      "unreachable node included; exit 3 if a node the connected node knows is not listed)");
+  conv->add_option("--timeout", flags->timeout,
+                   "How long to wait in all: 30s, 2m, 500ms (a bare number is milliseconds)")
       ->capture_default_str();
+  conv->add_flag("--reachable", flags->reachableOnly,
+                 "Converged when the nodes that answer agree; name the unreachable ones "
+                 "(default: every listed node must answer)");
   addNodeOptions(conv, nodes);
-  conv->callback([&g, &result, flags, nodes] { result = converge(g, *nodes, flags->timeout); });
+  conv->callback([&g, &result, flags, nodes] {
+    result = converge(g, *nodes, flags->timeout, flags->reachableOnly);
+  });
 
   auto* lv = cluster->add_subcommand(
       "leave",
@@ -1263,16 +1283,16 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
                  "The node to leave: its id, at an address in --nodes (default: the --connect "
                  "node)");
   lv->add_option("--timeout", flags->leaveTimeout,
-                 "How long the node waits for a peer: 10s, 1m, 500ms (bare = seconds; at most 5m)")
+                 "How long the node waits for a peer: 10s, 1m, 500ms (a bare number is "
+                 "milliseconds; at most 5m)")
       ->capture_default_str();
   addNodeOptions(lv, nodes);
   lv->footer(
       "Exit 0 once it left; 4 if no peer was reached in time (it may be marked left on some\n"
       "nodes already: it refuses writes; run leave again, or restart it with --rejoin).\n" +
       std::string(kNodesHelp));
-  lv->callback([&g, &result, flags, nodes] {
-    result = leave(g, *nodes, flags->node, flags->leaveTimeout);
-  });
+  lv->callback(
+      [&g, &result, flags, nodes] { result = leave(g, *nodes, flags->node, flags->leaveTimeout); });
   auto removeNode = std::make_shared<std::string>();
   auto* rm = cluster->add_subcommand(
       "remove",
@@ -1296,11 +1316,21 @@ void addClusterCommands(CLI::App& app, const Globals& g, int& result) {
       "Keys are 32 random bytes in base64 and are secrets: prefer --key-file to an argument\n"
       "(arguments show in ps). Nodes and listings name keys by fingerprint.\n" +
       std::string(kNodesHelp));
-  keys->add_subcommand("generate", "Print a new random cluster key (talks to no node)")
-      ->callback([&result] {
-        std::printf("%s\n", gossip::generateClusterKey().c_str());
-        result = kExitOk;
-      });
+  auto* gen = keys->add_subcommand(
+      "generate", "Print a new random cluster key, or write it to --out (talks to no node)");
+  gen->add_option("--out", flags->keyOut,
+                  "Write the key to this new file (created 0600, never overwritten) instead of "
+                  "printing it");
+  gen->callback([&result, flags, &g] {
+    std::string key = gossip::generateClusterKey();
+    if (flags->keyOut.empty()) {
+      std::printf(g.json ? "{\"key\":\"%s\"}\n" : "%s\n", key.c_str());  // base64: no escapes
+      result = kExitOk;
+      return;
+    }
+    auto s = writeSecretFile(flags->keyOut, key + "\n", "key");
+    result = s.ok() ? kExitOk : fail(s);
+  });
   auto* list = keys->add_subcommand("list", "Each node's key fingerprints, the primary marked");
   addNodeOptions(list, nodes);
   list->callback([&g, &result, nodes] { result = keysList(g, *nodes); });

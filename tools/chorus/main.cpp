@@ -1,14 +1,23 @@
 // chorus: the command-line client of a Chorus node.
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <functional>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "api/client.h"
 #include "api/types.h"
+#include "api/validate.h"
 #include "tools/chorus/common.h"
 
 namespace {
@@ -72,21 +81,118 @@ void printPage(const ReviewPage& p, bool byAuthor) {
   if (!p.nextCursor.empty()) std::printf("more: --cursor %s\n", p.nextCursor.c_str());
 }
 
+// Edits (insert, delete, replace, swap two neighbours) from a to b.
+size_t editDistance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min(
+          {d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// Walks the command line as CLI11 will, through subcommand names (skipping
+// options and their values), to the first word that should name a
+// subcommand and does not: "unknown command 'reviw' (did you mean
+// 'review'?)" with the choices. nullopt when every word fits.
+std::optional<std::string> unknownCommand(CLI::App& app, int argc, char** argv) {
+  CLI::App* cur = &app;
+  std::string path = "chorus";
+  for (int i = 1; i < argc; ++i) {
+    std::string word = argv[i];
+    if (word == "--") return std::nullopt;
+    if (word.size() > 1 && word[0] == '-') {
+      if (word.find('=') != std::string::npos) continue;
+      for (CLI::App* a = cur; a != nullptr; a = a->get_parent()) {
+        if (auto* opt = a->get_option_no_throw(word)) {
+          if (opt->get_expected_min() > 0) ++i;  // its value
+          break;
+        }
+      }
+      continue;
+    }
+    auto subs = cur->get_subcommands([](CLI::App*) { return true; });
+    if (subs.empty()) return std::nullopt;  // positional arguments from here
+    CLI::App* next = nullptr;
+    for (auto* s : subs) {
+      if (s->check_name(word)) next = s;
+    }
+    if (next != nullptr) {
+      cur = next;
+      path += " " + next->get_name();
+      continue;
+    }
+    if (cur->get_require_subcommand_min() == 0) return std::nullopt;
+    std::string best, names;
+    size_t bestDistance = std::max<size_t>(2, word.size() / 3) + 1;  // only near misses
+    for (auto* s : subs) {
+      names += (names.empty() ? "" : ", ") + s->get_name();
+      size_t d = editDistance(word, s->get_name());
+      bool prefix = s->get_name().rfind(word, 0) == 0 || word.rfind(s->get_name(), 0) == 0;
+      if (d < bestDistance || (prefix && best.empty())) {
+        best = s->get_name();
+        bestDistance = std::min(d, bestDistance);
+      }
+    }
+    return "unknown command '" + word + "' for '" + path + "'" +
+           (best.empty() ? "" : " (did you mean '" + best + "'?)") + "; commands: " + names;
+  }
+  return std::nullopt;
+}
+
+// --body-file: the file's whole text, or stdin's for "-".
+chorus::Result<std::string> readBody(const std::string& path) {
+  std::ostringstream text;
+  if (path == "-") {
+    text << std::cin.rdbuf();
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return chorus::makeError(ErrorCode::kInvalidArgument,
+                               "--body-file: cannot read '" + path + "': " + std::strerror(errno));
+    }
+    text << in.rdbuf();
+  }
+  return text.str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"chorus: command-line client of a Chorus node (product reviews)."};
   app.footer(std::string(kExitHelp) +
-             "\nThe node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.\n"
+             "\nGlobal flags, anywhere on the line: --connect, --token-file, --token, --json,\n"
+             "--timeout (chorus --help says more).\n"
+             "The node address comes from --connect, else $CHORUS_ADDR, else 127.0.0.1:7400.\n"
              "Nodes that require tokens refuse calls without a valid one (exit 7).");
   app.require_subcommand(1);
+  // The global flags below go anywhere on the line, as in kubectl and
+  // etcdctl: a subcommand passes what it does not know to its parent.
+  // Subcommands inherit this setting, so it comes first.
+  app.fallthrough();
   Globals g;
   const char* env = std::getenv("CHORUS_ADDR");
   g.connect = (env != nullptr && *env != '\0') ? env : "127.0.0.1:7400";
-  app.add_option("--connect", g.connect, "Node address host:port")->capture_default_str();
-  app.add_flag("--json", g.json, "Print JSON instead of tables");
-  app.add_option("--timeout-ms", g.timeoutMs, "Bound on connecting and on each call")
+  app.add_option("--connect", g.connect, "Node address host:port; else $CHORUS_ADDR")
       ->capture_default_str();
+  app.add_flag("--json", g.json,
+               "Print JSON instead of tables (shapes: README.md, \"JSON output\"); errors too, "
+               "as {\"error\":{...}} on stderr");
+  app.add_option("--timeout", g.timeout,
+                 "Bound on connecting and on each call: 5s, 500ms, 2m (a bare number is "
+                 "milliseconds, as in chorusd). In `cluster converge` and `cluster leave`, "
+                 "their own --timeout bounds the whole wait instead")
+      ->capture_default_str();
+  std::optional<uint32_t> timeoutMs;
+  app.add_option("--timeout-ms", timeoutMs, "Same as --timeout in milliseconds (older spelling)")
+      ->group("");
   auto* tokenFile = app.add_option("--token-file", g.tokenFile,
                                    "File whose first line is the client token (see `chorus token "
                                    "create`); else $CHORUS_TOKEN_FILE");
@@ -94,12 +200,22 @@ int main(int argc, char** argv) {
                  "Client token; else $CHORUS_TOKEN (prefer --token-file: arguments show in ps)")
       ->excludes(tokenFile);
   // Runs after parsing, before any subcommand's callback.
-  app.parse_complete_callback([&g] {
+  app.parse_complete_callback([&g, &timeoutMs] {
+    setJsonErrors(g.json);
+    if (timeoutMs) {
+      g.timeoutMs = *timeoutMs;
+    } else {
+      auto t = chorus::api::parseDuration(g.timeout, std::chrono::milliseconds(1));
+      if (!t.ok() || t->count() <= 0 || t->count() > 3'600'000) {
+        throw CLI::ValidationError("--timeout", (t.ok() ? "must be 1ms to 1h" : t.error().message));
+      }
+      g.timeoutMs = static_cast<uint32_t>(t->count());
+    }
     if (auto s = resolveToken(g); !s.ok()) throw CLI::ValidationError(s.error().message);
   });
 
   int result = kExitOk;
-  std::string product, author, arg, title, body, reason, cursor;
+  std::string product, author, arg, title, body, bodyFile, reason, cursor;
   std::string visibility = "visible", order = "newest";
   uint32_t rating = 0, limit = 20, count = 0;
   double seconds = 0;
@@ -113,6 +229,14 @@ int main(int argc, char** argv) {
       r.rating = rating;
       r.title = title;
       r.body = body;
+      if (!bodyFile.empty()) {
+        auto text = readBody(bodyFile);
+        if (!text.ok()) {
+          result = usageError(text.error().message);
+          return;
+        }
+        r.body = std::move(*text);
+      }
       r.arg = op == chorus::WriteOp::kModerate ? reason : arg;
       r.visibility = visibility == "hidden"    ? chorus::crdt::Visibility::kHidden
                      : visibility == "flagged" ? chorus::crdt::Visibility::kFlagged
@@ -141,7 +265,9 @@ int main(int argc, char** argv) {
   auto* put = key(review->add_subcommand("put", "Write or replace a review"));
   put->add_option("--rating,-r", rating, "1-5")->required();
   put->add_option("--title,-t", title, "Up to 200 bytes");
-  put->add_option("--body,-b", body, "Up to 20000 bytes");
+  auto* bodyOption = put->add_option("--body,-b", body, "Up to 20000 bytes");
+  put->add_option("--body-file", bodyFile, "Read the body from this file, or stdin for -")
+      ->excludes(bodyOption);
   put->callback(write(chorus::WriteOp::kPut));
 
   key(review->add_subcommand("delete", "Erase a review's text everywhere"))
@@ -178,14 +304,7 @@ int main(int argc, char** argv) {
   });
 
   auto* reviews = app.add_subcommand("reviews", "List reviews")->require_subcommand(1);
-  auto* list = reviews->add_subcommand("list", "A product's reviews, one page");
-  list->add_option("product", product, "Product id")->required();
-  list->add_option("--order", order, "newest, highest or lowest")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"newest", "highest", "lowest"}));
-  list->add_option("--limit", limit, "Page size, 1-100")->capture_default_str();
-  list->add_option("--cursor", cursor, "From a previous page's 'more:' line");
-  list->callback([&] {
+  auto listCallback = [&] {
     auto o = order == "highest"  ? chorus::storage::Order::kHighestRating
              : order == "lowest" ? chorus::storage::Order::kLowestRating
                                  : chorus::storage::Order::kNewest;
@@ -198,7 +317,21 @@ int main(int argc, char** argv) {
         printPage(*r, false);
       return kExitOk;
     });
-  });
+  };
+  // `reviews list`, and `review list` for those who type the singular.
+  for (auto* parent : {reviews, review}) {
+    auto* list = parent->add_subcommand(
+        "list", parent == reviews ? "A product's reviews, one page" : "Same as `reviews list`");
+    list->add_option("product", product, "Product id")->required();
+    list->add_option("--order", order, "newest, highest or lowest")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"newest", "highest", "lowest"}));
+    list->add_option("--limit", limit, "Page size, 1-100")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 100u));
+    list->add_option("--cursor", cursor, "From a previous page's 'more:' line");
+    list->callback(listCallback);
+  }
 
   auto* productCmd = app.add_subcommand("product", "Product-level views")->require_subcommand(1);
   auto* summary = productCmd->add_subcommand("summary", "Count, average and histogram");
@@ -228,7 +361,9 @@ int main(int argc, char** argv) {
   auto* authorCmd = app.add_subcommand("author", "Author-level views")->require_subcommand(1);
   auto* byAuthor = authorCmd->add_subcommand("reviews", "An author's reviews, one page");
   byAuthor->add_option("author", author, "Author id")->required();
-  byAuthor->add_option("--limit", limit, "Page size, 1-100")->capture_default_str();
+  byAuthor->add_option("--limit", limit, "Page size, 1-100")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100u));
   byAuthor->add_option("--cursor", cursor, "From a previous page's 'more:' line");
   byAuthor->callback([&] {
     result = withClient(g, [&](chorus::api::Client& c) {
@@ -308,22 +443,34 @@ int main(int argc, char** argv) {
                         s->nodeId.c_str(), s->replicaId, s->version.c_str(), s->apiVersion,
                         double(s->uptimeMillis) / 1000.0, s->keyCount, hex(s->merkleRoot).c_str(),
                         st.usedBytes, st.mapBytes, st.writes, st.commits);
-            std::printf("gossip:      %s\n", s->gossipAddress.empty()
-                                                 ? "off (chorusd without --gossip-listen)"
-                                                 : (s->gossipAddress + ", region " + s->region).c_str());
+            std::printf("gossip:      %s\n",
+                        s->gossipAddress.empty()
+                            ? "off (chorusd without --gossip-listen)"
+                            : (s->gossipAddress + ", region " + s->region).c_str());
           }
           return kExitOk;
         });
       });
 
   addClusterCommands(app, g, result);
-  addTokenCommands(app, result);
+  addTokenCommands(app, g, result);
 
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--") break;
+    if (std::string(argv[i]) == "--json") setJsonErrors(true);  // parse errors too
+  }
+  if (auto unknown = unknownCommand(app, argc, argv)) {
+    return finishErrors(usageError(*unknown + " (chorus --help lists them)"));
+  }
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
   } catch (const CLI::ParseError& e) {
-    int code = app.exit(e);
-    return code == 0 ? kExitOk : kExitUsage;
+    if (e.get_exit_code() == 0) return kExitOk;
+    return finishErrors(usageError(std::string(e.what()) + " (see --help)"));
   }
-  return result;
+  return finishErrors(result);
 }
