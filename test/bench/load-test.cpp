@@ -173,7 +173,8 @@ void checkOp(const Json& op, const std::string& name) {
   REQUIRE(op.kind == Json::kObject);
   CHECK(op["count"].number > 0);
   CHECK(op["ops_per_s"].number > 0);
-  CHECK(op["p50_ms"].number > 0);
+  // A part of a page (page.summary) can take under a microsecond in-process.
+  if (name.find('.') == std::string::npos) CHECK(op["p50_ms"].number > 0);
   CHECK(op["p99_ms"].number >= op["p50_ms"].number);
   CHECK(op["p999_ms"].number >= op["p99_ms"].number);
   REQUIRE(op["errors"].kind == Json::kObject);

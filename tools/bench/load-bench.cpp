@@ -697,8 +697,8 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
                     "\":" + std::to_string(n);
         }
         std::printf(
-            "%s\"%s\":{\"count\":%llu,\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-            "\"p999_ms\":%.3f,\"errors\":{%s}}",
+            "%s\"%s\":{\"count\":%llu,\"ops_per_s\":%.1f,\"p50_ms\":%.4f,\"p99_ms\":%.4f,"
+            "\"p999_ms\":%.4f,\"errors\":{%s}}",
             first ? "" : ",", name.c_str(), (unsigned long long)s.ok, s.opsPerSecond, s.p50, s.p99,
             s.p999, errors.c_str());
         first = false;
