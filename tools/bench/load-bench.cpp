@@ -65,7 +65,8 @@ struct LoadOptions {
   int64_t preloadSize = -1;  // -1: = preload
   int preloadDepth = 128;
   size_t bodyBytes = 400;
-  std::string baseline;  // "" or "embedded"
+  std::string baseline;     // "" or "embedded"
+  std::string embeddedDir;  // "" = a temporary one
   bool unsafeNoSync = false;
   std::string chorusd;
   bool json = false;
@@ -831,7 +832,7 @@ int LoadBench::run() {
             "-";
 
   std::string tmp;
-  if (o_.connect.empty() || o_.baseline == "embedded") {
+  if (o_.connect.empty() || (o_.baseline == "embedded" && o_.embeddedDir.empty())) {
     tmp = makeTempDir();
     if (tmp.empty()) return fail(kExitSetup, "cannot create a temporary directory");
   }
@@ -856,7 +857,7 @@ int LoadBench::run() {
       if (o_.baseline == "embedded") {
         Node::Options no;
         no.nodeId = "load-embedded";
-        no.dataDir = tmp + "/embedded";
+        no.dataDir = o_.embeddedDir.empty() ? tmp + "/embedded" : o_.embeddedDir;
         no.store.unsafeNoSync = o_.unsafeNoSync;
         auto n = Node::open(std::move(no));
         if (!n.ok()) {
@@ -992,6 +993,9 @@ void addLoadBench(CLI::App& app, int& exitCode) {
                   "temporary dir, same dataset, same durability, clients x depth threads) and "
                   "print the RPC/embedded ratio per operation")
       ->check(CLI::IsMember({"embedded"}));
+  sub->add_option("--embedded-dir", o->embeddedDir,
+                  "The embedded node's data dir, kept after the run (default: a temporary one): "
+                  "preload it once, then give --preload-size to reuse it");
   sub->add_flag("--unsafe-no-sync", o->unsafeNoSync,
                 "The started chorusd and the embedded node commit without fsync");
   sub->add_option("--chorusd", o->chorusd,
