@@ -110,11 +110,6 @@ class OpPlanner {
       case OpKind::kPage: {
         DatasetKey k = pick();
         op.name = "page";
-        if (o_.compareSizes) {
-          bool hot = rng_.below(2) == 0;
-          k.product = hot ? 0 : small_[rng_.below(small_.size())];
-          op.name = hot ? "page-hot" : "page-small";
-        }
         op.product = data_.productName(k.product);
         break;
       }
@@ -362,6 +357,9 @@ class LoadBench {
   void startBudget(Budget& b);
 
   void print(const std::vector<RunResult>& runs);
+  // `run` once; with --compare-sizes twice, on the largest product then on
+  // the small ones, its ops named page-hot[.part] and page-small[.part].
+  Result<RunResult> phases(const std::function<Result<RunResult>()>& run);
 
   LoadOptions o_;
   Dataset data_;
@@ -653,6 +651,26 @@ Result<RunResult> LoadBench::runEmbedded(Node& node) {
   return summarize("embedded", all, seconds);
 }
 
+Result<RunResult> LoadBench::phases(const std::function<Result<RunResult>()>& run) {
+  if (!o_.compareSizes) return run();
+  RunResult all;
+  for (const char* which : {"hot", "small"}) {
+    o_.products = which;
+    auto r = run();
+    if (!r.ok()) return r;
+    all.target = r->target;
+    all.seconds += r->seconds;
+    for (auto& [name, op] : r->ops) {
+      std::string renamed = "page-";
+      renamed += which;
+      renamed.append(name, 4);  // after "page": "" or ".summary", ".list"
+      all.ops[renamed] = op;
+    }
+  }
+  o_.products = "hot+small";
+  return all;
+}
+
 void LoadBench::print(const std::vector<RunResult>& runs) {
   const RunResult* rpc = &runs[0];
   const RunResult* embedded = runs.size() > 1 ? &runs[1] : nullptr;
@@ -757,7 +775,7 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
     }
     std::printf("\n");
   }
-  std::printf("%-9s %-13s %10s %10s %9s %9s %9s  %s\n", "target", "op", "count", "ops/s", "p50 ms",
+  std::printf("%-9s %-20s %10s %10s %9s %9s %9s  %s\n", "target", "op", "count", "ops/s", "p50 ms",
               "p99 ms", "p999 ms", "errors");
   for (const RunResult* r : {rpc, embedded}) {
     if (!r) continue;
@@ -768,7 +786,7 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
         errors += (errors.empty() ? "" : " ") + code + "=" + std::to_string(n);
       }
       std::string shown = name.find('.') != std::string::npos ? "  " + name : name;
-      std::printf("%-9s %-13s %10llu %10.0f %9.3f %9.3f %9.3f  %s\n", r->target.c_str(),
+      std::printf("%-9s %-20s %10llu %10.0f %9.3f %9.3f %9.3f  %s\n", r->target.c_str(),
                   shown.c_str(), (unsigned long long)s.ok, s.opsPerSecond, s.p50, s.p99, s.p999,
                   errors.empty() ? "0" : errors.c_str());
     }
@@ -784,7 +802,7 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
     std::printf("\n");
   }
   if (o_.compareSizes) {
-    std::printf("page p50, %s (%u reviews) / %zu products of %u reviews: rpc %.2f",
+    std::printf("page p50, %s (%u reviews) / %zu product(s) of %u reviews: rpc %.2f",
                 data_.productName(0).c_str(), hotSize, small_.size(), smallSize, hotSmall(*rpc));
     if (embedded) std::printf(", embedded %.2f", hotSmall(*embedded));
     std::printf("   (target <= 2)\n");
@@ -881,14 +899,14 @@ int LoadBench::run() {
         }
       }
       std::vector<RunResult> runs;
-      auto rpc = runRpc();
+      auto rpc = phases([&] { return runRpc(); });
       if (!rpc.ok()) {
         code = fail(kExitSetup, "rpc run: " + rpc.error().toString());
         break;
       }
       runs.push_back(std::move(rpc).value());
       if (embedded) {
-        auto e = runEmbedded(*embedded);
+        auto e = phases([&] { return runEmbedded(*embedded); });
         if (!e.ok()) {
           code = fail(kExitSetup, "embedded run: " + e.error().toString());
           break;
@@ -971,8 +989,8 @@ void addLoadBench(CLI::App& app, int& exitCode) {
       ->capture_default_str()
       ->check(CLI::IsMember({"zipf", "uniform", "hot", "small"}));
   sub->add_flag("--compare-sizes", o->compareSizes,
-                "Pages of the largest product and of --small-size products, half each, in the "
-                "same run; prints their p50 ratio");
+                "Pages of the largest product, then pages of --small-size products (each for "
+                "--duration or --ops), in the same run; prints their p50 ratio");
   sub->add_option("--small-size", o->smallSize, "Reviews of a `small` product")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1'000'000'000u));

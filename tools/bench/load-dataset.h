@@ -6,7 +6,7 @@
 // has max(1, floor(top / k)) reviews with top = max(1, N / 10), products
 // added until the sizes sum to N (the last one cut short). At N = 1M: one
 // product of 100,000 reviews, one of 50,000, ..., ten of exactly 100
-// (ranks 991-1000), about 12,400 products in all, the smallest with ~8.
+// (ranks 991-1000), 13,220 products in all, half with 15 or fewer.
 // Product of rank k is "s<seed>-p<k>"; its reviews are by authors "u0",
 // "u1", ... A preload writes them in a seeded pseudo-random order (an
 // affine bijection over 0..N-1), so products interleave as in real traffic.

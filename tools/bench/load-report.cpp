@@ -57,7 +57,9 @@ RunResult summarize(std::string target, Recorder& recorder, double seconds) {
 
 std::vector<std::string> opOrder(const std::map<std::string, OpSummary>& ops) {
   static const std::vector<std::string> kOrder = {
-      "page", "page-hot", "page-small", "page.summary", "page.list", "get", "vote", "write"};
+      "page",          "page.summary", "page.list",          "page-hot",        "page-hot.summary",
+      "page-hot.list", "page-small",   "page-small.summary", "page-small.list", "get",
+      "vote",          "write"};
   std::vector<std::string> out;
   for (const auto& name : kOrder) {
     if (ops.count(name)) out.push_back(name);
