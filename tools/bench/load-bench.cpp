@@ -753,9 +753,11 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
   } else {
     std::snprintf(length, sizeof length, "%.1f s", double(durationMs_) / 1000);
   }
-  std::printf("load: workload %s (products %s), %d clients x %d in flight, %s, %s writes\n",
+  std::printf("load: workload %s (products %s), %d clients x %d in flight, %s%s\n",
               o_.workload.c_str(), o_.products.c_str(), o_.clients, o_.depth, length,
-              o_.unsafeNoSync ? "unsynced" : "durable");
+              !startedNode_ && o_.baseline.empty() ? ""
+              : o_.unsafeNoSync                    ? ", unsynced writes (--unsafe-no-sync)"
+                                                   : ", durable writes");
   std::string nodes;
   for (auto& n : nodes_) nodes += (nodes.empty() ? "" : ",") + n;
   std::printf("nodes: %s%s\n", nodes.c_str(),
@@ -959,6 +961,9 @@ void addLoadBench(CLI::App& app, int& exitCode) {
       "Product sizes follow Zipf: rank k has N/10/k reviews (at N = 1M: 100k, 50k, ...).\n"
       "Without --connect, a chorusd is started on 127.0.0.1 (free port, temporary data\n"
       "dir, --no-auth, no rate limit, durable unless --unsafe-no-sync) and stopped at the end.\n"
+      "With a token (--token-file) a node lets a principal put only its own reviews and\n"
+      "vote only as itself: write, vote, mixed and --preload need a --no-auth node;\n"
+      "get and page work with any token.\n"
       "Exit codes: 0 every operation succeeded; 1 usage; 2 operations failed during the run\n"
       "(the results are still printed); 3 setup failed (chorusd did not start, a node was\n"
       "unreachable, the preload failed, a run timed out).");
