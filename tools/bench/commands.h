@@ -7,9 +7,10 @@
 
 namespace chorus::bench {
 
-void addStorageBench(CLI::App& app, int& exitCode);  // storage-bench.cpp
-void addRpcBench(CLI::App& app, int& exitCode);      // rpc-bench.cpp
+void addStorageBench(CLI::App& app, int& exitCode);    // storage-bench.cpp
+void addRpcBench(CLI::App& app, int& exitCode);        // rpc-bench.cpp
 void addReconcileBench(CLI::App& app, int& exitCode);  // reconcile-bench.cpp
 void addClusterBench(CLI::App& app, int& exitCode);    // cluster-bench.cpp
+void addLoadBench(CLI::App& app, int& exitCode);       // load-bench.cpp
 
 }  // namespace chorus::bench

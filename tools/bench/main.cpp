@@ -11,6 +11,12 @@ int main(int argc, char** argv) {
   chorus::bench::addRpcBench(app, exitCode);
   chorus::bench::addReconcileBench(app, exitCode);
   chorus::bench::addClusterBench(app, exitCode);
-  CLI11_PARSE(app, argc, argv);
+  chorus::bench::addLoadBench(app, exitCode);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 1.
+    return app.exit(e) == 0 ? 0 : 1;
+  }
   return exitCode;
 }
