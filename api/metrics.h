@@ -16,11 +16,10 @@
 
 namespace chorus::api {
 
-// A Prometheus histogram: counts of observations by upper bound (`le`),
-// their sum and count. observe() is lock-free and may be called from any
-// thread; render() reads a consistent-enough snapshot (a bucket may miss an
-// observation that _count already has, never the reverse by more than the
-// observations in flight).
+// A Prometheus histogram: counts of observations by upper bound (`le`,
+// inclusive), their sum and count. observe() is lock-free and may be called
+// from any thread; render() reads each bucket once, so the +Inf bucket and
+// _count always agree (_sum may include an observation still being added).
 class Histogram {
  public:
   // Seconds, for durations: 100 us to 10 s, about 2.5x apart.

@@ -58,8 +58,9 @@ struct RpcLimits {
 
   // Reads (get, list, summary, byAuthor) run their store work on a pool of
   // readThreads threads, off the RPC thread (api/README.md, "Threads");
-  // 0 = one per core. At most maxQueuedReads wait for a thread; a read
-  // beyond that answers `overloaded` (chorus_rpc_read_queue_full_total).
+  // 0 = one per core; at most 1,024. At most maxQueuedReads wait for a
+  // thread; a read beyond that answers `overloaded`
+  // (chorus_rpc_read_queue_full_total).
   uint32_t readThreads = 0;
   uint32_t maxQueuedReads = 4'096;
   // For tests only: called on the read thread before each pooled read's

@@ -7,8 +7,8 @@
 namespace chorus::api::internal {
 
 unsigned readThreadsFor(unsigned requested) {
-  if (requested != 0) return requested;
-  return std::max(1u, std::thread::hardware_concurrency());
+  if (requested != 0) return std::min(requested, kMaxReadThreads);
+  return std::clamp(std::thread::hardware_concurrency(), 1u, kMaxReadThreads);
 }
 
 ReadPool::ReadPool(unsigned threads, size_t maxQueued, Metrics& metrics)

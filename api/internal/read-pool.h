@@ -29,7 +29,7 @@ class ReadPool {
  public:
   using Job = std::function<void()>;
 
-  // Starts `threads` threads (0 = one per core, at least 1); at most
+  // Starts readThreadsFor(threads) threads; at most
   // `maxQueued` jobs (at least 1) wait for a thread. `metrics` (which must
   // outlive the pool) gets the queue depth, the busy threads and the pool
   // size.
@@ -65,7 +65,8 @@ class ReadPool {
 };
 
 // The pool size for RpcLimits::readThreads: `requested`, or one per core
-// (at least 1) for 0.
+// (at least 1) for 0; at most kMaxReadThreads.
+constexpr unsigned kMaxReadThreads = 1'024;
 unsigned readThreadsFor(unsigned requested);
 
 }  // namespace chorus::api::internal
