@@ -493,8 +493,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   // values (never a capnp reader or builder, a kj object or this Loop) and
   // use only `node`. `method` and `key` are for RpcLimits::beforeRead. If
   // the call is cancelled or its connection closes meanwhile, the result is
-  // dropped when it arrives. A full queue resolves at once to `overloaded`
-  // and `work` never runs.
+  // dropped when it arrives. A full queue resolves at once to `overloaded`,
+  // a stopping server to `unavailable`, and `work` never runs.
   template <typename T>
   kj::Promise<kj::Own<ReadOutcome>> read(const char* method, std::string key,
                                          std::function<ReadOutcome(Node&)> work) {
@@ -502,7 +502,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     RpcServer* server = &server_;
     Loop* self = this;
     Node* node = &node_;
-    bool queued = server_.reads_->submit(
+    auto submitted = server_.reads_->submit(
         [server, self, node, id, method, key = std::move(key), work = std::move(work)] {
           // A read thread.
           if (server->beforeRead_) server->beforeRead_(method, key);
@@ -511,7 +511,12 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
             self->completeRead(id, std::move(outcome));
           });
         });
-    if (!queued) {
+    if (submitted == internal::ReadPool::Submitted::kClosed) {
+      return kj::heap<ReadOutcome>(
+          std::in_place_type<Result<T>>,
+          makeError(ErrorCode::kUnavailable, "the node is shutting down; retry on another node"));
+    }
+    if (submitted == internal::ReadPool::Submitted::kFull) {
       metrics_.readQueueFull();
       return kj::heap<ReadOutcome>(
           std::in_place_type<Result<T>>,
@@ -1547,15 +1552,17 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::strin
 }
 
 RpcServer::~RpcServer() {
+  // Reads not started are dropped before the connections close (their
+  // calls are cancelled with them), and new ones answer `unavailable`.
+  if (reads_) reads_->close();
   {
     std::lock_guard lock(mutex_);
     if (stop_ != nullptr) stop_->fulfill();
     stop_ = nullptr;
   }
   if (thread_.joinable()) thread_.join();
-  // Now that no call waits for a read: drop the queued reads, wait for the
-  // running ones (their results find the inbox closed). The store is open
-  // until this returns (Node::shutdown).
+  // Then wait for the running reads (their results find the inbox closed).
+  // The store is open until this returns (Node::shutdown).
   if (reads_) reads_->stop();
 }
 

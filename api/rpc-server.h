@@ -42,11 +42,10 @@ class RpcServer {
                                                   const RpcLimits& limits,
                                                   std::optional<TokenTable> tokens);
 
-  // Stops listening, closes every connection (pending calls are cancelled,
-  // watches end), joins the RPC thread, then stops the read pool (reads not
-  // started are dropped, running ones finish and their results are
-  // dropped). Any thread but the RPC thread; the node's store must stay
-  // open until it returns.
+  // Drops the reads not started, stops listening, closes every connection
+  // (pending calls are cancelled, watches end), joins the RPC thread, then
+  // waits for the running reads (their results are dropped). Any thread
+  // but the RPC thread; the node's store must stay open until it returns.
   ~RpcServer();
 
   std::string address() const { return address_; }

@@ -21,31 +21,36 @@ ReadPool::ReadPool(unsigned threads, size_t maxQueued, Metrics& metrics)
 
 ReadPool::~ReadPool() { stop(); }
 
-bool ReadPool::submit(Job job) {
+ReadPool::Submitted ReadPool::submit(Job job) {
   {
     std::lock_guard lock(mutex_);
-    if (stopping_ || queue_.size() >= maxQueued_) return false;  // `job` goes unrun
+    if (stopping_) return Submitted::kClosed;  // `job` goes unrun
+    if (queue_.size() >= maxQueued_) return Submitted::kFull;
     queue_.push_back(std::move(job));
     metrics_.readQueued(1);
   }
   ready_.notify_one();
-  return true;
+  return Submitted::kQueued;
 }
 
-void ReadPool::stop() {
+void ReadPool::close() {
   std::deque<Job> abandoned;
   {
     std::lock_guard lock(mutex_);
-    if (stopping_ && threads_.empty()) return;
     stopping_ = true;
     abandoned.swap(queue_);
     metrics_.readQueued(-static_cast<int64_t>(abandoned.size()));
   }
   ready_.notify_all();
   abandoned.clear();  // outside the lock: a job's captures may be large
-  for (auto& t : threads_) t.join();
+}
+
+void ReadPool::stop() {
+  close();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
   metrics_.readPoolStarted(0);
-  threads_.clear();
 }
 
 void ReadPool::run() {

@@ -40,13 +40,17 @@ class ReadPool {
   ReadPool(const ReadPool&) = delete;
   ReadPool& operator=(const ReadPool&) = delete;
 
-  // Any thread: queues `job` to run once on a pool thread. Returns false,
-  // and destroys `job` unrun on the calling thread, when `maxQueued` jobs
-  // already wait or the pool stopped.
-  bool submit(Job job);
+  enum class Submitted { kQueued, kFull, kClosed };
+  // Any thread: queues `job` to run once on a pool thread. kFull when
+  // `maxQueued` jobs already wait, kClosed after close(): then `job` is
+  // destroyed unrun on the calling thread.
+  Submitted submit(Job job);
 
-  // Any thread but a pool thread: destroys the jobs not yet started, unrun,
-  // waits for the running ones to return and joins the threads. Idempotent.
+  // Any thread: refuses new jobs and destroys the jobs not yet started,
+  // unrun; running ones go on. Idempotent.
+  void close();
+  // Any thread but a pool thread: close(), then waits for the running jobs
+  // to return and joins the threads. Idempotent.
   void stop();
 
   unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
