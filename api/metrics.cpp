@@ -1,9 +1,10 @@
 #include "api/metrics.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
-#include <iterator>
 #include <cstring>
+#include <iterator>
 
 namespace chorus::api {
 
@@ -20,12 +21,55 @@ void appendf(std::string& out, const char* fmt, auto... args) {
 
 }  // namespace
 
+Histogram::Histogram(std::span<const double> bounds)
+    : bounds_(bounds.begin(), bounds.end()),
+      buckets_(std::make_unique<std::atomic<uint64_t>[]>(bounds.size() + 1)) {}
+
+void Histogram::observe(double value) {
+  // The first bound >= value: `le` is inclusive.
+  size_t b = size_t(std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
+  buckets_[b].fetch_add(1, std::memory_order_relaxed);
+  sum_.fetch_add(value, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t Histogram::cumulative(size_t i) const {
+  uint64_t n = 0;
+  for (size_t b = 0; b <= i && b <= bounds_.size(); ++b) n += buckets_[b].load();
+  return n;
+}
+
+void Histogram::renderHeader(std::string& out, std::string_view name, std::string_view help) {
+  std::string n(name), h(help);
+  appendf(out, "# HELP %s %s\n# TYPE %s histogram\n", n.c_str(), h.c_str(), n.c_str());
+}
+
+void Histogram::render(std::string& out, std::string_view name, std::string_view labels) const {
+  std::string n(name), l(labels);
+  const char* comma = l.empty() ? "" : ",";
+  // One snapshot of the buckets; _count is their total so the +Inf bucket
+  // and _count always agree.
+  uint64_t cumulative = 0;
+  for (size_t b = 0; b < bounds_.size(); ++b) {
+    cumulative += buckets_[b].load(std::memory_order_relaxed);
+    appendf(out, "%s_bucket{%s%sle=\"%g\"} %" PRIu64 "\n", n.c_str(), l.c_str(), comma, bounds_[b],
+            cumulative);
+  }
+  cumulative += buckets_[bounds_.size()].load(std::memory_order_relaxed);
+  appendf(out, "%s_bucket{%s%sle=\"+Inf\"} %" PRIu64 "\n", n.c_str(), l.c_str(), comma, cumulative);
+  if (l.empty()) {
+    appendf(out, "%s_sum %.9g\n%s_count %" PRIu64 "\n", n.c_str(), sum(), n.c_str(), cumulative);
+  } else {
+    appendf(out, "%s_sum{%s} %.9g\n%s_count{%s} %" PRIu64 "\n", n.c_str(), l.c_str(), sum(),
+            n.c_str(), l.c_str(), cumulative);
+  }
+}
+
 const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
-      "put",       "erase", "vote",    "unvote",       "tag",      "untag",   "moderate",
-      "reply",     "get",   "list",    "summary",      "byAuthor", "watch",   "status",
-      "partition", "heal",  "cluster", "authenticate", "keys",     "leave",   "remove",
-      "reviews",   "admin"};
+      "put",     "erase",        "vote",    "unvote",   "tag",    "untag",   "moderate",  "reply",
+      "get",     "list",         "summary", "byAuthor", "watch",  "status",  "partition", "heal",
+      "cluster", "authenticate", "keys",    "leave",    "remove", "reviews", "admin"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -48,10 +92,7 @@ void Metrics::record(Method method, double seconds, const char* errorCode) {
       }
     }
   }
-  size_t b = 0;
-  while (b < kBuckets.size() && seconds > kBuckets[b]) ++b;
-  pm.buckets[b].fetch_add(1, std::memory_order_relaxed);
-  pm.sumMicros.fetch_add(uint64_t(seconds * 1e6), std::memory_order_relaxed);
+  pm.duration.observe(seconds);
 }
 
 std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis) const {
@@ -72,24 +113,14 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
               methodName(Method(m)), kCodeNames[c], n);
     }
   }
-  out += "# HELP chorus_rpc_latency_seconds RPC call latency, by method.\n";
-  out += "# TYPE chorus_rpc_latency_seconds histogram\n";
+  Histogram::renderHeader(out, "chorus_rpc_call_duration_seconds",
+                          "RPC calls, from arrival to results, by method (reads: queue wait "
+                          "and store work included).");
   for (int m = 0; m < kMethodCount; ++m) {
     const PerMethod& pm = methods_[m];
-    if (pm.calls.load() == 0) continue;
-    uint64_t cumulative = 0;
-    for (size_t b = 0; b < kBuckets.size(); ++b) {
-      cumulative += pm.buckets[b].load();
-      appendf(out, "chorus_rpc_latency_seconds_bucket{method=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-              methodName(Method(m)), kBuckets[b], cumulative);
-    }
-    cumulative += pm.buckets[kBuckets.size()].load();
-    appendf(out, "chorus_rpc_latency_seconds_bucket{method=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
-            methodName(Method(m)), cumulative);
-    appendf(out, "chorus_rpc_latency_seconds_sum{method=\"%s\"} %.6f\n", methodName(Method(m)),
-            double(pm.sumMicros.load()) / 1e6);
-    appendf(out, "chorus_rpc_latency_seconds_count{method=\"%s\"} %" PRIu64 "\n",
-            methodName(Method(m)), cumulative);
+    if (pm.duration.count() == 0) continue;
+    std::string labels = std::string("method=\"") + methodName(Method(m)) + "\"";
+    pm.duration.render(out, "chorus_rpc_call_duration_seconds", labels);
   }
   auto gauge = [&](const char* name, const char* help, const char* type, double v) {
     appendf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
@@ -115,6 +146,15 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
     appendf(out, "chorus_rpc_connections_closed_total{reason=\"%s\"} %" PRIu64 "\n",
             closeReasonName(CloseReason(r)), closed_[r].load());
   }
+  gauge("chorus_rpc_read_threads", "Threads of the read pool (get, list, summary, byAuthor).",
+        "gauge", double(readThreads_.load()));
+  gauge("chorus_rpc_read_queue_depth", "Reads waiting for a read-pool thread.", "gauge",
+        double(readQueued_.load()));
+  gauge("chorus_rpc_read_threads_busy", "Read-pool threads running a read.", "gauge",
+        double(readBusy_.load()));
+  gauge("chorus_rpc_read_queue_full_total",
+        "Reads refused with `overloaded`: the read queue was full (--max-queued-reads).", "counter",
+        double(readQueueFull_.load()));
   gauge("chorus_rpc_watches_refused_total",
         "watch calls refused: the per-connection or per-node watch limit.", "counter",
         double(watchesRefused_.load()));
@@ -191,8 +231,7 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_merges_refused_total",
          "States from peers the store refused (e.g. clock drift).", "counter");
   sample("chorus_gossip_merges_refused_total", "", mergesRefused);
-  family("chorus_gossip_connections", "Gossip connections with peers (hello done), now.",
-         "gauge");
+  family("chorus_gossip_connections", "Gossip connections with peers (hello done), now.", "gauge");
   sample("chorus_gossip_connections", "", s.connections);
   family("chorus_gossip_active_peers",
          "Peers in this node's partial view (its broadcast links), now.", "gauge");
@@ -200,11 +239,9 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_probes_total", "Direct SWIM probes sent.", "counter");
   sample("chorus_gossip_probes_total", "", s.probes);
   family("chorus_gossip_probes_failed_total",
-         "Probes unanswered, directly and through others: the member became suspect.",
-         "counter");
+         "Probes unanswered, directly and through others: the member became suspect.", "counter");
   sample("chorus_gossip_probes_failed_total", "", s.probesFailed);
-  family("chorus_gossip_refutations_total", "Suspicions of this node that it refuted.",
-         "counter");
+  family("chorus_gossip_refutations_total", "Suspicions of this node that it refuted.", "counter");
   sample("chorus_gossip_refutations_total", "", s.refutations);
   family("chorus_gossip_broadcast_duplicates_total",
          "Broadcast deltas received again (each prunes a tree link).", "counter");

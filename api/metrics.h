@@ -5,13 +5,53 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gossip/cluster.h"
 #include "storage/store.h"
 
 namespace chorus::api {
+
+// A Prometheus histogram: counts of observations by upper bound (`le`,
+// inclusive), their sum and count. observe() is lock-free and may be called
+// from any thread; render() reads each bucket once, so the +Inf bucket and
+// _count always agree (_sum may include an observation still being added).
+class Histogram {
+ public:
+  // Seconds, for durations: 100 us to 10 s, about 2.5x apart.
+  static constexpr std::array<double, 16> kDurationBounds = {
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+      0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+
+  // `bounds`: the finite upper bounds, ascending (+Inf is implied).
+  explicit Histogram(std::span<const double> bounds = kDurationBounds);
+
+  void observe(double value);
+
+  uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  double sum() const { return sum_.load(std::memory_order_relaxed); }
+  // Observations <= bounds[i] (i < bounds.size()), or all of them
+  // (i == bounds.size(), the +Inf bucket): cumulative, as exposed.
+  uint64_t cumulative(size_t i) const;
+  std::span<const double> bounds() const { return bounds_; }
+
+  // Appends "# HELP" and "# TYPE <name> histogram" lines, once per family.
+  static void renderHeader(std::string& out, std::string_view name, std::string_view help);
+  // Appends <name>_bucket{<labels>,le="..."} for every bound and +Inf, then
+  // <name>_sum{<labels>} and <name>_count{<labels>}. `labels` is empty or
+  // `key="value",...` without braces, already escaped.
+  void render(std::string& out, std::string_view name, std::string_view labels) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> buckets_;  // bounds_.size() + 1, not cumulative
+  std::atomic<uint64_t> count_{0};
+  std::atomic<double> sum_{0.0};
+};
 
 class Metrics {
  public:
@@ -44,13 +84,23 @@ class Metrics {
   };
   static const char* methodName(Method m);
 
-  // Upper bounds of the latency histogram buckets, in seconds (+Inf implied).
-  static constexpr std::array<double, 12> kBuckets = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
-                                                      0.05,   0.1,   0.25,  0.5,   1.0,  5.0};
-
-  // One finished call. `errorCode` is empty for success, else the wire code
-  // name ("invalidArgument", ...).
+  // One finished call, `seconds` from its arrival to its results (reads:
+  // queue wait and store work included), in
+  // chorus_rpc_call_duration_seconds. `errorCode` is empty for success, else
+  // the wire code name ("invalidArgument", ...).
   void record(Method method, double seconds, const char* errorCode);
+  const Histogram& callDuration(Method m) const { return methods_[m].duration; }
+
+  // The RPC server's read pool (api/internal/read-pool.h): its size, the
+  // reads waiting for a thread, the threads running one, and the reads
+  // refused with `overloaded` because the queue was full.
+  void readPoolStarted(unsigned threads) { readThreads_.store(threads); }
+  void readQueued(int64_t delta) { readQueued_.fetch_add(delta, std::memory_order_relaxed); }
+  void readBusy(int64_t delta) { readBusy_.fetch_add(delta, std::memory_order_relaxed); }
+  void readQueueFull() { readQueueFull_.fetch_add(1, std::memory_order_relaxed); }
+  int64_t readsQueued() const { return readQueued_.load(); }
+  int64_t readThreadsBusy() const { return readBusy_.load(); }
+  uint64_t readsRefusedQueueFull() const { return readQueueFull_.load(); }
   void connectionOpened() { connections_.fetch_add(1, std::memory_order_relaxed); }
   void connectionClosed() { connections_.fetch_sub(1, std::memory_order_relaxed); }
   void watchOpened() { watches_.fetch_add(1, std::memory_order_relaxed); }
@@ -101,8 +151,7 @@ class Metrics {
     std::atomic<uint64_t> calls{0};
     std::atomic<uint64_t> errors{0};
     std::array<std::atomic<uint64_t>, kErrorCodes> errorsByCode{};
-    std::array<std::atomic<uint64_t>, kBuckets.size() + 1> buckets{};
-    std::atomic<uint64_t> sumMicros{0};
+    Histogram duration;
   };
   std::array<PerMethod, kMethodCount> methods_;
   std::atomic<int64_t> connections_{0};
@@ -114,6 +163,10 @@ class Metrics {
   std::array<std::atomic<uint64_t>, kCloseReasonCount> closed_{};
   std::atomic<int64_t> unauthenticated_{0};
   std::atomic<uint64_t> watchesRefused_{0};
+  std::atomic<unsigned> readThreads_{0};
+  std::atomic<int64_t> readQueued_{0};
+  std::atomic<int64_t> readBusy_{0};
+  std::atomic<uint64_t> readQueueFull_{0};
 };
 
 }  // namespace chorus::api

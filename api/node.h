@@ -56,6 +56,18 @@ struct RpcLimits {
   // closed at once). Counted in chorus_rpc_connections_refused_total.
   uint32_t maxConnections = 1'024;
 
+  // Reads (get, list, summary, byAuthor) run their store work on a pool of
+  // readThreads threads, off the RPC thread (api/README.md, "Threads");
+  // 0 = one per core; at most 1,024. At most maxQueuedReads wait for a
+  // thread; a read beyond that answers `overloaded`
+  // (chorus_rpc_read_queue_full_total).
+  uint32_t readThreads = 0;
+  uint32_t maxQueuedReads = 4'096;
+  // For tests only: called on the read thread before each pooled read's
+  // store work, with the method name ("get", "list", ...) and its product
+  // (byAuthor: its author). May block to hold that read in the pool.
+  std::function<void(const char* method, const std::string& key)> beforeRead;
+
   // Per connection, whatever it sent: over any of these the connection is
   // closed, and everything it held is freed (api/README.md, "Limits").
   // Calls sent and not finished, answered or not: Cap'n Proto keeps each

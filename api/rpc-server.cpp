@@ -20,6 +20,7 @@
 #include <variant>
 
 #include "api/chorus.capnp.h"
+#include "api/internal/read-pool.h"
 #include "api/internal/rpc-connection.h"
 #include "api/log.h"
 #include "api/metrics.h"
@@ -251,6 +252,57 @@ class WatchHandleImpl final : public wire::WatchHandle::Server {
   uint64_t id_;
 };
 
+// Size hints for results, so a reply's first segment fits it instead of
+// Cap'n Proto's default 8 KiB (allocated and zeroed for every reply). An
+// estimate: a low one costs another segment, a high one a little memory.
+uint64_t textWords(const std::string& s) { return s.size() / sizeof(capnp::word) + 1; }
+uint64_t reviewWords(const ReviewView& r) {
+  uint64_t words = 12 + textWords(r.product) + textWords(r.author) + textWords(r.title) +
+                   textWords(r.body) + textWords(r.moderationReason) + textWords(r.reply);
+  for (const auto& tag : r.tags) words += 1 + textWords(tag);
+  return words;
+}
+capnp::MessageSize resultSize(uint64_t words) { return {words + 8, 0}; }
+capnp::MessageSize resultSize(const Error& e) {
+  return resultSize(8 + 2 * textWords(e.message));  // the field is a part of it
+}
+capnp::MessageSize resultSize(const Result<ReviewView>& r) {
+  return r.ok() ? resultSize(reviewWords(*r)) : resultSize(r.error());
+}
+capnp::MessageSize resultSize(const Result<ReviewPage>& r) {
+  if (!r.ok()) return resultSize(r.error());
+  uint64_t words = 4 + textWords(r->nextCursor);
+  for (const auto& review : r->reviews) words += reviewWords(review);
+  return resultSize(words);
+}
+capnp::MessageSize resultSize(const Result<storage::ProductSummary>& r) {
+  return r.ok() ? resultSize(16 + 5 + 17) : resultSize(r.error());  // + a product of 128 bytes
+}
+
+// What a pooled read answers (boxed in a kj::Own: g++ 12 reports false
+// maybe-uninitialized warnings for a std::variant inside kj::Maybe).
+using ReadOutcome =
+    std::variant<Result<ReviewView>, Result<ReviewPage>, Result<storage::ProductSummary>>;
+
+// The type-erased store work of a read of a `Result<T>`, for a read thread.
+// A bug's exception becomes `internal` (on the RPC thread it failed the
+// call; on a read thread it must not end the process).
+template <typename T, typename Work>
+std::function<ReadOutcome(Node&)> readWork(Work work) {
+  return [work = std::move(work)](Node& node) -> ReadOutcome {
+    try {
+      return ReadOutcome(std::in_place_type<Result<T>>, work(node));
+    } catch (const kj::Exception& e) {
+      return ReadOutcome(std::in_place_type<Result<T>>,
+                         makeError(ErrorCode::kInternal,
+                                   std::string("read failed: ") + e.getDescription().cStr()));
+    } catch (const std::exception& e) {
+      return ReadOutcome(std::in_place_type<Result<T>>,
+                         makeError(ErrorCode::kInternal, std::string("read failed: ") + e.what()));
+    }
+  };
+}
+
 }  // namespace
 
 class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
@@ -445,6 +497,56 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
       server->post([self, id, r = std::move(r)]() mutable { self->complete(id, std::move(r)); });
     });
     return kj::mv(paf.promise);
+  }
+
+  // Runs `work` (a read's store work) on the read pool; resolves on this
+  // thread with its result. `work` runs on a read thread: it must hold only
+  // values (never a capnp reader or builder, a kj object or this Loop) and
+  // use only `node`. `method` and `key` are for RpcLimits::beforeRead. If
+  // the call is cancelled or its connection closes meanwhile, the result is
+  // dropped when it arrives. A full queue resolves at once to `overloaded`,
+  // a stopping server to `unavailable`, and `work` never runs.
+  template <typename T>
+  kj::Promise<kj::Own<ReadOutcome>> read(const char* method, std::string key,
+                                         std::function<ReadOutcome(Node&)> work) {
+    uint64_t id = nextCall_++;
+    RpcServer* server = &server_;
+    Loop* self = this;
+    Node* node = &node_;
+    auto submitted = server_.reads_->submit(
+        [server, self, node, id, method, key = std::move(key), work = std::move(work)] {
+          // A read thread.
+          if (server->beforeRead_) server->beforeRead_(method, key);
+          ReadOutcome outcome = work(*node);
+          server->post([self, id, outcome = std::move(outcome)]() mutable {
+            self->completeRead(id, std::move(outcome));
+          });
+        });
+    if (submitted == internal::ReadPool::Submitted::kClosed) {
+      return kj::heap<ReadOutcome>(
+          std::in_place_type<Result<T>>,
+          makeError(ErrorCode::kUnavailable, "the node is shutting down; retry on another node"));
+    }
+    if (submitted == internal::ReadPool::Submitted::kFull) {
+      metrics_.readQueueFull();
+      return kj::heap<ReadOutcome>(
+          std::in_place_type<Result<T>>,
+          makeError(ErrorCode::kOverloaded,
+                    "the node's read queue is full (" +
+                        std::to_string(server_.reads_->maxQueued()) + " reads waiting for " +
+                        std::to_string(server_.reads_->threads()) +
+                        " read threads, --max-queued-reads); retry with backoff"));
+    }
+    auto paf = kj::newPromiseAndFulfiller<kj::Own<ReadOutcome>>();
+    pendingReads_.emplace(id, kj::mv(paf.fulfiller));  // before completeRead can run
+    return kj::mv(paf.promise);
+  }
+
+  void completeRead(uint64_t id, ReadOutcome outcome) {
+    auto it = pendingReads_.find(id);
+    if (it == pendingReads_.end()) return;
+    it->second->fulfill(kj::heap<ReadOutcome>(std::move(outcome)));  // no-op if cancelled
+    pendingReads_.erase(it);
   }
 
   // Node::leave on its own thread (it waits for peers: this thread must
@@ -757,6 +859,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     connections_ = nullptr;  // closes every connection
     pending_.clear();
     pendingStatus_.clear();
+    pendingReads_.clear();
   }
 
  private:
@@ -787,6 +890,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   kj::TaskSet tasks_;  // onChange sends
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Status>>>> pendingStatus_;
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<ReadOutcome>>>> pendingReads_;
   uint64_t nextCall_ = 1;
   uint64_t nextConn_ = 1;
   kj::Own<const kj::CrossThreadPromiseFulfiller<void>> wake_;
@@ -805,7 +909,7 @@ namespace {
 
 using Loop = RpcServer::Loop;
 
-constexpr size_t kMaxKeyArgBytes = 256;  // Admin.keys' `key`
+constexpr size_t kMaxKeyArgBytes = 256;           // Admin.keys' `key`
 constexpr uint32_t kDefaultLeaveMillis = 10'000;  // Admin.leave's timeoutMillis 0
 constexpr uint32_t kMaxLeaveMillis = 300'000;
 
@@ -861,66 +965,60 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return write(Metrics::kReply, ctx, keyed(WriteOp::kReply, p, str(p.getText())));
   }
 
+  // Reads: authorized here, their store work on the read pool, their
+  // results filled here when it returns (Loop::read).
   kj::Promise<void> get(GetContext ctx) override {
-    return loop_.call(
-        *conn_, Metrics::kGet,
-        [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead())
-            return refusalToWire(*no, ctx.getResults().initError());
-          auto p = ctx.getParams();
-          auto r = loop_.node().get(str(p.getProduct()), str(p.getAuthor()));
-          auto results = ctx.getResults();
-          if (!r.ok()) return toWire(r.error(), results.initError());
-          toWire(*r, results.initReview());
-          return nullptr;
+    return read<ReviewView>(
+        Metrics::kGet, ctx,
+        [](auto p) {
+          auto product = str(p.getProduct()), author = str(p.getAuthor());
+          return job<ReviewView>(
+              product, [product, author](Node& node) { return node.get(product, author); });
         },
-        errorInit(ctx));
+        [](const std::string&, const ReviewView& r, auto results) {
+          toWire(r, results.initReview());
+        });
   }
   kj::Promise<void> list(ListContext ctx) override {
-    return loop_.call(
-        *conn_, Metrics::kList,
-        [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead())
-            return refusalToWire(*no, ctx.getResults().initError());
-          auto p = ctx.getParams();
-          auto r = loop_.node().list(str(p.getProduct()), fromWire(p.getOrder()),
-                                     str(p.getCursor()), p.getLimit());
-          auto results = ctx.getResults();
-          if (!r.ok()) return toWire(r.error(), results.initError());
-          toWire(*r, results.initPage());
-          return nullptr;
+    return read<ReviewPage>(
+        Metrics::kList, ctx,
+        [](auto p) {
+          auto product = str(p.getProduct()), cursor = str(p.getCursor());
+          auto order = fromWire(p.getOrder());
+          uint32_t limit = p.getLimit();
+          return job<ReviewPage>(product, [product, order, cursor, limit](Node& node) {
+            return node.list(product, order, cursor, limit);
+          });
         },
-        errorInit(ctx));
+        [](const std::string&, const ReviewPage& r, auto results) {
+          toWire(r, results.initPage());
+        });
   }
   kj::Promise<void> summary(SummaryContext ctx) override {
-    return loop_.call(
-        *conn_, Metrics::kSummary,
-        [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead())
-            return refusalToWire(*no, ctx.getResults().initError());
-          auto product = str(ctx.getParams().getProduct());
-          auto r = loop_.node().summary(product);
-          auto results = ctx.getResults();
-          if (!r.ok()) return toWire(r.error(), results.initError());
-          toWire(product, *r, results.initSummary());
-          return nullptr;
+    return read<storage::ProductSummary>(
+        Metrics::kSummary, ctx,
+        [](auto p) {
+          auto product = str(p.getProduct());
+          return job<storage::ProductSummary>(
+              product, [product](Node& node) { return node.summary(product); });
         },
-        errorInit(ctx));
+        [](const std::string& product, const storage::ProductSummary& r, auto results) {
+          toWire(product, r, results.initSummary());
+        });
   }
   kj::Promise<void> byAuthor(ByAuthorContext ctx) override {
-    return loop_.call(
-        *conn_, Metrics::kByAuthor,
-        [this, ctx]() mutable -> const char* {
-          if (auto no = session_->mayRead())
-            return refusalToWire(*no, ctx.getResults().initError());
-          auto p = ctx.getParams();
-          auto r = loop_.node().byAuthor(str(p.getAuthor()), str(p.getCursor()), p.getLimit());
-          auto results = ctx.getResults();
-          if (!r.ok()) return toWire(r.error(), results.initError());
-          toWire(*r, results.initPage());
-          return nullptr;
+    return read<ReviewPage>(
+        Metrics::kByAuthor, ctx,
+        [](auto p) {
+          auto author = str(p.getAuthor()), cursor = str(p.getCursor());
+          uint32_t limit = p.getLimit();
+          return job<ReviewPage>(author, [author, cursor, limit](Node& node) {
+            return node.byAuthor(author, cursor, limit);
+          });
         },
-        errorInit(ctx));
+        [](const std::string&, const ReviewPage& r, auto results) {
+          toWire(r, results.initPage());
+        });
   }
   kj::Promise<void> watch(WatchContext ctx) override {
     return loop_.call(
@@ -949,6 +1047,46 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return r;
   }
 
+  // A read's store work (values only: it runs on a read thread) and its
+  // key: the product (byAuthor: the author), for RpcLimits::beforeRead and
+  // for filling the results.
+  struct Job {
+    std::string key;
+    std::function<ReadOutcome(Node&)> work;
+  };
+  template <typename T, typename Work>
+  static Job job(std::string key, Work work) {
+    return Job{std::move(key), readWork<T>(std::move(work))};
+  }
+
+  // One read call: `prepare` (RPC thread) copies the params into a Job; the
+  // Job runs on the read pool; `fill` (RPC thread) writes a successful
+  // result into the results.
+  template <typename T, typename Ctx, typename Prepare, typename Fill>
+  kj::Promise<void> read(Metrics::Method method, Ctx ctx, Prepare&& prepare, Fill&& fill) {
+    return loop_.call(
+        *conn_, method,
+        [this, method, ctx, prepare = kj::fwd<Prepare>(prepare),
+         fill = kj::fwd<Fill>(fill)]() mutable -> kj::Promise<const char*> {
+          if (auto no = session_->mayRead()) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          Job j = prepare(ctx.getParams());
+          ctx.releaseParams();  // copied into `j`; not held while it runs
+          std::string key = j.key;
+          return loop_.read<T>(Metrics::methodName(method), std::move(j.key), std::move(j.work))
+              .then([ctx, fill,
+                     key = std::move(key)](kj::Own<ReadOutcome> outcome) mutable -> const char* {
+                const Result<T>& r = std::get<Result<T>>(*outcome);
+                auto results = ctx.getResults(resultSize(r));
+                if (!r.ok()) return toWire(r.error(), results.initError());
+                fill(key, *r, results);
+                return nullptr;
+              });
+        },
+        errorInit(ctx));
+  }
+
   template <typename Ctx>
   kj::Promise<void> write(Metrics::Method method, Ctx ctx, WriteRequest request) {
     ctx.releaseParams();  // copied into `request`; not held while the write commits
@@ -962,7 +1100,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           return loop_.submit(std::move(request))
               .then([ctx](kj::Own<Result<ReviewView>> boxed) mutable -> const char* {
                 const Result<ReviewView>& r = *boxed;
-                auto results = ctx.getResults();
+                auto results = ctx.getResults(resultSize(r));
                 if (!r.ok()) return toWire(r.error(), results.initError());
                 if constexpr (requires { results.initReview(); }) toWire(*r, results.initReview());
                 return nullptr;
@@ -1403,6 +1541,12 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::strin
     if (auto s = checkHostPort("metrics address", metrics); !s.ok()) return s.error();
   }
   std::unique_ptr<RpcServer> server(new RpcServer());
+  // Owned here rather than by Node: only RPC calls need reads off their
+  // thread (an embedding service reads on its own threads), and its life
+  // is bracketed by the server's, which Node stops before the store closes.
+  server->reads_ = std::make_unique<internal::ReadPool>(limits.readThreads, limits.maxQueuedReads,
+                                                        node.metrics());
+  server->beforeRead_ = limits.beforeRead;
   std::promise<Status> ready;
   auto readyFuture = ready.get_future();
   RpcServer* raw = server.get();
@@ -1419,12 +1563,18 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::strin
 }
 
 RpcServer::~RpcServer() {
+  // Reads not started are dropped before the connections close (their
+  // calls are cancelled with them), and new ones answer `unavailable`.
+  if (reads_) reads_->close();
   {
     std::lock_guard lock(mutex_);
     if (stop_ != nullptr) stop_->fulfill();
     stop_ = nullptr;
   }
   if (thread_.joinable()) thread_.join();
+  // Then wait for the running reads (their results find the inbox closed).
+  // The store is open until this returns (Node::shutdown).
+  if (reads_) reads_->stop();
 }
 
 Result<size_t> RpcServer::reloadTokens(TokenTable tokens) {

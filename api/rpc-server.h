@@ -5,6 +5,8 @@
 // loop, the "RPC thread". It owns the listeners, every connection, every
 // capability it exports and every watch. Other threads reach it only through
 // post(), a mutex-guarded queue whose wake-up is a kj cross-thread fulfiller.
+// It also owns the read pool (api/internal/read-pool.h): the threads that
+// run reads' store work, whose results come back through post().
 #pragma once
 
 #include <deque>
@@ -21,6 +23,10 @@
 #include "api/node.h"
 #include "crdt/result.h"
 
+namespace chorus::api::internal {
+class ReadPool;
+}
+
 namespace chorus::api {
 
 class RpcServer {
@@ -36,8 +42,10 @@ class RpcServer {
                                                   const RpcLimits& limits,
                                                   std::optional<TokenTable> tokens);
 
-  // Stops listening, closes every connection (pending calls are cancelled,
-  // watches end) and joins the RPC thread. Any thread but the RPC thread.
+  // Drops the reads not started, stops listening, closes every connection
+  // (pending calls are cancelled, watches end), joins the RPC thread, then
+  // waits for the running reads (their results are dropped). Any thread
+  // but the RPC thread; the node's store must stay open until it returns.
   ~RpcServer();
 
   std::string address() const { return address_; }
@@ -73,6 +81,12 @@ class RpcServer {
   const kj::CrossThreadPromiseFulfiller<void>* wake_ = nullptr;
   const kj::CrossThreadPromiseFulfiller<void>* stop_ = nullptr;
   bool closed_ = false;
+
+  // Reads' store work; started before the RPC thread, stopped after it.
+  // Its jobs use only the node, post() and beforeRead_, never the Loop's
+  // state.
+  std::unique_ptr<internal::ReadPool> reads_;
+  std::function<void(const char*, const std::string&)> beforeRead_;  // RpcLimits::beforeRead
 
   friend class Loop;
 };

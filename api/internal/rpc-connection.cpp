@@ -2,13 +2,45 @@
 
 #include <capnp/rpc.capnp.h>
 
+#include <algorithm>
+#include <cstring>
+
 namespace chorus::api::internal {
+
+kj::Promise<size_t> BufferedIoStream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
+  auto* out = static_cast<kj::byte*>(buffer);
+  size_t n = std::min(maxBytes, end_ - begin_);
+  std::memcpy(out, buffer_.begin() + begin_, n);
+  begin_ += n;
+  if (n >= minBytes) return n;
+  return readMore(out, n, minBytes, maxBytes);
+}
+
+kj::Promise<size_t> BufferedIoStream::readMore(kj::byte* out, size_t have, size_t minBytes,
+                                               size_t maxBytes) {
+  // The buffer is empty here.
+  if (maxBytes - have >= kBufferBytes) {  // a large read: no copy
+    return inner_.tryRead(out + have, minBytes - have, maxBytes - have).then([have](size_t got) {
+      return have + got;
+    });
+  }
+  return inner_.tryRead(buffer_.begin(), minBytes - have, kBufferBytes)
+      .then([this, out, have, maxBytes](size_t got) -> size_t {
+        begin_ = 0;
+        end_ = got;
+        size_t n = std::min(maxBytes - have, got);
+        std::memcpy(out + have, buffer_.begin(), n);
+        begin_ = n;
+        return have + n;  // less than minBytes only at the end of the stream
+      });
+}
 
 MeteredMessageStream::MeteredMessageStream(kj::AsyncIoStream& stream,
                                            kj::Own<ConnectionUsage> usage,
                                            kj::Function<size_t()> maxMessageBytes,
                                            kj::Function<void()> afterRead)
-    : inner_(stream),
+    : buffered_(stream),
+      inner_(buffered_),
       usage_(kj::mv(usage)),
       maxMessageBytes_(kj::mv(maxMessageBytes)),
       afterRead_(kj::mv(afterRead)) {}

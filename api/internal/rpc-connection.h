@@ -33,6 +33,50 @@ struct ConnectionUsage : kj::Refcounted {
   size_t unfinishedCalls() const { return questions.size(); }
 };
 
+// A connection's socket with its reads buffered: Cap'n Proto reads each
+// message in two small reads (its segment table, then its segments), two
+// system calls per message; this serves them from one read of up to
+// kBufferBytes of whatever the client has sent (pipelined calls, Finish
+// messages). Reads larger than the buffer go straight to the caller's
+// memory. Writes and socket calls pass through.
+class BufferedIoStream final : public kj::AsyncIoStream {
+ public:
+  static constexpr size_t kBufferBytes = 8 << 10;
+  explicit BufferedIoStream(kj::AsyncIoStream& inner) : inner_(inner) {}
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override;
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    return inner_.write(buffer, size);
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    return inner_.write(pieces);
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner_.whenWriteDisconnected(); }
+  void shutdownWrite() override { inner_.shutdownWrite(); }
+  void abortRead() override { inner_.abortRead(); }
+  void getsockopt(int level, int option, void* value, kj::uint* length) override {
+    inner_.getsockopt(level, option, value, length);
+  }
+  void setsockopt(int level, int option, const void* value, kj::uint length) override {
+    inner_.setsockopt(level, option, value, length);
+  }
+  void getsockname(struct sockaddr* addr, kj::uint* length) override {
+    inner_.getsockname(addr, length);
+  }
+  void getpeername(struct sockaddr* addr, kj::uint* length) override {
+    inner_.getpeername(addr, length);
+  }
+  kj::Maybe<int> getFd() const override { return inner_.getFd(); }
+
+ private:
+  // `out[0, have)` is filled; reads until at least `minBytes` (or the end).
+  kj::Promise<size_t> readMore(kj::byte* out, size_t have, size_t minBytes, size_t maxBytes);
+
+  kj::AsyncIoStream& inner_;
+  kj::Array<kj::byte> buffer_ = kj::heapArray<kj::byte>(kBufferBytes);
+  size_t begin_ = 0, end_ = 0;  // buffer_[begin_, end_) is read and not yet taken
+};
+
 class MeteredMessageStream final : public capnp::MessageStream {
  public:
   // `maxMessageBytes` is asked before each read: a larger frame is refused
@@ -58,7 +102,8 @@ class MeteredMessageStream final : public capnp::MessageStream {
   // parse is left to the RPC system (which ends the connection).
   void count(capnp::MessageReader& message);
 
-  capnp::AsyncIoMessageStream inner_;
+  BufferedIoStream buffered_;
+  capnp::AsyncIoMessageStream inner_;  // over buffered_
   kj::Own<ConnectionUsage> usage_;
   kj::Function<size_t()> maxMessageBytes_;
   kj::Function<void()> afterRead_;

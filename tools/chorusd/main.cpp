@@ -14,9 +14,11 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "api/log.h"
@@ -69,6 +71,8 @@ int main(int argc, char** argv) {
   uint32_t rateLimit = chorus::RpcLimits{}.maxCallsPerSecond;
   uint32_t maxConnections = chorus::RpcLimits{}.maxConnections;
   const chorus::RpcLimits rpcDefaults;
+  uint32_t readThreads = rpcDefaults.readThreads;
+  uint32_t maxQueuedReads = rpcDefaults.maxQueuedReads;
   uint32_t maxUnfinishedCalls = rpcDefaults.maxUnfinishedCalls;
   size_t maxReplyQueueBytes = rpcDefaults.maxQueuedReplyBytes;
   size_t maxConnectionBytes = rpcDefaults.maxConnectionBytes;
@@ -120,6 +124,16 @@ int main(int argc, char** argv) {
                  "authenticate answers `overloaded` (--no-auth: closed at accept)")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1'000'000u));
+  app.add_option("--read-threads", readThreads,
+                 "Threads that run reads (get, list, summary, byAuthor) off the RPC thread "
+                 "(0 = one per core, " +
+                     std::to_string(std::max(1u, std::thread::hardware_concurrency())) + " here)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 1'024u));
+  app.add_option("--max-queued-reads", maxQueuedReads,
+                 "Reads waiting for a read thread before reads get `overloaded`")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 10'000'000u));
   auto* limitsGroup = app.add_option_group(
       "RPC limits",
       "Per-connection bounds; a connection over one is closed and what it held freed");
@@ -317,6 +331,8 @@ int main(int argc, char** argv) {
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
   options.rpc.maxCallsPerSecond = rateLimit;
   options.rpc.maxConnections = maxConnections;
+  options.rpc.readThreads = readThreads;
+  options.rpc.maxQueuedReads = maxQueuedReads;
   options.rpc.maxUnfinishedCalls = maxUnfinishedCalls;
   options.rpc.maxQueuedReplyBytes = maxReplyQueueBytes;
   options.rpc.maxConnectionBytes = maxConnectionBytes;
