@@ -128,7 +128,6 @@ TEST_CASE(
 
   // 100k reviews in batches; many share a millisecond, and ratings repeat,
   // so the orders' ties are exercised.
-  auto t0 = std::chrono::steady_clock::now();
   constexpr size_t kReviews = 100'000;
   std::map<std::string, Row> live;
   {
@@ -146,7 +145,6 @@ TEST_CASE(
       live[doc.key().author] = rowOf(doc);
     }
   }
-  MESSAGE("built " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   // A neighbour whose reviews must never show up in "big"'s pages.
   for (int i = 0; i < 5; ++i) {
     REQUIRE(store->mutateSync({"big2", "u" + std::to_string(i)}, rate(3)).ok());
@@ -172,7 +170,6 @@ TEST_CASE(
     CHECK(got == expectedOrder(rowsOf(live), order));
   }
 
-  MESSAGE("paged " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   // The first page of each order stays exact while reviews are re-rated,
   // deleted and revived (some of them on the first pages).
   for (int round = 0; round < 5; ++round) {
@@ -225,14 +222,10 @@ TEST_CASE(
             std::vector<std::string>(want.begin() + 100, want.begin() + 103));
     }
   }
-  MESSAGE(
-      "rounds " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   auto summary = store->summary("big");
   REQUIRE(summary.ok());
   CHECK(summary->count == live.size());
   CHECK(store->verify().ok());
-  MESSAGE(
-      "verified " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 TEST_CASE("a cursor whose review changed resumes at the next position after it") {
@@ -570,7 +563,7 @@ TEST_CASE("listings and summaries read alongside a writer see only committed sta
   int next = kReviews;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   int batches = 0;
-  for (; batches < 400 && std::chrono::steady_clock::now() < deadline; ++batches) {
+  for (; batches < 2000 && std::chrono::steady_clock::now() < deadline; ++batches) {
     std::vector<std::pair<crdt::ReviewKey, Mutation>> batch;
     std::vector<std::string> authors;
     for (const auto& [a, r] : ratings) authors.push_back(a);
