@@ -40,13 +40,15 @@ std::optional<crdt::ReviewKey> parseDocKey(std::string_view docKey);
 inline constexpr char kProductAggregate = 0x00;
 std::string aggregateKey(std::string_view product);
 
-// listings: every live review's position in both product orders, value
-// empty. A product's page is one cursor range of it (read backwards for the
-// highest-rating order), and cursors carry the position of the next review:
-//   productPrefix || 0x01 || be64(~hlc) || author           newest first
+// listings: one key per live review, its position in the rating order
+// (value empty); tombstones have none:
 //   productPrefix || 0x02 || rating || be64(hlc) || author  lowest rating,
-//     oldest first (the reverse order: highest rating, newest first)
-// hlc and rating are the listing header's (below); tombstones have none.
+//     oldest first (read backwards: highest rating, newest first)
+// hlc and rating are the listing header's (below). Newest first is the five
+// rating ranges of a product, each read backwards, merged by (hlc desc,
+// author asc). Cursors carry the position of the next review in their
+// order; a newest cursor is a position of this form, not a stored key:
+//   productPrefix || 0x01 || be64(~hlc) || author           newest first
 inline constexpr char kListNewest = 0x01;
 inline constexpr char kListRating = 0x02;
 std::string newestSortKey(const crdt::ReviewKey& key, crdt::Hlc hlc);

@@ -71,7 +71,6 @@ bool sameSummary(const ProductSummary& a, const ProductSummary& b) {
 
 void addListingKeys(std::vector<std::string>& out, const crdt::ReviewKey& key, const Facts& f) {
   if (!f.live) return;
-  out.push_back(schema::newestSortKey(key, f.hlc));
   out.push_back(schema::ratingSortKey(key, f.rating, f.hlc));
 }
 

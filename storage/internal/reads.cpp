@@ -2,6 +2,7 @@
 // summaries, the Merkle tree, stats. Each call runs in its own read
 // transaction on the calling thread (any thread).
 #include <algorithm>
+#include <functional>
 
 #include "storage/internal/store-impl.h"
 #include "storage/key-schema.h"
@@ -268,6 +269,87 @@ Result<crdt::ReviewDoc> StoreImpl::decodeListed(const crdt::ReviewKey& key,
   return doc;
 }
 
+namespace {
+
+// One rating's range of `listings` (P || 0x02 || rating), read backwards:
+// newest first, and within one HLC by author ascending (the run of equal
+// HLCs, normally one review, is read whole and reordered).
+class NewestStream {
+ public:
+  // Positions at the last entry with hlc <= start->hlc (or the range's
+  // end); a run at exactly start->hlc keeps authors >= start->author.
+  static Result<NewestStream> open(Txn& txn, MDB_dbi dbi, std::string range,
+                                   const std::optional<schema::ListingPosition>& start) {
+    NewestStream s;
+    s.range_ = std::move(range);
+    auto cur = Cursor::open(txn, dbi);
+    if (!cur) return cur.error();
+    s.cur_ = std::move(cur).value();
+    std::string seekTo = s.range_;
+    if (start) schema::putBe64(seekTo, start->hlc.bits);
+    std::optional<std::string> end = schema::prefixEnd(seekTo);
+    CHORUS_ASSERT(end.has_value(), "a product prefix never ends in all 0xff bytes");
+    Result<bool> at = s.cur_.seekAtLeast(*end, &s.k_, nullptr);
+    if (at && *at) {
+      at = s.cur_.seek(MDB_PREV, &s.k_, nullptr);
+    } else if (at) {
+      at = s.cur_.seek(MDB_LAST, &s.k_, nullptr);
+    }
+    if (!at) return at.error();
+    s.valid_ = *at && s.k_.starts_with(s.range_);
+    if (start) {
+      s.startHlc_ = start->hlc;
+      s.startAuthor_ = start->key.author;
+      s.filterStart_ = true;
+    }
+    if (auto f = s.fill(); !f) return f.error();
+    return s;
+  }
+
+  bool empty() const { return run_.empty(); }
+  crdt::Hlc hlc() const { return runHlc_; }
+  const std::string& author() const { return run_.back(); }
+  Status pop() {
+    run_.pop_back();
+    return fill();
+  }
+
+ private:
+  // Reads the next run of equal HLCs when the current one is used up.
+  Status fill() {
+    size_t at = range_.size();
+    while (run_.empty() && valid_) {
+      if (k_.size() < at + 8 + 1)
+        return corruption("malformed listing position " + schema::toHex(k_));
+      runHlc_ = crdt::Hlc{schema::getBe64(k_.substr(at))};
+      while (valid_ && k_.size() > at + 8 && schema::getBe64(k_.substr(at)) == runHlc_.bits) {
+        std::string author(k_.substr(at + 8));
+        if (!filterStart_ || runHlc_ != startHlc_ || author >= startAuthor_) {
+          run_.push_back(std::move(author));
+        }
+        auto next = cur_.seek(MDB_PREV, &k_, nullptr);
+        if (!next) return next.error();
+        valid_ = *next && k_.starts_with(range_);
+      }
+      filterStart_ = false;
+      std::sort(run_.begin(), run_.end(), std::greater<>());  // smallest author last
+    }
+    return okStatus();
+  }
+
+  std::string range_;
+  Cursor cur_;
+  std::string_view k_;
+  bool valid_ = false;
+  std::vector<std::string> run_;  // authors of the current run, descending
+  crdt::Hlc runHlc_;
+  bool filterStart_ = false;
+  crdt::Hlc startHlc_;
+  std::string startAuthor_;
+};
+
+}  // namespace
+
 Result<Page> StoreImpl::readProductPage(Txn& txn, const std::string& product, Order order,
                                         const std::string& cursor, size_t limit) {
   if (auto s = schema::validateKey({product, "-"}); !s) return s.error();
@@ -275,21 +357,91 @@ Result<Page> StoreImpl::readProductPage(Txn& txn, const std::string& product, Or
   bool byRating = order != Order::kNewest;
   bool descending = order == Order::kHighestRating;
   char tag = !byRating ? 'n' : descending ? 'h' : 'l';
-  std::string prefix =
+  std::string cursorPrefix =
       schema::productRangePrefix(product, byRating ? schema::kListRating : schema::kListNewest);
-  auto start = cursorStart(cursor, tag, prefix);
+  auto start = cursorStart(cursor, tag, cursorPrefix);
   if (!start) return start.error();
+  std::string ratingPrefix = schema::productRangePrefix(product, schema::kListRating);
 
+  Page page;
+  // Looks up and checks the review at a position; false once the page is
+  // full (then `position` becomes the cursor).
+  auto take = [&](const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc,
+                  const std::string& position) -> Result<bool> {
+    if (page.reviews.size() == limit) {
+      page.nextCursor = schema::toHex(std::string(1, tag) + position);
+      return false;
+    }
+    std::string_view value;
+    auto found = txn.get(dbs_.documents, schema::docKey(key), &value);
+    if (!found) return found.error();
+    if (!*found) {
+      return corruption("a listing position names (" + schema::describeKey(key) +
+                        "), but no such review is stored");
+    }
+    auto doc = decodeListed(key, value);
+    if (!doc) return doc.error();
+    schema::ListingHeader header = schema::listingHeaderOf(*doc);
+    if (!header.live || header.hlc != hlc || header.rating != rating) {
+      return corruption("the listing position of (" + schema::describeKey(key) +
+                        ") does not match the stored review");
+    }
+    page.reviews.push_back(std::move(doc).value());
+    return true;
+  };
+
+  if (!byRating) {
+    // Newest first: the five rating ranges merged by (hlc desc, author
+    // asc); the cursor is a newest-order position, not a stored key.
+    std::optional<schema::ListingPosition> from;
+    if (!start->empty()) {
+      from = schema::parseListingKey(*start);
+      if (!from || from->key.product != product) {
+        return makeError(ErrorCode::kInvalidArgument,
+                         "listing cursor was not returned by this listing (altered); start "
+                         "again with an empty cursor");
+      }
+    }
+    std::vector<NewestStream> streams;
+    for (uint8_t rating = 1; rating <= 5; ++rating) {
+      auto stream =
+          NewestStream::open(txn, dbs_.listings, ratingPrefix + static_cast<char>(rating), from);
+      if (!stream) return stream.error();
+      streams.push_back(std::move(stream).value());
+    }
+    for (;;) {
+      NewestStream* best = nullptr;
+      uint8_t bestRating = 0;
+      for (uint8_t r = 0; r < 5; ++r) {
+        NewestStream& s = streams[r];
+        if (s.empty()) continue;
+        if (best == nullptr || s.hlc() > best->hlc() ||
+            (s.hlc() == best->hlc() && s.author() < best->author())) {
+          best = &s;
+          bestRating = static_cast<uint8_t>(r + 1);
+        }
+      }
+      if (best == nullptr) break;
+      crdt::ReviewKey key{product, best->author()};
+      auto more = take(key, bestRating, best->hlc(), schema::newestSortKey(key, best->hlc()));
+      if (!more) return more.error();
+      if (!*more) break;
+      if (auto s = best->pop(); !s) return s.error();
+    }
+    return page;
+  }
+
+  // By rating: one range, forwards (lowest) or backwards (highest). The
+  // first position: the cursor's (or, backwards, the last one at or before
+  // it), else the start (end) of the product's range.
   auto cur = Cursor::open(txn, dbs_.listings);
   if (!cur) return cur.error();
-  // The first position: the cursor's (or, backwards, the last one at or
-  // before it), else the start (end) of the product's range.
   std::string_view k, v;
   Result<bool> at = false;
   if (!descending) {
-    at = cur->seekAtLeast(start->empty() ? prefix : *start, &k, &v);
+    at = cur->seekAtLeast(start->empty() ? ratingPrefix : *start, &k, &v);
   } else {
-    std::optional<std::string> end = start->empty() ? schema::prefixEnd(prefix) : *start;
+    std::optional<std::string> end = start->empty() ? schema::prefixEnd(ratingPrefix) : *start;
     CHORUS_ASSERT(end.has_value(), "a product prefix ends in a tag byte below 0xff");
     at = cur->seekAtLeast(*end, &k, &v);
     if (at && *at && (start->empty() || k != *start)) {
@@ -298,34 +450,17 @@ Result<Page> StoreImpl::readProductPage(Txn& txn, const std::string& product, Or
       at = cur->seek(MDB_LAST, &k, &v);
     }
   }
-  Page page;
   for (;; at = cur->seek(descending ? MDB_PREV : MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
-    if (!*at || !k.starts_with(prefix)) break;
-    if (page.reviews.size() == limit) {
-      page.nextCursor = schema::toHex(std::string(1, tag) + std::string(k));
-      break;
-    }
+    if (!*at || !k.starts_with(ratingPrefix)) break;
     auto position = schema::parseListingKey(k);
-    if (!position || position->key.product != product || !v.empty()) {
+    if (!position || position->key.product != product || position->tag != schema::kListRating ||
+        !v.empty()) {
       return corruption("malformed listing position " + schema::toHex(k));
     }
-    std::string_view value;
-    auto found = txn.get(dbs_.documents, schema::docKey(position->key), &value);
-    if (!found) return found.error();
-    if (!*found) {
-      return corruption("a listing position names (" + schema::describeKey(position->key) +
-                        "), but no such review is stored");
-    }
-    auto doc = decodeListed(position->key, value);
-    if (!doc) return doc.error();
-    schema::ListingHeader header = schema::listingHeaderOf(*doc);
-    if (!header.live || header.hlc != position->hlc ||
-        (byRating && header.rating != position->rating)) {
-      return corruption("the listing position of (" + schema::describeKey(position->key) +
-                        ") does not match the stored review");
-    }
-    page.reviews.push_back(std::move(doc).value());
+    auto more = take(position->key, position->rating, position->hlc, std::string(k));
+    if (!more) return more.error();
+    if (!*more) break;
   }
   return page;
 }

@@ -162,7 +162,7 @@ void addFacts(SummaryDelta& d, const Facts& f, int64_t sign);
 void addFacts(ProductSummary& s, const Facts& f);
 bool sameSummary(const ProductSummary& a, const ProductSummary& b);
 
-// A live review's two `listings` keys (newest, rating); none for a tombstone.
+// A live review's `listings` key (its rating position); none for a tombstone.
 void addListingKeys(std::vector<std::string>& out, const crdt::ReviewKey& key, const Facts& f);
 
 // Decodes a stored state that passed its checksum; kCorruption if it does
