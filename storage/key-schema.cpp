@@ -116,6 +116,30 @@ std::string ratingSortKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc 
   return out;
 }
 
+std::optional<ListingPosition> parseListingKey(std::string_view k) {
+  if (k.size() < 2) return std::nullopt;
+  size_t len = getBe16(k);
+  if (len == 0 || k.size() < 2 + len + 1) return std::nullopt;
+  ListingPosition p;
+  p.key.product = std::string(k.substr(2, len));
+  std::string_view rest = k.substr(2 + len);
+  p.tag = rest[0];
+  rest.remove_prefix(1);
+  if (p.tag == kListRating) {
+    if (rest.empty()) return std::nullopt;
+    p.rating = uint8_t(rest[0]);
+    rest.remove_prefix(1);
+    if (p.rating < 1 || p.rating > 5) return std::nullopt;
+  } else if (p.tag != kListNewest) {
+    return std::nullopt;
+  }
+  if (rest.size() < 8 + 1) return std::nullopt;
+  uint64_t bits = getBe64(rest);
+  p.hlc = crdt::Hlc{p.tag == kListNewest ? ~bits : bits};
+  p.key.author = std::string(rest.substr(8));
+  return p;
+}
+
 std::optional<std::string> prefixEnd(std::string_view prefix) {
   std::string end(prefix);
   while (!end.empty()) {

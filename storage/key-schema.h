@@ -40,17 +40,27 @@ std::optional<crdt::ReviewKey> parseDocKey(std::string_view docKey);
 inline constexpr char kProductAggregate = 0x00;
 std::string aggregateKey(std::string_view product);
 
-// Listing positions. Listings are not stored: a product's listing is its
-// range of `documents`, ordered in memory by these keys (listing headers in
-// the document values hold what they need), and cursors carry the key of
-// the next review to return:
-//   productPrefix || 0x01 || be64(~hlc) || author           newest first
+// listings: one key per live review, its position in the rating order
+// (value empty); tombstones have none:
 //   productPrefix || 0x02 || rating || be64(hlc) || author  lowest rating,
-//     oldest first (the reverse order: highest rating, newest first)
+//     oldest first (read backwards: highest rating, newest first)
+// hlc and rating are the listing header's (below). Newest first is the five
+// rating ranges of a product, each read backwards, merged by (hlc desc,
+// author asc). Cursors carry the position of the next review in their
+// order; a newest cursor is a position of this form, not a stored key:
+//   productPrefix || 0x01 || be64(~hlc) || author           newest first
 inline constexpr char kListNewest = 0x01;
 inline constexpr char kListRating = 0x02;
 std::string newestSortKey(const crdt::ReviewKey& key, crdt::Hlc hlc);
 std::string ratingSortKey(const crdt::ReviewKey& key, uint8_t rating, crdt::Hlc hlc);
+struct ListingPosition {
+  crdt::ReviewKey key;
+  char tag = 0;        // kListNewest or kListRating
+  uint8_t rating = 0;  // kListRating only
+  crdt::Hlc hlc;
+};
+// nullopt unless `k` is a well-formed position of either order.
+std::optional<ListingPosition> parseListingKey(std::string_view k);
 // The prefix of one product's sort keys of `tag`.
 std::string productRangePrefix(std::string_view product, char tag);
 

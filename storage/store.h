@@ -25,7 +25,7 @@
 namespace chorus::storage {
 
 // On-disk format version, stored in meta and checked at open.
-inline constexpr uint32_t kSchemaVersion = 3;
+inline constexpr uint32_t kSchemaVersion = 4;
 
 struct Options {
   // Created if missing, mode 0700 whatever the umask; the store's files in
@@ -84,6 +84,12 @@ struct ProductSummary {
   double average() const { return count == 0 ? 0.0 : double(ratingSum) / double(count); }
 };
 
+// A product page: the summary and one page of the listing.
+struct ProductPage {
+  ProductSummary summary;
+  Page page;
+};
+
 // A 128-bit Merkle hash.
 using Hash = std::array<uint8_t, 16>;
 
@@ -134,6 +140,11 @@ class Store {
   virtual Result<Page> listProduct(const std::string& product, Order order,
                                    const std::string& cursor, size_t limit) = 0;
   virtual Result<ProductSummary> summary(const std::string& product) = 0;
+  // summary() and listProduct() read from one snapshot, so they agree (the
+  // LMDB store reads both in one read transaction; this default, for other
+  // implementations, makes the two calls).
+  virtual Result<ProductPage> productPage(const std::string& product, Order order,
+                                          const std::string& cursor, size_t limit);
   virtual Result<Page> listAuthor(const std::string& author, const std::string& cursor,
                                   size_t limit) = 0;
 

@@ -6,6 +6,7 @@
 #include <lmdb.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -18,9 +19,7 @@ namespace chorus::storage::internal {
 // can do about it (kCorruption for a damaged file, kIo for the OS, ...).
 Error lmdbError(int rc, std::string_view what);
 
-inline MDB_val toVal(std::string_view s) {
-  return MDB_val{s.size(), const_cast<char*>(s.data())};
-}
+inline MDB_val toVal(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
 inline std::string_view toView(const MDB_val& v) {
   return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size);
 }
@@ -29,7 +28,6 @@ inline std::string_view toView(const MDB_val& v) {
 class Env {
  public:
   Env() = default;
-  explicit Env(MDB_env* env) : env_(env) {}
   Env(Env&& other) noexcept : env_(std::exchange(other.env_, nullptr)) {}
   Env& operator=(Env&& other) noexcept {
     if (this != &other) {
@@ -42,10 +40,23 @@ class Env {
   Env& operator=(const Env&) = delete;
   ~Env() { reset(); }
 
+  // mdb_env_create plus the limits that must be set before open.
+  static Result<Env> create(unsigned maxDbs, unsigned maxReaders, uint64_t mapBytes);
+  Status open(const std::string& dir, unsigned flags, unsigned mode);
+
   MDB_env* get() const { return env_; }
   void reset() {
     if (env_ != nullptr) mdb_env_close(std::exchange(env_, nullptr));
   }
+
+  // mdb_env_set_mapsize: 0 adopts the size another process set. Remaps the
+  // file: no transaction of this process may be active.
+  Status setMapSize(uint64_t bytes);
+  Result<uint64_t> mapSize() const;
+  // Pages in use, in bytes.
+  Result<uint64_t> usedBytes() const;
+  // Clears reader slots left by dead processes.
+  Status readerCheck();
 
  private:
   MDB_env* env_ = nullptr;
@@ -58,12 +69,15 @@ class Txn {
  public:
   Txn() = default;
   Txn(Txn&& other) noexcept
-      : txn_(std::exchange(other.txn_, nullptr)), mapFull_(other.mapFull_) {}
+      : txn_(std::exchange(other.txn_, nullptr)),
+        mapFull_(other.mapFull_),
+        mapResized_(other.mapResized_) {}
   Txn& operator=(Txn&& other) noexcept {
     if (this != &other) {
       abort();
       txn_ = std::exchange(other.txn_, nullptr);
       mapFull_ = other.mapFull_;
+      mapResized_ = other.mapResized_;
     }
     return *this;
   }
@@ -71,9 +85,10 @@ class Txn {
   Txn& operator=(const Txn&) = delete;
   ~Txn() { abort(); }
 
-  // Returns the raw LMDB code (0 on success) so the caller can react to
-  // MDB_MAP_RESIZED; on success *this owns the new transaction.
-  int begin(MDB_env* env, unsigned flags);
+  // On success *this owns the new transaction. When it fails because
+  // another process grew the map, mapResized() is true: adopt the size
+  // (Env::setMapSize(0)) with no transaction active and begin again.
+  Status begin(const Env& env, unsigned flags);
   // Commits and releases the handle (LMDB frees it either way).
   Status commit();
   void abort() {
@@ -83,6 +98,15 @@ class Txn {
   MDB_txn* get() const { return txn_; }
   bool active() const { return txn_ != nullptr; }
   bool mapFull() const { return mapFull_; }
+  bool mapResized() const { return mapResized_; }
+
+  // Opens a named database: nullopt when it does not exist and `flags`
+  // lacks MDB_CREATE; name nullptr = the main database.
+  Result<std::optional<MDB_dbi>> openDb(const char* name, unsigned flags);
+  // Entries in a database.
+  Result<uint64_t> entries(MDB_dbi dbi);
+  // Deletes every entry of a database (keeps the database).
+  Status clear(MDB_dbi dbi);
 
   // Thin, checked forms of the LMDB calls. get: std::nullopt-like via bool.
   // Returns true and sets *out if found; false if absent; an Error otherwise.
@@ -97,6 +121,7 @@ class Txn {
  private:
   MDB_txn* txn_ = nullptr;
   bool mapFull_ = false;
+  bool mapResized_ = false;
 };
 
 // Owns an MDB_cursor of a transaction that outlives it.
@@ -126,11 +151,13 @@ class Cursor {
   // an entry, false at MDB_NOTFOUND, an Error otherwise.
   Result<bool> seek(MDB_cursor_op op, std::string_view* key, std::string_view* value);
   // MDB_SET_RANGE: the first entry with key >= `target`.
-  Result<bool> seekAtLeast(std::string_view target, std::string_view* key,
-                           std::string_view* value);
+  Result<bool> seekAtLeast(std::string_view target, std::string_view* key, std::string_view* value);
   // MDB_SET_KEY: positions on exactly `target`; true and *value set if it
   // exists, false if not.
   Result<bool> seekExact(std::string_view target, std::string_view* value);
+  // mdb_cursor_put with MDB_APPEND: `key` must sort after every key of
+  // the database (bulk loads in key order).
+  Status append(std::string_view key, std::string_view value);
   // mdb_cursor_put. Puts in key order through one cursor stay on the
   // current leaf page instead of descending from the root each time.
   Status put(std::string_view key, std::string_view value);

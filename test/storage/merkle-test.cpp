@@ -359,7 +359,7 @@ TEST_CASE("verify names derived data that drifted from the documents") {
     });
     expectBroken("listing header");
     auto store = test::openStore(test::optionsFor(dir.path()));
-    auto listed = store->listProduct("sku-1", Order::kLowestRating, "", 1);
+    auto listed = store->listProduct("sku-1", Order::kLowestRating, "", 20);
     REQUIRE_FALSE(listed.ok());
     CHECK(listed.error().code == ErrorCode::kCorruption);
   }

@@ -52,6 +52,8 @@ struct StorageBenchOptions {
   bool json = false;
   bool keep = false;
   bool check = false;
+  std::vector<size_t> pageSizes;  // --page-latency SMALL,LARGE: product sizes
+  size_t pageLimit = 20;
   std::string dir;
 };
 
@@ -190,6 +192,7 @@ Result<StoreRun> runStore(const StorageBenchOptions& o, const std::vector<Item>&
 
 struct LmdbRun {
   double seconds = 0;
+  uint64_t mapGrowths = 0;
   uint64_t usedBytes = 0;
   uint64_t fileBytes = 0;
 };
@@ -233,18 +236,34 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
   }
   LmdbRun run;
   auto t0 = Clock::now();
-  for (size_t start = 0; start < kv.size(); start += o.batch) {
+  // Like the store, a full map is doubled and the whole batch retried.
+  auto grow = [&]() -> Status {
+    MDB_envinfo info;
+    if (int rc = mdb_env_info(env, &info); rc != 0) return fail(rc, "env_info");
+    if (int rc = mdb_env_set_mapsize(env, info.me_mapsize * 2); rc != 0) return fail(rc, "grow");
+    ++run.mapGrowths;
+    return okStatus();
+  };
+  for (size_t start = 0; start < kv.size();) {
     MDB_txn* txn = nullptr;
     if (int rc = mdb_txn_begin(env, nullptr, 0, &txn); rc != 0) return fail(rc, "begin");
-    for (size_t i = start; i < std::min(kv.size(), start + o.batch); ++i) {
+    int rc = 0;
+    for (size_t i = start; rc == 0 && i < std::min(kv.size(), start + o.batch); ++i) {
       MDB_val k{kv[i].first.size(), kv[i].first.data()};
       MDB_val v{kv[i].second.size(), kv[i].second.data()};
-      if (int rc = mdb_put(txn, dbi, &k, &v, 0); rc != 0) {
-        mdb_txn_abort(txn);
-        return fail(rc, "put (raise --map-mib)");
-      }
+      rc = mdb_put(txn, dbi, &k, &v, 0);
     }
-    if (int rc = mdb_txn_commit(txn); rc != 0) return fail(rc, "commit");
+    if (rc != 0) {
+      mdb_txn_abort(txn);
+    } else {
+      rc = mdb_txn_commit(txn);
+    }
+    if (rc == MDB_MAP_FULL) {
+      if (auto s = grow(); !s) return s.error();
+      continue;
+    }
+    if (rc != 0) return fail(rc, "put or commit");
+    start += o.batch;
   }
   run.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   MDB_envinfo info;
@@ -255,6 +274,88 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
   envGuard.reset();
   run.fileBytes = fileBytes(dir + "/data.mdb");
   return run;
+}
+
+// --page-latency: the first page of a product of SMALL and of LARGE reviews
+// (no-sync writes, then reads only), in each order: p50 and p99 of 1,000
+// listProduct calls each, from one thread.
+int runPageLatency(const StorageBenchOptions& o, const std::string& dir) {
+  if (o.pageSizes.size() != 2 || o.pageSizes[0] == 0 || o.pageSizes[1] == 0 || o.pageLimit == 0) {
+    std::fprintf(stderr, "chorus-bench storage: --page-latency takes SMALL,LARGE (both >= 1)\n");
+    return 2;
+  }
+  storage::Options so;
+  so.dir = dir;
+  so.maxBatch = o.batch;
+  so.initialMapBytes = o.mapMiB << 20;
+  so.unsafeNoSync = true;
+  auto opened = storage::Store::open(so);
+  if (!opened) {
+    std::fprintf(stderr, "chorus-bench storage: %s\n", opened.error().toString().c_str());
+    return 2;
+  }
+  std::unique_ptr<storage::Store> store = std::move(opened).value();
+  std::mt19937_64 rng(o.seed);
+  const char* names[2] = {"product-small", "product-large"};
+  size_t total = o.pageSizes[0] + o.pageSizes[1];
+  std::latch written(static_cast<ptrdiff_t>(total));
+  std::atomic<uint64_t> failures{0};
+  std::counting_semaphore<> window(static_cast<ptrdiff_t>(4 * o.batch));
+  size_t titleBytes = std::min<size_t>(40, o.contentBytes / 4);
+  for (int p = 0; p < 2; ++p) {
+    for (size_t i = 0; i < o.pageSizes[p]; ++i) {
+      char author[32];
+      std::snprintf(author, sizeof author, "user-%09zu", i);
+      auto rating = static_cast<uint8_t>(1 + rng() % 5);
+      std::string title = words(rng, titleBytes), body = words(rng, o.contentBytes - titleBytes);
+      window.acquire();
+      store->mutate(
+          {names[p], author},
+          [=](crdt::ReviewDoc& doc, crdt::HybridClock& clock) -> Result<crdt::ReviewDoc> {
+            return doc.write(rating, title, body, clock.now());
+          },
+          [&](Result<storage::Applied> r) {
+            if (!r) failures.fetch_add(1);
+            window.release();
+            written.count_down();
+          });
+    }
+  }
+  written.wait();
+  if (failures.load() != 0) {
+    std::fprintf(stderr, "chorus-bench storage: %" PRIu64 " writes failed\n", failures.load());
+    return 1;
+  }
+  std::printf("chorus-bench storage --page-latency: first page of %zu reviews, 1000 calls each "
+              "(ms)\n", o.pageLimit);
+  std::printf("  %-8s  %22s  %22s  %s\n", "order", names[0], names[1], "p50 ratio");
+  const std::pair<storage::Order, const char*> orders[] = {
+      {storage::Order::kNewest, "newest"},
+      {storage::Order::kLowestRating, "lowest"},
+      {storage::Order::kHighestRating, "highest"}};
+  for (auto [order, name] : orders) {
+    Percentiles lat[2];
+    for (int p = 0; p < 2; ++p) {
+      std::vector<double> ms1;
+      for (int i = 0; i < 1000; ++i) {
+        auto t0 = Clock::now();
+        auto page = store->listProduct(names[p], order, "", o.pageLimit);
+        ms1.push_back(ms(Clock::now() - t0));
+        if (!page || page->reviews.size() != std::min(o.pageLimit, o.pageSizes[p])) {
+          std::fprintf(stderr, "chorus-bench storage: a listing failed or came back short\n");
+          return 1;
+        }
+      }
+      lat[p] = percentiles(ms1);
+    }
+    char cell[2][64];
+    for (int p = 0; p < 2; ++p) {
+      std::snprintf(cell[p], sizeof cell[p], "%zu: p50 %.3f p99 %.3f", o.pageSizes[p], lat[p].p50,
+                    lat[p].p99);
+    }
+    std::printf("  %-8s  %22s  %22s  %.2f\n", name, cell[0], cell[1], lat[1].p50 / lat[0].p50);
+  }
+  return 0;
 }
 
 int run(StorageBenchOptions o) {
@@ -285,6 +386,8 @@ int run(StorageBenchOptions o) {
       if (active) std::filesystem::remove_all(dir, ec);
     }
   } cleanup{dir, removeDir};
+
+  if (!o.pageSizes.empty()) return runPageLatency(o, dir + "/pages");
 
   std::vector<Item> items = makeDataset(o);
   auto store = runStore(o, items, dir + "/store");
@@ -320,8 +423,9 @@ int run(StorageBenchOptions o) {
     if (rateMode) std::printf("\"offered_writes_per_s\":%.1f,", o.rate);
     std::printf("\"store_writes_per_s\":%.1f,", storeRate);
     if (lmdb) {
-      std::printf("\"lmdb_puts_per_s\":%.1f,\"ratio\":%.3f,\"lmdb_disk_bytes_per_review\":%.1f,",
-                  lmdbRate, ratio, double(lmdb->usedBytes) / n);
+      std::printf("\"lmdb_puts_per_s\":%.1f,\"ratio\":%.3f,\"lmdb_disk_bytes_per_review\":%.1f,"
+                  "\"lmdb_map_growths\":%" PRIu64 ",",
+                  lmdbRate, ratio, double(lmdb->usedBytes) / n, lmdb->mapGrowths);
     } else {
       std::printf("\"lmdb_puts_per_s\":null,\"ratio\":null,");
     }
@@ -357,6 +461,10 @@ int run(StorageBenchOptions o) {
                 " map growths, data.mdb %.1f MB on disk\n",
                 store->stats.commits, avgBatch, store->stats.mapGrowths,
                 double(store->fileBytes) / 1e6);
+    if (lmdb) {
+      std::printf("  plain LMDB: %" PRIu64 " map growths, data.mdb %.1f MB on disk\n",
+                  lmdb->mapGrowths, double(lmdb->fileBytes) / 1e6);
+    }
     if (store->failures) {
       std::printf("  FAILED writes: %" PRIu64 " (first: %s)\n", store->failures,
                   store->firstError.c_str());
@@ -387,12 +495,18 @@ void addStorageBench(CLI::App& app, int& exitCode) {
   sub->add_option("--rate", o->rate, "Offer this many writes/s (open loop) and report latency only");
   sub->add_option("--seconds", o->seconds, "Length of a --rate run when --count is not given")
       ->capture_default_str();
-  sub->add_option("--map-mib", o->mapMiB, "Initial LMDB map size for both runs, MiB")
+  sub->add_option("--map-mib", o->mapMiB, "Initial LMDB map size for both runs, MiB (each doubles when full)")
       ->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed of the generated reviews")->capture_default_str();
   sub->add_option("--dir", o->dir, "Scratch directory, kept afterwards (default: new one under /tmp, removed)");
   sub->add_flag("--keep", o->keep, "Keep the default scratch directory");
   sub->add_flag("--unsafe-no-sync", o->noSync, "Both runs without fsync (MDB_NOSYNC)");
+  auto* pageOpt = sub->add_option("--page-latency", o->pageSizes,
+                  "SMALL,LARGE: instead of writes, time the first page of a product of SMALL "
+                  "and one of LARGE reviews (built with no-sync writes) in each order");
+  pageOpt->delimiter(',')->expected(2);
+  sub->add_option("--page-limit", o->pageLimit, "Reviews per page for --page-latency")
+      ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object instead of the table");
   sub->add_flag("--check", o->check,
                 "Exit 1 if a target is missed (ratio >= 0.5; p99 <= 10 ms at --rate <= 5000)");
