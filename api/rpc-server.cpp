@@ -1129,6 +1129,20 @@ class AdminImpl final : public wire::Admin::Server {
         errorInit(ctx));
   }
 
+  // Any role (mayRead), unlike the rest of Admin: for load balancers.
+  kj::Promise<void> health(HealthContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kHealth,
+        [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          toWire(loop_.node().health(), ctx.getResults().initHealth());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
  private:
   Loop& loop_;
   kj::Own<ConnState> conn_;
