@@ -462,3 +462,49 @@ TEST_CASE("cli: node health for every role; unhealthy after leave; --strict") {
   CHECK_MESSAGE(has(outText, "NOT healthy: left the cluster"), shown(outText));
   for (auto* d : {&n1, &alone}) CHECK(d->process->stop(SIGTERM, 10s) == 0);
 }
+
+// A port in use, in plain words: the address and what to do, without KJ's
+// failed call or its "toString() = ..." tail; exit 2 (cannot start).
+TEST_CASE("chorusd: an address in use is named plainly, for each listener") {
+  TempDir tmp;
+  std::string tokens = tmp.sub("tokens"), key = tmp.sub("cluster.key");
+  REQUIRE(cli({"token", "create", "--principal", "ops", "--roles", "admin", "--tokens-file", tokens,
+               "--out", tmp.sub("ops.token")})
+              .code == 0);
+  REQUIRE(cli({"cluster", "keys", "generate", "--out", key}).code == 0);
+  Daemon first(tmp, tokens, "first",
+               {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key, "--metrics-addr",
+                "127.0.0.1:0"});
+  auto after = [&](const char* prefix) {
+    auto line = first.process->waitForLine(prefix, 10s);
+    REQUIRE(line.has_value());
+    return line->substr(std::string(prefix).size());
+  };
+  std::string gossip = after("chorusd: gossip on ");
+  std::string metrics = after("chorusd: metrics on http://");
+  metrics = metrics.substr(0, metrics.find('/'));
+  const std::string hint = ": address already in use (another process holds it; pick another port)";
+  struct Case {
+    std::vector<std::string> flags;
+    std::string expected;
+  };
+  for (const Case& c : {
+           Case{{"--listen", first.address}, "chorusd: cannot listen on " + first.address + hint},
+           Case{{"--listen", "127.0.0.1:0", "--metrics-addr", metrics},
+                "chorusd: cannot listen on " + metrics + hint},
+           Case{{"--listen", "127.0.0.1:0", "--gossip-listen", gossip, "--cluster-key-file", key},
+                "chorusd: cannot listen for gossip on " + gossip + hint},
+       }) {
+    std::vector<std::string> args = {"--node-id",       "second",      "--data-dir",
+                                     tmp.sub("second"), "--log-level", "error",
+                                     "--tokens-file",   tokens,        "--unsafe-no-sync"};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    auto r = run(bin("CHORUSD_BIN"), args);
+    CAPTURE(c.flags[1]);
+    CHECK_MESSAGE(r.code == 2, shown(r));
+    CHECK_MESSAGE(has(r, c.expected + "\n"), shown(r));
+    CHECK_MESSAGE(!has(r, "toString()"), shown(r));
+    CHECK_MESSAGE(!has(r, "bind("), shown(r));
+  }
+  CHECK(first.process->stop(SIGTERM, 10s) == 0);
+}
