@@ -14,8 +14,9 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 3;  # 2: authenticate, Admin.keys, unauthenticated;
+const apiVersion :UInt32 = 4;  # 2: authenticate, Admin.keys, unauthenticated;
                                # 3: Admin.leave/remove, regions, member state `left`
+                               # 4: Admin.health (any role)
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -213,6 +214,31 @@ struct ClusterView {
   removed @12 :Bool;             # another node removed this one (state is then left)
 }
 
+# A health check's answer (Admin.health): cheap, for load balancers and
+# scripts. Every field is what the answering node knows on its own; it asks
+# no peer.
+struct NodeHealth {
+  nodeId @0 :Text;
+  replicaId @1 :UInt64;
+  version @2 :Text;
+  apiVersion @3 :UInt32;
+  uptimeMillis @4 :UInt64;
+  serving @5 :Bool;              # it takes reads and writes
+  reason @6 :Text;               # why not, when serving is false; else empty
+  keyCount @7 :UInt64;
+  merkleRoot @8 :Data;           # 16 bytes; empty if the store could not say
+  clustered @9 :Bool;            # runs with a cluster (--gossip-listen)
+  region @10 :Text;
+  # Its membership view: peers it knows that have not left, by state.
+  peersAlive @11 :UInt32;
+  peersSuspect @12 :UInt32;
+  peersDead @13 :UInt32;
+  # Since the most recent completed anti-entropy session with any peer
+  # (trees compared and repaired); 0 with `synced` false = never.
+  synced @14 :Bool;
+  lastSyncMillisAgo @15 :UInt64;
+}
+
 interface Admin {
   status @0 () -> (error :Error, status :NodeStatus);
 
@@ -247,6 +273,10 @@ interface Admin {
   # answering node does not know it; invalidArgument (field "node") for an
   # empty or oversized id, or the answering node itself (use leave).
   remove @6 (node :Text) -> (error :Error);
+
+  # Whether the node serves, and its view of the cluster (NodeHealth). Any
+  # role may call it (every other Admin method needs admin).
+  health @7 () -> (error :Error, health :NodeHealth);
 }
 
 enum KeyOp {

@@ -257,6 +257,13 @@ Result<NodeStatus> Client::status() {
   return fromWire(response->getStatus());
 }
 
+Result<NodeHealth> Client::health() {
+  auto response = impl_->wait(impl_->admin.healthRequest().send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getHealth());
+}
+
 Result<ClusterView> Client::cluster() {
   auto response = impl_->wait(impl_->admin.clusterRequest().send());
   if (!response.ok()) return response.error();

@@ -54,6 +54,8 @@ class Client {
   Result<storage::ProductSummary> summary(const std::string& product);
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
+  // Admin.health: any role may call it (status needs admin).
+  Result<NodeHealth> health();
 
   // Admin's cluster methods (see api/chorus.capnp). A node without a cluster
   // answers kUnavailable.

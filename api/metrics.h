@@ -80,6 +80,7 @@ class Metrics {
     kRemove,
     kReviews,  // Chorus.reviews and Chorus.admin (the bootstrap's)
     kAdmin,
+    kHealth,
     kMethodCount
   };
   static const char* methodName(Method m);

@@ -445,6 +445,60 @@ Result<NodeStatus> Node::status() {
   return s;
 }
 
+NodeHealth Node::health() {
+  NodeHealth h;
+  h.nodeId = options_.nodeId;
+  h.replicaId = store_->replicaId();
+  h.version = CHORUS_VERSION;
+  h.apiVersion = api::kApiVersion;
+  h.uptimeMillis = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::steady_clock::now() - started_)
+                                             .count());
+  h.keyCount = store_->stats().documents;
+  h.serving = true;
+  auto root = store_->merkleRoot();
+  if (root.ok()) {
+    h.merkleRoot = *root;
+  } else {
+    h.serving = false;
+    h.reason = "the store cannot read its Merkle root: " + root.error().toString();
+  }
+  bool removed = false;
+  {
+    std::shared_lock lock(clusterMutex_);
+    if (cluster_) {
+      h.clustered = true;
+      h.region = cluster_->region();
+      removed = cluster_->removed();
+      uint64_t newest = 0;
+      for (const auto& m : cluster_->members()) {
+        if (m.state == gossip::PeerState::kLeft) continue;
+        if (m.state == gossip::PeerState::kAlive) ++h.peersAlive;
+        if (m.state == gossip::PeerState::kSuspect) ++h.peersSuspect;
+        if (m.state == gossip::PeerState::kDead) ++h.peersDead;
+        newest = std::max(newest, m.lastSyncUnixMillis);
+      }
+      if (newest != 0) {
+        auto now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
+        h.lastSyncMillisAgo = now - std::min(now, newest);
+      }
+    }
+  }
+  if (closing_.load()) {
+    h.serving = false;
+    h.reason = "shutting down";
+  } else if (removed) {
+    h.serving = false;
+    h.reason = "removed from the cluster by another node (restart it with --rejoin)";
+  } else if (left_.load()) {
+    h.serving = false;
+    h.reason = "left the cluster (restart it with --rejoin)";
+  }
+  return h;
+}
+
 Error Node::noCluster() const {
   return makeError(ErrorCode::kUnavailable,
                    "node '" + options_.nodeId +

@@ -186,6 +186,10 @@ class Node {
   Result<storage::ProductSummary> summary(const std::string& product);
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
+  // Cheap: whether the node serves (not shutting down, not out of the
+  // cluster, its store answers) and its own view of the cluster, asking no
+  // peer. Never an error: a fault is `serving` false with the reason.
+  NodeHealth health();
 
   // Reads RpcLimits::tokensFile again and serves with it: new tokens work at
   // once, and connections authenticated with a token no longer listed are

@@ -1267,6 +1267,20 @@ class AdminImpl final : public wire::Admin::Server {
         errorInit(ctx));
   }
 
+  // Any role (mayRead), unlike the rest of Admin: for load balancers.
+  kj::Promise<void> health(HealthContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kHealth,
+        [this, ctx]() mutable -> const char* {
+          if (auto no = session_->mayRead()) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          toWire(loop_.node().health(), ctx.getResults().initHealth());
+          return nullptr;
+        },
+        errorInit(ctx));
+  }
+
  private:
   Loop& loop_;
   kj::Own<ConnState> conn_;
@@ -1486,6 +1500,29 @@ void RpcServer::Loop::bind(const std::string& listen, const std::string& metrics
   }
 }
 
+// KJ's bind failure ("::bind(sockfd, ...): Address already in use;
+// toString() = 127.0.0.1:7400") in plain words, naming the address that
+// failed (of `listen` and `metrics`): "cannot listen on 127.0.0.1:7400:
+// address already in use (another process holds it; pick another port)".
+static std::string bindError(const std::string& what, const std::string& listen,
+                             const std::string& metrics) {
+  std::string address = metrics.empty() ? listen : listen + " / " + metrics;
+  std::string reason = what;
+  if (size_t tail = reason.find("; toString() = "); tail != std::string::npos) {
+    address = reason.substr(tail + 15);
+    reason.erase(tail);
+  }
+  if (size_t call = reason.find("): "); reason.rfind("::", 0) == 0 && call != std::string::npos) {
+    reason.erase(0, call + 3);  // the failed call: "::bind(sockfd, &addr.generic, addrlen)"
+  }
+  if (reason == "Address already in use") {
+    reason = "address already in use (another process holds it; pick another port)";
+  } else if (!reason.empty()) {
+    reason[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(reason[0])));
+  }
+  return "cannot listen on " + address + ": " + reason;
+}
+
 void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
                           std::optional<TokenTable> tokens, std::string listen, std::string metrics,
                           std::promise<Status>& ready) {
@@ -1523,9 +1560,7 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
       server.inbox_.clear();
     }
     if (!signalled) {
-      ready.set_value(makeError(
-          ErrorCode::kIo,
-          "cannot listen on " + listen + (metrics.empty() ? "" : " / " + metrics) + ": " + what));
+      ready.set_value(makeError(ErrorCode::kIo, bindError(what, listen, metrics)));
     } else {
       logf(LogLevel::kError, "rpc: server thread failed: %s", what.c_str());
     }

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,7 +16,7 @@ namespace chorus {
 
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
-inline constexpr uint32_t kApiVersion = 3;
+inline constexpr uint32_t kApiVersion = 4;
 
 // Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
 enum class KeyOp { kList, kInstall, kUse, kRemove };
@@ -81,6 +82,29 @@ struct NodeStatus {
   storage::StoreStats stats;
   std::string gossipAddress;  // empty when the node runs without a cluster
   std::string region;         // gossip::ClusterOptions::region; empty without a cluster
+};
+
+// Whether a node serves, and its view of its cluster (Admin.health, `chorus
+// node health`): what the node knows on its own, without asking a peer.
+struct NodeHealth {
+  std::string nodeId;
+  crdt::ReplicaId replicaId = 0;
+  std::string version;
+  uint32_t apiVersion = 0;
+  uint64_t uptimeMillis = 0;
+  bool serving = false;  // takes reads and writes
+  std::string reason;    // why not, when !serving
+  uint64_t keyCount = 0;
+  std::optional<storage::Hash> merkleRoot;  // nullopt if the store could not say
+  bool clustered = false;
+  std::string region;
+  // Peers it knows that have not left, by state in its view.
+  uint32_t peersAlive = 0;
+  uint32_t peersSuspect = 0;
+  uint32_t peersDead = 0;
+  // Since the most recent completed anti-entropy session with any peer;
+  // nullopt = none yet.
+  std::optional<uint64_t> lastSyncMillisAgo;
 };
 
 // One node's view of its cluster (Admin.cluster, `chorus cluster status`).

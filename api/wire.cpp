@@ -118,6 +118,49 @@ NodeStatus fromWire(wire::NodeStatus::Reader r) {
   return s;
 }
 
+void toWire(const NodeHealth& h, wire::NodeHealth::Builder b) {
+  b.setNodeId(text(h.nodeId));
+  b.setReplicaId(h.replicaId);
+  b.setVersion(text(h.version));
+  b.setApiVersion(h.apiVersion);
+  b.setUptimeMillis(h.uptimeMillis);
+  b.setServing(h.serving);
+  b.setReason(text(h.reason));
+  b.setKeyCount(h.keyCount);
+  if (h.merkleRoot) b.setMerkleRoot(kj::arrayPtr(h.merkleRoot->data(), h.merkleRoot->size()));
+  b.setClustered(h.clustered);
+  b.setRegion(text(h.region));
+  b.setPeersAlive(h.peersAlive);
+  b.setPeersSuspect(h.peersSuspect);
+  b.setPeersDead(h.peersDead);
+  b.setSynced(h.lastSyncMillisAgo.has_value());
+  b.setLastSyncMillisAgo(h.lastSyncMillisAgo.value_or(0));
+}
+
+NodeHealth fromWire(wire::NodeHealth::Reader r) {
+  NodeHealth h;
+  h.nodeId = str(r.getNodeId());
+  h.replicaId = r.getReplicaId();
+  h.version = str(r.getVersion());
+  h.apiVersion = r.getApiVersion();
+  h.uptimeMillis = r.getUptimeMillis();
+  h.serving = r.getServing();
+  h.reason = str(r.getReason());
+  h.keyCount = r.getKeyCount();
+  auto root = r.getMerkleRoot();
+  if (root.size() == storage::Hash{}.size()) {
+    h.merkleRoot.emplace();
+    for (size_t i = 0; i < root.size(); ++i) (*h.merkleRoot)[i] = root[i];
+  }
+  h.clustered = r.getClustered();
+  h.region = str(r.getRegion());
+  h.peersAlive = r.getPeersAlive();
+  h.peersSuspect = r.getPeersSuspect();
+  h.peersDead = r.getPeersDead();
+  if (r.getSynced()) h.lastSyncMillisAgo = r.getLastSyncMillisAgo();
+  return h;
+}
+
 void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   b.setNodeId(text(v.nodeId));
   b.setGossipAddress(text(v.gossipAddress));

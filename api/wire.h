@@ -24,6 +24,8 @@ storage::ProductSummary fromWire(wire::Summary::Reader r);
 void toWire(const NodeStatus& s, wire::NodeStatus::Builder b);
 NodeStatus fromWire(wire::NodeStatus::Reader r);
 
+void toWire(const NodeHealth& h, wire::NodeHealth::Builder b);
+NodeHealth fromWire(wire::NodeHealth::Reader r);
 void toWire(const ClusterView& v, wire::ClusterView::Builder b);
 ClusterView fromWire(wire::ClusterView::Reader r);
 

@@ -307,7 +307,9 @@ Status Cluster::Impl::start() {
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
     return makeError(ErrorCode::kIo,
-                     "cannot listen for gossip on " + options_.listen + ": " + uv_strerror(rc));
+                     "cannot listen for gossip on " + options_.listen + ": " + uv_strerror(rc) +
+                         (rc == UV_EADDRINUSE ? " (another process holds it; pick another port)"
+                                              : ""));
   }
   sockaddr_storage boundAddr;
   int len = sizeof boundAddr;

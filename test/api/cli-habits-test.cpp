@@ -1,8 +1,8 @@
 // The `chorus` CLI's habits (issue 19): global flags anywhere, --timeout
 // with units, suggestions for mistyped commands, `review list`, JSON errors
 // with the documented exit codes, --body-file, ranges refused, and `chorus
-// token create|list|revoke` with expiry. Also chorus-chaos's usage exit
-// code. Needs CHORUSD_BIN, CHORUS_BIN and CHORUS_CHAOS_BIN.
+// token create|list|revoke` with expiry; `chorus node health`. Also
+// chorus-chaos's usage exit code. Needs CHORUSD_BIN, CHORUS_BIN and CHORUS_CHAOS_BIN.
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
@@ -13,8 +13,10 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "api/auth.h"
+#include "api/types.h"
 #include "cluster/json.h"
 #include "process.h"
 #include "temp-dir.h"
@@ -366,4 +368,143 @@ TEST_CASE("cli: a new partition replaces the previous one") {
   d = dropped();
   for (const char* id : {"n1", "n2", "n3", "n4"}) CHECK(d[id] == "");
   for (auto* n : {&n1, &n2, &n3, &n4}) CHECK(n->process->stop(SIGTERM, 10s) == 0);
+}
+
+// `chorus node health`: any role may call it (node status needs admin);
+// exit 0 while the node serves, 4 once it does not (it left the cluster),
+// and with --strict also while a peer it knows is suspect or dead.
+TEST_CASE("cli: node health for every role; unhealthy after leave; --strict") {
+  TempDir tmp;
+  std::string tokens = tmp.sub("tokens"), key = tmp.sub("cluster.key");
+  for (const char* role : {"reader", "writer", "admin"}) {
+    REQUIRE(cli({"token", "create", "--principal", std::string("p-") + role, "--roles", role,
+                 "--tokens-file", tokens, "--out", tmp.sub(std::string(role) + ".token")})
+                .code == 0);
+  }
+  REQUIRE(cli({"cluster", "keys", "generate", "--out", key}).code == 0);
+  Daemon n1(tmp, tokens, "n1", {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key});
+  auto g1 = n1.process->waitForLine("chorusd: gossip on ", 10s);
+  REQUIRE(g1.has_value());
+  Daemon n2(tmp, tokens, "n2",
+            {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key, "--join",
+             g1->substr(g1->find(" on ") + 4)});
+  Daemon alone(tmp, tokens, "alone");
+  auto health = [&](const Daemon& d, const char* role, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--connect",    d.address,
+                                     "--token-file", tmp.sub(std::string(role) + ".token"),
+                                     "node",         "health"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return cli(args);
+  };
+  auto parse = [](const Run& r) {
+    auto j = chorus::test::Json::parse(r.out.substr(0, r.out.find('\n')));
+    REQUIRE_MESSAGE(j.has_value(), shown(r));
+    return *j;
+  };
+
+  for (const char* role : {"reader", "writer", "admin"}) {
+    CAPTURE(role);
+    auto r = health(n1, role, {"--json"});
+    CHECK_MESSAGE(r.code == 0, shown(r));
+    auto j = parse(r);
+    CHECK(j["healthy"].boolean());
+    CHECK(j["serving"].boolean());
+    CHECK(j["node_id"].str() == "n1");
+    CHECK(j["replica_id"].str().size() == 16);
+    CHECK(j["merkle_root"].str().size() == 32);
+    CHECK(j["api_version"].u64() == chorus::api::kApiVersion);
+    CHECK(j["cluster"].isObject());
+  }
+  auto text = health(n1, "reader");
+  CHECK_MESSAGE(text.code == 0, shown(text));
+  CHECK_MESSAGE(has(text, "health:      ok"), shown(text));
+  auto noToken = cli({"--connect", n1.address, "node", "health"});
+  CHECK_MESSAGE(noToken.code == 7, shown(noToken));
+  auto single = health(alone, "writer", {"--json"});
+  CHECK_MESSAGE(single.code == 0, shown(single));
+  CHECK(parse(single)["cluster"].isNull());
+
+  // n1 learns n2; then n2 stops: --strict turns unhealthy once n1 suspects
+  // it, plain health stays ok (n1 still serves).
+  bool joined = false;
+  for (int i = 0; i < 150 && !joined; ++i) {
+    auto j = parse(health(n1, "reader", {"--json"}));
+    joined = j["cluster"]["peers_alive"].u64() == 1;
+    if (!joined) std::this_thread::sleep_for(100ms);
+  }
+  REQUIRE(joined);
+  CHECK(health(n1, "reader", {"--strict"}).code == 0);
+  CHECK(n2.process->stop(SIGTERM, 10s) == 0);
+  Run strict{0, ""};
+  for (int i = 0; i < 200 && strict.code == 0; ++i) {
+    strict = health(n1, "reader", {"--strict", "--json"});
+    if (strict.code == 0) std::this_thread::sleep_for(100ms);
+  }
+  CHECK_MESSAGE(strict.code == 4, shown(strict));
+  CHECK_FALSE(parse(strict)["healthy"].boolean());
+  CHECK(parse(strict)["serving"].boolean());
+  CHECK_FALSE(parse(strict)["cluster"]["all_peers_alive"].boolean());
+  CHECK(health(n1, "reader").code == 0);
+
+  // Out of the cluster (no peer to hand its data to: leave answers 4, but
+  // the node is out): it no longer serves writes, so it is not healthy.
+  auto leave = cli({"--connect", n1.address, "--token-file", tmp.sub("admin.token"), "cluster",
+                    "leave", "--timeout", "200ms"});
+  CHECK_MESSAGE(leave.code == 4, shown(leave));
+  auto out = health(n1, "writer", {"--json"});
+  CHECK_MESSAGE(out.code == 4, shown(out));
+  auto j = parse(out);
+  CHECK_FALSE(j["healthy"].boolean());
+  CHECK_FALSE(j["serving"].boolean());
+  CHECK_MESSAGE(j["reason"].str().find("left the cluster") != std::string::npos, shown(out));
+  auto outText = health(n1, "reader");
+  CHECK(outText.code == 4);
+  CHECK_MESSAGE(has(outText, "NOT healthy: left the cluster"), shown(outText));
+  for (auto* d : {&n1, &alone}) CHECK(d->process->stop(SIGTERM, 10s) == 0);
+}
+
+// A port in use, in plain words: the address and what to do, without KJ's
+// failed call or its "toString() = ..." tail; exit 2 (cannot start).
+TEST_CASE("chorusd: an address in use is named plainly, for each listener") {
+  TempDir tmp;
+  std::string tokens = tmp.sub("tokens"), key = tmp.sub("cluster.key");
+  REQUIRE(cli({"token", "create", "--principal", "ops", "--roles", "admin", "--tokens-file", tokens,
+               "--out", tmp.sub("ops.token")})
+              .code == 0);
+  REQUIRE(cli({"cluster", "keys", "generate", "--out", key}).code == 0);
+  Daemon first(tmp, tokens, "first",
+               {"--gossip-listen", "127.0.0.1:0", "--cluster-key-file", key, "--metrics-addr",
+                "127.0.0.1:0"});
+  auto after = [&](const char* prefix) {
+    auto line = first.process->waitForLine(prefix, 10s);
+    REQUIRE(line.has_value());
+    return line->substr(std::string(prefix).size());
+  };
+  std::string gossip = after("chorusd: gossip on ");
+  std::string metrics = after("chorusd: metrics on http://");
+  metrics = metrics.substr(0, metrics.find('/'));
+  const std::string hint = ": address already in use (another process holds it; pick another port)";
+  struct Case {
+    std::vector<std::string> flags;
+    std::string expected;
+  };
+  for (const Case& c : {
+           Case{{"--listen", first.address}, "chorusd: cannot listen on " + first.address + hint},
+           Case{{"--listen", "127.0.0.1:0", "--metrics-addr", metrics},
+                "chorusd: cannot listen on " + metrics + hint},
+           Case{{"--listen", "127.0.0.1:0", "--gossip-listen", gossip, "--cluster-key-file", key},
+                "chorusd: cannot listen for gossip on " + gossip + hint},
+       }) {
+    std::vector<std::string> args = {"--node-id",       "second",      "--data-dir",
+                                     tmp.sub("second"), "--log-level", "error",
+                                     "--tokens-file",   tokens,        "--unsafe-no-sync"};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    auto r = run(bin("CHORUSD_BIN"), args);
+    CAPTURE(c.flags[1]);
+    CHECK_MESSAGE(r.code == 2, shown(r));
+    CHECK_MESSAGE(has(r, c.expected + "\n"), shown(r));
+    CHECK_MESSAGE(!has(r, "toString()"), shown(r));
+    CHECK_MESSAGE(!has(r, "bind("), shown(r));
+  }
+  CHECK(first.process->stop(SIGTERM, 10s) == 0);
 }

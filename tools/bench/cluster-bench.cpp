@@ -301,11 +301,14 @@ class Bench {
     bool met = p99_ <= 50 && convergeSeconds_ <= 2;
     if (o_.json) {
       std::printf(
-          "{\"nodes\":%d,\"offered_writes_per_s\":%.1f,\"writes\":%llu,\"durable\":%s,"
+          "{\"bench\":\"cluster\",\"nodes\":%d,\"rate\":%.1f,\"latency_phase_s\":%.3f,"
+          "\"anti_entropy_ms\":%d,\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+          "\"offered_writes_per_s\":%.1f,\"writes\":%llu,\"durable\":%s,"
           "\"latency_p50_ms\":%.3f,\"latency_p99_ms\":%.3f,\"split_writes_per_side\":%llu,"
           "\"converge_s\":%.3f,\"anti_entropy_bytes\":%llu,\"anti_entropy_bytes_per_write\":%.1f,"
           "\"targets_met\":%s}\n",
-          o_.nodes, offered, (unsigned long long)total, o_.noSync ? "false" : "true", p50_, p99_,
+          o_.nodes, o_.rate, o_.seconds, o_.antiEntropyMs, offered, p50_, p99_, offered,
+          (unsigned long long)total, o_.noSync ? "false" : "true", p50_, p99_,
           (unsigned long long)o_.splitWrites, convergeSeconds_,
           (unsigned long long)antiEntropyBytes_, double(antiEntropyBytes_) / double(2 * o_.splitWrites),
           met ? "true" : "false");

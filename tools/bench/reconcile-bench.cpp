@@ -210,7 +210,9 @@ int run(Options& o) {
 
   bool allIdentical = true;
   if (o.json) {
-    std::printf("[");
+    for (const Row& r : rows) allIdentical = allIdentical && r.identical;
+    std::printf("{\"bench\":\"reconcile\",\"keys\":%llu,\"identical\":%s,\"rows\":[",
+                (unsigned long long)o.keys, allIdentical ? "true" : "false");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::printf(
@@ -223,9 +225,8 @@ int run(Options& o) {
           (unsigned long long)r.stats.bytesToResponder,
           (unsigned long long)r.stats.bytesToInitiator, r.stats.roundTrips, r.seconds,
           (unsigned long long)r.naiveBytes, r.identical ? "true" : "false");
-      allIdentical = allIdentical && r.identical;
     }
-    std::printf("]\n");
+    std::printf("]}\n");
   } else {
     std::printf("%-9s %-7s %12s %12s %12s %12s %10s %4s %9s %12s %s\n", "keys", "diff",
                 "overhead B", "B/diff", "payload B", "->resp B", "->init B", "RTs", "seconds",
@@ -258,7 +259,8 @@ void addReconcileBench(CLI::App& app, int& exitCode) {
                   "Differing reviews, split between both sides (repeatable; default 0 1 100 "
                   "10000)");
   sub->add_option("--dir", options->dir, "Scratch directory (default: a new one under /tmp)");
-  sub->add_flag("--json", options->json, "One JSON array of per-diff objects on stdout");
+  sub->add_flag("--json", options->json,
+                "One JSON object on stdout: bench, keys, identical, and rows (one per --diff)");
   sub->callback([options, &exitCode] { exitCode = run(*options); });
 }
 

@@ -199,9 +199,10 @@ int runRpcBench(const RpcBenchOptions& o) {
         if (o.json) {
           std::printf(
               "{\"bench\":\"rpc\",\"clients\":%d,\"depth\":%d,\"writes\":%d,"
-              "\"rpc_writes_per_s\":%.1f,\"embedded_writes_per_s\":%.1f,\"ratio\":%.3f,"
-              "\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
-              o.clients, o.depth, o.writes, r->writesPerSecond, *e, ratio, p50, p99);
+              "\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
+              "\"rpc_writes_per_s\":%.1f,\"embedded_writes_per_s\":%.1f,\"ratio\":%.3f}\n",
+              o.clients, o.depth, o.writes, r->writesPerSecond, p50, p99, r->writesPerSecond, *e,
+              ratio);
         } else {
           std::printf("rpc bench: %d writes per mode, %d clients x %d in flight\n", o.writes,
                       o.clients, o.depth);

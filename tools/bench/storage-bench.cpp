@@ -416,11 +416,12 @@ int run(StorageBenchOptions o) {
   bool latencyMet = !rateMode || o.rate > 5000 || lat.p99 <= 10.0;
 
   if (o.json) {
-    std::printf("{\"mode\":\"%s\",\"count\":%zu,\"products\":%zu,\"content_bytes\":%zu,"
+    std::printf("{\"bench\":\"storage\",\"mode\":\"%s\",\"count\":%zu,\"products\":%zu,\"content_bytes\":%zu,"
                 "\"batch\":%zu,\"in_flight\":%zu,\"durable\":%s,",
                 rateMode ? "rate" : "throughput", items.size(), o.products, o.contentBytes, o.batch,
                 rateMode ? size_t{0} : o.inFlight, o.noSync ? "false" : "true");
     if (rateMode) std::printf("\"offered_writes_per_s\":%.1f,", o.rate);
+    std::printf("\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,", storeRate, lat.p50, lat.p99);
     std::printf("\"store_writes_per_s\":%.1f,", storeRate);
     if (lmdb) {
       std::printf("\"lmdb_puts_per_s\":%.1f,\"ratio\":%.3f,\"lmdb_disk_bytes_per_review\":%.1f,"

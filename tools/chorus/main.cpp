@@ -47,6 +47,56 @@ std::string json(const ReviewPage& p) {
   return out + "],\"next_cursor\":" + json(p.nextCursor) + "}";
 }
 
+// `chorus node health`: healthy = the node answers and serves; with
+// `strict`, also every peer it knows (not left) alive in its view. Prints
+// the report either way; exit 0 healthy, 4 (unavailable) not.
+int printHealth(const Globals& g, const chorus::NodeHealth& h, bool strict) {
+  uint32_t down = h.peersSuspect + h.peersDead;
+  bool healthy = h.serving && (!strict || down == 0);
+  std::string why = !h.serving ? h.reason
+                    : !healthy ? std::to_string(down) + " peer(s) suspect or dead (--strict)"
+                               : "";
+  std::string root = h.merkleRoot ? hex(*h.merkleRoot) : "";
+  std::string sync = h.lastSyncMillisAgo ? std::to_string(*h.lastSyncMillisAgo) : "null";
+  if (g.json) {
+    std::string cluster = "null";
+    if (h.clustered) {
+      cluster = "{\"region\":" + json(h.region) +
+                ",\"peers_alive\":" + std::to_string(h.peersAlive) +
+                ",\"peers_suspect\":" + std::to_string(h.peersSuspect) +
+                ",\"peers_dead\":" + std::to_string(h.peersDead) +
+                ",\"all_peers_alive\":" + (down == 0 ? "true" : "false") +
+                ",\"last_sync_ms_ago\":" + sync + "}";
+    }
+    std::printf(
+        "{\"healthy\":%s,\"serving\":%s,\"reason\":%s,\"node_id\":%s,\"replica_id\":\"%016" PRIx64
+        "\",\"version\":%s,\"api_version\":%u,\"uptime_ms\":%" PRIu64 ",\"keys\":%" PRIu64
+        ",\"merkle_root\":%s,\"cluster\":%s}\n",
+        healthy ? "true" : "false", h.serving ? "true" : "false", json(why).c_str(),
+        json(h.nodeId).c_str(), h.replicaId, json(h.version).c_str(), h.apiVersion, h.uptimeMillis,
+        h.keyCount, h.merkleRoot ? ("\"" + root + "\"").c_str() : "null", cluster.c_str());
+  } else {
+    std::printf("health:      %s\n", healthy ? "ok" : ("NOT healthy: " + why).c_str());
+    std::printf("node:        %s (replica %016" PRIx64 "), version %s (api %u), up %.1f s\n",
+                h.nodeId.c_str(), h.replicaId, h.version.c_str(), h.apiVersion,
+                double(h.uptimeMillis) / 1000.0);
+    std::printf("keys:        %" PRIu64 ", merkle root %s\n", h.keyCount,
+                h.merkleRoot ? root.substr(0, 8).c_str() : "(unreadable)");
+    if (!h.clustered) {
+      std::printf("cluster:     none (chorusd without --gossip-listen)\n");
+    } else {
+      std::printf("cluster:     region %s; peers %u alive, %u suspect, %u dead; ", h.region.c_str(),
+                  h.peersAlive, h.peersSuspect, h.peersDead);
+      if (h.lastSyncMillisAgo) {
+        std::printf("last anti-entropy %.1f s ago\n", double(*h.lastSyncMillisAgo) / 1000.0);
+      } else {
+        std::printf("no anti-entropy session yet\n");
+      }
+    }
+  }
+  return healthy ? kExitOk : kExitUnavailable;
+}
+
 std::string clip(const std::string& s, size_t n) {
   if (s.size() <= n) return s;
   size_t cut = n - 3;
@@ -451,6 +501,22 @@ int main(int argc, char** argv) {
           return kExitOk;
         });
       });
+
+  bool healthStrict = false;
+  auto* health = nodeCmd->add_subcommand(
+      "health",
+      "Any role: is the node up and serving, its replica id, root and view of the cluster.\n"
+      "Exit 0 healthy; 4 unreachable or not serving (shutting down, left or removed from the\n"
+      "cluster, store unreadable); the report is printed either way (--json: on stdout)");
+  health->add_flag("--strict", healthStrict,
+                   "Also unhealthy (exit 4) while a peer it knows is suspect or dead");
+  health->callback([&] {
+    result = withClient(g, [&](chorus::api::Client& c) {
+      auto h = c.health();
+      if (!h.ok()) return fail(h);
+      return printHealth(g, *h, healthStrict);
+    });
+  });
 
   addClusterCommands(app, g, result);
   addTokenCommands(app, g, result);

@@ -367,7 +367,12 @@ int main(int argc, char** argv) {
   options.cluster.forgetDeadAfter = forgetDead;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
-    std::fprintf(stderr, "chorusd: cannot start: %s\n", node.error().toString().c_str());
+    const auto& e = node.error();
+    if (e.code == chorus::ErrorCode::kIo && e.message.rfind("cannot listen", 0) == 0) {
+      std::fprintf(stderr, "chorusd: %s\n", e.message.c_str());  // the address and why, plainly
+    } else {
+      std::fprintf(stderr, "chorusd: cannot start: %s\n", e.toString().c_str());
+    }
     return node.error().code == chorus::ErrorCode::kInvalidArgument ? 1 : 2;
   }
   std::printf("chorusd: listening on %s\n", (*node)->rpcAddress().c_str());
