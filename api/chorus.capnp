@@ -14,9 +14,10 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 4;  # 2: authenticate, Admin.keys, unauthenticated;
+const apiVersion :UInt32 = 5;  # 2: authenticate, Admin.keys, unauthenticated;
                                # 3: Admin.leave/remove, regions, member state `left`
                                # 4: Admin.health (any role)
+                               # 5: ReviewStore.page
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -115,6 +116,11 @@ interface ReviewStore {
   summary @10 (product :Text) -> (error :Error, summary :Summary);
   byAuthor @11 (author :Text, cursor :Text, limit :UInt32)
       -> (error :Error, page :Page);
+  # A product page in one call: `summary` and `list` read from one snapshot
+  # of the store, so the two always agree (two calls may see a write land
+  # between them). Same arguments, limits and errors as `list`. Since api 5.
+  page @13 (product :Text, order :Order, cursor :Text, limit :UInt32)
+      -> (error :Error, summary :Summary, page :Page);
 
   # Streams every committed change of `product`'s reviews to `observer` until
   # `handle` is dropped.

@@ -238,6 +238,19 @@ Result<storage::ProductSummary> Client::summary(const std::string& product) {
   return fromWire(response->getSummary());
 }
 
+Result<ProductPageView> Client::page(const std::string& product, storage::Order order,
+                                     const std::string& cursor, uint32_t limit) {
+  auto q = impl_->reviews.pageRequest();
+  q.setProduct(product);
+  q.setOrder(toWire(order));
+  q.setCursor(cursor);
+  q.setLimit(limit);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return ProductPageView{fromWire(response->getSummary()), fromWire(response->getPage())};
+}
+
 Result<ReviewPage> Client::byAuthor(const std::string& author, const std::string& cursor,
                                     uint32_t limit) {
   auto q = impl_->reviews.byAuthorRequest();

@@ -52,6 +52,9 @@ class Client {
   Result<ReviewPage> list(const std::string& product, storage::Order order,
                           const std::string& cursor, uint32_t limit);
   Result<storage::ProductSummary> summary(const std::string& product);
+  // ReviewStore.page: summary and list from one snapshot.
+  Result<ProductPageView> page(const std::string& product, storage::Order order,
+                               const std::string& cursor, uint32_t limit);
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
   // Admin.health: any role may call it (status needs admin).

@@ -67,10 +67,10 @@ void Histogram::render(std::string& out, std::string_view name, std::string_view
 
 const char* Metrics::methodName(Method m) {
   static constexpr const char* kNames[] = {
-      "put",       "erase", "vote",    "unvote",       "tag",      "untag",   "moderate",
-      "reply",     "get",   "list",    "summary",      "byAuthor", "watch",   "status",
-      "partition", "heal",  "cluster", "authenticate", "keys",     "leave",   "remove",
-      "reviews",   "admin", "health"};
+      "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
+      "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
+      "partition", "heal",  "cluster", "authenticate", "keys",     "leave", "remove",
+      "reviews",   "admin", "health",  "page"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }

@@ -81,6 +81,7 @@ class Metrics {
     kReviews,  // Chorus.reviews and Chorus.admin (the bootstrap's)
     kAdmin,
     kHealth,
+    kPage,
     kMethodCount
   };
   static const char* methodName(Method m);

@@ -409,6 +409,19 @@ Result<ReviewPage> Node::list(const std::string& product, storage::Order order,
   return toPage(store_->listProduct(product, order, cursor, pageSize(limit)));
 }
 
+Result<ProductPageView> Node::page(const std::string& product, storage::Order order,
+                                   const std::string& cursor, uint32_t limit) {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  auto both = store_->productPage(product, order, cursor, pageSize(limit));
+  if (!both.ok()) return both.error();
+  auto page = toPage(std::move(both->page));
+  if (!page.ok()) return page.error();
+  return ProductPageView{both->summary, std::move(*page)};
+}
+
 Result<storage::ProductSummary> Node::summary(const std::string& product) {
   if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
   return store_->summary(product);
@@ -647,8 +660,8 @@ void Node::leave(std::chrono::milliseconds timeout, std::function<void(Status)> 
     std::unique_lock lock(leaveMutex_);
     std::optional<Error> refused;
     if (closing_.load()) {
-      refused = makeError(ErrorCode::kUnavailable, "node '" + options_.nodeId +
-                                                       "' is shutting down (it stays a member)");
+      refused = makeError(ErrorCode::kUnavailable,
+                          "node '" + options_.nodeId + "' is shutting down (it stays a member)");
     } else if (leaving_) {
       refused = makeError(ErrorCode::kUnavailable,
                           "node '" + options_.nodeId + "' is already leaving the cluster");
@@ -679,8 +692,8 @@ Status Node::remove(const std::string& nodeId) {
   Status s = cluster_->remove(nodeId);
   if (!s.ok()) {
     if (s.error().code == ErrorCode::kNotFound) {
-      return makeError(ErrorCode::kNotFound, "node '" + options_.nodeId +
-                                                 "' knows no member '" + nodeId +
+      return makeError(ErrorCode::kNotFound, "node '" + options_.nodeId + "' knows no member '" +
+                                                 nodeId +
                                                  "' (`chorus cluster status` lists the members)");
     }
     return s;

@@ -184,6 +184,10 @@ class Node {
   Result<ReviewPage> list(const std::string& product, storage::Order order,
                           const std::string& cursor, uint32_t limit);
   Result<storage::ProductSummary> summary(const std::string& product);
+  // list() and summary() of one product from one snapshot of the store (a
+  // product page: the two agree). Same arguments and errors as list().
+  Result<ProductPageView> page(const std::string& product, storage::Order order,
+                               const std::string& cursor, uint32_t limit);
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
   Result<NodeStatus> status();
   // Cheap: whether the node serves (not shutting down, not out of the

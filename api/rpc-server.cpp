@@ -278,11 +278,17 @@ capnp::MessageSize resultSize(const Result<ReviewPage>& r) {
 capnp::MessageSize resultSize(const Result<storage::ProductSummary>& r) {
   return r.ok() ? resultSize(16 + 5 + 17) : resultSize(r.error());  // + a product of 128 bytes
 }
+capnp::MessageSize resultSize(const Result<ProductPageView>& r) {
+  if (!r.ok()) return resultSize(r.error());
+  uint64_t words = 16 + 5 + 17 + 4 + textWords(r->page.nextCursor);  // summary, then the page
+  for (const auto& review : r->page.reviews) words += reviewWords(review);
+  return resultSize(words);
+}
 
 // What a pooled read answers (boxed in a kj::Own: g++ 12 reports false
 // maybe-uninitialized warnings for a std::variant inside kj::Maybe).
-using ReadOutcome =
-    std::variant<Result<ReviewView>, Result<ReviewPage>, Result<storage::ProductSummary>>;
+using ReadOutcome = std::variant<Result<ReviewView>, Result<ReviewPage>,
+                                 Result<storage::ProductSummary>, Result<ProductPageView>>;
 
 // The type-erased store work of a read of a `Result<T>`, for a read thread.
 // A bug's exception becomes `internal` (on the RPC thread it failed the
@@ -1004,6 +1010,22 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         },
         [](const std::string& product, const storage::ProductSummary& r, auto results) {
           toWire(product, r, results.initSummary());
+        });
+  }
+  kj::Promise<void> page(PageContext ctx) override {
+    return read<ProductPageView>(
+        Metrics::kPage, ctx,
+        [](auto p) {
+          auto product = str(p.getProduct()), cursor = str(p.getCursor());
+          auto order = fromWire(p.getOrder());
+          uint32_t limit = p.getLimit();
+          return job<ProductPageView>(product, [product, order, cursor, limit](Node& node) {
+            return node.page(product, order, cursor, limit);
+          });
+        },
+        [](const std::string& product, const ProductPageView& r, auto results) {
+          toWire(product, r.summary, results.initSummary());
+          toWire(r.page, results.initPage());
         });
   }
   kj::Promise<void> byAuthor(ByAuthorContext ctx) override {

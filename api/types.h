@@ -16,7 +16,7 @@ namespace chorus {
 
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
-inline constexpr uint32_t kApiVersion = 4;
+inline constexpr uint32_t kApiVersion = 5;
 
 // Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
 enum class KeyOp { kList, kInstall, kUse, kRemove };
@@ -44,6 +44,12 @@ struct ReviewView {
 struct ReviewPage {
   std::vector<ReviewView> reviews;
   std::string nextCursor;  // empty when there is no more
+};
+
+// A product's summary and a page of its reviews, read from one snapshot.
+struct ProductPageView {
+  storage::ProductSummary summary;
+  ReviewPage page;
 };
 
 // The operations that change a review.

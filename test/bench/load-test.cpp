@@ -184,8 +184,10 @@ void checkOp(const Json& op, const std::string& name) {
 }  // namespace
 
 TEST_CASE("load: mixed against a started chorusd and the embedded baseline, every op counted") {
+  // --page-call split: a page as summary and list, each also counted apart.
   auto r = runLoad({"--preload", "300", "--ops", "400", "--workload", "mixed", "--clients", "2",
-                    "--depth", "4", "--baseline", "embedded", "--unsafe-no-sync"});
+                    "--depth", "4", "--baseline", "embedded", "--unsafe-no-sync", "--page-call",
+                    "split"});
   INFO(r.output);
   REQUIRE(r.exitCode == 0);
   REQUIRE(r.parsed);
@@ -227,7 +229,9 @@ TEST_CASE("load: write and the size comparison report their own figures") {
   INFO(c.output);
   REQUIRE(c.exitCode == 0);
   REQUIRE(c.parsed);
+  CHECK(c.json["page_call"].string == "page");  // the default: one ReviewStore.page call
   checkOp(c.json["rpc"]["ops"]["page-hot"], "page-hot");
+  CHECK(c.json["rpc"]["ops"]["page-hot.list"].kind != Json::kObject);  // no parts to show
   checkOp(c.json["rpc"]["ops"]["page-small"], "page-small");
   const Json& cmp = c.json["compare_sizes"];
   CHECK(cmp["hot_reviews"].number == 100);  // N / 10

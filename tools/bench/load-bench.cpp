@@ -60,6 +60,7 @@ struct LoadOptions {
   std::string workload = "page";
   std::string products = "zipf";
   bool compareSizes = false;
+  std::string pageCall = "page";  // "page" (one call, api 5) or "split"
   uint32_t smallSize = 100;
   uint64_t preload = 0;
   int64_t preloadSize = -1;  // -1: = preload
@@ -230,8 +231,12 @@ void record(Recorder& rec, Budget& budget, const char* name, Clock::time_point t
 
 class RpcLoadClient {
  public:
-  RpcLoadClient(api::wire::ReviewStore::Client reviews, OpPlanner planner, Budget& budget)
-      : reviews_(std::move(reviews)), planner_(std::move(planner)), budget_(budget) {}
+  RpcLoadClient(api::wire::ReviewStore::Client reviews, OpPlanner planner, Budget& budget,
+                bool splitPages)
+      : reviews_(std::move(reviews)),
+        planner_(std::move(planner)),
+        budget_(budget),
+        splitPages_(splitPages) {}
 
   kj::Promise<void> loop() {
     if (dead_ || !budget_.take()) return kj::READY_NOW;
@@ -267,6 +272,19 @@ class RpcLoadClient {
     auto fail = [this, t0, name = op.name](kj::Exception&& e) { done(name, t0, exceptionCode(e)); };
     switch (op.kind) {
       case OpKind::kPage: {
+        if (!splitPages_) {  // one ReviewStore.page call: summary and list from one snapshot
+          auto q = reviews_.pageRequest();
+          q.setProduct(op.product);
+          q.setOrder(api::wire::Order::NEWEST);
+          q.setLimit(20);
+          return q.send().then(
+              [this, t0, name = op.name](auto r) {
+                std::string code = codeOf(r);
+                if (code.empty() && r.getPage().getReviews().size() == 0) code = "empty";
+                done(name, t0, code);
+              },
+              fail);
+        }
         auto s = reviews_.summaryRequest();
         s.setProduct(op.product);
         auto l = reviews_.listRequest();
@@ -323,6 +341,7 @@ class RpcLoadClient {
   api::wire::ReviewStore::Client reviews_;
   OpPlanner planner_;
   Budget& budget_;
+  bool splitPages_;
   Recorder rec_;
   bool dead_ = false;
 };
@@ -548,7 +567,8 @@ Result<RunResult> LoadBench::runRpc() {
     if (!c.ok() || abort) return;
     RpcLoadClient client(
         (*c)->reviews(),
-        OpPlanner(o_, data_, small_, uint64_t(i), runTag_ + "c" + std::to_string(i) + "-"), budget);
+        OpPlanner(o_, data_, small_, uint64_t(i), runTag_ + "c" + std::to_string(i) + "-"), budget,
+        o_.pageCall == "split");
     kj::Vector<kj::Promise<void>> chains;
     for (int d = 0; d < o_.depth; ++d) chains.add(client.loop());
     bool timedOut = false;
@@ -617,6 +637,11 @@ Result<RunResult> LoadBench::runEmbedded(Node& node) {
       std::string code;
       switch (op.kind) {
         case OpKind::kPage: {
+          if (o_.pageCall == "page") {
+            auto p = node.page(op.product, storage::Order::kNewest, "", 20);
+            code = !p.ok() ? errorCodeName(p.error().code) : p->page.reviews.empty() ? "empty" : "";
+            break;
+          }
           auto s = node.summary(op.product);
           std::string sc = !s.ok() ? errorCodeName(s.error().code) : s->count == 0 ? "empty" : "";
           record(rec, budget, "page.summary", t0, sc, false);
@@ -686,11 +711,12 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
     for (auto& n : nodes_)
       nodes += std::string(nodes.empty() ? "" : ",") + "\"" + jsonEscape(n) + "\"";
     std::printf(
-        "{\"bench\":\"load\",\"workload\":\"%s\",\"products\":\"%s\",\"clients\":%d,\"depth\":%d,"
+        "{\"bench\":\"load\",\"workload\":\"%s\",\"page_call\":\"%s\",\"products\":\"%s\","
+        "\"clients\":%d,\"depth\":%d,"
         "\"duration_ms\":%lld,\"ops\":%lld,\"seed\":%llu,\"preload\":%llu,\"preload_size\":%llu,"
         "\"dataset_products\":%zu,\"largest_product_reviews\":%u,\"body_bytes\":%zu,"
         "\"durable\":%s,\"started_node\":%s,\"nodes\":[%s]",
-        o_.workload.c_str(), o_.products.c_str(), o_.clients, o_.depth,
+        o_.workload.c_str(), o_.pageCall.c_str(), o_.products.c_str(), o_.clients, o_.depth,
         (long long)(o_.ops > 0 ? 0 : durationMs_), (long long)o_.ops, (unsigned long long)o_.seed,
         (unsigned long long)o_.preload, (unsigned long long)data_.reviews(), data_.products(),
         hotSize, o_.bodyBytes, o_.unsafeNoSync ? "false" : "true", startedNode_ ? "true" : "false",
@@ -753,8 +779,9 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
   } else {
     std::snprintf(length, sizeof length, "%.1f s", double(durationMs_) / 1000);
   }
-  std::printf("load: workload %s (products %s), %d clients x %d in flight, %s%s\n",
-              o_.workload.c_str(), o_.products.c_str(), o_.clients, o_.depth, length,
+  std::printf("load: workload %s (products %s, pages by %s), %d clients x %d in flight, %s%s\n",
+              o_.workload.c_str(), o_.products.c_str(), o_.pageCall.c_str(), o_.clients, o_.depth,
+              length,
               !startedNode_ && o_.baseline.empty() ? ""
               : o_.unsafeNoSync                    ? ", unsynced writes (--unsafe-no-sync)"
                                                    : ", durable writes");
@@ -949,9 +976,10 @@ void addLoadBench(CLI::App& app, int& exitCode) {
       "  write   new reviews (half) and edits of preloaded ones (half): one `put` each\n"
       "  vote    a helpful vote on a preloaded review (voters v0..v999)\n"
       "  get     one preloaded review by key\n"
-      "  page    a product page: `summary` and `list` (newest, limit 20) sent together\n"
-      "          (pipelined), one page load, its latency until both answered; also shown\n"
-      "          apart as page.summary and page.list\n"
+      "  page    a product page: the summary and the newest 20 reviews, one page load. By\n"
+      "          default one `page` call (summary and list from one snapshot; api 5); with\n"
+      "          --page-call split, `summary` and `list` sent together (pipelined), its\n"
+      "          latency until both answered, also shown apart as page.summary and page.list\n"
       "  mixed   95% page, 4% vote, 1% write\n"
       "Reviews and products are picked by --products: zipf (a review uniformly at random,\n"
       "so a product in proportion to its size), uniform (a product uniformly), hot (the\n"
@@ -993,6 +1021,11 @@ void addLoadBench(CLI::App& app, int& exitCode) {
                   "Which products operations pick: zipf, uniform, hot or small")
       ->capture_default_str()
       ->check(CLI::IsMember({"zipf", "uniform", "hot", "small"}));
+  sub->add_option("--page-call", o->pageCall,
+                  "How a page is read: page (one ReviewStore.page call) or split (summary and "
+                  "list pipelined; for nodes older than api 5)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"page", "split"}));
   sub->add_flag("--compare-sizes", o->compareSizes,
                 "Pages of the largest product, then pages of --small-size products (each for "
                 "--duration or --ops), in the same run; prints their p50 ratio");
