@@ -1960,8 +1960,7 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
     if (options_.onSessionCompleted) {
-      options_.onSessionCompleted(it != members_.end() && !it->second.region.empty() &&
-                                  it->second.region != options_.region);
+      options_.onSessionCompleted(it != members_.end() && it->second.region != options_.region);
     }
     // A session across regions that repaired something: the WAN link was
     // behind (a heal); the next one follows at the in-region pace, not
