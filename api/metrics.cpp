@@ -173,6 +173,13 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
         double(s.mapGrowths));
   gauge("chorus_refused_stamps_total", "Remote stamps refused for clock drift.", "counter",
         double(s.refusedStamps));
+  Histogram::renderHeader(out, "chorus_store_commit_duration_seconds",
+                          "Write transactions, from beginning to durable commit (apply, fsync, "
+                          "map growth).");
+  commitDuration_.render(out, "chorus_store_commit_duration_seconds", "");
+  Histogram::renderHeader(out, "chorus_store_commit_batch_size",
+                          "Writes acknowledged per committed write transaction.");
+  commitBatchSize_.render(out, "chorus_store_commit_batch_size", "");
   gauge("chorus_uptime_seconds", "Seconds since the node opened.", "gauge",
         double(uptimeMillis) / 1000.0);
   return out;
@@ -273,6 +280,24 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   // The region is checked (api::checkRegion): no quote or backslash to escape.
   family("chorus_gossip_region_info", "This node's region, as a label; always 1.", "gauge");
   appendf(out, "chorus_gossip_region_info{region=\"%s\"} 1\n", region.c_str());
+  return out;
+}
+
+std::string Metrics::renderGossip() const {
+  std::string out;
+  Histogram::renderHeader(out, "chorus_gossip_anti_entropy_session_duration_seconds",
+                          "Anti-entropy sessions this node started and completed, first frame "
+                          "to last reply, by the peer's scope (in_region, cross_region).");
+  sessionDuration_[0].render(out, "chorus_gossip_anti_entropy_session_duration_seconds",
+                             "scope=\"in_region\"");
+  sessionDuration_[1].render(out, "chorus_gossip_anti_entropy_session_duration_seconds",
+                             "scope=\"cross_region\"");
+  Histogram::renderHeader(out, "chorus_gossip_delta_push_lag_seconds",
+                          "Pushed deltas that changed this node: from the write's HLC stamp on "
+                          "its origin to this node's wall clock after the merge committed; "
+                          "includes clock skew between the nodes (floored at 0); votes and tags "
+                          "carry no stamp and are not counted.");
+  deltaLag_.render(out, "chorus_gossip_delta_push_lag_seconds", "");
   return out;
 }
 

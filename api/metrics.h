@@ -136,6 +136,33 @@ class Metrics {
   uint64_t rateLimitedCalls() const { return rateLimited_.load(); }
   uint64_t connectionsRefused() const { return connectionsRefused_.load(); }
 
+  // Store commits (storage::Options::onCommit, on the store thread): each
+  // write transaction's duration, in chorus_store_commit_duration_seconds,
+  // and the writes it acknowledged, in chorus_store_commit_batch_size.
+  void storeCommitted(double seconds, size_t writes) {
+    commitDuration_.observe(seconds);
+    commitBatchSize_.observe(double(writes));
+  }
+  const Histogram& commitDuration() const { return commitDuration_; }
+  const Histogram& commitBatchSize() const { return commitBatchSize_; }
+  // Writes per commit: 1 to storage::Options::maxBatch (default 1000).
+  static constexpr std::array<double, 13> kBatchBounds = {1,   2,   5,    10,   20,   50,   100,
+                                                          200, 500, 1000, 2000, 5000, 10000};
+  // Replication (gossip::ClusterOptions' observers): anti-entropy sessions
+  // this node started, by scope; and delta push lag, origin's write stamp to
+  // local commit (clock skew included), in seconds.
+  void antiEntropySession(double seconds, bool crossRegion) {
+    sessionDuration_[crossRegion ? 1 : 0].observe(seconds);
+  }
+  void deltaApplied(double lagSeconds) { deltaLag_.observe(lagSeconds); }
+  const Histogram& antiEntropySessions(bool crossRegion) const {
+    return sessionDuration_[crossRegion ? 1 : 0];
+  }
+  const Histogram& deltaLag() const { return deltaLag_; }
+  // Lag: 1 ms (the HLC's resolution) to a minute.
+  static constexpr std::array<double, 15> kLagBounds = {
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0};
+
   // Prometheus text exposition format 0.0.4.
   std::string render(const storage::StoreStats& stats, uint64_t uptimeMillis) const;
   // The replication part, appended on a node that runs a cluster; `region`
@@ -143,6 +170,9 @@ class Metrics {
   static std::string renderCluster(const gossip::ClusterStats& stats,
                                    const std::vector<gossip::MemberInfo>& members,
                                    uint64_t mergesRefused, const std::string& region);
+  // The replication histograms (anti-entropy sessions, delta push lag),
+  // appended after renderCluster's part.
+  std::string renderGossip() const;
 
   uint64_t calls(Method m) const { return methods_[m].calls.load(); }
   uint64_t errors(Method m) const { return methods_[m].errors.load(); }
@@ -169,6 +199,10 @@ class Metrics {
   std::atomic<int64_t> readQueued_{0};
   std::atomic<int64_t> readBusy_{0};
   std::atomic<uint64_t> readQueueFull_{0};
+  Histogram commitDuration_;
+  Histogram commitBatchSize_{kBatchBounds};
+  std::array<Histogram, 2> sessionDuration_;  // in region, across regions
+  Histogram deltaLag_{kLagBounds};
 };
 
 }  // namespace chorus::api

@@ -134,9 +134,17 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
       api::logf(api::LogLevel::kWarn, "storage: %s", what.c_str());
     };
   }
+  // Made before the store, which reports each commit to it.
+  auto metrics = std::make_unique<api::Metrics>();
+  so.onCommit = [m = metrics.get(), user = std::move(so.onCommit)](std::chrono::nanoseconds took,
+                                                                   size_t writes) {
+    m->storeCommitted(std::chrono::duration<double>(took).count(), writes);
+    if (user) user(took, writes);
+  };
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
   std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
+  node->metrics_ = std::move(metrics);
   if (!node->options_.listen.empty()) {
     if (tokens) {
       api::logf(api::LogLevel::kInfo, "rpc: %zu token(s) from %s", tokens->size(),
@@ -169,6 +177,16 @@ Status Node::startCluster() {
       return okStatus();
     };
   }
+  co.onAntiEntropySession = [m = metrics_.get(), user = std::move(co.onAntiEntropySession)](
+                                std::chrono::nanoseconds took, bool crossRegion) {
+    m->antiEntropySession(std::chrono::duration<double>(took).count(), crossRegion);
+    if (user) user(took, crossRegion);
+  };
+  co.onDeltaApplied = [m = metrics_.get(),
+                       user = std::move(co.onDeltaApplied)](std::chrono::nanoseconds lag) {
+    m->deltaApplied(std::chrono::duration<double>(lag).count());
+    if (user) user(lag);
+  };
   auto cluster = gossip::Cluster::start(std::move(co), *store_,
                                         [this](Result<storage::Applied> r) { merged(r); });
   if (!cluster.ok()) return cluster.error();

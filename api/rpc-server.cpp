@@ -1446,6 +1446,7 @@ class RpcServer::Loop::MetricsService final : public kj::HttpService {
         if (auto view = node_.clusterView(); view.ok()) {
           body += Metrics::renderCluster(view->stats, view->members, node_.mergesRefused(),
                                          view->region);
+          body += node_.metrics().renderGossip();
         }
       } else {
         status = 500;

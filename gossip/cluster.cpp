@@ -230,6 +230,9 @@ class Cluster::Impl {
   void execute();  // the core's actions, until there are none
   void takeOutbox();
   uint64_t now() const { return steadyMillis(); }
+  // Times the core's anti-entropy sessions for options_.onAntiEntropySession.
+  CoreOptions withSessionTimer(CoreOptions o);
+  std::chrono::steady_clock::time_point sessionStarted_;  // loop thread
 
   StoreReplica replica_;
   Merged onMerged_;
@@ -328,9 +331,9 @@ Status Cluster::Impl::start() {
         // this node, see ReplicationCore::start) and, without one, the wall
         // clock's seconds, so a restart with a lost member file still
         // outranks what peers remember of the previous run.
-        coreOptionsFrom(options_, bound_,
-                        std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32),
-                        unixMillis() / 1000),
+        withSessionTimer(coreOptionsFrom(
+            options_, bound_, std::random_device{}() ^ (uint64_t(std::random_device{}()) << 32),
+            unixMillis() / 1000)),
         replica_);
     core_->start(now(), known);
   }
@@ -483,6 +486,15 @@ void Cluster::Impl::onTick() {
   execute();
 }
 
+CoreOptions Cluster::Impl::withSessionTimer(CoreOptions o) {
+  if (!options_.onAntiEntropySession) return o;
+  o.onSessionStarted = [this] { sessionStarted_ = std::chrono::steady_clock::now(); };
+  o.onSessionCompleted = [this](bool crossRegion) {
+    options_.onAntiEntropySession(std::chrono::steady_clock::now() - sessionStarted_, crossRegion);
+  };
+  return o;
+}
+
 // ---- the core's actions ----------------------------------------------------
 
 void Cluster::Impl::execute() {
@@ -507,10 +519,19 @@ void Cluster::Impl::execute() {
         if (it != conns_.end()) this->close(it->second, false);
       } else if (auto* merge = std::get_if<Merge>(&action)) {
         for (auto& state : merge->states) {
+          // The write's stamp, for onDeltaApplied (0: none, or not a pushed delta).
+          uint64_t stampMillis = merge->repair ? 0 : state.maxHlc().millis();
           // (`r` by const reference and copied for `user`: g++ 12 at -O2
           // reports a false maybe-uninitialized for a moved Result here.)
-          replica_.merge(std::move(state), [wake = wake_, user = onMerged_, ticket = merge->ticket](
-                                               const Result<storage::Applied>& r) {
+          replica_.merge(std::move(state), [wake = wake_, user = onMerged_, ticket = merge->ticket,
+                                            lag = stampMillis ? options_.onDeltaApplied : nullptr,
+                                            stampMillis](const Result<storage::Applied>& r) {
+            if (lag && r.ok() && r->changed) {
+              auto since = std::chrono::system_clock::now().time_since_epoch() -
+                           std::chrono::milliseconds(stampMillis);
+              lag(std::max(std::chrono::nanoseconds(0),
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(since)));
+            }
             if (user) user(r);
             std::lock_guard lock(wake->mu);
             wake->merged.push_back(ticket);

@@ -83,6 +83,20 @@ struct ClusterOptions {
   // deltas published and not yet sent; beyond either, further ones are
   // dropped and counted (anti-entropy repairs; local writes are already durable).
   size_t maxPendingDeltaBytes = 64u << 20;
+  // Observers for metrics (chorus::Node feeds /metrics with them); each
+  // must be quick and must not block. Unset: not called.
+  // An anti-entropy session this node started completed, `took` from its
+  // first frame sent to the peer's last reply handled (sessions abandoned
+  // on a timeout or a busy peer are not reported); `crossRegion`: the peer
+  // is of another region. Called on the loop thread.
+  std::function<void(std::chrono::nanoseconds took, bool crossRegion)> onAntiEntropySession;
+  // A delta pushed by a peer (not anti-entropy) changed this node's store:
+  // `lag` from the write's HLC stamp (the origin's clock when it made the
+  // write, just before its commit) to this node's wall clock once the merge
+  // committed; so it includes the skew between the two clocks, and a
+  // receiver whose clock is behind sees less (never below 0). Deltas that
+  // carry no stamp (votes, tags) are not reported. Called on the store thread.
+  std::function<void(std::chrono::nanoseconds lag)> onDeltaApplied;
 };
 
 // A member's state as this node sees it: alive; suspect (a probe failed,

@@ -1946,6 +1946,7 @@ void ReplicationCore::startSync(uint64_t now, const std::string& peerId) {
   sessionMoved_ = reconciler_.counters().statesSent + stats_.statesRepaired;
   ++stats_.syncStarted;
   stats_.antiEntropyBytes += size;
+  if (options_.onSessionStarted) options_.onSessionStarted();
 }
 
 void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
@@ -1958,6 +1959,9 @@ void ReplicationCore::sessionDone(uint64_t now, const std::string& peerId) {
   if (peerId == sessionPeer_) {
     sessionPeer_.clear();
     ++stats_.syncCompleted;
+    if (options_.onSessionCompleted) {
+      options_.onSessionCompleted(it != members_.end() && it->second.region != options_.region);
+    }
     // A session across regions that repaired something: the WAN link was
     // behind (a heal); the next one follows at the in-region pace, not
     // after crossRegionAntiEntropyInterval, until one finds nothing.

@@ -116,6 +116,12 @@ struct CoreOptions {
   size_t frameOverheadBytes = 72;
   std::function<Status(const crdt::ReviewDoc&)> admit;  // as ClusterOptions::admit
   uint64_t seed = 0;                                    // of the core's PRNG
+  // For metrics: called when this node starts an anti-entropy session, and
+  // when the one it started completes (`crossRegion`: with a peer of another
+  // region), within the input that caused it, so the driver may time them
+  // with a finer clock than `now`. Must not call the core. Unset: nothing.
+  std::function<void()> onSessionStarted;
+  std::function<void(bool crossRegion)> onSessionCompleted;
 };
 
 // The core's view of ClusterOptions (Cluster's driver uses it).

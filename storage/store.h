@@ -11,6 +11,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +50,14 @@ struct Options {
   // Deltas are checked here, joined, because each alone may be small. Runs
   // on one of the store's threads: pure, quick, no locks. Unset: all pass.
   std::function<Status(const crdt::ReviewDoc& merged)> admitMerge;
+  // Called on the store thread after each write transaction committed,
+  // before its writes are acknowledged, with how long the commit took (from
+  // beginning the transaction to its durable commit: applying the batch,
+  // fsync, and any map growth and retry) and the writes it acknowledged
+  // (those that failed alone, e.g. not found, are not counted). For
+  // metrics: it delays every write of the batch, so it must be quick and
+  // must not block. Unset: nothing is called.
+  std::function<void(std::chrono::nanoseconds took, size_t writes)> onCommit;
 };
 
 // What a committed write did.

@@ -21,6 +21,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -309,7 +310,7 @@ class StoreImpl final : public Store {
   Result<Working> load(Txn& txn, const crdt::ReviewKey& key, const std::string& dk);
   static void derive(Prepared& p);
   Status commitPrepared(const Prepared& p, const std::function<void()>& beforeCommit);
-  void acknowledge(Prepared& p, const Status& committed);
+  void acknowledge(Prepared& p, const Status& committed, std::chrono::nanoseconds took);
   Status growMap();
   Status apply(Txn& txn, const Prepared& p);
 

@@ -3,6 +3,7 @@
 // outside the transaction), applying it in one write transaction, growing
 // the map, committing and acknowledging. Threads: store-impl.h.
 #include <algorithm>
+#include <chrono>
 
 #include "storage/internal/store-impl.h"
 #include "storage/key-schema.h"
@@ -74,9 +75,10 @@ void StoreImpl::run() {
         return prepare(std::move(b), base);
       });
     };
+    auto begun = std::chrono::steady_clock::now();
     Status committed =
         current->failure ? Status(*current->failure) : commitPrepared(*current, startNext);
-    acknowledge(*current, committed);
+    acknowledge(*current, committed, std::chrono::steady_clock::now() - begun);
     std::unique_ptr<Prepared> following;
     if (next.valid()) {
       following = next.get();
@@ -281,7 +283,7 @@ Status StoreImpl::commitPrepared(const Prepared& p, const std::function<void()>&
 }
 
 // Gives every write of the batch its result and runs the callbacks.
-void StoreImpl::acknowledge(Prepared& p, const Status& committed) {
+void StoreImpl::acknowledge(Prepared& p, const Status& committed, std::chrono::nanoseconds took) {
   uint64_t acknowledged = 0;
   for (size_t i = 0; i < p.batch.size(); ++i) {
     std::optional<Result<Applied>>& r = p.results[i];
@@ -297,6 +299,7 @@ void StoreImpl::acknowledge(Prepared& p, const Status& committed) {
     }
   }
   writes_.fetch_add(acknowledged);
+  if (committed && options_.onCommit) options_.onCommit(took, acknowledged);
   for (size_t i = 0; i < p.batch.size(); ++i) {
     if (p.batch[i].done) p.batch[i].done(std::move(*p.results[i]));
   }

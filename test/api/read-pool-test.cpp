@@ -2,7 +2,8 @@
 // RPC thread, so a slow one holds up no other connection; results land on
 // their own calls and show committed states; a cancelled call, a dropped
 // connection or a shutdown while a read runs is safe; a full queue answers
-// `overloaded`; call durations are a Prometheus histogram on /metrics.
+// `overloaded`; call durations are a Prometheus histogram on /metrics, as
+// are store commits, anti-entropy sessions and delta push lag.
 //
 // A read is held in the pool deterministically with RpcLimits::beforeRead,
 // which blocks reads of product "slow" until the test releases them.
@@ -22,6 +23,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <span>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -29,11 +31,13 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "gossip/keyring.h"
 #include "temp-dir.h"
 
 using chorus::ErrorCode;
 using chorus::Node;
 using chorus::api::Client;
+using chorus::api::Histogram;
 using chorus::api::Metrics;
 using chorus::api::wire::ErrorCode::OVERLOADED;
 using chorus::test::TempDir;
@@ -138,12 +142,73 @@ std::string fetchMetrics(const std::string& address) {
     if (::send(fd, req.data(), req.size(), 0) == ssize_t(req.size())) {
       char buf[8192];
       ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) response.append(buf, size_t(n));
+      while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+        response.append(buf, size_t(n));
+        // Done at Content-Length: the server keeps the connection open (for
+        // its pipeline timeout, 5 s) whatever `Connection: close` says.
+        auto end = response.find("\r\n\r\n");
+        auto length = response.find("Content-Length: ");
+        if (end != std::string::npos && length != std::string::npos && length < end &&
+            response.size() - (end + 4) >= std::stoul(response.substr(length + 16))) {
+          break;
+        }
+      }
     }
   }
   ::close(fd);
   auto body = response.find("\r\n\r\n");
   return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// The samples of histogram `name` in a /metrics body whose labels contain
+// `labels` (empty: any): (le, or "sum" / "count", value), in order.
+std::vector<std::pair<std::string, double>> histogram(const std::string& body,
+                                                      const std::string& name,
+                                                      const std::string& labels = "") {
+  std::vector<std::pair<std::string, double>> out;
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0 || line.find(labels) == std::string::npos) continue;
+    std::string rest = line.substr(name.size());
+    double v = std::stod(line.substr(line.rfind(' ') + 1));
+    if (rest.rfind("_bucket{", 0) == 0) {
+      auto le = line.find("le=\"") + 4;
+      out.emplace_back(line.substr(le, line.find('"', le) - le), v);
+    } else if (rest.rfind("_sum ", 0) == 0 || rest.rfind("_sum{", 0) == 0) {
+      out.emplace_back("sum", v);
+    } else if (rest.rfind("_count ", 0) == 0 || rest.rfind("_count{", 0) == 0) {
+      out.emplace_back("count", v);
+    }
+  }
+  return out;
+}
+
+// Checks a histogram's samples against its bounds (every bound in order,
+// counts never decreasing, +Inf = _count) and returns its _count (-1 if
+// the shape is wrong).
+double histogramCount(const std::vector<std::pair<std::string, double>>& h,
+                      std::span<const double> bounds) {
+  REQUIRE(h.size() == bounds.size() + 3);
+  double previous = 0;
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    CHECK(std::stod(h[i].first) == doctest::Approx(bounds[i]));
+    CHECK(h[i].second >= previous);
+    previous = h[i].second;
+  }
+  CHECK(h[bounds.size()].first == "+Inf");
+  CHECK(h[bounds.size()].second >= previous);
+  CHECK(h[bounds.size() + 1].first == "sum");
+  CHECK(h[bounds.size() + 2].first == "count");
+  CHECK(h[bounds.size() + 2].second == h[bounds.size()].second);
+  return h[bounds.size() + 2].second;
+}
+
+// A plain sample `name value` (-1 if absent).
+double scalar(const std::string& body, const std::string& name) {
+  auto at = body.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(body.substr(at + name.size() + 2));
 }
 
 }  // namespace
@@ -596,4 +661,115 @@ TEST_CASE("reads: page answers the summary and a page from one snapshot, as list
   writer.join();
   CHECK(pages > 0);
   CHECK(mismatched == 0);
+}
+
+TEST_CASE("metrics: store commit duration and batch size histograms on /metrics") {
+  TempDir tmp;
+  auto node = openNode(tmp, {}, nullptr, true);
+  // From several threads, so that some commits may hold more than one write.
+  constexpr int kThreads = 4, kEach = 10;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        std::string author = "a" + std::to_string(t) + "-" + std::to_string(i);
+        if (node->put("p", author, 4, "t", "").ok()) ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(ok == kThreads * kEach);
+
+  std::string body = fetchMetrics(node->metricsAddress());
+  REQUIRE(!body.empty());
+  CHECK(body.find("# TYPE chorus_store_commit_duration_seconds histogram\n") != std::string::npos);
+  CHECK(body.find("# TYPE chorus_store_commit_batch_size histogram\n") != std::string::npos);
+  double commits = scalar(body, "chorus_store_commits_total");
+  CHECK(scalar(body, "chorus_store_writes_total") == kThreads * kEach);
+  CHECK(commits >= 1);
+  CHECK(commits <= kThreads * kEach);
+  // One observation per commit, both histograms; the batch sizes add up to
+  // the writes committed.
+  auto duration = histogram(body, "chorus_store_commit_duration_seconds");
+  CHECK(histogramCount(duration, Histogram::kDurationBounds) == commits);
+  CHECK(duration[Histogram::kDurationBounds.size() + 1].second > 0);
+  auto batch = histogram(body, "chorus_store_commit_batch_size");
+  CHECK(histogramCount(batch, Metrics::kBatchBounds) == commits);
+  CHECK(batch[Metrics::kBatchBounds.size() + 1].second == kThreads * kEach);
+  CHECK(node->metrics().commitBatchSize().sum() == kThreads * kEach);
+}
+
+TEST_CASE("metrics: anti-entropy session duration by scope and delta push lag on /metrics") {
+  TempDir tmp;
+  static const std::string key = chorus::gossip::generateClusterKey();
+  auto open = [&](const std::string& id, const std::string& region,
+                  std::vector<std::string> seeds) {
+    Node::Options o;
+    o.nodeId = id;
+    o.dataDir = tmp.sub(id);
+    o.listen = "127.0.0.1:0";
+    o.metricsAddr = "127.0.0.1:0";
+    o.rpc.noAuth = true;
+    o.store.unsafeNoSync = true;
+    o.cluster.listen = "127.0.0.1:0";
+    o.cluster.keys = {key};
+    o.cluster.seeds = std::move(seeds);
+    o.cluster.region = region;
+    o.cluster.antiEntropyInterval = 100ms;
+    o.cluster.crossRegionAntiEntropyInterval = 200ms;
+    o.cluster.probeInterval = 200ms;
+    o.cluster.gossipInterval = 50ms;
+    auto node = Node::open(std::move(o));
+    REQUIRE_MESSAGE(node.ok(), node.error().toString());
+    return std::move(node).value();
+  };
+  // a and b share region x; c is in y.
+  auto a = open("a", "x", {});
+  auto b = open("b", "x", {a->cluster()->address()});
+  auto c = open("c", "y", {a->cluster()->address()});
+  std::vector<Node*> nodes = {a.get(), b.get(), c.get()};
+  REQUIRE(eventually([&] {
+    for (Node* n : nodes) {
+      auto view = n->clusterView();
+      if (!view.ok() || view->members.size() != 2 || view->stats.activePeers == 0) return false;
+    }
+    return true;
+  }));
+  // Writes with a stamp (a review's content), pushed from a to b and c.
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(a->put("p", "ann" + std::to_string(i), 5, "t", "").ok());
+  }
+  const std::string session = "chorus_gossip_anti_entropy_session_duration_seconds";
+  const std::string lag = "chorus_gossip_delta_push_lag_seconds";
+  // Totals over the three nodes, from their /metrics.
+  double inRegion = 0, crossRegion = 0, lags = 0, lagSum = 0;
+  auto gather = [&] {
+    inRegion = crossRegion = lags = lagSum = 0;
+    for (Node* n : nodes) {
+      std::string body = fetchMetrics(n->metricsAddress());
+      REQUIRE(!body.empty());
+      CHECK(body.find("# TYPE " + session + " histogram\n") != std::string::npos);
+      CHECK(body.find("# TYPE " + lag + " histogram\n") != std::string::npos);
+      inRegion += histogramCount(histogram(body, session, "scope=\"in_region\""),
+                                 Histogram::kDurationBounds);
+      crossRegion += histogramCount(histogram(body, session, "scope=\"cross_region\""),
+                                    Histogram::kDurationBounds);
+      auto l = histogram(body, lag);
+      lags += histogramCount(l, Metrics::kLagBounds);
+      lagSum += l[Metrics::kLagBounds.size() + 1].second;
+    }
+    return inRegion >= 1 && crossRegion >= 1 && lags >= 1;
+  };
+  CHECK(eventually(gather));
+  CHECK(inRegion >= 1);
+  CHECK(crossRegion >= 1);
+  CHECK(lags >= 1);
+  CHECK(lags <= 10);  // each of the 5 writes applied once on b and once on c at most
+  CHECK(lagSum >= 0);
+  // In-region sessions are a's and b's (c has no peer in y).
+  CHECK(c->metrics().antiEntropySessions(false).count() == 0);
+  CHECK(a->metrics().antiEntropySessions(false).count() +
+            b->metrics().antiEntropySessions(false).count() >=
+        1);
 }

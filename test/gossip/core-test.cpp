@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -653,6 +654,31 @@ TEST_CASE("core: two cores with different stores converge through anti-entropy a
   net.runFor(3000);
   CHECK(n1.core->stats().statesRepaired + n2.core->stats().statesRepaired == repaired);
   CHECK(n1.core->stats().syncCompleted > 1);
+}
+
+TEST_CASE("core: the session hooks report each started and completed session, by scope") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  // Per node: sessions started, completed in region, completed across.
+  std::map<std::string, std::array<uint64_t, 3>> seen;
+  // n1 and n3 in r0, n2 alone in r1.
+  cluster(net, 3, 2, [&](CoreOptions& o) {
+    auto* counts = &seen[o.nodeId];
+    o.onSessionStarted = [counts] { ++(*counts)[0]; };
+    o.onSessionCompleted = [counts](bool crossRegion) { ++(*counts)[crossRegion ? 2 : 1]; };
+  });
+  net.runFor(25'000);  // past two cross-region intervals
+  for (Node* n : net.all()) {
+    CAPTURE(n->id);
+    const auto& c = seen[n->id];
+    CHECK(c[0] == n->core->stats().syncStarted);
+    CHECK(c[1] + c[2] == n->core->stats().syncCompleted);
+    CHECK(c[1] + c[2] <= c[0]);
+  }
+  CHECK(seen["n2"][1] == 0);  // no peer in its region
+  CHECK(seen["n2"][2] > 0);
+  CHECK(seen["n1"][1] + seen["n3"][1] > 0);
 }
 
 TEST_CASE("core: a size cap splits a large repair into sessions that run back to back") {
