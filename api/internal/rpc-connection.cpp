@@ -10,7 +10,7 @@ namespace chorus::api::internal {
 kj::Promise<size_t> BufferedIoStream::tryRead(void* buffer, size_t minBytes, size_t maxBytes) {
   auto* out = static_cast<kj::byte*>(buffer);
   size_t n = std::min(maxBytes, end_ - begin_);
-  std::memcpy(out, buffer_.begin() + begin_, n);
+  if (n > 0) std::memcpy(out, buffer_.begin() + begin_, n);  // never memcpy(nullptr, ..., 0): UB
   begin_ += n;
   if (n >= minBytes) return n;
   return readMore(out, n, minBytes, maxBytes);
@@ -29,7 +29,7 @@ kj::Promise<size_t> BufferedIoStream::readMore(kj::byte* out, size_t have, size_
         begin_ = 0;
         end_ = got;
         size_t n = std::min(maxBytes - have, got);
-        std::memcpy(out + have, buffer_.begin(), n);
+        if (n > 0) std::memcpy(out + have, buffer_.begin(), n);
         begin_ = n;
         return have + n;  // less than minBytes only at the end of the stream
       });

@@ -300,7 +300,9 @@ TEST_CASE("three nodes join through a seed, replicate, survive a partition and c
     }
     return false;
   }));
-  CHECK(n3.cluster->stats().partitionDropped > 0);
+  // n3's own probes and pushes to n1 and n2 are dropped and counted (soon,
+  // not necessarily yet: seen at 0 once under the sanitizers).
+  CHECK(eventually([&] { return n3.cluster->stats().partitionDropped > 0; }));
 
   // Heal: nobody intervenes, yet all converge through anti-entropy.
   for (auto* n : all) n->cluster->heal();
