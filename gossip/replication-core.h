@@ -51,7 +51,6 @@
 #include "crdt/result.h"
 #include "crdt/review.h"
 #include "gossip/cluster.h"
-#include "gossip/failure-detector.h"
 #include "gossip/gossip.capnp.h"
 #include "gossip/member-file.h"
 #include "gossip/reconciler.h"

@@ -11,7 +11,6 @@
 #include <random>
 #include <sstream>
 
-#include "gossip/failure-detector.h"
 #include "gossip/frame.h"
 #include "gossip/member-file.h"
 #include "gossip/secure-channel.h"
@@ -254,20 +253,6 @@ TEST_CASE("bit-flipped frames are refused or parse into a valid frame, never cra
     if (root.which() == wire::Frame::HELLO) (void)root.getHello().getMember().getNodeId().size();
   }
   CHECK(refused > 0);
-}
-
-TEST_CASE("phi grows with silence and falls back with a heartbeat") {
-  PhiAccrualDetector d(200);
-  CHECK(std::isinf(d.phi(0)));
-  for (uint64_t t = 0; t <= 2000; t += 200) d.heartbeat(t);
-  CHECK(d.phi(2000) < 0.01);
-  double soon = d.phi(2400), later = d.phi(4000), much = d.phi(8000);
-  CHECK(soon < later);
-  CHECK(later < much);
-  CHECK(soon < 5);   // alive after a missed beat or two
-  CHECK(much > 10);  // dead after 6 s of silence
-  d.heartbeat(8000);
-  CHECK(d.phi(8000) < 0.01);
 }
 
 TEST_CASE("the member list round-trips, reads v1 lines, and skips lines it cannot read") {
