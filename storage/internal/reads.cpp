@@ -2,6 +2,7 @@
 // summaries, the Merkle tree, stats. Each call runs in its own read
 // transaction on the calling thread (any thread).
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 
 #include "storage/internal/store-impl.h"
@@ -469,6 +470,14 @@ Result<Page> StoreImpl::readProductPage(Txn& txn, const std::string& product, Or
 
 namespace chorus::storage::internal {
 
+namespace {
+std::string replicaHex(crdt::ReplicaId r) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return buf;
+}
+}  // namespace
+
 // One range read of `changes` from since + 1: limit + 1 entries (the extra
 // one says whether more follow), each document looked up only with
 // includeDocs. The snapshot's `last-seq` bounds `since` and is the cursor
@@ -489,7 +498,7 @@ Result<ChangesPage> StoreImpl::changes(uint64_t since, size_t limit, bool includ
   if (since > page.lastSeq) {
     return makeError(ErrorCode::kInvalidArgument,
                      "since: " + std::to_string(since) + " is beyond this node's last seq " +
-                         std::to_string(page.lastSeq) + " (replica " + std::to_string(replica_) +
+                         std::to_string(page.lastSeq) + " (replica " + replicaHex(replica_) +
                          "): a cursor of another node, or of a data dir since replaced; "
                          "read again from 0");
   }
