@@ -749,8 +749,8 @@ Status Node::remove(const std::string& nodeId) {
 
 Result<ChangesPage> Node::changes(uint64_t since, uint32_t limit, bool includeDocs) {
   if (limit > kMaxFeedLimit) {
-    return api::FieldError{"limit", "at most " + std::to_string(kMaxFeedLimit) + " changes (0 = " +
-                                        std::to_string(kDefaultFeedLimit) + ")"}
+    return api::FieldError{"limit", "at most " + std::to_string(kMaxFeedLimit) +
+                                        " changes (0 = " + std::to_string(kDefaultFeedLimit) + ")"}
         .toError();
   }
   auto page = store_->changes(since, limit == 0 ? kDefaultFeedLimit : limit, includeDocs);

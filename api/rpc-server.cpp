@@ -725,8 +725,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     uint32_t limit = f.limit;
     bool docs = f.includeDocs;
     tasks_.add(read<ChangesPage>("follow", "", readWork<ChangesPage>([since, limit, docs](Node& n) {
-                 return n.changes(since, limit, docs);
-               }))
+                                   return n.changes(since, limit, docs);
+                                 }))
                    .then([this, id](kj::Own<ReadOutcome> outcome) {
                      sendPage(id, std::get<Result<ChangesPage>>(kj::mv(*outcome)));
                    }));
@@ -1245,9 +1245,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           uint64_t since = p.getSince();
           uint32_t limit = p.getLimit();
           bool docs = p.getIncludeDocs();
-          return job<ChangesPage>("", [since, limit, docs](Node& node) {
-            return node.changes(since, limit, docs);
-          });
+          return job<ChangesPage>(
+              "", [since, limit, docs](Node& node) { return node.changes(since, limit, docs); });
         },
         [](const std::string&, const ChangesPage& r, auto results) {
           auto list = results.initChanges(static_cast<unsigned>(r.changes.size()));
@@ -1282,9 +1281,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
               .read<ChangesPage>("follow", "", readWork<ChangesPage>([since](Node& node) {
                                    return node.changes(since, 1, false);
                                  }))
-              .then([this, ctx, since, limit, docs,
-                     observer = kj::mv(observer)](kj::Own<ReadOutcome> outcome) mutable
-                    -> const char* {
+              .then([this, ctx, since, limit, docs, observer = kj::mv(observer)](
+                        kj::Own<ReadOutcome> outcome) mutable -> const char* {
                 const Result<ChangesPage>& first = std::get<Result<ChangesPage>>(*outcome);
                 auto results = ctx.getResults();
                 if (!first.ok()) return toWire(first.error(), results.initError());

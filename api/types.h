@@ -84,8 +84,8 @@ struct FeedChange {
   uint64_t seq = 0;
   std::string product;
   std::string author;
-  bool deleted = false;               // the review was erased (a tombstone)
-  std::optional<ReviewView> review;   // with includeDocs only
+  bool deleted = false;              // the review was erased (a tombstone)
+  std::optional<ReviewView> review;  // with includeDocs only
 };
 
 struct ChangesPage {

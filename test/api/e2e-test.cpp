@@ -249,8 +249,8 @@ TEST_CASE("e2e: `chorus changes` pages the feed, resumes from last_seq across a 
     CHECK(d.process->stop(SIGINT, 10s) == 0);
   }
   auto d = startDaemon(tmp.sub("data"));
-  auto resumed = cli(d.address, {"--json", "changes", "--since", std::to_string(checkpoint),
-                                 "--include-docs"});
+  auto resumed = cli(
+      d.address, {"--json", "changes", "--since", std::to_string(checkpoint), "--include-docs"});
   REQUIRE(resumed.code == 0);
   CHECK(resumed.out.find("\"seq\":4,\"product\":\"kettle\",\"author\":\"bob\",\"deleted\":true") !=
         std::string::npos);

@@ -114,13 +114,13 @@ struct Consumer {
 TEST_CASE("embedded: changes pages the compacted feed; limits and cursors are checked") {
   TempDir tmp;
   auto node = openNode(tmp.path());
-  REQUIRE(node->put("p1", "ann", 3, "one", "").ok());   // 1
-  REQUIRE(node->put("p1", "bob", 4, "b", "").ok());     // 2
-  REQUIRE(node->put("p1", "ann", 5, "two", "").ok());   // 3
-  REQUIRE(node->vote("p1", "ann", "cy").ok());          // 4
-  REQUIRE(node->vote("p1", "ann", "cy").ok());          // already counted: a new dot, 5
-  REQUIRE(node->untag("p1", "ann", "none").ok());       // changes nothing: no seq
-  REQUIRE(node->erase("p1", "bob").ok());               // 6
+  REQUIRE(node->put("p1", "ann", 3, "one", "").ok());  // 1
+  REQUIRE(node->put("p1", "bob", 4, "b", "").ok());    // 2
+  REQUIRE(node->put("p1", "ann", 5, "two", "").ok());  // 3
+  REQUIRE(node->vote("p1", "ann", "cy").ok());         // 4
+  REQUIRE(node->vote("p1", "ann", "cy").ok());         // already counted: a new dot, 5
+  REQUIRE(node->untag("p1", "ann", "none").ok());      // changes nothing: no seq
+  REQUIRE(node->erase("p1", "bob").ok());              // 6
   CHECK(node->lastSeq() == 6);
 
   auto page = node->changes(0, 0, true);
@@ -210,7 +210,8 @@ TEST_CASE("rpc: changes and follow; a consumer resumes from its cursor after a d
         node->lastSeq() + 1, false, 0, [](const ChangesPage&) { return true; }, 1s));
     CHECK(badFollow.code == ErrorCode::kInvalidArgument);
     CHECK(badFollow.message.rfind("since: ", 0) == 0);
-    CHECK(failure(c->follow(0, false, 1001, [](const ChangesPage&) { return true; }, 1s))
+    CHECK(failure(c->follow(
+                      0, false, 1001, [](const ChangesPage&) { return true; }, 1s))
               .message.rfind("limit: ", 0) == 0);
   }
 
@@ -390,7 +391,8 @@ TEST_CASE("rpc: a slow follower gets one batch at a time, whatever the backlog")
   REQUIRE_FALSE(resp.hasError());
   auto handle = resp.getHandle();
   std::thread writer([&] {
-    for (int i = 0; i < 100; ++i) REQUIRE(node->put("late", "w" + std::to_string(i), 3, "", "").ok());
+    for (int i = 0; i < 100; ++i)
+      REQUIRE(node->put("late", "w" + std::to_string(i), 3, "", "").ok());
   });
   c->timer().timeoutAfter(30 * kj::SECONDS, kj::mv(done.promise)).wait(c->waitScope());
   writer.join();

@@ -511,15 +511,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0u, 1000u));
   changes->add_flag("--include-docs", includeDocs, "Include each review's current state");
   changes->add_flag("--follow,-f", follow, "Keep streaming changes as they commit");
-  changes->add_option("--for", followFor, "With --follow: stop after this long (5s, 2m; a bare "
-                                          "number is seconds)");
+  changes->add_option("--for", followFor,
+                      "With --follow: stop after this long (5s, 2m; a bare "
+                      "number is seconds)");
   changes->callback([&] {
     uint64_t from = 0;
     if (since == "now") {
       from = chorus::storage::kSinceNow;
     } else if (since.empty() || since.find_first_not_of("0123456789") != std::string::npos ||
                since.size() > 20 || (since.size() == 20 && since > "18446744073709551615")) {
-      result = usageError("--since: '" + since + "' is not a seq (a last_seq printed earlier), 0 "
+      result = usageError("--since: '" + since +
+                          "' is not a seq (a last_seq printed earlier), 0 "
                           "or now");
       return;
     } else {
@@ -529,8 +531,8 @@ int main(int argc, char** argv) {
     if (!followFor.empty()) {
       auto d = chorus::api::parseDuration(followFor, std::chrono::seconds(1));
       if (!d.ok() || d->count() <= 0) {
-        result = usageError("--for: " + (d.ok() ? std::string("must be positive")
-                                                : d.error().message));
+        result =
+            usageError("--for: " + (d.ok() ? std::string("must be positive") : d.error().message));
         return;
       }
       if (!follow) {
@@ -579,8 +581,8 @@ int main(int argc, char** argv) {
           },
           duration,
           [&](const chorus::ChangesPage& start) {
-            std::fprintf(stderr, "chorus: following the changes after seq %" PRIu64
-                                 " of replica %s\n",
+            std::fprintf(stderr,
+                         "chorus: following the changes after seq %" PRIu64 " of replica %s\n",
                          start.lastSeq, replicaHex(start.replicaId).c_str());
             std::fflush(stderr);
           });
