@@ -160,9 +160,11 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   };
   // Likewise made before the store, which wakes the feed's subscribers.
   auto feed = std::make_unique<internal::FeedSubscribers>();
+  // The caller's hook first (e.g. to note the commit's time), then the
+  // subscribers.
   so.onFeedAdvanced = [f = feed.get(), user = std::move(so.onFeedAdvanced)](uint64_t lastSeq) {
-    f->advanced(lastSeq);
     if (user) user(lastSeq);
+    f->advanced(lastSeq);
   };
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
