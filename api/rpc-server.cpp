@@ -746,7 +746,9 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
         }));
         return;
       }
-      logf(LogLevel::kWarn, "rpc: a follow of connection %llu ended: %s",
+      // Stopping (unavailable) is not worth a warning; a store fault is.
+      logf(page.error().code == ErrorCode::kUnavailable ? LogLevel::kDebug : LogLevel::kWarn,
+           "rpc: a follow of connection %llu ended: %s",
            static_cast<unsigned long long>(f.conn->id), page.error().toString().c_str());
       follows_->remove(id);
       return;
