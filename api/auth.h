@@ -131,7 +131,8 @@ class TokenTable {
 //   vote, unvote    writer, and voter == principal
 //   moderate        moderator
 //   reply           merchant
-//   reads, watch    any role
+//   reads, watch,   any role
+//   changes, follow
 //   Admin methods   admin
 std::optional<Error> authorizeWrite(const Principal& principal, const WriteRequest& request);
 std::optional<Error> authorizeRead(const Principal& principal);

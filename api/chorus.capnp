@@ -14,10 +14,11 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 5;  # 2: authenticate, Admin.keys, unauthenticated;
+const apiVersion :UInt32 = 6;  # 2: authenticate, Admin.keys, unauthenticated;
                                # 3: Admin.leave/remove, regions, member state `left`
                                # 4: Admin.health (any role)
                                # 5: ReviewStore.page
+                               # 6: ReviewStore.changes/follow (the change feed)
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -92,6 +93,30 @@ interface WatchObserver {
 # Dropping the handle (or the connection) ends the watch.
 interface WatchHandle {}
 
+# One entry of the answering node's change feed: the latest change of one
+# review there. `seq` numbers the change on that node only (every node
+# numbers the changes it commits, local writes and merges alike); the feed
+# is compacted: a review appears once, at its latest change.
+struct FeedChange {
+  seq @0 :UInt64;
+  product @1 :Text;
+  author @2 :Text;
+  deleted @3 :Bool;              # the review was erased (a tombstone)
+  review @4 :Review;             # with includeDocs only (hasReview())
+}
+
+# Receives a follow's batches. The node sends a batch only once the
+# previous call returned: a slow observer slows its own feed, and the node
+# holds at most one batch per follow, whatever the backlog.
+interface FeedObserver {
+  # Changes after the previous batch's lastSeq (or follow's `since`), in
+  # seq order; `lastSeq` is the cursor to store and resume from.
+  onChanges @0 (changes :List(FeedChange), lastSeq :UInt64) -> ();
+}
+
+# Dropping the handle (or the connection) ends the follow.
+interface FeedHandle {}
+
 interface ReviewStore {
   # Writes (creates or replaces) the author's review of the product.
   put @0 (product :Text, author :Text, rating :UInt8, title :Text, body :Text)
@@ -126,6 +151,23 @@ interface ReviewStore {
   # `handle` is dropped.
   watch @12 (product :Text, observer :WatchObserver)
       -> (error :Error, handle :WatchHandle);
+
+  # The change feed (api 6): the changes after `since` (0 = from the start,
+  # 0xffffffffffffffff = now: none, just the cursor), at most `limit` (0 =
+  # 100, at most 1000, else invalidArgument `limit`), in seq order, with
+  # each review when `includeDocs`. `lastSeq` is the cursor to pass as
+  # `since` next. Cursors are per node: `replicaId` names whose seqs these
+  # are; a `since` beyond the node's last seq is refused (invalidArgument
+  # `since`: another node's cursor). Any role may read it.
+  changes @14 (since :UInt64, limit :UInt32, includeDocs :Bool)
+      -> (error :Error, changes :List(FeedChange), lastSeq :UInt64, replicaId :UInt64);
+  # Streams the feed from `since` (as in `changes`) to `observer`: first the
+  # backlog, then each change as it commits, in batches of at most `limit`
+  # (0 = 100, at most 1000), until `handle` is dropped. `lastSeq` is where it
+  # starts (`since`, or the node's last seq for "now"). Flow control: see
+  # FeedObserver. Counts as a watch toward the watch limits.
+  follow @15 (since :UInt64, observer :FeedObserver, includeDocs :Bool, limit :UInt32)
+      -> (error :Error, handle :FeedHandle, lastSeq :UInt64, replicaId :UInt64);
 }
 
 struct StoreStats {

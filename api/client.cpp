@@ -339,6 +339,95 @@ Status Client::remove(const std::string& node) {
   return okStatus();
 }
 
+Result<ChangesPage> Client::changes(uint64_t since, uint32_t limit, bool includeDocs) {
+  auto q = impl_->reviews.changesRequest();
+  q.setSince(since);
+  q.setLimit(limit);
+  q.setIncludeDocs(includeDocs);
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  ChangesPage page;
+  page.lastSeq = response->getLastSeq();
+  page.replicaId = response->getReplicaId();
+  for (auto c : response->getChanges()) page.changes.push_back(fromWire(c));
+  return page;
+}
+
+namespace {
+
+class FeedObserver final : public wire::FeedObserver::Server {
+ public:
+  FeedObserver(const std::function<bool(const ChangesPage&)>& onBatch,
+               const crdt::ReplicaId& replica, kj::Own<kj::PromiseFulfiller<void>> stop)
+      : onBatch_(onBatch), replica_(replica), stop_(kj::mv(stop)) {}
+
+  kj::Promise<void> onChanges(OnChangesContext ctx) override {
+    if (!stop_->isWaiting()) return kj::READY_NOW;
+    auto p = ctx.getParams();
+    ChangesPage page;
+    page.lastSeq = p.getLastSeq();
+    page.replicaId = replica_;
+    for (auto c : p.getChanges()) page.changes.push_back(fromWire(c));
+    if (!onBatch_(page)) stop_->fulfill();
+    return kj::READY_NOW;
+  }
+
+ private:
+  const std::function<bool(const ChangesPage&)>& onBatch_;
+  const crdt::ReplicaId& replica_;
+  kj::Own<kj::PromiseFulfiller<void>> stop_;
+};
+
+}  // namespace
+
+Status Client::follow(uint64_t since, bool includeDocs, uint32_t limit,
+                      const std::function<bool(const ChangesPage&)>& onBatch,
+                      std::chrono::milliseconds duration,
+                      const std::function<void(const ChangesPage&)>& onStarted) {
+  auto stop = kj::newPromiseAndFulfiller<void>();
+  crdt::ReplicaId replica = 0;
+  auto q = impl_->reviews.followRequest();
+  q.setSince(since);
+  q.setIncludeDocs(includeDocs);
+  q.setLimit(limit);
+  q.setObserver(kj::heap<FeedObserver>(onBatch, replica, kj::mv(stop.fulfiller)));
+  auto response = impl_->wait(q.send());
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  auto handle = response->getHandle();  // the follow lasts while we hold this
+  replica = response->getReplicaId();
+  if (onStarted) {
+    ChangesPage start;
+    start.lastSeq = response->getLastSeq();
+    start.replicaId = replica;
+    onStarted(start);
+  }
+  try {
+    auto disconnected = impl_->network->onDisconnect().then([]() { return 2; });
+    auto elapsed =
+        impl_->io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
+          return 1;
+        });
+    // The observer's fulfiller is destroyed unfulfilled when the node drops
+    // the observer: it ended the follow (a revoked token, a failed read).
+    int why = stop.promise.then([]() { return 0; }, [](kj::Exception&&) { return 3; })
+                  .exclusiveJoin(kj::mv(elapsed))
+                  .exclusiveJoin(kj::mv(disconnected))
+                  .wait(impl_->io.waitScope);
+    if (why == 2) {
+      return makeError(ErrorCode::kUnavailable, "lost the connection to " + impl_->address);
+    }
+    if (why == 3) {
+      return makeError(ErrorCode::kUnavailable,
+                       impl_->address + " ended the follow (token revoked, or a failed read)");
+    }
+  } catch (kj::Exception& e) {
+    return impl_->transportError(e);
+  }
+  return okStatus();
+}
+
 namespace {
 
 class Observer final : public wire::WatchObserver::Server {

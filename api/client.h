@@ -89,6 +89,23 @@ class Client {
   Status watch(const std::string& product, const std::function<bool(const Change&)>& onChange,
                std::chrono::milliseconds duration, const std::function<void()>& onStarted = {});
 
+  // ReviewStore.changes: a page of the node's change feed after `since`
+  // (storage::kSinceNow: none, just the node's cursor); limit 0 = 100, at
+  // most 1000.
+  Result<ChangesPage> changes(uint64_t since, uint32_t limit, bool includeDocs);
+  // ReviewStore.follow: streams the feed from `since` (storage::kSinceNow:
+  // from now). Calls `onStarted` once the node accepted, with an empty page
+  // holding the start cursor and the node's replica id, then `onBatch` for
+  // each batch (on this thread; the node sends the next batch only after
+  // it returned) until it returns false or `duration` has passed; then
+  // drops the follow. Errors: the server's (kInvalidArgument "since: ..."
+  // for another node's cursor), kUnavailable if the connection drops or
+  // the node ends the follow.
+  Status follow(uint64_t since, bool includeDocs, uint32_t limit,
+                const std::function<bool(const ChangesPage&)>& onBatch,
+                std::chrono::milliseconds duration,
+                const std::function<void(const ChangesPage&)>& onStarted = {});
+
   // For pipelining and raw access (benchmarks, tests).
   wire::ReviewStore::Client reviews();
   wire::Admin::Client admin();

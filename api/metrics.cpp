@@ -70,7 +70,7 @@ const char* Metrics::methodName(Method m) {
       "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
       "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
       "partition", "heal",  "cluster", "authenticate", "keys",     "leave", "remove",
-      "reviews",   "admin", "health",  "page"};
+      "reviews",   "admin", "health",  "page",         "changes",  "follow"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -130,6 +130,10 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
   gauge("chorus_watches", "Active watches.", "gauge", double(watches_.load()));
   gauge("chorus_watch_changes_dropped_total", "Changes not delivered to slow observers.", "counter",
         double(dropped_.load()));
+  gauge("chorus_feed_batches_sent_total", "onChanges calls sent to feed follows.", "counter",
+        double(feedBatches_.load()));
+  gauge("chorus_feed_changes_sent_total", "Feed changes sent to follows.", "counter",
+        double(feedChanges_.load()));
   gauge("chorus_rpc_auth_failures_total", "authenticate calls with an unknown token.", "counter",
         double(authFailures_.load()));
   gauge("chorus_rpc_rate_limited_total", "Calls refused by the per-connection rate limit.",

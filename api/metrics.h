@@ -82,6 +82,8 @@ class Metrics {
     kAdmin,
     kHealth,
     kPage,
+    kChanges,
+    kFollow,
     kMethodCount
   };
   static const char* methodName(Method m);
@@ -108,6 +110,12 @@ class Metrics {
   void watchOpened() { watches_.fetch_add(1, std::memory_order_relaxed); }
   void watchClosed() { watches_.fetch_sub(1, std::memory_order_relaxed); }
   void changesDropped(uint64_t n) { dropped_.fetch_add(n, std::memory_order_relaxed); }
+  // Feed changes sent to follows (ReviewStore.follow), in onChanges calls.
+  void feedSent(uint64_t n) {
+    feedBatches_.fetch_add(1, std::memory_order_relaxed);
+    feedChanges_.fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t feedBatchesSent() const { return feedBatches_.load(); }
   // Security counters: authenticate with an unknown token; calls refused by
   // the per-connection rate limit; connections refused because
   // maxConnections were open (closed at accept with noAuth, authenticate
@@ -189,6 +197,8 @@ class Metrics {
   std::atomic<int64_t> connections_{0};
   std::atomic<int64_t> watches_{0};
   std::atomic<uint64_t> dropped_{0};
+  std::atomic<uint64_t> feedBatches_{0};
+  std::atomic<uint64_t> feedChanges_{0};
   std::atomic<uint64_t> authFailures_{0};
   std::atomic<uint64_t> rateLimited_{0};
   std::atomic<uint64_t> connectionsRefused_{0};

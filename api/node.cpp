@@ -14,6 +14,23 @@
 
 namespace chorus {
 
+namespace internal {
+
+// Node's feed subscribers. Called by the store (store thread) after each
+// commit that advanced the feed.
+struct FeedSubscribers {
+  std::mutex mutex;  // guards the two below; held while calling them
+  std::map<uint64_t, Node::FeedSubscriber> subscribers;
+  uint64_t next = 1;
+
+  void advanced(uint64_t lastSeq) {
+    std::lock_guard lock(mutex);
+    for (auto& [id, subscriber] : subscribers) subscriber(lastSeq);
+  }
+};
+
+}  // namespace internal
+
 namespace {
 
 constexpr uint32_t kDefaultPage = 20;
@@ -141,9 +158,18 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     m->storeCommitted(std::chrono::duration<double>(took).count(), writes);
     if (user) user(took, writes);
   };
+  // Likewise made before the store, which wakes the feed's subscribers.
+  auto feed = std::make_unique<internal::FeedSubscribers>();
+  // The caller's hook first (e.g. to note the commit's time), then the
+  // subscribers.
+  so.onFeedAdvanced = [f = feed.get(), user = std::move(so.onFeedAdvanced)](uint64_t lastSeq) {
+    if (user) user(lastSeq);
+    f->advanced(lastSeq);
+  };
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
-  std::unique_ptr<Node> node(new Node(std::move(options), std::move(store).value()));
+  std::unique_ptr<Node> node(
+      new Node(std::move(options), std::move(feed), std::move(store).value()));
   node->metrics_ = std::move(metrics);
   if (!node->options_.listen.empty()) {
     if (tokens) {
@@ -199,10 +225,12 @@ Status Node::startCluster() {
   return okStatus();
 }
 
-Node::Node(Options options, std::unique_ptr<storage::Store> store)
+Node::Node(Options options, std::unique_ptr<internal::FeedSubscribers> feed,
+           std::unique_ptr<storage::Store> store)
     : options_(std::move(options)),
       started_(std::chrono::steady_clock::now()),
       metrics_(std::make_unique<api::Metrics>()),
+      feed_(std::move(feed)),
       store_(std::move(store)) {}
 
 Node::~Node() {
@@ -719,6 +747,42 @@ Status Node::remove(const std::string& nodeId) {
   api::logf(api::LogLevel::kInfo, "gossip: removed node %s from the cluster on request",
             nodeId.c_str());
   return okStatus();
+}
+
+Result<ChangesPage> Node::changes(uint64_t since, uint32_t limit, bool includeDocs) {
+  if (limit > kMaxFeedLimit) {
+    return api::FieldError{"limit", "at most " + std::to_string(kMaxFeedLimit) +
+                                        " changes (0 = " + std::to_string(kDefaultFeedLimit) + ")"}
+        .toError();
+  }
+  auto page = store_->changes(since, limit == 0 ? kDefaultFeedLimit : limit, includeDocs);
+  if (!page.ok()) return page.error();
+  ChangesPage out;
+  out.lastSeq = page->lastSeq;
+  out.replicaId = page->replica;
+  out.changes.reserve(page->changes.size());
+  for (auto& e : page->changes) {
+    FeedChange c;
+    c.seq = e.seq;
+    c.product = std::move(e.key.product);
+    c.author = std::move(e.key.author);
+    c.deleted = e.deleted;
+    if (e.doc) c.review = ReviewView::of(*e.doc);
+    out.changes.push_back(std::move(c));
+  }
+  return out;
+}
+
+uint64_t Node::subscribe(FeedSubscriber subscriber) {
+  std::lock_guard lock(feed_->mutex);
+  uint64_t id = feed_->next++;
+  feed_->subscribers.emplace(id, std::move(subscriber));
+  return id;
+}
+
+void Node::unsubscribe(uint64_t id) {
+  std::lock_guard lock(feed_->mutex);
+  feed_->subscribers.erase(id);
 }
 
 Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {

@@ -39,6 +39,10 @@ class RpcServer;
 class Metrics;
 }  // namespace api
 
+namespace internal {
+struct FeedSubscribers;
+}  // namespace internal
+
 // Bounds of the RPC server.
 struct RpcLimits {
   size_t maxMessageBytes = 1 << 20;  // incoming messages larger are refused
@@ -244,6 +248,33 @@ class Node {
   uint64_t mergesRefused() const { return mergesRefused_.load(); }
   uint64_t mergesApplied() const { return mergesApplied_.load(); }
 
+  // ---- the change feed -----------------------------------------------------
+  // Every change this node commits, local writes and merges from peers
+  // alike, numbered by its per-node seq and compacted (a review appears
+  // once, at its latest change); see storage/store.h and README.md,
+  // "Change feed".
+  static constexpr uint32_t kDefaultFeedLimit = 100;
+  static constexpr uint32_t kMaxFeedLimit = 1000;
+  // The changes after `since` (storage::kSinceNow: none, just the cursor),
+  // at most `limit` (0 = kDefaultFeedLimit), from one snapshot; with
+  // `includeDocs` each change carries its review (deleted ones too).
+  // Calling thread. Errors: kInvalidArgument "limit: ..." above
+  // kMaxFeedLimit, "since: ..." beyond this node's last seq (another node's
+  // cursor); the store's.
+  Result<ChangesPage> changes(uint64_t since, uint32_t limit, bool includeDocs);
+  // The last seq committed. Any thread.
+  uint64_t lastSeq() const { return store_->lastSeq(); }
+  // Push consumers: `subscriber` is called on the store thread, with the
+  // node's last seq, after each commit that advanced the feed, until
+  // unsubscribe(id). It must only note the seq and wake its own thread,
+  // which then reads changes(since, ...): nothing is queued per subscriber,
+  // so a slow one costs no memory. (RPC follow is built on it.)
+  using FeedSubscriber = std::function<void(uint64_t lastSeq)>;
+  uint64_t subscribe(FeedSubscriber subscriber);
+  // After unsubscribe returns, the subscriber is never called again. Not
+  // from inside a subscriber.
+  void unsubscribe(uint64_t id);
+
   // ---- watching -------------------------------------------------------------
   using Watcher = std::function<void(const Change&)>;
   // Calls `watcher` on the store thread for every committed change of a
@@ -265,7 +296,8 @@ class Node {
   api::Check check(const WriteRequest& request) const;
 
  private:
-  Node(Options options, std::unique_ptr<storage::Store> store);
+  Node(Options options, std::unique_ptr<internal::FeedSubscribers> feed,
+       std::unique_ptr<storage::Store> store);
   void notify(const char* op, const crdt::ReviewDoc& state);
   void notifyLocked(const char* op, const crdt::ReviewDoc& state);  // watchMutex_ held
   // Store thread: a state from a peer committed (or was refused).
@@ -295,6 +327,9 @@ class Node {
   std::atomic<uint64_t> mergesRefused_{0};
   std::atomic<uint64_t> mergesApplied_{0};
 
+  // Feed subscribers: made before the store, which calls them, and
+  // destroyed after it.
+  std::unique_ptr<internal::FeedSubscribers> feed_;
   std::unique_ptr<storage::Store> store_;
   std::unique_ptr<api::RpcServer> rpc_;  // stopped before store_ closes
   // The cluster, stopped before rpc_ and store_. Admin calls hold

@@ -252,6 +252,58 @@ class WatchHandleImpl final : public wire::WatchHandle::Server {
   uint64_t id_;
 };
 
+// One follow of the change feed (ReviewStore.follow). Flow control: at most
+// one page is read or one onChanges call is in flight at a time (`busy`),
+// so a follow holds one batch, whatever its backlog; the next page is read
+// from the store only once the observer returned.
+struct FollowEntry {
+  wire::FeedObserver::Client observer;
+  kj::Own<ConnState> conn;
+  const Session* session = nullptr;  // whom it reads for; removed if revoked
+  uint64_t since = 0;                // every change up to it was delivered
+  uint32_t limit = 0;                // changes per batch
+  bool includeDocs = false;
+  bool busy = false;  // a page read or an onChanges call in flight
+};
+
+// Every follow. Refcounted so a FeedHandle destroyed late still finds it.
+// A follow counts as a watch toward RpcLimits' watch bounds.
+struct Follows : kj::Refcounted {
+  explicit Follows(Metrics& metrics) : metrics(metrics) {}
+  Metrics& metrics;
+  std::unordered_map<uint64_t, FollowEntry> map;
+  uint64_t next = 1;
+  std::atomic<uint32_t> count{0};  // map.size(), for the store thread
+
+  // Idempotent.
+  void remove(uint64_t id) {
+    auto it = map.find(id);
+    if (it == map.end()) return;
+    --it->second.conn->watches;
+    map.erase(it);
+    count.store(static_cast<uint32_t>(map.size()));
+    metrics.watchClosed();
+  }
+  size_t removeFor(const Session* session) {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, f] : map) {
+      if (f.session == session) ids.push_back(id);
+    }
+    for (uint64_t id : ids) remove(id);
+    return ids.size();
+  }
+};
+
+class FeedHandleImpl final : public wire::FeedHandle::Server {
+ public:
+  FeedHandleImpl(kj::Own<Follows> follows, uint64_t id) : follows_(kj::mv(follows)), id_(id) {}
+  ~FeedHandleImpl() noexcept(false) { follows_->remove(id_); }
+
+ private:
+  kj::Own<Follows> follows_;
+  uint64_t id_;
+};
+
 // Size hints for results, so a reply's first segment fits it instead of
 // Cap'n Proto's default 8 KiB (allocated and zeroed for every reply). An
 // estimate: a low one costs another segment, a high one a little memory.
@@ -285,10 +337,21 @@ capnp::MessageSize resultSize(const Result<ProductPageView>& r) {
   return resultSize(words);
 }
 
+uint64_t feedWords(const FeedChange& c) {
+  return 6 + textWords(c.product) + textWords(c.author) + (c.review ? reviewWords(*c.review) : 0);
+}
+capnp::MessageSize resultSize(const Result<ChangesPage>& r) {
+  if (!r.ok()) return resultSize(r.error());
+  uint64_t words = 4;
+  for (const auto& c : r->changes) words += feedWords(c);
+  return resultSize(words);
+}
+
 // What a pooled read answers (boxed in a kj::Own: g++ 12 reports false
 // maybe-uninitialized warnings for a std::variant inside kj::Maybe).
-using ReadOutcome = std::variant<Result<ReviewView>, Result<ReviewPage>,
-                                 Result<storage::ProductSummary>, Result<ProductPageView>>;
+using ReadOutcome =
+    std::variant<Result<ReviewView>, Result<ReviewPage>, Result<storage::ProductSummary>,
+                 Result<ProductPageView>, Result<ChangesPage>>;
 
 // The type-erased store work of a read of a `Result<T>`, for a read thread.
 // A bug's exception becomes `internal` (on the RPC thread it failed the
@@ -323,6 +386,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
         timer_(io.provider->getTimer()),
         metrics_(node.metrics()),
         watches_(kj::refcounted<Watches>(node, node.metrics())),
+        follows_(kj::refcounted<Follows>(node.metrics())),
         tasks_(*this),
         connections_(kj::heap<kj::TaskSet>(*this)) {
     readerOptions_.traversalLimitInWords = limits.maxMessageBytes / sizeof(capnp::word);
@@ -415,7 +479,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
         } else {
           session->kind = Session::Kind::kRevoked;
           ++revoked;
-          size_t ended = watches_->removeFor(session.get());
+          size_t ended = watches_->removeFor(session.get()) + follows_->removeFor(session.get());
           logf(LogLevel::kDebug, "rpc: connection %llu: token of %s revoked, %zu watch(es) ended",
                static_cast<unsigned long long>(id), session->principal.id.c_str(), ended);
         }
@@ -603,6 +667,117 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     ++conn.watches;
     metrics_.watchOpened();
     return wire::WatchHandle::Client(kj::heap<WatchHandleImpl>(kj::addRef(*watches_), localId));
+  }
+
+  // ---- follows (ReviewStore.follow) ----
+
+  // Checks the watch bounds; registers a follow of `conn` from `since`
+  // (already resolved: never kSinceNow) and starts delivering it on a later
+  // turn. Returns its handle.
+  Result<wire::FeedHandle::Client> addFollow(uint64_t since, uint32_t limit, bool includeDocs,
+                                             wire::FeedObserver::Client observer, ConnState& conn,
+                                             const Session& session) {
+    if (conn.watches >= limits_.maxWatchesPerConnection) {
+      metrics_.watchRefused();
+      return makeError(ErrorCode::kOverloaded, "at most " +
+                                                   std::to_string(limits_.maxWatchesPerConnection) +
+                                                   " watches and follows per connection; drop one "
+                                                   "first");
+    }
+    if (watches_->map.size() + follows_->map.size() >= limits_.maxWatches) {
+      metrics_.watchRefused();
+      return makeError(ErrorCode::kOverloaded, "this node serves at most " +
+                                                   std::to_string(limits_.maxWatches) +
+                                                   " watches and follows; retry later");
+    }
+    uint64_t id = follows_->next++;
+    follows_->map.emplace(id, FollowEntry{kj::mv(observer), kj::addRef(conn), &session, since,
+                                          limit, includeDocs, false});
+    follows_->count.store(static_cast<uint32_t>(follows_->map.size()));
+    ++conn.watches;
+    metrics_.watchOpened();
+    tasks_.add(kj::evalLater([this, id] { pump(id); }));
+    return wire::FeedHandle::Client(kj::heap<FeedHandleImpl>(kj::addRef(*follows_), id));
+  }
+
+  // The store committed changes: every idle follow behind the node's last
+  // seq reads on.
+  void feedAdvanced() {
+    feedWake_.store(false);  // before reading lastSeq: a later commit posts again
+    uint64_t last = node_.lastSeq();
+    std::vector<uint64_t> behind;
+    for (const auto& [id, f] : follows_->map) {
+      if (!f.busy && f.since < last) behind.push_back(id);
+    }
+    for (uint64_t id : behind) pump(id);
+  }
+
+  // Reads the next page of follow `id` on the read pool and sends it; on
+  // its return, reads on if the node committed more meanwhile. A full read
+  // queue is retried after 10 ms; a failed read or call ends the follow.
+  void pump(uint64_t id) {
+    auto it = follows_->map.find(id);
+    if (it == follows_->map.end()) return;
+    FollowEntry& f = it->second;
+    if (f.busy || f.conn->closing) return;
+    f.busy = true;
+    uint64_t since = f.since;
+    uint32_t limit = f.limit;
+    bool docs = f.includeDocs;
+    tasks_.add(read<ChangesPage>("follow", "", readWork<ChangesPage>([since, limit, docs](Node& n) {
+                                   return n.changes(since, limit, docs);
+                                 }))
+                   .then([this, id](kj::Own<ReadOutcome> outcome) {
+                     sendPage(id, std::get<Result<ChangesPage>>(kj::mv(*outcome)));
+                   }));
+  }
+
+  void sendPage(uint64_t id, Result<ChangesPage> page) {
+    auto it = follows_->map.find(id);
+    if (it == follows_->map.end()) return;
+    FollowEntry& f = it->second;
+    if (!page.ok()) {
+      if (page.error().code == ErrorCode::kOverloaded) {  // the read queue is full
+        tasks_.add(timer_.afterDelay(10 * kj::MILLISECONDS).then([this, id] {
+          auto it = follows_->map.find(id);
+          if (it == follows_->map.end()) return;
+          it->second.busy = false;
+          pump(id);
+        }));
+        return;
+      }
+      // Stopping (unavailable) is not worth a warning; a store fault is.
+      logf(page.error().code == ErrorCode::kUnavailable ? LogLevel::kDebug : LogLevel::kWarn,
+           "rpc: a follow of connection %llu ended: %s",
+           static_cast<unsigned long long>(f.conn->id), page.error().toString().c_str());
+      follows_->remove(id);
+      return;
+    }
+    if (page->changes.empty()) {
+      f.since = std::max(f.since, page->lastSeq);
+      f.busy = false;
+      if (f.since < node_.lastSeq()) pump(id);
+      return;
+    }
+    if (checkUsage(*f.conn)) return;  // closed: the client does not read
+    auto request = f.observer.onChangesRequest(resultSize(page));
+    auto list = request.initChanges(static_cast<unsigned>(page->changes.size()));
+    for (unsigned i = 0; i < page->changes.size(); ++i) toWire(page->changes[i], list[i]);
+    request.setLastSeq(page->lastSeq);
+    metrics_.feedSent(page->changes.size());
+    uint64_t next = page->lastSeq;
+    tasks_.add(request.send().ignoreResult().then(
+        [this, id, next]() {
+          auto it = follows_->map.find(id);
+          if (it == follows_->map.end()) return;
+          it->second.since = next;
+          it->second.busy = false;
+          if (next < node_.lastSeq()) pump(id);
+        },
+        [this, id](kj::Exception&& e) {
+          logf(LogLevel::kDebug, "follow: observer failed: %s", e.getDescription().cStr());
+          follows_->remove(id);
+        }));
   }
 
   void taskFailed(kj::Exception&& e) override {
@@ -835,6 +1010,15 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   // Binds the listeners; fills server_.address_/metricsAddress_.
   void bind(const std::string& listen, const std::string& metrics);
   void startServing() {
+    // Store thread: wakes the follows, one post at a time, only when there
+    // are some.
+    RpcServer* server = &server_;
+    Loop* self = this;
+    feedSubscription_ = node_.subscribe([server, self](uint64_t) {
+      if (self->follows_->count.load() == 0) return;
+      if (self->feedWake_.exchange(true)) return;  // a wake-up is already queued
+      server->post([self] { self->feedAdvanced(); });
+    });
     inboxTask_ = inboxLoop().eagerlyEvaluate([](kj::Exception&& e) {
       logf(LogLevel::kError, "rpc: inbox loop failed: %s", e.getDescription().cStr());
     });
@@ -851,8 +1035,16 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
  public:
+  ~Loop() noexcept(false) { unsubscribeFeed(); }
+
+  void unsubscribeFeed() {
+    if (feedSubscription_ != 0) node_.unsubscribe(feedSubscription_);
+    feedSubscription_ = 0;
+  }
+
   // RPC thread, before the loop goes away: no more posts, no more work.
   void teardown() {
+    unsubscribeFeed();  // the store thread no longer reads follows_ or posts
     {
       std::lock_guard lock(server_.mutex_);
       server_.closed_ = true;
@@ -893,7 +1085,13 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   Metrics& metrics_;
   capnp::ReaderOptions readerOptions_;
   kj::Own<Watches> watches_;
-  kj::TaskSet tasks_;  // onChange sends
+  kj::Own<Follows> follows_;
+  // The node's feed subscription (0: none) and what it tells this thread:
+  // the store thread posts one wake-up at a time (feedWake_), and the RPC
+  // thread reads the node's last seq when it runs.
+  uint64_t feedSubscription_ = 0;
+  std::atomic<bool> feedWake_{false};
+  kj::TaskSet tasks_;  // onChange and onChanges sends
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Status>>>> pendingStatus_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<ReadOutcome>>>> pendingReads_;
@@ -1041,6 +1239,66 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](const std::string&, const ReviewPage& r, auto results) {
           toWire(r, results.initPage());
         });
+  }
+  kj::Promise<void> changes(ChangesContext ctx) override {
+    return read<ChangesPage>(
+        Metrics::kChanges, ctx,
+        [](auto p) {
+          uint64_t since = p.getSince();
+          uint32_t limit = p.getLimit();
+          bool docs = p.getIncludeDocs();
+          return job<ChangesPage>(
+              "", [since, limit, docs](Node& node) { return node.changes(since, limit, docs); });
+        },
+        [](const std::string&, const ChangesPage& r, auto results) {
+          auto list = results.initChanges(static_cast<unsigned>(r.changes.size()));
+          for (unsigned i = 0; i < r.changes.size(); ++i) toWire(r.changes[i], list[i]);
+          results.setLastSeq(r.lastSeq);
+          results.setReplicaId(r.replicaId);
+        });
+  }
+  // The first page is read (limit 1) to check `since` against a snapshot
+  // and resolve "now"; then the follow starts from there.
+  kj::Promise<void> follow(FollowContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kFollow,
+        [this, ctx]() mutable -> kj::Promise<const char*> {
+          if (auto no = session_->mayRead()) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          auto p = ctx.getParams();
+          uint64_t since = p.getSince();
+          uint32_t limit = p.getLimit();
+          bool docs = p.getIncludeDocs();
+          if (limit > Node::kMaxFeedLimit) {
+            return toWire(FieldError{"limit", "at most " + std::to_string(Node::kMaxFeedLimit) +
+                                                  " changes per batch (0 = " +
+                                                  std::to_string(Node::kDefaultFeedLimit) + ")"}
+                              .toError(),
+                          ctx.getResults().initError());
+          }
+          if (limit == 0) limit = Node::kDefaultFeedLimit;
+          auto observer = p.getObserver();
+          return loop_
+              .read<ChangesPage>("follow", "", readWork<ChangesPage>([since](Node& node) {
+                                   return node.changes(since, 1, false);
+                                 }))
+              .then([this, ctx, since, limit, docs, observer = kj::mv(observer)](
+                        kj::Own<ReadOutcome> outcome) mutable -> const char* {
+                const Result<ChangesPage>& first = std::get<Result<ChangesPage>>(*outcome);
+                auto results = ctx.getResults();
+                if (!first.ok()) return toWire(first.error(), results.initError());
+                uint64_t start = since == storage::kSinceNow ? first->lastSeq : since;
+                auto handle =
+                    loop_.addFollow(start, limit, docs, kj::mv(observer), *conn_, *session_);
+                if (!handle.ok()) return toWire(handle.error(), results.initError());
+                results.setHandle(kj::mv(*handle));
+                results.setLastSeq(start);
+                results.setReplicaId(first->replicaId);
+                return nullptr;
+              });
+        },
+        errorInit(ctx));
   }
   kj::Promise<void> watch(WatchContext ctx) override {
     return loop_.call(

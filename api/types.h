@@ -16,7 +16,7 @@ namespace chorus {
 
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
-inline constexpr uint32_t kApiVersion = 5;
+inline constexpr uint32_t kApiVersion = 6;
 
 // Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
 enum class KeyOp { kList, kInstall, kUse, kRemove };
@@ -75,6 +75,26 @@ struct Change {
   std::string op;  // writeOpName(), or "merge" for a state from a peer
   ReviewView review;
   uint32_t missed = 0;  // changes dropped before this one (slow observer)
+};
+
+// One entry of a node's change feed (Node::changes, ReviewStore.changes):
+// the latest change of one review on that node, numbered by the node's seq
+// (storage/store.h: per node, compacted, resumable).
+struct FeedChange {
+  uint64_t seq = 0;
+  std::string product;
+  std::string author;
+  bool deleted = false;              // the review was erased (a tombstone)
+  std::optional<ReviewView> review;  // with includeDocs only
+};
+
+struct ChangesPage {
+  std::vector<FeedChange> changes;  // ascending seq, each above `since`
+  // The cursor: pass it as `since` to read on. Every change up to it has
+  // been delivered: the last change's seq when more follow, else the node's
+  // last seq when it read the page.
+  uint64_t lastSeq = 0;
+  crdt::ReplicaId replicaId = 0;  // whose seqs: a cursor is valid on this replica only
 };
 
 struct NodeStatus {

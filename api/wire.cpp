@@ -316,6 +316,24 @@ Change fromWire(wire::Change::Reader r) {
   return Change{str(r.getOp()), fromWire(r.getReview()), r.getMissed()};
 }
 
+void toWire(const FeedChange& c, wire::FeedChange::Builder b) {
+  b.setSeq(c.seq);
+  b.setProduct(text(c.product));
+  b.setAuthor(text(c.author));
+  b.setDeleted(c.deleted);
+  if (c.review) toWire(*c.review, b.initReview());
+}
+
+FeedChange fromWire(wire::FeedChange::Reader r) {
+  FeedChange c;
+  c.seq = r.getSeq();
+  c.product = str(r.getProduct());
+  c.author = str(r.getAuthor());
+  c.deleted = r.getDeleted();
+  if (r.hasReview()) c.review = fromWire(r.getReview());
+  return c;
+}
+
 wire::Visibility toWire(crdt::Visibility v) {
   switch (v) {
     case crdt::Visibility::kVisible:

@@ -32,6 +32,9 @@ ClusterView fromWire(wire::ClusterView::Reader r);
 void toWire(const Change& c, wire::Change::Builder b);
 Change fromWire(wire::Change::Reader r);
 
+void toWire(const FeedChange& c, wire::FeedChange::Builder b);
+FeedChange fromWire(wire::FeedChange::Reader r);
+
 wire::Visibility toWire(crdt::Visibility v);
 crdt::Visibility fromWire(wire::Visibility v);
 wire::PeerState toWire(gossip::PeerState s);

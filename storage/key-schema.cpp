@@ -191,7 +191,7 @@ ListingHeader listingHeaderOf(const crdt::ReviewDoc& doc) {
   return h;
 }
 
-std::string encodeDocRecord(const Hash& digest, const ListingHeader& header,
+std::string encodeDocRecord(const Hash& digest, const ListingHeader& header, uint64_t seq,
                             std::string_view canonical) {
   std::string out;
   out.reserve(kDocRecordHeader + canonical.size());
@@ -200,12 +200,15 @@ std::string encodeDocRecord(const Hash& digest, const ListingHeader& header,
   out.push_back(header.live ? '\x01' : '\x00');
   out.push_back(static_cast<char>(header.rating));
   putBe64(out, header.hlc.bits);
+  putBe64(out, seq);
   out.append(canonical);
   return out;
 }
 
-std::optional<ListingHeader> peekListingHeader(std::string_view value) {
-  if (value.size() < kDocRecordHeader || uint8_t(value[0]) != kDocRecordFormat) return std::nullopt;
+namespace {
+
+// The listing header at byte 17 of a record of either format.
+std::optional<ListingHeader> headerAt17(std::string_view value) {
   ListingHeader h;
   auto flags = uint8_t(value[17]);
   h.live = (flags & 1) != 0;
@@ -215,6 +218,55 @@ std::optional<ListingHeader> peekListingHeader(std::string_view value) {
       flags <= 1 && (h.live ? h.rating >= 1 && h.rating <= 5 : h.rating == 0 && h.hlc.bits == 0);
   if (!sane) return std::nullopt;
   return h;
+}
+
+}  // namespace
+
+std::optional<ListingHeader> peekListingHeader(std::string_view value) {
+  if (value.size() < kDocRecordHeader || uint8_t(value[0]) != kDocRecordFormat) return std::nullopt;
+  return headerAt17(value);
+}
+
+std::optional<ListingHeader> peekListingHeaderV2(std::string_view value) {
+  if (value.size() < kDocRecordHeaderV2 || uint8_t(value[0]) != kDocRecordFormatV2) {
+    return std::nullopt;
+  }
+  return headerAt17(value);
+}
+
+std::optional<std::string> upgradeDocRecordV2(std::string_view value, uint64_t seq) {
+  if (!peekListingHeaderV2(value)) return std::nullopt;
+  std::string out;
+  out.reserve(value.size() + 8);
+  out.push_back(static_cast<char>(kDocRecordFormat));
+  out.append(value.substr(1, kDocRecordHeaderV2 - 1));
+  putBe64(out, seq);
+  out.append(value.substr(kDocRecordHeaderV2));
+  return out;
+}
+
+std::string changeKey(uint64_t seq) {
+  std::string out;
+  putBe64(out, seq);
+  return out;
+}
+
+std::string changeValue(bool live, std::string_view docKey) {
+  std::string out;
+  out.reserve(1 + docKey.size());
+  out.push_back(live ? '\x01' : '\x00');
+  out.append(docKey);
+  return out;
+}
+
+std::optional<ChangeEntry> parseChange(std::string_view key, std::string_view value) {
+  if (key.size() != 8 || value.size() < 2 || uint8_t(value[0]) > 1) return std::nullopt;
+  ChangeEntry e;
+  e.seq = getBe64(key);
+  e.live = value[0] == '\x01';
+  e.docKey = value.substr(1);
+  if (e.seq == 0) return std::nullopt;
+  return e;
 }
 
 Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& key) {
@@ -232,8 +284,10 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
   }
   DocRecord rec;
   std::copy(value.begin() + 1, value.begin() + 17, reinterpret_cast<char*>(rec.digest.data()));
+  rec.seq = getBe64(value.substr(1 + 16 + 10));
   rec.canonical = value.substr(kDocRecordHeader);
   if (digestOf(rec.canonical) != rec.digest) return corrupt("checksum mismatch");
+  if (rec.seq == 0) return corrupt("no change feed seq");
   auto header = peekListingHeader(value);
   if (!header) return corrupt("malformed listing header");
   rec.header = *header;

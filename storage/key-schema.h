@@ -86,22 +86,42 @@ inline constexpr size_t kAuthorLeafPrefixBytes = 4;
 //   level (1 byte) || be32(index) -> 16-byte node sum; absent = zero.
 std::string merkleNodeKey(int level, uint64_t index);
 
+// changes: the change feed, one entry per stored review, at the seq of its
+// latest change (store.h):
+//   be64(seq) -> flags (1: bit 0 = live) || docKey
+// The document's record carries the same seq, so a write finds the entry
+// it replaces without a lookup. New seqs are larger than every stored one:
+// they are appended at the end of the tree.
+std::string changeKey(uint64_t seq);
+std::string changeValue(bool live, std::string_view docKey);
+struct ChangeEntry {
+  uint64_t seq = 0;
+  bool live = false;
+  std::string_view docKey;
+};
+// nullopt unless key and value are well formed (the doc key is not parsed).
+std::optional<ChangeEntry> parseChange(std::string_view key, std::string_view value);
+
 // meta keys.
 inline constexpr std::string_view kMetaSchemaVersion = "schema-version";  // le32
 inline constexpr std::string_view kMetaReplicaId = "replica-id";          // le64
 inline constexpr std::string_view kMetaHlcHighWater = "hlc-high-water";   // le64
+inline constexpr std::string_view kMetaLastSeq = "last-seq";              // le64 (schema 5)
 
 // documents value:
-//   format (1 byte) || digest (16) || listing header (10) || canonical state
+//   format (1 byte) || digest (16) || listing header (10) || be64(seq)
+//   || canonical state
 // The digest is BLAKE2b-128 of the canonical bytes: it is both the value's
 // checksum and the Merkle tree's state digest. The listing header is
 //   flags (1: bit 0 = live) || rating (1) || be64(content hlc)
 // copied from the state (zeros for a deleted review), so listings order a
 // product's reviews without decoding states. The checksum does not cover
 // the header; a listing compares the header of each review it returns with
-// the decoded state, and verify() compares all of them.
-inline constexpr uint8_t kDocRecordFormat = 2;
-inline constexpr size_t kDocRecordHeader = 1 + 16 + 10;
+// the decoded state, and verify() compares all of them. `seq` is the
+// document's entry in `changes` (format 3, schema 5; format 2, schemas 3
+// and 4, had no seq).
+inline constexpr uint8_t kDocRecordFormat = 3;
+inline constexpr size_t kDocRecordHeader = 1 + 16 + 10 + 8;
 struct ListingHeader {
   bool live = false;
   uint8_t rating = 0;  // 1-5 when live
@@ -109,11 +129,12 @@ struct ListingHeader {
   bool operator==(const ListingHeader&) const = default;
 };
 ListingHeader listingHeaderOf(const crdt::ReviewDoc& doc);
-std::string encodeDocRecord(const Hash& digest, const ListingHeader& header,
+std::string encodeDocRecord(const Hash& digest, const ListingHeader& header, uint64_t seq,
                             std::string_view canonical);
 struct DocRecord {
   Hash digest;
   ListingHeader header;
+  uint64_t seq = 0;
   std::string_view canonical;
 };
 // Checks the format byte and the checksum. kCorruption names `keyForMessage`.
@@ -122,6 +143,15 @@ Result<DocRecord> parseDocRecord(std::string_view value, const crdt::ReviewKey& 
 // return few of the reviews they look at); nullopt if the value is too
 // short, of another format or holds an impossible header.
 std::optional<ListingHeader> peekListingHeader(std::string_view value);
+
+// Format 2 (schemas 3 and 4), for the migrations only: the same record
+// without the seq.
+inline constexpr uint8_t kDocRecordFormatV2 = 2;
+inline constexpr size_t kDocRecordHeaderV2 = 1 + 16 + 10;
+std::optional<ListingHeader> peekListingHeaderV2(std::string_view value);
+// The format 3 record of a format 2 `value` with `seq`; nullopt if `value`
+// is not a well-formed format 2 record (the checksum is not checked).
+std::optional<std::string> upgradeDocRecordV2(std::string_view value, uint64_t seq);
 
 // aggregates value: 6 LEB128 varints: histogram[0..4], helpfulTotal (count
 // and ratingSum follow from the histogram). Usually 6-12 bytes: the

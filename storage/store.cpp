@@ -88,13 +88,15 @@ Result<crdt::ReviewDoc> decodeStored(std::string_view canonical, const crdt::Rev
 }
 
 StoreImpl::StoreImpl(Options options, LockFile lock, Env env, Dbs dbs, crdt::ReplicaId replica,
-                     crdt::Hlc highWater)
+                     crdt::Hlc highWater, uint64_t lastSeq)
     : options_(std::move(options)),
       lock_(std::move(lock)),
       env_(std::move(env)),
       dbs_(dbs),
       replica_(replica),
-      clock_(replica, options_.clock, highWater, options_.maxDriftMillis) {
+      clock_(replica, options_.clock, highWater, options_.maxDriftMillis),
+      seq_(lastSeq),
+      committedSeq_(lastSeq) {
   writer_ = std::thread([this] { run(); });
 }
 

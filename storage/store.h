@@ -26,7 +26,7 @@
 namespace chorus::storage {
 
 // On-disk format version, stored in meta and checked at open.
-inline constexpr uint32_t kSchemaVersion = 4;
+inline constexpr uint32_t kSchemaVersion = 5;
 
 struct Options {
   // Created if missing, mode 0700 whatever the umask; the store's files in
@@ -58,6 +58,12 @@ struct Options {
   // metrics: it delays every write of the batch, so it must be quick and
   // must not block. Unset: nothing is called.
   std::function<void(std::chrono::nanoseconds took, size_t writes)> onCommit;
+  // Called on the store thread after a write transaction that stored at
+  // least one change committed (after onCommit, before its writes are
+  // acknowledged), with the store's last seq: every change up to it is
+  // readable by changes() from now on. For waking feed followers: quick,
+  // never blocking (post to your own thread, read there). Unset: nothing.
+  std::function<void(uint64_t lastSeq)> onFeedAdvanced;
 };
 
 // What a committed write did.
@@ -97,6 +103,34 @@ struct ProductSummary {
 struct ProductPage {
   ProductSummary summary;
   Page page;
+};
+
+// ---- the change feed ------------------------------------------------------
+// Every change the store commits (a local write or a merge that changed a
+// document) takes the next number of a per-store sequence, the seq, in the
+// same write transaction as the document. The feed is compacted: a review
+// appears once, at the seq of its latest change, so it holds one entry per
+// stored review (tombstones included). Seqs start at 1 and only grow; they
+// may skip numbers. A seq means something only on the store (replica) that
+// assigned it.
+
+// `since` for changes(): this store's last seq (nothing before now).
+inline constexpr uint64_t kSinceNow = UINT64_MAX;
+
+struct FeedEntry {
+  uint64_t seq = 0;
+  crdt::ReviewKey key;
+  bool deleted = false;                // the review is a tombstone
+  std::optional<crdt::ReviewDoc> doc;  // with includeDocs only
+};
+
+struct ChangesPage {
+  std::vector<FeedEntry> changes;  // ascending seq, each > since
+  // The cursor to resume from (pass it as `since`): every change up to it
+  // has been returned. The last change's seq when more follow in the
+  // snapshot read, else the store's last seq at that snapshot.
+  uint64_t lastSeq = 0;
+  crdt::ReplicaId replica = 0;  // whose seqs these are
 };
 
 // A 128-bit Merkle hash.
@@ -157,6 +191,17 @@ class Store {
   virtual Result<Page> listAuthor(const std::string& author, const std::string& cursor,
                                   size_t limit) = 0;
 
+  // ---- the change feed: any thread -----------------------------------------
+  // The changes after `since` (kSinceNow: none, just the cursor), at most
+  // `limit` (>= 1), in seq order, from one snapshot; `includeDocs` adds
+  // each review's stored state (tombstones too). O(limit + log n), plus a
+  // document lookup per change with includeDocs. Errors: kInvalidArgument
+  // "since: ..." when `since` is beyond the last seq (a cursor of another
+  // replica, or of a data dir since replaced), kCorruption.
+  virtual Result<ChangesPage> changes(uint64_t since, size_t limit, bool includeDocs) = 0;
+  // The last seq committed (0 when the store never stored a change).
+  virtual uint64_t lastSeq() const = 0;
+
   // ---- Merkle tree, for anti-entropy: any thread ---------------------------
   // Nodes are numbered by (level, index): level 0 is the root; a node's
   // children are (level + 1, index * kFanout + i); leaves sit at kDepth.
@@ -165,8 +210,8 @@ class Store {
   virtual Result<Hash> merkleRoot() = 0;
   virtual Result<std::vector<Hash>> merkleChildren(int level, uint64_t index) = 0;
   virtual Result<std::vector<LeafEntry>> leafEntries(uint64_t leafIndex) = 0;
-  // Recomputes the tree and aggregates from the documents and compares;
-  // kCorruption names the first mismatch.
+  // Recomputes the tree, aggregates, listing positions and the feed index
+  // from the documents and compares; kCorruption names the first mismatch.
   virtual Status verify() = 0;
 
   virtual StoreStats stats() = 0;

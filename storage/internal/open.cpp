@@ -132,6 +132,7 @@ struct Opened {
   Dbs dbs;
   crdt::ReplicaId replica = 0;
   crdt::Hlc highWater;
+  uint64_t lastSeq = 0;
 };
 
 std::string encodeVersion(uint32_t version) {
@@ -140,15 +141,17 @@ std::string encodeVersion(uint32_t version) {
   return out;
 }
 
-// The first schema version that holds the listing positions.
-constexpr uint32_t kFirstListingsVersion = 4;
+// The oldest schema version this build migrates. Each step below takes the
+// store one version up, in the open transaction (a crash before it commits
+// leaves the old version untouched, migrated again at the next open), and
+// writes the version it reached.
+constexpr uint32_t kOldestMigrated = 3;
 
 // Schema 3 to 4: the listing positions of every live review, built from the
-// listing headers in `documents`, and the version bumped, in the open
-// transaction: a crash before it commits leaves a version 3 store that the
-// next open migrates again. One product at a time, in key order (a
-// product's positions sort after the previous product's), appended.
-Status migrateToListings(Txn& txn, Dbs& dbs) {
+// listing headers in `documents` (format 2 records), and version 4. One
+// product at a time, in key order (a product's positions sort after the
+// previous product's), appended.
+Status migrate3to4(Txn& txn, Dbs& dbs) {
   auto listings = txn.openDb(kDbListings, MDB_CREATE);
   if (!listings) return listings.error();
   dbs.listings = **listings;
@@ -172,11 +175,12 @@ Status migrateToListings(Txn& txn, Dbs& dbs) {
     if (!at) return at.error();
     if (!*at) break;
     auto key = schema::parseDocKey(k);
-    auto header = schema::peekListingHeader(v);
+    auto header = schema::peekListingHeaderV2(v);
     if (!key || !header) {
-      return corruption("migrating to storage schema " + std::to_string(kSchemaVersion) +
-                        ": a stored review has a malformed key or listing header (key " +
-                        schema::toHex(k) + ")");
+      return corruption(
+          "migrating to storage schema 4: a stored review has a malformed key or listing header "
+          "(key " +
+          schema::toHex(k) + ")");
     }
     if (key->product != product) {
       if (auto s = flush(); !s) return s;
@@ -185,16 +189,56 @@ Status migrateToListings(Txn& txn, Dbs& dbs) {
     addListingKeys(positions, *key, Facts{header->live, header->rating, header->hlc, 0});
   }
   if (auto s = flush(); !s) return s;
-  return txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(kSchemaVersion));
+  return txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(4));
+}
+
+// Schema 4 to 5: the change feed. Every stored review (tombstones too)
+// takes a seq, 1, 2, ... in key order: its record is rewritten as format 3
+// (the format 2 record with the seq) and its entry appended to `changes`;
+// then `last-seq` and version 5. Returns the number of reviews numbered.
+Result<uint64_t> migrate4to5(Txn& txn, Dbs& dbs) {
+  auto changes = txn.openDb(kDbChanges, MDB_CREATE);
+  if (!changes) return changes.error();
+  dbs.changes = **changes;
+  if (auto s = txn.clear(dbs.changes); !s) return s.error();  // a version 4 build never writes it
+  auto docs = Cursor::open(txn, dbs.documents);
+  if (!docs) return docs.error();
+  auto out = Cursor::open(txn, dbs.changes);
+  if (!out) return out.error();
+  uint64_t seq = 0;
+  std::string_view k, v;
+  for (auto at = docs->seek(MDB_FIRST, &k, &v);; at = docs->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    std::string key(k);  // k points into the page the rewrite below changes
+    auto header = schema::peekListingHeaderV2(v);
+    auto upgraded = schema::upgradeDocRecordV2(v, seq + 1);
+    if (!schema::parseDocKey(key) || !header || !upgraded) {
+      return corruption(
+          "migrating to storage schema 5: a stored review has a malformed key or record (key " +
+          schema::toHex(key) + ")");
+    }
+    ++seq;
+    if (auto s = docs->putCurrent(key, *upgraded); !s) return s.error();
+    if (auto s = out->append(schema::changeKey(seq), schema::changeValue(header->live, key)); !s) {
+      return s.error();
+    }
+  }
+  std::string last;
+  schema::putLe64(last, seq);
+  if (auto s = txn.put(dbs.meta, schema::kMetaLastSeq, last); !s) return s.error();
+  if (auto s = txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(5)); !s) {
+    return s.error();
+  }
+  return seq;
 }
 
 Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice) {
   Opened o;
-  const std::pair<const char*, MDB_dbi*> all[] = {{kDbDocuments, &o.dbs.documents},
-                                                  {kDbProducts, &o.dbs.products},
-                                                  {kDbMerkle, &o.dbs.merkle},
-                                                  {kDbLeafEntries, &o.dbs.leafEntries},
-                                                  {kDbListings, &o.dbs.listings}};
+  const std::pair<const char*, MDB_dbi*> all[] = {
+      {kDbDocuments, &o.dbs.documents}, {kDbProducts, &o.dbs.products},
+      {kDbMerkle, &o.dbs.merkle},       {kDbLeafEntries, &o.dbs.leafEntries},
+      {kDbListings, &o.dbs.listings},   {kDbChanges, &o.dbs.changes}};
 
   auto meta = txn.openDb(kDbMeta, 0);
   if (!meta) return meta.error();
@@ -221,12 +265,14 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
     do {
       randombytes_buf(&o.replica, sizeof o.replica);
     } while (o.replica == 0);
-    std::string version = encodeVersion(kSchemaVersion), replica, hw;
+    std::string version = encodeVersion(kSchemaVersion), replica, hw, seq;
     schema::putLe64(replica, o.replica);
     schema::putLe64(hw, 0);
+    schema::putLe64(seq, 0);
     for (auto [k, v] : {std::pair{schema::kMetaSchemaVersion, std::string_view(version)},
                         std::pair{schema::kMetaReplicaId, std::string_view(replica)},
-                        std::pair{schema::kMetaHlcHighWater, std::string_view(hw)}}) {
+                        std::pair{schema::kMetaHlcHighWater, std::string_view(hw)},
+                        std::pair{schema::kMetaLastSeq, std::string_view(seq)}}) {
       if (auto s = txn.put(o.dbs.meta, k, v); !s) return s.error();
     }
     return o;
@@ -242,7 +288,8 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
   uint32_t version = 0;
   for (int i = 3; i >= 0; --i) version = (version << 8) | uint8_t(v[static_cast<size_t>(i)]);
   std::string reads = "this build of Chorus reads only version " + std::to_string(kSchemaVersion) +
-                      " (and migrates version 3 at open)";
+                      " (and migrates versions " + std::to_string(kOldestMigrated) + " to " +
+                      std::to_string(kSchemaVersion - 1) + " at open)";
   if (version == 1 || version == 2) {
     return makeError(ErrorCode::kInvalidArgument,
                      "data dir " + dir + " uses storage schema version " + std::to_string(version) +
@@ -252,7 +299,7 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
                          "never ran in production): move the directory aside and let the node "
                          "resync from its peers, or delete it if it held only test data");
   }
-  if (version != 3 && version != kSchemaVersion) {
+  if (version < kOldestMigrated || version > kSchemaVersion) {
     return makeError(ErrorCode::kInvalidArgument,
                      "data dir " + dir + " uses storage schema version " + std::to_string(version) +
                          (version > kSchemaVersion ? ", newer than this build knows: " : ": ") +
@@ -273,18 +320,34 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
   }
   o.highWater = crdt::Hlc{schema::getLe64(v)};
   for (auto [name, dbi] : all) {
-    if (version < kFirstListingsVersion && std::string_view(name) == kDbListings) continue;
+    // Made by the migration steps below.
+    if (version < 4 && std::string_view(name) == kDbListings) continue;
+    if (version < 5 && std::string_view(name) == kDbChanges) continue;
     auto db = txn.openDb(name, 0);
     if (!db) return db.error();
     if (!*db) return corruption("data dir " + dir + " lacks the database " + name);
     *dbi = **db;
   }
-  if (version < kFirstListingsVersion) {
-    if (auto s = migrateToListings(txn, o.dbs); !s) return s.error();
+  auto migrated = [&](uint32_t from, const std::string& what) {
     tell(notice, "data dir " + dir + " migrated from storage schema version " +
-                     std::to_string(version) + " to " + std::to_string(kSchemaVersion) +
-                     " (listing positions built)");
+                     std::to_string(from) + " to " + std::to_string(from + 1) + " (" + what + ")");
+  };
+  if (version == 3) {
+    if (auto s = migrate3to4(txn, o.dbs); !s) return s.error();
+    migrated(version++, "listing positions built");
   }
+  if (version == 4) {
+    auto numbered = migrate4to5(txn, o.dbs);
+    if (!numbered) return numbered.error();
+    migrated(version++, "change feed numbered: " + std::to_string(*numbered) + " reviews");
+  }
+  CHORUS_ASSERT(version == kSchemaVersion, "a schema migration step is missing");
+  found = txn.get(o.dbs.meta, schema::kMetaLastSeq, &v);
+  if (!found) return found.error();
+  if (!*found || v.size() != 8) {
+    return corruption("data dir " + dir + " has no valid change feed seq in its meta database");
+  }
+  o.lastSeq = schema::getLe64(v);
   return o;
 }
 
@@ -335,9 +398,9 @@ Result<std::unique_ptr<Store>> Store::open(Options options) {
     if (auto s = env->setMapSize(std::min(*size * 2, internal::kMaxMapBytes)); !s) return s.error();
   }
 
-  return std::unique_ptr<Store>(new internal::StoreImpl(std::move(options), std::move(lock).value(),
-                                                        std::move(env).value(), opened->dbs,
-                                                        opened->replica, opened->highWater));
+  return std::unique_ptr<Store>(
+      new internal::StoreImpl(std::move(options), std::move(lock).value(), std::move(env).value(),
+                              opened->dbs, opened->replica, opened->highWater, opened->lastSeq));
 }
 
 }  // namespace chorus::storage

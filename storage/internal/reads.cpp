@@ -2,6 +2,7 @@
 // summaries, the Merkle tree, stats. Each call runs in its own read
 // transaction on the calling thread (any thread).
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 
 #include "storage/internal/store-impl.h"
@@ -461,6 +462,79 @@ Result<Page> StoreImpl::readProductPage(Txn& txn, const std::string& product, Or
     auto more = take(position->key, position->rating, position->hlc, std::string(k));
     if (!more) return more.error();
     if (!*more) break;
+  }
+  return page;
+}
+
+}  // namespace chorus::storage::internal
+
+namespace chorus::storage::internal {
+
+namespace {
+std::string replicaHex(crdt::ReplicaId r) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return buf;
+}
+}  // namespace
+
+// One range read of `changes` from since + 1: limit + 1 entries (the extra
+// one says whether more follow), each document looked up only with
+// includeDocs. The snapshot's `last-seq` bounds `since` and is the cursor
+// when nothing follows.
+Result<ChangesPage> StoreImpl::changes(uint64_t since, size_t limit, bool includeDocs) {
+  CHORUS_ASSERT(limit >= 1, "changes() needs a limit of at least 1");
+  ReadTxn rt(gate_);
+  if (auto s = rt.begin(env_); !s) return s.error();
+  Txn& txn = rt.txn();
+  std::string_view v;
+  auto found = txn.get(dbs_.meta, schema::kMetaLastSeq, &v);
+  if (!found) return found.error();
+  if (!*found || v.size() != 8) return corruption("the change feed's last seq is missing");
+  ChangesPage page;
+  page.replica = replica_;
+  page.lastSeq = schema::getLe64(v);
+  if (since == kSinceNow) return page;
+  if (since > page.lastSeq) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "since: " + std::to_string(since) + " is beyond this node's last seq " +
+                         std::to_string(page.lastSeq) + " (replica " + replicaHex(replica_) +
+                         "): a cursor of another node, or of a data dir since replaced; "
+                         "read again from 0");
+  }
+  auto cursor = Cursor::open(txn, dbs_.changes);
+  if (!cursor) return cursor.error();
+  std::string_view k;
+  auto at = cursor->seekAtLeast(schema::changeKey(since + 1), &k, &v);
+  for (;; at = cursor->seek(MDB_NEXT, &k, &v)) {
+    if (!at) return at.error();
+    if (!*at) break;
+    auto entry = schema::parseChange(k, v);
+    auto key = entry ? schema::parseDocKey(entry->docKey) : std::nullopt;
+    if (!key)
+      return corruption("a change feed entry is malformed (seq key " + schema::toHex(k) + ")");
+    if (entry->seq > page.lastSeq) {
+      return corruption("a change feed entry has seq " + std::to_string(entry->seq) +
+                        ", beyond the last seq " + std::to_string(page.lastSeq));
+    }
+    if (page.changes.size() == limit) {
+      page.lastSeq = page.changes.back().seq;  // more follow
+      break;
+    }
+    FeedEntry e;
+    e.seq = entry->seq;
+    e.deleted = !entry->live;
+    if (includeDocs) {
+      auto doc = readDoc(txn, *key);
+      if (!doc) return doc.error();
+      if (!*doc) {
+        return corruption("the change feed names (" + schema::describeKey(*key) +
+                          "), which is not stored");
+      }
+      e.doc = std::move(**doc);
+    }
+    e.key = std::move(*key);
+    page.changes.push_back(std::move(e));
   }
   return page;
 }

@@ -53,6 +53,7 @@ inline constexpr const char* kDbProducts = "products";
 inline constexpr const char* kDbMerkle = "merkle";
 inline constexpr const char* kDbLeafEntries = "leaf-entries";
 inline constexpr const char* kDbListings = "listings";
+inline constexpr const char* kDbChanges = "changes";
 inline constexpr const char* kDbMeta = "meta";
 
 struct Dbs {
@@ -61,6 +62,7 @@ struct Dbs {
   MDB_dbi merkle = 0;       // inner nodes
   MDB_dbi leafEntries = 0;  // leaf sums and entries; also the by-author listing
   MDB_dbi listings = 0;     // positions of live reviews in both product orders
+  MDB_dbi changes = 0;      // the change feed: seq -> document
   MDB_dbi meta = 0;
 };
 
@@ -187,11 +189,13 @@ struct Working {
   uint64_t keyHash = 0;
   bool existed = false;  // stored before the batch
   Hash oldDigest{};
+  uint64_t oldSeq = 0;  // its feed entry before the batch (when it existed)
   Facts oldFacts;
   crdt::ReviewDoc doc;  // current state within the batch
   bool dirty = false;
   bool written = false;  // the batch stores a new state (doc), digest newDigest
   Hash newDigest{};
+  uint64_t newSeq = 0;  // written: its feed entry after the batch
 };
 
 // A batch of writes prepared outside the write transaction: mutations run,
@@ -206,13 +210,16 @@ struct Prepared {
   std::optional<Error> failure;         // a batch-wide failure: nothing is applied
   std::map<std::string, Working> work;  // by docKey
 
-  std::vector<std::pair<std::string, std::string>> docPuts;  // docKey order
-  std::vector<std::pair<std::string, Hash>> leafPuts;        // sorted
-  std::vector<std::string> listingDels;                      // sorted: positions left
-  std::vector<std::string> listingPuts;                      // sorted: positions taken
-  std::map<std::string, SummaryDelta> summaryDeltas;         // by aggregate key
-  std::map<uint64_t, Hash> nodeDeltas;                       // by packNode(level, index)
+  std::vector<std::pair<std::string, std::string>> docPuts;     // docKey order
+  std::vector<std::pair<std::string, Hash>> leafPuts;           // sorted
+  std::vector<std::string> listingDels;                         // sorted: positions left
+  std::vector<std::string> listingPuts;                         // sorted: positions taken
+  std::map<std::string, SummaryDelta> summaryDeltas;            // by aggregate key
+  std::map<uint64_t, Hash> nodeDeltas;                          // by packNode(level, index)
+  std::vector<std::string> changeDels;                          // sorted: feed entries replaced
+  std::vector<std::pair<std::string, std::string>> changePuts;  // ascending seq, all new
   uint64_t highWater = 0;  // the clock's high-water mark after preparing
+  uint64_t lastSeq = 0;    // the last seq assigned once this batch is prepared
 };
 
 inline uint64_t packNode(int level, uint64_t index) { return (uint64_t(level) << 32) | index; }
@@ -272,7 +279,7 @@ class Worker {
 class StoreImpl final : public Store {
  public:
   StoreImpl(Options options, LockFile lock, Env env, Dbs dbs, crdt::ReplicaId replica,
-            crdt::Hlc highWater);
+            crdt::Hlc highWater, uint64_t lastSeq);
   ~StoreImpl() override;
 
   crdt::ReplicaId replicaId() const override { return replica_; }
@@ -295,6 +302,8 @@ class StoreImpl final : public Store {
   Result<std::vector<Hash>> merkleChildren(int level, uint64_t index) override;
   Result<std::vector<LeafEntry>> leafEntries(uint64_t leafIndex) override;
   StoreStats stats() override;
+  Result<ChangesPage> changes(uint64_t since, size_t limit, bool includeDocs) override;
+  uint64_t lastSeq() const override { return committedSeq_.load(); }
 
   // verify.cpp
   Status verify() override;
@@ -308,7 +317,7 @@ class StoreImpl final : public Store {
   std::unique_ptr<Prepared> prepare(std::vector<Pending> batch, const Prepared* base);
   static std::optional<Working> stateAfter(const Prepared& base, const std::string& dk);
   Result<Working> load(Txn& txn, const crdt::ReviewKey& key, const std::string& dk);
-  static void derive(Prepared& p);
+  void derive(Prepared& p);
   Status commitPrepared(const Prepared& p, const std::function<void()>& beforeCommit);
   void acknowledge(Prepared& p, const Status& committed, std::chrono::nanoseconds took);
   Status growMap();
@@ -330,6 +339,7 @@ class StoreImpl final : public Store {
   Dbs dbs_;
   crdt::ReplicaId replica_;
   crdt::HybridClock clock_;  // used only by prepare(), one batch at a time
+  uint64_t seq_ = 0;         // the last seq assigned; likewise prepare()'s
   ResizeGate gate_;
 
   std::mutex mu_;
@@ -341,6 +351,7 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> writes_{0};
   std::atomic<uint64_t> mapGrowths_{0};
   std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> committedSeq_{0};  // the last seq committed
 
   Worker preparer_;     // prepares the next batch while the store thread commits
   std::thread writer_;  // last: starts after everything it uses exists

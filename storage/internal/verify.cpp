@@ -1,6 +1,7 @@
 // verify(): recomputes every derived structure of the LMDB store (Merkle
-// tree, aggregates, listing positions, listing headers, the HLC high-water
-// mark) from the documents in one read transaction and compares.
+// tree, aggregates, listing positions, listing headers, the change feed,
+// the HLC high-water mark) from the documents in one read transaction and
+// compares.
 #include <algorithm>
 
 #include "storage/internal/store-impl.h"
@@ -61,6 +62,7 @@ Status StoreImpl::verify() {
   std::map<std::string, ProductSummary> sums;  // by aggregate key
   uint64_t docCount = 0;
   crdt::Hlc maxHlc;
+  uint64_t maxSeq = 0;
 
   auto docs = Cursor::open(txn, dbs_.documents);
   if (!docs) return docs.error();
@@ -82,6 +84,18 @@ Status StoreImpl::verify() {
     }
     ++docCount;
     maxHlc = std::max(maxHlc, doc->maxHlc());
+
+    // Its feed entry: at its seq, naming it, with its liveness. Two
+    // documents cannot share one (the entry names one), so with equal
+    // counts (below) the feed holds every review exactly once.
+    std::string_view change;
+    auto inFeed = txn.get(dbs_.changes, schema::changeKey(rec->seq), &change);
+    if (!inFeed) return inFeed.error();
+    if (!*inFeed || change != schema::changeValue(rec->header.live, k)) {
+      return mismatch("the change feed entry of (" + schema::describeKey(*key) + ") at seq " +
+                      std::to_string(rec->seq) + " is missing or names another review");
+    }
+    maxSeq = std::max(maxSeq, rec->seq);
     if (key->product != product) {
       if (auto s = checkPositions(); !s) return s;
       product = key->product;
@@ -188,8 +202,21 @@ Status StoreImpl::verify() {
                     std::to_string(sums.size()));
   }
 
+  auto feedEntries = txn.entries(dbs_.changes);
+  if (!feedEntries) return feedEntries.error();
+  if (*feedEntries != docCount) {
+    return mismatch("the change feed holds " + std::to_string(*feedEntries) + " entries for " +
+                    std::to_string(docCount) + " documents");
+  }
+  std::string_view last;
+  auto found = txn.get(dbs_.meta, schema::kMetaLastSeq, &last);
+  if (!found) return found.error();
+  if (!*found || last.size() != 8 || schema::getLe64(last) < maxSeq) {
+    return mismatch("the persisted last seq of the change feed is missing or below a stored seq");
+  }
+
   std::string_view hw;
-  auto found = txn.get(dbs_.meta, schema::kMetaHlcHighWater, &hw);
+  found = txn.get(dbs_.meta, schema::kMetaHlcHighWater, &hw);
   if (!found) return found.error();
   if (!*found || hw.size() != 8 || schema::getLe64(hw) < maxHlc.bits) {
     return mismatch("the persisted HLC high-water mark is missing or below a stored stamp");

@@ -185,10 +185,12 @@ std::optional<Working> StoreImpl::stateAfter(const Prepared& base, const std::st
   if (b.written) {
     w.existed = true;
     w.oldDigest = b.newDigest;
+    w.oldSeq = b.newSeq;
     w.oldFacts = factsOf(b.doc);
   } else {  // unchanged, or changed back to identical bytes
     w.existed = b.existed;
     w.oldDigest = b.oldDigest;
+    w.oldSeq = b.oldSeq;
     w.oldFacts = b.oldFacts;
   }
   return w;
@@ -211,6 +213,7 @@ Result<Working> StoreImpl::load(Txn& txn, const crdt::ReviewKey& key, const std:
   if (!doc) return doc.error();
   w.existed = true;
   w.oldDigest = rec->digest;
+  w.oldSeq = rec->seq;
   w.oldFacts = factsOf(*doc);
   w.doc = std::move(doc).value();
   return w;
@@ -218,7 +221,9 @@ Result<Working> StoreImpl::load(Txn& txn, const crdt::ReviewKey& key, const std:
 
 // Encodes the changed documents and computes what changes in every
 // derived database: Merkle leaf entries and node sums, aggregates, listing
-// positions.
+// positions, and the feed: each document written takes the next seq (in
+// key order within the batch) and gives up its previous one. Runs where
+// prepare() runs: the only user of seq_.
 void StoreImpl::derive(Prepared& p) {
   for (auto& [dk, w] : p.work) {
     if (!w.dirty) continue;
@@ -227,8 +232,11 @@ void StoreImpl::derive(Prepared& p) {
     if (w.existed && digest == w.oldDigest) continue;
     w.written = true;
     w.newDigest = digest;
-    p.docPuts.emplace_back(
-        dk, schema::encodeDocRecord(digest, schema::listingHeaderOf(w.doc), canonical));
+    w.newSeq = ++seq_;
+    schema::ListingHeader header = schema::listingHeaderOf(w.doc);
+    p.docPuts.emplace_back(dk, schema::encodeDocRecord(digest, header, w.newSeq, canonical));
+    if (w.existed) p.changeDels.push_back(schema::changeKey(w.oldSeq));
+    p.changePuts.emplace_back(schema::changeKey(w.newSeq), schema::changeValue(header.live, dk));
     p.leafPuts.emplace_back(schema::leafEntryKey(w.keyHash, dk), digest);
     Hash d = entryHash(w.keyHash, digest);
     if (w.existed) d = hashSub(d, entryHash(w.keyHash, w.oldDigest));
@@ -255,6 +263,8 @@ void StoreImpl::derive(Prepared& p) {
   std::sort(p.leafPuts.begin(), p.leafPuts.end());
   std::sort(p.listingDels.begin(), p.listingDels.end());
   std::sort(p.listingPuts.begin(), p.listingPuts.end());
+  std::sort(p.changeDels.begin(), p.changeDels.end());
+  p.lastSeq = seq_;
 }
 
 // Applies and commits a prepared batch, growing the map and starting over
@@ -300,6 +310,10 @@ void StoreImpl::acknowledge(Prepared& p, const Status& committed, std::chrono::n
   }
   writes_.fetch_add(acknowledged);
   if (committed && options_.onCommit) options_.onCommit(took, acknowledged);
+  if (committed) {
+    committedSeq_.store(p.lastSeq);
+    if (!p.changePuts.empty() && options_.onFeedAdvanced) options_.onFeedAdvanced(p.lastSeq);
+  }
   for (size_t i = 0; i < p.batch.size(); ++i) {
     if (p.batch[i].done) p.batch[i].done(std::move(*p.results[i]));
   }
@@ -435,8 +449,23 @@ Status StoreImpl::apply(Txn& txn, const Prepared& p) {
     if (!s) return s;
   }
 
-  std::string hw;
+  // The feed: the entries replaced out, the new ones appended (every new
+  // seq is above every stored one).
+  for (const std::string& key : p.changeDels) {
+    if (auto s = txn.del(dbs_.changes, key); !s) return s;
+  }
+  if (!p.changePuts.empty()) {
+    auto cursor = Cursor::open(txn, dbs_.changes);
+    if (!cursor) return cursor.error();
+    for (const auto& [key, value] : p.changePuts) {
+      if (auto s = cursor->append(key, value); !s) return s;
+    }
+  }
+
+  std::string hw, seq;
   schema::putLe64(hw, p.highWater);
+  schema::putLe64(seq, p.lastSeq);
+  if (auto s = txn.put(dbs_.meta, schema::kMetaLastSeq, seq); !s) return s;
   return txn.put(dbs_.meta, schema::kMetaHlcHighWater, hw);
 }
 

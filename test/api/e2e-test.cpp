@@ -211,6 +211,63 @@ TEST_CASE("e2e: `chorus watch` receives changes; concurrent CLI clients") {
   CHECK(summary.out.find("\"count\":3") != std::string::npos);
 }
 
+namespace {
+// The number after `"last_seq":` in the last line holding one.
+uint64_t lastSeqIn(const std::string& out) {
+  auto at = out.rfind("\"last_seq\":");
+  REQUIRE_MESSAGE(at != std::string::npos, out);
+  return std::strtoull(out.c_str() + at + 11, nullptr, 10);
+}
+}  // namespace
+
+TEST_CASE("e2e: `chorus changes` pages the feed, resumes from last_seq across a restart, follows") {
+  TempDir tmp;
+  uint64_t checkpoint = 0;
+  {
+    auto d = startDaemon(tmp.sub("data"));
+    for (const char* author : {"ann", "bob", "ann"}) {
+      CHECK(cli(d.address, {"review", "put", "kettle", author, "-r", "4"}).code == 0);
+    }
+    auto all = cli(d.address, {"--json", "changes"});
+    REQUIRE(all.code == 0);
+    CHECK(all.out.find("{\"seq\":2,\"product\":\"kettle\",\"author\":\"bob\",\"deleted\":false}") !=
+          std::string::npos);
+    CHECK(all.out.find("\"seq\":3,\"product\":\"kettle\",\"author\":\"ann\"") != std::string::npos);
+    CHECK(all.out.find("\"seq\":1,") == std::string::npos);  // compacted: ann once, at 3
+    CHECK(all.out.find("\"replica_id\":\"") != std::string::npos);
+    checkpoint = lastSeqIn(all.out);
+    CHECK(checkpoint == 3);
+    auto human = cli(d.address, {"changes", "--since", "1", "--limit", "1"});
+    CHECK(human.code == 0);
+    CHECK(human.out.find("kettle/bob") != std::string::npos);
+    CHECK(human.out.find("last_seq 2 (replica ") != std::string::npos);
+    CHECK(cli(d.address, {"changes", "--since", "99"}).code == 3);
+    CHECK(cli(d.address, {"changes", "--since", "soon"}).code == 1);
+    CHECK(cli(d.address, {"changes", "--for", "1s"}).code == 1);
+    CHECK(cli(d.address, {"changes", "--limit", "1001"}).code == 1);
+    CHECK(cli(d.address, {"review", "delete", "kettle", "bob"}).code == 0);  // after the checkpoint
+    CHECK(d.process->stop(SIGINT, 10s) == 0);
+  }
+  auto d = startDaemon(tmp.sub("data"));
+  auto resumed = cli(
+      d.address, {"--json", "changes", "--since", std::to_string(checkpoint), "--include-docs"});
+  REQUIRE(resumed.code == 0);
+  CHECK(resumed.out.find("\"seq\":4,\"product\":\"kettle\",\"author\":\"bob\",\"deleted\":true") !=
+        std::string::npos);
+  CHECK(resumed.out.find("\"author\":\"ann\"") == std::string::npos);
+  CHECK(lastSeqIn(resumed.out) == 4);
+
+  Process follower(bin("CHORUS_BIN"), {"--connect", d.address, "--json", "changes", "--since",
+                                       "now", "--follow", "--for", "20s"});
+  REQUIRE(follower.waitForLine("chorus: following the changes after seq 4", 10s).has_value());
+  CHECK(cli(d.address, {"review", "put", "kettle", "cy", "-r", "2"}).code == 0);
+  auto line = follower.waitForLine("{\"last_seq\":5}", 10s);
+  REQUIRE(line.has_value());
+  CHECK(follower.stop(SIGINT, 10s) == 128 + SIGINT);  // every batch already ended with last_seq
+  CHECK(follower.output().find("\"seq\":5,\"product\":\"kettle\",\"author\":\"cy\"") !=
+        std::string::npos);
+}
+
 TEST_CASE("e2e: chorusd with a tokens file: the CLI needs a token, and writes as its principal") {
   TempDir tmp;
   std::string alice = chorus::api::newToken(), ops = chorus::api::newToken();

@@ -445,6 +445,15 @@ TEST_CASE("cluster: a peer's write reaches watchers as a merge") {
   b->unwatch(*id);
   CHECK(b->get("p1", "ann")->title == "from a");
   CHECK(b->mergesApplied() >= 1);
+  // The merge is in b's change feed, numbered by b (b's only change).
+  auto feed = b->changes(0, 10, true);
+  REQUIRE(feed.ok());
+  REQUIRE(feed->changes.size() == 1);
+  CHECK(feed->changes[0].seq == 1);
+  CHECK(feed->changes[0].author == "ann");
+  CHECK(feed->changes[0].review->title == "from a");
+  CHECK(feed->replicaId == b->store().replicaId());
+  CHECK(feed->replicaId != a->store().replicaId());
   // b learnt a's RPC address through gossip.
   auto view = b->clusterView();
   REQUIRE(view.ok());

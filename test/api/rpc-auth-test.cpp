@@ -144,7 +144,10 @@ TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {
   auto& c = **anonymous;
   for (const auto& error :
        {failure(c.get("p1", "alice")), failure(c.summary("p1")),
-        failure(c.write(request(WriteOp::kPut, "p1", "alice"))), failure(c.status())}) {
+        failure(c.write(request(WriteOp::kPut, "p1", "alice"))), failure(c.status()),
+        failure(c.changes(0, 10, true)),
+        failure(c.follow(
+            0, true, 0, [](const chorus::ChangesPage&) { return true; }, 10ms))}) {
     CHECK(error.code == ErrorCode::kForbidden);
     CHECK(error.message == std::string("unauthenticated: ") + kNeedToken);
   }
@@ -262,6 +265,15 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
          return c.watch(
              "p", [](const chorus::Change&) { return true; }, 10ms);
        }},
+      {"changes",
+       {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) { return status(c.changes(0, 5, true)); }},
+      {"follow",
+       {"reader", "writer", "moderator", "merchant", "admin"},
+       [&](Client& c, const std::string&) {
+         return c.follow(
+             0, false, 0, [](const chorus::ChangesPage&) { return false; }, 10ms);
+       }},
       {"status", {"admin"}, [&](Client& c, const std::string&) { return status(c.status()); }},
       {"cluster", {"admin"}, [&](Client& c, const std::string&) { return status(c.cluster()); }},
       {"partition", {"admin"}, [&](Client& c, const std::string&) { return c.partition({"n2"}); }},
@@ -301,7 +313,7 @@ TEST_CASE("auth: every operation by every role, allowed and refused") {
       ++checked;
     }
   }
-  CHECK(checked == 5 * 18);
+  CHECK(checked == 5 * 20);
   // What the allowed writes did: each writer erased its own review, the
   // moderator's and merchant's writes landed on zed's.
   CHECK(failure(n.node->get("p", "as-writer")).code == ErrorCode::kNotFound);

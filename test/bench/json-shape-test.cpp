@@ -97,6 +97,20 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
     CHECK(j["converge_s"].number() > 0);
   }
   {
+    auto j = bench({"feed", "--keys", "2000", "--rate", "200", "--seconds", "0.3",
+                    "--unsafe-no-sync", "--dir", tmp.sub("feed")});
+    checkFigures(j);
+    CHECK(j["keys"].u64() == 2000);
+    CHECK(j["ops_per_s"].number() == j["catchup"]["rpc_follow_changes_per_s"].number());
+    CHECK(j["catchup"]["embedded_changes_per_s"].number() > 0);
+    CHECK(j["catchup"]["embedded_docs_changes_per_s"].number() > 0);
+    CHECK(j["catchup"]["rpc_changes_per_s"].number() > 0);
+    CHECK(j["latency"]["writes"].u64() == 60);
+    CHECK(j["latency"]["commit_to_rpc_follower"]["count"].u64() > 0);
+    CHECK(j["p99_ms"].number() == j["latency"]["commit_to_rpc_follower"]["p99_ms"].number());
+    CHECK(j["latency"]["commit_to_embedded_follower"]["p99_ms"].number() > 0);
+  }
+  {
     // load keeps its figures per operation, under the same names.
     auto j = bench({"load", "--workload", "get", "--preload", "20", "--ops", "20", "--clients", "1",
                     "--depth", "1", "--unsafe-no-sync", "--chorusd", binary("CHORUSD_BIN")});

@@ -93,6 +93,43 @@ inline void withRawDb(const std::string& dir, const char* dbName,
   mdb_env_close(env);
 }
 
+// Makes a closed store's data dir look like one a schema 4 build wrote:
+// documents in record format 2 (no seq), no `changes` database, no
+// `last-seq`, version 4 in meta.
+inline void downgradeToV4(const std::string& dir) {
+  withRawDb(dir, "documents", [&](MDB_txn* txn, MDB_dbi dbi) {
+    MDB_cursor* cursor = nullptr;
+    REQUIRE(mdb_cursor_open(txn, dbi, &cursor) == 0);
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+      std::string key(static_cast<const char*>(k.mv_data), k.mv_size);
+      std::string value(static_cast<const char*>(v.mv_data), v.mv_size);
+      REQUIRE(value.size() > 35);
+      REQUIRE(value[0] == '\x03');
+      value[0] = '\x02';
+      value.erase(27, 8);  // the seq
+      MDB_val nk{key.size(), key.data()}, nv{value.size(), value.data()};
+      REQUIRE(mdb_cursor_put(cursor, &nk, &nv, MDB_CURRENT) == 0);
+    }
+    mdb_cursor_close(cursor);
+    MDB_dbi changes;
+    REQUIRE(mdb_dbi_open(txn, "changes", 0, &changes) == 0);
+    REQUIRE(mdb_drop(txn, changes, 1) == 0);
+    return true;
+  });
+  withRawDb(dir, "meta", [&](MDB_txn* txn, MDB_dbi dbi) {
+    std::string seq("last-seq");
+    MDB_val sk{seq.size(), seq.data()};
+    REQUIRE(mdb_del(txn, dbi, &sk, nullptr) == 0);
+    std::string k("schema-version");
+    std::string v("\x04\x00\x00\x00", 4);
+    MDB_val key{k.size(), k.data()}, val{v.size(), v.data()};
+    REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
+    return true;
+  });
+}
+
 }  // namespace chorus::test
 
 #include <condition_variable>

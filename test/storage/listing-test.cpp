@@ -96,9 +96,10 @@ void writeAsOneBatch(Store& store, std::vector<std::pair<crdt::ReviewKey, Mutati
 
 Mutation rate(uint8_t rating) { return test::writeReview(rating, "t", "b"); }
 
-// Makes a data dir look like one a schema 3 build wrote: no `listings`
-// database, version 3 in meta.
+// Makes a data dir look like one a schema 3 build wrote: as schema 4
+// (downgradeToV4), without the `listings` database, version 3 in meta.
 void downgradeToV3(const std::string& dir) {
+  test::downgradeToV4(dir);
   test::withRawDb(dir, "listings", [&](MDB_txn* txn, MDB_dbi dbi) {
     REQUIRE(mdb_drop(txn, dbi, 1) == 0);
     return true;
@@ -435,8 +436,9 @@ TEST_CASE("a schema 3 data dir is migrated at open and verifies") {
     std::vector<std::string> notices;
     o.notice = [&](const std::string& n) { notices.push_back(n); };
     auto store = test::openStore(o);
-    REQUIRE(notices.size() == 1);
+    REQUIRE(notices.size() == 2);
     CHECK(contains(notices[0], "migrated from storage schema version 3 to 4"));
+    CHECK(contains(notices[1], "migrated from storage schema version 4 to 5"));
     CHECK(store->verify().ok());
     CHECK(*store->merkleRoot() == root);
     for (const auto& [product, authors] : before) {
@@ -448,7 +450,7 @@ TEST_CASE("a schema 3 data dir is migrated at open and verifies") {
     CHECK(store->verify().ok());
   }
   {
-    // Once migrated, it opens as version 4 without migrating again.
+    // Once migrated, it opens as version 5 without migrating again.
     std::vector<std::string> notices;
     o.notice = [&](const std::string& n) { notices.push_back(n); };
     auto store = test::openStore(o);
@@ -496,7 +498,7 @@ TEST_CASE("a migration that fills the map grows it and completes") {
 }
 
 TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
-  for (uint32_t version : {1u, 2u, 5u}) {
+  for (uint32_t version : {1u, 2u, 6u}) {
     CAPTURE(version);
     TempDir dir;
     { test::openStore(test::optionsFor(dir.path())); }
@@ -512,7 +514,7 @@ TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
     REQUIRE_FALSE(store.ok());
     CHECK(store.error().code == ErrorCode::kInvalidArgument);
     CHECK(contains(store.error().message, "version " + std::to_string(version)));
-    if (version == 5) CHECK(contains(store.error().message, "newer than this build knows"));
+    if (version == 6) CHECK(contains(store.error().message, "newer than this build knows"));
     if (version < 3) CHECK(contains(store.error().message, "No release migrates older versions"));
   }
 }

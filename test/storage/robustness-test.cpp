@@ -153,7 +153,7 @@ TEST_CASE("an unknown schema version is refused with what to do") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
   CHECK(contains(store.error().message, "version 99"));
-  CHECK(contains(store.error().message, "only version 4"));
+  CHECK(contains(store.error().message, "only version 5"));
   CHECK(contains(store.error().message, "move the directory aside"));
 }
 

@@ -204,6 +204,7 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
   std::vector<std::pair<std::string, std::string>> kv;
   kv.reserve(items.size());
   crdt::HybridClock clock(1, crdt::systemClock());
+  uint64_t seq = 0;
   for (const Item& item : items) {
     crdt::ReviewDoc doc(item.key);
     doc.write(item.rating, item.title, item.body, clock.now());
@@ -211,7 +212,7 @@ Result<LmdbRun> runPlainLmdb(const StorageBenchOptions& o, const std::vector<Ite
     kv.emplace_back(
         storage::schema::docKey(item.key),
         storage::schema::encodeDocRecord(storage::digestOf(canonical),
-                                         storage::schema::listingHeaderOf(doc), canonical));
+                                         storage::schema::listingHeaderOf(doc), ++seq, canonical));
   }
   std::filesystem::create_directories(dir);
   auto fail = [](int rc, const char* what) {
@@ -416,10 +417,12 @@ int run(StorageBenchOptions o) {
   bool latencyMet = !rateMode || o.rate > 5000 || lat.p99 <= 10.0;
 
   if (o.json) {
-    std::printf("{\"bench\":\"storage\",\"mode\":\"%s\",\"count\":%zu,\"products\":%zu,\"content_bytes\":%zu,"
-                "\"batch\":%zu,\"in_flight\":%zu,\"durable\":%s,",
-                rateMode ? "rate" : "throughput", items.size(), o.products, o.contentBytes, o.batch,
-                rateMode ? size_t{0} : o.inFlight, o.noSync ? "false" : "true");
+    std::printf(
+        "{\"bench\":\"storage\",\"mode\":\"%s\",\"count\":%zu,\"products\":%zu,\"content_bytes\":%"
+        "zu,"
+        "\"batch\":%zu,\"in_flight\":%zu,\"durable\":%s,",
+        rateMode ? "rate" : "throughput", items.size(), o.products, o.contentBytes, o.batch,
+        rateMode ? size_t{0} : o.inFlight, o.noSync ? "false" : "true");
     if (rateMode) std::printf("\"offered_writes_per_s\":%.1f,", o.rate);
     std::printf("\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,", storeRate, lat.p50, lat.p99);
     std::printf("\"store_writes_per_s\":%.1f,", storeRate);

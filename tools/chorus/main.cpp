@@ -41,6 +41,18 @@ std::string json(const ReviewView& r) {
          ",\"deleted\":" + (r.deleted ? "true" : "false") + "}";
 }
 
+std::string json(const chorus::FeedChange& c) {
+  return "{\"seq\":" + std::to_string(c.seq) + ",\"product\":" + json(c.product) +
+         ",\"author\":" + json(c.author) + ",\"deleted\":" + (c.deleted ? "true" : "false") +
+         (c.review ? ",\"review\":" + json(*c.review) : std::string()) + "}";
+}
+
+std::string replicaHex(chorus::crdt::ReplicaId r) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, r);
+  return buf;
+}
+
 std::string json(const ReviewPage& p) {
   std::string out = "{\"reviews\":[";
   for (size_t i = 0; i < p.reviews.size(); ++i) out += (i ? "," : "") + json(p.reviews[i]);
@@ -102,6 +114,18 @@ std::string clip(const std::string& s, size_t n) {
   size_t cut = n - 3;
   while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // UTF-8
   return s.substr(0, cut) + "...";
+}
+
+// One change as a table row: seq, key, and with docs the review's state.
+void printFeedChange(const chorus::FeedChange& c) {
+  std::string key = c.product + "/" + c.author;
+  std::printf("%-10" PRIu64 " %-32s %s", c.seq, clip(key, 32).c_str(),
+              c.deleted ? "deleted" : "changed");
+  if (c.review && !c.deleted) {
+    std::printf("  rating=%u helpful=%u %s", c.review->rating, c.review->helpful,
+                clip(c.review->title, 40).c_str());
+  }
+  std::printf("\n");
 }
 
 void printReview(const ReviewView& r) {
@@ -455,6 +479,111 @@ int main(int argc, char** argv) {
           duration,
           [&] {
             std::fprintf(stderr, "chorus: watching %s\n", product.c_str());
+            std::fflush(stderr);
+          });
+      if (!status.ok()) return fail(status);
+      return kExitOk;
+    });
+  });
+
+  std::string since = "0", followFor;
+  bool includeDocs = false, follow = false;
+  uint32_t feedLimit = 0;
+  auto* changes = app.add_subcommand(
+      "changes",
+      "The node's change feed: every review it changed, local writes and merges from peers,\n"
+      "in the order it committed them, each numbered by the node's seq");
+  changes->footer(
+      "The cursor: each change carries a seq, and every answer ends with last_seq. Store\n"
+      "last_seq and pass it back as --since to get every change made after it, at least\n"
+      "once, none skipped (a review changed again appears again, at its new seq; the\n"
+      "feed is compacted: it shows each review once, at its latest change). --since 0\n"
+      "reads the whole feed (one entry per review); --since now starts at the end.\n"
+      "Seqs are per node: a cursor from one node means nothing on another (replica_id\n"
+      "says whose it is; another node's cursor beyond its last seq is refused, exit 3).\n"
+      "After a failover, read the new node from --since 0, or keep a cursor per node.\n"
+      "Without --follow: one page of at most --limit changes (more: pass last_seq again).\n"
+      "With --follow: the backlog, then each change as it commits, until interrupted or\n"
+      "--for has passed; `last_seq N` after every batch (--json: {\"last_seq\":N}).");
+  changes->add_option("--since", since, "A last_seq from an earlier answer, 0, or now")
+      ->capture_default_str();
+  changes->add_option("--limit", feedLimit, "Changes per page or batch, 1-1000 (0 = 100)")
+      ->check(CLI::Range(0u, 1000u));
+  changes->add_flag("--include-docs", includeDocs, "Include each review's current state");
+  changes->add_flag("--follow,-f", follow, "Keep streaming changes as they commit");
+  changes->add_option("--for", followFor,
+                      "With --follow: stop after this long (5s, 2m; a bare "
+                      "number is seconds)");
+  changes->callback([&] {
+    uint64_t from = 0;
+    if (since == "now") {
+      from = chorus::storage::kSinceNow;
+    } else if (since.empty() || since.find_first_not_of("0123456789") != std::string::npos ||
+               since.size() > 20 || (since.size() == 20 && since > "18446744073709551615")) {
+      result = usageError("--since: '" + since +
+                          "' is not a seq (a last_seq printed earlier), 0 "
+                          "or now");
+      return;
+    } else {
+      from = std::strtoull(since.c_str(), nullptr, 10);
+    }
+    std::chrono::milliseconds duration{int64_t{365} * 86'400'000};
+    if (!followFor.empty()) {
+      auto d = chorus::api::parseDuration(followFor, std::chrono::seconds(1));
+      if (!d.ok() || d->count() <= 0) {
+        result =
+            usageError("--for: " + (d.ok() ? std::string("must be positive") : d.error().message));
+        return;
+      }
+      if (!follow) {
+        result = usageError("--for needs --follow");
+        return;
+      }
+      duration = *d;
+    }
+    result = withClient(g, [&](chorus::api::Client& c) {
+      if (!follow) {
+        auto page = c.changes(from, feedLimit, includeDocs);
+        if (!page.ok()) return fail(page);
+        if (g.json) {
+          std::string out = "{\"changes\":[";
+          for (size_t i = 0; i < page->changes.size(); ++i) {
+            out += (i ? "," : "") + json(page->changes[i]);
+          }
+          std::printf("%s],\"last_seq\":%" PRIu64 ",\"replica_id\":\"%s\"}\n", out.c_str(),
+                      page->lastSeq, replicaHex(page->replicaId).c_str());
+        } else {
+          std::printf("%-10s %-32s %s\n", "SEQ", "PRODUCT/AUTHOR", "CHANGE");
+          for (const auto& ch : page->changes) printFeedChange(ch);
+          if (page->changes.empty()) std::printf("(no changes)\n");
+          std::printf("last_seq %" PRIu64 " (replica %s)\n", page->lastSeq,
+                      replicaHex(page->replicaId).c_str());
+        }
+        return kExitOk;
+      }
+      auto status = c.follow(
+          from, includeDocs, feedLimit,
+          [&](const chorus::ChangesPage& page) {
+            for (const auto& ch : page.changes) {
+              if (g.json) {
+                std::printf("%s\n", json(ch).c_str());
+              } else {
+                printFeedChange(ch);
+              }
+            }
+            if (g.json) {
+              std::printf("{\"last_seq\":%" PRIu64 "}\n", page.lastSeq);
+            } else {
+              std::printf("last_seq %" PRIu64 "\n", page.lastSeq);
+            }
+            std::fflush(stdout);
+            return true;
+          },
+          duration,
+          [&](const chorus::ChangesPage& start) {
+            std::fprintf(stderr,
+                         "chorus: following the changes after seq %" PRIu64 " of replica %s\n",
+                         start.lastSeq, replicaHex(start.replicaId).c_str());
             std::fflush(stderr);
           });
       if (!status.ok()) return fail(status);
