@@ -84,6 +84,7 @@ class Metrics {
     kPage,
     kChanges,
     kFollow,
+    kBackup,
     kMethodCount
   };
   static const char* methodName(Method m);

@@ -83,6 +83,13 @@ Status Env::readerCheck() {
   return okStatus();
 }
 
+Status Env::copyCompact(int fd) {
+  if (int rc = mdb_env_copyfd2(env_, fd, MDB_CP_COMPACT); rc != 0) {
+    return lmdbError(rc, "copying the store");
+  }
+  return okStatus();
+}
+
 Status Txn::begin(const Env& env, unsigned flags) {
   abort();
   mapFull_ = false;
@@ -114,6 +121,11 @@ Result<uint64_t> Txn::entries(MDB_dbi dbi) {
 
 Status Txn::clear(MDB_dbi dbi) {
   if (int rc = mdb_drop(txn_, dbi, 0); rc != 0) return fail(rc, "emptying a database");
+  return okStatus();
+}
+
+Status Txn::dropDb(MDB_dbi dbi) {
+  if (int rc = mdb_drop(txn_, dbi, 1); rc != 0) return fail(rc, "deleting a database");
   return okStatus();
 }
 

@@ -57,6 +57,10 @@ class Env {
   Result<uint64_t> usedBytes() const;
   // Clears reader slots left by dead processes.
   Status readerCheck();
+  // mdb_env_copyfd2 with MDB_CP_COMPACT: writes a compacted copy of the
+  // environment to `fd` sequentially (a pipe will do), in a read
+  // transaction of its own. Any thread; no map growth may happen meanwhile.
+  Status copyCompact(int fd);
 
  private:
   MDB_env* env_ = nullptr;
@@ -107,6 +111,8 @@ class Txn {
   Result<uint64_t> entries(MDB_dbi dbi);
   // Deletes every entry of a database (keeps the database).
   Status clear(MDB_dbi dbi);
+  // Deletes a database and its entries; `dbi` is invalid afterwards.
+  Status dropDb(MDB_dbi dbi);
 
   // Thin, checked forms of the LMDB calls. get: std::nullopt-like via bool.
   // Returns true and sets *out if found; false if absent; an Error otherwise.

@@ -141,17 +141,17 @@ std::string encodeVersion(uint32_t version) {
   return out;
 }
 
-// The oldest schema version this build migrates. Each step below takes the
-// store one version up, in the open transaction (a crash before it commits
-// leaves the old version untouched, migrated again at the next open), and
-// writes the version it reached.
-constexpr uint32_t kOldestMigrated = 3;
+// The first schema version that holds the listing positions.
+constexpr uint32_t kFirstListingsVersion = 4;
+// The first schema version that holds the change feed.
+constexpr uint32_t kFirstFeedVersion = 5;
 
 // Schema 3 to 4: the listing positions of every live review, built from the
-// listing headers in `documents` (format 2 records), and version 4. One
-// product at a time, in key order (a product's positions sort after the
-// previous product's), appended.
-Status migrate3to4(Txn& txn, Dbs& dbs) {
+// listing headers in `documents`, in the open transaction: a crash before
+// it commits leaves a version 3 store that the next open migrates again.
+// One product at a time, in key order (a product's positions sort after
+// the previous product's), appended.
+Status migrateToListings(Txn& txn, Dbs& dbs) {
   auto listings = txn.openDb(kDbListings, MDB_CREATE);
   if (!listings) return listings.error();
   dbs.listings = **listings;
@@ -178,8 +178,8 @@ Status migrate3to4(Txn& txn, Dbs& dbs) {
     auto header = schema::peekListingHeaderV2(v);
     if (!key || !header) {
       return corruption(
-          "migrating to storage schema 4: a stored review has a malformed key or listing header "
-          "(key " +
+          "migrating storage schema 3 to 4: a stored review has a malformed key or listing "
+          "header (key " +
           schema::toHex(k) + ")");
     }
     if (key->product != product) {
@@ -188,19 +188,18 @@ Status migrate3to4(Txn& txn, Dbs& dbs) {
     }
     addListingKeys(positions, *key, Facts{header->live, header->rating, header->hlc, 0});
   }
-  if (auto s = flush(); !s) return s;
-  return txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(4));
+  return flush();
 }
 
 // Schema 4 to 5: the change feed. Every stored review (tombstones too)
 // takes a seq, 1, 2, ... in key order: its record is rewritten as format 3
 // (the format 2 record with the seq) and its entry appended to `changes`;
-// then `last-seq` and version 5. Returns the number of reviews numbered.
-Result<uint64_t> migrate4to5(Txn& txn, Dbs& dbs) {
+// then `last-seq`.
+Status migrate4to5(Txn& txn, Dbs& dbs) {
   auto changes = txn.openDb(kDbChanges, MDB_CREATE);
   if (!changes) return changes.error();
   dbs.changes = **changes;
-  if (auto s = txn.clear(dbs.changes); !s) return s.error();  // a version 4 build never writes it
+  if (auto s = txn.clear(dbs.changes); !s) return s;  // a version 4 build never writes it
   auto docs = Cursor::open(txn, dbs.documents);
   if (!docs) return docs.error();
   auto out = Cursor::open(txn, dbs.changes);
@@ -215,22 +214,55 @@ Result<uint64_t> migrate4to5(Txn& txn, Dbs& dbs) {
     auto upgraded = schema::upgradeDocRecordV2(v, seq + 1);
     if (!schema::parseDocKey(key) || !header || !upgraded) {
       return corruption(
-          "migrating to storage schema 5: a stored review has a malformed key or record (key " +
+          "migrating storage schema 4 to 5: a stored review has a malformed key or record (key " +
           schema::toHex(key) + ")");
     }
     ++seq;
-    if (auto s = docs->putCurrent(key, *upgraded); !s) return s.error();
+    if (auto s = docs->putCurrent(key, *upgraded); !s) return s;
     if (auto s = out->append(schema::changeKey(seq), schema::changeValue(header->live, key)); !s) {
-      return s.error();
+      return s;
     }
   }
   std::string last;
   schema::putLe64(last, seq);
-  if (auto s = txn.put(dbs.meta, schema::kMetaLastSeq, last); !s) return s.error();
-  if (auto s = txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(5)); !s) {
+  return txn.put(dbs.meta, schema::kMetaLastSeq, last);
+}
+
+// The migration steps, in order: step i takes a store of version `from`
+// to `from + 1`. Opening a store of version v runs every step from v on,
+// in the one write transaction of the open, then writes kSchemaVersion.
+struct MigrationStep {
+  uint32_t from;
+  const char* what;  // for the notice
+  Status (*run)(Txn& txn, Dbs& dbs);
+};
+constexpr MigrationStep kMigrations[] = {
+    {1, "listing headers added, listing indexes and by-author dropped, Merkle tree rebuilt",
+     migrateSchema1To2},
+    {2, "aggregates re-encoded", migrateSchema2To3},
+    {3, "listing positions built", migrateToListings},
+    {4, "change feed numbered", migrate4to5},
+};
+constexpr uint32_t kOldestMigrated = 1;
+static_assert(std::size(kMigrations) == kSchemaVersion - kOldestMigrated,
+              "one migration step per schema version before this one");
+
+// Runs the steps from `version` up to kSchemaVersion; returns what they did.
+Result<std::string> migrate(Txn& txn, Dbs& dbs, uint32_t version) {
+  std::string done;
+  for (const MigrationStep& step : kMigrations) {
+    if (step.from < version) continue;
+    CHORUS_ASSERT(step.from == version, "migration steps out of order");
+    if (auto s = step.run(txn, dbs); !s) return s.error();
+    done += (done.empty() ? "" : "; ") + std::to_string(step.from) + " to " +
+            std::to_string(step.from + 1) + ": " + step.what;
+    ++version;
+  }
+  CHORUS_ASSERT(version == kSchemaVersion, "migration steps do not reach this version");
+  if (auto s = txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(kSchemaVersion)); !s) {
     return s.error();
   }
-  return seq;
+  return done;
 }
 
 Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice) {
@@ -287,25 +319,16 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
   }
   uint32_t version = 0;
   for (int i = 3; i >= 0; --i) version = (version << 8) | uint8_t(v[static_cast<size_t>(i)]);
-  std::string reads = "this build of Chorus reads only version " + std::to_string(kSchemaVersion) +
-                      " (and migrates versions " + std::to_string(kOldestMigrated) + " to " +
-                      std::to_string(kSchemaVersion - 1) + " at open)";
-  if (version == 1 || version == 2) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
-                         ", but " + reads +
-                         "; versions 1 and 2 kept listings, the Merkle key hash and the "
-                         "aggregates differently. No release migrates older versions (they "
-                         "never ran in production): move the directory aside and let the node "
-                         "resync from its peers, or delete it if it held only test data");
-  }
   if (version < kOldestMigrated || version > kSchemaVersion) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
-                         (version > kSchemaVersion ? ", newer than this build knows: " : ": ") +
-                         reads +
-                         ". Run the Chorus release that wrote it (or a newer one that migrates "
-                         "it), or move the directory aside and let the node resync from its peers");
+    return makeError(
+        ErrorCode::kInvalidArgument,
+        "data dir " + dir + " uses storage schema version " + std::to_string(version) +
+            (version > kSchemaVersion ? ", newer than this build knows" : ", which never existed") +
+            ": this build of Chorus reads versions " + std::to_string(kOldestMigrated) + " to " +
+            std::to_string(kSchemaVersion) + " (and migrates older ones to " +
+            std::to_string(kSchemaVersion) +
+            " at open). Run the Chorus release that wrote it (or a newer one), or move the "
+            "directory aside and let the node resync from its peers");
   }
   found = txn.get(o.dbs.meta, schema::kMetaReplicaId, &v);
   if (!found) return found.error();
@@ -320,28 +343,21 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
   }
   o.highWater = crdt::Hlc{schema::getLe64(v)};
   for (auto [name, dbi] : all) {
-    // Made by the migration steps below.
-    if (version < 4 && std::string_view(name) == kDbListings) continue;
-    if (version < 5 && std::string_view(name) == kDbChanges) continue;
+    // Made by the migration steps.
+    if (version < kFirstListingsVersion && std::string_view(name) == kDbListings) continue;
+    if (version < kFirstFeedVersion && std::string_view(name) == kDbChanges) continue;
     auto db = txn.openDb(name, 0);
     if (!db) return db.error();
     if (!*db) return corruption("data dir " + dir + " lacks the database " + name);
     *dbi = **db;
   }
-  auto migrated = [&](uint32_t from, const std::string& what) {
+  if (version < kSchemaVersion) {
+    auto done = migrate(txn, o.dbs, version);
+    if (!done) return done.error();
     tell(notice, "data dir " + dir + " migrated from storage schema version " +
-                     std::to_string(from) + " to " + std::to_string(from + 1) + " (" + what + ")");
-  };
-  if (version == 3) {
-    if (auto s = migrate3to4(txn, o.dbs); !s) return s.error();
-    migrated(version++, "listing positions built");
+                     std::to_string(version) + " to " + std::to_string(kSchemaVersion) + " (" +
+                     *done + ")");
   }
-  if (version == 4) {
-    auto numbered = migrate4to5(txn, o.dbs);
-    if (!numbered) return numbered.error();
-    migrated(version++, "change feed numbered: " + std::to_string(*numbered) + " reviews");
-  }
-  CHORUS_ASSERT(version == kSchemaVersion, "a schema migration step is missing");
   found = txn.get(o.dbs.meta, schema::kMetaLastSeq, &v);
   if (!found) return found.error();
   if (!*found || v.size() != 8) {

@@ -172,6 +172,16 @@ void addListingKeys(std::vector<std::string>& out, const crdt::ReviewKey& key, c
 // not decode or holds another key's review.
 Result<crdt::ReviewDoc> decodeStored(std::string_view canonical, const crdt::ReviewKey& key);
 
+// The whole of Store::verify() in `txn` (any transaction, read-only will
+// do) over `dbs`, a store of this build's schema. For a backup's copy too.
+Status verifyDbs(Txn& txn, const Dbs& dbs);
+
+// Steps that migrate an older schema, each from one version to the next, in
+// the open's write transaction (internal/open.cpp chains them and writes
+// the new version). `dbs` holds the databases the older version has.
+Status migrateSchema1To2(Txn& txn, Dbs& dbs);  // internal/migrate.cpp
+Status migrateSchema2To3(Txn& txn, Dbs& dbs);  // internal/migrate.cpp
+
 // ---- the write queue -------------------------------------------------------
 
 struct Pending {
@@ -307,6 +317,9 @@ class StoreImpl final : public Store {
 
   // verify.cpp
   Status verify() override;
+
+  // backup.cpp
+  Result<BackupManifest> backup(const std::string& dir, const BackupOptions& options) override;
 
  private:
   // ---- write-pipeline.cpp ----

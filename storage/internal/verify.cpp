@@ -13,7 +13,11 @@ namespace chorus::storage::internal {
 Status StoreImpl::verify() {
   ReadTxn rt(gate_);
   if (auto s = rt.begin(env_); !s) return s;
-  Txn& txn = rt.txn();
+  return verifyDbs(rt.txn(), dbs_);
+}
+
+Status verifyDbs(Txn& txn, const Dbs& dbs) {
+  constexpr int kDepth = Store::kDepth;
   auto mismatch = [](const std::string& what) {
     return corruption("verify: " + what + "; derived data no longer matches the documents");
   };
@@ -25,7 +29,7 @@ Status StoreImpl::verify() {
   // documents imply, one product at a time (a product's documents are one
   // range of `documents`, and its positions one range of `listings`, in the
   // same product order), against the walk of `listings`.
-  auto listings = Cursor::open(txn, dbs_.listings);
+  auto listings = Cursor::open(txn, dbs.listings);
   if (!listings) return listings.error();
   std::string_view lk, lv;
   auto lat = listings->seek(MDB_FIRST, &lk, &lv);
@@ -64,7 +68,7 @@ Status StoreImpl::verify() {
   crdt::Hlc maxHlc;
   uint64_t maxSeq = 0;
 
-  auto docs = Cursor::open(txn, dbs_.documents);
+  auto docs = Cursor::open(txn, dbs.documents);
   if (!docs) return docs.error();
   std::string_view k, v;
   for (auto at = docs->seek(MDB_FIRST, &k, &v);; at = docs->seek(MDB_NEXT, &k, &v)) {
@@ -89,7 +93,7 @@ Status StoreImpl::verify() {
     // documents cannot share one (the entry names one), so with equal
     // counts (below) the feed holds every review exactly once.
     std::string_view change;
-    auto inFeed = txn.get(dbs_.changes, schema::changeKey(rec->seq), &change);
+    auto inFeed = txn.get(dbs.changes, schema::changeKey(rec->seq), &change);
     if (!inFeed) return inFeed.error();
     if (!*inFeed || change != schema::changeValue(rec->header.live, k)) {
       return mismatch("the change feed entry of (" + schema::describeKey(*key) + ") at seq " +
@@ -105,7 +109,7 @@ Status StoreImpl::verify() {
 
     uint64_t kh = keyHashOfDocKey(k);
     std::string_view leafDigest;
-    auto found = txn.get(dbs_.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
+    auto found = txn.get(dbs.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
     if (!found) return found.error();
     if (!*found || leafDigest != nodeBytes(rec->digest)) {
       return mismatch("Merkle leaf entry of (" + schema::describeKey(*key) +
@@ -131,7 +135,7 @@ Status StoreImpl::verify() {
   // found above, so equal counts mean there are no extras).
   uint64_t leafEntryCount = 0;
   uint64_t storedNodes = 0;
-  auto leaves = Cursor::open(txn, dbs_.leafEntries);
+  auto leaves = Cursor::open(txn, dbs.leafEntries);
   if (!leaves) return leaves.error();
   for (auto at = leaves->seek(MDB_FIRST, &k, &v);; at = leaves->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -152,7 +156,7 @@ Status StoreImpl::verify() {
                     " Merkle leaf entries for " + std::to_string(docCount) + " documents");
   }
 
-  auto merkle = Cursor::open(txn, dbs_.merkle);
+  auto merkle = Cursor::open(txn, dbs.merkle);
   if (!merkle) return merkle.error();
   for (auto at = merkle->seek(MDB_FIRST, &k, &v);; at = merkle->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -180,7 +184,7 @@ Status StoreImpl::verify() {
   }
 
   uint64_t storedSums = 0;
-  auto products = Cursor::open(txn, dbs_.products);
+  auto products = Cursor::open(txn, dbs.products);
   if (!products) return products.error();
   for (auto at = products->seek(MDB_FIRST, &k, &v);; at = products->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -202,21 +206,21 @@ Status StoreImpl::verify() {
                     std::to_string(sums.size()));
   }
 
-  auto feedEntries = txn.entries(dbs_.changes);
+  auto feedEntries = txn.entries(dbs.changes);
   if (!feedEntries) return feedEntries.error();
   if (*feedEntries != docCount) {
     return mismatch("the change feed holds " + std::to_string(*feedEntries) + " entries for " +
                     std::to_string(docCount) + " documents");
   }
   std::string_view last;
-  auto found = txn.get(dbs_.meta, schema::kMetaLastSeq, &last);
+  auto found = txn.get(dbs.meta, schema::kMetaLastSeq, &last);
   if (!found) return found.error();
   if (!*found || last.size() != 8 || schema::getLe64(last) < maxSeq) {
     return mismatch("the persisted last seq of the change feed is missing or below a stored seq");
   }
 
   std::string_view hw;
-  found = txn.get(dbs_.meta, schema::kMetaHlcHighWater, &hw);
+  found = txn.get(dbs.meta, schema::kMetaHlcHighWater, &hw);
   if (!found) return found.error();
   if (!*found || hw.size() != 8 || schema::getLe64(hw) < maxHlc.bits) {
     return mismatch("the persisted HLC high-water mark is missing or below a stored stamp");

@@ -436,9 +436,9 @@ TEST_CASE("a schema 3 data dir is migrated at open and verifies") {
     std::vector<std::string> notices;
     o.notice = [&](const std::string& n) { notices.push_back(n); };
     auto store = test::openStore(o);
-    REQUIRE(notices.size() == 2);
-    CHECK(contains(notices[0], "migrated from storage schema version 3 to 4"));
-    CHECK(contains(notices[1], "migrated from storage schema version 4 to 5"));
+    REQUIRE(notices.size() == 1);
+    CHECK(contains(notices[0], "migrated from storage schema version 3 to 5"));
+    CHECK(contains(notices[0], "3 to 4: listing positions built; 4 to 5: change feed numbered"));
     CHECK(store->verify().ok());
     CHECK(*store->merkleRoot() == root);
     for (const auto& [product, authors] : before) {
@@ -497,8 +497,9 @@ TEST_CASE("a migration that fills the map grows it and completes") {
   CHECK(page->reviews.size() == 1333);
 }
 
-TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
-  for (uint32_t version : {1u, 2u, 6u}) {
+TEST_CASE("newer schema versions are refused, and the data dir is left as it was") {
+  // Older versions migrate (test/storage/migration-test.cpp).
+  for (uint32_t version : {kSchemaVersion + 1, kSchemaVersion + 200}) {
     CAPTURE(version);
     TempDir dir;
     { test::openStore(test::optionsFor(dir.path())); }
@@ -510,12 +511,13 @@ TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
       REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
       return true;
     });
-    auto store = Store::open(test::optionsFor(dir.path()));
-    REQUIRE_FALSE(store.ok());
-    CHECK(store.error().code == ErrorCode::kInvalidArgument);
-    CHECK(contains(store.error().message, "version " + std::to_string(version)));
-    if (version == 6) CHECK(contains(store.error().message, "newer than this build knows"));
-    if (version < 3) CHECK(contains(store.error().message, "No release migrates older versions"));
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto store = Store::open(test::optionsFor(dir.path()));
+      REQUIRE_FALSE(store.ok());
+      CHECK(store.error().code == ErrorCode::kInvalidArgument);
+      CHECK(contains(store.error().message, "version " + std::to_string(version)));
+      CHECK(contains(store.error().message, "newer than this build knows"));
+    }
   }
 }
 

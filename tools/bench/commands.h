@@ -13,5 +13,6 @@ void addReconcileBench(CLI::App& app, int& exitCode);  // reconcile-bench.cpp
 void addClusterBench(CLI::App& app, int& exitCode);    // cluster-bench.cpp
 void addLoadBench(CLI::App& app, int& exitCode);       // load-bench.cpp
 void addFeedBench(CLI::App& app, int& exitCode);       // feed-bench.cpp
+void addBackupBench(CLI::App& app, int& exitCode);     // backup-bench.cpp
 
 }  // namespace chorus::bench

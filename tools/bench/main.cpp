@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   chorus::bench::addClusterBench(app, exitCode);
   chorus::bench::addLoadBench(app, exitCode);
   chorus::bench::addFeedBench(app, exitCode);
+  chorus::bench::addBackupBench(app, exitCode);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
