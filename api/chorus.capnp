@@ -61,7 +61,7 @@ struct Review {
   visibility @8 :Visibility;
   moderationReason @9 :Text;
   reply @10 :Text;               # the merchant's answer; empty if none
-  deleted @11 :Bool;             # only in watch changes: the review was erased
+  deleted @11 :Bool;             # in watch and feed changes: the review was erased
 }
 
 struct Summary {
