@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "api/auth.h"
 #include "api/chorus.capnp.h"
 #include "api/types.h"
 #include "crdt/result.h"
@@ -29,7 +30,9 @@ NodeHealth fromWire(wire::NodeHealth::Reader r);
 void toWire(const ClusterView& v, wire::ClusterView::Builder b);
 ClusterView fromWire(wire::ClusterView::Reader r);
 
+// Fills `op` and `opCode` (the enum of `op`).
 void toWire(const Change& c, wire::Change::Builder b);
+wire::ChangeOp changeOpOf(const std::string& op);  // "delete" -> ERASE, ...
 Change fromWire(wire::Change::Reader r);
 
 wire::Visibility toWire(crdt::Visibility v);
@@ -54,6 +57,8 @@ const char* errorCodeWireName(wire::ErrorCode code);
 // client turns it into kForbidden "unauthenticated: <message>").
 const char* toWireUnauthenticated(const std::string& message, wire::Error::Builder b);
 
+wire::Role toWire(Role role);
+std::optional<Role> fromWire(wire::Role role);  // nullopt: unknown to this build
 wire::KeyOp toWire(KeyOp op);
 std::optional<KeyOp> fromWire(wire::KeyOp op);  // nullopt: unknown to this build
 
