@@ -2,6 +2,7 @@
 // the same process: every operation, validation, watch, limits, shutdown.
 #include <doctest/doctest.h>
 
+#include <capnp/message.h>
 #include <kj/async.h>
 #include <kj/timer.h>
 #include <atomic>
@@ -16,6 +17,7 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "api/wire.h"
 #include "gossip/keyring.h"
 #include "support/results.h"
 #include "temp-dir.h"
@@ -231,6 +233,24 @@ TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
   CHECK(changes[2].review.deleted);
   CHECK(changes[2].review.title.empty());  // erasure: the text is gone
   CHECK(node->metrics().calls(chorus::api::Metrics::kWatch) == 1);
+}
+
+TEST_CASE("wire: a change's opCode is its op as an enum, for every op") {
+  using chorus::api::wire::ChangeOp;
+  const std::pair<WriteOp, ChangeOp> ops[] = {
+      {WriteOp::kPut, ChangeOp::PUT},         {WriteOp::kDelete, ChangeOp::ERASE},
+      {WriteOp::kVote, ChangeOp::VOTE},       {WriteOp::kUnvote, ChangeOp::UNVOTE},
+      {WriteOp::kTag, ChangeOp::TAG},         {WriteOp::kUntag, ChangeOp::UNTAG},
+      {WriteOp::kModerate, ChangeOp::MODERATE}, {WriteOp::kReply, ChangeOp::REPLY}};
+  for (const auto& [op, code] : ops) {
+    CAPTURE(chorus::writeOpName(op));
+    capnp::MallocMessageBuilder message;
+    auto b = message.initRoot<chorus::api::wire::Change>();
+    chorus::api::toWire(chorus::Change{chorus::writeOpName(op), {}, 0}, b);
+    CHECK(b.asReader().getOpCode() == code);
+    CHECK(std::string(b.asReader().getOp().cStr()) == chorus::writeOpName(op));
+  }
+  CHECK(chorus::api::changeOpOf("merge") == ChangeOp::MERGE);
 }
 
 TEST_CASE("rpc in-process: too many calls in flight get `overloaded`") {
