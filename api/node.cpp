@@ -421,9 +421,39 @@ Status Node::beforeRead(const ReadOptions& read) {
   return awaitSession(read.session);
 }
 
+Status Node::checkGet(const std::string& product, const std::string& author) const {
+  if (auto bad = api::checkKey(product, author, options_.limits)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkList(const std::string& product, const std::string& cursor,
+                       uint32_t limit) const {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkSummary(const std::string& product) const {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkByAuthor(const std::string& author, const std::string& cursor,
+                           uint32_t limit) const {
+  if (auto bad = api::checkId("author", author, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  return okStatus();
+}
+
 Result<ReviewView> Node::get(const std::string& product, const std::string& author,
                              const ReadOptions& read) {
-  if (auto bad = api::checkKey(product, author, options_.limits)) return bad->toError();
+  if (auto bad = checkGet(product, author); !bad.ok()) return bad.error();
   if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   crdt::ReviewKey key{product, author};
   auto doc = store_->get(key);
@@ -434,11 +464,7 @@ Result<ReviewView> Node::get(const std::string& product, const std::string& auth
 
 Result<ReviewPage> Node::list(const std::string& product, storage::Order order,
                               const std::string& cursor, uint32_t limit, const ReadOptions& read) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
-  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  if (auto bad = checkList(product, cursor, limit); !bad.ok()) return bad.error();
   if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return toPage(store_->listProduct(product, order, cursor, pageSize(limit)));
 }
@@ -446,11 +472,7 @@ Result<ReviewPage> Node::list(const std::string& product, storage::Order order,
 Result<ProductPageView> Node::page(const std::string& product, storage::Order order,
                                    const std::string& cursor, uint32_t limit,
                                    const ReadOptions& read) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
-  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  if (auto bad = checkList(product, cursor, limit); !bad.ok()) return bad.error();
   if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   auto both = store_->productPage(product, order, cursor, pageSize(limit));
   if (!both.ok()) return both.error();
@@ -460,18 +482,14 @@ Result<ProductPageView> Node::page(const std::string& product, storage::Order or
 }
 
 Result<storage::ProductSummary> Node::summary(const std::string& product, const ReadOptions& read) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  if (auto bad = checkSummary(product); !bad.ok()) return bad.error();
   if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return store_->summary(product);
 }
 
 Result<ReviewPage> Node::byAuthor(const std::string& author, const std::string& cursor,
                                   uint32_t limit, const ReadOptions& read) {
-  if (auto bad = api::checkId("author", author, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
-  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  if (auto bad = checkByAuthor(author, cursor, limit); !bad.ok()) return bad.error();
   if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return toPage(store_->listAuthor(author, cursor, pageSize(limit)));
 }

@@ -205,6 +205,14 @@ class Node {
                                const ReadOptions& read = {});
   Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit,
                               const ReadOptions& read = {});
+  // The argument checks of the reads above, alone (kInvalidArgument naming
+  // the field, as the read would answer): cheap, any thread. Front ends
+  // run them before waiting for a session. checkList serves page() too.
+  Status checkGet(const std::string& product, const std::string& author) const;
+  Status checkList(const std::string& product, const std::string& cursor, uint32_t limit) const;
+  Status checkSummary(const std::string& product) const;
+  Status checkByAuthor(const std::string& author, const std::string& cursor,
+                       uint32_t limit) const;
   Result<NodeStatus> status();
   // Cheap: whether the node serves (not shutting down, not out of the
   // cluster, its store answers) and its own view of the cluster, asking no

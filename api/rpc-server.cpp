@@ -1081,7 +1081,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto product = str(p.getProduct()), author = str(p.getAuthor());
           return job<ReviewView>(
-              product, p, [product, author](Node& node) { return node.get(product, author); });
+              product, p, [product, author](Node& node) { return node.get(product, author); },
+              [product, author](const Node& node) { return node.checkGet(product, author); });
         },
         [](const std::string&, const ReviewView& r, auto results) {
           toWire(r, results.initReview());
@@ -1094,9 +1095,14 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           auto product = str(p.getProduct()), cursor = str(p.getCursor());
           auto order = fromWire(p.getOrder());
           uint32_t limit = p.getLimit();
-          return job<ReviewPage>(product, p, [product, order, cursor, limit](Node& node) {
-            return node.list(product, order, cursor, limit);
-          });
+          return job<ReviewPage>(
+              product, p,
+              [product, order, cursor, limit](Node& node) {
+                return node.list(product, order, cursor, limit);
+              },
+              [product, cursor, limit](const Node& node) {
+                return node.checkList(product, cursor, limit);
+              });
         },
         [](const std::string&, const ReviewPage& r, auto results) {
           toWire(r, results.initPage());
@@ -1108,7 +1114,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto product = str(p.getProduct());
           return job<storage::ProductSummary>(
-              product, p, [product](Node& node) { return node.summary(product); });
+              product, p, [product](Node& node) { return node.summary(product); },
+              [product](const Node& node) { return node.checkSummary(product); });
         },
         [](const std::string& product, const storage::ProductSummary& r, auto results) {
           toWire(product, r, results.initSummary());
@@ -1121,9 +1128,14 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           auto product = str(p.getProduct()), cursor = str(p.getCursor());
           auto order = fromWire(p.getOrder());
           uint32_t limit = p.getLimit();
-          return job<ProductPageView>(product, p, [product, order, cursor, limit](Node& node) {
-            return node.page(product, order, cursor, limit);
-          });
+          return job<ProductPageView>(
+              product, p,
+              [product, order, cursor, limit](Node& node) {
+                return node.page(product, order, cursor, limit);
+              },
+              [product, cursor, limit](const Node& node) {
+                return node.checkList(product, cursor, limit);
+              });
         },
         [](const std::string& product, const ProductPageView& r, auto results) {
           toWire(product, r.summary, results.initSummary());
@@ -1136,9 +1148,12 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto author = str(p.getAuthor()), cursor = str(p.getCursor());
           uint32_t limit = p.getLimit();
-          return job<ReviewPage>(author, p, [author, cursor, limit](Node& node) {
-            return node.byAuthor(author, cursor, limit);
-          });
+          return job<ReviewPage>(
+              author, p,
+              [author, cursor, limit](Node& node) { return node.byAuthor(author, cursor, limit); },
+              [author, cursor, limit](const Node& node) {
+                return node.checkByAuthor(author, cursor, limit);
+              });
         },
         [](const std::string&, const ReviewPage& r, auto results) {
           toWire(r, results.initPage());
@@ -1173,15 +1188,19 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
 
   // A read's store work (values only: it runs on a read thread), its key:
   // the product (byAuthor: the author), for RpcLimits::beforeRead and for
-  // filling the results, and its session token (empty: none).
+  // filling the results, its session token (empty: none), and its argument
+  // checks alone (run here before a session wait, so a bad argument is
+  // answered at once; the work checks them again).
   struct Job {
     std::string key;
     std::function<ReadOutcome(Node&)> work;
     std::string session;
+    std::function<Status(const Node&)> check;
   };
-  template <typename T, typename Params, typename Work>
-  static Job job(std::string key, Params p, Work work) {
-    return Job{std::move(key), readWork<T>(std::move(work)), str(p.getSession())};
+  template <typename T, typename Params, typename Work, typename Check>
+  static Job job(std::string key, Params p, Work work, Check check) {
+    return Job{std::move(key), readWork<T>(std::move(work)), str(p.getSession()),
+               std::move(check)};
   }
 
   // One read call: `prepare` (RPC thread) copies the params into a Job; the
@@ -1200,6 +1219,9 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           ctx.releaseParams();  // copied into `j`; not held while it runs
           std::optional<SessionToken> token;
           if (!j.session.empty()) {
+            if (auto bad = j.check(loop_.node()); !bad.ok()) {
+              return toWire(bad.error(), ctx.getResults().initError());
+            }
             auto parsed = loop_.node().parseSession(j.session);
             if (!parsed.ok()) return toWire(parsed.error(), ctx.getResults().initError());
             token = std::move(parsed).value();

@@ -859,6 +859,13 @@ TEST_CASE("sessions: a write no node holds answers unavailable within the wait; 
           ErrorCode::kInvalidArgument);
     CHECK(failure(b->summary("p1", {bad})).message.rfind("session: ", 0) == 0);
   }
+  // A bad argument is answered at once, not after the wait.
+  auto waited = b->metrics().sessionsWaited();
+  auto tooMany = failure(client.list("p1", chorus::storage::Order::kNewest, "", 101,
+                                     {absent.encode()}));
+  CHECK(tooMany.message.rfind("limit: ", 0) == 0);
+  CHECK(failure(client.get("p1", "", {absent.encode()})).message.rfind("author: ", 0) == 0);
+  CHECK(b->metrics().sessionsWaited() == waited);
   chorus::api::SessionToken badKey = ahead;
   badKey.key.product = "has space";
   CHECK(failure(client.get("p1", "ann", {badKey.encode()})).message.rfind("session: ", 0) == 0);
