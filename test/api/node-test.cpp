@@ -806,8 +806,8 @@ TEST_CASE("sessions: a write on A is read at once on B with its token, without d
 
 TEST_CASE("sessions: a write no node holds answers unavailable within the wait; bad tokens") {
   TempDir tmp;
-  auto a = openPullOnly(tmp.sub("a"), "a", {}, 600ms);
-  auto b = openPullOnly(tmp.sub("b"), "b", {a->cluster()->address()}, 600ms);
+  auto a = openPullOnly(tmp.sub("a"), "a", {}, 300ms);
+  auto b = openPullOnly(tmp.sub("b"), "b", {a->cluster()->address()}, 300ms);
   REQUIRE(eventually([&] { return settled({a.get(), b.get()}); }));
   auto onB = chorus::api::Client::connect(b->rpcAddress());
   REQUIRE(onB.ok());
@@ -832,7 +832,7 @@ TEST_CASE("sessions: a write no node holds answers unavailable within the wait; 
     CHECK(r.error().code == ErrorCode::kUnavailable);
     CHECK(r.error().message.find("has not caught up") != std::string::npos);
     CHECK(r.error().message.find("node 'a'") != std::string::npos);
-    CHECK(took >= 600ms);  // it waited its bound
+    CHECK(took >= 300ms);  // it waited its bound
     CHECK(took < 10s);     // and no longer (generous: a shared machine)
     // In-process too.
     CHECK(failure(b->get(token.key.product, token.key.author, {token.encode()})).code ==
