@@ -211,8 +211,7 @@ class Node {
   Status checkGet(const std::string& product, const std::string& author) const;
   Status checkList(const std::string& product, const std::string& cursor, uint32_t limit) const;
   Status checkSummary(const std::string& product) const;
-  Status checkByAuthor(const std::string& author, const std::string& cursor,
-                       uint32_t limit) const;
+  Status checkByAuthor(const std::string& author, const std::string& cursor, uint32_t limit) const;
   Result<NodeStatus> status();
   // Cheap: whether the node serves (not shutting down, not out of the
   // cluster, its store answers) and its own view of the cluster, asking no

@@ -1199,8 +1199,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
   };
   template <typename T, typename Params, typename Work, typename Check>
   static Job job(std::string key, Params p, Work work, Check check) {
-    return Job{std::move(key), readWork<T>(std::move(work)), str(p.getSession()),
-               std::move(check)};
+    return Job{std::move(key), readWork<T>(std::move(work)), str(p.getSession()), std::move(check)};
   }
 
   // One read call: `prepare` (RPC thread) copies the params into a Job; the

@@ -539,9 +539,9 @@ TEST_CASE("e2e: read your writes from the CLI: a write's session, read on anothe
   TempDir tmp;
   std::string key = writeClusterKeyFile(tmp);
   // No delta push, anti-entropy once an hour: n2 gets the write by pulling it.
-  std::vector<std::string> flags = {"--gossip-listen",   "127.0.0.1:0", "--cluster-key-file", key,
-                                    "--no-delta-push",   "--anti-entropy-interval", "1h",
-                                    "--session-wait-ms", "3000"};
+  std::vector<std::string> flags = {
+      "--gossip-listen",         "127.0.0.1:0", "--cluster-key-file", key,   "--no-delta-push",
+      "--anti-entropy-interval", "1h",          "--session-wait-ms",  "3000"};
   auto d1 = startDaemon(tmp.sub("n1"), flags, "n1");
   auto g1 = d1.process->waitForLine("chorusd: gossip on ", 10s);
   REQUIRE(g1.has_value());
@@ -550,7 +550,8 @@ TEST_CASE("e2e: read your writes from the CLI: a write's session, read on anothe
   REQUIRE(cliEventually(d1.address, {"cluster", "status", "--nodes", d2.address}, "alive"));
   REQUIRE(cliEventually(d2.address, {"cluster", "status", "--nodes", d1.address}, "alive"));
 
-  auto put = cli(d1.address, {"--json", "review", "put", "kettle-1", "ann", "-r", "5", "-t", "Hot"});
+  auto put =
+      cli(d1.address, {"--json", "review", "put", "kettle-1", "ann", "-r", "5", "-t", "Hot"});
   REQUIRE(put.code == 0);
   auto at = put.out.find("\"session\":\"");
   REQUIRE(at != std::string::npos);
@@ -569,7 +570,8 @@ TEST_CASE("e2e: read your writes from the CLI: a write's session, read on anothe
   at = vote.out.find("session:    ");
   REQUIRE(at != std::string::npos);
   std::string voteToken = vote.out.substr(at + 12, vote.out.find('\n', at) - (at + 12));
-  auto voted = cli(d2.address, {"--json", "review", "get", "kettle-1", "ann", "--session", voteToken});
+  auto voted =
+      cli(d2.address, {"--json", "review", "get", "kettle-1", "ann", "--session", voteToken});
   CHECK(voted.code == 0);
   CHECK(voted.out.find("\"helpful\":1") != std::string::npos);
 

@@ -238,9 +238,9 @@ TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
 TEST_CASE("wire: a change's opCode is its op as an enum, for every op") {
   using chorus::api::wire::ChangeOp;
   const std::pair<WriteOp, ChangeOp> ops[] = {
-      {WriteOp::kPut, ChangeOp::PUT},         {WriteOp::kDelete, ChangeOp::ERASE},
-      {WriteOp::kVote, ChangeOp::VOTE},       {WriteOp::kUnvote, ChangeOp::UNVOTE},
-      {WriteOp::kTag, ChangeOp::TAG},         {WriteOp::kUntag, ChangeOp::UNTAG},
+      {WriteOp::kPut, ChangeOp::PUT},           {WriteOp::kDelete, ChangeOp::ERASE},
+      {WriteOp::kVote, ChangeOp::VOTE},         {WriteOp::kUnvote, ChangeOp::UNVOTE},
+      {WriteOp::kTag, ChangeOp::TAG},           {WriteOp::kUntag, ChangeOp::UNTAG},
       {WriteOp::kModerate, ChangeOp::MODERATE}, {WriteOp::kReply, ChangeOp::REPLY}};
   for (const auto& [op, code] : ops) {
     CAPTURE(chorus::writeOpName(op));
@@ -861,8 +861,8 @@ TEST_CASE("sessions: a write no node holds answers unavailable within the wait; 
   }
   // A bad argument is answered at once, not after the wait.
   auto waited = b->metrics().sessionsWaited();
-  auto tooMany = failure(client.list("p1", chorus::storage::Order::kNewest, "", 101,
-                                     {absent.encode()}));
+  auto tooMany =
+      failure(client.list("p1", chorus::storage::Order::kNewest, "", 101, {absent.encode()}));
   CHECK(tooMany.message.rfind("limit: ", 0) == 0);
   CHECK(failure(client.get("p1", "", {absent.encode()})).message.rfind("author: ", 0) == 0);
   CHECK(b->metrics().sessionsWaited() == waited);

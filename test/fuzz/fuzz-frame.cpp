@@ -223,7 +223,8 @@ void readFrame(gossip::ParsedFrame& frame, size_t bodyBytes) {
       break;
     }
     case gossip::wire::Frame::PULL:
-      for (auto k : root.getPull()) (void)(std::string(k.getProduct().cStr()) + k.getAuthor().cStr());
+      for (auto k : root.getPull())
+        (void)(std::string(k.getProduct().cStr()) + k.getAuthor().cStr());
       break;
     case gossip::wire::Frame::PULLED: {
       capnp::List<capnp::Data>::Reader list;

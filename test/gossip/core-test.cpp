@@ -1029,7 +1029,8 @@ TEST_CASE("core: a write made while a node has no partial view is pushed to memb
   CHECK(n2.store.has("sku", "early"));
 }
 
-TEST_CASE("core: pull asks live peers for one review, the write's origin first, and merges answers") {
+TEST_CASE(
+    "core: pull asks live peers for one review, the write's origin first, and merges answers") {
   uint64_t seed = test::testSeed();
   CAPTURE(seed);
   Net net(seed);
