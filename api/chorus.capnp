@@ -2,13 +2,24 @@
 #
 # Versioning: this file id is the API's identity. Fields and methods are only
 # ever added (with new ordinals), never renumbered or retyped; a breaking
-# change gets a new interface. `NodeStatus.apiVersion` reports `apiVersion` below.
+# change gets a new interface. `Chorus.info` (no token needed),
+# `authenticate`'s results and `NodeStatus` report `apiVersion` below.
 #
 # Errors: every method's results start with `error :Error`. When it is not
-# set (hasError() is false) the call succeeded and the other results are
-# valid; when it is set the call had no effect and the other results are
-# unset. RPC-level exceptions (disconnected, overloaded by the transport)
-# still happen and mean "unavailable: retry elsewhere or later".
+# set (hasError() is false: the pointer field is null) the call succeeded
+# and the other results are valid; when it is set the call had no effect and
+# the other results are unset. Test the pointer, never `error.code`: code 0
+# is `invalidArgument`, and an unset struct reads as all zeros. RPC-level
+# exceptions (disconnected, overloaded by the transport) still happen and
+# mean "unavailable: retry elsewhere or later".
+#
+# Read your writes: every write answers `session`, a short opaque token
+# (URL-safe text). A read given it (`session` parameter) is served only once
+# the answering node holds that write: it waits up to a bound (chorusd
+# --session-wait-ms, default 2000) while it pulls the review from its peers,
+# then answers `unavailable` ("has not caught up with the write ...": retry,
+# or read on the node written to). A malformed token is `invalidArgument`
+# with field "session". Empty = no session (read what the node has).
 @0xd2bdc79027679372;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -18,7 +29,10 @@ const apiVersion :UInt32 = 6;  # 2: authenticate, Admin.keys, unauthenticated;
                                # 3: Admin.leave/remove, regions, member state `left`
                                # 4: Admin.health (any role)
                                # 5: ReviewStore.page
-                               # 6: ReviewStore.changes/follow (the change feed), Admin.backup
+                               # 6: ReviewStore.changes/follow (the change feed), Admin.backup,
+                               #    sessions (read your writes), Chorus.info,
+                               #    authenticate's apiVersion and roleList,
+                               #    Change.opCode, limit over 100 refused
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -77,6 +91,19 @@ struct Page {
   nextCursor @1 :Text;           # empty when there is no more
 }
 
+# What changed a review (Change.opCode).
+enum ChangeOp {
+  put @0;
+  erase @1;                      # `op` text "delete"
+  vote @2;
+  unvote @3;
+  tag @4;
+  untag @5;
+  moderate @6;
+  reply @7;
+  merge @8;                      # a state from a peer
+}
+
 # One change to a watched product's reviews, after it committed.
 struct Change {
   op @0 :Text;                   # put, delete, vote, unvote, tag, untag,
@@ -84,6 +111,7 @@ struct Change {
   review @1 :Review;             # the review after the change
   missed @2 :UInt32;             # changes dropped before this one because
                                  # the observer was too slow
+  opCode @3 :ChangeOp;           # `op` as an enum (since api 6)
 }
 
 interface WatchObserver {
@@ -117,34 +145,44 @@ interface FeedObserver {
 # Dropping the handle (or the connection) ends the follow.
 interface FeedHandle {}
 
+# Writes answer `session` (since api 6): pass it to a read's `session` to
+# read this write on any node (see the top of this file). Reads take an
+# optional `session` (empty: none).
 interface ReviewStore {
   # Writes (creates or replaces) the author's review of the product.
   put @0 (product :Text, author :Text, rating :UInt8, title :Text, body :Text)
-      -> (error :Error, review :Review);
+      -> (error :Error, review :Review, session :Text);
   # Erases the review's text everywhere (a tombstone). notFound if absent.
-  erase @1 (product :Text, author :Text) -> (error :Error);
+  erase @1 (product :Text, author :Text) -> (error :Error, session :Text);
   # Marks the review helpful for `voter` (idempotent). An author cannot vote
   # for their own review (forbidden).
-  vote @2 (product :Text, author :Text, voter :Text) -> (error :Error, review :Review);
-  unvote @3 (product :Text, author :Text, voter :Text) -> (error :Error, review :Review);
-  tag @4 (product :Text, author :Text, tag :Text) -> (error :Error, review :Review);
-  untag @5 (product :Text, author :Text, tag :Text) -> (error :Error, review :Review);
+  vote @2 (product :Text, author :Text, voter :Text)
+      -> (error :Error, review :Review, session :Text);
+  unvote @3 (product :Text, author :Text, voter :Text)
+      -> (error :Error, review :Review, session :Text);
+  tag @4 (product :Text, author :Text, tag :Text)
+      -> (error :Error, review :Review, session :Text);
+  untag @5 (product :Text, author :Text, tag :Text)
+      -> (error :Error, review :Review, session :Text);
   moderate @6 (product :Text, author :Text, visibility :Visibility, reason :Text)
-      -> (error :Error, review :Review);
+      -> (error :Error, review :Review, session :Text);
   # The merchant's public answer; empty text removes it.
-  reply @7 (product :Text, author :Text, text :Text) -> (error :Error, review :Review);
+  reply @7 (product :Text, author :Text, text :Text)
+      -> (error :Error, review :Review, session :Text);
 
-  get @8 (product :Text, author :Text) -> (error :Error, review :Review);
-  # limit 0 means the server default (20); at most 100.
-  list @9 (product :Text, order :Order, cursor :Text, limit :UInt32)
+  get @8 (product :Text, author :Text, session :Text) -> (error :Error, review :Review);
+  # limit: 0 means the server default (20); 1-100 that many at most; above
+  # 100 is refused as invalidArgument (field "limit"), as for byAuthor and
+  # page (before api 6 it was silently cut to 100). Page on with the cursor.
+  list @9 (product :Text, order :Order, cursor :Text, limit :UInt32, session :Text)
       -> (error :Error, page :Page);
-  summary @10 (product :Text) -> (error :Error, summary :Summary);
-  byAuthor @11 (author :Text, cursor :Text, limit :UInt32)
+  summary @10 (product :Text, session :Text) -> (error :Error, summary :Summary);
+  byAuthor @11 (author :Text, cursor :Text, limit :UInt32, session :Text)
       -> (error :Error, page :Page);
   # A product page in one call: `summary` and `list` read from one snapshot
   # of the store, so the two always agree (two calls may see a write land
   # between them). Same arguments, limits and errors as `list`. Since api 5.
-  page @13 (product :Text, order :Order, cursor :Text, limit :UInt32)
+  page @13 (product :Text, order :Order, cursor :Text, limit :UInt32, session :Text)
       -> (error :Error, summary :Summary, page :Page);
 
   # Streams every committed change of `product`'s reviews to `observer` until
@@ -243,6 +281,9 @@ struct GossipStats {
   grafts @23 :UInt64;            # deltas fetched after an announcement alone
   pushPulls @24 :UInt64;         # full member-list exchanges started
   versionRefused @25 :UInt64;    # frames of another gossip protocol version
+  pullsSent @26 :UInt64;         # read-your-writes: asks for a review's state sent to peers
+  pullsServed @27 :UInt64;       # such asks this node answered
+  statesPulled @28 :UInt64;      # states received in answers
 }
 
 # One node's view of the cluster.
@@ -368,9 +409,25 @@ struct ClusterKey {
 # returns capabilities that act for the token's principal, each call checked
 # against its roles (api/README.md has the table). A node started with
 # --no-auth serves everyone as admin, and `authenticate` accepts any token.
+#
+# `info` needs no token: a client learns the API version before anything
+# else (it is also in `authenticate`'s results).
 interface Chorus {
   reviews @0 () -> (reviews :ReviewStore);
   admin @1 () -> (admin :Admin);
+  # `roles` as names ("writer"); `roleList` (since api 6) the same as enums.
   authenticate @2 (token :Text) -> (error :Error, reviews :ReviewStore, admin :Admin,
-                                    principal :Text, roles :List(Text));
+                                    principal :Text, roles :List(Text),
+                                    apiVersion :UInt32, roleList :List(Role));
+  # Since api 6; any caller, before authenticate too.
+  info @3 () -> (apiVersion :UInt32, version :Text, nodeId :Text);
+}
+
+# A principal's roles (api/README.md has what each may do).
+enum Role {
+  reader @0;
+  writer @1;
+  moderator @2;
+  merchant @3;
+  admin @4;
 }

@@ -16,8 +16,10 @@ struct Client::Impl {
   kj::Own<capnp::RpcSystem<capnp::rpc::twoparty::VatId>> rpc;
   wire::ReviewStore::Client reviews = nullptr;
   wire::Admin::Client admin = nullptr;
+  wire::Chorus::Client bootstrap = nullptr;
   std::string principal;
   std::vector<std::string> roles;
+  uint32_t apiVersion = 0;
 
   Error transportError(const kj::Exception& e) const {
     std::string what = e.getDescription().cStr();
@@ -101,6 +103,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& address, Opti
   auto vatId = vatMessage.getRoot<capnp::rpc::twoparty::VatId>();
   vatId.setSide(capnp::rpc::twoparty::Side::SERVER);
   auto bootstrap = impl->rpc->bootstrap(vatId).castAs<wire::Chorus>();
+  impl->bootstrap = bootstrap;
   if (options.token.empty()) {
     impl->reviews = bootstrap.reviewsRequest().send().getReviews();
     impl->admin = bootstrap.adminRequest().send().getAdmin();
@@ -116,13 +119,16 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& address, Opti
   auto principal = response->getPrincipal();
   impl->principal.assign(principal.cStr(), principal.size());
   for (auto role : response->getRoles()) impl->roles.emplace_back(role.cStr(), role.size());
+  impl->apiVersion = response->getApiVersion();
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
 wire::ReviewStore::Client Client::reviews() { return impl_->reviews; }
 const std::string& Client::principal() const { return impl_->principal; }
 const std::vector<std::string>& Client::roles() const { return impl_->roles; }
+uint32_t Client::apiVersion() const { return impl_->apiVersion; }
 wire::Admin::Client Client::admin() { return impl_->admin; }
+wire::Chorus::Client Client::bootstrap() { return impl_->bootstrap; }
 kj::WaitScope& Client::waitScope() { return impl_->io.waitScope; }
 kj::Timer& Client::timer() { return impl_->io.provider->getTimer(); }
 
@@ -142,15 +148,17 @@ Result<ReviewView> Client::write(const WriteRequest& r) {
     auto response = impl_->wait(request.send());
     if (!response.ok()) return response.error();
     if (response->hasError()) return fromWire(response->getError());
+    ReviewView view;
     if constexpr (requires { response->getReview(); }) {
-      return fromWire(response->getReview());
+      view = fromWire(response->getReview());
     } else {
-      ReviewView gone;
-      gone.product = r.product;
-      gone.author = r.author;
-      gone.deleted = true;
-      return gone;
+      view.product = r.product;
+      view.author = r.author;
+      view.deleted = true;
     }
+    auto session = response->getSession();
+    view.session.assign(session.cStr(), session.size());
+    return view;
   };
   switch (r.op) {
     case WriteOp::kPut: {
@@ -207,9 +215,21 @@ Result<ReviewView> Client::write(const WriteRequest& r) {
   return makeError(ErrorCode::kInvalidArgument, "op: unknown write operation");
 }
 
-Result<ReviewView> Client::get(const std::string& product, const std::string& author) {
+Result<ServerInfo> Client::info() {
+  auto response = impl_->wait(impl_->bootstrap.infoRequest().send());
+  if (!response.ok()) return response.error();
+  ServerInfo info;
+  info.apiVersion = response->getApiVersion();
+  info.version = response->getVersion().cStr();
+  info.nodeId = response->getNodeId().cStr();
+  return info;
+}
+
+Result<ReviewView> Client::get(const std::string& product, const std::string& author,
+                               const ReadOptions& read) {
   auto q = impl_->reviews.getRequest();
   setKey(q, product, author);
+  q.setSession(read.session);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
@@ -217,21 +237,25 @@ Result<ReviewView> Client::get(const std::string& product, const std::string& au
 }
 
 Result<ReviewPage> Client::list(const std::string& product, storage::Order order,
-                                const std::string& cursor, uint32_t limit) {
+                                const std::string& cursor, uint32_t limit,
+                                const ReadOptions& read) {
   auto q = impl_->reviews.listRequest();
   q.setProduct(product);
   q.setOrder(toWire(order));
   q.setCursor(cursor);
   q.setLimit(limit);
+  q.setSession(read.session);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
   return fromWire(response->getPage());
 }
 
-Result<storage::ProductSummary> Client::summary(const std::string& product) {
+Result<storage::ProductSummary> Client::summary(const std::string& product,
+                                                const ReadOptions& read) {
   auto q = impl_->reviews.summaryRequest();
   q.setProduct(product);
+  q.setSession(read.session);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
@@ -239,12 +263,14 @@ Result<storage::ProductSummary> Client::summary(const std::string& product) {
 }
 
 Result<ProductPageView> Client::page(const std::string& product, storage::Order order,
-                                     const std::string& cursor, uint32_t limit) {
+                                     const std::string& cursor, uint32_t limit,
+                                     const ReadOptions& read) {
   auto q = impl_->reviews.pageRequest();
   q.setProduct(product);
   q.setOrder(toWire(order));
   q.setCursor(cursor);
   q.setLimit(limit);
+  q.setSession(read.session);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());
@@ -252,11 +278,12 @@ Result<ProductPageView> Client::page(const std::string& product, storage::Order 
 }
 
 Result<ReviewPage> Client::byAuthor(const std::string& author, const std::string& cursor,
-                                    uint32_t limit) {
+                                    uint32_t limit, const ReadOptions& read) {
   auto q = impl_->reviews.byAuthorRequest();
   q.setAuthor(author);
   q.setCursor(cursor);
   q.setLimit(limit);
+  q.setSession(read.session);
   auto response = impl_->wait(q.send());
   if (!response.ok()) return response.error();
   if (response->hasError()) return fromWire(response->getError());

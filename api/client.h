@@ -48,15 +48,26 @@ class Client {
   // Errors are the server's (see api/chorus.capnp): kInvalidArgument and
   // kForbidden messages start with "<field>: "; transport problems are
   // kUnavailable.
+  //
+  // A write answers the review with ReviewView::session set (a delete: the
+  // key, deleted, and the session). Reads take ReadOptions: with a session
+  // the node answers once it holds that write, or kUnavailable after its
+  // session wait (this call's timeout should exceed it: 2 s by default).
   Result<ReviewView> write(const WriteRequest& request);
-  Result<ReviewView> get(const std::string& product, const std::string& author);
+  Result<ReviewView> get(const std::string& product, const std::string& author,
+                         const ReadOptions& read = {});
   Result<ReviewPage> list(const std::string& product, storage::Order order,
-                          const std::string& cursor, uint32_t limit);
-  Result<storage::ProductSummary> summary(const std::string& product);
+                          const std::string& cursor, uint32_t limit, const ReadOptions& read = {});
+  Result<storage::ProductSummary> summary(const std::string& product, const ReadOptions& read = {});
   // ReviewStore.page: summary and list from one snapshot.
   Result<ProductPageView> page(const std::string& product, storage::Order order,
-                               const std::string& cursor, uint32_t limit);
-  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
+                               const std::string& cursor, uint32_t limit,
+                               const ReadOptions& read = {});
+  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit,
+                              const ReadOptions& read = {});
+  // Chorus.info: the node's API version, release and id; no token needed
+  // (a node older than api 6 fails it: kInternal, "unimplemented").
+  Result<ServerInfo> info();
   Result<NodeStatus> status();
   // Admin.health: any role may call it (status needs admin).
   Result<NodeHealth> health();
@@ -88,6 +99,9 @@ class Client {
   // on a --no-auth node.
   const std::string& principal() const;
   const std::vector<std::string>& roles() const;
+  // The API version authenticate answered; 0 without a token or from a
+  // node older than api 6.
+  uint32_t apiVersion() const;
 
   // Watches `product`: calls `onStarted` once the server accepted the watch,
   // then `onChange` for each change (on this thread) until it returns false
@@ -116,6 +130,7 @@ class Client {
   // For pipelining and raw access (benchmarks, tests).
   wire::ReviewStore::Client reviews();
   wire::Admin::Client admin();
+  wire::Chorus::Client bootstrap();  // the node's bootstrap capability
   kj::WaitScope& waitScope();
   kj::Timer& timer();
 

@@ -70,7 +70,7 @@ const char* Metrics::methodName(Method m) {
       "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
       "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
       "partition", "heal",  "cluster", "authenticate", "keys",     "leave", "remove",
-      "reviews",   "admin", "health",  "page",         "changes",  "follow", "backup"};
+      "reviews",   "admin", "health",  "page",         "changes",  "follow", "backup", "info"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }
@@ -160,6 +160,12 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
   gauge("chorus_rpc_read_queue_full_total",
         "Reads refused with `overloaded`: the read queue was full (--max-queued-reads).", "counter",
         double(readQueueFull_.load()));
+  gauge("chorus_rpc_session_waits_total",
+        "Reads with a session token that waited for the session's write (not held at first).",
+        "counter", double(sessionWaited_.load()));
+  gauge("chorus_rpc_session_timeouts_total",
+        "Reads with a session token answered `unavailable`: the write did not arrive in time.",
+        "counter", double(sessionTimedOut_.load()));
   gauge("chorus_rpc_watches_refused_total",
         "watch calls refused: the per-connection or per-node watch limit.", "counter",
         double(watchesRefused_.load()));
@@ -265,6 +271,15 @@ std::string Metrics::renderCluster(const gossip::ClusterStats& s,
   family("chorus_gossip_version_refused_total",
          "Gossip frames refused for another protocol version.", "counter");
   sample("chorus_gossip_version_refused_total", "", s.versionRefused);
+  family("chorus_gossip_pulls_total",
+         "Read-your-writes pulls: asks for a review's state sent to peers, and peers' asks "
+         "this node answered.",
+         "counter");
+  sample("chorus_gossip_pulls_total", "{direction=\"sent\"}", s.pullsSent);
+  sample("chorus_gossip_pulls_total", "{direction=\"served\"}", s.pullsServed);
+  family("chorus_gossip_states_pulled_total", "Review states received in answer to pulls.",
+         "counter");
+  sample("chorus_gossip_states_pulled_total", "", s.statesPulled);
   constexpr gossip::PeerState kStates[] = {gossip::PeerState::kAlive, gossip::PeerState::kSuspect,
                                            gossip::PeerState::kDead, gossip::PeerState::kLeft};
   uint64_t byState[std::size(kStates)] = {};

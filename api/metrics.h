@@ -85,6 +85,7 @@ class Metrics {
     kChanges,
     kFollow,
     kBackup,
+    kInfo,  // Chorus.info
     kMethodCount
   };
   static const char* methodName(Method m);
@@ -106,6 +107,13 @@ class Metrics {
   int64_t readsQueued() const { return readQueued_.load(); }
   int64_t readThreadsBusy() const { return readBusy_.load(); }
   uint64_t readsRefusedQueueFull() const { return readQueueFull_.load(); }
+  // Read-your-writes: RPC reads that had to wait for their session's write
+  // (it was not held at the first check), and those that answered
+  // `unavailable` because it did not arrive within the session wait.
+  void sessionWaited() { sessionWaited_.fetch_add(1, std::memory_order_relaxed); }
+  void sessionTimedOut() { sessionTimedOut_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t sessionsWaited() const { return sessionWaited_.load(); }
+  uint64_t sessionsTimedOut() const { return sessionTimedOut_.load(); }
   void connectionOpened() { connections_.fetch_add(1, std::memory_order_relaxed); }
   void connectionClosed() { connections_.fetch_sub(1, std::memory_order_relaxed); }
   void watchOpened() { watches_.fetch_add(1, std::memory_order_relaxed); }
@@ -210,6 +218,8 @@ class Metrics {
   std::atomic<int64_t> readQueued_{0};
   std::atomic<int64_t> readBusy_{0};
   std::atomic<uint64_t> readQueueFull_{0};
+  std::atomic<uint64_t> sessionWaited_{0};
+  std::atomic<uint64_t> sessionTimedOut_{0};
   Histogram commitDuration_;
   Histogram commitBatchSize_{kBatchBounds};
   std::array<Histogram, 2> sessionDuration_;  // in region, across regions

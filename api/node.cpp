@@ -33,19 +33,18 @@ struct FeedSubscribers {
 
 namespace {
 
-constexpr uint32_t kDefaultPage = 20;
-constexpr uint32_t kMaxPage = 100;
 constexpr size_t kMaxCursorBytes = 1024;
+constexpr auto kMaxSessionWait = std::chrono::seconds(60);
+// A waiting session read checks the store again, and pulls again, this often.
+constexpr auto kSessionRecheck = std::chrono::milliseconds(250);
 
 Error notFound(const crdt::ReviewKey& key) {
   return makeError(ErrorCode::kNotFound, "no review of product '" + key.product + "' by author '" +
                                              key.author + "' (never written, or deleted)");
 }
 
-uint32_t pageSize(uint32_t limit) {
-  if (limit == 0) return kDefaultPage;
-  return limit > kMaxPage ? kMaxPage : limit;
-}
+// After api::checkLimit.
+uint32_t pageSize(uint32_t limit) { return limit == 0 ? api::kDefaultPageLimit : limit; }
 
 Result<ReviewPage> toPage(Result<storage::Page> page) {
   if (!page.ok()) return page.error();
@@ -117,6 +116,10 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
   }
   if (!options.cluster.listen.empty()) {
     if (auto bad = api::checkRegion(options.cluster.region)) return bad->toError();
+  }
+  if (options.sessionWait.count() < 0 || options.sessionWait > kMaxSessionWait) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "session wait: must be 0 to 60000 ms (--session-wait-ms)");
   }
   std::optional<api::TokenTable> tokens;
   if (!options.listen.empty()) {
@@ -357,9 +360,12 @@ Result<ReviewView> Node::committed(const char* op, const Result<storage::Applied
   if (!applied.ok()) return applied.error();
   if (applied->changed) {
     notify(op, applied->state);
+    notifySessions(applied->state);
     if (gossip::Cluster* cluster = clusterLive_.load()) cluster->publish(applied->delta);
   }
-  return ReviewView::of(applied->state);
+  ReviewView view = ReviewView::of(applied->state);
+  view.session = api::SessionToken::of(applied->delta, options_.nodeId).encode();
+  return view;
 }
 
 void Node::merged(const Result<storage::Applied>& applied) {
@@ -380,6 +386,7 @@ void Node::merged(const Result<storage::Applied>& applied) {
   }
   if (!applied->changed) return;
   mergesApplied_.fetch_add(1, std::memory_order_relaxed);
+  notifySessions(applied->state);
   std::lock_guard lock(watchMutex_);
   if (notifyMerges_) notifyLocked("merge", applied->state);
 }
@@ -445,8 +452,45 @@ Result<ReviewView> Node::reply(std::string product, std::string author, std::str
   return write(keyed(WriteOp::kReply, std::move(product), std::move(author), std::move(text)));
 }
 
-Result<ReviewView> Node::get(const std::string& product, const std::string& author) {
+Status Node::beforeRead(const ReadOptions& read) {
+  if (read.session.empty()) return okStatus();
+  return awaitSession(read.session);
+}
+
+Status Node::checkGet(const std::string& product, const std::string& author) const {
   if (auto bad = api::checkKey(product, author, options_.limits)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkList(const std::string& product, const std::string& cursor,
+                       uint32_t limit) const {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkSummary(const std::string& product) const {
+  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+  return okStatus();
+}
+
+Status Node::checkByAuthor(const std::string& author, const std::string& cursor,
+                           uint32_t limit) const {
+  if (auto bad = api::checkId("author", author, options_.limits)) return bad->toError();
+  if (cursor.size() > kMaxCursorBytes) {
+    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
+  }
+  if (auto bad = api::checkLimit(limit)) return bad->toError();
+  return okStatus();
+}
+
+Result<ReviewView> Node::get(const std::string& product, const std::string& author,
+                             const ReadOptions& read) {
+  if (auto bad = checkGet(product, author); !bad.ok()) return bad.error();
+  if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   crdt::ReviewKey key{product, author};
   auto doc = store_->get(key);
   if (!doc.ok()) return doc.error();
@@ -455,20 +499,17 @@ Result<ReviewView> Node::get(const std::string& product, const std::string& auth
 }
 
 Result<ReviewPage> Node::list(const std::string& product, storage::Order order,
-                              const std::string& cursor, uint32_t limit) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
+                              const std::string& cursor, uint32_t limit, const ReadOptions& read) {
+  if (auto bad = checkList(product, cursor, limit); !bad.ok()) return bad.error();
+  if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return toPage(store_->listProduct(product, order, cursor, pageSize(limit)));
 }
 
 Result<ProductPageView> Node::page(const std::string& product, storage::Order order,
-                                   const std::string& cursor, uint32_t limit) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
+                                   const std::string& cursor, uint32_t limit,
+                                   const ReadOptions& read) {
+  if (auto bad = checkList(product, cursor, limit); !bad.ok()) return bad.error();
+  if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   auto both = store_->productPage(product, order, cursor, pageSize(limit));
   if (!both.ok()) return both.error();
   auto page = toPage(std::move(both->page));
@@ -476,17 +517,16 @@ Result<ProductPageView> Node::page(const std::string& product, storage::Order or
   return ProductPageView{both->summary, std::move(*page)};
 }
 
-Result<storage::ProductSummary> Node::summary(const std::string& product) {
-  if (auto bad = api::checkId("product", product, options_.limits)) return bad->toError();
+Result<storage::ProductSummary> Node::summary(const std::string& product, const ReadOptions& read) {
+  if (auto bad = checkSummary(product); !bad.ok()) return bad.error();
+  if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return store_->summary(product);
 }
 
 Result<ReviewPage> Node::byAuthor(const std::string& author, const std::string& cursor,
-                                  uint32_t limit) {
-  if (auto bad = api::checkId("author", author, options_.limits)) return bad->toError();
-  if (cursor.size() > kMaxCursorBytes) {
-    return api::FieldError{"cursor", "is not a cursor this node returned"}.toError();
-  }
+                                  uint32_t limit, const ReadOptions& read) {
+  if (auto bad = checkByAuthor(author, cursor, limit); !bad.ok()) return bad.error();
+  if (auto waited = beforeRead(read); !waited.ok()) return waited.error();
   return toPage(store_->listAuthor(author, cursor, pageSize(limit)));
 }
 
@@ -865,6 +905,111 @@ uint64_t Node::subscribe(FeedSubscriber subscriber) {
 void Node::unsubscribe(uint64_t id) {
   std::lock_guard lock(feed_->mutex);
   feed_->subscribers.erase(id);
+}
+
+// ---- read your writes ---------------------------------------------------------
+
+Result<api::SessionToken> Node::parseSession(const std::string& text) const {
+  auto token = api::SessionToken::decode(text);
+  if (!token.ok()) return token.error();
+  if (api::checkKey(token->key.product, token->key.author, options_.limits)) {
+    return api::FieldError{"session",
+                           "names no valid review (pass the `session` a write "
+                           "answered, unchanged)"}
+        .toError();
+  }
+  return token;
+}
+
+Result<bool> Node::holds(const api::SessionToken& token) {
+  auto doc = store_->get(token.key);
+  if (!doc.ok()) return doc.error();
+  return doc->has_value() ? token.heldBy(**doc) : token.heldBy(crdt::ReviewDoc(token.key));
+}
+
+uint64_t Node::waitSession(const api::SessionToken& token, std::function<void()> ready) {
+  std::lock_guard lock(sessionMutex_);
+  uint64_t id = nextSessionWait_++;
+  auto it = sessionWaits_.emplace(token.key, SessionWait{id, token, std::move(ready)});
+  sessionWaitsById_.emplace(id, it);
+  sessionWaiting_.store(sessionWaits_.size());
+  return id;
+}
+
+void Node::cancelSessionWait(uint64_t id) {
+  std::lock_guard lock(sessionMutex_);
+  auto it = sessionWaitsById_.find(id);
+  if (it == sessionWaitsById_.end()) return;  // it ran
+  sessionWaits_.erase(it->second);
+  sessionWaitsById_.erase(it);
+  sessionWaiting_.store(sessionWaits_.size());
+}
+
+void Node::notifySessions(const crdt::ReviewDoc& state) {
+  if (sessionWaiting_.load() == 0) return;
+  std::lock_guard lock(sessionMutex_);
+  auto [begin, end] = sessionWaits_.equal_range(state.key());
+  for (auto it = begin; it != end;) {
+    if (!it->second.token.heldBy(state)) {
+      ++it;
+      continue;
+    }
+    it->second.ready();
+    sessionWaitsById_.erase(it->second.id);
+    it = sessionWaits_.erase(it);
+  }
+  sessionWaiting_.store(sessionWaits_.size());
+}
+
+void Node::pullSession(const api::SessionToken& token) {
+  std::shared_lock lock(clusterMutex_);
+  if (cluster_ && !closing_.load()) cluster_->pull(token.key, token.origin);
+}
+
+Error Node::notCaughtUp(const api::SessionToken& token) const {
+  std::string from = token.origin.empty() || token.origin == options_.nodeId
+                         ? std::string()
+                         : " (node '" + token.origin + "')";
+  return makeError(ErrorCode::kUnavailable,
+                   "node '" + options_.nodeId + "' has not caught up with the session's write " +
+                       "to review " + token.key.product + "/" + token.key.author + " within " +
+                       std::to_string(options_.sessionWait.count()) +
+                       " ms: retry, or read on the node written to" + from);
+}
+
+Status Node::awaitSession(const std::string& text) {
+  auto token = parseSession(text);
+  if (!token.ok()) return token.error();
+  struct Flag {
+    std::mutex m;
+    std::condition_variable cv;
+    bool ready = false;
+  };
+  auto flag = std::make_shared<Flag>();
+  uint64_t id = waitSession(*token, [flag] {
+    std::lock_guard lock(flag->m);
+    flag->ready = true;
+    flag->cv.notify_all();
+  });
+  struct Cancel {
+    Node* node;
+    uint64_t id;
+    ~Cancel() { node->cancelSessionWait(id); }
+  } cancel{this, id};
+  auto deadline = std::chrono::steady_clock::now() + options_.sessionWait;
+  // At most sessionWait / kSessionRecheck + 1 rounds: each ends at a
+  // notification, the recheck interval or the deadline.
+  while (true) {
+    auto held = holds(*token);
+    if (!held.ok()) return held.error();
+    if (*held) return okStatus();
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return notCaughtUp(*token);
+    pullSession(*token);
+    std::unique_lock lock(flag->m);
+    flag->cv.wait_until(lock, std::min(deadline, now + kSessionRecheck),
+                        [&] { return flag->ready; });
+  }
 }
 
 Result<uint64_t> Node::watch(const std::string& product, Watcher watcher) {

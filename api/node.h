@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "api/session.h"
 #include "api/types.h"
 #include "api/validate.h"
 #include "crdt/result.h"
@@ -130,6 +131,11 @@ class Node {
     // bound `listen` address, shared with peers) are filled in by the node;
     // cluster.region must pass api::checkRegion.
     gossip::ClusterOptions cluster;
+    // Read your writes: how long a read given a session token waits for
+    // this node to hold that write (pulling it from peers meanwhile) before
+    // it answers kUnavailable. At most 60 s (Node::open: kInvalidArgument).
+    // chorusd --session-wait-ms.
+    std::chrono::milliseconds sessionWait{2'000};
   };
 
   // Opens the store, starts the RPC server if `listen` is set, then the
@@ -157,6 +163,8 @@ class Node {
   void shutdown();
 
   // ---- writes ---------------------------------------------------------------
+  // Every successful write answers the review after it, with
+  // ReviewView::session set: its read-your-writes token (api/session.h).
   using WriteDone = std::function<void(Result<ReviewView>)>;
   // Validates `request` (kInvalidArgument naming the field, nothing stored),
   // then queues it. `done` runs exactly once: on the store thread after the
@@ -183,17 +191,32 @@ class Node {
   Result<ReviewView> reply(std::string product, std::string author, std::string text);
 
   // ---- reads (calling thread) ----------------------------------------------
+  // With `read.session` set, each read first waits as awaitSession() does
+  // (blocking the calling thread up to Options::sessionWait): kUnavailable
+  // if this node does not hold that write by then, kInvalidArgument (field
+  // "session") for a malformed token. Not from a store-thread callback.
+  //
   // kNotFound if absent or deleted.
-  Result<ReviewView> get(const std::string& product, const std::string& author);
-  // limit 0 = 20; at most 100.
+  Result<ReviewView> get(const std::string& product, const std::string& author,
+                         const ReadOptions& read = {});
+  // limit 0 = 20; at most 100 (more: kInvalidArgument, field "limit").
   Result<ReviewPage> list(const std::string& product, storage::Order order,
-                          const std::string& cursor, uint32_t limit);
-  Result<storage::ProductSummary> summary(const std::string& product);
+                          const std::string& cursor, uint32_t limit, const ReadOptions& read = {});
+  Result<storage::ProductSummary> summary(const std::string& product, const ReadOptions& read = {});
   // list() and summary() of one product from one snapshot of the store (a
   // product page: the two agree). Same arguments and errors as list().
   Result<ProductPageView> page(const std::string& product, storage::Order order,
-                               const std::string& cursor, uint32_t limit);
-  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit);
+                               const std::string& cursor, uint32_t limit,
+                               const ReadOptions& read = {});
+  Result<ReviewPage> byAuthor(const std::string& author, const std::string& cursor, uint32_t limit,
+                              const ReadOptions& read = {});
+  // The argument checks of the reads above, alone (kInvalidArgument naming
+  // the field, as the read would answer): cheap, any thread. Front ends
+  // run them before waiting for a session. checkList serves page() too.
+  Status checkGet(const std::string& product, const std::string& author) const;
+  Status checkList(const std::string& product, const std::string& cursor, uint32_t limit) const;
+  Status checkSummary(const std::string& product) const;
+  Status checkByAuthor(const std::string& author, const std::string& cursor, uint32_t limit) const;
   Result<NodeStatus> status();
   // Cheap: whether the node serves (not shutting down, not out of the
   // cluster, its store answers) and its own view of the cluster, asking no
@@ -287,6 +310,35 @@ class Node {
   // thread if refused up front). For the RPC server, whose thread must not
   // block. shutdown() waits for a running backup.
   void backup(const std::string& dir, std::function<void(Result<storage::BackupManifest>)> done);
+  // ---- read your writes (api/session.h; api/README.md) -----------------------
+  // Blocks the calling thread until this node's store holds the write of
+  // `token` (ok), pulling its review from the cluster's live peers
+  // meanwhile, at most Options::sessionWait: then kUnavailable
+  // (notCaughtUp). kInvalidArgument (field "session") for a malformed token.
+  // Not from a store-thread callback.
+  Status awaitSession(const std::string& token);
+  // The pieces of awaitSession, for front ends that must not block a thread
+  // while they wait (the RPC server):
+  // Parses a token and checks its review key; kInvalidArgument, field
+  // "session". No store access: any thread, cheap.
+  Result<api::SessionToken> parseSession(const std::string& token) const;
+  // Whether the store holds the token's write (a store read on the calling
+  // thread).
+  Result<bool> holds(const api::SessionToken& token);
+  // Calls `ready` once, on the store thread, when a change to the token's
+  // review commits (a local write or a merge) after which the store holds
+  // the write. `ready` must be quick and must not block or call the Node.
+  // Register first, then check holds(): a commit between the two is seen
+  // by one or the other. Returns an id for cancelSessionWait.
+  uint64_t waitSession(const api::SessionToken& token, std::function<void()> ready);
+  // Once it returns, that wait's `ready` is not running and never will.
+  void cancelSessionWait(uint64_t id);
+  // Asks the cluster's live peers for the token's review (the node that
+  // accepted the write first); their answers merge like repairs. No-op
+  // without a cluster. Never blocks.
+  void pullSession(const api::SessionToken& token);
+  // The kUnavailable a read answers when the wait for `token` ran out.
+  Error notCaughtUp(const api::SessionToken& token) const;
 
   // ---- watching -------------------------------------------------------------
   using Watcher = std::function<void(const Change&)>;
@@ -313,6 +365,10 @@ class Node {
        std::unique_ptr<storage::Store> store);
   void notify(const char* op, const crdt::ReviewDoc& state);
   void notifyLocked(const char* op, const crdt::ReviewDoc& state);  // watchMutex_ held
+  // Store thread: `state` of a review committed; session waits it satisfies run.
+  void notifySessions(const crdt::ReviewDoc& state);
+  // Checks the key, then waits for `read.session` if set.
+  Status beforeRead(const ReadOptions& read);
   // Store thread: a state from a peer committed (or was refused).
   void merged(const Result<storage::Applied>& applied);
   Status startCluster();
@@ -336,6 +392,20 @@ class Node {
   std::condition_variable writesIdle_;
   uint64_t writesInFlight_ = 0;
   std::atomic<bool> closing_{false};
+
+  // Session waits (waitSession), by review key; sessionWaitsById_ finds
+  // one's entry by id. Guarded by sessionMutex_; sessionWaiting_ mirrors
+  // the count so commits skip the lock when nobody waits.
+  struct SessionWait {
+    uint64_t id = 0;
+    api::SessionToken token;
+    std::function<void()> ready;
+  };
+  std::mutex sessionMutex_;
+  std::multimap<crdt::ReviewKey, SessionWait> sessionWaits_;
+  std::map<uint64_t, std::multimap<crdt::ReviewKey, SessionWait>::iterator> sessionWaitsById_;
+  uint64_t nextSessionWait_ = 1;
+  std::atomic<size_t> sessionWaiting_{0};
 
   std::atomic<uint64_t> mergesRefused_{0};
   std::atomic<uint64_t> mergesApplied_{0};

@@ -34,6 +34,9 @@ namespace {
 
 std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
+// A read waiting for its session's write checks again (and pulls again) this often.
+constexpr kj::Duration kSessionRecheck = 250 * kj::MILLISECONDS;
+
 double secondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -160,8 +163,8 @@ struct Session {
     }
     if (kind != Kind::kAnonymous) return std::nullopt;
     return Refusal{true, makeError(ErrorCode::kForbidden,
-                                   "this node requires a token: pass --token-file FILE or "
-                                   "--token T, or set $CHORUS_TOKEN_FILE or $CHORUS_TOKEN")};
+                                   "this node requires a token: call Chorus.authenticate with "
+                                   "one and use the capabilities it returns")};
   }
   std::optional<Refusal> mayWrite(const WriteRequest& r) const {
     if (auto r = anonymous(); r || kind != Kind::kPrincipal) return r;
@@ -319,7 +322,7 @@ capnp::MessageSize resultSize(const Error& e) {
   return resultSize(8 + 2 * textWords(e.message));  // the field is a part of it
 }
 capnp::MessageSize resultSize(const Result<ReviewView>& r) {
-  return r.ok() ? resultSize(reviewWords(*r)) : resultSize(r.error());
+  return r.ok() ? resultSize(reviewWords(*r) + textWords(r->session)) : resultSize(r.error());
 }
 capnp::MessageSize resultSize(const Result<ReviewPage>& r) {
   if (!r.ok()) return resultSize(r.error());
@@ -347,11 +350,26 @@ capnp::MessageSize resultSize(const Result<ChangesPage>& r) {
   return resultSize(words);
 }
 
+// A read in a session found that the node does not hold the session's
+// write yet (Loop::readInSession waits and tries again).
+struct NotHeld {};
+
 // What a pooled read answers (boxed in a kj::Own: g++ 12 reports false
 // maybe-uninitialized warnings for a std::variant inside kj::Maybe).
 using ReadOutcome =
     std::variant<Result<ReviewView>, Result<ReviewPage>, Result<storage::ProductSummary>,
-                 Result<ProductPageView>, Result<ChangesPage>>;
+                 Result<ProductPageView>, Result<ChangesPage>, NotHeld>;
+
+// The RPC thread's state of one read waiting for its session's write.
+struct SessionWait : kj::Refcounted {
+  uint64_t id = 0;
+  SessionToken token;
+  uint64_t nodeWait = 0;  // Node::waitSession's id
+  kj::TimePoint deadline = kj::origin<kj::TimePoint>();
+  bool ready = false;                        // the node said it holds the write
+  bool pulled = false;                       // it was not held at the first check
+  kj::Own<kj::PromiseFulfiller<void>> wake;  // while it sleeps between attempts
+};
 
 // The type-erased store work of a read of a `Result<T>`, for a read thread.
 // A bug's exception becomes `internal` (on the RPC thread it failed the
@@ -610,6 +628,87 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     auto paf = kj::newPromiseAndFulfiller<kj::Own<ReadOutcome>>();
     pendingReads_.emplace(id, kj::mv(paf.fulfiller));  // before completeRead can run
     return kj::mv(paf.promise);
+  }
+
+  // A read in a session: `work` runs on the read pool once the node holds
+  // the write of `token`. Each attempt checks on a read thread (and reads
+  // there if held); while not held, this thread asks the peers for the
+  // review (Node::pullSession) and sleeps, holding no read thread, until
+  // the node reports the write committed (Node::waitSession) or
+  // kSessionRecheck passed, then tries again; at the deadline
+  // (Node::Options::sessionWait) it answers `unavailable`.
+  template <typename T>
+  kj::Promise<kj::Own<ReadOutcome>> readInSession(const char* method, std::string key,
+                                                  std::function<ReadOutcome(Node&)> work,
+                                                  SessionToken token) {
+    auto wait = kj::refcounted<SessionWait>();
+    wait->id = nextCall_++;
+    wait->token = std::move(token);
+    wait->deadline = timer_.now() + kj::MILLISECONDS * node_.options().sessionWait.count();
+    sessionWaits_.emplace(wait->id, wait.get());
+    RpcServer* server = &server_;
+    Loop* self = this;
+    uint64_t id = wait->id;
+    // Registered before the first check: a commit in between is seen by one or the other.
+    wait->nodeWait = node_.waitSession(wait->token, [server, self, id] {
+      // Store thread.
+      server->post([self, id] { self->sessionReady(id); });
+    });
+    auto checked = [token = std::make_shared<const SessionToken>(wait->token),
+                    work = std::move(work)](Node& node) -> ReadOutcome {
+      auto held = node.holds(*token);
+      if (!held.ok()) return ReadOutcome(std::in_place_type<Result<T>>, held.error());
+      if (!*held) return ReadOutcome(std::in_place_type<NotHeld>);
+      return work(node);
+    };
+    auto done = kj::defer([this, id, nodeWait = wait->nodeWait] {
+      node_.cancelSessionWait(nodeWait);
+      sessionWaits_.erase(id);
+    });
+    return attemptInSession<T>(method, std::move(key), std::move(checked), kj::addRef(*wait))
+        .attach(kj::mv(done), kj::mv(wait));
+  }
+
+  template <typename T>
+  kj::Promise<kj::Own<ReadOutcome>> attemptInSession(const char* method, std::string key,
+                                                     std::function<ReadOutcome(Node&)> work,
+                                                     kj::Own<SessionWait> wait) {
+    return read<T>(method, key, work)
+        .then([this, method, key, work, wait = kj::mv(wait)](
+                  kj::Own<ReadOutcome> outcome) mutable -> kj::Promise<kj::Own<ReadOutcome>> {
+          if (!std::holds_alternative<NotHeld>(*outcome)) return kj::mv(outcome);
+          kj::TimePoint now = timer_.now();
+          if (now >= wait->deadline) {
+            metrics_.sessionTimedOut();
+            return kj::heap<ReadOutcome>(std::in_place_type<Result<T>>,
+                                         node_.notCaughtUp(wait->token));
+          }
+          if (!wait->pulled) {
+            wait->pulled = true;
+            metrics_.sessionWaited();
+          }
+          node_.pullSession(wait->token);
+          kj::Promise<void> woken = kj::READY_NOW;
+          if (!wait->ready) {
+            auto paf = kj::newPromiseAndFulfiller<void>();
+            wait->wake = kj::mv(paf.fulfiller);
+            auto next = std::min(wait->deadline, now + kSessionRecheck);
+            woken = paf.promise.exclusiveJoin(timer_.atTime(next));
+          }
+          return woken.then([this, method, key = kj::mv(key), work = kj::mv(work),
+                             wait = kj::mv(wait)]() mutable {
+            wait->wake = nullptr;
+            return attemptInSession<T>(method, kj::mv(key), kj::mv(work), kj::mv(wait));
+          });
+        });
+  }
+
+  // RPC thread: the node holds the write a session read waits for.
+  void sessionReady(uint64_t id) {
+    auto it = sessionWaits_.find(id);
+    if (it == sessionWaits_.end()) return;  // answered or cancelled meanwhile
+    it->second->ready = true;
+    if (it->second->wake) it->second->wake->fulfill();
   }
 
   void completeRead(uint64_t id, ReadOutcome outcome) {
@@ -1079,6 +1178,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     pendingStatus_.clear();
     pendingBackups_.clear();
     pendingReads_.clear();
+    sessionWaits_.clear();
   }
 
  private:
@@ -1119,6 +1219,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
                      kj::Own<kj::PromiseFulfiller<kj::Own<Result<storage::BackupManifest>>>>>
       pendingBackups_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<ReadOutcome>>>> pendingReads_;
+  // Reads waiting for their session's write, by id (owned by their promises).
+  std::unordered_map<uint64_t, SessionWait*> sessionWaits_;
   uint64_t nextCall_ = 1;
   uint64_t nextConn_ = 1;
   kj::Own<const kj::CrossThreadPromiseFulfiller<void>> wake_;
@@ -1201,7 +1303,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto product = str(p.getProduct()), author = str(p.getAuthor());
           return job<ReviewView>(
-              product, [product, author](Node& node) { return node.get(product, author); });
+              product, p, [product, author](Node& node) { return node.get(product, author); },
+              [product, author](const Node& node) { return node.checkGet(product, author); });
         },
         [](const std::string&, const ReviewView& r, auto results) {
           toWire(r, results.initReview());
@@ -1214,9 +1317,14 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           auto product = str(p.getProduct()), cursor = str(p.getCursor());
           auto order = fromWire(p.getOrder());
           uint32_t limit = p.getLimit();
-          return job<ReviewPage>(product, [product, order, cursor, limit](Node& node) {
-            return node.list(product, order, cursor, limit);
-          });
+          return job<ReviewPage>(
+              product, p,
+              [product, order, cursor, limit](Node& node) {
+                return node.list(product, order, cursor, limit);
+              },
+              [product, cursor, limit](const Node& node) {
+                return node.checkList(product, cursor, limit);
+              });
         },
         [](const std::string&, const ReviewPage& r, auto results) {
           toWire(r, results.initPage());
@@ -1228,7 +1336,8 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto product = str(p.getProduct());
           return job<storage::ProductSummary>(
-              product, [product](Node& node) { return node.summary(product); });
+              product, p, [product](Node& node) { return node.summary(product); },
+              [product](const Node& node) { return node.checkSummary(product); });
         },
         [](const std::string& product, const storage::ProductSummary& r, auto results) {
           toWire(product, r, results.initSummary());
@@ -1241,9 +1350,14 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           auto product = str(p.getProduct()), cursor = str(p.getCursor());
           auto order = fromWire(p.getOrder());
           uint32_t limit = p.getLimit();
-          return job<ProductPageView>(product, [product, order, cursor, limit](Node& node) {
-            return node.page(product, order, cursor, limit);
-          });
+          return job<ProductPageView>(
+              product, p,
+              [product, order, cursor, limit](Node& node) {
+                return node.page(product, order, cursor, limit);
+              },
+              [product, cursor, limit](const Node& node) {
+                return node.checkList(product, cursor, limit);
+              });
         },
         [](const std::string& product, const ProductPageView& r, auto results) {
           toWire(product, r.summary, results.initSummary());
@@ -1256,9 +1370,12 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
         [](auto p) {
           auto author = str(p.getAuthor()), cursor = str(p.getCursor());
           uint32_t limit = p.getLimit();
-          return job<ReviewPage>(author, [author, cursor, limit](Node& node) {
-            return node.byAuthor(author, cursor, limit);
-          });
+          return job<ReviewPage>(
+              author, p,
+              [author, cursor, limit](Node& node) { return node.byAuthor(author, cursor, limit); },
+              [author, cursor, limit](const Node& node) {
+                return node.checkByAuthor(author, cursor, limit);
+              });
         },
         [](const std::string&, const ReviewPage& r, auto results) {
           toWire(r, results.initPage());
@@ -1351,16 +1468,26 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
     return r;
   }
 
-  // A read's store work (values only: it runs on a read thread) and its
-  // key: the product (byAuthor: the author), for RpcLimits::beforeRead and
-  // for filling the results.
+  // A read's store work (values only: it runs on a read thread), its key:
+  // the product (byAuthor: the author), for RpcLimits::beforeRead and for
+  // filling the results, its session token (empty: none), and its argument
+  // checks alone (run here before a session wait, so a bad argument is
+  // answered at once; the work checks them again).
   struct Job {
     std::string key;
     std::function<ReadOutcome(Node&)> work;
+    std::string session;
+    std::function<Status(const Node&)> check;
   };
+  template <typename T, typename Params, typename Work, typename Check>
+  static Job job(std::string key, Params p, Work work, Check check) {
+    return Job{std::move(key), readWork<T>(std::move(work)), str(p.getSession()), std::move(check)};
+  }
+  // A read without a session (the change feed: its cursor is the node's own).
   template <typename T, typename Work>
   static Job job(std::string key, Work work) {
-    return Job{std::move(key), readWork<T>(std::move(work))};
+    return Job{std::move(key), readWork<T>(std::move(work)), std::string(),
+               [](const Node&) { return okStatus(); }};
   }
 
   // One read call: `prepare` (RPC thread) copies the params into a Job; the
@@ -1377,16 +1504,28 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
           }
           Job j = prepare(ctx.getParams());
           ctx.releaseParams();  // copied into `j`; not held while it runs
+          std::optional<SessionToken> token;
+          if (!j.session.empty()) {
+            if (auto bad = j.check(loop_.node()); !bad.ok()) {
+              return toWire(bad.error(), ctx.getResults().initError());
+            }
+            auto parsed = loop_.node().parseSession(j.session);
+            if (!parsed.ok()) return toWire(parsed.error(), ctx.getResults().initError());
+            token = std::move(parsed).value();
+          }
           std::string key = j.key;
-          return loop_.read<T>(Metrics::methodName(method), std::move(j.key), std::move(j.work))
-              .then([ctx, fill,
-                     key = std::move(key)](kj::Own<ReadOutcome> outcome) mutable -> const char* {
-                const Result<T>& r = std::get<Result<T>>(*outcome);
-                auto results = ctx.getResults(resultSize(r));
-                if (!r.ok()) return toWire(r.error(), results.initError());
-                fill(key, *r, results);
-                return nullptr;
-              });
+          const char* name = Metrics::methodName(method);
+          auto outcome = token ? loop_.readInSession<T>(name, std::move(j.key), std::move(j.work),
+                                                        std::move(*token))
+                               : loop_.read<T>(name, std::move(j.key), std::move(j.work));
+          return kj::mv(outcome).then([ctx, fill, key = std::move(key)](
+                                          kj::Own<ReadOutcome> outcome) mutable -> const char* {
+            const Result<T>& r = std::get<Result<T>>(*outcome);
+            auto results = ctx.getResults(resultSize(r));
+            if (!r.ok()) return toWire(r.error(), results.initError());
+            fill(key, *r, results);
+            return nullptr;
+          });
         },
         errorInit(ctx));
   }
@@ -1407,6 +1546,7 @@ class ReviewStoreImpl final : public wire::ReviewStore::Server {
                 auto results = ctx.getResults(resultSize(r));
                 if (!r.ok()) return toWire(r.error(), results.initError());
                 if constexpr (requires { results.initReview(); }) toWire(*r, results.initReview());
+                results.setSession(r->session);
                 return nullptr;
               });
         },
@@ -1629,6 +1769,16 @@ class ChorusImpl final : public wire::Chorus::Server {
     return bootstrapCall(Metrics::kAdmin,
                          [&] { ctx.getResults().setAdmin(capsFor(loop_.defaultSession()).admin); });
   }
+  // Any caller, authenticated or not: what it needs to know before it
+  // speaks (the API version), and nothing a token protects.
+  kj::Promise<void> info(InfoContext ctx) override {
+    return bootstrapCall(Metrics::kInfo, [&] {
+      auto results = ctx.getResults();
+      results.setApiVersion(kApiVersion);
+      results.setVersion(CHORUS_VERSION);
+      results.setNodeId(loop_.node().options().nodeId);
+    });
+  }
   // Capabilities acting for the token's principal; on a --no-auth node any
   // token gets trusted ones (principal empty, every role).
   kj::Promise<void> authenticate(AuthenticateContext ctx) override {
@@ -1649,6 +1799,9 @@ class ChorusImpl final : public wire::Chorus::Server {
           results.setPrincipal(session->principal.id);
           auto list = results.initRoles(static_cast<unsigned>(roles.size()));
           for (unsigned i = 0; i < roles.size(); ++i) list.set(i, roleName(roles[i]));
+          auto roleList = results.initRoleList(static_cast<unsigned>(roles.size()));
+          for (unsigned i = 0; i < roles.size(); ++i) roleList.set(i, toWire(roles[i]));
+          results.setApiVersion(kApiVersion);
           Caps& caps = capsFor(session);
           results.setReviews(caps.reviews);
           results.setAdmin(caps.admin);

@@ -37,8 +37,30 @@ struct ReviewView {
   std::string moderationReason;
   std::string reply;
   bool deleted = false;
+  // Writes only: the write's read-your-writes session token (api/session.h);
+  // pass it in ReadOptions::session to read this write on any node. Empty
+  // on reads and watch changes.
+  std::string session;
 
   static ReviewView of(const crdt::ReviewDoc& doc);
+};
+
+// Options of a read (Node's and the Client's get, list, summary, page,
+// byAuthor).
+struct ReadOptions {
+  // A session token a write answered (ReviewView::session): the read is
+  // served once this node holds that write, waiting up to the node's
+  // session wait (Node::Options::sessionWait) while it pulls the review
+  // from its peers; else kUnavailable. kInvalidArgument (field "session")
+  // for a malformed token. Empty: no session.
+  std::string session;
+};
+
+// What Chorus.info answers, before any token (Client::info).
+struct ServerInfo {
+  uint32_t apiVersion = 0;
+  std::string version;  // chorus release, e.g. "0.1.0"
+  std::string nodeId;
 };
 
 struct ReviewPage {

@@ -93,6 +93,12 @@ Check checkText(std::string_view field, std::string_view value, size_t maxBytes)
   return std::nullopt;
 }
 
+Check checkLimit(uint32_t limit) {
+  if (limit <= kMaxPageLimit) return std::nullopt;
+  return FieldError{"limit", "at most " + std::to_string(kMaxPageLimit) + " (0 = the default, " +
+                                 std::to_string(kDefaultPageLimit) + "); page on with the cursor"};
+}
+
 Check checkKey(std::string_view product, std::string_view author, const Limits& limits) {
   if (auto e = checkId("product", product, limits)) return e;
   return checkId("author", author, limits);

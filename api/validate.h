@@ -73,6 +73,12 @@ Check checkId(std::string_view field, std::string_view value, const Limits& limi
 Check checkRating(uint32_t rating);
 Check checkText(std::string_view field, std::string_view value, size_t maxBytes);
 
+// A page size (list, page, byAuthor): 0 = kDefaultPageLimit, at most
+// kMaxPageLimit; more is refused (field "limit"), not cut.
+inline constexpr uint32_t kDefaultPageLimit = 20;
+inline constexpr uint32_t kMaxPageLimit = 100;
+Check checkLimit(uint32_t limit);
+
 // Whole requests. Each returns the first problem found, in argument order.
 Check checkKey(std::string_view product, std::string_view author, const Limits& limits);
 Check checkPut(std::string_view product, std::string_view author, uint32_t rating,

@@ -241,6 +241,9 @@ void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   st.setGrafts(s.grafts);
   st.setPushPulls(s.pushPulls);
   st.setVersionRefused(s.versionRefused);
+  st.setPullsSent(s.pullsSent);
+  st.setPullsServed(s.pullsServed);
+  st.setStatesPulled(s.statesPulled);
   b.setNowUnixMillis(v.nowUnixMillis);
   b.setRegion(text(v.region));
   b.setState(toWire(v.state));
@@ -299,6 +302,9 @@ ClusterView fromWire(wire::ClusterView::Reader r) {
   s.grafts = st.getGrafts();
   s.pushPulls = st.getPushPulls();
   s.versionRefused = st.getVersionRefused();
+  s.pullsSent = st.getPullsSent();
+  s.pullsServed = st.getPullsServed();
+  s.statesPulled = st.getStatesPulled();
   v.nowUnixMillis = r.getNowUnixMillis();
   v.region = str(r.getRegion());
   v.state = fromWire(r.getState());
@@ -334,8 +340,22 @@ gossip::PeerState fromWire(wire::PeerState s) {
   return gossip::PeerState::kDead;  // an unknown (newer) value
 }
 
+wire::ChangeOp changeOpOf(const std::string& op) {
+  static const std::pair<const char*, wire::ChangeOp> kOps[] = {
+      {"put", wire::ChangeOp::PUT},           {"delete", wire::ChangeOp::ERASE},
+      {"vote", wire::ChangeOp::VOTE},         {"unvote", wire::ChangeOp::UNVOTE},
+      {"tag", wire::ChangeOp::TAG},           {"untag", wire::ChangeOp::UNTAG},
+      {"moderate", wire::ChangeOp::MODERATE}, {"reply", wire::ChangeOp::REPLY},
+      {"merge", wire::ChangeOp::MERGE}};
+  for (const auto& [name, code] : kOps) {
+    if (op == name) return code;
+  }
+  return wire::ChangeOp::MERGE;  // (never: Node names every change)
+}
+
 void toWire(const Change& c, wire::Change::Builder b) {
   b.setOp(text(c.op));
+  b.setOpCode(changeOpOf(c.op));
   toWire(c.review, b.initReview());
   b.setMissed(c.missed);
 }
@@ -434,6 +454,38 @@ const char* toWireUnauthenticated(const std::string& message, wire::Error::Build
   b.setCode(wire::ErrorCode::UNAUTHENTICATED);
   b.setMessage(text(message));
   return errorCodeWireName(wire::ErrorCode::UNAUTHENTICATED);
+}
+
+wire::Role toWire(Role role) {
+  switch (role) {
+    case Role::kReader:
+      return wire::Role::READER;
+    case Role::kWriter:
+      return wire::Role::WRITER;
+    case Role::kModerator:
+      return wire::Role::MODERATOR;
+    case Role::kMerchant:
+      return wire::Role::MERCHANT;
+    case Role::kAdmin:
+      return wire::Role::ADMIN;
+  }
+  return wire::Role::READER;
+}
+
+std::optional<Role> fromWire(wire::Role role) {
+  switch (role) {
+    case wire::Role::READER:
+      return Role::kReader;
+    case wire::Role::WRITER:
+      return Role::kWriter;
+    case wire::Role::MODERATOR:
+      return Role::kModerator;
+    case wire::Role::MERCHANT:
+      return Role::kMerchant;
+    case wire::Role::ADMIN:
+      return Role::kAdmin;
+  }
+  return std::nullopt;  // a newer node's role
 }
 
 wire::KeyOp toWire(KeyOp op) {

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "api/auth.h"
 #include "api/chorus.capnp.h"
 #include "api/types.h"
 #include "crdt/result.h"
@@ -33,7 +34,9 @@ ClusterView fromWire(wire::ClusterView::Reader r);
 void toWire(const storage::BackupManifest& m, wire::BackupManifest::Builder b);
 storage::BackupManifest fromWire(wire::BackupManifest::Reader r);
 
+// Fills `op` and `opCode` (the enum of `op`).
 void toWire(const Change& c, wire::Change::Builder b);
+wire::ChangeOp changeOpOf(const std::string& op);  // "delete" -> ERASE, ...
 Change fromWire(wire::Change::Reader r);
 
 void toWire(const FeedChange& c, wire::FeedChange::Builder b);
@@ -61,6 +64,8 @@ const char* errorCodeWireName(wire::ErrorCode code);
 // client turns it into kForbidden "unauthenticated: <message>").
 const char* toWireUnauthenticated(const std::string& message, wire::Error::Builder b);
 
+wire::Role toWire(Role role);
+std::optional<Role> fromWire(wire::Role role);  // nullopt: unknown to this build
 wire::KeyOp toWire(KeyOp op);
 std::optional<KeyOp> fromWire(wire::KeyOp op);  // nullopt: unknown to this build
 

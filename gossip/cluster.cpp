@@ -38,20 +38,6 @@
 
 namespace chorus::gossip {
 
-const char* peerStateName(PeerState state) {
-  switch (state) {
-    case PeerState::kAlive:
-      return "alive";
-    case PeerState::kSuspect:
-      return "suspect";
-    case PeerState::kDead:
-      return "dead";
-    case PeerState::kLeft:
-      return "left";
-  }
-  return "?";
-}
-
 namespace {
 
 constexpr size_t kMaxTokenBytes = ReplicationCore::kMaxTokenBytes;
@@ -161,6 +147,10 @@ struct Wake {
   std::vector<std::string> outbox;
   size_t outboxBytes = 0;
   uint64_t outboxDropped = 0;  // deltasDropped: pushes refused for a full outbox
+  // Pulls asked for (key, preferred node), not yet handed to the core; at
+  // most kMaxPulls (more are dropped: the reads waiting ask again).
+  static constexpr size_t kMaxPulls = 4096;
+  std::vector<std::pair<crdt::ReviewKey, std::string>> pulls;
   bool stopping = false;
   void send() {
     std::lock_guard lock(mu);
@@ -469,13 +459,15 @@ void Cluster::Impl::onWake() {
 
 void Cluster::Impl::takeOutbox() {
   std::vector<std::string> encoded;
+  std::vector<std::pair<crdt::ReviewKey, std::string>> pulls;
   {
     std::lock_guard lock(wake_->mu);
     encoded.swap(wake_->outbox);
     wake_->outboxBytes = 0;
+    pulls.swap(wake_->pulls);
   }
-  if (encoded.empty()) return;
-  core_->publish(now(), std::move(encoded));
+  if (!encoded.empty()) core_->publish(now(), std::move(encoded));
+  for (const auto& [key, prefer] : pulls) core_->pull(now(), key, prefer);
 }
 
 void Cluster::Impl::onTick() {
@@ -810,6 +802,7 @@ std::string Cluster::address() const {
 }
 
 void Cluster::publish(const crdt::ReviewDoc& delta) {
+  if (!impl_->options_.pushDeltas) return;
   std::string encoded = delta.encode();  // on the caller's thread, not the loop's
   auto& wake = *impl_->wake_;
   std::lock_guard lock(wake.mu);
@@ -821,6 +814,14 @@ void Cluster::publish(const crdt::ReviewDoc& delta) {
   }
   wake.outboxBytes += encoded.size();
   wake.outbox.push_back(std::move(encoded));
+  if (wake.async) uv_async_send(wake.async);
+}
+
+void Cluster::pull(const crdt::ReviewKey& key, const std::string& preferNode) {
+  auto& wake = *impl_->wake_;
+  std::lock_guard lock(wake.mu);
+  if (wake.pulls.size() >= Wake::kMaxPulls) return;
+  wake.pulls.emplace_back(key, preferNode);
   if (wake.async) uv_async_send(wake.async);
 }
 

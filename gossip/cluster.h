@@ -79,6 +79,10 @@ struct ClusterOptions {
   // stay different. Called on the loop thread.
   std::function<Status(const crdt::ReviewDoc&)> admit;
   size_t maxQueuedBytesPerPeer = 64u << 20;  // beyond: deltas dropped (repair catches up)
+  // false: local writes are not broadcast at all (publish() drops them), so
+  // they reach peers only by anti-entropy and pulls. For tests of those
+  // paths (chorusd --no-delta-push).
+  bool pushDeltas = true;
   // Received deltas handed to the store and not yet committed, and local
   // deltas published and not yet sent; beyond either, further ones are
   // dropped and counted (anti-entropy repairs; local writes are already durable).
@@ -103,7 +107,21 @@ struct ClusterOptions {
 // it has until the suspicion timeout to refute); dead; left (it left, or an
 // administrator removed it: for good).
 enum class PeerState { kAlive, kSuspect, kDead, kLeft };
-const char* peerStateName(PeerState state);  // "alive", "suspect", "dead", "left"
+// "alive", "suspect", "dead", "left". Inline: clients name states without
+// linking the cluster (the `chorus` CLI links no libuv).
+inline const char* peerStateName(PeerState state) {
+  switch (state) {
+    case PeerState::kAlive:
+      return "alive";
+    case PeerState::kSuspect:
+      return "suspect";
+    case PeerState::kDead:
+      return "dead";
+    case PeerState::kLeft:
+      return "left";
+  }
+  return "?";
+}
 
 // A peer as this node sees it.
 struct MemberInfo {
@@ -159,6 +177,11 @@ struct ClusterStats {
   uint64_t grafts = 0;               // deltas fetched after an announcement alone
   uint64_t pushPulls = 0;            // full member-list exchanges started
   uint64_t versionRefused = 0;       // frames of another gossip protocol version
+  // Pulls (read-your-writes sessions): frames asking peers for a review's
+  // state, pulls this node answered, and states received in answers.
+  uint64_t pullsSent = 0;
+  uint64_t pullsServed = 0;
+  uint64_t statesPulled = 0;
 };
 
 class Cluster {
@@ -180,8 +203,13 @@ class Cluster {
   const std::string& nodeId() const;
   std::string address() const;  // the bound gossip address, "127.0.0.1:7401"
 
-  // Pushes a committed local write's delta to peers.
+  // Pushes a committed local write's delta to peers (nothing when
+  // ClusterOptions::pushDeltas is false).
   void publish(const crdt::ReviewDoc& delta);
+  // Asks live peers for their state of `key` (ReplicationCore::pull),
+  // `preferNode` (a node id; may be empty or unknown) first; what they hold
+  // merges into the store and reaches onMerged. Never waits for the loop.
+  void pull(const crdt::ReviewKey& key, const std::string& preferNode);
 
   // Drops all traffic to and from the named peers (added to any already
   // partitioned). Unknown ids are kept and apply once such a peer appears.

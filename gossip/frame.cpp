@@ -103,6 +103,15 @@ void validate(wire::Frame::Reader root) {
     case wire::Frame::RECONCILE:
       (void)root.getReconcile().size();
       break;
+    case wire::Frame::PULL:
+      for (auto k : root.getPull()) {
+        (void)k.getProduct();
+        (void)k.getAuthor();
+      }
+      break;
+    case wire::Frame::PULLED:
+      for (auto d : root.getPulled()) (void)d.size();
+      break;
     default:
       break;
   }
@@ -128,7 +137,7 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
     validate(root);
     if (root.getFrom().size() == 0) {
       failure = malformed("no sender id");
-    } else if (unsigned(root.which()) > unsigned(wire::Frame::RECONCILE)) {
+    } else if (unsigned(root.which()) > unsigned(wire::Frame::PULLED)) {
       failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));
     }
   });

@@ -44,6 +44,12 @@ struct Probe {
   targetAddress @2 :Text;
 }
 
+# A review's key, as a pull names it.
+struct ReviewKey {
+  product @0 :Text;
+  author @1 :Text;
+}
+
 # One write's delta in epidemic broadcast (Plumtree).
 struct Broadcast {
   id @0 :UInt64;            # random, chosen by the node that accepted the write
@@ -87,6 +93,17 @@ struct Frame {
     # One anti-entropy message (gossip/reconcile.capnp), answered on the
     # same connection.
     reconcile @15 :Data;
+    # Read-your-writes (api sessions): "send me your state of these
+    # reviews", sent to a few live peers when a read waits for a write this
+    # node does not hold yet. Answered on the same connection by `pulled`
+    # with the states the receiver holds (none held: no answer). Added
+    # within protocol 2: a node built before it refuses the frame as an
+    # unknown kind and closes the connection (it is dialled again), so a
+    # session read in a mixed cluster may wait its whole bound.
+    pull @16 :List(ReviewKey);
+    # Review states (crdt/state.capnp) answering a pull; merged like
+    # anti-entropy's, after ClusterOptions::admit.
+    pulled @17 :List(Data);
   }
 }
 

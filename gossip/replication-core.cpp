@@ -297,6 +297,9 @@ void ReplicationCore::tick(uint64_t now) {
     lastForget_ = now;
     forget(now);
     expireSeen(now);
+    for (auto it = pulled_.begin(); it != pulled_.end();) {
+      it = now - it->second >= kPullRepeatMillis ? pulled_.erase(it) : std::next(it);
+    }
   }
   if (membersDirty_ && now - lastPersist_ >= 5000) persist(now);
   maybeSync(now);
@@ -734,6 +737,12 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
       }
       case wire::Frame::RECONCILE:
         handleReconcile(now, id, from, root.getReconcile(), wireBytes);
+        return;
+      case wire::Frame::PULL:
+        handlePull(id, root.getPull());
+        return;
+      case wire::Frame::PULLED:
+        handlePulled(now, from, root.getPulled());
         return;
       default:
         return;
@@ -1577,6 +1586,103 @@ void ReplicationCore::mergeStates(const std::string& from, std::vector<crdt::Rev
                                   std::vector<int64_t> sizes) {
   uint64_t ticket = newTicket(false, std::move(sizes), states.size());
   actions_.push_back(Merge{ticket, from, false, std::move(states)});
+}
+
+// ---- pulls (read-your-writes sessions) ----------------------------------------
+
+void ReplicationCore::pull(uint64_t now, const crdt::ReviewKey& key, const std::string& prefer) {
+  now_ = now;
+  if (removed_) return;
+  if (auto it = pulled_.find(key); it != pulled_.end()) {
+    if (now - it->second < kPullRepeatMillis) return;
+    it->second = now;
+  } else if (pulled_.size() < kMaxPulledKeys) {
+    pulled_.emplace(key, now);
+  }
+  // Whom to ask: the write's origin, partial-view peers, then any live member.
+  std::vector<std::string> ask;
+  auto add = [&](const std::string& id) {
+    if (ask.size() >= kPullFanout || id == options_.nodeId || !alive(id) || blocked(id)) return;
+    if (std::find(ask.begin(), ask.end(), id) == ask.end()) ask.push_back(id);
+  };
+  if (!prefer.empty()) add(prefer);
+  for (const auto& [id, c] : conns_) {
+    if (c.active) add(c.peerId);
+  }
+  std::vector<std::string> others;
+  for (const auto& [id, m] : members_) others.push_back(id);
+  shuffle(others);
+  for (const auto& id : others) add(id);
+  if (ask.empty()) return;
+  auto body = frame([&](wire::Frame::Builder& f) {
+    auto k = f.initPull(1)[0];
+    k.setProduct(key.product);
+    k.setAuthor(key.author);
+  });
+  for (const auto& id : ask) {
+    if (sendTo(id, body)) ++stats_.pullsSent;
+  }
+}
+
+void ReplicationCore::handlePull(ConnId id, capnp::List<wire::ReviewKey>::Reader keys) {
+  capnp::MallocMessageBuilder message;
+  std::vector<std::string> states;
+  size_t bytes = 0, n = 0;
+  for (auto k : keys) {
+    if (++n > kMaxPullKeys) break;
+    if (k.getProduct().size() > kMaxTokenBytes || k.getAuthor().size() > kMaxTokenBytes) continue;
+    auto state = store_.encodedState(crdt::ReviewKey{str(k.getProduct()), str(k.getAuthor())});
+    if (!state.ok() || !state.value()) continue;  // not held (or unreadable): nothing to say
+    if (bytes + state.value()->size() > kMaxDeltaFrameBytes && !states.empty()) break;
+    bytes += state.value()->size();
+    states.push_back(std::move(*state.value()));
+  }
+  if (states.empty()) return;
+  auto body = frame([&](wire::Frame::Builder& f) {
+    auto list = f.initPulled(unsigned(states.size()));
+    for (size_t i = 0; i < states.size(); ++i) {
+      list.set(unsigned(i), capnp::Data::Reader(reinterpret_cast<const uint8_t*>(states[i].data()),
+                                                states[i].size()));
+    }
+  });
+  if (send(id, std::move(body))) ++stats_.pullsServed;
+}
+
+void ReplicationCore::handlePulled(uint64_t now, const std::string& from,
+                                   capnp::List<capnp::Data>::Reader list) {
+  std::vector<crdt::ReviewDoc> states;
+  std::vector<int64_t> sizes;
+  int64_t merging = deltaBytesMerging_;
+  size_t n = 0;
+  for (auto data : list) {
+    if (++n > kMaxPullKeys) break;
+    int64_t size = int64_t(data.size());
+    if (merging + size > int64_t(options_.maxPendingDeltaBytes)) {
+      ++stats_.receivedDeltasDropped;  // the store is behind: a later pull or repair brings it
+      continue;
+    }
+    auto doc = crdt::ReviewDoc::decode(
+        std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+    if (!doc.ok()) {
+      ++stats_.malformedFrames;  // this state only
+      continue;
+    }
+    if (options_.admit) {
+      if (auto admitted = options_.admit(*doc); !admitted.ok()) {
+        refusedState(now, from, admitted.error().message, 1);
+        continue;
+      }
+    }
+    merging += size;
+    sizes.push_back(size);
+    states.push_back(std::move(doc).value());
+  }
+  if (states.empty()) return;
+  stats_.statesPulled += states.size();
+  deltaBytesMerging_ = merging;
+  uint64_t ticket = newTicket(false, std::move(sizes), states.size());
+  // Merged like a repair (no push lag to report), accounted like deltas.
+  actions_.push_back(Merge{ticket, from, true, std::move(states)});
 }
 
 void ReplicationCore::handleIhave(uint64_t now, const std::string& from,

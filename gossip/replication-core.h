@@ -151,7 +151,7 @@ struct Close {
 struct Merge {
   uint64_t ticket;
   std::string from;
-  bool repair = false;  // anti-entropy (else pushed deltas)
+  bool repair = false;  // anti-entropy or a pull's answer (else pushed deltas)
   std::vector<crdt::ReviewDoc> states;
 };
 // Persist the member list (<dataDir>/members for Cluster).
@@ -184,6 +184,10 @@ class ReplicationCore {
   static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
   static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
   static constexpr uint64_t kWarnEveryMillis = 10'000;
+  static constexpr size_t kPullFanout = 8;            // peers asked per pull
+  static constexpr uint64_t kPullRepeatMillis = 200;  // a key is asked for at most this often
+  static constexpr size_t kMaxPullKeys = 64;          // keys read from one pull frame
+  static constexpr size_t kMaxPulledKeys = 4096;      // keys remembered for kPullRepeatMillis
 
   ReplicationCore(CoreOptions options, ReplicaStore& store);
   ~ReplicationCore();
@@ -211,6 +215,12 @@ class ReplicationCore {
   void drained(ConnId conn, uint64_t bytes, uint64_t deltas);
   // Committed local writes' deltas (crdt::ReviewDoc::encode), to broadcast now.
   void publish(uint64_t now, std::vector<std::string> encodedDeltas);
+  // Asks live peers for their state of `key` (a read waits for a write this
+  // node lacks: api sessions): `prefer` first when it is a live member (the
+  // node that accepted the write), then partial-view peers, then others,
+  // kPullFanout in all. Their answers merge like repairs. A key pulled
+  // within kPullRepeatMillis is not asked for again.
+  void pull(uint64_t now, const crdt::ReviewKey& key, const std::string& prefer);
   // One state of the Merge action `ticket` completed (committed or refused).
   void merged(uint64_t ticket);
   // Partition injection: drop every frame to and from these peers / stop.
@@ -346,6 +356,8 @@ class ReplicationCore {
   void handlePing(uint64_t now, ConnId id, const std::string& from, wire::Probe::Reader p);
   void handlePingReq(uint64_t now, const std::string& from, wire::Probe::Reader p);
   void handleAck(uint64_t now, uint64_t seq, bool nack);
+  void handlePull(ConnId id, capnp::List<wire::ReviewKey>::Reader keys);
+  void handlePulled(uint64_t now, const std::string& from, capnp::List<capnp::Data>::Reader states);
   // A frame body with piggybacked member updates (`about`'s record first).
   std::shared_ptr<const std::string> frame(
       const std::function<void(wire::Frame::Builder&)>& fill, const std::string& about = {});
@@ -470,6 +482,7 @@ class ReplicationCore {
   std::deque<uint64_t> cacheOrder_;
   size_t cacheBytes_ = 0;
   std::map<uint64_t, Missing> missing_;
+  std::map<crdt::ReviewKey, uint64_t> pulled_;  // keys pulled lately, and when
 
   // merges
   std::map<uint64_t, Ticket> tickets_;

@@ -289,6 +289,14 @@ TEST_CASE("e2e: chorusd with a tokens file: the CLI needs a token, and writes as
   auto anonymous = cli(a, {"review", "put", "kettle-1", "alice", "-r", "5"});
   CHECK(anonymous.code == 7);
   CHECK(anonymous.out.find("requires a token") != std::string::npos);
+  // The node speaks API terms; the CLI adds what that means on its command line.
+  CHECK(anonymous.out.find("call Chorus.authenticate") != std::string::npos);
+  CHECK(anonymous.out.find("pass --token-file FILE or --token T") != std::string::npos);
+  // The API version needs no token.
+  auto info = cli(a, {"--json", "node", "info"});
+  CHECK(info.code == 0);
+  CHECK(info.out.find("{\"api_version\":6,\"version\":\"") == 0);
+  CHECK(info.out.find("\"node_id\":\"e2e\"") != std::string::npos);
   auto wrong = cli(a, {"--token", chorus::api::newToken(), "review", "get", "kettle-1", "alice"});
   CHECK(wrong.code == 7);
   CHECK(wrong.out.find("unknown token") != std::string::npos);
@@ -686,4 +694,52 @@ TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --rest
   CHECK(restart.wait(10s) == 2);
   CHECK(restartOut.find("already holds a store") != std::string::npos);
   CHECK(d.process->stop(SIGTERM, 10s) == 0);
+}
+
+TEST_CASE("e2e: read your writes from the CLI: a write's session, read on another node") {
+  TempDir tmp;
+  std::string key = writeClusterKeyFile(tmp);
+  // No delta push, anti-entropy once an hour: n2 gets the write by pulling it.
+  std::vector<std::string> flags = {
+      "--gossip-listen",         "127.0.0.1:0", "--cluster-key-file", key,   "--no-delta-push",
+      "--anti-entropy-interval", "1h",          "--session-wait-ms",  "3000"};
+  auto d1 = startDaemon(tmp.sub("n1"), flags, "n1");
+  auto g1 = d1.process->waitForLine("chorusd: gossip on ", 10s);
+  REQUIRE(g1.has_value());
+  flags.insert(flags.end(), {"--join", g1->substr(g1->find(" on ") + 4)});
+  auto d2 = startDaemon(tmp.sub("n2"), flags, "n2");
+  REQUIRE(cliEventually(d1.address, {"cluster", "status", "--nodes", d2.address}, "alive"));
+  REQUIRE(cliEventually(d2.address, {"cluster", "status", "--nodes", d1.address}, "alive"));
+
+  auto put =
+      cli(d1.address, {"--json", "review", "put", "kettle-1", "ann", "-r", "5", "-t", "Hot"});
+  REQUIRE(put.code == 0);
+  auto at = put.out.find("\"session\":\"");
+  REQUIRE(at != std::string::npos);
+  std::string token = put.out.substr(at + 11, put.out.find('"', at + 11) - (at + 11));
+  REQUIRE(token.rfind("s1", 0) == 0);
+  auto got = cli(d2.address, {"--json", "review", "get", "kettle-1", "ann", "--session", token});
+  CHECK(got.code == 0);
+  CHECK(got.out.find("\"title\":\"Hot\"") != std::string::npos);
+  CHECK(cli(d2.address, {"reviews", "list", "kettle-1", "--session", token}).code == 0);
+  CHECK(cli(d2.address, {"product", "summary", "kettle-1", "--session", token}).code == 0);
+  CHECK(cli(d2.address, {"author", "reviews", "ann", "--session", token}).code == 0);
+
+  // The table form prints it too; a vote's token reads on n2.
+  auto vote = cli(d1.address, {"review", "vote", "kettle-1", "ann", "bob"});
+  REQUIRE(vote.code == 0);
+  at = vote.out.find("session:    ");
+  REQUIRE(at != std::string::npos);
+  std::string voteToken = vote.out.substr(at + 12, vote.out.find('\n', at) - (at + 12));
+  auto voted =
+      cli(d2.address, {"--json", "review", "get", "kettle-1", "ann", "--session", voteToken});
+  CHECK(voted.code == 0);
+  CHECK(voted.out.find("\"helpful\":1") != std::string::npos);
+
+  // A token that is not one: exit 3, naming the flag's field.
+  auto bad = cli(d2.address, {"--json", "review", "get", "kettle-1", "ann", "--session", "nope"});
+  CHECK(bad.code == 3);
+  CHECK(bad.out.find("\"field\":\"session\"") != std::string::npos);
+  CHECK(d1.process->stop(SIGTERM, 10s) == 0);
+  CHECK(d2.process->stop(SIGTERM, 10s) == 0);
 }

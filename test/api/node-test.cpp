@@ -2,7 +2,9 @@
 // the same process: every operation, validation, watch, limits, shutdown.
 #include <doctest/doctest.h>
 
+#include <capnp/message.h>
 #include <kj/async.h>
+#include <kj/timer.h>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -15,6 +17,7 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "api/wire.h"
 #include "gossip/keyring.h"
 #include "support/results.h"
 #include "temp-dir.h"
@@ -232,6 +235,24 @@ TEST_CASE("rpc in-process: client round trip, structured errors, watch") {
   CHECK(node->metrics().calls(chorus::api::Metrics::kWatch) == 1);
 }
 
+TEST_CASE("wire: a change's opCode is its op as an enum, for every op") {
+  using chorus::api::wire::ChangeOp;
+  const std::pair<WriteOp, ChangeOp> ops[] = {
+      {WriteOp::kPut, ChangeOp::PUT},           {WriteOp::kDelete, ChangeOp::ERASE},
+      {WriteOp::kVote, ChangeOp::VOTE},         {WriteOp::kUnvote, ChangeOp::UNVOTE},
+      {WriteOp::kTag, ChangeOp::TAG},           {WriteOp::kUntag, ChangeOp::UNTAG},
+      {WriteOp::kModerate, ChangeOp::MODERATE}, {WriteOp::kReply, ChangeOp::REPLY}};
+  for (const auto& [op, code] : ops) {
+    CAPTURE(chorus::writeOpName(op));
+    capnp::MallocMessageBuilder message;
+    auto b = message.initRoot<chorus::api::wire::Change>();
+    chorus::api::toWire(chorus::Change{chorus::writeOpName(op), {}, 0}, b);
+    CHECK(b.asReader().getOpCode() == code);
+    CHECK(std::string(b.asReader().getOp().cStr()) == chorus::writeOpName(op));
+  }
+  CHECK(chorus::api::changeOpOf("merge") == ChangeOp::MERGE);
+}
+
 TEST_CASE("rpc in-process: too many calls in flight get `overloaded`") {
   TempDir tmp;
   chorus::RpcLimits limits;
@@ -365,7 +386,8 @@ namespace {
 
 std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& id,
                                     std::vector<std::string> seeds = {},
-                                    std::string region = "default") {
+                                    std::string region = "default",
+                                    const std::function<void(Node::Options&)>& tweak = {}) {
   Node::Options o;
   o.nodeId = id;
   o.dataDir = dir;
@@ -380,6 +402,7 @@ std::unique_ptr<Node> openClustered(const std::string& dir, const std::string& i
   o.cluster.antiEntropyInterval = 100ms;
   o.cluster.probeInterval = 200ms;
   o.cluster.gossipInterval = 50ms;
+  if (tweak) tweak(o);
   auto node = Node::open(std::move(o));
   REQUIRE_MESSAGE(node.ok(), node.error().toString());
   return std::move(node).value();
@@ -683,4 +706,242 @@ TEST_CASE("cluster: remove marks a known member left; region, incarnation on the
   CHECK(failure(b->put("p1", "ann", 5, "t", "")).code == ErrorCode::kUnavailable);
   CHECK(b->clusterView()->removed);
   CHECK(b->clusterView()->state == chorus::gossip::PeerState::kLeft);
+}
+
+// ---- read your writes ----------------------------------------------------------
+
+namespace {
+
+// A node of a cluster where writes travel only by pulls: no delta push, and
+// anti-entropy once an hour (so not during the test).
+std::unique_ptr<Node> openPullOnly(const std::string& dir, const std::string& id,
+                                   std::vector<std::string> seeds,
+                                   std::chrono::milliseconds sessionWait = 2s) {
+  return openClustered(dir, id, std::move(seeds), "default", [&](Node::Options& o) {
+    o.cluster.pushDeltas = false;
+    o.cluster.antiEntropyInterval = std::chrono::hours(1);
+    o.sessionWait = sessionWait;
+    o.rpc.readThreads = 1;
+  });
+}
+
+// Every node sees every peer alive and in its partial view, and no
+// anti-entropy session started for 400 ms: those a new link starts are
+// over, so (with the hour-long interval) writes from now on travel only by
+// pulls.
+bool settled(const std::vector<Node*>& nodes) {
+  uint64_t started = 0;
+  for (Node* node : nodes) {
+    auto view = node->clusterView();
+    if (!view.ok() || view->members.size() != nodes.size() - 1) return false;
+    for (const auto& m : view->members) {
+      if (m.state != chorus::gossip::PeerState::kAlive || !m.active) return false;
+    }
+    started += view->stats.syncStarted;
+  }
+  std::this_thread::sleep_for(400ms);
+  uint64_t later = 0;
+  for (Node* node : nodes) later += node->cluster()->stats().syncStarted;
+  return later == started;
+}
+
+chorus::WriteRequest writeOf(WriteOp op, std::string arg = {}) {
+  chorus::WriteRequest w;
+  w.op = op;
+  w.product = "p1";
+  w.author = "ann";
+  w.rating = 5;
+  w.title = "from a";
+  w.arg = std::move(arg);
+  return w;
+}
+
+}  // namespace
+
+TEST_CASE("sessions: a write on A is read at once on B with its token, without delta push") {
+  TempDir tmp;
+  auto a = openPullOnly(tmp.sub("a"), "a", {});
+  auto b = openPullOnly(tmp.sub("b"), "b", {a->cluster()->address()});
+  auto c = openPullOnly(tmp.sub("c"), "c", {a->cluster()->address()});
+  REQUIRE(eventually([&] { return settled({a.get(), b.get(), c.get()}); }));
+  // put on A over RPC: its results carry the session.
+  chorus::Result<chorus::ReviewView> put = chorus::Error{ErrorCode::kInternal, "not run"};
+  {
+    auto onA = chorus::api::Client::connect(a->rpcAddress());  // one client per thread at a time
+    REQUIRE(onA.ok());
+    put = (*onA)->write(writeOf(WriteOp::kPut));
+  }
+  REQUIRE_MESSAGE(put.ok(), put.error().toString());
+  REQUIRE(put->session.rfind("s1", 0) == 0);
+  // At once on B, over RPC, with the token: B pulls it.
+  auto onB = chorus::api::Client::connect(b->rpcAddress());
+  REQUIRE(onB.ok());
+  chorus::ReadOptions session{put->session};
+  auto got = (*onB)->get("p1", "ann", session);
+  REQUIRE_MESSAGE(got.ok(), got.error().toString());
+  CHECK(got->title == "from a");
+  CHECK(got->session.empty());  // reads carry none
+  CHECK(b->cluster()->stats().statesPulled >= 1);
+  CHECK(a->cluster()->stats().pullsServed >= 1);
+
+  // A vote (an OR-set add) on A, read on B's product page and summary.
+  auto vote = a->write(writeOf(WriteOp::kVote, "bob"));
+  REQUIRE(vote.ok());
+  auto page = (*onB)->page("p1", chorus::storage::Order::kNewest, "", 10, {vote->session});
+  REQUIRE_MESSAGE(page.ok(), page.error().toString());
+  REQUIRE(page->page.reviews.size() == 1);
+  CHECK(page->page.reviews[0].helpful == 1);
+  CHECK(page->summary.helpfulTotal == 1);
+  // Its removal (an unvote: dots removed) on A, read on B, which holds the vote.
+  auto unvote = a->write(writeOf(WriteOp::kUnvote, "bob"));
+  REQUIRE(unvote.ok());
+  auto listed = (*onB)->list("p1", chorus::storage::Order::kNewest, "", 10, {unvote->session});
+  REQUIRE(listed.ok());
+  REQUIRE(listed->reviews.size() == 1);
+  CHECK(listed->reviews[0].helpful == 0);
+  // Reply, then erase, read in-process on C (the Node API blocks instead).
+  auto reply = a->write(writeOf(WriteOp::kReply, "thanks"));
+  REQUIRE(reply.ok());
+  CHECK(c->get("p1", "ann", {reply->session})->reply == "thanks");
+  auto erased = a->write(writeOf(WriteOp::kDelete));
+  REQUIRE(erased.ok());
+  CHECK(erased->deleted);
+  REQUIRE_FALSE(erased->session.empty());
+  CHECK(failure(c->get("p1", "ann", {erased->session})).code == ErrorCode::kNotFound);
+  CHECK(failure((*onB)->get("p1", "ann", {erased->session})).code == ErrorCode::kNotFound);
+  CHECK((*onB)->summary("p1", {erased->session})->count == 0);
+  CHECK((*onB)->byAuthor("ann", "", 10, {erased->session})->reviews.empty());
+}
+
+TEST_CASE("sessions: a write no node holds answers unavailable within the wait; bad tokens") {
+  TempDir tmp;
+  auto a = openPullOnly(tmp.sub("a"), "a", {}, 300ms);
+  auto b = openPullOnly(tmp.sub("b"), "b", {a->cluster()->address()}, 300ms);
+  REQUIRE(eventually([&] { return settled({a.get(), b.get()}); }));
+  auto onB = chorus::api::Client::connect(b->rpcAddress());
+  REQUIRE(onB.ok());
+  auto& client = **onB;
+
+  // A key absent everywhere, and a stamp far ahead of every clock.
+  chorus::api::SessionToken absent;
+  absent.key = {"nowhere", "nobody"};
+  absent.origin = "a";
+  absent.content = chorus::crdt::Stamp{chorus::crdt::Hlc::fromParts(1'000, 1), 7};
+  REQUIRE(a->put("p1", "ann", 4, "t", "").ok());
+  chorus::api::SessionToken ahead;
+  ahead.key = {"p1", "ann"};
+  ahead.origin = "a";
+  ahead.content =
+      chorus::crdt::Stamp{chorus::crdt::Hlc::fromParts(chorus::crdt::Hlc::kMaxMillis, 0), 7};
+  for (const auto& token : {absent, ahead}) {
+    auto start = std::chrono::steady_clock::now();
+    auto r = client.get(token.key.product, token.key.author, {token.encode()});
+    auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == ErrorCode::kUnavailable);
+    CHECK(r.error().message.find("has not caught up") != std::string::npos);
+    CHECK(r.error().message.find("node 'a'") != std::string::npos);
+    CHECK(took >= 300ms);  // it waited its bound
+    CHECK(took < 10s);     // and no longer (generous: a shared machine)
+    // In-process too.
+    CHECK(failure(b->get(token.key.product, token.key.author, {token.encode()})).code ==
+          ErrorCode::kUnavailable);
+  }
+  CHECK(b->metrics().sessionsTimedOut() == 2);
+  CHECK(b->metrics().sessionsWaited() == 2);
+  // The node asked its peer: the pulls went out, and a found nothing to send
+  // for the absent key (the ahead one it holds at an older stamp, so B got
+  // that state, which still does not hold the write).
+  CHECK(b->cluster()->stats().pullsSent >= 2);
+
+  // Malformed tokens: invalidArgument, field "session", before any wait.
+  auto raw = client.reviews().getRequest();
+  raw.setProduct("p1");
+  raw.setAuthor("ann");
+  raw.setSession("s1notbase64!");
+  auto refused = raw.send().wait(client.waitScope());
+  REQUIRE(refused.hasError());
+  CHECK(refused.getError().getCode() == chorus::api::wire::ErrorCode::INVALID_ARGUMENT);
+  CHECK(std::string(refused.getError().getField().cStr()) == "session");
+  for (const std::string& bad : {std::string("garbage"), std::string(5000, 's')}) {
+    CHECK(failure(client.list("p1", chorus::storage::Order::kNewest, "", 10, {bad})).code ==
+          ErrorCode::kInvalidArgument);
+    CHECK(failure(b->summary("p1", {bad})).message.rfind("session: ", 0) == 0);
+  }
+  // A bad argument is answered at once, not after the wait.
+  auto waited = b->metrics().sessionsWaited();
+  auto tooMany =
+      failure(client.list("p1", chorus::storage::Order::kNewest, "", 101, {absent.encode()}));
+  CHECK(tooMany.message.rfind("limit: ", 0) == 0);
+  CHECK(failure(client.get("p1", "", {absent.encode()})).message.rfind("author: ", 0) == 0);
+  CHECK(b->metrics().sessionsWaited() == waited);
+  chorus::api::SessionToken badKey = ahead;
+  badKey.key.product = "has space";
+  CHECK(failure(client.get("p1", "ann", {badKey.encode()})).message.rfind("session: ", 0) == 0);
+}
+
+TEST_CASE("sessions: a waiting session read holds no read thread") {
+  TempDir tmp;
+  // One read thread: if the session wait held it, the plain read below
+  // would queue behind it until the wait ran out.
+  auto a = openPullOnly(tmp.sub("a"), "a", {}, 3s);
+  auto client = chorus::api::Client::connect(a->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  REQUIRE(a->put("p1", "ann", 4, "t", "").ok());
+  chorus::api::SessionToken never;
+  never.key = {"p1", "bob"};
+  never.content = chorus::crdt::Stamp{chorus::crdt::Hlc::fromParts(1'000, 1), 7};
+  auto waiting = c.reviews().getRequest();
+  waiting.setProduct("p1");
+  waiting.setAuthor("bob");
+  waiting.setSession(never.encode());
+  auto pending = waiting.send();
+  // Turn the client's event loop (the request goes out) until the node waits.
+  for (int i = 0; i < 500 && a->metrics().sessionsWaited() == 0; ++i) {
+    c.timer().afterDelay(10 * kj::MILLISECONDS).wait(c.waitScope());
+  }
+  REQUIRE(a->metrics().sessionsWaited() == 1);
+  auto plain = c.get("p1", "ann");  // served while the session read waits
+  REQUIRE(plain.ok());
+  CHECK_FALSE(pending.poll(c.waitScope()));
+  // A write that makes the node hold it ends the wait before its bound.
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(a->put("p1", "bob", 3, "now", "").ok());  // a later stamp than `never`'s
+  auto answer = pending.wait(c.waitScope());
+  CHECK(std::chrono::steady_clock::now() - start < 3s);
+  REQUIRE_FALSE(answer.hasError());
+  CHECK(std::string(answer.getReview().getTitle().cStr()) == "now");
+}
+
+TEST_CASE("limits: a limit above 100 is refused as invalidArgument, in-process and over RPC") {
+  TempDir tmp;
+  auto node = openNode(tmp.path(), true);
+  REQUIRE(node->put("p1", "ann", 4, "t", "").ok());
+  auto client = chorus::api::Client::connect(node->rpcAddress());
+  REQUIRE(client.ok());
+  auto& c = **client;
+  for (uint32_t limit : {0u, 1u, 100u}) {
+    CHECK(node->list("p1", chorus::storage::Order::kNewest, "", limit).ok());
+    CHECK(c.page("p1", chorus::storage::Order::kNewest, "", limit).ok());
+    CHECK(c.byAuthor("ann", "", limit).ok());
+  }
+  for (uint32_t limit : {101u, 1000u, UINT32_MAX}) {
+    CAPTURE(limit);
+    for (const auto& e : {failure(node->list("p1", chorus::storage::Order::kNewest, "", limit)),
+                          failure(node->byAuthor("ann", "", limit)),
+                          failure(c.list("p1", chorus::storage::Order::kNewest, "", limit)),
+                          failure(c.page("p1", chorus::storage::Order::kNewest, "", limit)),
+                          failure(c.byAuthor("ann", "", limit))}) {
+      CHECK(e.code == ErrorCode::kInvalidArgument);
+      CHECK(e.message.rfind("limit: at most 100", 0) == 0);
+    }
+  }
+  auto raw = c.reviews().listRequest();
+  raw.setProduct("p1");
+  raw.setLimit(101);
+  auto r = raw.send().wait(c.waitScope());
+  REQUIRE(r.hasError());
+  CHECK(std::string(r.getError().getField().cStr()) == "limit");
+  CHECK_FALSE(r.hasPage());
 }

@@ -23,6 +23,7 @@
 #include "api/client.h"
 #include "api/metrics.h"
 #include "api/node.h"
+#include "api/wire.h"
 #include "gossip/keyring.h"
 #include "support/results.h"
 #include "temp-dir.h"
@@ -39,9 +40,10 @@ using chorus::test::failure;
 
 namespace {
 
+// In API terms, not the CLI's flags (the CLI adds its own hint).
 constexpr const char* kNeedToken =
-    "this node requires a token: pass --token-file FILE or --token T, or set $CHORUS_TOKEN_FILE "
-    "or $CHORUS_TOKEN";
+    "this node requires a token: call Chorus.authenticate with one and use the capabilities it "
+    "returns";
 
 using Principals = std::map<std::string, std::string>;  // id -> roles
 
@@ -133,6 +135,56 @@ TEST_CASE("auth: Node::open needs a tokens file or --no-auth for an RPC server")
   embedded.nodeId = "e";
   embedded.dataDir = tmp.sub("embedded");
   CHECK(Node::open(embedded).ok());
+}
+
+TEST_CASE("auth: Chorus.info answers without a token; authenticate answers apiVersion, roleList") {
+  AuthNode n(Principals{{"alice", "writer,merchant"}, {"root", "admin"}});
+  {
+    auto anonymous = Client::connect(n.node->rpcAddress());
+    REQUIRE(anonymous.ok());
+    auto& c = **anonymous;
+    // Before any token: the API version, release and node id; nothing else.
+    auto info = c.info();
+    REQUIRE_MESSAGE(info.ok(), info.error().toString());
+    CHECK(info->apiVersion == chorus::api::kApiVersion);
+    CHECK(info->apiVersion == 6);
+    CHECK(info->version == n.node->status()->version);
+    CHECK_FALSE(info->version.empty());
+    CHECK(info->nodeId == "auth-node");
+    CHECK(failure(c.get("p1", "alice")).message == std::string("unauthenticated: ") + kNeedToken);
+    CHECK(c.apiVersion() == 0);  // no authenticate
+
+    // On the wire: roleList is roles as enums, in the same order; a wrong
+    // token gets neither.
+    auto q = c.bootstrap().authenticateRequest();
+    q.setToken(n.tokens.at("alice"));
+    auto r = q.send().wait(c.waitScope());
+    REQUIRE_FALSE(r.hasError());
+    CHECK(r.getApiVersion() == chorus::api::kApiVersion);
+    auto roles = r.getRoleList();
+    REQUIRE(roles.size() == 2);
+    REQUIRE(r.getRoles().size() == 2);
+    for (unsigned i = 0; i < 2; ++i) {
+      CHECK(std::string(r.getRoles()[i].cStr()) ==
+            chorus::api::roleName(*chorus::api::fromWire(roles[i])));
+    }
+    auto bad = c.bootstrap().authenticateRequest();
+    bad.setToken(chorus::api::newToken());
+    auto refused = bad.send().wait(c.waitScope());
+    REQUIRE(refused.hasError());
+    CHECK(refused.getError().getCode() == chorus::api::wire::ErrorCode::UNAUTHENTICATED);
+    CHECK_FALSE(refused.hasRoleList());
+    CHECK(refused.getApiVersion() == 0);
+  }
+  {
+    auto alice = n.client("alice");
+    CHECK(alice->apiVersion() == chorus::api::kApiVersion);
+    CHECK(alice->roles().size() == 2);
+  }
+  auto root = n.client("root");
+  CHECK(root->roles() == std::vector<std::string>{"admin"});
+  // info is counted like any call.
+  CHECK(n.node->metrics().calls(chorus::api::Metrics::kInfo) == 1);
 }
 
 TEST_CASE("auth: no token and a wrong token are refused as unauthenticated") {

@@ -222,6 +222,24 @@ void readFrame(gossip::ParsedFrame& frame, size_t bodyBytes) {
       handleReconcile(std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
       break;
     }
+    case gossip::wire::Frame::PULL:
+      for (auto k : root.getPull())
+        (void)(std::string(k.getProduct().cStr()) + k.getAuthor().cStr());
+      break;
+    case gossip::wire::Frame::PULLED: {
+      capnp::List<capnp::Data>::Reader list;
+      if (!readData([&] { list = root.getPulled(); })) break;
+      for (unsigned i = 0; i < list.size(); ++i) {
+        capnp::Data::Reader data;
+        if (!readData([&] { data = list[i]; })) continue;
+        auto doc = crdt::ReviewDoc::decode(
+            std::string_view(reinterpret_cast<const char*>(data.begin()), data.size()));
+        if (!doc.ok()) continue;
+        ++deltasMerged;
+        store.store().merge(std::move(doc).value(), store.onMerged());
+      }
+      break;
+    }
     default:
       FUZZ_CHECK(false, "parse accepted an unknown frame kind");
   }

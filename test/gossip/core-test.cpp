@@ -1028,3 +1028,72 @@ TEST_CASE("core: a write made while a node has no partial view is pushed to memb
   CHECK(n1.store.has("sku", "early"));  // at once, not at an anti-entropy session
   CHECK(n2.store.has("sku", "early"));
 }
+
+TEST_CASE(
+    "core: pull asks live peers for one review, the write's origin first, and merges answers") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  // Anti-entropy and pushes out of the way: only pulls move states.
+  cluster(net, 4, 1, [](CoreOptions& o) { o.antiEntropyIntervalMillis = 3'600'000; });
+  auto& n1 = net["n1"];
+  auto& n3 = net["n3"];
+  net.runFor(1000);
+  n1.store.write("p1", "ann", "only on n1", net.now, n1.replica);  // not published
+  REQUIRE_FALSE(n3.store.has("p1", "ann"));
+
+  n3.core->pull(net.now, crdt::ReviewKey{"p1", "ann"}, "n1");
+  net.settle();
+  CHECK(n3.store.has("p1", "ann"));
+  const auto& s3 = n3.core->stats();
+  CHECK(s3.pullsSent == 3);  // every live peer (fewer than kPullFanout)
+  CHECK(s3.statesPulled == 1);
+  CHECK(n1.core->stats().pullsServed == 1);
+  CHECK(net["n2"].core->stats().pullsServed == 0);  // holds nothing: no answer
+  CHECK(n3.core->mergesPending() == 0);
+
+  // Asked again at once: nothing sent (kPullRepeatMillis); later: again.
+  n3.core->pull(net.now, crdt::ReviewKey{"p1", "ann"}, "n1");
+  net.settle();
+  CHECK(n3.core->stats().pullsSent == 3);
+  net.runFor(ReplicationCore::kPullRepeatMillis + 50);
+  n3.core->pull(net.now, crdt::ReviewKey{"p1", "ann"}, "n1");
+  net.settle();
+  CHECK(n3.core->stats().pullsSent == 6);
+
+  // A key nobody holds: asked, nothing comes back.
+  n3.core->pull(net.now, crdt::ReviewKey{"p9", "nobody"}, "");
+  net.settle();
+  CHECK(n3.core->stats().pullsSent == 9);
+  CHECK(n3.core->stats().statesPulled == 2);  // the repeat above brought p1/ann again
+  CHECK_FALSE(n3.store.has("p9", "nobody"));
+
+  // Partitioned peers are not asked; this node itself never is.
+  n3.core->partition({"n1", "n2"});
+  net.runFor(ReplicationCore::kPullRepeatMillis + 50);
+  n3.core->pull(net.now, crdt::ReviewKey{"p2", "bob"}, "n3");
+  net.settle();
+  CHECK(n3.core->stats().pullsSent == 10);  // n4 only
+}
+
+TEST_CASE("core: pulled states pass admit; a peer's refusal is counted") {
+  uint64_t seed = test::testSeed();
+  CAPTURE(seed);
+  Net net(seed);
+  cluster(net, 2, 1, [](CoreOptions& o) {
+    o.antiEntropyIntervalMillis = 3'600'000;
+    o.admit = [](const crdt::ReviewDoc& doc) -> Status {
+      if (doc.key().author == "banned") return makeError(ErrorCode::kInvalidArgument, "banned");
+      return okStatus();
+    };
+  });
+  auto& n1 = net["n1"];
+  auto& n2 = net["n2"];
+  n1.store.write("p1", "banned", "x", net.now, n1.replica);
+  n2.core->pull(net.now, crdt::ReviewKey{"p1", "banned"}, "n1");
+  net.settle();
+  CHECK(n1.core->stats().pullsServed == 1);
+  CHECK_FALSE(n2.store.has("p1", "banned"));
+  CHECK(n2.core->stats().statesRefused == 1);
+  CHECK(n2.core->stats().statesPulled == 0);
+}

@@ -93,6 +93,15 @@ std::vector<std::pair<wire::Frame::Which, std::string>> everyKind() {
     const uint8_t data[] = {9, 9};
     f.setReconcile(capnp::Data::Reader(data, sizeof data));
   });
+  make(wire::Frame::PULL, [](wire::Frame::Builder f) {
+    auto k = f.initPull(1)[0];
+    k.setProduct("p1");
+    k.setAuthor("ann");
+  });
+  make(wire::Frame::PULLED, [](wire::Frame::Builder f) {
+    const uint8_t data[] = {7, 7, 7};
+    f.initPulled(1).set(0, capnp::Data::Reader(data, sizeof data));
+  });
   return out;
 }
 
@@ -153,7 +162,7 @@ TEST_CASE("a frame body is the message's words alone; sealed, it survives any cu
 
 TEST_CASE("every kind of protocol 2 parses, with its piggybacked member update") {
   auto frames = everyKind();
-  CHECK(frames.size() == 13);  // hello .. reconcile: every member of the union
+  CHECK(frames.size() == 15);  // hello .. reconcile: every member of the union
   for (const auto& [which, body] : frames) {
     CAPTURE(unsigned(which));
     auto parsed = parseWhole(body);
@@ -207,7 +216,7 @@ TEST_CASE(
     auto data = capnp::toAny(message.getRoot<wire::Frame>()).getDataSection();
     size_t at = capnp::Schema::from<wire::Frame>().getProto().getStruct().getDiscriminantOffset();
     REQUIRE((at + 1) * 2 <= data.size());
-    uint16_t unknown = uint16_t(wire::Frame::RECONCILE) + 1;
+    uint16_t unknown = uint16_t(wire::Frame::PULLED) + 1;
     data[at * 2] = uint8_t(unknown & 0xff);  // little-endian on the wire
     data[at * 2 + 1] = uint8_t(unknown >> 8);
     auto refused = parseWhole(encodeFrame(message));

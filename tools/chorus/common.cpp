@@ -229,8 +229,17 @@ int withClient(const Globals& g, const std::function<int(api::Client&)>& body) {
   return body(**client);
 }
 
-int fail(const Error& e) {
+int fail(const Error& given) {
   static constexpr std::string_view kUnauthenticated = "unauthenticated: ";
+  Error e = given;
+  // The node says what to do in API terms (call authenticate); here that
+  // means a flag or the environment.
+  if (e.code == ErrorCode::kForbidden &&
+      e.message.rfind("unauthenticated: this node requires a token", 0) == 0) {
+    e.message +=
+        " (chorus: pass --token-file FILE or --token T, or set $CHORUS_TOKEN_FILE or "
+        "$CHORUS_TOKEN)";
+  }
   if (!jsonErrors) {
     std::fprintf(stderr, "chorus: %s\n", e.toString().c_str());
   } else if (e.code == ErrorCode::kForbidden && e.message.rfind(kUnauthenticated, 0) == 0) {

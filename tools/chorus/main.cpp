@@ -55,6 +55,13 @@ std::string replicaHex(chorus::crdt::ReplicaId r) {
   return buf;
 }
 
+// A write's answer: the review and its session token.
+std::string jsonWritten(const ReviewView& r) {
+  std::string out = json(r);
+  out.pop_back();  // the closing brace
+  return out + ",\"session\":" + json(r.session) + "}";
+}
+
 std::string json(const ReviewPage& p) {
   std::string out = "{\"reviews\":[";
   for (size_t i = 0; i < p.reviews.size(); ++i) out += (i ? "," : "") + json(p.reviews[i]);
@@ -317,6 +324,7 @@ int main(int argc, char** argv) {
 
   int result = kExitOk;
   std::string product, author, arg, title, body, bodyFile, reason, cursor;
+  chorus::ReadOptions readOptions;  // --session
   std::string visibility = "visible", order = "newest";
   uint32_t rating = 0, limit = 20, count = 0;
   double seconds = 0;
@@ -346,12 +354,16 @@ int main(int argc, char** argv) {
         auto res = c.write(r);
         if (!res.ok()) return fail(res);
         if (g.json) {
-          std::printf("%s\n", json(*res).c_str());
-        } else if (op == chorus::WriteOp::kDelete) {
+          std::printf("%s\n", jsonWritten(*res).c_str());
+          return kExitOk;
+        }
+        if (op == chorus::WriteOp::kDelete) {
           std::printf("deleted %s/%s\n", product.c_str(), author.c_str());
         } else {
           printReview(*res);
         }
+        // To read this write on any node: --session (README, "Read your writes").
+        if (!res->session.empty()) std::printf("session:    %s\n", res->session.c_str());
         return kExitOk;
       });
     };
@@ -391,10 +403,20 @@ int main(int argc, char** argv) {
   moderate->add_option("--reason", reason, "Why (shown to the author)");
   moderate->callback(write(chorus::WriteOp::kModerate));
 
-  auto* get = key(review->add_subcommand("get", "Show a review"));
+  // Reads take --session: the token a write printed (`session:`). The node
+  // answers once it holds that write, pulling it from its peers, or exits 4
+  // after its session wait (chorusd --session-wait-ms, 2 s by default).
+  auto sessionOption = [&](CLI::App* sub) {
+    sub->add_option("--session", readOptions.session,
+                    "Read your writes: a token a write printed (session:); the node answers "
+                    "once it holds that write, else exit 4 after its wait (2 s by default)")
+        ->type_name("TOKEN");
+    return sub;
+  };
+  auto* get = sessionOption(key(review->add_subcommand("get", "Show a review")));
   get->callback([&] {
     result = withClient(g, [&](chorus::api::Client& c) {
-      auto r = c.get(product, author);
+      auto r = c.get(product, author, readOptions);
       if (!r.ok()) return fail(r);
       if (g.json)
         std::printf("%s\n", json(*r).c_str());
@@ -410,7 +432,7 @@ int main(int argc, char** argv) {
              : order == "lowest" ? chorus::storage::Order::kLowestRating
                                  : chorus::storage::Order::kNewest;
     result = withClient(g, [&](chorus::api::Client& c) {
-      auto r = c.list(product, o, cursor, limit);
+      auto r = c.list(product, o, cursor, limit, readOptions);
       if (!r.ok()) return fail(r);
       if (g.json)
         std::printf("%s\n", json(*r).c_str());
@@ -431,15 +453,17 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(1u, 100u));
     list->add_option("--cursor", cursor, "From a previous page's 'more:' line");
+    sessionOption(list);
     list->callback(listCallback);
   }
 
   auto* productCmd = app.add_subcommand("product", "Product-level views")->require_subcommand(1);
   auto* summary = productCmd->add_subcommand("summary", "Count, average and histogram");
   summary->add_option("product", product, "Product id")->required();
+  sessionOption(summary);
   summary->callback([&] {
     result = withClient(g, [&](chorus::api::Client& c) {
-      auto r = c.summary(product);
+      auto r = c.summary(product, readOptions);
       if (!r.ok()) return fail(r);
       const auto& h = r->histogram;
       if (g.json) {
@@ -466,9 +490,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1u, 100u));
   byAuthor->add_option("--cursor", cursor, "From a previous page's 'more:' line");
+  sessionOption(byAuthor);
   byAuthor->callback([&] {
     result = withClient(g, [&](chorus::api::Client& c) {
-      auto r = c.byAuthor(author, cursor, limit);
+      auto r = c.byAuthor(author, cursor, limit, readOptions);
       if (!r.ok()) return fail(r);
       if (g.json)
         std::printf("%s\n", json(*r).c_str());
@@ -653,6 +678,24 @@ int main(int argc, char** argv) {
                         s->gossipAddress.empty()
                             ? "off (chorusd without --gossip-listen)"
                             : (s->gossipAddress + ", region " + s->region).c_str());
+          }
+          return kExitOk;
+        });
+      });
+
+  nodeCmd
+      ->add_subcommand("info",
+                       "The node's API version, release and id; needs no token (Chorus.info)")
+      ->callback([&] {
+        result = withClient(g, [&](chorus::api::Client& c) {
+          auto i = c.info();
+          if (!i.ok()) return fail(i);
+          if (g.json) {
+            std::printf("{\"api_version\":%u,\"version\":%s,\"node_id\":%s}\n", i->apiVersion,
+                        json(i->version).c_str(), json(i->nodeId).c_str());
+          } else {
+            std::printf("node:        %s\nversion:     %s (api %u)\n", i->nodeId.c_str(),
+                        i->version.c_str(), i->apiVersion);
           }
           return kExitOk;
         });

@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
   std::string region = chorus::gossip::ClusterOptions{}.region;
   bool rejoin = false;
   std::string forgetDeadAfter = "24h";
+  uint32_t sessionWaitMs = static_cast<uint32_t>(chorus::Node::Options{}.sessionWait.count());
+  bool noDeltaPush = false;
   app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
       ->required();
   app.add_option("--data-dir", dataDir, "Directory of the store (created if missing)")->required();
@@ -146,6 +148,11 @@ int main(int argc, char** argv) {
                  "Reads waiting for a read thread before reads get `overloaded`")
       ->capture_default_str()
       ->check(CLI::Range(1u, 10'000'000u));
+  app.add_option("--session-wait-ms", sessionWaitMs,
+                 "Read your writes: how long a read given a session token waits for this node "
+                 "to hold that write (pulling it from peers) before it answers `unavailable`")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 60'000u));
   auto* limitsGroup = app.add_option_group(
       "RPC limits",
       "Per-connection bounds; a connection over one is closed and what it held freed");
@@ -269,6 +276,9 @@ int main(int argc, char** argv) {
                        "removed one: its tombstone); a duration (30m, 24h; a bare number is "
                        "milliseconds), at least 1s")
           ->capture_default_str();
+  gossipGroup->add_flag("--no-delta-push", noDeltaPush,
+                        "FOR TESTS: do not broadcast local writes; they reach peers only by "
+                        "anti-entropy and by session reads' pulls");
   gossipGroup
       ->add_option("--clock-offset", clockOffset,
                    "FOR TESTS: skew this node's clock by a duration (-30s, 5m, 1500ms; a bare "
@@ -382,6 +392,7 @@ int main(int argc, char** argv) {
   options.rpc.tokensFile = tokensFile;
   options.rpc.noAuth = noAuth;
   options.store.unsafeNoSync = unsafeNoSync;
+  options.sessionWait = std::chrono::milliseconds(sessionWaitMs);
   if (offset.count() != 0) {
     options.store.clock = [base = chorus::crdt::systemClock(),
                            ms = static_cast<int64_t>(offset.count())]() -> uint64_t {
@@ -399,6 +410,7 @@ int main(int argc, char** argv) {
   options.cluster.region = region;
   options.cluster.rejoin = rejoin;
   options.cluster.forgetDeadAfter = forgetDead;
+  options.cluster.pushDeltas = !noDeltaPush;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     const auto& e = node.error();

@@ -91,6 +91,8 @@ FrameKind classify(const std::string& body) {
         kind = FrameKind::kDissemination;
         break;
       case gossip::wire::Frame::RECONCILE:
+      case gossip::wire::Frame::PULL:  // read-your-writes pulls (the simulator sends none)
+      case gossip::wire::Frame::PULLED:
         kind = FrameKind::kRepair;
         break;
     }
