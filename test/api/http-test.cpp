@@ -127,6 +127,55 @@ TEST_CASE("http json: answers follow the schema; strings are escaped, bad UTF-8 
   CHECK(out.find("\"tags\":[]") != std::string::npos);
 }
 
+TEST_CASE("http json: the fast encoders say exactly what the schema's mapping says") {
+  chorus::ReviewView r;
+  r.product = "p\"1";
+  r.author = "ann";
+  r.rating = 4;
+  r.title = "caf\xC3\xA9";
+  r.body = "line\nbreak \xF0\x9F\x98\x80";
+  r.editedAtMillis = 1796588400342;
+  r.tags = {"fast", "quiet"};
+  r.helpful = 7;
+  r.visibility = chorus::crdt::Visibility::kHidden;
+  r.moderationReason = "spam";
+  r.reply = "thanks";
+  r.deleted = true;
+  chorus::ReviewView plain;
+  plain.product = "p";
+  plain.author = "bob";
+  chorus::ReviewPage page{{r, plain}, "cursor/1"};
+  chorus::storage::ProductSummary summary;
+  summary.count = 3;
+  summary.histogram = {1, 0, 0, 1, 1};
+  summary.ratingSum = 10;
+  summary.helpfulTotal = 9;
+  chorus::ProductPageView productPage{summary, page};
+  namespace wire = chorus::api::wire;
+  using chorus::api::toWire;
+  auto schemaJson = [](auto results) { return http::resultsJson(capnp::toDynamic(results)); };
+  capnp::MallocMessageBuilder m1, m2, m3, m4, m5, m6;
+  auto get = m1.initRoot<wire::ReviewStore::GetResults>();
+  toWire(r, get.initReview());
+  CHECK(http::reviewResultsJson(r) == schemaJson(get.asReader()));
+  auto put = m2.initRoot<wire::ReviewStore::PutResults>();  // every write's shape
+  toWire(plain, put.initReview());
+  CHECK(http::reviewResultsJson(plain) == schemaJson(put.asReader()));
+  auto list = m3.initRoot<wire::ReviewStore::ListResults>();
+  toWire(page, list.initPage());
+  CHECK(http::pageResultsJson(page) == schemaJson(list.asReader()));
+  auto byAuthor = m4.initRoot<wire::ReviewStore::ByAuthorResults>();
+  toWire(chorus::ReviewPage{}, byAuthor.initPage());
+  CHECK(http::pageResultsJson(chorus::ReviewPage{}) == schemaJson(byAuthor.asReader()));
+  auto sum = m5.initRoot<wire::ReviewStore::SummaryResults>();
+  toWire("p\"1", summary, sum.initSummary());
+  CHECK(http::summaryResultsJson("p\"1", summary) == schemaJson(sum.asReader()));
+  auto both = m6.initRoot<wire::ReviewStore::PageResults>();
+  toWire("p", summary, both.initSummary());
+  toWire(page, both.initPage());
+  CHECK(http::productPageResultsJson("p", productPage) == schemaJson(both.asReader()));
+}
+
 TEST_CASE("http json: request bodies decode into the params, or name what is wrong") {
   capnp::MallocMessageBuilder message;
   auto put = [&](const std::string& body) {
