@@ -417,12 +417,21 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   }
 
   // Who the request is from, by its Authorization header; the refusal if
-  // it may not call at all. The first valid token moves the connection out
-  // of the unauthenticated tier (if maxConnections allow).
+  // it may not call at all. A valid token moves the connection out of the
+  // unauthenticated tier (if maxConnections allow); a request without one
+  // moves it back.
   std::variant<Caller, Reply> authenticate(Conn& conn, const kj::HttpHeaders& headers) {
     const TokenTable* tokens = loop_.tokens();
     if (tokens == nullptr) return Caller{true, {}, {}};
     auto refuse = [&](std::string message) {
+      // A connection is authenticated while its requests show a valid token:
+      // one that stops (revoked, expired, none) is a stranger again, with
+      // authTimeout from now, as an RPC connection left without a session.
+      if (conn.authenticated && !conn.closing) {
+        conn.authenticated = false;
+        --authenticated_;
+        enterUnauthenticated(conn);
+      }
       Reply r = problem(unauthenticatedError(std::move(message)));
       r.headers.emplace_back(wwwAuthenticate_, "Bearer realm=\"chorus\"");
       return r;

@@ -323,7 +323,9 @@ TEST_CASE("http: tokens, roles, revocation at a reload") {
   n.writeTokens(*chorus::api::tokenLine("ann", "writer", n.tokens["ann"]) + "\n");
   REQUIRE(n.node->reloadTokens().ok());
   CHECK(c->request("GET", "/v1/products/p1/reviews/ann", "", n.bearer("rita")).status == 401);
+  CHECK(n.node->metrics().unauthenticatedConnections() == 1);  // `c` is a stranger again
   CHECK(c->request("GET", "/v1/products/p1/reviews/ann", "", n.bearer("ann")).status == 200);
+  CHECK(n.node->metrics().unauthenticatedConnections() == 0);
 }
 
 TEST_CASE("http: bodies over the limit are refused with 413, declared or chunked") {
