@@ -40,3 +40,36 @@ chorus_build() {
   chorus_configure "$@"
   ninja -C "$1" >&2
 }
+
+# The npm packages tests use, installed once into a cache directory (not
+# the repository): @redocly/cli, the OpenAPI linter of test/api/openapi-lint.sh.
+# 1.x runs on Debian bookworm's nodejs 18 (2.x wants node 20.19+).
+CHORUS_REDOCLY_VERSION=1.34.20
+chorus_npm_dir() { echo "${CHORUS_NPM_DIR:-$HOME/.cache/chorus/npm}"; }
+
+# chorus_install_redocly: installs @redocly/cli into $(chorus_npm_dir) unless
+# that version is there; installs Debian's npm first if there is no npm.
+# Returns non-zero (with a message) when it cannot: the lint test then
+# skips itself saying why.
+chorus_install_redocly() {
+  local dir bin
+  dir=$(chorus_npm_dir)
+  bin="$dir/node_modules/.bin/redocly"
+  if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "$CHORUS_REDOCLY_VERSION" ]; then
+    echo "setup: @redocly/cli $CHORUS_REDOCLY_VERSION present in $dir" >&2
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    echo "setup: installing npm (for @redocly/cli)" >&2
+    local sudo=()
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        npm >&2 || { echo "setup: could not install npm" >&2; return 1; }
+  fi
+  echo "setup: installing @redocly/cli $CHORUS_REDOCLY_VERSION into $dir" >&2
+  mkdir -p "$dir" &&
+    timeout 600 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+      "@redocly/cli@$CHORUS_REDOCLY_VERSION" >&2 ||
+    { echo "setup: could not install @redocly/cli from the npm registry" >&2; return 1; }
+}
