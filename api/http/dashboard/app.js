@@ -266,27 +266,34 @@ function recordSeries(overview) {
   state.lastWrites = {t, byNode};
   state.series.push({t, roots: overview.groups.length, writesPerSec});
   while (state.series.length && state.series[0].t < t - SERIES_SECONDS * 1000) state.series.shift();
-  drawSpark($('spark-roots'), state.series.map((s) => [s.t, s.roots]), t, 3);
-  drawSpark($('spark-writes'), state.series.filter((s) => s.writesPerSec !== null).map((s) => [s.t, s.writesPerSec]), t, 10);
+  const first = state.series[0].t;
+  drawSpark($('spark-roots'), state.series.map((s) => [s.t, s.roots]), t, 3, first);
+  drawSpark($('spark-writes'), state.series.filter((s) => s.writesPerSec !== null).map((s) => [s.t, s.writesPerSec]), t, 10, first);
+  $('series-span').textContent = t - first < 60000 ? `${Math.round((t - first) / 1000)} seconds` : `${Math.round(Math.min(t - first, SERIES_SECONDS * 1000) / 60000)} minutes`;
   $('roots-now').textContent = `now ${overview.groups.length}`;
   const last = state.series[state.series.length - 1];
   $('writes-now').textContent = last.writesPerSec === null ? '' : `now ${last.writesPerSec.toFixed(1)}`;
 }
 
-function drawSpark(svgEl, points, now, minMax) {
+// Draws `points` ([time, value]) over the span since the first sample (at
+// least 30 s, at most SERIES_SECONDS), ending now.
+function drawSpark(svgEl, points, now, minMax, first) {
   svgEl.replaceChildren();
   const W = 300, H = 60, pad = 4;
+  const span = Math.min(SERIES_SECONDS * 1000, Math.max(30000, now - first));
   const max = Math.max(minMax, ...points.map((p) => p[1]));
-  const x = (t) => W - ((now - t) / (SERIES_SECONDS * 1000)) * W;
+  const x = (t) => W - ((now - t) / span) * W;
   const y = (v) => H - pad - (v / max) * (H - 2 * pad);
   svgEl.append(svg('line', {class: 'base', x1: 0, x2: W, y1: y(0), y2: y(0)}));
+  const label = svgEl.dataset.label || (svgEl.dataset.label = svgEl.getAttribute('aria-label'));
   if (points.length === 0) return;
-  const coords = points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
-  if (points.length === 1) coords.unshift(`${(x(points[0][0]) - 2).toFixed(1)},${y(points[0][1]).toFixed(1)}`);
+  const coords = points.map((p) => [x(p[0]), y(p[1])]);
+  if (coords.length === 1) coords.unshift([coords[0][0] - 2, coords[0][1]]);
+  const text = coords.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ');
   svgEl.append(svg('polygon', {class: 'area',
-                               points: `${coords[0].split(',')[0]},${y(0)} ${coords.join(' ')} ${coords[coords.length - 1].split(',')[0]},${y(0)}`}));
-  svgEl.append(svg('polyline', {points: coords.join(' ')}));
-  svgEl.setAttribute('aria-label', `${svgEl.getAttribute('aria-label').split(':')[0]}: now ${points[points.length - 1][1].toFixed(1)}, at most ${max.toFixed(1)}`);
+                               points: `${coords[0][0].toFixed(1)},${y(0)} ${text} ${coords[coords.length - 1][0].toFixed(1)},${y(0)}`}));
+  svgEl.append(svg('polyline', {points: text}));
+  svgEl.setAttribute('aria-label', `${label}: now ${points[points.length - 1][1].toFixed(1)}, at most ${max.toFixed(1)}`);
 }
 
 function renderConvergence(overview) {
@@ -340,8 +347,9 @@ function renderTopology(overview) {
   const desc = s.querySelector('desc');
   s.replaceChildren(desc);
   const nodes = members(overview);
-  const W = 360, H = 260, cx = W / 2, cy = H / 2 + 4;
-  const r = nodes.length <= 1 ? 0 : Math.min(W, H) / 2 - 42;
+  // Room around the ring for each node's id and root (drawn outside it).
+  const W = 420, H = 300, cx = W / 2, cy = H / 2;
+  const r = nodes.length <= 1 ? 0 : Math.min(W / 2 - 95, H / 2 - 54);
   const pos = new Map();
   nodes.forEach((n, i) => {
     const a = -Math.PI / 2 + (2 * Math.PI * i) / nodes.length;
@@ -367,8 +375,13 @@ function renderTopology(overview) {
     const fill = n.reachable ? colourOf(n.merkleRoot) : '#e5e7eb';
     const g = svg('g', {class: `node${n.reachable ? '' : ' down'}`, 'data-node': n.nodeId});
     g.append(svg('circle', {cx: x, cy: y, r: 20, fill}));
-    g.append(svg('text', {x, y: y - 26, 'text-anchor': 'middle'}, n.nodeId));
-    g.append(svg('text', {class: 'state', x, y: y + 36, 'text-anchor': 'middle'},
+    // Labels outside the ring, away from the links.
+    const dx = x - cx, dy = y - cy, len = Math.hypot(dx, dy) || 1;
+    const ux = r ? dx / len : 0, uy = r ? dy / len : 1;
+    const anchor = Math.abs(ux) < 0.3 ? 'middle' : ux > 0 ? 'start' : 'end';
+    const lx = x + ux * 26, ly = y + uy * 26 + (uy < -0.3 ? -14 : uy > 0.3 ? 10 : -3);
+    g.append(svg('text', {x: lx, y: ly, 'text-anchor': anchor}, n.nodeId));
+    g.append(svg('text', {class: 'state', x: lx, y: ly + 14, 'text-anchor': anchor},
                  n.reachable ? shortRoot(n.merkleRoot) : (n.asked ? 'unreachable' : 'not asked')));
     g.append(svg('title', {}, `${n.nodeId}: ${n.state}${n.reachable ? `, root ${shortRoot(n.merkleRoot)}` : ''}`));
     s.append(g);
