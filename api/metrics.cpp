@@ -83,7 +83,14 @@ const char* Metrics::closeReasonName(CloseReason r) {
 }
 
 void Metrics::record(Method method, double seconds, const char* errorCode) {
-  PerMethod& pm = methods_[method];
+  recordIn(methods_[method], seconds, errorCode);
+}
+
+void Metrics::recordHttp(Method method, double seconds, const char* errorCode) {
+  recordIn(http_[method], seconds, errorCode);
+}
+
+void Metrics::recordIn(PerMethod& pm, double seconds, const char* errorCode) {
   pm.calls.fetch_add(1, std::memory_order_relaxed);
   if (errorCode != nullptr && *errorCode != '\0') {
     pm.errors.fetch_add(1, std::memory_order_relaxed);
@@ -96,24 +103,32 @@ void Metrics::record(Method method, double seconds, const char* errorCode) {
   pm.duration.observe(seconds);
 }
 
-std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis) const {
-  std::string out;
-  out += "# HELP chorus_rpc_calls_total RPC calls finished, by method.\n";
-  out += "# TYPE chorus_rpc_calls_total counter\n";
+void Metrics::renderCalls(std::string& out, const char* what, const char* prefix,
+                          const std::array<PerMethod, kMethodCount>& calls) {
+  const char* noun = std::strcmp(what, "RPC") == 0 ? "calls" : "requests";
+  appendf(out, "# HELP %s_%s_total %s %s finished, by method.\n", prefix, noun, what, noun);
+  appendf(out, "# TYPE %s_%s_total counter\n", prefix, noun);
   for (int m = 0; m < kMethodCount; ++m) {
-    appendf(out, "chorus_rpc_calls_total{method=\"%s\"} %" PRIu64 "\n", methodName(Method(m)),
-            methods_[m].calls.load());
+    appendf(out, "%s_%s_total{method=\"%s\"} %" PRIu64 "\n", prefix, noun, methodName(Method(m)),
+            calls[m].calls.load());
   }
-  out += "# HELP chorus_rpc_errors_total RPC calls that returned an error, by method and code.\n";
-  out += "# TYPE chorus_rpc_errors_total counter\n";
+  appendf(out,
+          "# HELP %s_errors_total %s %s that returned an error, by method and code.\n"
+          "# TYPE %s_errors_total counter\n",
+          prefix, what, noun, prefix);
   for (int m = 0; m < kMethodCount; ++m) {
     for (int c = 0; c < kErrorCodes; ++c) {
-      uint64_t n = methods_[m].errorsByCode[c].load();
+      uint64_t n = calls[m].errorsByCode[c].load();
       if (n == 0) continue;
-      appendf(out, "chorus_rpc_errors_total{method=\"%s\",code=\"%s\"} %" PRIu64 "\n",
+      appendf(out, "%s_errors_total{method=\"%s\",code=\"%s\"} %" PRIu64 "\n", prefix,
               methodName(Method(m)), kCodeNames[c], n);
     }
   }
+}
+
+std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis) const {
+  std::string out;
+  renderCalls(out, "RPC", "chorus_rpc", methods_);
   Histogram::renderHeader(out, "chorus_rpc_call_duration_seconds",
                           "RPC calls, from arrival to results, by method (reads: queue wait "
                           "and store work included).");
@@ -122,6 +137,17 @@ std::string Metrics::render(const storage::StoreStats& s, uint64_t uptimeMillis)
     if (pm.duration.count() == 0) continue;
     std::string labels = std::string("method=\"") + methodName(Method(m)) + "\"";
     pm.duration.render(out, "chorus_rpc_call_duration_seconds", labels);
+  }
+  renderCalls(out, "HTTP", "chorus_http", http_);
+  Histogram::renderHeader(out, "chorus_http_request_duration_seconds",
+                          "HTTP API requests, from arrival to the answer's headers, by the "
+                          "Cap'n Proto method they mirror (reads: queue wait and store work "
+                          "included; watch: until the stream starts).");
+  for (int m = 0; m < kMethodCount; ++m) {
+    const PerMethod& pm = http_[m];
+    if (pm.duration.count() == 0) continue;
+    std::string labels = std::string("method=\"") + methodName(Method(m)) + "\"";
+    pm.duration.render(out, "chorus_http_request_duration_seconds", labels);
   }
   auto gauge = [&](const char* name, const char* help, const char* type, double v) {
     appendf(out, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);

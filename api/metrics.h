@@ -92,6 +92,12 @@ class Metrics {
   // the wire code name ("invalidArgument", ...).
   void record(Method method, double seconds, const char* errorCode);
   const Histogram& callDuration(Method m) const { return methods_[m].duration; }
+  // The same for a request of the HTTP API (api/http/), by the method it
+  // mirrors: chorus_http_requests_total, chorus_http_errors_total and
+  // chorus_http_request_duration_seconds.
+  void recordHttp(Method method, double seconds, const char* errorCode);
+  uint64_t httpRequests(Method m) const { return http_[m].calls.load(); }
+  uint64_t httpErrors(Method m) const { return http_[m].errors.load(); }
 
   // The RPC server's read pool (api/internal/read-pool.h): its size, the
   // reads waiting for a thread, the threads running one, and the reads
@@ -185,7 +191,12 @@ class Metrics {
     std::array<std::atomic<uint64_t>, kErrorCodes> errorsByCode{};
     Histogram duration;
   };
+  static void recordIn(PerMethod& pm, double seconds, const char* errorCode);
+  // The counters of `calls` ("RPC" or "HTTP" ones, names starting `prefix`).
+  static void renderCalls(std::string& out, const char* what, const char* prefix,
+                          const std::array<PerMethod, kMethodCount>& calls);
   std::array<PerMethod, kMethodCount> methods_;
+  std::array<PerMethod, kMethodCount> http_;
   std::atomic<int64_t> connections_{0};
   std::atomic<int64_t> watches_{0};
   std::atomic<uint64_t> dropped_{0};

@@ -98,6 +98,11 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     return makeError(ErrorCode::kInvalidArgument,
                      "metrics address: needs an RPC listen address too");
   }
+  if (!options.httpListen.empty() && options.listen.empty()) {
+    return makeError(ErrorCode::kInvalidArgument,
+                     "HTTP address: needs an RPC listen address too (the HTTP API runs on the "
+                     "RPC server's thread)");
+  }
   if (!options.cluster.listen.empty()) {
     if (auto bad = api::checkRegion(options.cluster.region)) return bad->toError();
   }
@@ -154,8 +159,9 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
                 "rpc: --no-auth: every client is served as admin; for tests on a trusted "
                 "host only");
     }
-    auto rpc = api::RpcServer::start(*node, node->options_.listen, node->options_.metricsAddr,
-                                     node->options_.rpc, std::move(tokens));
+    auto rpc = api::RpcServer::start(
+        *node, {node->options_.listen, node->options_.metricsAddr, node->options_.httpListen},
+        node->options_.rpc, std::move(tokens));
     if (!rpc.ok()) return rpc.error();
     node->rpc_ = std::move(rpc).value();
   }
@@ -230,6 +236,7 @@ Result<size_t> Node::reloadTokens() {
 
 std::string Node::rpcAddress() const { return rpc_ ? rpc_->address() : std::string(); }
 std::string Node::metricsAddress() const { return rpc_ ? rpc_->metricsAddress() : std::string(); }
+std::string Node::httpAddress() const { return rpc_ ? rpc_->httpAddress() : std::string(); }
 
 void Node::shutdown() {
   {

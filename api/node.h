@@ -116,6 +116,10 @@ class Node {
     std::string listen;
     // Prometheus endpoint "host:port"; empty = none. Needs `listen`.
     std::string metricsAddr;
+    // The HTTP/JSON API "host:port" (api/http/server.h; port 0 = any free
+    // port); empty = none. Needs `listen`: it runs on the RPC server's
+    // thread, with the same tokens and limits (rpc).
+    std::string httpListen;
     api::Limits limits;
     RpcLimits rpc;
     // Store tuning; dir is taken from dataDir.
@@ -143,6 +147,7 @@ class Node {
   // Actual addresses ("127.0.0.1:40123"); empty when not serving.
   std::string rpcAddress() const;
   std::string metricsAddress() const;
+  std::string httpAddress() const;
 
   // Refuses new writes (kUnavailable), waits until every accepted write has
   // committed and its callback ran (and a running leave() has returned),

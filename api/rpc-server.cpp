@@ -20,8 +20,10 @@
 #include <variant>
 
 #include "api/chorus.capnp.h"
+#include "api/http/server.h"
 #include "api/internal/read-pool.h"
 #include "api/internal/rpc-connection.h"
+#include "api/internal/server-loop.h"
 #include "api/log.h"
 #include "api/metrics.h"
 #include "api/wire.h"
@@ -29,6 +31,10 @@
 namespace chorus::api {
 
 static_assert(wire::API_VERSION == kApiVersion, "api/chorus.capnp and api/types.h disagree");
+
+using internal::RateLimitedLog;
+using internal::ReadOutcome;
+using internal::readWork;
 
 namespace {
 
@@ -55,32 +61,6 @@ Status checkHostPort(const std::string& what, const std::string& address) {
   return okStatus();
 }
 
-// "1.2.3.4:5678" of the other end, for logs; "unknown" if the stream
-// cannot tell.
-std::string peerName(kj::AsyncIoStream& stream) {
-  struct sockaddr_storage addr {};
-  kj::uint length = sizeof addr;
-  try {
-    stream.getpeername(reinterpret_cast<struct sockaddr*>(&addr), &length);
-  } catch (kj::Exception&) {
-    return "unknown";
-  }
-  char host[NI_MAXHOST], port[NI_MAXSERV];
-  if (getnameinfo(reinterpret_cast<struct sockaddr*>(&addr), length, host, sizeof host, port,
-                  sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-    return "unknown";
-  }
-  return addr.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + port
-                                    : std::string(host) + ":" + port;
-}
-
-// "1.2.3.4" of "1.2.3.4:5678", "[::1]" of "[::1]:5678": the source address
-// the per-address cap counts.
-std::string hostOf(const std::string& peer) {
-  auto colon = peer.rfind(':');
-  return colon == std::string::npos ? peer : peer.substr(0, colon);
-}
-
 struct Session;
 
 // Per-connection accounting, shared by the connection's capabilities.
@@ -92,8 +72,7 @@ struct ConnState : kj::Refcounted {
   uint32_t watches = 0;
   kj::TimePoint lastActivity = kj::origin<kj::TimePoint>();
   // Rate limit: a token bucket refilled at RpcLimits::maxCallsPerSecond.
-  double callTokens = 0;
-  kj::TimePoint refilled = kj::origin<kj::TimePoint>();
+  internal::CallBucket calls;
 
   // Holds a session with a valid token (always, on a --no-auth node). If
   // not, it is on the Loop's unauthenticated list until authDeadline.
@@ -180,31 +159,6 @@ struct Session {
   }
 };
 
-// Logs at most one line per `interval`, saying how many were suppressed.
-class RateLimitedLog {
- public:
-  explicit RateLimitedLog(kj::Duration interval) : interval_(interval) {}
-  template <typename... Args>
-  void warn(kj::TimePoint now, const char* format, Args... args) {
-    if (logged_ && now - last_ < interval_) {
-      ++suppressed_;
-      return;
-    }
-    std::string line = format;
-    if (suppressed_ > 0) line += " (" + std::to_string(suppressed_) + " more not logged)";
-    logf(LogLevel::kWarn, line.c_str(), args...);
-    logged_ = true;
-    last_ = now;
-    suppressed_ = 0;
-  }
-
- private:
-  kj::Duration interval_;
-  bool logged_ = false;
-  kj::TimePoint last_ = kj::origin<kj::TimePoint>();
-  uint64_t suppressed_ = 0;
-};
-
 struct WatchEntry {
   uint64_t nodeWatchId = 0;
   wire::WatchObserver::Client observer;
@@ -285,33 +239,9 @@ capnp::MessageSize resultSize(const Result<ProductPageView>& r) {
   return resultSize(words);
 }
 
-// What a pooled read answers (boxed in a kj::Own: g++ 12 reports false
-// maybe-uninitialized warnings for a std::variant inside kj::Maybe).
-using ReadOutcome = std::variant<Result<ReviewView>, Result<ReviewPage>,
-                                 Result<storage::ProductSummary>, Result<ProductPageView>>;
-
-// The type-erased store work of a read of a `Result<T>`, for a read thread.
-// A bug's exception becomes `internal` (on the RPC thread it failed the
-// call; on a read thread it must not end the process).
-template <typename T, typename Work>
-std::function<ReadOutcome(Node&)> readWork(Work work) {
-  return [work = std::move(work)](Node& node) -> ReadOutcome {
-    try {
-      return ReadOutcome(std::in_place_type<Result<T>>, work(node));
-    } catch (const kj::Exception& e) {
-      return ReadOutcome(std::in_place_type<Result<T>>,
-                         makeError(ErrorCode::kInternal,
-                                   std::string("read failed: ") + e.getDescription().cStr()));
-    } catch (const std::exception& e) {
-      return ReadOutcome(std::in_place_type<Result<T>>,
-                         makeError(ErrorCode::kInternal, std::string("read failed: ") + e.what()));
-    }
-  };
-}
-
 }  // namespace
 
-class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
+class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal::ServerLoop {
  public:
   Loop(RpcServer& server, Node& node, const RpcLimits& limits, std::optional<TokenTable> tokens,
        kj::AsyncIoContext& io)
@@ -333,11 +263,32 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
 
   // The RPC thread's body. Signals `ready` once bound (or failed).
   static void run(RpcServer& server, Node& node, RpcLimits limits, std::optional<TokenTable> tokens,
-                  std::string listen, std::string metrics, std::promise<Status>& ready);
+                  Addresses addresses, std::promise<Status>& ready);
 
-  Node& node() { return node_; }
-  kj::Timer& timer() { return timer_; }
-  Metrics& metrics() { return metrics_; }
+  // internal::ServerLoop, for the HTTP server on this thread.
+  Node& node() override { return node_; }
+  kj::Timer& timer() override { return timer_; }
+  Metrics& metrics() override { return metrics_; }
+  const RpcLimits& limits() const override { return limits_; }
+  const TokenTable* tokens() const override { return tokens_ ? &*tokens_ : nullptr; }
+  kj::Promise<kj::Own<Result<ReviewView>>> write(WriteRequest request) override {
+    return submit(std::move(request));
+  }
+  void post(std::function<void()> fn) override { server_.post(std::move(fn)); }
+  bool takeWatch() override {
+    if (watches_->map.size() + otherWatches_ >= limits_.maxWatches) {
+      metrics_.watchRefused();
+      return false;
+    }
+    ++otherWatches_;
+    metrics_.watchOpened();
+    return true;
+  }
+  void releaseWatch() override {
+    KJ_ASSERT(otherWatches_ > 0);
+    --otherWatches_;
+    metrics_.watchClosed();
+  }
 
   // The session of `reviews` and `admin` without authenticate.
   std::shared_ptr<const Session> defaultSession() const { return tokens_ ? anonymous_ : trusted_; }
@@ -430,17 +381,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
   // Takes one call from the connection's token bucket; false when empty.
-  bool takeCallToken(ConnState& conn) {
-    if (limits_.maxCallsPerSecond == 0) return true;
-    const double burst = std::max<uint32_t>(limits_.callBurst, 1);
-    kj::TimePoint now = timer_.now();
-    double seconds = double((now - conn.refilled) / kj::NANOSECONDS) / 1e9;
-    conn.refilled = now;
-    conn.callTokens = std::min(burst, conn.callTokens + seconds * limits_.maxCallsPerSecond);
-    if (conn.callTokens < 1.0) return false;
-    conn.callTokens -= 1.0;
-    return true;
-  }
+  bool takeCallToken(ConnState& conn) { return conn.calls.take(timer_.now()); }
 
   // Runs `body` (returning a wire error code name, or nullptr for success,
   // directly or as a promise) as one call of `conn`, with the rate limit,
@@ -506,15 +447,19 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
   // Runs `work` (a read's store work) on the read pool; resolves on this
-  // thread with its result. `work` runs on a read thread: it must hold only
-  // values (never a capnp reader or builder, a kj object or this Loop) and
-  // use only `node`. `method` and `key` are for RpcLimits::beforeRead. If
-  // the call is cancelled or its connection closes meanwhile, the result is
-  // dropped when it arrives. A full queue resolves at once to `overloaded`,
-  // a stopping server to `unavailable`, and `work` never runs.
+  // thread with its result (see internal::ServerLoop::read). `work` runs on
+  // a read thread: it must hold only values (never a capnp reader or
+  // builder, a kj object or this Loop) and use only `node`. If the call is
+  // cancelled or its connection closes meanwhile, the result is dropped
+  // when it arrives.
   template <typename T>
   kj::Promise<kj::Own<ReadOutcome>> read(const char* method, std::string key,
-                                         std::function<ReadOutcome(Node&)> work) {
+                                         internal::ReadWork work) {
+    return read(method, std::move(key), std::move(work), &internal::refusedRead<T>);
+  }
+  kj::Promise<kj::Own<ReadOutcome>> read(const char* method, std::string key,
+                                         internal::ReadWork work,
+                                         ReadOutcome (*refuse)(Error)) override {
     uint64_t id = nextCall_++;
     RpcServer* server = &server_;
     Loop* self = this;
@@ -529,19 +474,16 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
           });
         });
     if (submitted == internal::ReadPool::Submitted::kClosed) {
-      return kj::heap<ReadOutcome>(
-          std::in_place_type<Result<T>>,
-          makeError(ErrorCode::kUnavailable, "the node is shutting down; retry on another node"));
+      return kj::heap<ReadOutcome>(refuse(
+          makeError(ErrorCode::kUnavailable, "the node is shutting down; retry on another node")));
     }
     if (submitted == internal::ReadPool::Submitted::kFull) {
       metrics_.readQueueFull();
-      return kj::heap<ReadOutcome>(
-          std::in_place_type<Result<T>>,
-          makeError(ErrorCode::kOverloaded,
-                    "the node's read queue is full (" +
-                        std::to_string(server_.reads_->maxQueued()) + " reads waiting for " +
-                        std::to_string(server_.reads_->threads()) +
-                        " read threads, --max-queued-reads); retry with backoff"));
+      return kj::heap<ReadOutcome>(refuse(makeError(
+          ErrorCode::kOverloaded,
+          "the node's read queue is full (" + std::to_string(server_.reads_->maxQueued()) +
+              " reads waiting for " + std::to_string(server_.reads_->threads()) +
+              " read threads, --max-queued-reads); retry with backoff")));
     }
     auto paf = kj::newPromiseAndFulfiller<kj::Own<ReadOutcome>>();
     pendingReads_.emplace(id, kj::mv(paf.fulfiller));  // before completeRead can run
@@ -557,7 +499,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
 
   // Node::leave on its own thread (it waits for peers: this thread must
   // not); resolves on this thread with its answer.
-  kj::Promise<kj::Own<Status>> leave(std::chrono::milliseconds timeout) {
+  kj::Promise<kj::Own<Status>> leave(std::chrono::milliseconds timeout) override {
     auto paf = kj::newPromiseAndFulfiller<kj::Own<Status>>();
     uint64_t id = nextCall_++;
     pendingStatus_.emplace(id, kj::mv(paf.fulfiller));
@@ -584,7 +526,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
                                                    std::to_string(limits_.maxWatchesPerConnection) +
                                                    " watches per connection; drop one first");
     }
-    if (watches_->map.size() >= limits_.maxWatches) {
+    if (watches_->map.size() + otherWatches_ >= limits_.maxWatches) {
       metrics_.watchRefused();
       return makeError(ErrorCode::kOverloaded, "this node serves at most " +
                                                    std::to_string(limits_.maxWatches) +
@@ -677,7 +619,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
                 connectionLog_.warn(timer_.now(),
                                     "rpc: %u connections open (the limit); closed a new one "
                                     "from %s",
-                                    limits_.maxConnections, peerName(*stream).c_str());
+                                    limits_.maxConnections, internal::peerName(*stream).c_str());
                 return kj::Promise<void>(kj::READY_NOW);  // `stream` closes here
               }
               connections_->add(serve(kj::mv(stream)));
@@ -832,8 +774,9 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   }
 
  private:
-  // Binds the listeners; fills server_.address_/metricsAddress_.
-  void bind(const std::string& listen, const std::string& metrics);
+  // Binds the listeners; fills server_.address_, metricsAddress_ and
+  // httpAddress_.
+  void bind(const Addresses& addresses);
   void startServing() {
     inboxTask_ = inboxLoop().eagerlyEvaluate([](kj::Exception&& e) {
       logf(LogLevel::kError, "rpc: inbox loop failed: %s", e.getDescription().cStr());
@@ -841,6 +784,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     acceptTask_ = acceptLoop(*listener_).eagerlyEvaluate([](kj::Exception&& e) {
       logf(LogLevel::kError, "rpc: accept failed: %s", e.getDescription().cStr());
     });
+    if (httpApi_) httpApi_->start();
     KJ_IF_MAYBE (http, httpServer_) {
       KJ_IF_MAYBE (l, metricsListener_) {
         httpTask_ = (*http)->listenHttp(**l).eagerlyEvaluate([](kj::Exception&& e) {
@@ -859,6 +803,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
       server_.wake_ = nullptr;
       server_.inbox_.clear();
     }
+    httpApi_ = nullptr;  // closes every HTTP connection
     acceptTask_ = nullptr;
     httpTask_ = nullptr;
     inboxTask_ = nullptr;
@@ -893,7 +838,8 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   Metrics& metrics_;
   capnp::ReaderOptions readerOptions_;
   kj::Own<Watches> watches_;
-  kj::TaskSet tasks_;  // onChange sends
+  uint32_t otherWatches_ = 0;  // the HTTP server's (takeWatch)
+  kj::TaskSet tasks_;          // onChange sends
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Status>>>> pendingStatus_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<ReadOutcome>>>> pendingReads_;
@@ -908,6 +854,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   kj::Promise<void> inboxTask_ = nullptr;
   kj::Promise<void> acceptTask_ = nullptr;
   kj::Promise<void> httpTask_ = nullptr;
+  kj::Own<http::Server> httpApi_;  // the HTTP/JSON API (--http-listen); null without one
   kj::Own<kj::TaskSet> connections_;
 };
 
@@ -1467,11 +1414,10 @@ class RpcServer::Loop::MetricsService final : public kj::HttpService {
 kj::Promise<void> RpcServer::Loop::serve(kj::Own<kj::AsyncIoStream> stream) {
   auto state = kj::refcounted<ConnState>();
   state->id = nextConn_++;
-  state->peer = peerName(*stream);
-  state->host = hostOf(state->peer);
+  state->peer = internal::peerName(*stream);
+  state->host = internal::hostOf(state->peer);
   state->lastActivity = timer_.now();
-  state->refilled = timer_.now();
-  state->callTokens = std::max<uint32_t>(limits_.callBurst, 1);
+  state->calls = internal::CallBucket(limits_.maxCallsPerSecond, limits_.callBurst, timer_.now());
   if (tokens_) {
     enterUnauthenticated(*state);  // may evict older strangers
   } else {
@@ -1503,33 +1449,37 @@ kj::Promise<void> RpcServer::Loop::serve(kj::Own<kj::AsyncIoStream> stream) {
   return done.attach(kj::mv(conn)).attach(kj::mv(closed));
 }
 
-void RpcServer::Loop::bind(const std::string& listen, const std::string& metrics) {
+void RpcServer::Loop::bind(const Addresses& addresses) {
   auto& network = io_.provider->getNetwork();
-  auto host = listen.substr(0, listen.rfind(':'));
-  auto addr = network.parseAddress(listen).wait(io_.waitScope);
-  listener_ = addr->listen();
-  server_.address_ = host + ":" + std::to_string(listener_->getPort());
-  if (!metrics.empty()) {
-    auto mhost = metrics.substr(0, metrics.rfind(':'));
-    auto maddr = network.parseAddress(metrics).wait(io_.waitScope);
-    auto ml = maddr->listen();
-    server_.metricsAddress_ = mhost + ":" + std::to_string(ml->getPort());
-    metricsListener_ = kj::mv(ml);
+  auto listenOn = [&](const std::string& address, std::string& bound) {
+    auto host = address.substr(0, address.rfind(':'));
+    auto listener = network.parseAddress(address).wait(io_.waitScope)->listen();
+    bound = host + ":" + std::to_string(listener->getPort());
+    return listener;
+  };
+  listener_ = listenOn(addresses.listen, server_.address_);
+  if (!addresses.metrics.empty()) {
+    metricsListener_ = listenOn(addresses.metrics, server_.metricsAddress_);
     headerTable_ = kj::heap<kj::HttpHeaderTable>();
     metricsService_ = kj::heap<MetricsService>(node_, *headerTable_);
     kj::HttpServerSettings settings;
     settings.headerTimeout = 15 * kj::SECONDS;
     httpServer_ = kj::heap<kj::HttpServer>(timer_, *headerTable_, *metricsService_, settings);
   }
+  if (!addresses.http.empty()) {
+    httpApi_ = kj::heap<http::Server>(*this, listenOn(addresses.http, server_.httpAddress_));
+  }
 }
 
 // KJ's bind failure ("::bind(sockfd, ...): Address already in use;
 // toString() = 127.0.0.1:7400") in plain words, naming the address that
-// failed (of `listen` and `metrics`): "cannot listen on 127.0.0.1:7400:
+// failed (of the addresses given): "cannot listen on 127.0.0.1:7400:
 // address already in use (another process holds it; pick another port)".
-static std::string bindError(const std::string& what, const std::string& listen,
-                             const std::string& metrics) {
-  std::string address = metrics.empty() ? listen : listen + " / " + metrics;
+static std::string bindError(const std::string& what, const RpcServer::Addresses& addresses) {
+  std::string address = addresses.listen;
+  for (const std::string* other : {&addresses.metrics, &addresses.http}) {
+    if (!other->empty()) address += " / " + *other;
+  }
   std::string reason = what;
   if (size_t tail = reason.find("; toString() = "); tail != std::string::npos) {
     address = reason.substr(tail + 15);
@@ -1547,7 +1497,7 @@ static std::string bindError(const std::string& what, const std::string& listen,
 }
 
 void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
-                          std::optional<TokenTable> tokens, std::string listen, std::string metrics,
+                          std::optional<TokenTable> tokens, Addresses addresses,
                           std::promise<Status>& ready) {
   bool signalled = false;
   try {
@@ -1559,7 +1509,7 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
     Loop loop(server, node, limits, std::move(tokens), io);
     server.loop_ = &loop;  // read only by closures run on this thread
     KJ_DEFER(server.loop_ = nullptr);
-    loop.bind(listen, metrics);
+    loop.bind(addresses);
     auto stop = kj::newPromiseAndCrossThreadFulfiller<void>();
     {
       std::lock_guard lock(server.mutex_);
@@ -1583,20 +1533,22 @@ void RpcServer::Loop::run(RpcServer& server, Node& node, RpcLimits limits,
       server.inbox_.clear();
     }
     if (!signalled) {
-      ready.set_value(makeError(ErrorCode::kIo, bindError(what, listen, metrics)));
+      ready.set_value(makeError(ErrorCode::kIo, bindError(what, addresses)));
     } else {
       logf(LogLevel::kError, "rpc: server thread failed: %s", what.c_str());
     }
   }
 }
 
-Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::string& listen,
-                                                    const std::string& metrics,
+Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const Addresses& addresses,
                                                     const RpcLimits& limits,
                                                     std::optional<TokenTable> tokens) {
-  if (auto s = checkHostPort("listen address", listen); !s.ok()) return s.error();
-  if (!metrics.empty()) {
-    if (auto s = checkHostPort("metrics address", metrics); !s.ok()) return s.error();
+  if (auto s = checkHostPort("listen address", addresses.listen); !s.ok()) return s.error();
+  if (!addresses.metrics.empty()) {
+    if (auto s = checkHostPort("metrics address", addresses.metrics); !s.ok()) return s.error();
+  }
+  if (!addresses.http.empty()) {
+    if (auto s = checkHostPort("HTTP address", addresses.http); !s.ok()) return s.error();
   }
   std::unique_ptr<RpcServer> server(new RpcServer());
   // Owned here rather than by Node: only RPC calls need reads off their
@@ -1608,9 +1560,9 @@ Result<std::unique_ptr<RpcServer>> RpcServer::start(Node& node, const std::strin
   std::promise<Status> ready;
   auto readyFuture = ready.get_future();
   RpcServer* raw = server.get();
-  server->thread_ = std::thread(
-      [raw, &node, limits, tokens = std::move(tokens), listen, metrics, &ready]() mutable {
-        Loop::run(*raw, node, limits, std::move(tokens), listen, metrics, ready);
+  server->thread_ =
+      std::thread([raw, &node, limits, tokens = std::move(tokens), addresses, &ready]() mutable {
+        Loop::run(*raw, node, limits, std::move(tokens), addresses, ready);
       });
   Status status = readyFuture.get();
   if (!status.ok()) {

@@ -1,5 +1,5 @@
-// The Cap'n Proto RPC server (and the optional metrics HTTP endpoint) of a
-// Node. Internal to api/: Node starts and stops it.
+// The Cap'n Proto RPC server (and the optional metrics endpoint and HTTP/JSON
+// API, which run on its thread) of a Node. Internal to api/: Node starts and stops it.
 //
 // Threads (see api/README.md): the server runs its own thread with a KJ event
 // loop, the "RPC thread". It owns the listeners, every connection, every
@@ -31,14 +31,21 @@ namespace chorus::api {
 
 class RpcServer {
  public:
-  // Starts the RPC thread and binds `listen` (and `metrics` unless empty)
-  // before returning. Errors: kInvalidArgument (unparseable address), kIo
-  // (cannot bind).
+  // What to listen on, "host:port" each (port 0 = any free port): the
+  // Cap'n Proto API, and unless empty the Prometheus endpoint and the
+  // HTTP/JSON API (api/http/server.h).
+  struct Addresses {
+    std::string listen;
+    std::string metrics;
+    std::string http;
+  };
+
+  // Starts the RPC thread and binds `addresses` before returning. Errors:
+  // kInvalidArgument (unparseable address), kIo (cannot bind).
   // `tokens` set: clients must authenticate (api/auth.h) and every call is
   // authorized for their principal; nullopt: every client is trusted
   // (RpcLimits::noAuth).
-  static Result<std::unique_ptr<RpcServer>> start(Node& node, const std::string& listen,
-                                                  const std::string& metrics,
+  static Result<std::unique_ptr<RpcServer>> start(Node& node, const Addresses& addresses,
                                                   const RpcLimits& limits,
                                                   std::optional<TokenTable> tokens);
 
@@ -50,6 +57,7 @@ class RpcServer {
 
   std::string address() const { return address_; }
   std::string metricsAddress() const { return metricsAddress_; }
+  std::string httpAddress() const { return httpAddress_; }
 
   // Any thread: runs `fn` on the RPC thread, in order. After the server
   // stopped, `fn` is destroyed unrun on the calling thread, so it must own
@@ -70,6 +78,7 @@ class RpcServer {
 
   std::string address_;
   std::string metricsAddress_;
+  std::string httpAddress_;
   Loop* loop_ = nullptr;  // set and read on the RPC thread only
   std::thread thread_;
 

@@ -1,6 +1,22 @@
 #include "api/wire.h"
 
+#include "api/errors.h"
+
 namespace chorus::api {
+
+// api/errors.h's ApiCode is chorus.capnp's ErrorCode, ordinal for ordinal.
+static_assert(static_cast<int>(ApiCode::kInvalidArgument) ==
+              static_cast<int>(wire::ErrorCode::INVALID_ARGUMENT));
+static_assert(static_cast<int>(ApiCode::kNotFound) == static_cast<int>(wire::ErrorCode::NOT_FOUND));
+static_assert(static_cast<int>(ApiCode::kForbidden) ==
+              static_cast<int>(wire::ErrorCode::FORBIDDEN));
+static_assert(static_cast<int>(ApiCode::kOverloaded) ==
+              static_cast<int>(wire::ErrorCode::OVERLOADED));
+static_assert(static_cast<int>(ApiCode::kUnavailable) ==
+              static_cast<int>(wire::ErrorCode::UNAVAILABLE));
+static_assert(static_cast<int>(ApiCode::kInternal) == static_cast<int>(wire::ErrorCode::INTERNAL));
+static_assert(static_cast<int>(ApiCode::kUnauthenticated) ==
+              static_cast<int>(wire::ErrorCode::UNAUTHENTICATED));
 
 namespace {
 std::string str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
@@ -365,23 +381,7 @@ storage::Order fromWire(wire::Order o) {
 }
 
 const char* errorCodeWireName(wire::ErrorCode code) {
-  switch (code) {
-    case wire::ErrorCode::INVALID_ARGUMENT:
-      return "invalidArgument";
-    case wire::ErrorCode::NOT_FOUND:
-      return "notFound";
-    case wire::ErrorCode::FORBIDDEN:
-      return "forbidden";
-    case wire::ErrorCode::OVERLOADED:
-      return "overloaded";
-    case wire::ErrorCode::UNAVAILABLE:
-      return "unavailable";
-    case wire::ErrorCode::INTERNAL:
-      return "internal";
-    case wire::ErrorCode::UNAUTHENTICATED:
-      return "unauthenticated";
-  }
-  return "internal";
+  return apiCodeName(static_cast<ApiCode>(static_cast<int>(code)));
 }
 
 const char* toWireUnauthenticated(const std::string& message, wire::Error::Builder b) {
@@ -419,46 +419,11 @@ std::optional<KeyOp> fromWire(wire::KeyOp op) {
 }
 
 const char* toWire(const Error& error, wire::Error::Builder b) {
-  wire::ErrorCode code = wire::ErrorCode::INTERNAL;
-  switch (error.code) {
-    case ErrorCode::kInvalidArgument:
-      code = wire::ErrorCode::INVALID_ARGUMENT;
-      break;
-    case ErrorCode::kNotFound:
-      code = wire::ErrorCode::NOT_FOUND;
-      break;
-    case ErrorCode::kForbidden:
-      code = wire::ErrorCode::FORBIDDEN;
-      break;
-    case ErrorCode::kOverloaded:
-      code = wire::ErrorCode::OVERLOADED;
-      break;
-    case ErrorCode::kUnavailable:
-    case ErrorCode::kBusy:
-      code = wire::ErrorCode::UNAVAILABLE;
-      break;
-    case ErrorCode::kClockDrift:
-    case ErrorCode::kCorruption:
-    case ErrorCode::kIo:
-    case ErrorCode::kInternal:
-      code = wire::ErrorCode::INTERNAL;
-      break;
-  }
-  b.setCode(code);
-  std::string message = error.message;
-  if (error.code == ErrorCode::kInvalidArgument || error.code == ErrorCode::kForbidden) {
-    auto colon = message.find(": ");
-    if (colon != std::string::npos && colon > 0 &&
-        message.find_first_of(" '\"") > colon) {  // a bare field name
-      b.setField(text(message.substr(0, colon)));
-      message = message.substr(colon + 2);
-    }
-  }
-  if (code == wire::ErrorCode::INTERNAL && error.code != ErrorCode::kInternal) {
-    message = std::string(errorCodeName(error.code)) + ": " + message;  // keep the cause
-  }
-  b.setMessage(text(message));
-  return errorCodeWireName(code);
+  ApiError e = apiError(error);
+  b.setCode(static_cast<wire::ErrorCode>(static_cast<uint16_t>(e.code)));
+  if (!e.field.empty()) b.setField(text(e.field));
+  b.setMessage(text(e.message));
+  return apiCodeName(e.code);
 }
 
 Error fromWire(wire::Error::Reader r) {

@@ -3,6 +3,7 @@
 //
 // Prints "chorusd: listening on HOST:PORT" on stdout once it accepts calls,
 // then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
+// "chorusd: http on http://HOST:PORT/v1/" with --http-listen,
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
 // exits 0 (still a member of its cluster: `chorus cluster leave` first to
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
   std::string dataDir;
   std::string listen = "127.0.0.1:7400";
   std::string metricsAddr;
+  std::string httpListen;
   std::string logLevel = "info";
   uint32_t maxInFlight = chorus::RpcLimits{}.maxInFlightPerConnection;
   uint64_t idleTimeoutMs = static_cast<uint64_t>(chorus::RpcLimits{}.idleTimeout.count());
@@ -103,6 +105,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--metrics-addr", metricsAddr,
                  "Serve Prometheus metrics at http://host:port/metrics (off if empty)");
+  app.add_option("--http-listen", httpListen,
+                 "Serve the HTTP/JSON API at http://host:port/v1/ (port 0 = any free port; off "
+                 "if empty): every RPC operation as a route, documented at /v1/openapi.json, "
+                 "with the same tokens (Authorization: Bearer), roles and limits as RPC")
+      ->type_name("HOST:PORT");
   app.add_option("--log-level", logLevel, "error, warn, info or debug")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
@@ -210,8 +217,9 @@ int main(int argc, char** argv) {
                                 "with `chorus token create`); required unless --no-auth. "
                                 "SIGHUP rereads it")
                      ->type_name("FILE");
-  app.add_flag("--no-auth", noAuth,
-               "Serve every RPC client as admin without a token (tests on a trusted host only)")
+  app.add_flag(
+         "--no-auth", noAuth,
+         "Serve every RPC and HTTP client as admin without a token (tests on a trusted host only)")
       ->excludes(tokens);
   auto* gossipGroup = app.add_option_group("Cluster");
   gossipGroup
@@ -327,6 +335,7 @@ int main(int argc, char** argv) {
   options.dataDir = dataDir;
   options.listen = listen;
   options.metricsAddr = metricsAddr;
+  options.httpListen = httpListen;
   options.rpc.maxInFlightPerConnection = maxInFlight;
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
   options.rpc.maxCallsPerSecond = rateLimit;
@@ -378,6 +387,9 @@ int main(int argc, char** argv) {
   std::printf("chorusd: listening on %s\n", (*node)->rpcAddress().c_str());
   if (auto* cluster = (*node)->cluster()) {
     std::printf("chorusd: gossip on %s\n", cluster->address().c_str());
+  }
+  if (!(*node)->httpAddress().empty()) {
+    std::printf("chorusd: http on http://%s/v1/\n", (*node)->httpAddress().c_str());
   }
   if (!(*node)->metricsAddress().empty()) {
     std::printf("chorusd: metrics on http://%s/metrics\n", (*node)->metricsAddress().c_str());

@@ -1,0 +1,50 @@
+// JSON for the HTTP API, mapped from the Cap'n Proto schema (api/chorus.capnp)
+// so both front ends speak one vocabulary: a request body is the JSON form
+// of the method's params (those not in the path or query), a response body
+// the JSON form of its results without `error`. The mapping, by schema type:
+//
+//   Bool -> true/false; integers and floats -> numbers (UInt64 too: values
+//   above 2^53, such as a replicaId, lose precision in JavaScript's Number);
+//   a non-finite float -> null; Text -> string; Data -> lowercase hex
+//   string; enum -> its enumerant name ("highestRating"), or its number if
+//   this build does not know it; List -> array; struct -> object with every
+//   field by its schema name (camelCase), an unset struct field omitted;
+//   interface (capability) fields are omitted.
+//
+// Pure functions; no I/O.
+#pragma once
+
+#include <capnp/dynamic.h>
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+#include "api/validate.h"
+
+namespace chorus::api::http {
+
+// Appends `s` as a JSON string (quoted; ", \ and control characters
+// escaped). Bytes that are not valid UTF-8 become U+FFFD.
+void appendJsonString(std::string& out, std::string_view s);
+
+// Appends the JSON object of `s`, without the fields named in `skip`.
+void appendJsonStruct(std::string& out, capnp::DynamicStruct::Reader s,
+                      std::initializer_list<std::string_view> skip = {});
+
+// The JSON object of `s` (e.g. a method's results) without its `error`.
+std::string resultsJson(capnp::DynamicStruct::Reader s);
+
+// Fills fields of `params` from the JSON object `body`. Each member must
+// name one of `allowed` (a field of params' schema) and have its type
+// (a string for Text, an integral number in range for integers, an
+// enumerant name for an enum, an array of strings for List(Text)); every
+// field in `required` must be present. An empty body counts as {}.
+// Errors (the field named, "" for the body as a whole): not JSON (RFC
+// 8259, nested at most 16 deep), not an object, an unknown or repeated member, a wrong type, a
+// missing required field.
+Check decodeJsonBody(std::string_view body, capnp::DynamicStruct::Builder params,
+                     std::initializer_list<const char*> allowed,
+                     std::initializer_list<const char*> required = {});
+
+}  // namespace chorus::api::http
