@@ -8,7 +8,12 @@
 #include <set>
 #include <thread>
 
+#include <capnp/message.h>
+
 #include "api/client.h"
+#include "api/http/json.h"
+#include "api/http/overview.capnp.h"
+#include "api/internal/server-loop.h"
 #include "api/node.h"
 #include "api/validate.h"
 
@@ -411,10 +416,15 @@ Result<std::string> Overview::partition(const std::vector<std::vector<std::strin
     return makeError(ErrorCode::kOverloaded,
                      "too many cluster operations at once on this node; retry in a second");
   }
-  if (groups.size() != 2 || groups[0].empty() || groups[1].empty()) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "groups: give two non-empty lists of node ids (or region names), e.g. "
-                     "[[\"n1\"],[\"n2\",\"n3\"]]");
+  static const char* const kSide[] = {"a", "b"};  // the groups' fields in the HTTP body
+  if (groups.size() != 2) {
+    return makeError(ErrorCode::kInvalidArgument, "a: give two groups, a and b");
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    if (groups[i].empty()) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       std::string(kSide[i]) + ": list at least one node id or region name");
+    }
   }
   auto g = gather(node_, options_, token);
   if (!g.ok()) return g.error();
@@ -427,34 +437,37 @@ Result<std::string> Overview::partition(const std::vector<std::vector<std::strin
   std::vector<std::string> known;
   for (const auto& e : g->nodes) known.push_back(e.id);
   std::vector<std::vector<std::string>> sides;
-  for (const auto& group : groups) {
-    auto side = expandSplitSide(group, regionOf);
+  for (size_t i = 0; i < 2; ++i) {
+    auto side = expandSplitSide(groups[i], regionOf);
     if (!side.ok()) {
-      return makeError(ErrorCode::kInvalidArgument,
-                       "groups: " + side.error().message + "; known ids: " + joinIds(known));
+      return makeError(
+          ErrorCode::kInvalidArgument,
+          std::string(kSide[i]) + ": " + side.error().message + "; known ids: " + joinIds(known));
     }
     sides.push_back(std::move(*side));
   }
   std::set<std::string> inA(sides[0].begin(), sides[0].end());
   for (const auto& id : sides[1]) {
     if (inA.count(id)) {
-      return makeError(ErrorCode::kInvalidArgument, "groups: " + id + " is in both groups");
+      return makeError(ErrorCode::kInvalidArgument, "b: " + id + " is in both groups");
     }
   }
   std::map<std::string, std::vector<std::string>> plan;  // node -> the peers it drops
   for (const auto& id : sides[0]) plan[id] = sides[1];
   for (const auto& id : sides[1]) plan[id] = sides[0];
-  std::vector<std::string> missing;
   std::vector<const Entry*> targets;
-  for (const auto& [id, peers] : plan) {
-    if (!byId[id]->asked()) missing.push_back(id);
-    targets.push_back(byId[id]);
-  }
-  if (!missing.empty()) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "groups: " + joinIds(missing) +
-                         " not asked: list their RPC addresses in the serving node's "
-                         "--overview-nodes; nothing changed");
+  for (const auto& [id, peers] : plan) targets.push_back(byId[id]);
+  for (size_t i = 0; i < 2; ++i) {
+    std::vector<std::string> missing;
+    for (const auto& id : sides[i]) {
+      if (!byId[id]->asked()) missing.push_back(id);
+    }
+    if (!missing.empty()) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       std::string(kSide[i]) + ": " + joinIds(missing) +
+                           " not asked: list their RPC addresses in the serving node's "
+                           "--overview-nodes; nothing changed");
+    }
   }
   // A new partition replaces the one before: the asked members outside
   // the plan are healed.
@@ -513,6 +526,92 @@ Result<std::string> Overview::heal(const std::string& token) {
                      "not every node healed: " + failed + " (the others did; run it again)");
   }
   return "{\"healed\":" + jsonIds(ids) + ",\"notAsked\":" + jsonIds(notAsked) + "}";
+}
+
+// ---- on the HTTP server --------------------------------------------------------
+
+OverviewRunner::OverviewRunner(internal::ServerLoop& loop, Overview::Options options)
+    : loop_(loop), overview_(loop.node(), std::move(options)) {}
+
+OverviewRunner::~OverviewRunner() {
+  pending_.clear();
+  std::map<uint64_t, std::thread> running;
+  {
+    std::lock_guard lock(threadsMutex_);
+    running.swap(threads_);
+  }
+  for (auto& [id, t] : running) t.join();
+}
+
+kj::Promise<OverviewRunner::Answer> OverviewRunner::overview(std::string token) {
+  return run([this, token = std::move(token)] { return overview_.json(token); });
+}
+
+kj::Promise<OverviewRunner::Answer> OverviewRunner::partition(
+    std::vector<std::vector<std::string>> groups, std::string token) {
+  return run([this, groups = std::move(groups), token = std::move(token)] {
+    return overview_.partition(groups, token);
+  });
+}
+
+kj::Promise<OverviewRunner::Answer> OverviewRunner::heal(std::string token) {
+  return run([this, token = std::move(token)] { return overview_.heal(token); });
+}
+
+kj::Promise<OverviewRunner::Answer> OverviewRunner::run(std::function<Result<std::string>()> work) {
+  auto paf = kj::newPromiseAndFulfiller<Answer>();
+  uint64_t id = next_++;
+  pending_.emplace(id, kj::mv(paf.fulfiller));
+  std::lock_guard lock(threadsMutex_);
+  threads_.emplace(id, std::thread([this, id, work = std::move(work)] {
+                     Result<std::string> answer = work();
+                     // Unrun (and dropped here) once the server stopped.
+                     loop_.post([this, id, answer = std::move(answer)]() mutable {
+                       finished(id, std::move(answer));
+                     });
+                   }));
+  return kj::mv(paf.promise);
+}
+
+void OverviewRunner::finished(uint64_t id, Result<std::string> answer) {
+  auto it = pending_.find(id);
+  if (it != pending_.end()) {
+    it->second->fulfill(kj::heap<Result<std::string>>(std::move(answer)));  // no-op if dropped
+    pending_.erase(it);
+  }
+  std::thread done;
+  {
+    std::lock_guard lock(threadsMutex_);
+    auto t = threads_.find(id);
+    if (t == threads_.end()) return;
+    done = std::move(t->second);
+    threads_.erase(t);
+  }
+  done.join();  // it posted this as its last step
+}
+
+std::variant<std::vector<std::vector<std::string>>, FieldError> parsePartitionBody(
+    std::string_view body) {
+  constexpr size_t kMaxIds = 1024;
+  capnp::MallocMessageBuilder message(256);
+  auto p = message.initRoot<generated::OverviewPartitionParams>();
+  if (auto bad = decodeJsonBody(body, capnp::toDynamic(p), {"a", "b"}, {"a", "b"})) return *bad;
+  std::vector<std::vector<std::string>> groups;
+  for (auto [name, list] : {std::pair{"a", p.getA()}, std::pair{"b", p.getB()}}) {
+    if (list.size() == 0 || list.size() > kMaxIds) {
+      return FieldError{name,
+                        "must list 1 to " + std::to_string(kMaxIds) + " node ids or region names"};
+    }
+    auto& group = groups.emplace_back();
+    for (auto id : list) group.emplace_back(id.cStr(), id.size());
+  }
+  return groups;
+}
+
+Check parseHealBody(std::string_view body) {
+  capnp::MallocMessageBuilder message(64);
+  return decodeJsonBody(body, capnp::toDynamic(message.initRoot<generated::OverviewHealParams>()),
+                        {});
 }
 
 Status addOverviewNodes(const std::string& text, std::vector<std::string>& out) {

@@ -16,15 +16,27 @@
 // several may at once (at most kMaxConcurrent; more answer kOverloaded).
 #pragma once
 
+#include <kj/async.h>
+
 #include <atomic>
 #include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <string>
+#include <string_view>
+#include <thread>
+#include <variant>
 #include <vector>
 
+#include "api/validate.h"
 #include "crdt/result.h"
 
 namespace chorus {
 class Node;
+}
+namespace chorus::api::internal {
+class ServerLoop;
 }
 
 namespace chorus::api::http {
@@ -54,11 +66,12 @@ class Overview {
   Result<std::string> json(const std::string& token);
 
   // POST /v1/cluster/overview/partition: `groups` is two lists of node ids
-  // (or region names, as `chorus cluster partition --split` takes them);
+  // (or region names, as `chorus cluster partition --split` takes them),
+  // the body's `a` and `b`;
   // every node of one drops gossip with every node of the other, and every
   // other member that was asked is healed (a new partition replaces the one
   // before). Answers {"partitioned": {id: [ids it drops]}, "healed": [ids]}.
-  // Errors: kInvalidArgument (field "groups": not two non-empty disjoint
+  // Errors: kInvalidArgument (field "a" or "b": not two non-empty disjoint
   // lists, an unknown id or region, or a node of the plan that is not
   // asked: nothing changed then); kUnavailable naming the nodes that failed
   // (the others changed: run it again); kOverloaded.
@@ -77,6 +90,45 @@ class Overview {
   Options options_;
   std::atomic<int> inFlight_{0};
 };
+
+// The overview routes for the HTTP server (api/http/server.cpp), which runs
+// on the RPC thread: each operation runs on a thread of its own (it waits
+// for other nodes) and its answer comes back through ServerLoop::post().
+class OverviewRunner {
+ public:
+  using Answer = kj::Own<Result<std::string>>;
+
+  // RPC thread. `loop` outlives this object; its node() is the one served.
+  OverviewRunner(internal::ServerLoop& loop, Overview::Options options);
+  // RPC thread: waits for the operations still running (each bounded by
+  // the per-node timeout); their answers are dropped.
+  ~OverviewRunner();
+
+  // RPC thread. Each resolves on the RPC thread with Overview's answer;
+  // dropping the promise drops the answer when it arrives.
+  kj::Promise<Answer> overview(std::string token);
+  kj::Promise<Answer> partition(std::vector<std::vector<std::string>> groups, std::string token);
+  kj::Promise<Answer> heal(std::string token);
+
+ private:
+  kj::Promise<Answer> run(std::function<Result<std::string>()> work);
+  void finished(uint64_t id, Result<std::string> answer);  // RPC thread
+
+  internal::ServerLoop& loop_;
+  Overview overview_;
+  uint64_t next_ = 1;                                                  // RPC thread
+  std::map<uint64_t, kj::Own<kj::PromiseFulfiller<Answer>>> pending_;  // RPC thread
+  std::mutex threadsMutex_;  // guards threads_ (a thread is added before it starts)
+  std::map<uint64_t, std::thread> threads_;
+};
+
+// The groups of a POST /v1/cluster/overview/partition body, {"a": [ids],
+// "b": [ids]} (ids or region names, at most 1024 each); a FieldError naming
+// the member that is wrong.
+std::variant<std::vector<std::vector<std::string>>, FieldError> parsePartitionBody(
+    std::string_view body);
+// A POST /v1/cluster/overview/heal body: empty or {}.
+Check parseHealBody(std::string_view body);
 
 // Parses --overview-nodes items ("host:port" separated by commas or
 // whitespace) into `out`, skipping duplicates. kInvalidArgument naming the

@@ -148,7 +148,7 @@ TEST_CASE("overview: only listed addresses are asked; the others are shown, not 
   auto refused = o.partition({{"c"}, {"a", "b"}}, "");
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().code == ErrorCode::kInvalidArgument);
-  CHECK(refused.error().message.rfind("groups: c not asked", 0) == 0);
+  CHECK(refused.error().message.rfind("a: c not asked", 0) == 0);
   CHECK(t.a->clusterView()->partitioned.empty());
   CHECK(t.b->clusterView()->partitioned.empty());
 
@@ -178,7 +178,7 @@ TEST_CASE("overview: partition into two groups, roots diverge, heal, they agree"
     auto r = o.partition(bad, "");
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == ErrorCode::kInvalidArgument);
-    CHECK(r.error().message.rfind("groups: ", 0) == 0);
+    CHECK((r.error().message.rfind("a: ", 0) == 0 || r.error().message.rfind("b: ", 0) == 0));
   }
   CHECK(t.a->clusterView()->partitioned.empty());
 

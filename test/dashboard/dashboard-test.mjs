@@ -103,7 +103,7 @@ function startNode(id, args) {
       const text = fs.readFileSync(logPath, 'utf8');
       const rpc = /chorusd: listening on (\S+)\n/.exec(text);
       const gossip = /chorusd: gossip on (\S+)\n/.exec(text);
-      const http = /chorusd: http[^\n]* on (?:http:\/\/)?([^\s/]+)\/?\n/.exec(text);
+      const http = /chorusd: dashboard on http:\/\/([^\s/]+)\/\n/.exec(text);
       const wantHttp = args.includes('--http-listen');
       if (rpc && gossip && (!wantHttp || http)) {
         resolve({rpc: rpc[1], gossip: gossip[1], http: http && http[1]});
@@ -152,7 +152,8 @@ async function waitPage(page, what, fn, arg, timeoutMs = 15000) {
     return await h.jsonValue();
   } catch (e) {
     const status = await page.$eval('#convergence-status', (el) => el.textContent).catch(() => '?');
-    throw new Error(`the page did not show ${what} within ${timeoutMs / 1000} s (convergence panel: "${status}"): ${e.message}`);
+    const action = await page.$eval('#action-result', (el) => el.textContent).catch(() => '?');
+    throw new Error(`the page did not show ${what} within ${timeoutMs / 1000} s (convergence panel: "${status}"; last action: "${action}"): ${e.message}`);
   }
 }
 
@@ -201,7 +202,10 @@ try {
   const pageErrors = [];
   const offOrigin = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
-  page.on('console', (m) => { if (m.type() === 'error' && !/\/v1\/changes/.test(m.text())) pageErrors.push(m.text()); });
+  // The change feed's route may not exist on this node yet (the panel says so).
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/\/v1\/changes/.test(m.location()?.url || '')) pageErrors.push(`${m.text()} (${m.location()?.url})`);
+  });
   page.on('request', (r) => { if (!r.url().startsWith(origin) && !r.url().startsWith('data:')) offOrigin.push(r.url()); });
 
   await page.goto(`${origin}/`, {waitUntil: 'load', timeout: 15000});
@@ -277,8 +281,9 @@ try {
   // A phone-sized viewport: one column, nothing wider than the screen.
   await page.setViewport({width: 390, height: 844, isMobile: true, hasTouch: true});
   await page.reload({waitUntil: 'load'});
-  await waitPage(page, 'agreement on a phone',
-                 () => document.querySelector('#convergence-status')?.dataset.state === 'agree');
+  await waitPage(page, 'agreement on a phone, with a few samples drawn',
+                 () => document.querySelector('#convergence-status')?.dataset.state === 'agree' &&
+                       document.querySelectorAll('#spark-writes polyline').length === 1);
   check(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1),
         'no horizontal scrolling at 390 px');
   await screenshot(page, '4-phone', '390x844: the same page in one column, signed in from session storage after a reload');

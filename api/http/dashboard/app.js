@@ -40,6 +40,8 @@ function el(tag, attrs = {}, ...children) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'class') e.className = v;
     else if (k === 'text') e.textContent = v;
+    // Through the CSSOM: the node's Content-Security-Policy refuses style attributes.
+    else if (k === 'style') Object.assign(e.style, v);
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? '' : v);
   }
@@ -103,7 +105,7 @@ function assignColours(groups) {
 
 function rootChip(root) {
   const bg = colourOf(root);
-  return el('span', {class: 'root', style: `background:${bg};color:${textColourFor(bg)}`,
+  return el('span', {class: 'root', style: {background: bg, color: textColourFor(bg)},
                      title: root, 'data-root': root}, shortRoot(root));
 }
 
@@ -318,7 +320,7 @@ function renderConvergence(overview) {
   for (const g of groups) {
     out.push(el('li', {'data-root': g.merkleRoot}, rootChip(g.merkleRoot),
                 el('span', {}, `${joinIds(g.nodes)}`),
-                el('span', {class: 'hint'}, `${g.keys} keys`)));
+                el('span', {class: 'hint'}, `${g.keys} ${g.keys === 1 ? 'key' : 'keys'}`)));
   }
   if (overview.unreachable.length) {
     out.push(el('li', {}, el('span', {class: 'badge unreachable'}, 'unreachable'), joinIds(overview.unreachable)));
@@ -439,7 +441,7 @@ function tile(n) {
                              onclick: () => confirmIsolate(n.nodeId)}, `Isolate ${n.nodeId}…`));
   }
   const border = n.reachable ? colourOf(n.merkleRoot) : '#9ca3af';
-  return el('article', {class: 'tile', style: `border-left-color:${border}`, 'data-node': n.nodeId,
+  return el('article', {class: 'tile', style: {borderLeftColor: border}, 'data-node': n.nodeId,
                         'data-root': n.reachable ? n.merkleRoot : '', 'data-state': n.state,
                         'aria-label': `node ${n.nodeId}`}, ...parts);
 }
@@ -467,7 +469,7 @@ function actionResult(kind, text) {
 async function runPartition(groups) {
   actionResult('pending', `Partitioning ${groups.map((g) => joinIds(g)).join(' | ')}…`);
   try {
-    await api('POST', '/v1/cluster/overview/partition', {groups});
+    await api('POST', '/v1/cluster/overview/partition', {a: groups[0], b: groups[1]});
     actionResult('ok', `Partitioned: ${groups.map((g) => `{${joinIds(g)}}`).join(' and ')} drop each other.`);
   } catch (e) {
     actionResult('error', `Partition failed: ${e.message}`);
