@@ -179,10 +179,10 @@ try {
                   '--log-level', 'warn'];
   // n2 first, n3 joins it, n1 (the one serving the page) last, so that it
   // can be told every other node's RPC address while all ports are 0.
-  const n2 = await startNode('n2', common);
-  const n3 = await startNode('n3', [...common, '--join', n2.gossip]);
-  const n1 = await startNode('n1', [...common, '--join', n2.gossip, '--http-listen', '127.0.0.1:0',
-                                    '--overview-nodes', `${n2.rpc},${n3.rpc}`]);
+  const n2 = await startNode('n2', [...common, '--region', 'us-east']);
+  const n3 = await startNode('n3', [...common, '--region', 'eu-west', '--join', n2.gossip]);
+  const n1 = await startNode('n1', [...common, '--region', 'us-east', '--join', n2.gossip,
+                                    '--http-listen', '127.0.0.1:0', '--overview-nodes', `${n2.rpc},${n3.rpc}`]);
   const origin = `http://${n1.http}`;
   log(`nodes up: n1 ${n1.rpc} (page ${origin}/), n2 ${n2.rpc}, n3 ${n3.rpc}`);
 
@@ -218,6 +218,10 @@ try {
   await waitPage(page, 'agreement at start',
                  () => document.querySelector('#convergence-status')?.dataset.state === 'agree');
   check(await page.evaluate(() => document.querySelectorAll('#regions .tile').length) === 3, 'three tiles');
+  const regions = await page.$$eval('#regions .region', (rs) => rs.map((r) =>
+    `${r.querySelector('h3')?.textContent}: ${[...r.querySelectorAll('.tile')].map((t) => t.dataset.node).join(',')}`));
+  check(JSON.stringify(regions) === JSON.stringify(['region eu-west: n3', 'region us-east: n1,n2']),
+        `tiles grouped by region: ${JSON.stringify(regions)}`);
   check(await page.evaluate((t) => sessionStorage.getItem('chorus.adminToken') === t && localStorage.length === 0, admin),
         'the token is in session storage only');
   check((await page.$eval('#convergence-status', (el) => el.textContent)).includes('All 3 nodes agree'),

@@ -271,7 +271,9 @@ function recordSeries(overview) {
   const first = state.series[0].t;
   drawSpark($('spark-roots'), state.series.map((s) => [s.t, s.roots]), t, 3, first);
   drawSpark($('spark-writes'), state.series.filter((s) => s.writesPerSec !== null).map((s) => [s.t, s.writesPerSec]), t, 10, first);
-  $('series-span').textContent = t - first < 60000 ? `${Math.round((t - first) / 1000)} seconds` : `${Math.round(Math.min(t - first, SERIES_SECONDS * 1000) / 60000)} minutes`;
+  const plural = (n, unit) => `${n} ${unit}${n === 1 ? '' : 's'}`;
+  $('series-span').textContent = t - first < 60000 ? plural(Math.round((t - first) / 1000), 'second')
+                                                   : plural(Math.round(Math.min(t - first, SERIES_SECONDS * 1000) / 60000), 'minute');
   $('roots-now').textContent = `now ${overview.groups.length}`;
   const last = state.series[state.series.length - 1];
   $('writes-now').textContent = last.writesPerSec === null ? '' : `now ${last.writesPerSec.toFixed(1)}`;
