@@ -350,7 +350,9 @@ function renderTopology(overview) {
   const s = $('topology-svg');
   const desc = s.querySelector('desc');
   s.replaceChildren(desc);
-  const nodes = members(overview);
+  // Around the ring by region, so a region's nodes sit together.
+  const nodes = members(overview).slice().sort((a, b) =>
+    (a.region || '').localeCompare(b.region || '') || a.nodeId.localeCompare(b.nodeId));
   // Room around the ring for each node's id and root (drawn outside it).
   const W = 420, H = 300, cx = W / 2, cy = H / 2;
   const r = nodes.length <= 1 ? 0 : Math.min(W / 2 - 95, H / 2 - 54);
