@@ -146,7 +146,7 @@ function check(cond, what) {
 }
 
 // Waits (bounded) until `fn` in the page returns a truthy value; its value.
-async function waitPage(page, what, fn, arg, timeoutMs = 15000) {
+async function waitPage(page, what, fn, arg, timeoutMs = 20000) {
   try {
     const h = await page.waitForFunction(fn, {timeout: timeoutMs, polling: 100}, arg);
     return await h.jsonValue();
@@ -270,7 +270,7 @@ try {
   const healStart = Date.now();
   await waitPage(page, 'agreement after heal',
                  () => document.querySelector('#convergence-status')?.dataset.state === 'agree' &&
-                       document.querySelector('#cuts')?.dataset.cuts === '0', undefined, 20000);
+                       document.querySelector('#cuts')?.dataset.cuts === '0', undefined, 30000);
   log(`agreement again ${((Date.now() - healStart) / 1000).toFixed(1)} s after heal`);
   check(await page.$$eval('.tile dl', (ds) => ds.every((d) => /Keys\s*2/.test(d.textContent))), 'every tile shows 2 keys');
   // Let the sparkline hold a few samples of both states.
