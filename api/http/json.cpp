@@ -568,6 +568,113 @@ std::string resultsJson(capnp::DynamicStruct::Reader s) {
   return out;
 }
 
+void appendReviewJson(std::string& out, const ReviewView& r) {
+  out += "{\"product\":";
+  appendJsonString(out, r.product);
+  out += ",\"author\":";
+  appendJsonString(out, r.author);
+  out += ",\"rating\":";
+  appendNumber(out, uint64_t(r.rating));
+  out += ",\"title\":";
+  appendJsonString(out, r.title);
+  out += ",\"body\":";
+  appendJsonString(out, r.body);
+  out += ",\"editedAtMillis\":";
+  appendNumber(out, r.editedAtMillis);
+  out += ",\"tags\":[";
+  for (size_t i = 0; i < r.tags.size(); ++i) {
+    if (i > 0) out += ',';
+    appendJsonString(out, r.tags[i]);
+  }
+  out += "],\"helpful\":";
+  appendNumber(out, uint64_t(r.helpful));
+  out += ",\"visibility\":\"";
+  out += visibilityName(r.visibility);
+  out += "\",\"moderationReason\":";
+  appendJsonString(out, r.moderationReason);
+  out += ",\"reply\":";
+  appendJsonString(out, r.reply);
+  out += r.deleted ? ",\"deleted\":true}" : ",\"deleted\":false}";
+}
+
+void appendPageJson(std::string& out, const ReviewPage& p) {
+  out += "{\"reviews\":[";
+  for (size_t i = 0; i < p.reviews.size(); ++i) {
+    if (i > 0) out += ',';
+    appendReviewJson(out, p.reviews[i]);
+  }
+  out += "],\"nextCursor\":";
+  appendJsonString(out, p.nextCursor);
+  out += '}';
+}
+
+void appendSummaryJson(std::string& out, const std::string& product,
+                       const storage::ProductSummary& s) {
+  out += "{\"product\":";
+  appendJsonString(out, product);
+  out += ",\"count\":";
+  appendNumber(out, uint64_t(s.count));
+  out += ",\"average\":";
+  double average = s.average();
+  if (std::isfinite(average)) {
+    appendNumber(out, average);
+  } else {
+    out += "null";
+  }
+  out += ",\"histogram\":[";
+  for (size_t i = 0; i < 5; ++i) {
+    if (i > 0) out += ',';
+    appendNumber(out, uint64_t(s.histogram[i]));
+  }
+  out += "],\"helpfulTotal\":";
+  appendNumber(out, uint64_t(s.helpfulTotal));
+  out += '}';
+}
+
+std::string reviewResultsJson(const ReviewView& r) {
+  std::string out;
+  out.reserve(256 + r.title.size() + r.body.size() + r.reply.size());
+  out += "{\"review\":";
+  appendReviewJson(out, r);
+  out += '}';
+  return out;
+}
+
+namespace {
+size_t pageBytes(const ReviewPage& p) {
+  size_t n = 64 + p.nextCursor.size();
+  for (const auto& r : p.reviews) n += 256 + r.title.size() + r.body.size() + r.reply.size();
+  return n;
+}
+}  // namespace
+
+std::string pageResultsJson(const ReviewPage& p) {
+  std::string out;
+  out.reserve(pageBytes(p));
+  out += "{\"page\":";
+  appendPageJson(out, p);
+  out += '}';
+  return out;
+}
+
+std::string summaryResultsJson(const std::string& product, const storage::ProductSummary& s) {
+  std::string out = "{\"summary\":";
+  appendSummaryJson(out, product, s);
+  out += '}';
+  return out;
+}
+
+std::string productPageResultsJson(const std::string& product, const ProductPageView& v) {
+  std::string out;
+  out.reserve(pageBytes(v.page) + 256);
+  out += "{\"summary\":";
+  appendSummaryJson(out, product, v.summary);
+  out += ",\"page\":";
+  appendPageJson(out, v.page);
+  out += '}';
+  return out;
+}
+
 Check decodeJsonBody(std::string_view body, capnp::DynamicStruct::Builder params,
                      std::initializer_list<const char*> allowed,
                      std::initializer_list<const char*> required) {

@@ -776,10 +776,8 @@ kj::Promise<Reply> Server::Impl::write(const Caller& caller, WriteRequest reques
     if (!r->ok()) return problem(r->error());
     capnp::MallocMessageBuilder message(256);
     if (!withReview) return results(message.initRoot<wire::ReviewStore::EraseResults>());
-    // Every write but erase answers {error, review}: put's results stand for all.
-    auto res = message.initRoot<wire::ReviewStore::PutResults>();
-    toWire(**r, res.initReview());
-    return results(res);
+    // Every write but erase answers {error, review}, as put does.
+    return json(reviewResultsJson(**r));
   });
 }
 
@@ -793,8 +791,7 @@ kj::Promise<Reply> Server::Impl::read(const Caller& caller, const char* method, 
       .then([fill = std::move(fill)](kj::Own<ReadOutcome> outcome) -> Reply {
         const Result<T>& r = std::get<Result<T>>(*outcome);
         if (!r.ok()) return problem(r.error());
-        capnp::MallocMessageBuilder message(1024);
-        return fill(*r, message);
+        return fill(*r);
       });
 }
 
@@ -900,11 +897,7 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       std::string product = m.param("product"), author = m.param("author");
       return read<ReviewView>(
           caller, "get", product, [product, author](Node& n) { return n.get(product, author); },
-          [](const ReviewView& v, capnp::MessageBuilder& message) {
-            auto res = message.initRoot<wire::ReviewStore::GetResults>();
-            toWire(v, res.initReview());
-            return results(res);
-          });
+          [](const ReviewView& v) { return json(reviewResultsJson(v)); });
     }
     case Op::kList:
     case Op::kPage: {
@@ -915,30 +908,19 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
         return read<ReviewPage>(
             caller, "list", product,
             [product, l](Node& n) { return n.list(product, l.order, l.cursor, l.limit); },
-            [](const ReviewPage& page, capnp::MessageBuilder& message) {
-              auto res = message.initRoot<wire::ReviewStore::ListResults>();
-              toWire(page, res.initPage());
-              return results(res);
-            });
+            [](const ReviewPage& page) { return json(pageResultsJson(page)); });
       }
       return read<ProductPageView>(
           caller, "page", product,
           [product, l](Node& n) { return n.page(product, l.order, l.cursor, l.limit); },
-          [product](const ProductPageView& v, capnp::MessageBuilder& message) {
-            auto res = message.initRoot<wire::ReviewStore::PageResults>();
-            toWire(product, v.summary, res.initSummary());
-            toWire(v.page, res.initPage());
-            return results(res);
-          });
+          [product](const ProductPageView& v) { return json(productPageResultsJson(product, v)); });
     }
     case Op::kSummary: {
       std::string product = m.param("product");
       return read<storage::ProductSummary>(
           caller, "summary", product, [product](Node& n) { return n.summary(product); },
-          [product](const storage::ProductSummary& s, capnp::MessageBuilder& message) {
-            auto res = message.initRoot<wire::ReviewStore::SummaryResults>();
-            toWire(product, s, res.initSummary());
-            return results(res);
+          [product](const storage::ProductSummary& s) {
+            return json(summaryResultsJson(product, s));
           });
     }
     case Op::kByAuthor: {
@@ -948,11 +930,7 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       return read<ReviewPage>(
           caller, "byAuthor", author,
           [author, l](Node& n) { return n.byAuthor(author, l.cursor, l.limit); },
-          [](const ReviewPage& page, capnp::MessageBuilder& message) {
-            auto res = message.initRoot<wire::ReviewStore::ByAuthorResults>();
-            toWire(page, res.initPage());
-            return results(res);
-          });
+          [](const ReviewPage& page) { return json(pageResultsJson(page)); });
     }
 
     case Op::kStatus: {

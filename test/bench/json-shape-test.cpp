@@ -103,4 +103,14 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
     CHECK(j["workload"].str() == "get");
     checkFigures(j["rpc"]["ops"]["get"]);
   }
+  {
+    // --http: the same pages over the HTTP API, and the HTTP/RPC ratio (issue 16).
+    auto j =
+        bench({"load", "--workload", "page", "--preload", "20", "--ops", "20", "--clients", "1",
+               "--depth", "1", "--http", "--unsafe-no-sync", "--chorusd", binary("CHORUSD_BIN")});
+    checkFigures(j["rpc"]["ops"]["page"]);
+    checkFigures(j["http"]["ops"]["page"]);
+    CHECK(j["http"]["ops"]["page"]["count"].u64() == 20);
+    CHECK(j["http_ratio"]["page"].number() > 0);
+  }
 }

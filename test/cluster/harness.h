@@ -203,6 +203,7 @@ class Daemon {
       std::string out = ownLog();
       rpc_ = after(out, "chorusd: listening on ");
       gossip_ = after(out, "chorusd: gossip on ");
+      http_ = after(out, "chorusd: http on ");  // "http://HOST:PORT/v1/"; empty without one
       if (!rpc_.empty() && (!gossip || !gossip_.empty())) return true;
       if (!running()) return false;
       usleep(5000);
@@ -235,6 +236,8 @@ class Daemon {
   pid_t pid() const { return pid_; }
   const std::string& rpc() const { return rpc_; }
   const std::string& gossip() const { return gossip_; }
+  // The HTTP API's base URL ("http://127.0.0.1:PORT/v1/") with --http-listen.
+  const std::string& http() const { return http_; }
   // What this process wrote (not earlier incarnations sharing the file).
   std::string ownLog() const {
     std::string all = readFile(logPath_);
@@ -256,7 +259,7 @@ class Daemon {
   pid_t pid_ = -1;
   bool exited_ = false;
   int code_ = -1;
-  std::string rpc_, gossip_;
+  std::string rpc_, gossip_, http_;
 };
 
 // Writes a new cluster key (from `chorus cluster keys generate`) to `path`,

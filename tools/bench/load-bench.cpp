@@ -1,6 +1,7 @@
 // chorus-bench load: a load generator against running nodes over the public
 // RPC API (in the spirit of redis-benchmark, cassandra-stress and YCSB),
-// optionally side by side with an in-process chorus::Node on the same data.
+// optionally side by side with their HTTP API (--http) and an in-process
+// chorus::Node on the same data.
 //
 // RPC: `clients` threads, each with its own connection and KJ event loop,
 // keep `depth` operations in flight (a page is two pipelined calls counted
@@ -27,6 +28,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <kj/async-io.h>
+#include <kj/compat/http.h>
 
 #include "api/client.h"
 #include "api/node.h"
@@ -66,8 +70,10 @@ struct LoadOptions {
   int64_t preloadSize = -1;  // -1: = preload
   int preloadDepth = 128;
   size_t bodyBytes = 400;
-  std::string baseline;     // "" or "embedded"
-  std::string embeddedDir;  // "" = a temporary one
+  std::string baseline;                  // "" or "embedded"
+  bool http = false;                     // also over the nodes' HTTP API
+  std::vector<std::string> httpConnect;  // their HTTP addresses (with --connect)
+  std::string embeddedDir;               // "" = a temporary one
   bool unsafeNoSync = false;
   std::string chorusd;
   bool json = false;
@@ -346,6 +352,137 @@ class RpcLoadClient {
   bool dead_ = false;
 };
 
+// ---- HTTP --------------------------------------------------------------------
+
+// The load bench's names for the HTTP API's problem codes (those RPC answers
+// get, so the two runs' errors compare).
+std::string httpCodeName(const std::string& body, unsigned status) {
+  static const std::map<std::string, ErrorCode> codes = {
+      {"invalidArgument", ErrorCode::kInvalidArgument},
+      {"notFound", ErrorCode::kNotFound},
+      {"forbidden", ErrorCode::kForbidden},
+      {"overloaded", ErrorCode::kOverloaded},
+      {"unavailable", ErrorCode::kUnavailable},
+      {"internal", ErrorCode::kInternal}};
+  size_t at = body.find("\"code\":\"");
+  if (at != std::string::npos) {
+    std::string code = body.substr(at + 8, body.find('"', at + 8) - (at + 8));
+    auto it = codes.find(code);
+    if (it != codes.end()) return errorCodeName(it->second);
+    if (code == "unauthenticated") return code;
+  }
+  return "http-" + std::to_string(status);
+}
+
+// Percent-encodes a path segment (ids are mostly unreserved already).
+std::string pathSegment(const std::string& s) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += char(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// One client thread of the HTTP run: `depth` keep-alive connections (kj's
+// HTTP/1.1 client), one request in flight on each, drawing from one
+// operation stream. Runs on its thread's KJ event loop.
+class HttpLoadClient {
+ public:
+  HttpLoadClient(std::vector<kj::Own<kj::HttpClient>> connections, const kj::HttpHeaderTable& table,
+                 std::string token, OpPlanner planner, Budget& budget)
+      : connections_(std::move(connections)),
+        table_(table),
+        authorization_(token.empty() ? "" : "Bearer " + token),
+        planner_(std::move(planner)),
+        budget_(budget) {}
+
+  // The chain of connection `i`: one operation after another until the
+  // budget is spent or the connection is lost.
+  kj::Promise<void> loop(size_t i) {
+    if (dead_[i] || !budget_.take()) return kj::READY_NOW;
+    return issue(i, planner_.next()).then([this, i] { return loop(i); });
+  }
+  Recorder& recorder() { return rec_; }
+  size_t connections() const { return connections_.size(); }
+
+ private:
+  kj::Promise<void> issue(size_t i, PlannedOp op) {
+    auto t0 = Clock::now();
+    std::string url, body;
+    kj::HttpMethod method = kj::HttpMethod::GET;
+    const WriteRequest& w = op.write;
+    std::string review;
+    switch (op.kind) {
+      case OpKind::kPage:
+        url = "/v1/products/" + pathSegment(op.product) + "/page?limit=20";
+        break;
+      case OpKind::kGet:
+        url = "/v1/products/" + pathSegment(op.product) + "/reviews/" + pathSegment(op.author);
+        break;
+      case OpKind::kVote:
+        method = kj::HttpMethod::PUT;
+        url = "/v1/products/" + pathSegment(w.product) + "/reviews/" + pathSegment(w.author) +
+              "/votes/" + pathSegment(w.arg);
+        break;
+      case OpKind::kWrite:
+        method = kj::HttpMethod::PUT;
+        url = "/v1/products/" + pathSegment(w.product) + "/reviews/" + pathSegment(w.author);
+        body = "{\"rating\":" + std::to_string(w.rating) + ",\"title\":\"" + jsonEscape(w.title) +
+               "\",\"body\":\"" + jsonEscape(w.body) + "\"}";
+        break;
+    }
+    kj::HttpHeaders headers(table_);
+    if (!authorization_.empty()) headers.add("Authorization", authorization_);
+    if (!body.empty()) headers.set(kj::HttpHeaderId::CONTENT_TYPE, "application/json");
+    auto request = connections_[i]->request(method, url, headers, uint64_t(body.size()));
+    kj::Promise<void> sent = kj::READY_NOW;
+    if (!body.empty()) {
+      auto text = kj::heap<std::string>(std::move(body));
+      sent = request.body->write(text->data(), text->size()).attach(kj::mv(text));
+    }
+    return sent.attach(kj::mv(request.body))
+        .then([response = kj::mv(request.response)]() mutable { return kj::mv(response); })
+        .then([](kj::HttpClient::Response r) {
+          unsigned status = r.statusCode;
+          return r.body->readAllText().attach(kj::mv(r.body)).then([status](kj::String text) {
+            return std::make_pair(status, std::string(text.cStr(), text.size()));
+          });
+        })
+        .then(
+            [this, t0, name = op.name, kind = op.kind](std::pair<unsigned, std::string> answer) {
+              std::string code;
+              if (answer.first != 200) {
+                code = httpCodeName(answer.second, answer.first);
+              } else if (kind == OpKind::kPage &&
+                         answer.second.find("\"reviews\":[]") != std::string::npos) {
+                code = "empty";
+              }
+              record(rec_, budget_, name, t0, code);
+            },
+            [this, i, t0, name = op.name](kj::Exception&& e) {
+              dead_[i] = true;
+              record(rec_, budget_, name, t0,
+                     e.getType() == kj::Exception::Type::DISCONNECTED ? "http-disconnected"
+                                                                      : "http-failed");
+            });
+  }
+
+  std::vector<kj::Own<kj::HttpClient>> connections_;
+  const kj::HttpHeaderTable& table_;
+  std::string authorization_;
+  OpPlanner planner_;
+  Budget& budget_;
+  Recorder rec_;
+  std::vector<bool> dead_ = std::vector<bool>(connections_.size(), false);
+};
+
 // ---- the run -------------------------------------------------------------------
 
 class LoadBench {
@@ -369,6 +506,7 @@ class LoadBench {
   Status preloadRpc();
   Status preloadEmbedded(Node& node);
   Result<RunResult> runRpc();
+  Result<RunResult> runHttp();
   Result<RunResult> runEmbedded(Node& node);
   // Runs `threads` workers, each `work(i)`; shows progress on stderr.
   void runThreads(const char* label, int threads, Budget& budget,
@@ -384,6 +522,7 @@ class LoadBench {
   Dataset data_;
   std::vector<uint32_t> small_;
   std::vector<std::string> nodes_;
+  std::vector<std::string> httpNodes_;  // with --http: the nodes' HTTP API addresses
   std::string token_;
   std::string runTag_;
   int64_t durationMs_ = 0;
@@ -595,6 +734,78 @@ Result<RunResult> LoadBench::runRpc() {
   return summarize("rpc", all, seconds);
 }
 
+// The same workload over the nodes' HTTP API: `clients` threads, each with
+// its own KJ event loop and `depth` keep-alive connections (HTTP/1.1 answers
+// one request at a time per connection), so as many operations are in
+// flight as in the RPC run. Streams of their own (2000 + i).
+Result<RunResult> LoadBench::runHttp() {
+  Budget budget;
+  std::vector<Recorder> recorders(size_t(o_.clients));
+  std::vector<Status> results(size_t(o_.clients), okStatus());
+  std::latch connected(o_.clients);
+  std::latch go(1);
+  std::atomic<bool> abort{false};
+  Clock::time_point start;
+  std::vector<Clock::time_point> ends(size_t(o_.clients));
+  const int64_t limitMs = (o_.ops > 0 ? 0 : durationMs_) + 600'000;
+  std::thread starter([&] {
+    connected.wait();
+    startBudget(budget);
+    start = Clock::now();
+    go.count_down();
+  });
+  runThreads("http", o_.clients, budget, [&](int i) {
+    std::optional<kj::AsyncIoContext> io;
+    kj::HttpHeaderTable table;
+    std::vector<kj::Own<kj::AsyncIoStream>> streams;
+    std::vector<kj::Own<kj::HttpClient>> clients;
+    try {
+      io.emplace(kj::setupAsyncIo());
+      const std::string& address = httpNodes_[size_t(i) % httpNodes_.size()];
+      auto addr = io->provider->getNetwork().parseAddress(address).wait(io->waitScope);
+      for (int d = 0; d < o_.depth; ++d) {
+        streams.push_back(addr->connect().wait(io->waitScope));
+        clients.push_back(kj::newHttpClient(table, *streams.back()));
+      }
+    } catch (kj::Exception& e) {
+      results[size_t(i)] = makeError(ErrorCode::kUnavailable,
+                                     std::string("HTTP connect: ") + e.getDescription().cStr());
+      abort = true;
+    }
+    connected.count_down();
+    go.wait();
+    if (!results[size_t(i)].ok() || abort) return;
+    HttpLoadClient client(
+        std::move(clients), table, token_,
+        OpPlanner(o_, data_, small_, uint64_t(2000 + i), runTag_ + "h" + std::to_string(i) + "-"),
+        budget);
+    kj::Vector<kj::Promise<void>> chains;
+    for (size_t d = 0; d < client.connections(); ++d) chains.add(client.loop(d));
+    bool timedOut = false;
+    try {
+      kj::joinPromises(chains.releaseAsArray())
+          .exclusiveJoin(io->provider->getTimer().afterDelay(limitMs * kj::MILLISECONDS).then([&] {
+            timedOut = true;
+          }))
+          .wait(io->waitScope);
+    } catch (kj::Exception& e) {
+      results[size_t(i)] = makeError(ErrorCode::kUnavailable, e.getDescription().cStr());
+    }
+    if (timedOut) results[size_t(i)] = makeError(ErrorCode::kUnavailable, "the run timed out");
+    ends[size_t(i)] = Clock::now();
+    recorders[size_t(i)] = std::move(client.recorder());
+  });
+  starter.join();
+  for (auto& r : results) {
+    if (!r.ok()) return r.error();
+  }
+  Recorder all;
+  for (auto& r : recorders) all.merge(r);
+  double seconds =
+      std::chrono::duration<double>(*std::max_element(ends.begin(), ends.end()) - start).count();
+  return summarize("http", all, seconds);
+}
+
 Result<RunResult> LoadBench::runEmbedded(Node& node) {
   Budget budget;
   const int threads = o_.clients * o_.depth;
@@ -697,8 +908,28 @@ Result<RunResult> LoadBench::phases(const std::function<Result<RunResult>()>& ru
 }
 
 void LoadBench::print(const std::vector<RunResult>& runs) {
-  const RunResult* rpc = &runs[0];
-  const RunResult* embedded = runs.size() > 1 ? &runs[1] : nullptr;
+  auto find = [&](const char* target) -> const RunResult* {
+    for (const auto& r : runs) {
+      if (r.target == target) return &r;
+    }
+    return nullptr;
+  };
+  const RunResult* rpc = find("rpc");
+  const RunResult* http = find("http");
+  const RunResult* embedded = find("embedded");
+  // `of`'s ops/s over rpc's, per operation rpc has.
+  auto ratios = [&](const RunResult& of) {
+    std::vector<std::pair<std::string, double>> out;
+    for (const auto& name : opOrder(rpc->ops)) {
+      auto e = of.ops.find(name);
+      if (e == of.ops.end() || e->second.opsPerSecond == 0) continue;
+      out.emplace_back(
+          name, of.target == "embedded"
+                    ? rpc->ops.at(name).opsPerSecond / e->second.opsPerSecond
+                    : e->second.opsPerSecond / std::max(rpc->ops.at(name).opsPerSecond, 1e-9));
+    }
+    return out;
+  };
   auto hotSmall = [&](const RunResult& r) -> double {
     auto h = r.ops.find("page-hot"), s = r.ops.find("page-small");
     if (h == r.ops.end() || s == r.ops.end() || s->second.p50 == 0) return 0;
@@ -730,7 +961,7 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
                     double(o_.preload) / std::max(embeddedPreloadSeconds_, 1e-9));
       }
     }
-    for (const RunResult* r : {rpc, embedded}) {
+    for (const RunResult* r : {rpc, http, embedded}) {
       if (!r) continue;
       std::printf(",\"%s\":{\"seconds\":%.3f,\"ops\":{", r->target.c_str(), r->seconds);
       bool first = true;
@@ -760,6 +991,15 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
         if (e == embedded->ops.end() || e->second.opsPerSecond == 0) continue;
         std::printf("%s\"%s\":%.3f", first ? "" : ",", name.c_str(),
                     rpc->ops.at(name).opsPerSecond / e->second.opsPerSecond);
+        first = false;
+      }
+      std::printf("}");
+    }
+    if (http) {
+      std::printf(",\"http_ratio\":{");
+      bool first = true;
+      for (const auto& [name, ratio] : ratios(*http)) {
+        std::printf("%s\"%s\":%.3f", first ? "" : ",", name.c_str(), ratio);
         first = false;
       }
       std::printf("}");
@@ -806,7 +1046,7 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
   }
   std::printf("%-9s %-20s %10s %10s %9s %9s %9s  %s\n", "target", "op", "count", "ops/s", "p50 ms",
               "p99 ms", "p999 ms", "errors");
-  for (const RunResult* r : {rpc, embedded}) {
+  for (const RunResult* r : {rpc, http, embedded}) {
     if (!r) continue;
     for (const auto& name : opOrder(r->ops)) {
       const OpSummary& s = r->ops.at(name);
@@ -829,6 +1069,11 @@ void LoadBench::print(const std::vector<RunResult>& runs) {
                   rpc->ops.at(name).opsPerSecond / e->second.opsPerSecond);
     }
     std::printf("\n");
+  }
+  if (http) {
+    std::printf("http/rpc ops/s:");
+    for (const auto& [name, ratio] : ratios(*http)) std::printf("  %s %.2f", name.c_str(), ratio);
+    std::printf("   (target >= 0.5)\n");
   }
   if (o_.compareSizes) {
     std::printf("page p50, %s (%u reviews) / %zu product(s) of %u reviews: rpc %.2f",
@@ -865,6 +1110,16 @@ int LoadBench::run() {
   if (o_.preloadSize >= 0 && o_.preload > 0 && uint64_t(o_.preloadSize) != o_.preload) {
     return fail(kExitUsage, "--preload and --preload-size differ: give one");
   }
+  if (o_.http && !o_.connect.empty() && o_.httpConnect.empty()) {
+    return fail(kExitUsage,
+                "--http with --connect needs --http-connect: the nodes' HTTP API addresses");
+  }
+  if (!o_.httpConnect.empty() && !o_.http) {
+    return fail(kExitUsage, "--http-connect is for --http");
+  }
+  if (o_.http && o_.pageCall == "split") {
+    return fail(kExitUsage, "--http reads a page with one GET .../page: use --page-call page");
+  }
   if (!o_.tokenFile.empty()) {
     std::ifstream in(o_.tokenFile);
     if (!in) return fail(kExitUsage, "--token-file: cannot read " + o_.tokenFile);
@@ -889,17 +1144,20 @@ int LoadBench::run() {
     std::unique_ptr<Node> embedded;
     do {
       if (o_.connect.empty()) {
-        auto started = LocalChorusd::start(
-            o_.chorusd.empty() ? LocalChorusd::defaultBinary() : o_.chorusd, tmp, o_.unsafeNoSync);
+        auto started =
+            LocalChorusd::start(o_.chorusd.empty() ? LocalChorusd::defaultBinary() : o_.chorusd,
+                                tmp, o_.unsafeNoSync, o_.http);
         if (!started.ok()) {
           code = fail(kExitSetup, "starting chorusd: " + started.error().toString());
           break;
         }
         local = std::move(started).value();
         nodes_ = {local->address()};
+        if (o_.http) httpNodes_ = {local->httpAddress()};
         startedNode_ = true;
       } else {
         nodes_ = o_.connect;
+        httpNodes_ = o_.httpConnect;
       }
       if (o_.baseline == "embedded") {
         Node::Options no;
@@ -934,6 +1192,14 @@ int LoadBench::run() {
         break;
       }
       runs.push_back(std::move(rpc).value());
+      if (o_.http) {
+        auto h = phases([&] { return runHttp(); });
+        if (!h.ok()) {
+          code = fail(kExitSetup, "http run: " + h.error().toString());
+          break;
+        }
+        runs.push_back(std::move(h).value());
+      }
       if (embedded) {
         auto e = phases([&] { return runEmbedded(*embedded); });
         if (!e.ok()) {
@@ -1052,6 +1318,14 @@ void addLoadBench(CLI::App& app, int& exitCode) {
   sub->add_option("--embedded-dir", o->embeddedDir,
                   "The embedded node's data dir, kept after the run (default: a temporary one): "
                   "preload it once, then give --preload-size to reuse it");
+  sub->add_flag("--http", o->http,
+                "Also run the workload over the nodes' HTTP API (after RPC, same dataset and "
+                "mix; clients x depth keep-alive connections, one request in flight on each) "
+                "and print HTTP/RPC ops/s per operation (issue 16's target: page >= 0.5). "
+                "A started chorusd gets --http-listen");
+  sub->add_option("--http-connect", o->httpConnect,
+                  "With --connect and --http: the nodes' HTTP API addresses HOST:PORT[,...]")
+      ->delimiter(',');
   sub->add_flag("--unsafe-no-sync", o->unsafeNoSync,
                 "The started chorusd and the embedded node commit without fsync");
   sub->add_option("--chorusd", o->chorusd,

@@ -58,8 +58,8 @@ std::string LocalChorusd::defaultBinary() {
 }
 
 Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& binary,
-                                                          const std::string& dir,
-                                                          bool unsafeNoSync) {
+                                                          const std::string& dir, bool unsafeNoSync,
+                                                          bool http) {
   std::string log = dir + "/chorusd.log";
   std::vector<std::string> args = {binary,
                                    "--node-id",
@@ -78,6 +78,7 @@ Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& bin
                                    "--log-level",
                                    "warn"};
   if (unsafeNoSync) args.push_back("--unsafe-no-sync");
+  if (http) args.insert(args.end(), {"--http-listen", "127.0.0.1:0"});
   int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return makeError(ErrorCode::kIo, "cannot create " + log);
   pid_t pid = fork();
@@ -100,13 +101,19 @@ Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& bin
   auto deadline = std::chrono::steady_clock::now() + 30s;
   while (std::chrono::steady_clock::now() < deadline) {
     std::string text = readFile(log);
-    size_t at = text.find(needle);
-    if (at != std::string::npos) {
+    // The rest of the line after `prefix`, once the line is complete.
+    auto after = [&](const std::string& prefix) -> std::string {
+      size_t at = text.find(prefix);
+      if (at == std::string::npos) return "";
       size_t end = text.find('\n', at);
-      if (end != std::string::npos) {
-        return std::unique_ptr<LocalChorusd>(
-            new LocalChorusd(pid, text.substr(at + needle.size(), end - at - needle.size())));
-      }
+      if (end == std::string::npos) return "";
+      return text.substr(at + prefix.size(), end - at - prefix.size());
+    };
+    std::string rpc = after(needle);
+    std::string httpUrl = http ? after("chorusd: http on http://") : "";  // HOST:PORT/v1/
+    if (!rpc.empty() && (!http || !httpUrl.empty())) {
+      return std::unique_ptr<LocalChorusd>(
+          new LocalChorusd(pid, rpc, httpUrl.substr(0, httpUrl.find('/'))));
     }
     int status = 0;
     if (waitpid(pid, &status, WNOHANG) == pid) {
