@@ -241,6 +241,7 @@ function render(overview) {
   state.overview = overview;
   assignColours(overview.groups);
   $('served-by').textContent = `served by ${overview.servedBy}`;
+  if ($('changes-source').textContent) $('changes-source').textContent = `from ${overview.servedBy}`;
   recordSeries(overview);
   renderConvergence(overview);
   renderTopology(overview);
