@@ -213,6 +213,7 @@ Result<Gathered> gather(Node& node, const Overview::Options& options, const std:
   }
   g.nowUnixMillis = own.view->nowUnixMillis;
   self.region = own.view->region;
+  self.advertised = own.view->rpcAddress;
   self.gone = own.view->state == gossip::PeerState::kLeft;
   const ClusterView selfView = *own.view;
   self.answer = std::move(own);
