@@ -560,10 +560,18 @@ kj::Promise<OverviewRunner::Answer> OverviewRunner::heal(std::string token) {
 }
 
 kj::Promise<OverviewRunner::Answer> OverviewRunner::run(std::function<Result<std::string>()> work) {
+  std::lock_guard lock(threadsMutex_);
+  // Refused here, before a thread is made for it: a flood of requests
+  // costs no threads.
+  if (threads_.size() >= size_t(Overview::kMaxConcurrent)) {
+    return kj::Promise<Answer>(
+        kj::heap<Result<std::string>>(makeError(ErrorCode::kOverloaded,
+                                                "too many cluster overviews and operations at once "
+                                                "on this node; retry in a second")));
+  }
   auto paf = kj::newPromiseAndFulfiller<Answer>();
   uint64_t id = next_++;
   pending_.emplace(id, kj::mv(paf.fulfiller));
-  std::lock_guard lock(threadsMutex_);
   threads_.emplace(id, std::thread([this, id, work = std::move(work)] {
                      Result<std::string> answer = work();
                      // Unrun (and dropped here) once the server stopped.

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include "../cluster/json.h"
@@ -214,6 +215,48 @@ TEST_CASE("overview: partition into two groups, roots diverge, heal, they agree"
   j = waitOverview(
       o, [](const Json& x) { return x["agree"].boolean(); }, "agreement after heal");
   CHECK(j["groups"][0]["keys"].u64() == 2);
+}
+
+TEST_CASE("overview: a listed node that never answers is reported; too many at once are refused") {
+  TempDir tmp;
+  auto a = openNode(tmp.sub("a"), "a", {}, "us");
+  // A socket that listens but never accepts: connecting succeeds, nothing
+  // ever answers.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  REQUIRE(::listen(fd, 64) == 0);
+  socklen_t len = sizeof sa;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0);
+  std::string hung = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  Overview o(*a, {.nodes = {hung}, .timeout = 700ms});
+
+  constexpr int kCallers = Overview::kMaxConcurrent + 4;
+  std::vector<std::optional<chorus::Result<std::string>>> answers(kCallers);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i)
+    callers.emplace_back([&, i] { answers[i].emplace(o.json("")); });
+  for (auto& t : callers) t.join();
+  ::close(fd);
+  int overloaded = 0, answered = 0;
+  for (auto& r : answers) {
+    if (!r->ok()) {
+      CHECK(r->error().code == ErrorCode::kOverloaded);
+      ++overloaded;
+      continue;
+    }
+    ++answered;
+    Json j = parsed(*r);
+    const Json& h = nodeOf(j, hung);
+    CHECK_FALSE(h["reachable"].boolean());
+    CHECK(h["error"]["code"].str() == "unavailable");
+    CHECK(strings(j["unreachable"]) == std::vector<std::string>{hung});
+  }
+  CHECK(answered >= 1);
+  CHECK(answered <= Overview::kMaxConcurrent);
+  CHECK(overloaded >= kCallers - Overview::kMaxConcurrent);
 }
 
 TEST_CASE("overview: the dashboard's files are compiled in") {
