@@ -233,8 +233,10 @@ async function poll() {
 
 // ---- rendering -------------------------------------------------------------
 
+// The nodes that take part: not left, and known as members (a listed
+// address that did not answer and that no member advertises is "unknown").
 function members(overview) {
-  return overview.nodes.filter((n) => n.state !== 'left');
+  return overview.nodes.filter((n) => n.state !== 'left' && n.state !== 'unknown');
 }
 
 function render(overview) {
@@ -441,7 +443,7 @@ function tile(n) {
     parts.push(el('p', {class: 'drops'}, `drops ${joinIds(n.partitioned)}`));
   }
   if (!n.reachable && n.error) parts.push(el('p', {class: 'why'}, n.error.message));
-  if (n.state !== 'left') {
+  if (n.state !== 'left' && n.state !== 'unknown') {
     parts.push(el('button', {type: 'button', class: 'small', 'data-action': 'isolate', 'data-node': n.nodeId,
                              onclick: () => confirmIsolate(n.nodeId)}, `Isolate ${n.nodeId}…`));
   }
