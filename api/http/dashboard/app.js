@@ -570,11 +570,15 @@ function stopFeed() {
 function feedStatus(text) { $('changes-status').textContent = text; }
 
 function addChange(c) {
+  // Tolerant of the feed's exact shape: {seq, product, author, deleted,
+  // op?, review|doc?} or a key object or id string.
   const review = c.review || c.doc || {};
-  const product = c.product ?? review.product ?? '';
-  const author = c.author ?? review.author ?? '';
+  const key = typeof c.key === 'object' && c.key ? c.key : {};
+  const product = c.product ?? key.product ?? review.product;
+  const author = c.author ?? key.author ?? review.author;
   const op = c.deleted || review.deleted ? 'delete' : (c.op || 'change');
-  state.changes.unshift({seq: c.seq, time: new Date(), op, key: `${product}/${author}`});
+  const name = product !== undefined ? `${product}/${author ?? ''}` : String(c.id ?? c.key ?? '');
+  state.changes.unshift({seq: c.seq, time: new Date(), op, key: name});
   state.changes.length = Math.min(state.changes.length, MAX_CHANGES);
   $('changes-list').replaceChildren(...state.changes.map((x) => el('li', {},
     el('span', {class: 'seq'}, `#${x.seq}`), el('span', {class: 'time'}, x.time.toLocaleTimeString()),
