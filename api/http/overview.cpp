@@ -118,14 +118,14 @@ struct Answer {
 // A node as the overview shows it.
 struct Entry {
   std::string id;
-  std::string address;     // where it was asked; empty: not asked
+  std::string address;     // where it was asked; empty: not asked (but self)
   std::string advertised;  // its RPC address per gossip; shown, never dialled
   std::string region;
   bool self = false;
   bool gone = false;                         // left or removed: takes no part
   std::optional<gossip::MemberInfo> member;  // the serving node's entry for it
   Result<Answer> answer = makeError(ErrorCode::kUnavailable, kNotAsked);
-  bool asked() const { return !address.empty(); }
+  bool asked() const { return self || !address.empty(); }  // the serving node needs no asking
   bool reachable() const { return answer.ok() && answer->view.has_value(); }
 };
 
