@@ -18,6 +18,7 @@
 #include "api/chorus.capnp.h"
 #include "api/errors.h"
 #include "api/http/embedded.h"
+#include "api/http/event-stream.h"
 #include "api/http/json.h"
 #include "api/http/openapi.capnp.h"
 #include "api/http/overview.h"
@@ -431,8 +432,9 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   }
 
   // Who the request is from, by its Authorization header; the refusal if
-  // it may not call at all. The first valid token moves the connection out
-  // of the unauthenticated tier (if maxConnections allow).
+  // it may not call at all. A valid token moves the connection out of the
+  // unauthenticated tier (if maxConnections allow); a request without one
+  // moves it back.
   std::variant<Caller, Reply> authenticate(Conn& conn, const kj::HttpHeaders& headers) {
     const TokenTable* tokens = loop_.tokens();
     if (tokens == nullptr) {
@@ -446,6 +448,14 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
       return trusted;
     }
     auto refuse = [&](std::string message) {
+      // A connection is authenticated while its requests show a valid token:
+      // one that stops (revoked, expired, none) is a stranger again, with
+      // authTimeout from now, as an RPC connection left without a session.
+      if (conn.authenticated && !conn.closing) {
+        conn.authenticated = false;
+        --authenticated_;
+        enterUnauthenticated(conn);
+      }
       Reply r = problem(unauthenticatedError(std::move(message)));
       r.headers.emplace_back(wwwAuthenticate_, "Bearer realm=\"chorus\"");
       return r;
@@ -698,6 +708,11 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
                            "form-action 'none'; frame-ancestors 'none'");
     return finish(kj::mv(r));
   }
+  // Who asks, before anything about the request is judged (as over RPC).
+  auto who = authenticate(conn, headers);
+  if (auto* refused = std::get_if<Reply>(&who)) return finish(kj::mv(*refused));
+  auto caller = kj::heap<Caller>(std::get<Caller>(kj::mv(who)));
+
   if (match->invalid) return finish(invalid(*match->invalid));
   for (const auto& [name, value] : match->query) {
     bool known = false;
@@ -716,10 +731,6 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
                     : "unknown query parameter: this route takes " + std::string(route.query)}));
     }
   }
-
-  auto who = authenticate(conn, headers);
-  if (auto* refused = std::get_if<Reply>(&who)) return finish(kj::mv(*refused));
-  auto caller = kj::heap<Caller>(std::get<Caller>(kj::mv(who)));
 
   if (route.op == Op::kWatch) {
     Reply refusal;
@@ -1068,18 +1079,14 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
 
 // ---- watch: a product's changes as a text/event-stream -----------------------
 
-// One open watch: its response stream, the changes queued for it (at most
-// maxPendingChangesPerWatch; more are dropped and counted in the next
-// one's `missed`) and the writer's wake-up.
+// One open watch: its event stream and the changes it dropped since the
+// last one it queued (at most maxPendingChangesPerWatch wait; more are
+// dropped and counted in the next one's `missed`).
 struct Server::Impl::Watch {
   uint64_t id = 0;
   uint64_t nodeWatch = 0;
-  Caller caller;
-  kj::Own<kj::AsyncOutputStream> out;
-  std::deque<std::string> queue;
+  kj::Own<EventStream> stream;
   uint32_t missed = 0;
-  kj::Own<kj::PromiseFulfiller<void>> wake;  // set while the writer waits
-  bool ended = false;
 };
 
 kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
@@ -1113,7 +1120,6 @@ kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
   }
   auto w = kj::heap<Watch>();
   w->id = nextWatch_++;
-  w->caller = caller;
   ServerLoop* loop = &loop_;
   Impl* self = this;
   uint64_t id = w->id;
@@ -1123,7 +1129,7 @@ kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
       auto it = self->watches_.find(id);
       if (it == self->watches_.end()) return;
       Watch& w = *it->second;
-      if (w.queue.size() >= self->limits_.maxPendingChangesPerWatch) {
+      if (!w.stream || w.stream->queued() >= self->limits_.maxPendingChangesPerWatch) {
         ++w.missed;
         self->metrics_.changesDropped(1);
         return;
@@ -1137,11 +1143,7 @@ kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
       std::string event = "event: change\ndata: ";
       appendJsonStruct(event, capnp::toDynamic(wc.asReader()));
       event += "\n\n";
-      w.queue.push_back(std::move(event));
-      if (w.wake) {
-        w.wake->fulfill();
-        w.wake = nullptr;
-      }
+      w.stream->push(std::move(event));
     });
   });
   if (!nodeWatch.ok()) {
@@ -1160,40 +1162,18 @@ kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
   kj::HttpHeaders headers(*table_);
   headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/event-stream");
   headers.set(cacheControl_, "no-cache");
-  w->out = response.send(200, "OK", headers);
-  w->queue.push_back(": watching " + product + " (a change is `event: change`, its data JSON)\n\n");
-
-  // The writer: sends what is queued, else waits for a change or the
-  // heartbeat. Ends (and the response with it) when the caller's token is
-  // revoked or expires, or the client goes away (a write fails).
-  auto pump = kj::heap<kj::Function<kj::Promise<void>()>>();
-  auto& pumpRef = *pump;
-  Watch& ws = *w;
-  *pump = [this, &ws, &pumpRef, heartbeat]() -> kj::Promise<void> {
-    if (auto why = stillValid(ws.caller)) {
-      std::string end = "event: end\ndata: ";
-      Reply p = problem(unauthenticatedError(*why));
-      end += p.body + "\n\n";
-      auto text = kj::heap<std::string>(std::move(end));
-      auto written = ws.out->write(text->data(), text->size());
-      return written.attach(kj::mv(text));
-    }
-    if (!ws.queue.empty()) {
-      auto text = kj::heap<std::string>(std::move(ws.queue.front()));
-      ws.queue.pop_front();
-      auto written = ws.out->write(text->data(), text->size());
-      return written.attach(kj::mv(text)).then([&pumpRef] { return pumpRef(); });
-    }
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    ws.wake = kj::mv(paf.fulfiller);
-    return paf.promise
-        .exclusiveJoin(timer_.afterDelay(heartbeat * kj::MILLISECONDS).then([&ws] {
-          ws.wake = nullptr;
-          ws.queue.push_back(": heartbeat\n\n");
-        }))
-        .then([&pumpRef] { return pumpRef(); });
-  };
-  return pumpRef().attach(kj::mv(pump), kj::mv(gone), kj::mv(w));
+  // Ends when the caller's token is revoked or expires, or the client goes
+  // away (a write fails).
+  w->stream =
+      kj::heap<EventStream>(timer_, response.send(200, "OK", headers), heartbeat * kj::MILLISECONDS,
+                            [this, caller]() -> std::optional<std::string> {
+                              auto why = stillValid(caller);
+                              if (!why) return std::nullopt;
+                              return problem(unauthenticatedError(*why)).body;
+                            });
+  w->stream->push(": watching " + product + " (a change is `event: change`, its data JSON)\n\n");
+  auto running = w->stream->run();
+  return running.attach(kj::mv(gone), kj::mv(w));
 }
 
 Server::Server(internal::ServerLoop& loop, kj::Own<kj::ConnectionReceiver> listener)

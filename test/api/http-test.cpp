@@ -278,6 +278,17 @@ TEST_CASE("http: --no-auth serves every route as admin; answers mirror the RPC r
   CHECK(missing.header("content-type") == "application/problem+json");
   CHECK(parse(missing)["code"].str() == "notFound");
   CHECK(n.node->metrics().httpErrors(Metrics::kGet) == 1);
+  auto noRoute = c->request("GET", "/v1/nothing");
+  CHECK(noRoute.status == 404);
+  CHECK(parse(noRoute)["type"].str() == "urn:chorus:problem:noRoute");
+  auto method = c->request("POST", "/v1/node/status");
+  CHECK(method.status == 405);
+  CHECK(method.header("allow") == "GET");
+  auto malformed = n.connect();  // kj refuses it; the answer is still a problem document
+  REQUIRE(malformed->sendRaw("GET /v1/node/status HTTP/1.1\r\nBad Header\r\n\r\n"));
+  auto refused = malformed->read();
+  CHECK(refused.status == 400);
+  CHECK(refused.header("content-type") == "application/problem+json");
 }
 
 TEST_CASE("http: tokens, roles, revocation at a reload") {
@@ -312,7 +323,9 @@ TEST_CASE("http: tokens, roles, revocation at a reload") {
   n.writeTokens(*chorus::api::tokenLine("ann", "writer", n.tokens["ann"]) + "\n");
   REQUIRE(n.node->reloadTokens().ok());
   CHECK(c->request("GET", "/v1/products/p1/reviews/ann", "", n.bearer("rita")).status == 401);
+  CHECK(n.node->metrics().unauthenticatedConnections() == 1);  // `c` is a stranger again
   CHECK(c->request("GET", "/v1/products/p1/reviews/ann", "", n.bearer("ann")).status == 200);
+  CHECK(n.node->metrics().unauthenticatedConnections() == 0);
 }
 
 TEST_CASE("http: bodies over the limit are refused with 413, declared or chunked") {
