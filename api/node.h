@@ -126,6 +126,10 @@ class Node {
     // port); empty = none. Needs `listen`: it runs on the RPC server's
     // thread, with the same tokens and limits (rpc).
     std::string httpListen;
+    // RPC addresses ("host:port") of the cluster's other nodes that the
+    // HTTP API's cluster overview (the dashboard, api/http/overview.h) may
+    // ask with the caller's token; members not listed are shown, not asked.
+    std::vector<std::string> overviewNodes;
     api::Limits limits;
     RpcLimits rpc;
     // Store tuning; dir is taken from dataDir.

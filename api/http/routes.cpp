@@ -60,6 +60,11 @@ const std::vector<Route>& routes() {
       {M::POST, "/v1/cluster/leave", Op::kLeave, "leave", ""},
       {M::POST, "/v1/cluster/remove", Op::kRemove, "remove", ""},
       {M::GET, "/v1/openapi.json", Op::kOpenApi, "openapi", ""},
+      {M::GET, "/v1/cluster/overview", Op::kOverview, "overview", ""},
+      {M::POST, "/v1/cluster/overview/partition", Op::kOverviewPartition, "overviewPartition", ""},
+      {M::POST, "/v1/cluster/overview/heal", Op::kOverviewHeal, "overviewHeal", ""},
+      {M::GET, "/", Op::kDashboard, "dashboard", ""},
+      {M::GET, "/dashboard/{file}", Op::kDashboard, "dashboardFile", ""},
   };
   return table;
 }

@@ -47,6 +47,11 @@ enum class Op {
   kLeave,
   kRemove,
   kOpenApi,  // this API's OpenAPI document
+  // The cluster dashboard (api/http/overview.h), not Cap'n Proto methods:
+  kDashboard,          // its page and files, served to anyone (no data in them)
+  kOverview,           // every listed node's view, asked by this node
+  kOverviewPartition,  // a partition applied across the nodes
+  kOverviewHeal,       // heal applied across the nodes
 };
 
 struct Route {

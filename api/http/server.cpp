@@ -17,9 +17,11 @@
 
 #include "api/chorus.capnp.h"
 #include "api/errors.h"
+#include "api/http/embedded.h"
 #include "api/http/event-stream.h"
 #include "api/http/json.h"
 #include "api/http/openapi.capnp.h"
+#include "api/http/overview.h"
 #include "api/http/routes.h"
 #include "api/internal/server-loop.h"
 #include "api/log.h"
@@ -140,6 +142,10 @@ Metrics::Method metricOf(Op op) {
     case Op::kRemove:
       return Metrics::kRemove;
     case Op::kOpenApi:
+    case Op::kDashboard:
+    case Op::kOverview:
+    case Op::kOverviewPartition:
+    case Op::kOverviewHeal:
       return Metrics::kMethodCount;  // not counted
   }
   return Metrics::kMethodCount;
@@ -200,6 +206,9 @@ struct Caller {
   bool trusted = false;
   Principal principal;
   TokenTable::Digest digest{};  // the token's, to follow a reload (watches)
+  // The bearer token as presented ("" if none): the overview routes ask the
+  // other nodes with it. Lives only as long as the request.
+  std::string token;
 };
 
 std::optional<Error> mayRead(const Caller& c) {
@@ -270,13 +279,18 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
         timer_(loop.timer()),
         metrics_(loop.metrics()),
         listener_(kj::mv(listener)),
-        connections_(kj::heap<kj::TaskSet>(*this)) {
+        connections_(kj::heap<kj::TaskSet>(*this)),
+        overview_(kj::heap<OverviewRunner>(
+            loop, Overview::Options{.nodes = loop.node().options().overviewNodes})) {
     kj::HttpHeaderTable::Builder builder;
     authorization_ = builder.add("Authorization");
     allow_ = builder.add("Allow");
     wwwAuthenticate_ = builder.add("WWW-Authenticate");
     retryAfter_ = builder.add("Retry-After");
     cacheControl_ = builder.add("Cache-Control");
+    contentSecurityPolicy_ = builder.add("Content-Security-Policy");
+    contentTypeOptions_ = builder.add("X-Content-Type-Options");
+    referrerPolicy_ = builder.add("Referrer-Policy");
     table_ = builder.build();
     settings_.headerTimeout = 15 * kj::SECONDS;
     settings_.pipelineTimeout = kj::MILLISECONDS * limits_.idleTimeout.count();
@@ -286,6 +300,7 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   ~Impl() noexcept(false) {
     acceptTask_ = nullptr;
     connections_ = nullptr;  // closes every connection; their watches end
+    overview_ = nullptr;     // waits for the overview threads still running
   }
 
   void start() {
@@ -422,7 +437,16 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   // moves it back.
   std::variant<Caller, Reply> authenticate(Conn& conn, const kj::HttpHeaders& headers) {
     const TokenTable* tokens = loop_.tokens();
-    if (tokens == nullptr) return Caller{true, {}, {}};
+    if (tokens == nullptr) {
+      Caller trusted{true, {}, {}, {}};
+      KJ_IF_MAYBE (value, headers.get(authorization_)) {  // forwarded by the overview routes
+        std::string v(value->cStr(), value->size());
+        if (v.size() > 7 && (v.compare(0, 7, "Bearer ") == 0 || v.compare(0, 7, "bearer ") == 0)) {
+          trusted.token = v.substr(7);
+        }
+      }
+      return trusted;
+    }
     auto refuse = [&](std::string message) {
       // A connection is authenticated while its requests show a valid token:
       // one that stops (revoked, expired, none) is a stranger again, with
@@ -480,6 +504,7 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
       ++authenticated_;
     }
     caller.principal = std::move(*principal);
+    caller.token = std::move(token);
     return caller;
   }
 
@@ -547,6 +572,9 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   kj::HttpHeaderId wwwAuthenticate_ = kj::HttpHeaderId::HOST;
   kj::HttpHeaderId retryAfter_ = kj::HttpHeaderId::HOST;
   kj::HttpHeaderId cacheControl_ = kj::HttpHeaderId::HOST;
+  kj::HttpHeaderId contentSecurityPolicy_ = kj::HttpHeaderId::HOST;
+  kj::HttpHeaderId contentTypeOptions_ = kj::HttpHeaderId::HOST;
+  kj::HttpHeaderId referrerPolicy_ = kj::HttpHeaderId::HOST;
   kj::HttpServerSettings settings_;
 
   uint64_t nextConn_ = 1;
@@ -564,6 +592,7 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
 
   kj::Promise<void> acceptTask_ = nullptr;
   kj::Own<kj::TaskSet> connections_;
+  kj::Own<OverviewRunner> overview_;  // the overview routes' threads
 };
 
 // One connection's kj::HttpService: hands each request to the server with
@@ -657,6 +686,27 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
   if (route.op == Op::kOpenApi) {
     auto doc = generated::OPENAPI_JSON.get();
     return finish(json(std::string(doc.cStr(), doc.size())));
+  }
+  if (route.op == Op::kDashboard) {
+    // The page holds no data (it asks /v1/cluster/overview with the token
+    // the user enters): anyone may load it. It runs only its own files.
+    const EmbeddedFile* file = match->params.empty()
+                                   ? dashboardFile("/dashboard/index.html")
+                                   : dashboardFile("/dashboard/" + match->param("file"));
+    if (file == nullptr) {
+      return finish(problem(ApiError{ApiCode::kNotFound, "", "no such file of the dashboard"}));
+    }
+    Reply r;
+    r.contentType = std::string(file->contentType);
+    r.body = std::string(file->bytes);
+    r.headers.emplace_back(cacheControl_, "no-cache");
+    r.headers.emplace_back(contentTypeOptions_, "nosniff");
+    r.headers.emplace_back(referrerPolicy_, "no-referrer");
+    r.headers.emplace_back(contentSecurityPolicy_,
+                           "default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                           "form-action 'none'; frame-ancestors 'none'");
+    return finish(kj::mv(r));
   }
   // Who asks, before anything about the request is judged (as over RPC).
   auto who = authenticate(conn, headers);
@@ -1002,8 +1052,26 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       capnp::MallocMessageBuilder message(64);
       return results(message.initRoot<wire::Admin::RemoveResults>());
     }
+    case Op::kOverview:
+    case Op::kOverviewPartition:
+    case Op::kOverviewHeal: {
+      if (auto no = mayAdmin(caller, "overview")) return problem(*no);
+      auto answered = [](OverviewRunner::Answer a) -> Reply {
+        if (!a->ok()) return problem(a->error());
+        return json(std::move(**a));
+      };
+      if (op == Op::kOverview) return overview_->overview(caller.token).then(answered);
+      if (op == Op::kOverviewHeal) {
+        if (auto bad = parseHealBody(body)) return invalid(*bad);
+        return overview_->heal(caller.token).then(answered);
+      }
+      auto groups = parsePartitionBody(body);
+      if (auto* bad = std::get_if<FieldError>(&groups)) return invalid(*bad);
+      return overview_->partition(std::get<0>(std::move(groups)), caller.token).then(answered);
+    }
     case Op::kWatch:
     case Op::kOpenApi:
+    case Op::kDashboard:
       break;  // handled before dispatch
   }
   KJ_FAIL_ASSERT("an HTTP route without a handler", std::string(m.route->name).c_str());

@@ -328,13 +328,29 @@ def run_cases(a, b, c, tokens, other_key):
     t("erase", a, "DELETE", "/v1/products/p1/reviews/bob", 200)
     t("erase", a, "DELETE", "/v1/products/p1/reviews/bob", 404)
     t("openapi", a, "GET", "/v1/openapi.json", 200)
+    # The dashboard and its overview (api/http/overview.h); A is a cluster of
+    # one, C has no cluster (the overview shows it alone; heal is refused).
+    t("dashboard", a, "GET", "/", 200)
+    t("dashboardFile", a, "GET", "/dashboard/app.js", 200)
+    t("dashboardFile", a, "GET", "/dashboard/nope.js", 404)
+    t("overview", a, "GET", "/v1/cluster/overview", 200)
+    t("overview", c, "GET", "/v1/cluster/overview", 200)
+    t("overviewPartition", a, "POST", "/v1/cluster/overview/partition", 400,
+      {"a": ["a"], "b": ["ghost"]})
+    t("overviewPartition", a, "POST", "/v1/cluster/overview/partition", 400, {"a": ["a"]})
+    t("overviewPartition", a, "POST", "/v1/cluster/overview/partition", 400,
+      {"a": "a", "b": ["x"]})
+    t("overviewHeal", a, "POST", "/v1/cluster/overview/heal", 200)
+    t("overviewHeal", a, "POST", "/v1/cluster/overview/heal", 400, {"now": True})
+    t("overviewHeal", c, "POST", "/v1/cluster/overview/heal", 503)
     t("leave", a, "POST", "/v1/cluster/leave", 400, {"timeoutMillis": 400000})
     # Last on A: a lone node's leave finds no peer to take its data.
     t("leave", a, "POST", "/v1/cluster/leave", 503, {"timeoutMillis": 200})
     t("put", a, "PUT", R, 503, {"rating": 4})  # it left: writes are refused
 
     # B: tokens. Without one, every operation but the document is 401.
-    samples = {"product": "p1", "author": "ann", "voter": "bob", "tag": "fast"}
+    samples = {"product": "p1", "author": "ann", "voter": "bob", "tag": "fast", "file": "app.js"}
+    no_token = ("openapi", "dashboard", "dashboardFile")  # documented as needing none
     for path, method, op in operations():
         concrete = re.sub(r"\{(\w+)\}", lambda m: samples[m.group(1)], path)
         if op["operationId"] == "watch":
@@ -342,7 +358,7 @@ def run_cases(a, b, c, tokens, other_key):
         else:
             got = call(b, method, concrete)
         check(op["operationId"], method, concrete, got,
-              200 if op["operationId"] == "openapi" else 401)
+              200 if op["operationId"] in no_token else 401)
     t("put", b, "PUT", R, 401, {"rating": 5}, token="chorus_" + "x" * 43)  # unknown token
     t("put", b, "PUT", R, 200, {"rating": 5}, token=tokens["ann"])
     t("put", b, "PUT", "/v1/products/p1/reviews/bob", 403, {"rating": 5}, token=tokens["ann"])
@@ -352,6 +368,8 @@ def run_cases(a, b, c, tokens, other_key):
     t("status", b, "GET", "/v1/node/status", 200, token=tokens["admin"])
     t("health", b, "GET", "/v1/node/health", 200, token=tokens["rita"])
     t("cluster", b, "GET", "/v1/cluster", 403, token=tokens["ann"])
+    t("overview", b, "GET", "/v1/cluster/overview", 200, token=tokens["admin"])
+    t("overview", b, "GET", "/v1/cluster/overview", 403, token=tokens["ann"])
 
     documented = {op["operationId"] for _, _, op in operations()}
     for missing in sorted(documented - covered):

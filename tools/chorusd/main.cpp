@@ -3,7 +3,8 @@
 //
 // Prints "chorusd: listening on HOST:PORT" on stdout once it accepts calls,
 // then "chorusd: gossip on HOST:PORT" with --gossip-listen (and
-// "chorusd: http on http://HOST:PORT/v1/" with --http-listen,
+// "chorusd: http on http://HOST:PORT/v1/" and "chorusd: dashboard on
+// http://HOST:PORT/" with --http-listen,
 // "chorusd: metrics on http://HOST:PORT/metrics" with --metrics-addr).
 // SIGINT/SIGTERM: new writes are refused, queued writes commit, then it
 // exits 0 (still a member of its cluster: `chorus cluster leave` first to
@@ -22,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "api/http/overview.h"
 #include "api/log.h"
 #include "api/node.h"
 #include "api/validate.h"
@@ -124,6 +126,15 @@ int main(int argc, char** argv) {
                  "if empty): every RPC operation as a route, documented at /v1/openapi.json, "
                  "with the same tokens (Authorization: Bearer), roles and limits as RPC")
       ->type_name("HOST:PORT");
+  std::vector<std::string> overviewNodes;
+  app.add_option("--overview-nodes", overviewNodes,
+                 "RPC addresses of the cluster's other nodes, HOST:PORT[,...] (repeatable): the "
+                 "dashboard at http://HOST:PORT/ of --http-listen (GET /v1/cluster/overview) asks "
+                 "these with the caller's admin token; members not listed are shown but not "
+                 "asked (an address learned over gossip never gets the token)")
+      ->type_name("HOST:PORT[,...]")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--log-level", logLevel, "error, warn, info or debug")
       ->capture_default_str()
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}));
@@ -380,6 +391,16 @@ int main(int argc, char** argv) {
   options.listen = listen;
   options.metricsAddr = metricsAddr;
   options.httpListen = httpListen;
+  for (const auto& item : overviewNodes) {
+    if (auto s = chorus::api::http::addOverviewNodes(item, options.overviewNodes); !s.ok()) {
+      std::fprintf(stderr, "chorusd: --overview-nodes: %s\n", s.error().message.c_str());
+      return 1;
+    }
+  }
+  if (!options.overviewNodes.empty() && httpListen.empty()) {
+    std::fprintf(stderr, "chorusd: --overview-nodes needs --http-listen (the dashboard)\n");
+    return 1;
+  }
   options.rpc.maxInFlightPerConnection = maxInFlight;
   options.rpc.idleTimeout = std::chrono::milliseconds(idleTimeoutMs);
   options.rpc.maxCallsPerSecond = rateLimit;
@@ -436,6 +457,7 @@ int main(int argc, char** argv) {
   }
   if (!(*node)->httpAddress().empty()) {
     std::printf("chorusd: http on http://%s/v1/\n", (*node)->httpAddress().c_str());
+    std::printf("chorusd: dashboard on http://%s/\n", (*node)->httpAddress().c_str());
   }
   if (!(*node)->metricsAddress().empty()) {
     std::printf("chorusd: metrics on http://%s/metrics\n", (*node)->metricsAddress().c_str());

@@ -73,3 +73,43 @@ chorus_install_redocly() {
       "@redocly/cli@$CHORUS_REDOCLY_VERSION" >&2 ||
     { echo "setup: could not install @redocly/cli from the npm registry" >&2; return 1; }
 }
+
+# chorus_install_npm_packages: the npm packages of tools/npm-packages that
+# are missing from $(chorus_npm_dir) (exported as CHORUS_NPM_DIR for the
+# tests), installed with npm; installs Debian's npm first if there is no
+# npm. Never fatal: without the registry the tests that need a
+# package skip. Exports CHORUS_REQUIRE_BROWSER=1 once puppeteer-core and a
+# Chromium are both there, so the browser test fails instead of skipping.
+chorus_install_npm_packages() {
+  CHORUS_NPM_DIR=$(chorus_npm_dir)
+  export CHORUS_NPM_DIR
+  local spec name version have missing=()
+  while read -r spec; do
+    name=${spec%@*}
+    version=${spec##*@}
+    have=$(node -p "require('$CHORUS_NPM_DIR/node_modules/$name/package.json').version" 2>/dev/null || true)
+    [ "$have" = "$version" ] || missing+=("$spec")
+  done < <(grep -v '^\s*#' tools/npm-packages | grep -v '^\s*$')
+  if [ ${#missing[@]} -gt 0 ]; then
+    if ! command -v npm >/dev/null; then
+      local sudo=()
+      [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+      "${sudo[@]}" apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+          npm >&2 || true
+    fi
+    echo "setup: installing npm packages into $CHORUS_NPM_DIR: ${missing[*]}" >&2
+    mkdir -p "$CHORUS_NPM_DIR"
+    if ! timeout 600 npm install --prefix "$CHORUS_NPM_DIR" --no-audit --no-fund --loglevel=error \
+        "${missing[@]}" >&2; then
+      echo "setup: npm could not install ${missing[*]}; the tests that need them skip" >&2
+      return 0
+    fi
+  else
+    echo "setup: npm packages present in $CHORUS_NPM_DIR" >&2
+  fi
+  if [ -d "$CHORUS_NPM_DIR/node_modules/puppeteer-core" ] &&
+     command -v chromium >/dev/null; then
+    export CHORUS_REQUIRE_BROWSER=1
+  fi
+}
