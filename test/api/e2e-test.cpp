@@ -75,6 +75,16 @@ CliResult cli(const std::string& address, std::vector<std::string> args) {
   return {code, out};
 }
 
+// chorusd's offline modes (--verify-backup, --restore-only): stdout and
+// stderr together, and the exit code.
+CliResult chorusdOffline(std::vector<std::string> args) {
+  args.insert(args.begin(), {"--log-level", "warn"});
+  Process p(bin("CHORUSD_BIN"), args);
+  std::string out = p.readAll(20s);
+  int code = p.wait(10s);
+  return {code, out};
+}
+
 }  // namespace
 
 TEST_CASE("e2e: the CLI drives every operation with documented exit codes") {
@@ -594,7 +604,7 @@ TEST_CASE("e2e: two regions: --split by region name, leave and remove, and their
   CHECK(d2.process->stop(SIGTERM, 10s) == 0);
 }
 
-TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --restore-from") {
+TEST_CASE("e2e: node backup over RPC, chorusd --verify-backup, --restore-only, --restore-from") {
   TempDir tmp;
   auto d = startDaemon(tmp.sub("data"));
   const auto& a = d.address;
@@ -629,9 +639,17 @@ TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --rest
   // The node went on serving, and writes after the backup are not in it.
   REQUIRE(cli(a, {"review", "put", "kettle-1", "dee", "-r", "1", "-t", "Late"}).code == 0);
 
-  auto verified = cli(a, {"node", "verify-backup", tmp.sub("bk")});
+  auto verified = chorusdOffline({"--verify-backup", tmp.sub("bk")});
   CHECK(verified.code == 0);
   CHECK(verified.out.find("verified:    ok") != std::string::npos);
+  auto verifiedJson = chorusdOffline({"--verify-backup", tmp.sub("bk"), "--json"});
+  CHECK(verifiedJson.code == 0);
+  CHECK(verifiedJson.out.rfind("{\"verified\":true,", 0) == 0);
+  CHECK(field(verifiedJson.out, "merkle_root") == root);
+  // The client opens no store: it points at chorusd instead.
+  auto moved = cli(a, {"node", "verify-backup", tmp.sub("bk")});
+  CHECK(moved.code == 1);
+  CHECK(moved.out.find("chorusd --verify-backup DIR") != std::string::npos);
 
   // A damaged copy: verify-backup and restore refuse it, and write nothing.
   std::filesystem::copy(tmp.sub("bk"), tmp.sub("bad"));
@@ -644,11 +662,11 @@ TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --rest
     std::fputc(c ^ 0x40, f);
     std::fclose(f);
   }
-  auto bad = cli(a, {"node", "verify-backup", tmp.sub("bad")});
+  auto bad = chorusdOffline({"--verify-backup", tmp.sub("bad")});
   CHECK(bad.code == 5);
   CHECK(bad.out.find("checksum") != std::string::npos);
-  auto badRestore =
-      cli(a, {"node", "restore", "--from", tmp.sub("bad"), "--data-dir", tmp.sub("r-bad")});
+  auto badRestore = chorusdOffline(
+      {"--restore-from", tmp.sub("bad"), "--data-dir", tmp.sub("r-bad"), "--restore-only"});
   CHECK(badRestore.code == 5);
   CHECK_FALSE(std::filesystem::exists(tmp.sub("r-bad/data.mdb")));
   Process badDaemon(bin("CHORUSD_BIN"),
@@ -659,20 +677,29 @@ TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --rest
   CHECK(badOut.find("--restore-from") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(tmp.sub("r-bad2/data.mdb")));
 
-  // restore: a new replica id, unless --replace.
-  auto restored =
-      cli(a, {"--json", "node", "restore", "--from", tmp.sub("bk"), "--data-dir", tmp.sub("r1")});
+  // --restore-only: a new replica id, unless --restore-replace; nothing served.
+  auto restored = chorusdOffline(
+      {"--restore-from", tmp.sub("bk"), "--data-dir", tmp.sub("r1"), "--restore-only", "--json"});
   REQUIRE_MESSAGE(restored.code == 0, restored.out);
+  CHECK(restored.out.find("listening") == std::string::npos);
   CHECK(field(restored.out, "replica_id") == replica);
   CHECK(field(restored.out, "restored_replica_id") != replica);
   CHECK(field(restored.out, "replaced") == "false");
-  auto replaced = cli(a, {"--json", "node", "restore", "--from", tmp.sub("bk"), "--data-dir",
-                          tmp.sub("r2"), "--replace"});
+  CHECK(std::filesystem::exists(tmp.sub("r1/data.mdb")));
+  auto replaced = chorusdOffline({"--restore-from", tmp.sub("bk"), "--data-dir", tmp.sub("r2"),
+                                  "--restore-replace", "--restore-only", "--json"});
   REQUIRE_MESSAGE(replaced.code == 0, replaced.out);
   CHECK(field(replaced.out, "restored_replica_id") == replica);
-  auto twice = cli(a, {"node", "restore", "--from", tmp.sub("bk"), "--data-dir", tmp.sub("r1")});
-  CHECK(twice.code == 3);
+  CHECK(field(replaced.out, "replaced") == "true");
+  auto twice = chorusdOffline(
+      {"--restore-from", tmp.sub("bk"), "--data-dir", tmp.sub("r1"), "--restore-only"});
+  CHECK(twice.code == 2);
   CHECK(twice.out.find("already holds a store") != std::string::npos);
+  auto movedRestore =
+      cli(a, {"node", "restore", "--from", tmp.sub("bk"), "--data-dir", tmp.sub("r4")});
+  CHECK(movedRestore.code == 1);
+  CHECK(movedRestore.out.find("chorusd --restore-from") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(tmp.sub("r4")));
 
   // chorusd --restore-from: serves the backup's reviews under a new id.
   {

@@ -160,8 +160,9 @@ TEST_CASE("cluster: a node restored from another node's backup joins and catches
 
   // n3's data dir is prepared from n1's backup, with a new replica id.
   auto r =
-      run(bin("CHORUS_BIN"),
-          {"--json", "node", "restore", "--from", backupDir, "--data-dir", h.dataDir("n3")}, 60s);
+      run(bin("CHORUSD_BIN"),
+          {"--restore-from", backupDir, "--data-dir", h.dataDir("n3"), "--restore-only", "--json"},
+          60s);
   REQUIRE_MESSAGE(r.code == 0, r.out << r.err);
   auto restored = Json::parse(r.out);
   REQUIRE(restored.has_value());

@@ -169,15 +169,18 @@ std::string json(const std::string& s) {
   return out + "\"";
 }
 
-std::string hex(const storage::Hash& h) {
+std::string hexBytes(const uint8_t* bytes, size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
-  char buf[3];
-  for (uint8_t b : h) {
-    std::snprintf(buf, sizeof buf, "%02x", b);
-    out += buf;
+  out.reserve(size * 2);
+  for (size_t i = 0; i < size; ++i) {
+    out += kDigits[bytes[i] >> 4];
+    out += kDigits[bytes[i] & 0x0f];
   }
   return out;
 }
+
+std::string hex(const storage::Hash& h) { return hexBytes(h.data(), h.size()); }
 
 Result<std::string> firstLineOf(const std::string& path, const char* what) {
   std::ifstream in(path);

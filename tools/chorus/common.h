@@ -63,6 +63,8 @@ int exitCodeFor(const Error& e);
 // A JSON string literal (quoted, escaped).
 std::string json(const std::string& s);
 std::string hex(const storage::Hash& h);
+// Lowercase hex of `size` bytes (a backup's root and checksum).
+std::string hexBytes(const uint8_t* bytes, size_t size);
 
 // Connects to g.connect, runs `body`, and maps failures to exit codes.
 int withClient(const Globals& g, const std::function<int(api::Client&)>& body);

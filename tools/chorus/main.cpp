@@ -19,7 +19,6 @@
 #include "api/client.h"
 #include "api/types.h"
 #include "api/validate.h"
-#include "storage/backup.h"
 #include "tools/chorus/common.h"
 
 namespace {
@@ -122,11 +121,10 @@ int printHealth(const Globals& g, const chorus::NodeHealth& h, bool strict) {
 // prepended), or aligned lines.
 void printManifest(const Globals& g, const std::string& extra, const std::string& dir,
                    const chorus::storage::BackupManifest& m) {
-  using chorus::storage::hexOf;
   char replica[17];
   std::snprintf(replica, sizeof replica, "%016" PRIx64, m.replicaId);
-  std::string root = hexOf(m.merkleRoot.data(), m.merkleRoot.size());
-  std::string sum = "blake2b-256:" + hexOf(m.checksum.data(), m.checksum.size());
+  std::string root = hexBytes(m.merkleRoot.data(), m.merkleRoot.size());
+  std::string sum = "blake2b-256:" + hexBytes(m.checksum.data(), m.checksum.size());
   if (g.json) {
     std::printf(
         "{%s\"dir\":%s,\"node_id\":%s,\"replica_id\":\"%s\",\"schema_version\":%u,"
@@ -206,6 +204,17 @@ size_t editDistance(const std::string& a, const std::string& b) {
   return d[a.size()][b.size()];
 }
 
+// Commands that left the client because they open a store's files directly
+// (chorus links no LMDB): what to run instead, or "" for any other word.
+std::string movedCommand(const std::string& path, const std::string& word) {
+  if (path != "chorus node") return "";
+  if (word == "restore") {
+    return "chorusd --restore-from DIR --data-dir D [--restore-replace] --restore-only";
+  }
+  if (word == "verify-backup") return "chorusd --verify-backup DIR";
+  return "";
+}
+
 // Walks the command line as CLI11 will, through subcommand names (skipping
 // options and their values), to the first word that should name a
 // subcommand and does not: "unknown command 'reviw' (did you mean
@@ -238,6 +247,10 @@ std::optional<std::string> unknownCommand(CLI::App& app, int argc, char** argv) 
       continue;
     }
     if (cur->get_require_subcommand_min() == 0) return std::nullopt;
+    if (auto moved = movedCommand(path, word); !moved.empty()) {
+      return "unknown command '" + word + "' for '" + path +
+             "': it moved to chorusd, run on the backup's host: " + moved;
+    }
     std::string best, names;
     size_t bestDistance = std::max<size_t>(2, word.size() / 3) + 1;  // only near misses
     for (auto* s : subs) {
@@ -250,7 +263,8 @@ std::optional<std::string> unknownCommand(CLI::App& app, int argc, char** argv) 
       }
     }
     return "unknown command '" + word + "' for '" + path + "'" +
-           (best.empty() ? "" : " (did you mean '" + best + "'?)") + "; commands: " + names;
+           (best.empty() ? "" : " (did you mean '" + best + "'?)") + "; commands: " + names +
+           " (chorus --help lists them)";
   }
   return std::nullopt;
 }
@@ -723,8 +737,9 @@ int main(int argc, char** argv) {
       "Admin: the node writes a hot backup of its store into --out on its own host: a\n"
       "compacted copy of one consistent snapshot (data.mdb) and its manifest\n"
       "(backup.manifest: replica id, schema, Merkle root, keys, BLAKE2b checksum). The node\n"
-      "keeps serving reads and writes meanwhile. Restore with `chorus node restore` or\n"
-      "`chorusd --restore-from`");
+      "keeps serving reads and writes meanwhile. Check one with `chorusd --verify-backup DIR`;\n"
+      "restore with `chorusd --restore-from DIR --data-dir D` (--restore-only: prepare D and\n"
+      "exit). Both run on the backup's host and open the files directly");
   backup
       ->add_option("--out", backupOut,
                    "Directory on the node's host; must not exist or be empty. A relative path\n"
@@ -748,72 +763,6 @@ int main(int argc, char** argv) {
     });
   });
 
-  std::string restoreFrom, restoreDataDir;
-  bool restoreReplace = false;
-  auto* restore = nodeCmd->add_subcommand(
-      "restore",
-      "Prepares a data dir from a backup, on this host, with no node running: verifies the\n"
-      "backup (checksum, then a full recount of the copy; a damaged one is refused and\n"
-      "nothing is written), copies it, gives it a NEW replica id (unless --replace), and\n"
-      "verifies it again. Start chorusd on the data dir afterwards: it joins its cluster and\n"
-      "catches up the writes made since the backup");
-  restore->add_option("--from", restoreFrom, "The backup directory")->required();
-  restore
-      ->add_option("--data-dir", restoreDataDir,
-                   "The data dir to prepare; it may exist but must hold no store")
-      ->required();
-  restore->add_flag(
-      "--replace", restoreReplace,
-      "Keep the backup's replica id: ONLY to replace the node the backup came from, which must\n"
-      "never run again. Two live nodes with one replica id break the merge rules (the same\n"
-      "dot for two different tags or votes), silently");
-  restore->callback([&] {
-    auto original = chorus::storage::readBackupManifest(restoreFrom);
-    if (!original.ok()) {
-      result = fail(original);
-      return;
-    }
-    chorus::storage::RestoreOptions o;
-    o.keepReplicaId = restoreReplace;
-    o.notice = [&](const std::string& what) {
-      if (!g.json) std::fprintf(stderr, "chorus: %s\n", what.c_str());
-    };
-    auto m = chorus::storage::restoreBackup(restoreFrom, restoreDataDir, o);
-    if (!m.ok()) {
-      result = fail(m);
-      return;
-    }
-    char now[17];
-    std::snprintf(now, sizeof now, "%016" PRIx64, m->replicaId);
-    printManifest(g,
-                  "\"data_dir\":" + json(restoreDataDir) + ",\"restored_replica_id\":\"" + now +
-                      "\",\"replaced\":" + (restoreReplace ? "true" : "false") + ",",
-                  restoreFrom, *original);
-    if (!g.json) {
-      std::printf("restored:    into %s, replica id %s (%s)\n", restoreDataDir.c_str(), now,
-                  restoreReplace ? "the backup's: --replace" : "new");
-    }
-    result = kExitOk;
-  });
-
-  std::string verifyDir;
-  auto* verifyBackup = nodeCmd->add_subcommand(
-      "verify-backup",
-      "Checks a backup on this host without changing it: the checksum of data.mdb, then the\n"
-      "copy's own replica id, root and key count against the manifest, and a full recount of\n"
-      "its derived data. Exit 0 good; 5 damaged or unreadable");
-  verifyBackup->add_option("dir", verifyDir, "The backup directory")->required();
-  verifyBackup->callback([&] {
-    auto m = chorus::storage::verifyBackup(verifyDir);
-    if (!m.ok()) {
-      result = fail(m);
-      return;
-    }
-    printManifest(g, "\"verified\":true,", verifyDir, *m);
-    if (!g.json) std::printf("verified:    ok\n");
-    result = kExitOk;
-  });
-
   addClusterCommands(app, g, result);
   addTokenCommands(app, g, result);
 
@@ -822,7 +771,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--json") setJsonErrors(true);  // parse errors too
   }
   if (auto unknown = unknownCommand(app, argc, argv)) {
-    return finishErrors(usageError(*unknown + " (chorus --help lists them)"));
+    return finishErrors(usageError(*unknown));
   }
   try {
     app.parse(argc, argv);

@@ -12,11 +12,18 @@
 // and its watches end at once; a broken file keeps the previous tokens). Exit codes: 0 clean stop,
 // 1 usage or configuration, 2 the node could not start (data dir locked or damaged, address in
 // use, --restore-from refused).
+//
+// Two offline modes open backup files directly and serve nothing (the `chorus` client links
+// no LMDB, so they live here): --verify-backup DIR checks a backup (exit 0 good, 5 damaged or
+// not a backup); --restore-from DIR --data-dir D --restore-only prepares D and exits (0
+// prepared, 5 the backup is damaged or not a backup, 2 D refused: it holds a store, is in use,
+// or an I/O error). Both print the backup's manifest, one JSON object with --json.
 #include <pthread.h>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -55,6 +62,107 @@ bool readClusterKeys(const std::string& path, std::vector<std::string>& keys) {
   }
   keys = std::move(read).value();
   return true;
+}
+
+// A JSON string literal (quoted, escaped).
+std::string json(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+// A backup's manifest on stdout: one JSON object (the fields in `extra`
+// first: `"name":value,` pairs), or aligned lines. The same shape as
+// `chorus node backup` prints.
+void printManifest(bool asJson, const std::string& extra, const std::string& dir,
+                   const chorus::storage::BackupManifest& m) {
+  using chorus::storage::hexOf;
+  char replica[17];
+  std::snprintf(replica, sizeof replica, "%016" PRIx64, m.replicaId);
+  std::string root = hexOf(m.merkleRoot.data(), m.merkleRoot.size());
+  std::string sum = "blake2b-256:" + hexOf(m.checksum.data(), m.checksum.size());
+  if (asJson) {
+    std::printf(
+        "{%s\"dir\":%s,\"node_id\":%s,\"replica_id\":\"%s\",\"schema_version\":%u,"
+        "\"merkle_root\":\"%s\",\"keys\":%" PRIu64 ",\"hlc_high_water\":%" PRIu64
+        ",\"file_bytes\":%" PRIu64 ",\"checksum\":\"%s\",\"created_unix_ms\":%" PRIu64 "}\n",
+        extra.c_str(), json(dir).c_str(), json(m.nodeId).c_str(), replica, m.schemaVersion,
+        root.c_str(), m.keys, m.hlcHighWater, m.fileBytes, sum.c_str(), m.createdUnixMillis);
+    return;
+  }
+  std::printf("dir:         %s\n", dir.c_str());
+  std::printf("node:        %s (replica %s), storage schema %u\n",
+              m.nodeId.empty() ? "(unknown)" : m.nodeId.c_str(), replica, m.schemaVersion);
+  std::printf("keys:        %" PRIu64 ", merkle root %s\n", m.keys, root.c_str());
+  std::printf("data.mdb:    %" PRIu64 " bytes, %s\n", m.fileBytes, sum.c_str());
+}
+
+// Exit codes of the offline modes.
+constexpr int kExitRestoreRefused = 2;
+constexpr int kExitBackupDamaged = 5;
+
+// --verify-backup DIR: checks the backup and prints its manifest.
+int verifyBackupOnly(const std::string& dir, bool asJson) {
+  auto m = chorus::storage::verifyBackup(dir);
+  if (!m.ok()) {
+    std::fprintf(stderr, "chorusd: --verify-backup %s: %s\n", dir.c_str(),
+                 m.error().toString().c_str());
+    return kExitBackupDamaged;
+  }
+  printManifest(asJson, "\"verified\":true,", dir, *m);
+  if (!asJson) std::printf("verified:    ok\n");
+  std::fflush(stdout);
+  return 0;
+}
+
+// --restore-from DIR --restore-only: prepares dataDir and prints the
+// backup's manifest with the restored replica id.
+int restoreOnly(const std::string& from, const std::string& dataDir, bool replace, bool asJson) {
+  auto original = chorus::storage::readBackupManifest(from);
+  if (!original.ok()) {
+    std::fprintf(stderr, "chorusd: --restore-from %s: %s\n", from.c_str(),
+                 original.error().toString().c_str());
+    return kExitBackupDamaged;
+  }
+  chorus::storage::RestoreOptions ro;
+  ro.keepReplicaId = replace;
+  ro.notice = [](const std::string& what) {
+    chorus::api::logf(chorus::api::LogLevel::kInfo, "restore: %s", what.c_str());
+  };
+  auto m = chorus::storage::restoreBackup(from, dataDir, ro);
+  if (!m.ok()) {
+    std::fprintf(stderr, "chorusd: --restore-from %s: %s\n", from.c_str(),
+                 m.error().toString().c_str());
+    // Corruption and a missing manifest are the backup's fault; the rest
+    // (a store already there, the dir in use, I/O) the data dir's.
+    auto code = m.error().code;
+    return code == chorus::ErrorCode::kCorruption || code == chorus::ErrorCode::kNotFound
+               ? kExitBackupDamaged
+               : kExitRestoreRefused;
+  }
+  char now[17];
+  std::snprintf(now, sizeof now, "%016" PRIx64, m->replicaId);
+  printManifest(asJson,
+                "\"data_dir\":" + json(dataDir) + ",\"restored_replica_id\":\"" + now +
+                    "\",\"replaced\":" + (replace ? "true" : "false") + ",",
+                from, *original);
+  if (!asJson) {
+    std::printf("restored:    into %s, replica id %s (%s)\n", dataDir.c_str(), now,
+                replace ? "the backup's: --restore-replace" : "new");
+  }
+  std::fflush(stdout);
+  return 0;
 }
 
 }  // namespace
@@ -103,20 +211,54 @@ int main(int argc, char** argv) {
   std::string forgetDeadAfter = "24h";
   uint32_t sessionWaitMs = static_cast<uint32_t>(chorus::Node::Options{}.sessionWait.count());
   bool noDeltaPush = false;
-  app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
-      ->required();
-  app.add_option("--data-dir", dataDir, "Directory of the store (created if missing)")->required();
+  auto* nodeIdOption = app.add_option(
+      "--node-id", nodeId, "Name of this node, shown by `chorus node status` (required to serve)");
+  auto* dataDirOption = app.add_option(
+      "--data-dir", dataDir,
+      "Directory of the store (created if missing); required except with --verify-backup");
   std::string restoreFrom;
   bool restoreReplace = false;
-  app.add_option("--restore-from", restoreFrom,
-                 "First prepare --data-dir from this backup (chorus node backup): verified,\n"
-                 "copied, given a new replica id; refused if the backup is damaged or the data\n"
-                 "dir already holds a store. The node then joins and catches up as usual");
+  bool restoreOnlyMode = false;
+  std::string verifyDir;
+  bool asJson = false;
+  auto* restoreFromOption =
+      app.add_option("--restore-from", restoreFrom,
+                     "First prepare --data-dir from this backup (chorus node backup): verified,\n"
+                     "copied, given a new replica id; refused if the backup is damaged or the\n"
+                     "data dir already holds a store. The node then joins and catches up as usual")
+          ->type_name("DIR");
   auto* restoreReplaceFlag = app.add_flag(
       "--restore-replace", restoreReplace,
       "With --restore-from: keep the backup's replica id, ONLY to replace the node it came\n"
       "from, which must never run again (two live nodes with one replica id break the merge\n"
       "rules)");
+  auto* offlineGroup = app.add_option_group(
+      "Offline",
+      "Work on backup files on this host, serve nothing, and exit (no node may run "
+      "on the data dir)");
+  auto* restoreOnlyFlag = offlineGroup->add_flag(
+      "--restore-only", restoreOnlyMode,
+      "With --restore-from: prepare --data-dir, print the backup's manifest and the restored\n"
+      "replica id, and exit without serving (--node-id not needed). Exit 0 prepared; 5 the\n"
+      "backup is damaged or not a backup (nothing written); 2 the data dir already holds a\n"
+      "store, is in use, or an I/O error");
+  auto* verifyOption =
+      offlineGroup
+          ->add_option("--verify-backup", verifyDir,
+                       "Check the backup in DIR without changing it (the checksum of data.mdb,\n"
+                       "the copy's replica id, root and key count against the manifest, a full\n"
+                       "recount of its derived data), print its manifest, and exit: 0 good; 5\n"
+                       "damaged, unreadable or not a backup")
+          ->type_name("DIR");
+  auto* jsonFlag = offlineGroup->add_flag(
+      "--json", asJson,
+      "With --verify-backup or --restore-only: print one JSON object, as `chorus --json node\n"
+      "backup` does, with \"verified\":true or \"data_dir\",\"restored_replica_id\",\"replaced\"\n"
+      "first");
+  verifyOption->excludes(restoreFromOption)
+      ->excludes(restoreOnlyFlag)
+      ->excludes(dataDirOption)
+      ->excludes(nodeIdOption);
   app.add_option("--listen", listen, "RPC address host:port (port 0 = any free port)")
       ->capture_default_str();
   app.add_option("--metrics-addr", metricsAddr,
@@ -310,6 +452,24 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : 1;
   }
   chorus::api::setLogLevel(*chorus::api::parseLogLevel(logLevel));
+  if (jsonFlag->count() > 0 && verifyOption->count() == 0 && !restoreOnlyMode) {
+    std::fprintf(stderr, "chorusd: --json needs --verify-backup or --restore-only\n");
+    return 1;
+  }
+  if (verifyOption->count() > 0) return verifyBackupOnly(verifyDir, asJson);
+  if (restoreOnlyMode && restoreFrom.empty()) {
+    std::fprintf(stderr, "chorusd: --restore-only needs --restore-from\n");
+    return 1;
+  }
+  if (dataDir.empty()) {
+    std::fprintf(stderr, "chorusd: --data-dir is required (see --help)\n");
+    return 1;
+  }
+  if (restoreOnlyMode) return restoreOnly(restoreFrom, dataDir, restoreReplace, asJson);
+  if (nodeId.empty()) {
+    std::fprintf(stderr, "chorusd: --node-id is required (see --help)\n");
+    return 1;
+  }
   std::chrono::milliseconds antiEntropy{}, offset{}, forgetDead{};
   if (!parseDurationFlag("--anti-entropy-interval", antiEntropyInterval,
                          std::chrono::milliseconds(1), antiEntropy) ||
