@@ -160,7 +160,24 @@ TEST_CASE("http json: the fast encoders say exactly what the schema's mapping sa
   CHECK(http::reviewResultsJson(r) == schemaJson(get.asReader()));
   auto put = m2.initRoot<wire::ReviewStore::PutResults>();  // every write's shape
   toWire(plain, put.initReview());
-  CHECK(http::reviewResultsJson(plain) == schemaJson(put.asReader()));
+  plain.session = "s-1_\"x";
+  put.setSession(plain.session);
+  CHECK(http::writeResultsJson(plain) == schemaJson(put.asReader()));
+  capnp::MallocMessageBuilder m7, m8;
+  auto erase = m7.initRoot<wire::ReviewStore::EraseResults>();
+  erase.setSession("tok");
+  CHECK(http::eraseResultsJson("tok") == schemaJson(erase.asReader()));
+  chorus::ChangesPage feed;
+  feed.changes.push_back(chorus::FeedChange{7, "p\"1", "ann", false, r});
+  feed.changes.push_back(chorus::FeedChange{9, "p", "bob", true, std::nullopt});
+  feed.lastSeq = 12;
+  feed.replicaId = 18446744073709551615ull;
+  auto changes = m8.initRoot<wire::ReviewStore::ChangesResults>();
+  auto entries = changes.initChanges(2);
+  for (unsigned i = 0; i < 2; ++i) toWire(feed.changes[i], entries[i]);
+  changes.setLastSeq(feed.lastSeq);
+  changes.setReplicaId(feed.replicaId);
+  CHECK(http::changesResultsJson(feed) == schemaJson(changes.asReader()));
   auto list = m3.initRoot<wire::ReviewStore::ListResults>();
   toWire(page, list.initPage());
   CHECK(http::pageResultsJson(page) == schemaJson(list.asReader()));
