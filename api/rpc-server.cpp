@@ -32,8 +32,8 @@ namespace chorus::api {
 
 static_assert(wire::API_VERSION == kApiVersion, "api/chorus.capnp and api/types.h disagree");
 
-using internal::RateLimitedLog;
 using internal::NotHeld;
+using internal::RateLimitedLog;
 using internal::ReadOutcome;
 using internal::readWork;
 
@@ -354,7 +354,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
   }
   void post(std::function<void()> fn) override { server_.post(std::move(fn)); }
   bool takeWatch() override {
-    if (watches_->map.size() + otherWatches_ >= limits_.maxWatches) {
+    if (watches_->map.size() + follows_->map.size() + otherWatches_ >= limits_.maxWatches) {
       metrics_.watchRefused();
       return false;
     }
@@ -568,17 +568,22 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
     return kj::mv(paf.promise);
   }
 
-  // A read in a session: `work` runs on the read pool once the node holds
-  // the write of `token`. Each attempt checks on a read thread (and reads
-  // there if held); while not held, this thread asks the peers for the
-  // review (Node::pullSession) and sleeps, holding no read thread, until
-  // the node reports the write committed (Node::waitSession) or
-  // kSessionRecheck passed, then tries again; at the deadline
-  // (Node::Options::sessionWait) it answers `unavailable`.
+  // A read in a session (see internal::ServerLoop::readInSession): each
+  // attempt checks on a read thread (and reads there if held); while not
+  // held, this thread asks the peers for the review (Node::pullSession)
+  // and sleeps, holding no read thread, until the node reports the write
+  // committed (Node::waitSession) or kSessionRecheck passed, then tries
+  // again; at the deadline (Node::Options::sessionWait) it answers
+  // `unavailable`.
   template <typename T>
   kj::Promise<kj::Own<ReadOutcome>> readInSession(const char* method, std::string key,
-                                                  std::function<ReadOutcome(Node&)> work,
-                                                  SessionToken token) {
+                                                  internal::ReadWork work, SessionToken token) {
+    return readInSession(method, std::move(key), std::move(work), std::move(token),
+                         &internal::refusedRead<T>);
+  }
+  kj::Promise<kj::Own<ReadOutcome>> readInSession(const char* method, std::string key,
+                                                  internal::ReadWork work, SessionToken token,
+                                                  ReadOutcome (*refuse)(Error)) override {
     auto wait = kj::refcounted<SessionWait>();
     wait->id = nextCall_++;
     wait->token = std::move(token);
@@ -592,10 +597,10 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
       // Store thread.
       server->post([self, id] { self->sessionReady(id); });
     });
-    auto checked = [token = std::make_shared<const SessionToken>(wait->token),
+    auto checked = [token = std::make_shared<const SessionToken>(wait->token), refuse,
                     work = std::move(work)](Node& node) -> ReadOutcome {
       auto held = node.holds(*token);
-      if (!held.ok()) return ReadOutcome(std::in_place_type<Result<T>>, held.error());
+      if (!held.ok()) return refuse(held.error());
       if (!*held) return ReadOutcome(std::in_place_type<NotHeld>);
       return work(node);
     };
@@ -603,23 +608,22 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
       node_.cancelSessionWait(nodeWait);
       sessionWaits_.erase(id);
     });
-    return attemptInSession<T>(method, std::move(key), std::move(checked), kj::addRef(*wait))
+    return attemptInSession(method, std::move(key), std::move(checked), refuse, kj::addRef(*wait))
         .attach(kj::mv(done), kj::mv(wait));
   }
 
-  template <typename T>
   kj::Promise<kj::Own<ReadOutcome>> attemptInSession(const char* method, std::string key,
-                                                     std::function<ReadOutcome(Node&)> work,
+                                                     internal::ReadWork work,
+                                                     ReadOutcome (*refuse)(Error),
                                                      kj::Own<SessionWait> wait) {
-    return read<T>(method, key, work)
-        .then([this, method, key, work, wait = kj::mv(wait)](
+    return read(method, key, work, refuse)
+        .then([this, method, key, work, refuse, wait = kj::mv(wait)](
                   kj::Own<ReadOutcome> outcome) mutable -> kj::Promise<kj::Own<ReadOutcome>> {
           if (!std::holds_alternative<NotHeld>(*outcome)) return kj::mv(outcome);
           kj::TimePoint now = timer_.now();
           if (now >= wait->deadline) {
             metrics_.sessionTimedOut();
-            return kj::heap<ReadOutcome>(std::in_place_type<Result<T>>,
-                                         node_.notCaughtUp(wait->token));
+            return kj::heap<ReadOutcome>(refuse(node_.notCaughtUp(wait->token)));
           }
           if (!wait->pulled) {
             wait->pulled = true;
@@ -633,10 +637,10 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
             auto next = std::min(wait->deadline, now + kSessionRecheck);
             woken = paf.promise.exclusiveJoin(timer_.atTime(next));
           }
-          return woken.then([this, method, key = kj::mv(key), work = kj::mv(work),
+          return woken.then([this, method, key = kj::mv(key), work = kj::mv(work), refuse,
                              wait = kj::mv(wait)]() mutable {
             wait->wake = nullptr;
-            return attemptInSession<T>(method, kj::mv(key), kj::mv(work), kj::mv(wait));
+            return attemptInSession(method, kj::mv(key), kj::mv(work), refuse, kj::mv(wait));
           });
         });
   }
@@ -705,7 +709,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
                                                    std::to_string(limits_.maxWatchesPerConnection) +
                                                    " watches per connection; drop one first");
     }
-    if (watches_->map.size() + otherWatches_ >= limits_.maxWatches) {
+    if (watches_->map.size() + follows_->map.size() + otherWatches_ >= limits_.maxWatches) {
       metrics_.watchRefused();
       return makeError(ErrorCode::kOverloaded, "this node serves at most " +
                                                    std::to_string(limits_.maxWatches) +
@@ -741,7 +745,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
                                                    " watches and follows per connection; drop one "
                                                    "first");
     }
-    if (watches_->map.size() + follows_->map.size() >= limits_.maxWatches) {
+    if (watches_->map.size() + follows_->map.size() + otherWatches_ >= limits_.maxWatches) {
       metrics_.watchRefused();
       return makeError(ErrorCode::kOverloaded, "this node serves at most " +
                                                    std::to_string(limits_.maxWatches) +

@@ -1,6 +1,5 @@
 // A text/event-stream answer (server-sent events) of the HTTP API, for
-// answers that go on: watch today, the change feed's eventsource and
-// longpoll modes next. Internal to api/http/.
+// answers that go on: watch, and the change feed's eventsource mode. Internal to api/http/.
 //
 // The loop thread queues events (push); run() writes them in order, and a
 // comment line every `heartbeat` while none comes, so a client (or a proxy)
@@ -35,6 +34,13 @@ class EventStream {
   // ": comment\n\n" line) and wakes the writer.
   void push(std::string event);
   size_t queued() const { return queue_.size(); }
+  // Resolves once every event pushed so far has been written (at once if
+  // none waits): a producer that pushes its next batch only then holds at
+  // most one batch. Never resolves if the stream ends first.
+  kj::Promise<void> drained();
+  // Ends the stream after the events queued: a last `end` event with
+  // `data` (a JSON problem document), as when valid() names a problem.
+  void finish(std::string data);
 
   // Writes until the stream ends: resolves after the `end` event, throws
   // when a write fails (the client went away). Dropping the promise ends
@@ -48,7 +54,10 @@ class EventStream {
   kj::Function<std::optional<std::string>()> valid_;
   std::deque<std::string> queue_;
   std::string writing_;                       // the event being written
+  bool busy_ = false;                         // a write is in progress
+  std::optional<std::string> end_;            // finish()'s data
   kj::Own<kj::PromiseFulfiller<void>> wake_;  // set while run() waits
+  kj::Own<kj::PromiseFulfiller<void>> drained_;
 };
 
 }  // namespace chorus::api::http

@@ -675,6 +675,60 @@ std::string productPageResultsJson(const std::string& product, const ProductPage
   return out;
 }
 
+std::string writeResultsJson(const ReviewView& r) {
+  std::string out;
+  out.reserve(256 + r.title.size() + r.body.size() + r.reply.size() + r.session.size());
+  out += "{\"review\":";
+  appendReviewJson(out, r);
+  out += ",\"session\":";
+  appendJsonString(out, r.session);
+  out += '}';
+  return out;
+}
+
+std::string eraseResultsJson(const std::string& session) {
+  std::string out = "{\"session\":";
+  appendJsonString(out, session);
+  out += '}';
+  return out;
+}
+
+void appendFeedChangeJson(std::string& out, const FeedChange& c) {
+  out += "{\"seq\":";
+  appendNumber(out, c.seq);
+  out += ",\"product\":";
+  appendJsonString(out, c.product);
+  out += ",\"author\":";
+  appendJsonString(out, c.author);
+  out += c.deleted ? ",\"deleted\":true" : ",\"deleted\":false";
+  if (c.review) {
+    out += ",\"review\":";
+    appendReviewJson(out, *c.review);
+  }
+  out += '}';
+}
+
+std::string changesResultsJson(const ChangesPage& p) {
+  std::string out;
+  size_t bytes = 64;
+  for (const auto& c : p.changes) {
+    bytes += 64 + c.product.size() + c.author.size();
+    if (c.review) bytes += 256 + c.review->title.size() + c.review->body.size();
+  }
+  out.reserve(bytes);
+  out += "{\"changes\":[";
+  for (size_t i = 0; i < p.changes.size(); ++i) {
+    if (i > 0) out += ',';
+    appendFeedChangeJson(out, p.changes[i]);
+  }
+  out += "],\"lastSeq\":";
+  appendNumber(out, p.lastSeq);
+  out += ",\"replicaId\":";
+  appendNumber(out, p.replicaId);
+  out += '}';
+  return out;
+}
+
 Check decodeJsonBody(std::string_view body, capnp::DynamicStruct::Builder params,
                      std::initializer_list<const char*> allowed,
                      std::initializer_list<const char*> required) {

@@ -51,6 +51,14 @@ std::string reviewResultsJson(const ReviewView& r);
 std::string pageResultsJson(const ReviewPage& p);
 std::string summaryResultsJson(const std::string& product, const storage::ProductSummary& s);
 std::string productPageResultsJson(const std::string& product, const ProductPageView& v);
+// A write's results: {"review":...,"session":...} (put, vote, tag, ...), and
+// erase's {"session":...}; the token is r.session.
+std::string writeResultsJson(const ReviewView& r);
+std::string eraseResultsJson(const std::string& session);
+// One change of the feed (FeedChange: `review` only when it has one), and
+// ReviewStore.changes' results {"changes":[...],"lastSeq":...,"replicaId":...}.
+void appendFeedChangeJson(std::string& out, const FeedChange& c);
+std::string changesResultsJson(const ChangesPage& p);
 
 // Fills fields of `params` from the JSON object `body`. Each member must
 // name one of `allowed` (a field of params' schema) and have its type

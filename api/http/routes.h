@@ -36,7 +36,8 @@ enum class Op {
   kSummary,
   kPage,
   kByAuthor,
-  kWatch,  // ReviewStore.watch as a text/event-stream
+  kWatch,    // ReviewStore.watch as a text/event-stream
+  kChanges,  // ReviewStore.changes, and follow as longpoll or text/event-stream
   kStatus,
   kHealth,
   kCluster,
@@ -47,6 +48,7 @@ enum class Op {
   kLeave,
   kRemove,
   kOpenApi,  // this API's OpenAPI document
+  kInfo,     // Chorus.info: served to anyone
   // The cluster dashboard (api/http/overview.h), not Cap'n Proto methods:
   kDashboard,          // its page and files, served to anyone (no data in them)
   kOverview,           // every listed node's view, asked by this node

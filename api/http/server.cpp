@@ -4,6 +4,7 @@
 #include <kj/compat/http.h>
 #include <kj/debug.h>
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <deque>
@@ -41,6 +42,8 @@ constexpr uint32_t kMaxLeaveMillis = 300'000;
 constexpr uint64_t kDefaultHeartbeatMillis = 15'000;  // watch's heartbeat
 constexpr uint64_t kMinHeartbeatMillis = 100;
 constexpr uint64_t kMaxHeartbeatMillis = 300'000;
+constexpr uint64_t kDefaultFeedTimeoutMillis = 60'000;  // a longpoll's wait
+constexpr uint64_t kMaxFeedTimeoutMillis = 300'000;
 
 double secondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -124,6 +127,10 @@ Metrics::Method metricOf(Op op) {
       return Metrics::kByAuthor;
     case Op::kWatch:
       return Metrics::kWatch;
+    case Op::kChanges:
+      return Metrics::kChanges;  // eventsource: kFollow (handle())
+    case Op::kInfo:
+      return Metrics::kInfo;
     case Op::kStatus:
       return Metrics::kStatus;
     case Op::kHealth:
@@ -209,6 +216,9 @@ struct Caller {
   // The bearer token as presented ("" if none): the overview routes ask the
   // other nodes with it. Lives only as long as the request.
   std::string token;
+  // The request's read-your-writes token (Chorus-Session header or
+  // ?session=; "" if none): reads wait for its write.
+  std::string session;
 };
 
 std::optional<Error> mayRead(const Caller& c) {
@@ -291,6 +301,8 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
     contentSecurityPolicy_ = builder.add("Content-Security-Policy");
     contentTypeOptions_ = builder.add("X-Content-Type-Options");
     referrerPolicy_ = builder.add("Referrer-Policy");
+    chorusSession_ = builder.add("Chorus-Session");
+    lastEventId_ = builder.add("Last-Event-ID");
     table_ = builder.build();
     settings_.headerTimeout = 15 * kj::SECONDS;
     settings_.pipelineTimeout = kj::MILLISECONDS * limits_.idleTimeout.count();
@@ -298,12 +310,23 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   }
 
   ~Impl() noexcept(false) {
+    // After it returns the store thread no longer calls feedCommitted.
+    if (feedSubscription_ != 0) loop_.node().unsubscribe(feedSubscription_);
     acceptTask_ = nullptr;
     connections_ = nullptr;  // closes every connection; their watches end
     overview_ = nullptr;     // waits for the overview threads still running
   }
 
   void start() {
+    // Store thread: wakes the feed's waiting requests, one post at a time,
+    // only when there are some.
+    ServerLoop* loop = &loop_;
+    Impl* self = this;
+    feedSubscription_ = loop_.node().subscribe([loop, self](uint64_t) {
+      if (self->feedWaiting_.load() == 0) return;
+      if (self->feedWake_.exchange(true)) return;  // a wake-up is already queued
+      loop->post([self] { self->feedAdvanced(); });
+    });
     acceptTask_ = acceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
       logf(LogLevel::kError, "http: accept failed: %s", e.getDescription().cStr());
     });
@@ -438,7 +461,7 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   std::variant<Caller, Reply> authenticate(Conn& conn, const kj::HttpHeaders& headers) {
     const TokenTable* tokens = loop_.tokens();
     if (tokens == nullptr) {
-      Caller trusted{true, {}, {}, {}};
+      Caller trusted{true, {}, {}, {}, {}};
       KJ_IF_MAYBE (value, headers.get(authorization_)) {  // forwarded by the overview routes
         std::string v(value->cStr(), value->size());
         if (v.size() > 7 && (v.compare(0, 7, "Bearer ") == 0 || v.compare(0, 7, "bearer ") == 0)) {
@@ -555,11 +578,43 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   // The operations. Each returns its reply; errors are problem documents.
   kj::Promise<Reply> dispatch(const Match& m, const Caller& caller, const std::string& body);
   kj::Promise<Reply> write(const Caller& caller, WriteRequest request, bool withReview);
-  template <typename T, typename Work, typename Fill>
+  // A read on the read pool; in the caller's session (Caller::session) it
+  // waits for its write (ServerLoop::readInSession), after `check`
+  // (Node::checkGet...) passed.
+  template <typename T, typename Work, typename Check, typename Fill>
   kj::Promise<Reply> read(const Caller& caller, const char* method, std::string key, Work work,
-                          Fill fill);
+                          Check check, Fill fill);
   kj::Promise<void> watch(const Match& m, const Caller& caller, kj::HttpService::Response& response,
                           Reply& refusal);
+
+  // ---- the change feed (GET /v1/changes) ----
+  struct FeedQuery {
+    enum class Mode { kNormal, kLongpoll, kEventSource } mode = Mode::kNormal;
+    uint64_t since = 0;  // storage::kSinceNow for "now"
+    uint32_t limit = Node::kDefaultFeedLimit;
+    bool docs = false;
+    uint64_t heartbeat = kDefaultHeartbeatMillis;
+    uint64_t timeout = kDefaultFeedTimeoutMillis;
+  };
+  struct FeedStream;
+  std::variant<FeedQuery, FieldError> feedQuery(const Match& m, const kj::HttpHeaders& headers);
+  // One page of the feed, read on the read pool.
+  kj::Promise<kj::Own<Result<ChangesPage>>> readFeed(uint64_t since, uint32_t limit, bool docs);
+  kj::Promise<Reply> changes(const Caller& caller, FeedQuery q);
+  kj::Promise<Reply> longpoll(FeedQuery q, kj::TimePoint deadline);
+  kj::Promise<void> eventSource(const Caller& caller, FeedQuery q,
+                                kj::HttpService::Response& response, Reply& refusal);
+  kj::Promise<void> pumpFeed(FeedStream& f);
+  // Resolves once the node's last seq is past `since` (at once if it is).
+  kj::Promise<void> feedPast(uint64_t since);
+  // RPC thread: the store committed changes: wakes every feedPast.
+  void feedAdvanced() {
+    feedWake_.store(false);  // before the waiters read lastSeq: a later commit posts again
+    auto waiters = std::move(feedWaiters_);
+    feedWaiters_.clear();
+    feedWaiting_.store(0);
+    for (auto& [id, fulfiller] : waiters) fulfiller->fulfill();
+  }
 
   ServerLoop& loop_;
   const RpcLimits& limits_;
@@ -575,6 +630,8 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   kj::HttpHeaderId contentSecurityPolicy_ = kj::HttpHeaderId::HOST;
   kj::HttpHeaderId contentTypeOptions_ = kj::HttpHeaderId::HOST;
   kj::HttpHeaderId referrerPolicy_ = kj::HttpHeaderId::HOST;
+  kj::HttpHeaderId chorusSession_ = kj::HttpHeaderId::HOST;
+  kj::HttpHeaderId lastEventId_ = kj::HttpHeaderId::HOST;
   kj::HttpServerSettings settings_;
 
   uint64_t nextConn_ = 1;
@@ -589,6 +646,15 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   // stream here, if it is still open.
   std::unordered_map<uint64_t, Watch*> watches_;
   uint64_t nextWatch_ = 1;
+
+  // The feed's waiting requests (feedPast), by id; feedWaiting_ mirrors
+  // their count for the store thread, which posts one wake-up at a time
+  // (feedWake_) while there are some.
+  std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<void>>> feedWaiters_;
+  uint64_t nextFeedWaiter_ = 1;
+  std::atomic<size_t> feedWaiting_{0};
+  std::atomic<bool> feedWake_{false};
+  uint64_t feedSubscription_ = 0;
 
   kj::Promise<void> acceptTask_ = nullptr;
   kj::Own<kj::TaskSet> connections_;
@@ -687,6 +753,15 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
     auto doc = generated::OPENAPI_JSON.get();
     return finish(json(std::string(doc.cStr(), doc.size())));
   }
+  if (route.op == Op::kInfo) {
+    // Chorus.info: anyone may ask (the API version before anything else).
+    capnp::MallocMessageBuilder message(128);
+    auto res = message.initRoot<wire::Chorus::InfoResults>();
+    res.setApiVersion(wire::API_VERSION);
+    res.setVersion(CHORUS_VERSION);
+    res.setNodeId(loop_.node().options().nodeId);
+    return finish(results(res));
+  }
   if (route.op == Op::kDashboard) {
     // The page holds no data (it asks /v1/cluster/overview with the token
     // the user enters): anyone may load it. It runs only its own files.
@@ -730,6 +805,40 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
                     ? "unknown query parameter: this route takes none"
                     : "unknown query parameter: this route takes " + std::string(route.query)}));
     }
+  }
+
+  // A read's session: the Chorus-Session header or ?session= (one token).
+  KJ_IF_MAYBE (value, headers.get(chorusSession_)) {
+    caller->session = std::string(value->cStr(), value->size());
+  }
+  for (const auto& [name, value] : match->query) {
+    if (name != "session") continue;
+    if (!caller->session.empty() && caller->session != value) {
+      return finish(invalid(FieldError{
+          "session", "given twice, differently (the Chorus-Session header and ?session=)"}));
+    }
+    caller->session = value;
+  }
+
+  if (route.op == Op::kChanges) {
+    auto q = feedQuery(*match, headers);
+    if (auto* bad = std::get_if<FieldError>(&q)) return finish(invalid(*bad));
+    FeedQuery& fq = std::get<FeedQuery>(q);
+    if (fq.mode == FeedQuery::Mode::kEventSource) {
+      // Set (before any answer was sent) when it is refused.
+      auto refusal = kj::heap<Reply>();
+      auto streaming = eventSource(*caller, fq, response, *refusal);
+      return streaming
+          .then([this, &refusal = *refusal, start, &response]() -> kj::Promise<void> {
+            if (refusal.code == nullptr) return kj::READY_NOW;
+            metrics_.recordHttp(Metrics::kFollow, secondsSince(start), refusal.code);
+            return send(response, kj::mv(refusal));
+          })
+          .attach(kj::mv(refusal), kj::mv(match), kj::mv(caller));
+    }
+    return changes(*caller, fq)
+        .then([finish](Reply r) mutable { return finish(kj::mv(r)); })
+        .attach(kj::mv(match), kj::mv(caller));
   }
 
   if (route.op == Op::kWatch) {
@@ -783,27 +892,40 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
 kj::Promise<Reply> Server::Impl::write(const Caller& caller, WriteRequest request,
                                        bool withReview) {
   if (auto no = mayWrite(caller, request)) return problem(*no);
-  return loop_.write(std::move(request)).then([withReview](kj::Own<Result<ReviewView>> r) -> Reply {
-    if (!r->ok()) return problem(r->error());
-    capnp::MallocMessageBuilder message(256);
-    if (!withReview) return results(message.initRoot<wire::ReviewStore::EraseResults>());
-    // Every write but erase answers {error, review}, as put does.
-    return json(reviewResultsJson(**r));
-  });
+  return loop_.write(std::move(request))
+      .then([this, withReview](kj::Own<Result<ReviewView>> r) -> Reply {
+        if (!r->ok()) return problem(r->error());
+        // Every write but erase answers {review, session}, as put does;
+        // the token is in the Chorus-Session header too.
+        Reply reply = json(withReview ? writeResultsJson(**r) : eraseResultsJson((*r)->session));
+        if (!(*r)->session.empty()) reply.headers.emplace_back(chorusSession_, (*r)->session);
+        return reply;
+      });
 }
 
-template <typename T, typename Work, typename Fill>
+template <typename T, typename Work, typename Check, typename Fill>
 kj::Promise<Reply> Server::Impl::read(const Caller& caller, const char* method, std::string key,
-                                      Work work, Fill fill) {
+                                      Work work, Check check, Fill fill) {
   if (auto no = mayRead(caller)) return problem(*no);
-  return loop_
-      .read(method, std::move(key), internal::readWork<T>(std::move(work)),
-            &internal::refusedRead<T>)
-      .then([fill = std::move(fill)](kj::Own<ReadOutcome> outcome) -> Reply {
-        const Result<T>& r = std::get<Result<T>>(*outcome);
-        if (!r.ok()) return problem(r.error());
-        return fill(*r);
-      });
+  kj::Promise<kj::Own<ReadOutcome>> outcome = nullptr;
+  if (caller.session.empty()) {
+    outcome = loop_.read(method, std::move(key), internal::readWork<T>(std::move(work)),
+                         &internal::refusedRead<T>);
+  } else {
+    // Read your writes: the arguments first (a bad one is answered at
+    // once), then the token, then the read once the node holds its write.
+    Node& node = loop_.node();
+    if (Status bad = check(node); !bad.ok()) return problem(bad.error());
+    auto token = node.parseSession(caller.session);
+    if (!token.ok()) return problem(token.error());
+    outcome = loop_.readInSession(method, std::move(key), internal::readWork<T>(std::move(work)),
+                                  std::move(token).value(), &internal::refusedRead<T>);
+  }
+  return kj::mv(outcome).then([fill = std::move(fill)](kj::Own<ReadOutcome> outcome) -> Reply {
+    const Result<T>& r = std::get<Result<T>>(*outcome);
+    if (!r.ok()) return problem(r.error());
+    return fill(*r);
+  });
 }
 
 kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
@@ -908,6 +1030,7 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       std::string product = m.param("product"), author = m.param("author");
       return read<ReviewView>(
           caller, "get", product, [product, author](Node& n) { return n.get(product, author); },
+          [product, author](const Node& n) { return n.checkGet(product, author); },
           [](const ReviewView& v) { return json(reviewResultsJson(v)); });
     }
     case Op::kList:
@@ -919,17 +1042,20 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
         return read<ReviewPage>(
             caller, "list", product,
             [product, l](Node& n) { return n.list(product, l.order, l.cursor, l.limit); },
+            [product, l](const Node& n) { return n.checkList(product, l.cursor, l.limit); },
             [](const ReviewPage& page) { return json(pageResultsJson(page)); });
       }
       return read<ProductPageView>(
           caller, "page", product,
           [product, l](Node& n) { return n.page(product, l.order, l.cursor, l.limit); },
+          [product, l](const Node& n) { return n.checkList(product, l.cursor, l.limit); },
           [product](const ProductPageView& v) { return json(productPageResultsJson(product, v)); });
     }
     case Op::kSummary: {
       std::string product = m.param("product");
       return read<storage::ProductSummary>(
           caller, "summary", product, [product](Node& n) { return n.summary(product); },
+          [product](const Node& n) { return n.checkSummary(product); },
           [product](const storage::ProductSummary& s) {
             return json(summaryResultsJson(product, s));
           });
@@ -941,6 +1067,7 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       return read<ReviewPage>(
           caller, "byAuthor", author,
           [author, l](Node& n) { return n.byAuthor(author, l.cursor, l.limit); },
+          [author, l](const Node& n) { return n.checkByAuthor(author, l.cursor, l.limit); },
           [](const ReviewPage& page) { return json(pageResultsJson(page)); });
     }
 
@@ -1070,7 +1197,9 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
       return overview_->partition(std::get<0>(std::move(groups)), caller.token).then(answered);
     }
     case Op::kWatch:
+    case Op::kChanges:
     case Op::kOpenApi:
+    case Op::kInfo:
     case Op::kDashboard:
       break;  // handled before dispatch
   }
@@ -1174,6 +1303,246 @@ kj::Promise<void> Server::Impl::watch(const Match& m, const Caller& caller,
   w->stream->push(": watching " + product + " (a change is `event: change`, its data JSON)\n\n");
   auto running = w->stream->run();
   return running.attach(kj::mv(gone), kj::mv(w));
+}
+
+// ---- the change feed: GET /v1/changes ------------------------------------------
+
+std::variant<Server::Impl::FeedQuery, FieldError> Server::Impl::feedQuery(
+    const Match& m, const kj::HttpHeaders& headers) {
+  FeedQuery q;
+  const std::string *since = nullptr, *heartbeat = nullptr, *timeout = nullptr;
+  for (const auto& [name, value] : m.query) {
+    if (name == "since") {
+      since = &value;
+    } else if (name == "limit") {
+      auto v = parseUnsigned(value, Node::kMaxFeedLimit);
+      if (!v) {
+        return FieldError{"limit", "must be a whole number of changes per page, at most " +
+                                       std::to_string(Node::kMaxFeedLimit) +
+                                       " (0 = " + std::to_string(Node::kDefaultFeedLimit) + ")"};
+      }
+      q.limit = *v == 0 ? Node::kDefaultFeedLimit : uint32_t(*v);
+    } else if (name == "include_docs") {
+      if (value != "true" && value != "false") {
+        return FieldError{"include_docs", "must be true or false"};
+      }
+      q.docs = value == "true";
+    } else if (name == "feed") {
+      if (value == "normal") {
+        q.mode = FeedQuery::Mode::kNormal;
+      } else if (value == "longpoll") {
+        q.mode = FeedQuery::Mode::kLongpoll;
+      } else if (value == "eventsource") {
+        q.mode = FeedQuery::Mode::kEventSource;
+      } else {
+        return FieldError{"feed", "must be normal, longpoll or eventsource"};
+      }
+    } else if (name == "heartbeat") {
+      heartbeat = &value;
+    } else if (name == "timeout") {
+      timeout = &value;
+    }
+  }
+  auto seqOf = [](const std::string& v) -> std::optional<uint64_t> {
+    if (v == "now") return storage::kSinceNow;
+    return parseUnsigned(v, UINT64_MAX);
+  };
+  if (since) {
+    auto v = seqOf(*since);
+    if (!v) return FieldError{"since", "must be a seq (a whole number: a lastSeq) or now"};
+    q.since = *v;
+  }
+  if (q.mode == FeedQuery::Mode::kEventSource) {
+    // A reconnecting EventSource resumes after the last event it got.
+    KJ_IF_MAYBE (value, headers.get(lastEventId_)) {
+      auto v = seqOf(std::string(value->cStr(), value->size()));
+      if (!v) return FieldError{"Last-Event-ID", "must be a seq (an event's id)"};
+      q.since = *v;
+    }
+  }
+  if (heartbeat) {
+    if (q.mode != FeedQuery::Mode::kEventSource) {
+      return FieldError{"heartbeat", "only with feed=eventsource"};
+    }
+    auto v = parseUnsigned(*heartbeat, kMaxHeartbeatMillis);
+    if (!v || *v < kMinHeartbeatMillis) {
+      return FieldError{"heartbeat", "must be milliseconds from " +
+                                         std::to_string(kMinHeartbeatMillis) + " to " +
+                                         std::to_string(kMaxHeartbeatMillis)};
+    }
+    q.heartbeat = *v;
+  }
+  if (timeout) {
+    if (q.mode != FeedQuery::Mode::kLongpoll) {
+      return FieldError{"timeout", "only with feed=longpoll"};
+    }
+    auto v = parseUnsigned(*timeout, kMaxFeedTimeoutMillis);
+    if (!v) {
+      return FieldError{"timeout",
+                        "must be milliseconds from 0 to " + std::to_string(kMaxFeedTimeoutMillis)};
+    }
+    q.timeout = *v;
+  }
+  return q;
+}
+
+kj::Promise<kj::Own<Result<ChangesPage>>> Server::Impl::readFeed(uint64_t since, uint32_t limit,
+                                                                 bool docs) {
+  return loop_
+      .read("changes", "", internal::readWork<ChangesPage>([since, limit, docs](Node& n) {
+              return n.changes(since, limit, docs);
+            }),
+            &internal::refusedRead<ChangesPage>)
+      .then([](kj::Own<ReadOutcome> outcome) {
+        return kj::heap<Result<ChangesPage>>(std::get<Result<ChangesPage>>(kj::mv(*outcome)));
+      });
+}
+
+kj::Promise<void> Server::Impl::feedPast(uint64_t since) {
+  if (loop_.node().lastSeq() > since) return kj::READY_NOW;
+  uint64_t id = nextFeedWaiter_++;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  feedWaiters_.emplace(id, kj::mv(paf.fulfiller));
+  feedWaiting_.store(feedWaiters_.size());
+  auto gone = kj::defer([this, id] {
+    feedWaiters_.erase(id);
+    feedWaiting_.store(feedWaiters_.size());
+  });
+  // A commit between the first look and feedWaiting_ going up posted no
+  // wake-up: look again now that one would be posted.
+  if (loop_.node().lastSeq() > since) return kj::READY_NOW;  // `gone` unregisters
+  return paf.promise.attach(kj::mv(gone));
+}
+
+kj::Promise<Reply> Server::Impl::changes(const Caller& caller, FeedQuery q) {
+  if (auto no = mayRead(caller)) return problem(*no);
+  if (q.mode == FeedQuery::Mode::kNormal) {
+    return readFeed(q.since, q.limit, q.docs).then([](kj::Own<Result<ChangesPage>> page) {
+      if (!page->ok()) return problem(page->error());
+      return json(changesResultsJson(**page));
+    });
+  }
+  // Longpoll: holds a watch slot while it waits.
+  if (!loop_.takeWatch()) {
+    return problem(ApiError{ApiCode::kOverloaded, "",
+                            "this node serves at most " + std::to_string(limits_.maxWatches) +
+                                " watches, follows and waiting feeds; retry later"});
+  }
+  auto slot = kj::defer([this] { loop_.releaseWatch(); });
+  return longpoll(q, timer_.now() + q.timeout * kj::MILLISECONDS).attach(kj::mv(slot));
+}
+
+// Reads a page; answers it if it has changes or the deadline passed, else
+// waits for the feed to pass its cursor (or the deadline) and reads again.
+kj::Promise<Reply> Server::Impl::longpoll(FeedQuery q, kj::TimePoint deadline) {
+  return readFeed(q.since, q.limit, q.docs)
+      .then([this, q, deadline](kj::Own<Result<ChangesPage>> page) mutable -> kj::Promise<Reply> {
+        if (!page->ok()) return problem(page->error());
+        if (!(*page)->changes.empty() || timer_.now() >= deadline) {
+          return json(changesResultsJson(**page));
+        }
+        q.since = (*page)->lastSeq;  // "now" resolved; nothing after it yet
+        return feedPast(q.since).exclusiveJoin(timer_.atTime(deadline)).then([this, q, deadline] {
+          return longpoll(q, deadline);
+        });
+      });
+}
+
+// One open eventsource feed: its stream and its cursor (the last seq whose
+// events are queued).
+struct Server::Impl::FeedStream {
+  FeedQuery query;
+  uint64_t cursor = 0;
+  kj::Own<EventStream> stream;
+};
+
+namespace {
+// The events of a page: each change is `event: change` with `id: <seq>`.
+void pushChanges(EventStream& stream, const ChangesPage& page) {
+  for (const auto& c : page.changes) {
+    std::string event = "id: " + std::to_string(c.seq) + "\nevent: change\ndata: ";
+    appendFeedChangeJson(event, c);
+    event += "\n\n";
+    stream.push(std::move(event));
+  }
+}
+}  // namespace
+
+kj::Promise<void> Server::Impl::eventSource(const Caller& caller, FeedQuery q,
+                                            kj::HttpService::Response& response, Reply& refusal) {
+  if (auto no = mayRead(caller)) {
+    refusal = problem(*no);
+    return kj::READY_NOW;
+  }
+  if (!loop_.takeWatch()) {
+    refusal = problem(ApiError{ApiCode::kOverloaded, "",
+                               "this node serves at most " + std::to_string(limits_.maxWatches) +
+                                   " watches, follows and waiting feeds; retry later"});
+    return kj::READY_NOW;
+  }
+  auto slot = kj::defer([this] { loop_.releaseWatch(); });
+  auto start = std::chrono::steady_clock::now();
+  // The first page before the answer's head: a bad `since` (another
+  // node's cursor) is still a 400, and "now" resolves to a seq.
+  return readFeed(q.since, q.limit, q.docs)
+      .then([this, q, caller, &response, &refusal,
+             start](kj::Own<Result<ChangesPage>> page) mutable -> kj::Promise<void> {
+        if (!page->ok()) {
+          refusal = problem(page->error());
+          return kj::READY_NOW;
+        }
+        metrics_.recordHttp(Metrics::kFollow, secondsSince(start), nullptr);
+        auto f = kj::heap<FeedStream>();
+        f->query = q;
+        f->cursor = q.since == storage::kSinceNow ? (*page)->lastSeq : q.since;
+        kj::HttpHeaders headers(*table_);
+        headers.set(kj::HttpHeaderId::CONTENT_TYPE, "text/event-stream");
+        headers.set(cacheControl_, "no-cache");
+        // Ends when the caller's token is revoked or expires, the client
+        // goes away (a write fails), or a read fails.
+        f->stream = kj::heap<EventStream>(timer_, response.send(200, "OK", headers),
+                                          q.heartbeat * kj::MILLISECONDS,
+                                          [this, caller]() -> std::optional<std::string> {
+                                            auto why = stillValid(caller);
+                                            if (!why) return std::nullopt;
+                                            return problem(unauthenticatedError(*why)).body;
+                                          });
+        // Where it starts (its id: a client that reconnects before any
+        // change resumes here), then the backlog's first page.
+        std::string begin = "id: " + std::to_string(f->cursor) +
+                            "\nevent: start\ndata: {\"lastSeq\":" + std::to_string(f->cursor) +
+                            ",\"replicaId\":" + std::to_string((*page)->replicaId) + "}\n\n";
+        f->stream->push(std::move(begin));
+        if (q.since != storage::kSinceNow) {
+          pushChanges(*f->stream, **page);
+          f->cursor = (*page)->lastSeq;
+        }
+        auto running = f->stream->run().exclusiveJoin(pumpFeed(*f));
+        return running.attach(kj::mv(f));
+      })
+      .attach(kj::mv(slot));
+}
+
+// Once the stream wrote every queued event, and the node's feed is past
+// the cursor, reads the next page and queues it: at most one page waits.
+kj::Promise<void> Server::Impl::pumpFeed(FeedStream& f) {
+  return f.stream->drained()
+      .then([this, &f] { return feedPast(f.cursor); })
+      .then([this, &f] { return readFeed(f.cursor, f.query.limit, f.query.docs); })
+      .then([this, &f](kj::Own<Result<ChangesPage>> page) -> kj::Promise<void> {
+        if (!page->ok()) {
+          if (page->error().code == ErrorCode::kOverloaded) {  // the read queue is full
+            return timer_.afterDelay(10 * kj::MILLISECONDS).then([this, &f] {
+              return pumpFeed(f);
+            });
+          }
+          f.stream->finish(problem(page->error()).body);
+          return kj::NEVER_DONE;  // run() ends the stream
+        }
+        pushChanges(*f.stream, **page);
+        f.cursor = (*page)->lastSeq;
+        return pumpFeed(f);
+      });
 }
 
 Server::Server(internal::ServerLoop& loop, kj::Own<kj::ConnectionReceiver> listener)

@@ -90,12 +90,22 @@ class ServerLoop {
   // when it arrives.
   virtual kj::Promise<kj::Own<ReadOutcome>> read(const char* method, std::string key, ReadWork work,
                                                  ReadOutcome (*refuse)(Error)) = 0;
+  // read() once the node holds the write of `token` (read your writes):
+  // each attempt checks Node::holds on a read thread and reads there if
+  // held; while not held it asks the peers for the review
+  // (Node::pullSession) and waits, holding no read thread and not blocking
+  // this one, for Node::waitSession's wake-up (or a periodic recheck). At
+  // Node::Options::sessionWait it resolves to refuse(Node::notCaughtUp):
+  // `unavailable`. Parse the token first (Node::parseSession).
+  virtual kj::Promise<kj::Own<ReadOutcome>> readInSession(const char* method, std::string key,
+                                                          ReadWork work, SessionToken token,
+                                                          ReadOutcome (*refuse)(Error)) = 0;
   // Node::leave on a thread of its own; resolves with its answer.
   virtual kj::Promise<kj::Own<Status>> leave(std::chrono::milliseconds timeout) = 0;
 
   // A watch slot of the node's RpcLimits::maxWatches, shared by every front
-  // end: false when none is left (counted as refused). Each true is given
-  // back with releaseWatch().
+  // end (Cap'n Proto watches and follows, HTTP watches and feeds): false when none is left (counted
+  // as refused). Each true is given back with releaseWatch().
   virtual bool takeWatch() = 0;
   virtual void releaseWatch() = 0;
 

@@ -126,9 +126,10 @@ class Node:
                 self.proc.wait(10)
 
 
-def call(node, method, path, body=None, token=None, ctype="application/json", raw=None):
+def call(node, method, path, body=None, token=None, ctype="application/json", raw=None,
+         headers=None):
     """(status, content type, parsed JSON or text, headers)."""
-    headers = {}
+    headers = dict(headers or {})
     if token:
         headers["Authorization"] = "Bearer " + token
     data = None
@@ -301,6 +302,26 @@ def run_cases(a, b, c, tokens, other_key):
     t("page", a, "GET", "/v1/products/p1/page?limit=-1", 400)
     t("byAuthor", a, "GET", "/v1/authors/ann/reviews?limit=5", 200)
     t("byAuthor", a, "GET", "/v1/authors/ann/reviews?order=newest", 400)
+    # Read your writes: a write's token, in its body and header, read back.
+    status, _, body, resp = call(a, "PUT", R, {"rating": 4, "title": "Again"})
+    token = resp.getheader("Chorus-Session") or ""
+    if status != 200 or not token or body.get("session") != token:
+        fail(f"put: no session token in the answer ({status}, {token!r}, {str(body)[:200]})")
+    t("get", a, "GET", R + "?session=" + token, 200)
+    t("summary", a, "GET", "/v1/products/p1/summary", 200, headers={"Chorus-Session": token})
+    t("page", a, "GET", "/v1/products/p1/page?session=garbage", 400)
+    # The change feed.
+    t("changes", a, "GET", "/v1/changes?since=0&limit=2&include_docs=true", 200)
+    t("changes", a, "GET", "/v1/changes?since=now", 200)
+    t("changes", a, "GET", "/v1/changes?since=now&feed=longpoll&timeout=50", 200)
+    t("changes", a, "GET", "/v1/changes?since=yesterday", 400)
+    t("changes", a, "GET", "/v1/changes?limit=1001", 400)
+    t("changes", a, "GET", "/v1/changes?since=99999999", 400)  # another node's cursor
+    status, ctype, first = watch_first(a, "/v1/changes?feed=eventsource&since=now&heartbeat=100")
+    check("changes", "GET", "changes?feed=eventsource", (status, ctype, first), 200)
+    if not str(first).startswith("id: "):
+        fail(f"changes: the event stream's first line is {first!r}, not an id")
+    t("info", a, "GET", "/v1/info", 200)
     covered.add("watch")
     status, ctype, first = watch_first(a, "/v1/products/p1/watch?heartbeat=100")
     check("watch", "GET", "watch", (status, ctype, first), 200)
@@ -350,10 +371,10 @@ def run_cases(a, b, c, tokens, other_key):
 
     # B: tokens. Without one, every operation but the document is 401.
     samples = {"product": "p1", "author": "ann", "voter": "bob", "tag": "fast", "file": "app.js"}
-    no_token = ("openapi", "dashboard", "dashboardFile")  # documented as needing none
+    no_token = ("openapi", "info", "dashboard", "dashboardFile")  # documented as needing none
     for path, method, op in operations():
         concrete = re.sub(r"\{(\w+)\}", lambda m: samples[m.group(1)], path)
-        if op["operationId"] == "watch":
+        if op["operationId"] in ("watch", "changes"):
             got = watch_first(b, concrete)
         else:
             got = call(b, method, concrete)

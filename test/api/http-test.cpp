@@ -16,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "api/auth.h"
 #include "api/chorus.capnp.h"
@@ -160,7 +161,24 @@ TEST_CASE("http json: the fast encoders say exactly what the schema's mapping sa
   CHECK(http::reviewResultsJson(r) == schemaJson(get.asReader()));
   auto put = m2.initRoot<wire::ReviewStore::PutResults>();  // every write's shape
   toWire(plain, put.initReview());
-  CHECK(http::reviewResultsJson(plain) == schemaJson(put.asReader()));
+  plain.session = "s-1_\"x";
+  put.setSession(plain.session);
+  CHECK(http::writeResultsJson(plain) == schemaJson(put.asReader()));
+  capnp::MallocMessageBuilder m7, m8;
+  auto erase = m7.initRoot<wire::ReviewStore::EraseResults>();
+  erase.setSession("tok");
+  CHECK(http::eraseResultsJson("tok") == schemaJson(erase.asReader()));
+  chorus::ChangesPage feed;
+  feed.changes.push_back(chorus::FeedChange{7, "p\"1", "ann", false, r});
+  feed.changes.push_back(chorus::FeedChange{9, "p", "bob", true, std::nullopt});
+  feed.lastSeq = 12;
+  feed.replicaId = 18446744073709551615ull;
+  auto changes = m8.initRoot<wire::ReviewStore::ChangesResults>();
+  auto entries = changes.initChanges(2);
+  for (unsigned i = 0; i < 2; ++i) toWire(feed.changes[i], entries[i]);
+  changes.setLastSeq(feed.lastSeq);
+  changes.setReplicaId(feed.replicaId);
+  CHECK(http::changesResultsJson(feed) == schemaJson(changes.asReader()));
   auto list = m3.initRoot<wire::ReviewStore::ListResults>();
   toWire(page, list.initPage());
   CHECK(http::pageResultsJson(page) == schemaJson(list.asReader()));
@@ -486,6 +504,160 @@ TEST_CASE("http: watch streams a product's changes; a revoked token ends it; wat
     if (!freed) std::this_thread::sleep_for(20ms);
   }
   CHECK(freed);
+}
+
+// ---- the change feed: GET /v1/changes ---------------------------------------------
+
+namespace {
+// The next event of a text/event-stream that is not a comment, as
+// {event, id, data}; empty `event` at the deadline.
+struct Event {
+  std::string event, id, data;
+};
+Event nextEvent(HttpConnection& c, std::chrono::milliseconds timeout = 5s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto block = c.readUntil("\n\n", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         deadline - std::chrono::steady_clock::now()));
+    if (!block) break;
+    Event e;
+    size_t at = 0;
+    while (at < block->size()) {
+      size_t nl = block->find('\n', at);
+      std::string line = block->substr(at, nl - at);
+      at = nl + 1;
+      if (line.rfind("event: ", 0) == 0) e.event = line.substr(7);
+      if (line.rfind("id: ", 0) == 0) e.id = line.substr(4);
+      if (line.rfind("data: ", 0) == 0) e.data = line.substr(6);
+    }
+    if (!e.event.empty()) return e;  // else a heartbeat (or chunk framing)
+  }
+  return {};
+}
+}  // namespace
+
+TEST_CASE("http changes: pages resume from lastSeq; since=now; docs; bad parameters are 400") {
+  HttpNode n;
+  auto c = n.connect();
+  for (const char* author : {"a1", "a2", "a3", "a4", "a5"}) {
+    REQUIRE(c->request("PUT", std::string("/v1/products/p1/reviews/") + author, R"({"rating":4})")
+                .status == 200);
+  }
+  REQUIRE(c->request("DELETE", "/v1/products/p1/reviews/a1").status == 200);  // a1 moves last
+  std::vector<std::string> seen;
+  uint64_t since = 0, lastSeq = n.node->lastSeq();
+  for (int page = 0; page < 10; ++page) {
+    auto a = c->request("GET", "/v1/changes?since=" + std::to_string(since) + "&limit=2");
+    REQUIRE_MESSAGE(a.status == 200, a.body);
+    auto j = parse(a);
+    CHECK(j["replicaId"].u64() != 0);
+    if (j["changes"].items().empty()) {
+      CHECK(j["lastSeq"].u64() == since);
+      break;
+    }
+    CHECK(j["changes"].items().size() <= 2);
+    for (const auto& ch : j["changes"].items()) {
+      CHECK(ch["seq"].u64() > since);
+      CHECK_FALSE(ch.has("review"));  // without include_docs
+      seen.push_back(ch["author"].str() + (ch["deleted"].boolean() ? "-" : ""));
+    }
+    since = j["lastSeq"].u64();
+  }
+  CHECK(since == lastSeq);
+  CHECK(seen == std::vector<std::string>{"a2", "a3", "a4", "a5", "a1-"});  // compacted
+  auto docs = parse(c->request("GET", "/v1/changes?since=0&limit=1&include_docs=true"));
+  CHECK(docs["changes"][0]["review"]["rating"].u64() == 4);
+  auto now = parse(c->request("GET", "/v1/changes?since=now"));
+  CHECK(now["changes"].items().empty());
+  CHECK(now["lastSeq"].u64() == lastSeq);
+  for (const std::string& bad : std::vector<std::string>{
+           "since=abc", "since=-1", "limit=1001", "limit=x", "feed=continuous", "include_docs=yes",
+           "heartbeat=1000", "timeout=10", "feed=eventsource&timeout=10",
+           "feed=longpoll&timeout=300001", "since=" + std::to_string(lastSeq + 5), "colour=red"}) {
+    auto a = c->request("GET", "/v1/changes?" + bad);
+    CHECK_MESSAGE(a.status == 400, bad);
+    std::string field = bad.substr(0, bad.find('='));
+    if (bad.rfind("feed=", 0) == 0 && bad.find('&') != std::string::npos) field = "timeout";
+    CHECK_MESSAGE(parse(a)["field"].str() == field, bad << ": " << a.body);
+  }
+  // Another node's cursor, through eventsource: refused before the stream starts.
+  auto es = c->request("GET", "/v1/changes?feed=eventsource&since=" + std::to_string(lastSeq + 1));
+  CHECK(es.status == 400);
+  CHECK(parse(es)["field"].str() == "since");
+  CHECK(n.node->metrics().httpRequests(Metrics::kChanges) >= 5);
+}
+
+TEST_CASE("http changes: longpoll wakes on a write, and times out empty") {
+  HttpNode n;
+  auto c = n.connect();
+  auto empty = c->request("GET", "/v1/changes?feed=longpoll&since=now&timeout=100");
+  REQUIRE(empty.status == 200);
+  CHECK(parse(empty)["changes"].items().empty());
+  // Waiting from the current seq; a write on another connection wakes it
+  // (its timeout is far: an answer only at the timeout would be empty).
+  uint64_t since = n.node->lastSeq();
+  auto poll = n.connect();
+  REQUIRE(poll->sendRaw("GET /v1/changes?feed=longpoll&timeout=20000&since=" +
+                        std::to_string(since) + " HTTP/1.1\r\nHost: t\r\n\r\n"));
+  std::this_thread::sleep_for(50ms);  // usually waiting by now; either way the answer has it
+  REQUIRE(c->request("PUT", "/v1/products/p1/reviews/ann", R"({"rating":3})").status == 200);
+  auto woke = poll->read(15s);
+  REQUIRE(woke.status == 200);
+  auto j = parse(woke);
+  REQUIRE(j["changes"].items().size() == 1);
+  CHECK(j["changes"][0]["author"].str() == "ann");
+  CHECK(j["lastSeq"].u64() == n.node->lastSeq());
+  // A longpoll with a change already after `since` answers at once.
+  auto at = c->request("GET", "/v1/changes?feed=longpoll&since=0&timeout=20000", "", "", 5s);
+  CHECK(parse(at)["changes"].items().size() == 1);
+}
+
+TEST_CASE("http changes: eventsource sends the backlog, live changes, heartbeats; resumes") {
+  chorus::RpcLimits limits;
+  limits.maxWatches = 1;
+  HttpNode n({}, limits);
+  auto c = n.connect();
+  for (const char* author : {"a1", "a2", "a3"}) {
+    REQUIRE(c->request("PUT", std::string("/v1/products/p1/reviews/") + author, R"({"rating":5})")
+                .status == 200);
+  }
+  auto s = n.connect();
+  auto head = s->startStream("/v1/changes?feed=eventsource&since=0&limit=2&heartbeat=100");
+  REQUIRE(head.status == 200);
+  CHECK(head.body.find("Content-Type: text/event-stream") != std::string::npos);
+  auto start = nextEvent(*s);
+  CHECK(start.event == "start");
+  CHECK(start.id == "0");
+  std::vector<Event> changes;
+  for (int i = 0; i < 3; ++i) changes.push_back(nextEvent(*s));  // the backlog, in two pages
+  REQUIRE(changes[2].event == "change");
+  CHECK(parse(HttpAnswer{200, {}, changes[0].data})["author"].str() == "a1");
+  CHECK(parse(HttpAnswer{200, {}, changes[2].data})["author"].str() == "a3");
+  CHECK(changes[2].id == std::to_string(n.node->lastSeq()));
+  // The one watch slot is the stream's.
+  CHECK(c->request("GET", "/v1/changes?feed=longpoll&since=now").status == 429);
+  CHECK(s->readUntil(": heartbeat", 5s).has_value());
+  REQUIRE(c->request("PUT", "/v1/products/p2/reviews/bob", R"({"rating":1})").status == 200);
+  auto live = nextEvent(*s);
+  REQUIRE(live.event == "change");
+  CHECK(parse(HttpAnswer{200, {}, live.data})["product"].str() == "p2");
+  CHECK(live.id == std::to_string(n.node->lastSeq()));
+  s.reset();  // the client goes away: the slot comes back (at the next heartbeat's write)
+
+  // Resume after the first change: Last-Event-ID wins over since.
+  std::unique_ptr<HttpConnection> r;
+  HttpAnswer again;
+  for (int i = 0; i < 100 && again.status != 200; ++i) {
+    r = n.connect();
+    again = r->startStream("/v1/changes?feed=eventsource&since=now&heartbeat=100",
+                           "Last-Event-ID: " + changes[0].id + "\r\n");
+    if (again.status != 200) std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(again.status == 200);
+  CHECK(nextEvent(*r).id == changes[0].id);  // start: where it resumes
+  auto next = nextEvent(*r);
+  CHECK(next.event == "change");
+  CHECK(next.id == changes[1].id);
 }
 
 TEST_CASE("http: Node::open refuses httpListen without an RPC listen address") {

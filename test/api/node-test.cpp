@@ -18,7 +18,9 @@
 #include "api/metrics.h"
 #include "api/node.h"
 #include "api/wire.h"
+#include "cluster/json.h"
 #include "gossip/keyring.h"
+#include "http-client.h"
 #include "support/results.h"
 #include "temp-dir.h"
 
@@ -26,6 +28,9 @@ using chorus::ErrorCode;
 using chorus::Node;
 using chorus::WriteOp;
 using chorus::WriteRequest;
+using chorus::test::HttpAnswer;
+using chorus::test::HttpConnection;
+using chorus::test::Json;
 using chorus::test::TempDir;
 using namespace std::chrono_literals;
 using chorus::test::failure;
@@ -716,12 +721,13 @@ namespace {
 // anti-entropy once an hour (so not during the test).
 std::unique_ptr<Node> openPullOnly(const std::string& dir, const std::string& id,
                                    std::vector<std::string> seeds,
-                                   std::chrono::milliseconds sessionWait = 2s) {
+                                   std::chrono::milliseconds sessionWait = 2s, bool http = false) {
   return openClustered(dir, id, std::move(seeds), "default", [&](Node::Options& o) {
     o.cluster.pushDeltas = false;
     o.cluster.antiEntropyInterval = std::chrono::hours(1);
     o.sessionWait = sessionWait;
     o.rpc.readThreads = 1;
+    if (http) o.httpListen = "127.0.0.1:0";
   });
 }
 
@@ -811,6 +817,67 @@ TEST_CASE("sessions: a write on A is read at once on B with its token, without d
   CHECK(failure((*onB)->get("p1", "ann", {erased->session})).code == ErrorCode::kNotFound);
   CHECK((*onB)->summary("p1", {erased->session})->count == 0);
   CHECK((*onB)->byAuthor("ann", "", 10, {erased->session})->reviews.empty());
+}
+
+TEST_CASE("sessions over HTTP: Chorus-Session from a write on A is read at once on B and C") {
+  TempDir tmp;
+  auto a = openPullOnly(tmp.sub("a"), "a", {}, 1s, true);
+  auto b = openPullOnly(tmp.sub("b"), "b", {a->cluster()->address()}, 1s, true);
+  auto c = openPullOnly(tmp.sub("c"), "c", {a->cluster()->address()}, 1s, true);
+  REQUIRE(eventually([&] { return settled({a.get(), b.get(), c.get()}); }));
+  HttpConnection onA(a->httpAddress()), onB(b->httpAddress()), onC(c->httpAddress());
+  REQUIRE((onA.connected() && onB.connected() && onC.connected()));
+  auto json = [](const HttpAnswer& x) {
+    auto j = Json::parse(x.body);
+    REQUIRE_MESSAGE(j.has_value(), x.body);
+    return *j;
+  };
+  auto put = onA.request("PUT", "/v1/products/p1/reviews/ann", R"({"rating":5,"title":"from a"})");
+  REQUIRE_MESSAGE(put.status == 200, put.body);
+  std::string token = put.header("chorus-session");
+  REQUIRE(token.rfind("s1", 0) == 0);
+  CHECK(json(put)["session"].str() == token);
+  // Without the token B answers what it has: nothing (no push, no repair).
+  CHECK(onB.request("GET", "/v1/products/p1/reviews/ann").status == 404);
+  // With it, at once: B pulls the review and serves it.
+  auto got =
+      onB.request("GET", "/v1/products/p1/reviews/ann", "", "Chorus-Session: " + token + "\r\n");
+  REQUIRE_MESSAGE(got.status == 200, got.body);
+  CHECK(json(got)["review"]["title"].str() == "from a");
+  CHECK(got.header("chorus-session").empty());  // reads carry none
+  // A vote on A; C's summary with ?session= counts it.
+  auto vote = onA.request("PUT", "/v1/products/p1/reviews/ann/votes/bob");
+  REQUIRE(vote.status == 200);
+  auto summary =
+      onC.request("GET", "/v1/products/p1/summary?session=" + vote.header("chorus-session"));
+  REQUIRE_MESSAGE(summary.status == 200, summary.body);
+  CHECK(json(summary)["summary"]["helpfulTotal"].u64() == 1);
+  // An erase answers its token too; B's listing in that session is empty.
+  auto erased = onA.request("DELETE", "/v1/products/p1/reviews/ann");
+  REQUIRE(erased.status == 200);
+  REQUIRE_FALSE(erased.header("chorus-session").empty());
+  CHECK(json(erased)["session"].str() == erased.header("chorus-session"));
+  auto listed = onB.request("GET", "/v1/authors/ann/reviews", "",
+                            "Chorus-Session: " + erased.header("chorus-session") + "\r\n");
+  REQUIRE(listed.status == 200);
+  CHECK(json(listed)["page"]["reviews"].items().empty());
+  // Malformed: 400 naming `session`; header and query disagreeing too.
+  auto bad = onB.request("GET", "/v1/products/p1/page?session=garbage");
+  CHECK(bad.status == 400);
+  CHECK(json(bad)["field"].str() == "session");
+  auto twice = onB.request("GET", "/v1/products/p1/summary?session=" + token, "",
+                           "Chorus-Session: " + vote.header("chorus-session") + "\r\n");
+  CHECK(twice.status == 400);
+  // A write no node holds: 503 unavailable after the wait.
+  chorus::api::SessionToken absent;
+  absent.key = {"nowhere", "nobody"};
+  absent.origin = "a";
+  absent.content = chorus::crdt::Stamp{chorus::crdt::Hlc::fromParts(1'000, 1), 7};
+  auto late = onC.request("GET", "/v1/products/nowhere/reviews/nobody", "",
+                          "Chorus-Session: " + absent.encode() + "\r\n");
+  CHECK(late.status == 503);
+  CHECK(json(late)["code"].str() == "unavailable");
+  CHECK(c->metrics().sessionsTimedOut() == 1);
 }
 
 TEST_CASE("sessions: a write no node holds answers unavailable within the wait; bad tokens") {

@@ -1,7 +1,7 @@
 // Chorus cluster dashboard: polls GET /v1/cluster/overview (every node's
 // view, fetched by the serving node) about once a second and draws it; the
 // controls call POST /v1/cluster/overview/partition and .../heal; recent
-// changes come from GET /v1/changes?feed=eventsource when the node serves it.
+// changes come from GET /v1/changes?feed=eventsource.
 // No build step, no dependency: this file is served as it is.
 'use strict';
 
@@ -570,15 +570,9 @@ function stopFeed() {
 function feedStatus(text) { $('changes-status').textContent = text; }
 
 function addChange(c) {
-  // Tolerant of the feed's exact shape: {seq, product, author, deleted,
-  // op?, review|doc?} or a key object or id string.
-  const review = c.review || c.doc || {};
-  const key = typeof c.key === 'object' && c.key ? c.key : {};
-  const product = c.product ?? key.product ?? review.product;
-  const author = c.author ?? key.author ?? review.author;
-  const op = c.deleted || review.deleted ? 'delete' : (c.op || 'change');
-  const name = product !== undefined ? `${product}/${author ?? ''}` : String(c.id ?? c.key ?? '');
-  state.changes.unshift({seq: c.seq, time: new Date(), op, key: name});
+  // A FeedChange of GET /v1/changes: {seq, product, author, deleted, review?}.
+  const op = c.deleted ? 'delete' : 'change';
+  state.changes.unshift({seq: c.seq, time: new Date(), op, key: `${c.product}/${c.author}`});
   state.changes.length = Math.min(state.changes.length, MAX_CHANGES);
   $('changes-list').replaceChildren(...state.changes.map((x) => el('li', {},
     el('span', {class: 'seq'}, `#${x.seq}`), el('span', {class: 'time'}, x.time.toLocaleTimeString()),
@@ -615,20 +609,27 @@ async function startFeed() {
       while ((end = buf.search(/\r?\n\r?\n/)) >= 0) {
         const block = buf.slice(0, end);
         buf = buf.slice(buf.slice(end).match(/^\r?\n\r?\n/)[0].length + end);
-        let data = '';
+        // `start` (data {lastSeq, replicaId}), `change` (a FeedChange, id
+        // its seq), `end` (a problem: the token stopped being valid).
+        let data = '', event = 'message';
         for (const line of block.split(/\r?\n/)) {
           if (line.startsWith('data:')) data += line.slice(5).trimStart();
+          if (line.startsWith('event:')) event = line.slice(6).trim();
           if (line.startsWith('retry:')) retry = Number(line.slice(6)) || retry;
         }
         if (!data) continue;
         let c;
         try { c = JSON.parse(data); } catch (_) { continue; }
-        if (c.seq !== undefined) {
+        if (event === 'change') {
           state.feedSeq = c.seq;
           feedStatus('');
           addChange(c);
-        } else if (c.last_seq !== undefined) {
-          state.feedSeq = c.last_seq;
+        } else if (event === 'start') {
+          state.feedSeq = c.lastSeq;
+        } else if (event === 'end') {
+          feedStatus(`Change feed ended: ${c.message || c.detail || 'refused'}`);
+          state.feed = null;
+          return;
         }
       }
     }
