@@ -794,6 +794,11 @@ Result<storage::BackupManifest> Node::backupNow(const std::string& dir) {
   o.nodeId = options_.nodeId;
   auto started = std::chrono::steady_clock::now();
   auto m = store_->backup(dir, o);
+  if (!m.ok() && m.error().code == ErrorCode::kInvalidArgument) {
+    // The store refuses only the dir (not a directory, not empty): say so,
+    // so clients see field "dir" as documented.
+    m = api::FieldError{"dir", m.error().message}.toError();
+  }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                   started)
                 .count();

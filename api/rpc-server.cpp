@@ -682,7 +682,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler, public internal:
 
   // Node::backup on its own thread (it copies the whole store: this thread
   // must not wait); resolves on this thread with its answer.
-  kj::Promise<kj::Own<Result<storage::BackupManifest>>> backup(std::string dir) {
+  kj::Promise<kj::Own<Result<storage::BackupManifest>>> backup(std::string dir) override {
     auto paf = kj::newPromiseAndFulfiller<kj::Own<Result<storage::BackupManifest>>>();
     uint64_t id = nextCall_++;
     pendingBackups_.emplace(id, kj::mv(paf.fulfiller));

@@ -54,6 +54,7 @@ const std::vector<Route>& routes() {
        "since,limit,include_docs,feed,heartbeat,timeout"},
       {M::GET, "/v1/node/status", Op::kStatus, "status", ""},
       {M::GET, "/v1/node/health", Op::kHealth, "health", ""},
+      {M::POST, "/v1/node/backup", Op::kBackup, "backup", ""},
       {M::GET, "/v1/cluster", Op::kCluster, "cluster", ""},
       {M::POST, "/v1/cluster/partition", Op::kPartition, "partition", ""},
       {M::POST, "/v1/cluster/heal", Op::kHeal, "heal", ""},

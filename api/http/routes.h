@@ -40,6 +40,7 @@ enum class Op {
   kChanges,  // ReviewStore.changes, and follow as longpoll or text/event-stream
   kStatus,
   kHealth,
+  kBackup,  // Admin.backup
   kCluster,
   kPartition,
   kHeal,

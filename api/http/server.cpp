@@ -146,6 +146,8 @@ Metrics::Method metricOf(Op op) {
       return Metrics::kKeys;
     case Op::kLeave:
       return Metrics::kLeave;
+    case Op::kBackup:
+      return Metrics::kBackup;
     case Op::kRemove:
       return Metrics::kRemove;
     case Op::kOpenApi:
@@ -1166,6 +1168,20 @@ kj::Promise<Reply> Server::Impl::dispatch(const Match& m, const Caller& caller,
         capnp::MallocMessageBuilder message(64);
         return results(message.initRoot<wire::Admin::LeaveResults>());
       });
+    }
+    case Op::kBackup: {
+      if (auto no = mayAdmin(caller, "backup")) return problem(*no);
+      auto p = params.initRoot<wire::Admin::BackupParams>();
+      if (auto bad = decode(p, {"dir"}, {"dir"})) return invalid(*bad);
+      if (p.getDir().size() > 4096) return invalid(FieldError{"dir", "is longer than 4096 bytes"});
+      return loop_.backup(stdString(p.getDir()))
+          .then([](kj::Own<Result<storage::BackupManifest>> m) -> Reply {
+            if (!m->ok()) return problem(m->error());
+            capnp::MallocMessageBuilder message(256);
+            auto res = message.initRoot<wire::Admin::BackupResults>();
+            toWire(**m, res.initManifest());
+            return results(res);
+          });
     }
     case Op::kRemove: {
       if (auto no = mayAdmin(caller, "remove")) return problem(*no);

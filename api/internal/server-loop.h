@@ -102,6 +102,8 @@ class ServerLoop {
                                                           ReadOutcome (*refuse)(Error)) = 0;
   // Node::leave on a thread of its own; resolves with its answer.
   virtual kj::Promise<kj::Own<Status>> leave(std::chrono::milliseconds timeout) = 0;
+  // Node::backup on a thread of its own; resolves with its answer.
+  virtual kj::Promise<kj::Own<Result<storage::BackupManifest>>> backup(std::string dir) = 0;
 
   // A watch slot of the node's RpcLimits::maxWatches, shared by every front
   // end (Cap'n Proto watches and follows, HTTP watches and feeds): false when none is left (counted

@@ -103,6 +103,7 @@ class Node:
              "--log-level", "warn"] + args,
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.name = name
+        self.tmp = tmp
         deadline = time.time() + 20
         self.port = None
         while time.time() < deadline and self.port is None:
@@ -332,6 +333,14 @@ def run_cases(a, b, c, tokens, other_key):
     # The node and its cluster.
     t("status", a, "GET", "/v1/node/status", 200)
     t("health", a, "GET", "/v1/node/health", 200)
+    backup_dir = os.path.join(a.tmp, "a-backup")
+    t("backup", a, "POST", "/v1/node/backup", 200, {"dir": backup_dir})
+    if not os.path.isfile(os.path.join(backup_dir, "backup.manifest")):
+        fail(f"backup: answered 200 but {backup_dir} holds no backup.manifest")
+    t("backup", a, "POST", "/v1/node/backup", 400, {"dir": backup_dir})  # not empty now
+    t("backup", a, "POST", "/v1/node/backup", 400, {"dir": "relative/dir"})
+    t("backup", a, "POST", "/v1/node/backup", 400, {})
+    t("backup", c, "POST", "/v1/node/backup", 200, {"dir": os.path.join(c.tmp, "c-backup")})
     t("cluster", a, "GET", "/v1/cluster", 200)
     t("cluster", c, "GET", "/v1/cluster", 503)  # no cluster
     t("partition", a, "POST", "/v1/cluster/partition", 200, {"peers": ["ghost"]})
@@ -389,6 +398,8 @@ def run_cases(a, b, c, tokens, other_key):
     t("status", b, "GET", "/v1/node/status", 200, token=tokens["admin"])
     t("health", b, "GET", "/v1/node/health", 200, token=tokens["rita"])
     t("cluster", b, "GET", "/v1/cluster", 403, token=tokens["ann"])
+    t("backup", b, "POST", "/v1/node/backup", 403, {"dir": os.path.join(b.tmp, "b-backup")},
+      token=tokens["ann"])
     t("overview", b, "GET", "/v1/cluster/overview", 200, token=tokens["admin"])
     t("overview", b, "GET", "/v1/cluster/overview", 403, token=tokens["ann"])
 

@@ -27,6 +27,7 @@
 #include "api/wire.h"
 #include "cluster/json.h"
 #include "http-client.h"
+#include "storage/backup.h"
 #include "temp-dir.h"
 
 using chorus::Node;
@@ -344,6 +345,43 @@ TEST_CASE("http: tokens, roles, revocation at a reload") {
   CHECK(n.node->metrics().unauthenticatedConnections() == 1);  // `c` is a stranger again
   CHECK(c->request("GET", "/v1/products/p1/reviews/ann", "", n.bearer("ann")).status == 200);
   CHECK(n.node->metrics().unauthenticatedConnections() == 0);
+}
+
+TEST_CASE("http: POST /v1/node/backup answers the manifest; bad dirs are 400, non-admins 403") {
+  HttpNode n({{"ann", "writer"}, {"root", "admin"}});
+  auto c = n.connect();
+  for (const char* author : {"ann", "bob", "cy"}) {
+    REQUIRE(n.node->put("p1", author, 4, "t", "b").ok());
+  }
+  std::string dir = n.tmp.sub("backup");
+  auto taken = c->request("POST", "/v1/node/backup", R"({"dir":")" + dir + "\"}", n.bearer("root"));
+  REQUIRE_MESSAGE(taken.status == 200, taken.body);
+  auto m = parse(taken)["manifest"];
+  auto status = n.node->status();
+  REQUIRE(status.ok());
+  CHECK(m["nodeId"].str() == "http-node");
+  CHECK(m["keys"].u64() == 3);
+  CHECK(m["merkleRoot"].str() ==
+        chorus::storage::hexOf(status->merkleRoot.data(), status->merkleRoot.size()));
+  CHECK(m["fileBytes"].u64() > 0);
+  CHECK(m["schemaVersion"].u64() > 0);
+  auto onDisk = chorus::storage::verifyBackup(dir);  // the backup is there, and is whole
+  REQUIRE_MESSAGE(onDisk.ok(), onDisk.error().toString());
+  CHECK(m["checksum"].str() == chorus::storage::hexOf(onDisk->checksum.data(), 32));
+  CHECK(n.node->metrics().httpRequests(Metrics::kBackup) == 1);
+
+  auto again = c->request("POST", "/v1/node/backup", R"({"dir":")" + dir + "\"}", n.bearer("root"));
+  CHECK(again.status == 400);  // not empty now
+  CHECK(parse(again)["field"].str() == "dir");
+  auto relative = c->request("POST", "/v1/node/backup", R"({"dir":"rel/dir"})", n.bearer("root"));
+  CHECK(relative.status == 400);
+  CHECK(parse(relative)["field"].str() == "dir");
+  CHECK(c->request("POST", "/v1/node/backup", "{}", n.bearer("root")).status == 400);
+  auto writer = c->request("POST", "/v1/node/backup", R"({"dir":")" + n.tmp.sub("other") + "\"}",
+                           n.bearer("ann"));
+  CHECK(writer.status == 403);
+  CHECK(parse(writer)["code"].str() == "forbidden");
+  CHECK(c->request("GET", "/v1/node/backup", "", n.bearer("root")).status == 405);
 }
 
 TEST_CASE("http: bodies over the limit are refused with 413, declared or chunked") {
