@@ -98,7 +98,7 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
   }
   {
     auto j = bench({"feed", "--keys", "2000", "--rate", "200", "--seconds", "0.3",
-                    "--unsafe-no-sync", "--dir", tmp.sub("feed")});
+                    "--unsafe-no-sync", "--http", "--dir", tmp.sub("feed")});
     checkFigures(j);
     CHECK(j["keys"].u64() == 2000);
     CHECK(j["ops_per_s"].number() == j["catchup"]["rpc_follow_changes_per_s"].number());
@@ -109,6 +109,11 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
     CHECK(j["latency"]["commit_to_rpc_follower"]["count"].u64() > 0);
     CHECK(j["p99_ms"].number() == j["latency"]["commit_to_rpc_follower"]["p99_ms"].number());
     CHECK(j["latency"]["commit_to_embedded_follower"]["p99_ms"].number() > 0);
+    // --http: the eventsource and longpoll followers saw every write.
+    CHECK(j["latency"]["commit_to_http_eventsource"]["count"].u64() == 60);
+    CHECK(j["latency"]["commit_to_http_eventsource"]["p99_ms"].number() > 0);
+    CHECK(j["latency"]["commit_to_http_longpoll"]["count"].u64() == 60);
+    CHECK(j["latency"]["commit_to_http_longpoll"]["p99_ms"].number() > 0);
   }
   {
     // load keeps its figures per operation, under the same names.
@@ -120,8 +125,8 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
   {
     // A backup of 2,000 reviews under 1,000 writes/s: a few writes at most
     // fall inside it, so only the shape is checked, not that there were any.
-    auto j = bench({"backup", "--keys", "2000", "--rate", "1000", "--baseline-s", "0.5",
-                    "--tail-s", "0.1", "--unsafe-no-sync", "--dir", tmp.sub("backup")});
+    auto j = bench({"backup", "--keys", "2000", "--rate", "1000", "--baseline-s", "0.5", "--tail-s",
+                    "0.1", "--unsafe-no-sync", "--dir", tmp.sub("backup")});
     CHECK(j["keys"].u64() == 2000);
     CHECK(j["backup_keys"].u64() >= 2000);
     CHECK(j["backup_s"].number() > 0);
