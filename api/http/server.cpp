@@ -233,6 +233,106 @@ std::optional<Error> mayWrite(const Caller& c, const WriteRequest& r) {
   return c.trusted ? std::nullopt : authorizeWrite(c.principal, r);
 }
 
+// A connection's stream as kj::HttpServer sees it, which can also tell,
+// while a request waits (a longpoll), that the client closed its end:
+// kj::HttpServer reads nothing while it serves a request, so a disconnect
+// would go unseen until the request's answer. closed() reads one byte
+// ahead; a byte that arrives instead of EOF (a pipelined request) is kept
+// and handed to kj's next read.
+class WatchedStream final : public kj::AsyncIoStream {
+ public:
+  explicit WatchedStream(kj::Own<kj::AsyncIoStream> inner) : inner_(kj::mv(inner)) {}
+
+  // Resolves once the client closed its end (EOF or a read error); never
+  // if it sends bytes instead, or while kj reads. Call only while kj::
+  // HttpServer serves a request whose body it read (it is not reading).
+  kj::Promise<void> closed() {
+    if (gone()) return kj::READY_NOW;
+    if (held_ || innerBusy_) return kj::NEVER_DONE;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    closeWaiters_.push_back(kj::mv(paf.fulfiller));
+    if (!peeking_) {
+      peeking_ = true;
+      peek_ = inner_->tryRead(&byte_, 1, 1)
+                  .then([this](size_t n) { (n == 0 ? eof_ : held_) = true; },
+                        [this](kj::Exception&& e) { failure_ = kj::mv(e); })
+                  .then([this] {
+                    peeking_ = false;
+                    for (auto& f : readWaiters_) f->fulfill();
+                    readWaiters_.clear();
+                    if (gone()) {
+                      for (auto& f : closeWaiters_) f->fulfill();
+                      closeWaiters_.clear();
+                    }  // else they stay pending: the client did not go
+                  })
+                  .eagerlyEvaluate(nullptr);
+    }
+    return kj::mv(paf.promise);
+  }
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override {
+    if (peeking_) {  // kj reads after the look-ahead ends
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      readWaiters_.push_back(kj::mv(paf.fulfiller));
+      return paf.promise.then(
+          [this, buffer, minBytes, maxBytes] { return tryRead(buffer, minBytes, maxBytes); });
+    }
+    peek_ = nullptr;
+    auto* out = static_cast<kj::byte*>(buffer);
+    size_t n = 0;
+    if (held_ && maxBytes > 0) {
+      out[0] = byte_;
+      held_ = false;
+      n = 1;
+    }
+    KJ_IF_MAYBE (e, failure_) {
+      if (n == 0) return kj::Promise<size_t>(kj::cp(*e));
+      return n;
+    }
+    if (eof_ || n >= minBytes) return n;
+    innerBusy_ = true;
+    return inner_->tryRead(out + n, minBytes - n, maxBytes - n).then([this, n](size_t m) {
+      innerBusy_ = false;
+      return n + m;
+    });
+  }
+  kj::Maybe<uint64_t> tryGetLength() override { return nullptr; }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    return inner_->write(buffer, size);
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    return inner_->write(pieces);
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner_->whenWriteDisconnected(); }
+  void shutdownWrite() override { inner_->shutdownWrite(); }
+  void abortRead() override { inner_->abortRead(); }
+  void getsockopt(int level, int option, void* value, uint* length) override {
+    inner_->getsockopt(level, option, value, length);
+  }
+  void setsockopt(int level, int option, const void* value, uint length) override {
+    inner_->setsockopt(level, option, value, length);
+  }
+  void getsockname(struct sockaddr* addr, uint* length) override {
+    inner_->getsockname(addr, length);
+  }
+  void getpeername(struct sockaddr* addr, uint* length) override {
+    inner_->getpeername(addr, length);
+  }
+
+ private:
+  bool gone() const { return eof_ || failure_ != nullptr; }
+
+  kj::Own<kj::AsyncIoStream> inner_;
+  kj::byte byte_ = 0;
+  bool held_ = false;       // byte_ was read ahead, not yet handed to kj
+  bool eof_ = false;        // the client closed its end
+  bool peeking_ = false;    // the one-byte look-ahead is in flight
+  bool innerBusy_ = false;  // a read of kj's is in flight
+  kj::Maybe<kj::Exception> failure_;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> readWaiters_, closeWaiters_;
+  kj::Promise<void> peek_ = nullptr;  // destroyed first: it refers to the above
+};
+
 // The per-connection state: its rate limit and whether it has shown a
 // valid token (before that it is on the server's unauthenticated list).
 struct Conn : kj::Refcounted {
@@ -246,6 +346,7 @@ struct Conn : kj::Refcounted {
   kj::TimePoint authDeadline = kj::origin<kj::TimePoint>();
   kj::Own<kj::PromiseFulfiller<void>> kill;  // fulfilled to close it
   bool closing = false;
+  WatchedStream* stream = nullptr;  // while the connection is open
 };
 
 // Media type of a Content-Type value, lowercase, without parameters.
@@ -602,8 +703,8 @@ class Server::Impl final : public kj::TaskSet::ErrorHandler, public kj::HttpServ
   std::variant<FeedQuery, FieldError> feedQuery(const Match& m, const kj::HttpHeaders& headers);
   // One page of the feed, read on the read pool.
   kj::Promise<kj::Own<Result<ChangesPage>>> readFeed(uint64_t since, uint32_t limit, bool docs);
-  kj::Promise<Reply> changes(const Caller& caller, FeedQuery q);
-  kj::Promise<Reply> longpoll(FeedQuery q, kj::TimePoint deadline);
+  kj::Promise<Reply> changes(Conn& conn, const Caller& caller, FeedQuery q);
+  kj::Promise<Reply> longpoll(Conn& conn, FeedQuery q, kj::TimePoint deadline);
   kj::Promise<void> eventSource(const Caller& caller, FeedQuery q,
                                 kj::HttpService::Response& response, Reply& refusal);
   kj::Promise<void> pumpFeed(FeedStream& f);
@@ -702,10 +803,13 @@ kj::Promise<void> Server::Impl::serve(kj::Own<kj::AsyncIoStream> stream) {
     if (conn->authenticated) --authenticated_;
     conn->closing = true;
     conn->kill = nullptr;
+    conn->stream = nullptr;
     logf(LogLevel::kDebug, "http: connection %llu closed",
          static_cast<unsigned long long>(conn->id));
   });
-  auto done = server->listenHttp(kj::mv(stream))
+  auto watched = kj::heap<WatchedStream>(kj::mv(stream));
+  conn->stream = watched.get();
+  auto done = server->listenHttp(kj::mv(watched))
                   .exclusiveJoin(watchdog(*conn))
                   .exclusiveJoin(kj::mv(kill.promise));
   // The connection's HttpServer goes before its service, `closed` after both.
@@ -838,7 +942,7 @@ kj::Promise<void> Server::Impl::handle(Conn& conn, kj::HttpMethod method, kj::St
           })
           .attach(kj::mv(refusal), kj::mv(match), kj::mv(caller));
     }
-    return changes(*caller, fq)
+    return changes(conn, *caller, fq)
         .then([finish](Reply r) mutable { return finish(kj::mv(r)); })
         .attach(kj::mv(match), kj::mv(caller));
   }
@@ -1430,7 +1534,7 @@ kj::Promise<void> Server::Impl::feedPast(uint64_t since) {
   return paf.promise.attach(kj::mv(gone));
 }
 
-kj::Promise<Reply> Server::Impl::changes(const Caller& caller, FeedQuery q) {
+kj::Promise<Reply> Server::Impl::changes(Conn& conn, const Caller& caller, FeedQuery q) {
   if (auto no = mayRead(caller)) return problem(*no);
   if (q.mode == FeedQuery::Mode::kNormal) {
     return readFeed(q.since, q.limit, q.docs).then([](kj::Own<Result<ChangesPage>> page) {
@@ -1445,22 +1549,36 @@ kj::Promise<Reply> Server::Impl::changes(const Caller& caller, FeedQuery q) {
                                 " watches, follows and waiting feeds; retry later"});
   }
   auto slot = kj::defer([this] { loop_.releaseWatch(); });
-  return longpoll(q, timer_.now() + q.timeout * kj::MILLISECONDS).attach(kj::mv(slot));
+  return longpoll(conn, q, timer_.now() + q.timeout * kj::MILLISECONDS).attach(kj::mv(slot));
 }
 
 // Reads a page; answers it if it has changes or the deadline passed, else
 // waits for the feed to pass its cursor (or the deadline) and reads again.
-kj::Promise<Reply> Server::Impl::longpoll(FeedQuery q, kj::TimePoint deadline) {
+// A client that closes its connection meanwhile gets the empty page at
+// once (it goes nowhere), so its watch slot is not held until the timeout.
+kj::Promise<Reply> Server::Impl::longpoll(Conn& conn, FeedQuery q, kj::TimePoint deadline) {
   return readFeed(q.since, q.limit, q.docs)
-      .then([this, q, deadline](kj::Own<Result<ChangesPage>> page) mutable -> kj::Promise<Reply> {
+      .then([this, &conn, q,
+             deadline](kj::Own<Result<ChangesPage>> page) mutable -> kj::Promise<Reply> {
         if (!page->ok()) return problem(page->error());
         if (!(*page)->changes.empty() || timer_.now() >= deadline) {
           return json(changesResultsJson(**page));
         }
         q.since = (*page)->lastSeq;  // "now" resolved; nothing after it yet
-        return feedPast(q.since).exclusiveJoin(timer_.atTime(deadline)).then([this, q, deadline] {
-          return longpoll(q, deadline);
-        });
+        auto gone = kj::heap<bool>(false);
+        kj::Promise<void> clientGone = kj::NEVER_DONE;
+        if (conn.stream != nullptr) {
+          clientGone = conn.stream->closed().then([&gone = *gone] { gone = true; });
+        }
+        return feedPast(q.since)
+            .exclusiveJoin(timer_.atTime(deadline))
+            .exclusiveJoin(kj::mv(clientGone))
+            .then([this, &conn, q, deadline, &gone = *gone,
+                   page = kj::mv(page)]() mutable -> kj::Promise<Reply> {
+              if (gone) return json(changesResultsJson(**page));
+              return longpoll(conn, q, deadline);
+            })
+            .attach(kj::mv(gone));
       });
 }
 

@@ -650,6 +650,42 @@ TEST_CASE("http changes: longpoll wakes on a write, and times out empty") {
   CHECK(parse(at)["changes"].items().size() == 1);
 }
 
+TEST_CASE("http changes: a longpoll whose client goes away gives its watch slot back at once") {
+  chorus::RpcLimits limits;
+  limits.maxWatches = 1;
+  HttpNode n({}, limits);
+  auto poll = n.connect();
+  REQUIRE(poll->sendRaw(
+      "GET /v1/changes?feed=longpoll&since=now&timeout=60000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  auto c = n.connect();
+  // Once it waits, it holds the one slot: another longpoll is refused.
+  int refused = 0;
+  for (int i = 0; i < 200 && refused == 0; ++i) {
+    auto a = c->request("GET", "/v1/changes?feed=longpoll&since=now&timeout=10");
+    if (a.status == 429) ++refused;
+    if (refused == 0) std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(refused == 1);
+  poll.reset();  // the client closes its connection (kj sees no request end)
+  // The slot comes back long before the 60 s timeout: a longpoll is served.
+  int status = 0;
+  for (int i = 0; i < 300 && status != 200; ++i) {
+    status = c->request("GET", "/v1/changes?feed=longpoll&since=now&timeout=10").status;
+    if (status != 200) std::this_thread::sleep_for(10ms);
+  }
+  CHECK(status == 200);
+  // A longpoll on a keep-alive connection still works after a look-ahead:
+  // the next request's bytes reach kj whole.
+  auto again = n.connect();
+  REQUIRE(again->sendRaw(
+      "GET /v1/changes?feed=longpoll&since=now&timeout=200 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  std::this_thread::sleep_for(50ms);
+  REQUIRE(again->sendRaw("GET /v1/info HTTP/1.1\r\nHost: t\r\n\r\n"));  // pipelined
+  CHECK(again->read(5s).status == 200);
+  CHECK(again->read(5s).status == 200);
+  CHECK(again->request("GET", "/v1/info").status == 200);
+}
+
 TEST_CASE("http changes: eventsource sends the backlog, live changes, heartbeats; resumes") {
   chorus::RpcLimits limits;
   limits.maxWatches = 1;
