@@ -167,8 +167,8 @@ Result<double> writeDataset(const Options& o, const std::string& dir) {
     ::fsync(fd);
     ::close(fd);
   }
-  std::ofstream(dir + "/bench-dataset") << "keys " << o.keys << " seed " << o.seed << " body "
-                                        << o.bodyBytes << "\n";
+  std::ofstream(dir + "/bench-dataset")
+      << "keys " << o.keys << " seed " << o.seed << " body " << o.bodyBytes << "\n";
   return seconds(SteadyClock::now() - t0);
 }
 
@@ -239,13 +239,13 @@ class Bench {
 
   std::vector<std::string> nodeArgs(const std::string& id, const std::string& dir,
                                     const std::string& keyFile) {
-    std::vector<std::string> args = {"--node-id",       id,
-                                     "--data-dir",      dir,
-                                     "--listen",        "127.0.0.1:0",
-                                     "--no-auth",       "--rate-limit",
-                                     "0",               "--gossip-listen",
-                                     "127.0.0.1:0",     "--cluster-key-file",
-                                     keyFile,           "--log-level",
+    std::vector<std::string> args = {"--node-id",   id,
+                                     "--data-dir",  dir,
+                                     "--listen",    "127.0.0.1:0",
+                                     "--no-auth",   "--rate-limit",
+                                     "0",           "--gossip-listen",
+                                     "127.0.0.1:0", "--cluster-key-file",
+                                     keyFile,       "--log-level",
                                      "info"};
     if (o_.noSync) args.push_back("--unsafe-no-sync");
     return args;
@@ -298,8 +298,8 @@ class Bench {
     {
       std::string idleDir = base + "/idle";
       fs::remove_all(idleDir, ec);
-      auto idle = LocalChorusd::spawn(binary, nodeArgs("bench-idle", idleDir, keyFile),
-                                      base + "/idle.log");
+      auto idle =
+          LocalChorusd::spawn(binary, nodeArgs("bench-idle", idleDir, keyFile), base + "/idle.log");
       if (!idle.ok()) return fail(idle.error().toString());
       auto up = (*idle)->waitFor("listening", 60s);
       if (!up.ok()) return fail("idle node: " + up.error().toString());
@@ -329,8 +329,8 @@ class Bench {
       bytesBefore = before->stats.bytesOut;
     }
     if (senderStatus->keyCount != o_.keys) {
-      return fail("the sender holds " + std::to_string(senderStatus->keyCount) +
-                  " reviews, not " + std::to_string(o_.keys));
+      return fail("the sender holds " + std::to_string(senderStatus->keyCount) + " reviews, not " +
+                  std::to_string(o_.keys));
     }
     std::this_thread::sleep_for(1s);
     senderIdle_ = rssAnon((*sender)->pid());
@@ -426,17 +426,18 @@ class Bench {
       return;
     }
     std::printf("bootstrap of an empty node from one holding %llu reviews (--bootstrap %s, %s)\n",
-                (unsigned long long)o_.keys, o_.mode.c_str(),
-                o_.noSync ? "unsynced" : "durable");
+                (unsigned long long)o_.keys, o_.mode.c_str(), o_.noSync ? "unsynced" : "durable");
     if (!how_.empty()) std::printf("  receiver said         %s\n", how_.c_str());
     std::printf("  to equal roots        %8.2f s   (serving after %.2f s; target <= 15 s)\n",
                 bootstrap_, serving_);
-    std::printf("  copy of data.mdb      %8.2f s   (%.0f MB; bootstrap is %.2fx it, target <= 3x)\n",
-                fileCopy_, mb(fileBytes), bootstrap_ / std::max(fileCopy_, 1e-9));
+    std::printf(
+        "  copy of data.mdb      %8.2f s   (%.0f MB; bootstrap is %.2fx it, target <= 3x)\n",
+        fileCopy_, mb(fileBytes), bootstrap_ / std::max(fileCopy_, 1e-9));
     std::printf("  bytes sent            %8.0f MB\n", mb(bytesSent_));
-    std::printf("  RssAnon peak above idle: sender %.1f MB (idle %.1f), receiver %.1f MB (idle "
-                "%.1f); target <= 64 MB\n",
-                senderAbove, mb(senderIdle_), receiverAbove, mb(receiverIdle_));
+    std::printf(
+        "  RssAnon peak above idle: sender %.1f MB (idle %.1f), receiver %.1f MB (idle "
+        "%.1f); target <= 64 MB\n",
+        senderAbove, mb(senderIdle_), receiverAbove, mb(receiverIdle_));
   }
 
   Options o_;

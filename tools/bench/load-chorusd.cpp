@@ -130,21 +130,11 @@ Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& bin
                                                           const std::string& dir,
                                                           bool unsafeNoSync) {
   std::string log = dir + "/chorusd.log";
-  std::vector<std::string> args = {"--node-id",
-                                   "load-bench",
-                                   "--data-dir",
-                                   dir + "/node",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--no-auth",
-                                   "--rate-limit",
-                                   "0",
-                                   "--max-in-flight",
-                                   "100000",
-                                   "--max-unfinished-calls",
-                                   "100000",
-                                   "--log-level",
-                                   "warn"};
+  std::vector<std::string> args = {"--node-id",       "load-bench",   "--data-dir",
+                                   dir + "/node",     "--listen",     "127.0.0.1:0",
+                                   "--no-auth",       "--rate-limit", "0",
+                                   "--max-in-flight", "100000",       "--max-unfinished-calls",
+                                   "100000",          "--log-level",  "warn"};
   if (unsafeNoSync) args.push_back("--unsafe-no-sync");
   ::unlink(log.c_str());  // a fresh log
   auto child = spawn(binary, args, log);
