@@ -109,6 +109,9 @@ struct LeafEntry {
   crdt::ReviewKey key;
 };
 
+struct BackupManifest;  // storage/backup.h
+struct BackupOptions;   // storage/backup.h
+
 struct StoreStats {
   uint64_t documents = 0;
   uint64_t mapBytes = 0;       // current LMDB map size
@@ -170,6 +173,18 @@ class Store {
   virtual Status verify() = 0;
 
   virtual StoreStats stats() = 0;
+
+  // ---- backup: any thread --------------------------------------------------
+  // Writes a consistent, compacted copy of the store and its manifest into
+  // `dir` (storage/backup.h), which must not exist or be empty (created
+  // 0700). The copy is one read transaction's snapshot, so writes go on
+  // being committed meanwhile. Growing the map must wait until the copy
+  // ends (it would remap the file under it), so the map is grown first
+  // when more than half full; should it fill anyway, writes and reads wait
+  // for the copy. Blocks the calling thread for about the time of writing
+  // the compacted file. Errors: kInvalidArgument (dir not empty or not a
+  // directory), kIo.
+  virtual Result<BackupManifest> backup(const std::string& dir, const BackupOptions& options) = 0;
 };
 
 }  // namespace chorus::storage

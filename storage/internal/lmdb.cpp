@@ -83,6 +83,13 @@ Status Env::readerCheck() {
   return okStatus();
 }
 
+Status Env::copyCompact(int fd) {
+  if (int rc = mdb_env_copyfd2(env_, fd, MDB_CP_COMPACT); rc != 0) {
+    return lmdbError(rc, "copying the store");
+  }
+  return okStatus();
+}
+
 Status Txn::begin(const Env& env, unsigned flags) {
   abort();
   mapFull_ = false;

@@ -57,6 +57,10 @@ class Env {
   Result<uint64_t> usedBytes() const;
   // Clears reader slots left by dead processes.
   Status readerCheck();
+  // mdb_env_copyfd2 with MDB_CP_COMPACT: writes a compacted copy of the
+  // environment to `fd` sequentially (a pipe will do), in a read
+  // transaction of its own. Any thread; no map growth may happen meanwhile.
+  Status copyCompact(int fd);
 
  private:
   MDB_env* env_ = nullptr;

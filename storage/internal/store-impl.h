@@ -170,6 +170,10 @@ void addListingKeys(std::vector<std::string>& out, const crdt::ReviewKey& key, c
 // not decode or holds another key's review.
 Result<crdt::ReviewDoc> decodeStored(std::string_view canonical, const crdt::ReviewKey& key);
 
+// The whole of Store::verify() in `txn` (any transaction, read-only will
+// do) over `dbs`, a store of this build's schema. For a backup's copy too.
+Status verifyDbs(Txn& txn, const Dbs& dbs);
+
 // ---- the write queue -------------------------------------------------------
 
 struct Pending {
@@ -298,6 +302,9 @@ class StoreImpl final : public Store {
 
   // verify.cpp
   Status verify() override;
+
+  // backup.cpp
+  Result<BackupManifest> backup(const std::string& dir, const BackupOptions& options) override;
 
  private:
   // ---- write-pipeline.cpp ----

@@ -12,7 +12,11 @@ namespace chorus::storage::internal {
 Status StoreImpl::verify() {
   ReadTxn rt(gate_);
   if (auto s = rt.begin(env_); !s) return s;
-  Txn& txn = rt.txn();
+  return verifyDbs(rt.txn(), dbs_);
+}
+
+Status verifyDbs(Txn& txn, const Dbs& dbs) {
+  constexpr int kDepth = Store::kDepth;
   auto mismatch = [](const std::string& what) {
     return corruption("verify: " + what + "; derived data no longer matches the documents");
   };
@@ -24,7 +28,7 @@ Status StoreImpl::verify() {
   // documents imply, one product at a time (a product's documents are one
   // range of `documents`, and its positions one range of `listings`, in the
   // same product order), against the walk of `listings`.
-  auto listings = Cursor::open(txn, dbs_.listings);
+  auto listings = Cursor::open(txn, dbs.listings);
   if (!listings) return listings.error();
   std::string_view lk, lv;
   auto lat = listings->seek(MDB_FIRST, &lk, &lv);
@@ -62,7 +66,7 @@ Status StoreImpl::verify() {
   uint64_t docCount = 0;
   crdt::Hlc maxHlc;
 
-  auto docs = Cursor::open(txn, dbs_.documents);
+  auto docs = Cursor::open(txn, dbs.documents);
   if (!docs) return docs.error();
   std::string_view k, v;
   for (auto at = docs->seek(MDB_FIRST, &k, &v);; at = docs->seek(MDB_NEXT, &k, &v)) {
@@ -91,7 +95,7 @@ Status StoreImpl::verify() {
 
     uint64_t kh = keyHashOfDocKey(k);
     std::string_view leafDigest;
-    auto found = txn.get(dbs_.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
+    auto found = txn.get(dbs.leafEntries, schema::leafEntryKey(kh, k), &leafDigest);
     if (!found) return found.error();
     if (!*found || leafDigest != nodeBytes(rec->digest)) {
       return mismatch("Merkle leaf entry of (" + schema::describeKey(*key) +
@@ -117,7 +121,7 @@ Status StoreImpl::verify() {
   // found above, so equal counts mean there are no extras).
   uint64_t leafEntryCount = 0;
   uint64_t storedNodes = 0;
-  auto leaves = Cursor::open(txn, dbs_.leafEntries);
+  auto leaves = Cursor::open(txn, dbs.leafEntries);
   if (!leaves) return leaves.error();
   for (auto at = leaves->seek(MDB_FIRST, &k, &v);; at = leaves->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -138,7 +142,7 @@ Status StoreImpl::verify() {
                     " Merkle leaf entries for " + std::to_string(docCount) + " documents");
   }
 
-  auto merkle = Cursor::open(txn, dbs_.merkle);
+  auto merkle = Cursor::open(txn, dbs.merkle);
   if (!merkle) return merkle.error();
   for (auto at = merkle->seek(MDB_FIRST, &k, &v);; at = merkle->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -166,7 +170,7 @@ Status StoreImpl::verify() {
   }
 
   uint64_t storedSums = 0;
-  auto products = Cursor::open(txn, dbs_.products);
+  auto products = Cursor::open(txn, dbs.products);
   if (!products) return products.error();
   for (auto at = products->seek(MDB_FIRST, &k, &v);; at = products->seek(MDB_NEXT, &k, &v)) {
     if (!at) return at.error();
@@ -189,7 +193,7 @@ Status StoreImpl::verify() {
   }
 
   std::string_view hw;
-  auto found = txn.get(dbs_.meta, schema::kMetaHlcHighWater, &hw);
+  auto found = txn.get(dbs.meta, schema::kMetaHlcHighWater, &hw);
   if (!found) return found.error();
   if (!*found || hw.size() != 8 || schema::getLe64(hw) < maxHlc.bits) {
     return mismatch("the persisted HLC high-water mark is missing or below a stored stamp");
