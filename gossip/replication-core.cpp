@@ -124,7 +124,8 @@ ReplicationCore::ReplicationCore(CoreOptions options, ReplicaStore& store)
       rng_(options_.seed),
       reconciler_(
           store, [this](crdt::ReviewDoc doc) { received_.push_back(std::move(doc)); },
-          std::min(options_.maxSyncMessageBytes, options_.maxFrameBytes / 2), options_.admit),
+          std::min(options_.maxSyncMessageBytes, options_.maxFrameBytes / 2),
+          options_.admit),
       incarnation_(options_.incarnation) {}
 
 ReplicationCore::~ReplicationCore() = default;
@@ -395,8 +396,7 @@ void ReplicationCore::closed(uint64_t now, ConnId id) {
   close(now, id, false);
   if (!peer.empty() && alive(peer) && !leaving_ && !removed_) {
     bool probing = false;
-    for (const auto& [seq, p] : probes_)
-      probing = probing || (p.forPeer.empty() && p.target == peer);
+    for (const auto& [seq, p] : probes_) probing = probing || (p.forPeer.empty() && p.target == peer);
     if (!probing) probeMember(now, peer);
   }
 }
@@ -409,8 +409,7 @@ void ReplicationCore::close(uint64_t now, ConnId id, bool emit) {
   if (!c.peerId.empty() && c.peerId == sessionPeer_) {
     // The session's connection: only if no other carries it.
     bool other = false;
-    for (const auto& [oid, o] : conns_)
-      other = other || (oid != id && o.peerId == c.peerId && o.helloReceived);
+    for (const auto& [oid, o] : conns_) other = other || (oid != id && o.peerId == c.peerId && o.helloReceived);
     if (!other) sessionPeer_.clear();
   }
   conns_.erase(it);
@@ -842,9 +841,8 @@ void ReplicationCore::aboutSelf(PeerState state, uint64_t incarnation, bool rejo
     // out until an operator restarts it with --rejoin.
     if (options_.rejoin && incarnation < options_.incarnation) return;
     removed_ = true;
-    actions_.push_back(
-        Warn{"gossip: this node was removed from the cluster (or left it); it "
-             "gossips no more. Restart it with --rejoin to join again."});
+    actions_.push_back(Warn{"gossip: this node was removed from the cluster (or left it); it "
+                            "gossips no more. Restart it with --rejoin to join again."});
     for (auto& [id, c] : std::map<ConnId, Conn>(conns_)) close(now_, id, true);
     return;
   }
@@ -856,8 +854,9 @@ void ReplicationCore::aboutSelf(PeerState state, uint64_t incarnation, bool rejo
 }
 
 void ReplicationCore::apply(const std::string& id, const std::string& gossip,
-                            const std::string& rpc, const std::string& region, uint64_t incarnation,
-                            PeerState state, bool rejoin, const std::string& from) {
+                            const std::string& rpc, const std::string& region,
+                            uint64_t incarnation, PeerState state, bool rejoin,
+                            const std::string& from) {
   if (id == options_.nodeId) {
     aboutSelf(state, incarnation, rejoin);
     return;
@@ -889,8 +888,7 @@ void ReplicationCore::apply(const std::string& id, const std::string& gossip,
     newer = incarnation > m.incarnation &&
             (state == PeerState::kLeft || (state == PeerState::kAlive && rejoin));
   } else {
-    newer = incarnation > m.incarnation ||
-            (incarnation == m.incarnation && rank(state) > rank(m.state));
+    newer = incarnation > m.incarnation || (incarnation == m.incarnation && rank(state) > rank(m.state));
   }
   if (!newer) {
     if (state == PeerState::kSuspect && m.state == PeerState::kSuspect &&
@@ -976,8 +974,7 @@ void ReplicationCore::probe(uint64_t now) {
       probeOrder_.clear();
       probeNext_ = 0;
       for (const auto& [id, m] : members_) {
-        if (m.state == PeerState::kAlive || m.state == PeerState::kSuspect)
-          probeOrder_.push_back(id);
+        if (m.state == PeerState::kAlive || m.state == PeerState::kSuspect) probeOrder_.push_back(id);
       }
       shuffle(probeOrder_);
     }
@@ -1036,19 +1033,18 @@ void ReplicationCore::checkProbes(uint64_t now) {
   for (auto& [seq, p] : probes_) {
     uint64_t wait = probeWait(p.target);
     if (!p.forPeer.empty()) {  // probing for another node: nack in time (80%)
-      if (p.unreachable || (p.sent ? now - p.sent >= wait * 8 / 10
-                                   : now - p.started >= options_.probeIntervalMillis)) {
+      if (p.unreachable ||
+          (p.sent ? now - p.sent >= wait * 8 / 10 : now - p.started >= options_.probeIntervalMillis)) {
         uint64_t forSeq = p.forSeq;
-        sendTo(p.forPeer,
-               frame([forSeq](wire::Frame::Builder& f) { f.initNack().setSeq(forSeq); }));
+        sendTo(p.forPeer, frame([forSeq](wire::Frame::Builder& f) { f.initNack().setSeq(forSeq); }));
         done.push_back(seq);
       }
       continue;
     }
     // Direct: no ack within `wait` of the ping, or no connection within a
     // probe interval: ask k others.
-    bool directFailed = p.unreachable || (p.sent ? now - p.sent >= wait
-                                                 : now - p.started >= options_.probeIntervalMillis);
+    bool directFailed = p.unreachable ||
+                        (p.sent ? now - p.sent >= wait : now - p.started >= options_.probeIntervalMillis);
     if (!p.indirectSent && directFailed) {
       p.indirectSent = true;
       p.indirectAt = now;
@@ -1078,11 +1074,11 @@ void ReplicationCore::checkProbes(uint64_t now) {
         uint64_t s = seq;
         const std::string& target = p.target;
         if (sendTo(h, frame([&](wire::Frame::Builder& f) {
-                     auto r = f.initPingReq();
-                     r.setSeq(s);
-                     r.setTarget(target);
-                     r.setTargetAddress(address);
-                   }))) {
+              auto r = f.initPingReq();
+              r.setSeq(s);
+              r.setTarget(target);
+              r.setTargetAddress(address);
+            }))) {
           ++p.nacksExpected;
         }
       }
@@ -1090,8 +1086,7 @@ void ReplicationCore::checkProbes(uint64_t now) {
     // Indirect: the helpers may need a connection to the target too. Every
     // helper's nack in (none could reach it either): no need to wait.
     bool allNacked = p.nacksExpected > 0 && p.nacks >= p.nacksExpected;
-    if (p.indirectSent &&
-        (allNacked || now - p.indirectAt >= wait + options_.probeIntervalMillis)) {
+    if (p.indirectSent && (allNacked || now - p.indirectAt >= wait + options_.probeIntervalMillis)) {
       done.push_back(seq);
       auto t = members_.find(p.target);
       if (t == members_.end() || t->second.state != PeerState::kAlive) continue;
@@ -1302,8 +1297,7 @@ std::vector<std::string> ReplicationCore::bridgesOf(const std::string& region,
     ranked.emplace_back(fnv(options_.nodeId, toward), options_.nodeId);
   }
   for (const auto& [id, m] : members_) {
-    if (m.region == region && m.state == PeerState::kAlive)
-      ranked.emplace_back(fnv(id, toward), id);
+    if (m.region == region && m.state == PeerState::kAlive) ranked.emplace_back(fnv(id, toward), id);
   }
   size_t k = std::min(options_.bridgesPerRegion, ranked.size());
   std::partial_sort(ranked.begin(), ranked.begin() + long(k), ranked.end());
@@ -1410,8 +1404,7 @@ void ReplicationCore::publish(uint64_t now, std::vector<std::string> encoded) {
 }
 
 // `items`: their `at` holds the broadcast id (the cache keeps the time).
-void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items,
-                                const std::string& except) {
+void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items, const std::string& except) {
   (void)now;
   if (items.empty()) return;
   // All items share their scope and origin (callers group them).
@@ -1427,8 +1420,8 @@ void ReplicationCore::broadcast(uint64_t now, std::vector<Cached> items,
       auto m = members_.find(c.peerId);
       if (m == members_.end() || m->second.region != scope) continue;
     }
-    bool eagerLink =
-        options_.eagerPush && std::find(lazySet.begin(), lazySet.end(), c.peerIx) == lazySet.end();
+    bool eagerLink = options_.eagerPush &&
+                     std::find(lazySet.begin(), lazySet.end(), c.peerIx) == lazySet.end();
     if (eagerLink && c.queuedBytes < options_.maxQueuedBytesPerPeer) {
       eager.push_back(id);
     } else {
@@ -2068,5 +2061,6 @@ bool ReplicationCore::setLazy(const std::string& origin, const std::string& peer
   }
   return true;
 }
+
 
 }  // namespace chorus::gossip

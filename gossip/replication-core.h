@@ -91,18 +91,18 @@ struct CoreOptions {
   uint64_t pushPullIntervalMillis = 60'000;
 
   // Partial view
-  size_t activeInRegion = 4;            // partial-view links this node dials in its region
-  size_t maxActive = 16;                // partial-view links in all (dialled and accepted)
-  size_t bridgesPerRegion = 2;          // nodes of each region that link to each other region
-  size_t maxConnections = 32;           // with peers (hello done): partial view, probes, repairs
+  size_t activeInRegion = 4;     // partial-view links this node dials in its region
+  size_t maxActive = 16;         // partial-view links in all (dialled and accepted)
+  size_t bridgesPerRegion = 2;   // nodes of each region that link to each other region
+  size_t maxConnections = 32;    // with peers (hello done): partial view, probes, repairs
   uint64_t idleTransientMillis = 2000;  // a probe or repair connection unused this long closes
 
   // Broadcast (Plumtree)
-  bool eagerPush = true;              // false: announce only (tests of the repair path)
+  bool eagerPush = true;            // false: announce only (tests of the repair path)
   uint64_t graftTimeoutMillis = 250;  // an announced delta not received by then is asked for
 
   // Anti-entropy
-  uint64_t antiEntropyIntervalMillis = 1000;               // with an in-region partial-view peer
+  uint64_t antiEntropyIntervalMillis = 1000;              // with an in-region partial-view peer
   uint64_t crossRegionAntiEntropyIntervalMillis = 10'000;  // bridges, with their bridge peers
 
   // Lifecycle
@@ -175,20 +175,18 @@ class ReplicationCore {
   static constexpr uint64_t kTickMillis = 50;  // how often drivers should call tick()
   static constexpr uint64_t kMinBackoffMillis = 100;
   static constexpr uint64_t kMaxBackoffMillis = 2000;
-  static constexpr size_t kMaxDeltaFrameBytes = 1u
-                                                << 20;  // a broadcast frame carries ~this at most
+  static constexpr size_t kMaxDeltaFrameBytes = 1u << 20;  // a broadcast frame carries ~this at most
   static constexpr size_t kMaxMembers = 4096;
   static constexpr size_t kMaxTokenBytes = 256;
-  static constexpr size_t kMaxPiggyback = 32;           // member updates per frame
+  static constexpr size_t kMaxPiggyback = 32;          // member updates per frame
   static constexpr size_t kSuspicionConfirmations = 3;  // Lifeguard's K
   static constexpr int kMaxHealth = 8;                  // Lifeguard's local health multiplier cap
   static constexpr uint64_t kSeenMillis = 60'000;       // broadcast ids remembered this long
   static constexpr uint64_t kCacheMillis = 10'000;      // broadcast payloads kept for grafts
   static constexpr size_t kMaxCacheBytes = 16u << 20;
-  static constexpr size_t kMaxMissing = 65'536;  // announced ids not yet received
-  static constexpr uint64_t kBacklogStates =
-      256;  // a cross-region session moving more: go again soon
-  static constexpr uint64_t kReferenceDeltas = 2;            // a tree this used is formed
+  static constexpr size_t kMaxMissing = 65'536;         // announced ids not yet received
+  static constexpr uint64_t kBacklogStates = 256;  // a cross-region session moving more: go again soon
+  static constexpr uint64_t kReferenceDeltas = 2;      // a tree this used is formed
   static constexpr uint64_t kStrangerTimeoutMillis = 5'000;  // a connection to us must say hello
   static constexpr uint64_t kHelloTimeoutMillis = 10'000;    // a connection we dialled must answer
   static constexpr uint64_t kWarnEveryMillis = 10'000;
@@ -355,8 +353,8 @@ class ReplicationCore {
   void handlePingReq(uint64_t now, const std::string& from, wire::Probe::Reader p);
   void handleAck(uint64_t now, uint64_t seq, bool nack);
   // A frame body with piggybacked member updates (`about`'s record first).
-  std::shared_ptr<const std::string> frame(const std::function<void(wire::Frame::Builder&)>& fill,
-                                           const std::string& about = {});
+  std::shared_ptr<const std::string> frame(
+      const std::function<void(wire::Frame::Builder&)>& fill, const std::string& about = {});
   // connections
   void close(uint64_t now, ConnId id, bool emit);
   bool send(ConnId id, std::shared_ptr<const std::string> body, uint64_t deltas = 0);
@@ -433,15 +431,15 @@ class ReplicationCore {
   bool leaving_ = false, removed_ = false;
   uint64_t leaveStarted_ = 0;
   bool leaveSynced_ = false;
-  bool leaveSession_ = false;     // the session under way began after leave()
-  uint64_t leaveStatesSent_ = 0;  // the reconciler's statesSent when it began
-  uint64_t sessionMoved_ = 0;     // states sent and repaired when the session began
-  bool sessionRevived_ = false;   // begun for a peer that just joined the partial view
+  bool leaveSession_ = false;      // the session under way began after leave()
+  uint64_t leaveStatesSent_ = 0;   // the reconciler's statesSent when it began
+  uint64_t sessionMoved_ = 0;      // states sent and repaired when the session began
+  bool sessionRevived_ = false;    // begun for a peer that just joined the partial view
   std::map<std::string, Member, std::less<>> members_;  // by node id, never this node
   std::map<std::string, Queued, std::less<>> queue_;    // updates to disseminate, by member
   std::set<std::tuple<uint64_t, uint64_t, std::string>> order_;  // (transmits, order, id)
-  uint64_t queueOrder_ = UINT64_MAX;                             // counts down: newer sorts first
-  uint64_t nextDeadline_ = 0;            // earliest suspicion deadline (UINT64_MAX: none)
+  uint64_t queueOrder_ = UINT64_MAX;  // counts down: newer sorts first
+  uint64_t nextDeadline_ = 0;         // earliest suspicion deadline (UINT64_MAX: none)
   std::vector<std::string> probeOrder_;  // round robin, reshuffled each pass
   size_t probeNext_ = 0;
   std::map<uint64_t, Probe> probes_;  // by seq
@@ -450,7 +448,7 @@ class ReplicationCore {
   bool joined_ = false;  // a push-pull with a seed completed
   bool bulk_ = false;    // learning a push-pull's full list
   int health_ = 0;       // Lifeguard's local health multiplier (0 = healthy)
-  std::map<std::string, double, std::less<>> rtt_;      // probe round trips by region, smoothed
+  std::map<std::string, double, std::less<>> rtt_;  // probe round trips by region, smoothed
   uint64_t probeWait(const std::string& target) const;  // for an ack, after the ping left
   std::set<std::string> blocked_;
 
@@ -469,10 +467,9 @@ class ReplicationCore {
   // peers each: no string sets).
   std::unordered_map<uint32_t, std::vector<uint32_t>> lazy_;
   std::unordered_map<std::string, uint32_t> interned_;
-  std::vector<std::string> names_;                    // by interned index
+  std::vector<std::string> names_;                   // by interned index
   std::unordered_map<uint32_t, uint64_t> delivered_;  // deltas received, by origin
-  std::set<std::string>
-      primaryPartners_;  // cross-region links eager for new origins of this region
+  std::set<std::string> primaryPartners_;  // cross-region links eager for new origins of this region
   std::unordered_map<uint64_t, uint64_t> seen_;  // id -> when
   std::deque<std::pair<uint64_t, uint64_t>> seenOrder_;
   std::unordered_map<uint64_t, Cached> cache_;
