@@ -103,6 +103,32 @@ void validate(wire::Frame::Reader root) {
     case wire::Frame::RECONCILE:
       (void)root.getReconcile().size();
       break;
+    case wire::Frame::SNAPSHOT: {
+      auto s = root.getSnapshot();
+      switch (s.which()) {
+        case wire::Snapshot::INFO:
+          (void)s.getInfo();
+          break;
+        case wire::Snapshot::REQUEST:
+          (void)s.getRequest().getId();
+          break;
+        case wire::Snapshot::START:
+          (void)s.getStart().getId();
+          break;
+        case wire::Snapshot::CHUNK:
+          (void)s.getChunk().getData().size();
+          break;
+        case wire::Snapshot::END:
+          (void)s.getEnd();
+          break;
+        case wire::Snapshot::ERROR:
+          (void)s.getError();
+          break;
+        default:
+          break;
+      }
+      break;
+    }
     default:
       break;
   }
@@ -128,8 +154,12 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
     validate(root);
     if (root.getFrom().size() == 0) {
       failure = malformed("no sender id");
-    } else if (unsigned(root.which()) > unsigned(wire::Frame::RECONCILE)) {
+    } else if (unsigned(root.which()) > unsigned(wire::Frame::SNAPSHOT)) {
       failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));
+    } else if (root.which() == wire::Frame::SNAPSHOT &&
+               unsigned(root.getSnapshot().which()) > unsigned(wire::Snapshot::ERROR)) {
+      failure = malformed("unknown snapshot message " +
+                          std::to_string(unsigned(root.getSnapshot().which())));
     }
   });
   KJ_IF_MAYBE (e, exception) {

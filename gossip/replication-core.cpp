@@ -735,6 +735,9 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
       case wire::Frame::RECONCILE:
         handleReconcile(now, id, from, root.getReconcile(), wireBytes);
         return;
+      case wire::Frame::SNAPSHOT:
+        bad = true;  // only on a snapshot connection, which the driver serves (never here)
+        return;
       default:
         return;
     }

@@ -394,7 +394,8 @@ class Bench {
         if (after.ok()) bytesSent_ = after->stats.bytesOut - bytesBefore;
       }
       std::string log = readText(base + "/receiver.log");
-      size_t at = log.find("bootstrap: ");
+      size_t at = log.find("bootstrap: from a snapshot");
+      if (at == std::string::npos) at = log.find("bootstrap: by anti-entropy");
       if (at != std::string::npos) how_ = log.substr(at, log.find('\n', at) - at);
       (*receiver)->stop(SIGTERM, 60s);
     }
