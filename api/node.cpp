@@ -192,11 +192,13 @@ Status Node::bootstrap(const Options& options) {
   if (!outcome.ok()) return outcome.error();
   if (outcome->fromSnapshot) {
     api::logf(api::LogLevel::kInfo,
-              "bootstrap: from a snapshot of %s: %llu reviews, %llu bytes, %u resume(s), %u "
-              "refused, %llu local review(s) merged in; new replica id %016llx",
+              "bootstrap: from a snapshot of %s: %llu reviews, %llu bytes in %.1f s, restored "
+              "in %.1f s, %u resume(s), %u refused, %llu local review(s) merged in; new "
+              "replica id %016llx",
               outcome->peer.c_str(), (unsigned long long)outcome->keys,
-              (unsigned long long)outcome->bytes, outcome->resumes, outcome->refused,
-              (unsigned long long)outcome->localMerged, (unsigned long long)outcome->replicaId);
+              (unsigned long long)outcome->bytes, outcome->fetchSeconds, outcome->restoreSeconds,
+              outcome->resumes, outcome->refused, (unsigned long long)outcome->localMerged,
+              (unsigned long long)outcome->replicaId);
   } else {
     api::logf(api::LogLevel::kInfo, "bootstrap: by anti-entropy (%s)%s",
               outcome->reason.c_str(),

@@ -664,7 +664,9 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
         Fetcher fetcher(o, *keys, out);
         auto first = std::move(link).value();
         for (int attempt = 1; attempt <= kFreshAttempts; ++attempt) {
+          auto fetching = SteadyClock::now();
           auto got = fetcher.fetch(address, std::move(first));
+          out.fetchSeconds = std::chrono::duration<double>(SteadyClock::now() - fetching).count();
           if (!got.ok()) {
             std::error_code ec;
             fs::remove_all(dir, ec);  // never used, never resumed
@@ -681,6 +683,9 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
           }
           storage::RestoreOptions ro;
           ro.notice = [&](const std::string& what) { tell(what); };
+          ro.consume = true;          // moved into place, checked once
+          ro.checksumChecked = true;  // hashed as it was written (Fetcher::fetch)
+          auto restoring = SteadyClock::now();
           std::string target = *local > 0 ? fresh : o.dataDir;
           auto restored = storage::restoreBackup(dir, target, ro);
           if (!restored.ok()) {
@@ -694,6 +699,8 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
             return restored.error();
           }
           out.replicaId = restored->replicaId;
+          out.restoreSeconds =
+              std::chrono::duration<double>(SteadyClock::now() - restoring).count();
           if (*local > 0) {
             auto merged = mergeAll(o.dataDir, fresh);
             if (!merged.ok()) {

@@ -87,6 +87,8 @@ struct BootstrapOutcome {
   uint32_t resumes = 0;           // connections resumed mid-transfer
   uint32_t refused = 0;           // snapshots that failed verification (deleted)
   uint64_t localMerged = 0;       // far behind: local reviews merged into the snapshot
+  double fetchSeconds = 0;        // the last transfer: from its request to the file checked
+  double restoreSeconds = 0;      // opened, verified and moved into place
   crdt::ReplicaId replicaId = 0;  // the store's new replica id
 };
 

@@ -50,9 +50,9 @@ struct SnapshotServer::Snapshot {
   // Bytes that may be sent: all of them once ready, else whole chunks
   // written so far.
   uint64_t available(size_t chunkBytes) {
-    if (ready) return size;
     if (fd < 0) fd = ::open((dir + "/" + storage::kBackupDataFile).c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
+    if (ready) return size;
     struct stat st {};
     if (::fstat(fd, &st) != 0) return 0;
     return uint64_t(st.st_size) / chunkBytes * chunkBytes;
@@ -146,6 +146,7 @@ std::shared_ptr<SnapshotServer::Snapshot> SnapshotServer::newSnapshot(uint64_t n
   worker_ = std::thread([this, s] {
     storage::BackupOptions o;
     o.nodeId = options_.nodeId;
+    o.sync = false;  // deleted after use; a crash discards it anyway
     auto made = store_.backup(s->dir, o);
     {
       std::lock_guard lock(s->mu);

@@ -485,9 +485,19 @@ Result<BackupManifest> restoreBackup(const std::string& backupDir, const std::st
   auto tell = [&](const std::string& what) {
     if (options.notice) options.notice(what);
   };
-  // 1. The backup, as it is on disk.
-  auto manifest = verifyBackup(backupDir);
+  // 1. The backup, as it is on disk (consumed: step 5 is its deep check).
+  auto manifest = options.consume ? readBackupManifest(backupDir) : verifyBackup(backupDir);
   if (!manifest) return manifest.error();
+  if (options.consume && !options.checksumChecked) {
+    auto sum = checksumFile(backupDir + "/" + kBackupDataFile);
+    if (!sum) return sum.error();
+    if (sum->bytes != manifest->fileBytes || sum->checksum != manifest->checksum) {
+      return makeError(ErrorCode::kCorruption,
+                       backupDir + "/" + kBackupDataFile +
+                           " does not match the manifest's size and checksum; the backup is "
+                           "damaged, do not restore it");
+    }
+  }
 
   // 2. The target: no store in it, and ours alone while we work.
   std::error_code ec;
@@ -513,8 +523,19 @@ Result<BackupManifest> restoreBackup(const std::string& backupDir, const std::st
   };
 
   // 3. The copy, checked against the manifest as it is written (the file
-  // may have changed since step 1).
-  auto copied = copyFile(backupDir + "/" + kBackupDataFile, staging + "/" + kBackupDataFile);
+  // may have changed since step 1); consumed: moved.
+  if (options.consume) {
+    if (::rename((backupDir + "/" + kBackupDataFile).c_str(),
+                 (staging + "/" + kBackupDataFile).c_str()) != 0) {
+      return fail(ioError("cannot move " + backupDir + "/" + kBackupDataFile + " into " + staging +
+                              " (restore with consume needs one file system)",
+                          errno));
+    }
+  }
+  auto copied = options.consume ? Result<FileChecksum>(FileChecksum{manifest->checksum,
+                                                                    manifest->fileBytes})
+                                : copyFile(backupDir + "/" + kBackupDataFile,
+                                           staging + "/" + kBackupDataFile);
   if (!copied) return fail(copied.error());
   if (copied->bytes != manifest->fileBytes || copied->checksum != manifest->checksum) {
     return fail(makeError(ErrorCode::kCorruption,
@@ -626,7 +647,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
   readEnd.reset();
   if (!copied) return fail(copied.error());
   if (!written) return fail(written.error());
-  if (::fsync(out.get()) != 0) return fail(ioError("cannot sync " + path, errno));
+  if (options.sync && ::fsync(out.get()) != 0) return fail(ioError("cannot sync " + path, errno));
   out.reset();
 
   auto facts = readCopy(dir, false);

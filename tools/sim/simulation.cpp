@@ -91,6 +91,7 @@ FrameKind classify(const std::string& body) {
         kind = FrameKind::kDissemination;
         break;
       case gossip::wire::Frame::RECONCILE:
+      case gossip::wire::Frame::SNAPSHOT:  // (never simulated: bootstrap is before the core)
         kind = FrameKind::kRepair;
         break;
     }
