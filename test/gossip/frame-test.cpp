@@ -208,7 +208,7 @@ TEST_CASE(
     auto data = capnp::toAny(message.getRoot<wire::Frame>()).getDataSection();
     size_t at = capnp::Schema::from<wire::Frame>().getProto().getStruct().getDiscriminantOffset();
     REQUIRE((at + 1) * 2 <= data.size());
-    uint16_t unknown = uint16_t(wire::Frame::RECONCILE) + 1;
+    uint16_t unknown = uint16_t(wire::Frame::SNAPSHOT) + 1;
     data[at * 2] = uint8_t(unknown & 0xff);  // little-endian on the wire
     data[at * 2 + 1] = uint8_t(unknown >> 8);
     auto refused = parseWhole(encodeFrame(message));
