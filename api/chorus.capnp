@@ -14,10 +14,11 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("chorus::api::wire");
 
-const apiVersion :UInt32 = 5;  # 2: authenticate, Admin.keys, unauthenticated;
+const apiVersion :UInt32 = 6;  # 2: authenticate, Admin.keys, unauthenticated;
                                # 3: Admin.leave/remove, regions, member state `left`
                                # 4: Admin.health (any role)
                                # 5: ReviewStore.page
+                               # 6: Admin.backup
 
 enum ErrorCode {
   invalidArgument @0;  # the input is wrong; `field` names which part
@@ -283,6 +284,28 @@ interface Admin {
   # Whether the node serves, and its view of the cluster (NodeHealth). Any
   # role may call it (every other Admin method needs admin).
   health @7 () -> (error :Error, health :NodeHealth);
+
+  # Writes a hot backup of the node's store into `dir`, a directory on the
+  # node's host (absolute; it must not exist or be empty): a compacted copy
+  # of one consistent snapshot and its manifest (storage/backup.h). The node
+  # goes on serving reads and writes meanwhile; the call answers when the
+  # backup is complete and synced. One at a time per node (unavailable while
+  # another runs). invalidArgument (field "dir") for a relative, empty or
+  # over-4096-byte path, or a directory that is not empty.
+  backup @8 (dir :Text) -> (error :Error, manifest :BackupManifest);
+}
+
+# What a backup holds (its backup.manifest, storage/backup.h).
+struct BackupManifest {
+  nodeId @0 :Text;               # the node that took it
+  replicaId @1 :UInt64;
+  schemaVersion @2 :UInt32;      # storage schema of the copy
+  merkleRoot @3 :Data;           # 16 bytes
+  keys @4 :UInt64;               # reviews, deleted ones included
+  hlcHighWater @5 :UInt64;
+  fileBytes @6 :UInt64;          # size of data.mdb
+  checksum @7 :Data;             # BLAKE2b-256 of data.mdb, 32 bytes
+  createdUnixMillis @8 :UInt64;
 }
 
 enum KeyOp {

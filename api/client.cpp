@@ -330,6 +330,16 @@ Status Client::leave(std::chrono::milliseconds timeout) {
   return okStatus();
 }
 
+Result<storage::BackupManifest> Client::backup(const std::string& dir,
+                                               std::chrono::milliseconds wait) {
+  auto q = impl_->admin.backupRequest();
+  q.setDir(dir);
+  auto response = impl_->wait(q.send(), wait);
+  if (!response.ok()) return response.error();
+  if (response->hasError()) return fromWire(response->getError());
+  return fromWire(response->getManifest());
+}
+
 Status Client::remove(const std::string& node) {
   auto q = impl_->admin.removeRequest();
   q.setNode(node);

@@ -15,6 +15,7 @@
 #include "api/types.h"
 #include "crdt/result.h"
 #include "gossip/keyring.h"
+#include "storage/backup.h"
 #include "storage/store.h"
 
 namespace kj {
@@ -75,6 +76,12 @@ class Client {
   Status leave(std::chrono::milliseconds timeout);
   // Admin.remove: the node declares member `node` gone for good.
   Status remove(const std::string& node);
+  // Admin.backup: the node writes a hot backup of its store into `dir` on
+  // its own host (absolute, new or empty). Waits up to `wait` for it,
+  // whatever Options::timeout says; a backup the client stopped waiting for
+  // still completes on the node.
+  Result<storage::BackupManifest> backup(const std::string& dir,
+                                         std::chrono::milliseconds wait = std::chrono::minutes(30));
 
   // Whom the node serves this client as, from authenticate: the principal
   // and its role names; empty without a token, and the principal is empty

@@ -70,7 +70,7 @@ const char* Metrics::methodName(Method m) {
       "put",       "erase", "vote",    "unvote",       "tag",      "untag", "moderate",
       "reply",     "get",   "list",    "summary",      "byAuthor", "watch", "status",
       "partition", "heal",  "cluster", "authenticate", "keys",     "leave", "remove",
-      "reviews",   "admin", "health",  "page"};
+      "reviews",   "admin", "health",  "page",         "backup"};
   static_assert(sizeof kNames / sizeof kNames[0] == kMethodCount);
   return kNames[m];
 }

@@ -82,6 +82,7 @@ class Metrics {
     kAdmin,
     kHealth,
     kPage,
+    kBackup,
     kMethodCount
   };
   static const char* methodName(Method m);

@@ -299,6 +299,14 @@ void Node::shutdown() {
     leaver = std::move(leaveThread_);
   }
   if (leaver.joinable()) leaver.join();
+  // A running backup finishes (it reads the store, which is still open);
+  // its callback may post to rpc_ too.
+  std::thread backer;
+  {
+    std::lock_guard lock(backupMutex_);
+    backer = std::move(backupThread_);
+  }
+  if (backer.joinable()) backer.join();
   {
     // Merges the store still commits must not reach RPC watchers once the
     // RPC server is gone.
@@ -740,6 +748,80 @@ void Node::leave(std::chrono::milliseconds timeout, std::function<void(Status)> 
         leaving_ = false;
       }
       done(std::move(s));
+    });
+  }
+  if (finished.joinable()) finished.join();
+}
+
+Result<storage::BackupManifest> Node::backupNow(const std::string& dir) {
+  if (dir.empty() || dir.front() != '/') {
+    return api::FieldError{"dir", "must be an absolute path on the node's host"}.toError();
+  }
+  storage::BackupOptions o;
+  o.nodeId = options_.nodeId;
+  auto started = std::chrono::steady_clock::now();
+  auto m = store_->backup(dir, o);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  started)
+                .count();
+  if (m.ok()) {
+    api::logf(api::LogLevel::kInfo, "backup: %llu reviews (%llu bytes) written to %s in %lld ms",
+              static_cast<unsigned long long>(m->keys),
+              static_cast<unsigned long long>(m->fileBytes), dir.c_str(),
+              static_cast<long long>(ms));
+  } else {
+    api::logf(api::LogLevel::kWarn, "backup to %s failed: %s", dir.c_str(),
+              m.error().toString().c_str());
+  }
+  return m;
+}
+
+Result<storage::BackupManifest> Node::backup(const std::string& dir) {
+  {
+    std::lock_guard lock(backupMutex_);
+    if (closing_.load()) {
+      return makeError(ErrorCode::kUnavailable,
+                       "node '" + options_.nodeId + "' is shutting down; no backup taken");
+    }
+    if (backingUp_) {
+      return makeError(ErrorCode::kUnavailable,
+                       "node '" + options_.nodeId + "' is already taking a backup; retry later");
+    }
+    backingUp_ = true;
+  }
+  auto m = backupNow(dir);
+  std::lock_guard lock(backupMutex_);
+  backingUp_ = false;
+  return m;
+}
+
+void Node::backup(const std::string& dir,
+                  std::function<void(Result<storage::BackupManifest>)> done) {
+  std::thread finished;
+  {
+    std::unique_lock lock(backupMutex_);
+    std::optional<Error> refused;
+    if (closing_.load()) {
+      refused = makeError(ErrorCode::kUnavailable,
+                          "node '" + options_.nodeId + "' is shutting down; no backup taken");
+    } else if (backingUp_) {
+      refused = makeError(ErrorCode::kUnavailable,
+                          "node '" + options_.nodeId + "' is already taking a backup; retry later");
+    }
+    if (refused) {
+      lock.unlock();
+      done(std::move(*refused));
+      return;
+    }
+    backingUp_ = true;
+    finished = std::move(backupThread_);  // a previous one, done
+    backupThread_ = std::thread([this, dir, done = std::move(done)] {
+      auto m = backupNow(dir);
+      {
+        std::lock_guard lock(backupMutex_);
+        backingUp_ = false;
+      }
+      done(std::move(m));
     });
   }
   if (finished.joinable()) finished.join();

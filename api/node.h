@@ -31,6 +31,7 @@
 #include "gossip/bootstrap.h"
 #include "gossip/cluster.h"
 #include "gossip/keyring.h"
+#include "storage/backup.h"
 #include "storage/store.h"
 
 namespace chorus {
@@ -251,6 +252,19 @@ class Node {
   uint64_t mergesRefused() const { return mergesRefused_.load(); }
   uint64_t mergesApplied() const { return mergesApplied_.load(); }
 
+  // ---- backup ---------------------------------------------------------------
+  // Writes a hot backup of the store into `dir` on this node's host
+  // (storage::Store::backup: a compacted copy of one snapshot and its
+  // manifest, recording nodeId); writes and reads go on meanwhile. `dir`
+  // must be absolute and must not exist or be empty. One at a time.
+  // Errors: kInvalidArgument (field "dir"), kUnavailable (shutting down,
+  // or another backup runs), and those of Store::backup.
+  Result<storage::BackupManifest> backup(const std::string& dir);
+  // backup() on a thread of its own; `done` runs there (or on the calling
+  // thread if refused up front). For the RPC server, whose thread must not
+  // block. shutdown() waits for a running backup.
+  void backup(const std::string& dir, std::function<void(Result<storage::BackupManifest>)> done);
+
   // ---- watching -------------------------------------------------------------
   using Watcher = std::function<void(const Change&)>;
   // Calls `watcher` on the store thread for every committed change of a
@@ -321,6 +335,12 @@ class Node {
   std::mutex leaveMutex_;  // guards the two below
   std::thread leaveThread_;
   bool leaving_ = false;  // a leave() runs, either form
+
+  // Likewise for backup(): its thread, joined by shutdown() or the next one.
+  std::mutex backupMutex_;  // guards the two below
+  std::thread backupThread_;
+  bool backingUp_ = false;  // a backup() runs, either form
+  Result<storage::BackupManifest> backupNow(const std::string& dir);
 };
 
 }  // namespace chorus

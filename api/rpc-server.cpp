@@ -575,6 +575,26 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     return kj::mv(paf.promise);
   }
 
+  // Node::backup on its own thread (it copies the whole store: this thread
+  // must not wait); resolves on this thread with its answer.
+  kj::Promise<kj::Own<Result<storage::BackupManifest>>> backup(std::string dir) {
+    auto paf = kj::newPromiseAndFulfiller<kj::Own<Result<storage::BackupManifest>>>();
+    uint64_t id = nextCall_++;
+    pendingBackups_.emplace(id, kj::mv(paf.fulfiller));
+    RpcServer* server = &server_;
+    Loop* self = this;
+    node_.backup(dir, [server, self, id](Result<storage::BackupManifest> m) {
+      // The backup thread (or this one, if refused up front).
+      server->post([self, id, m = std::move(m)]() mutable {
+        auto it = self->pendingBackups_.find(id);
+        if (it == self->pendingBackups_.end()) return;
+        it->second->fulfill(kj::heap<Result<storage::BackupManifest>>(std::move(m)));
+        self->pendingBackups_.erase(it);
+      });
+    });
+    return kj::mv(paf.promise);
+  }
+
   Result<wire::WatchHandle::Client> addWatch(const std::string& product,
                                              wire::WatchObserver::Client observer, ConnState& conn,
                                              const Session& session) {
@@ -865,6 +885,7 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
     connections_ = nullptr;  // closes every connection
     pending_.clear();
     pendingStatus_.clear();
+    pendingBackups_.clear();
     pendingReads_.clear();
   }
 
@@ -896,6 +917,9 @@ class RpcServer::Loop final : public kj::TaskSet::ErrorHandler {
   kj::TaskSet tasks_;  // onChange sends
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Result<ReviewView>>>>> pending_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<Status>>>> pendingStatus_;
+  std::unordered_map<uint64_t,
+                     kj::Own<kj::PromiseFulfiller<kj::Own<Result<storage::BackupManifest>>>>>
+      pendingBackups_;
   std::unordered_map<uint64_t, kj::Own<kj::PromiseFulfiller<kj::Own<ReadOutcome>>>> pendingReads_;
   uint64_t nextCall_ = 1;
   uint64_t nextConn_ = 1;
@@ -1285,6 +1309,28 @@ class AdminImpl final : public wire::Admin::Server {
           auto r = loop_.node().remove(str(node));
           if (!r.ok()) return toWire(r.error(), results.initError());
           return nullptr;
+        },
+        errorInit(ctx));
+  }
+
+  kj::Promise<void> backup(BackupContext ctx) override {
+    return loop_.call(
+        *conn_, Metrics::kBackup,
+        [this, ctx]() mutable -> kj::Promise<const char*> {
+          if (auto no = session_->mayAdmin("backup")) {
+            return refusalToWire(*no, ctx.getResults().initError());
+          }
+          auto dir = ctx.getParams().getDir();
+          if (dir.size() > 4096) {  // before copying it
+            return toWire(FieldError{"dir", "is longer than 4096 bytes"}.toError(),
+                          ctx.getResults().initError());
+          }
+          return loop_.backup(str(dir)).then(
+              [ctx](kj::Own<Result<storage::BackupManifest>> m) mutable -> const char* {
+                if (!m->ok()) return toWire(m->error(), ctx.getResults().initError());
+                toWire(**m, ctx.getResults().initManifest());
+                return nullptr;
+              });
         },
         errorInit(ctx));
   }

@@ -16,7 +16,7 @@ namespace chorus {
 
 namespace api {
 // Version of the client API (api/chorus.capnp's `apiVersion`).
-inline constexpr uint32_t kApiVersion = 5;
+inline constexpr uint32_t kApiVersion = 6;
 
 // Admin.keys: what to do with the cluster's gossip keys (gossip/keyring.h).
 enum class KeyOp { kList, kInstall, kUse, kRemove };

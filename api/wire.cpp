@@ -161,6 +161,34 @@ NodeHealth fromWire(wire::NodeHealth::Reader r) {
   return h;
 }
 
+void toWire(const storage::BackupManifest& m, wire::BackupManifest::Builder b) {
+  b.setNodeId(text(m.nodeId));
+  b.setReplicaId(m.replicaId);
+  b.setSchemaVersion(m.schemaVersion);
+  b.setMerkleRoot(kj::arrayPtr(m.merkleRoot.data(), m.merkleRoot.size()));
+  b.setKeys(m.keys);
+  b.setHlcHighWater(m.hlcHighWater);
+  b.setFileBytes(m.fileBytes);
+  b.setChecksum(kj::arrayPtr(m.checksum.data(), m.checksum.size()));
+  b.setCreatedUnixMillis(m.createdUnixMillis);
+}
+
+storage::BackupManifest fromWire(wire::BackupManifest::Reader r) {
+  storage::BackupManifest m;
+  m.nodeId = str(r.getNodeId());
+  m.replicaId = r.getReplicaId();
+  m.schemaVersion = r.getSchemaVersion();
+  auto root = r.getMerkleRoot();
+  if (root.size() == m.merkleRoot.size()) std::copy(root.begin(), root.end(), m.merkleRoot.begin());
+  m.keys = r.getKeys();
+  m.hlcHighWater = r.getHlcHighWater();
+  m.fileBytes = r.getFileBytes();
+  auto sum = r.getChecksum();
+  if (sum.size() == m.checksum.size()) std::copy(sum.begin(), sum.end(), m.checksum.begin());
+  m.createdUnixMillis = r.getCreatedUnixMillis();
+  return m;
+}
+
 void toWire(const ClusterView& v, wire::ClusterView::Builder b) {
   b.setNodeId(text(v.nodeId));
   b.setGossipAddress(text(v.gossipAddress));

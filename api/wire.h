@@ -8,6 +8,7 @@
 #include "api/chorus.capnp.h"
 #include "api/types.h"
 #include "crdt/result.h"
+#include "storage/backup.h"
 #include "storage/store.h"
 
 namespace chorus::api {
@@ -28,6 +29,9 @@ void toWire(const NodeHealth& h, wire::NodeHealth::Builder b);
 NodeHealth fromWire(wire::NodeHealth::Reader r);
 void toWire(const ClusterView& v, wire::ClusterView::Builder b);
 ClusterView fromWire(wire::ClusterView::Reader r);
+
+void toWire(const storage::BackupManifest& m, wire::BackupManifest::Builder b);
+storage::BackupManifest fromWire(wire::BackupManifest::Reader r);
 
 void toWire(const Change& c, wire::Change::Builder b);
 Change fromWire(wire::Change::Reader r);

@@ -124,6 +124,11 @@ Status Txn::clear(MDB_dbi dbi) {
   return okStatus();
 }
 
+Status Txn::dropDb(MDB_dbi dbi) {
+  if (int rc = mdb_drop(txn_, dbi, 1); rc != 0) return fail(rc, "deleting a database");
+  return okStatus();
+}
+
 Status Txn::commit() {
   CHORUS_ASSERT(txn_ != nullptr, "commit without a transaction");
   int rc = mdb_txn_commit(std::exchange(txn_, nullptr));

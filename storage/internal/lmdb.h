@@ -111,6 +111,8 @@ class Txn {
   Result<uint64_t> entries(MDB_dbi dbi);
   // Deletes every entry of a database (keeps the database).
   Status clear(MDB_dbi dbi);
+  // Deletes a database and its entries; `dbi` is invalid afterwards.
+  Status dropDb(MDB_dbi dbi);
 
   // Thin, checked forms of the LMDB calls. get: std::nullopt-like via bool.
   // Returns true and sets *out if found; false if absent; an Error otherwise.

@@ -144,10 +144,10 @@ std::string encodeVersion(uint32_t version) {
 constexpr uint32_t kFirstListingsVersion = 4;
 
 // Schema 3 to 4: the listing positions of every live review, built from the
-// listing headers in `documents`, and the version bumped, in the open
-// transaction: a crash before it commits leaves a version 3 store that the
-// next open migrates again. One product at a time, in key order (a
-// product's positions sort after the previous product's), appended.
+// listing headers in `documents`, in the open transaction: a crash before
+// it commits leaves a version 3 store that the next open migrates again.
+// One product at a time, in key order (a product's positions sort after
+// the previous product's), appended.
 Status migrateToListings(Txn& txn, Dbs& dbs) {
   auto listings = txn.openDb(kDbListings, MDB_CREATE);
   if (!listings) return listings.error();
@@ -174,9 +174,10 @@ Status migrateToListings(Txn& txn, Dbs& dbs) {
     auto key = schema::parseDocKey(k);
     auto header = schema::peekListingHeader(v);
     if (!key || !header) {
-      return corruption("migrating to storage schema " + std::to_string(kSchemaVersion) +
-                        ": a stored review has a malformed key or listing header (key " +
-                        schema::toHex(k) + ")");
+      return corruption(
+          "migrating storage schema 3 to 4: a stored review has a malformed key or listing "
+          "header (key " +
+          schema::toHex(k) + ")");
     }
     if (key->product != product) {
       if (auto s = flush(); !s) return s;
@@ -184,8 +185,43 @@ Status migrateToListings(Txn& txn, Dbs& dbs) {
     }
     addListingKeys(positions, *key, Facts{header->live, header->rating, header->hlc, 0});
   }
-  if (auto s = flush(); !s) return s;
-  return txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(kSchemaVersion));
+  return flush();
+}
+
+// The migration steps, in order: step i takes a store of version `from`
+// to `from + 1`. Opening a store of version v runs every step from v on,
+// in the one write transaction of the open, then writes kSchemaVersion.
+struct MigrationStep {
+  uint32_t from;
+  const char* what;  // for the notice
+  Status (*run)(Txn& txn, Dbs& dbs);
+};
+constexpr MigrationStep kMigrations[] = {
+    {1, "listing headers added, listing indexes and by-author dropped, Merkle tree rebuilt",
+     migrateSchema1To2},
+    {2, "aggregates re-encoded", migrateSchema2To3},
+    {3, "listing positions built", migrateToListings},
+};
+constexpr uint32_t kOldestMigrated = 1;
+static_assert(std::size(kMigrations) == kSchemaVersion - kOldestMigrated,
+              "one migration step per schema version before this one");
+
+// Runs the steps from `version` up to kSchemaVersion; returns what they did.
+Result<std::string> migrate(Txn& txn, Dbs& dbs, uint32_t version) {
+  std::string done;
+  for (const MigrationStep& step : kMigrations) {
+    if (step.from < version) continue;
+    CHORUS_ASSERT(step.from == version, "migration steps out of order");
+    if (auto s = step.run(txn, dbs); !s) return s.error();
+    done += (done.empty() ? "" : "; ") + std::to_string(step.from) + " to " +
+            std::to_string(step.from + 1) + ": " + step.what;
+    ++version;
+  }
+  CHORUS_ASSERT(version == kSchemaVersion, "migration steps do not reach this version");
+  if (auto s = txn.put(dbs.meta, schema::kMetaSchemaVersion, encodeVersion(kSchemaVersion)); !s) {
+    return s.error();
+  }
+  return done;
 }
 
 Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice) {
@@ -241,24 +277,16 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
   }
   uint32_t version = 0;
   for (int i = 3; i >= 0; --i) version = (version << 8) | uint8_t(v[static_cast<size_t>(i)]);
-  std::string reads = "this build of Chorus reads only version " + std::to_string(kSchemaVersion) +
-                      " (and migrates version 3 at open)";
-  if (version == 1 || version == 2) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
-                         ", but " + reads +
-                         "; versions 1 and 2 kept listings, the Merkle key hash and the "
-                         "aggregates differently. No release migrates older versions (they "
-                         "never ran in production): move the directory aside and let the node "
-                         "resync from its peers, or delete it if it held only test data");
-  }
-  if (version != 3 && version != kSchemaVersion) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "data dir " + dir + " uses storage schema version " + std::to_string(version) +
-                         (version > kSchemaVersion ? ", newer than this build knows: " : ": ") +
-                         reads +
-                         ". Run the Chorus release that wrote it (or a newer one that migrates "
-                         "it), or move the directory aside and let the node resync from its peers");
+  if (version < kOldestMigrated || version > kSchemaVersion) {
+    return makeError(
+        ErrorCode::kInvalidArgument,
+        "data dir " + dir + " uses storage schema version " + std::to_string(version) +
+            (version > kSchemaVersion ? ", newer than this build knows" : ", which never existed") +
+            ": this build of Chorus reads versions " + std::to_string(kOldestMigrated) + " to " +
+            std::to_string(kSchemaVersion) + " (and migrates older ones to " +
+            std::to_string(kSchemaVersion) +
+            " at open). Run the Chorus release that wrote it (or a newer one), or move the "
+            "directory aside and let the node resync from its peers");
   }
   found = txn.get(o.dbs.meta, schema::kMetaReplicaId, &v);
   if (!found) return found.error();
@@ -279,11 +307,12 @@ Result<Opened> initSchema(Txn& txn, const std::string& dir, const Notice& notice
     if (!*db) return corruption("data dir " + dir + " lacks the database " + name);
     *dbi = **db;
   }
-  if (version < kFirstListingsVersion) {
-    if (auto s = migrateToListings(txn, o.dbs); !s) return s.error();
+  if (version < kSchemaVersion) {
+    auto done = migrate(txn, o.dbs, version);
+    if (!done) return done.error();
     tell(notice, "data dir " + dir + " migrated from storage schema version " +
-                     std::to_string(version) + " to " + std::to_string(kSchemaVersion) +
-                     " (listing positions built)");
+                     std::to_string(version) + " to " + std::to_string(kSchemaVersion) + " (" +
+                     *done + ")");
   }
   return o;
 }

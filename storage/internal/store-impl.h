@@ -174,6 +174,12 @@ Result<crdt::ReviewDoc> decodeStored(std::string_view canonical, const crdt::Rev
 // do) over `dbs`, a store of this build's schema. For a backup's copy too.
 Status verifyDbs(Txn& txn, const Dbs& dbs);
 
+// Steps that migrate an older schema, each from one version to the next, in
+// the open's write transaction (internal/open.cpp chains them and writes
+// the new version). `dbs` holds the databases the older version has.
+Status migrateSchema1To2(Txn& txn, Dbs& dbs);  // internal/migrate.cpp
+Status migrateSchema2To3(Txn& txn, Dbs& dbs);  // internal/migrate.cpp
+
 // ---- the write queue -------------------------------------------------------
 
 struct Pending {

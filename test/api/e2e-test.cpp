@@ -5,7 +5,9 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <set>
 #include <thread>
@@ -525,4 +527,106 @@ TEST_CASE("e2e: two regions: --split by region name, leave and remove, and their
         std::string::npos);
   CHECK(d1.process->stop(SIGTERM, 10s) == 0);
   CHECK(d2.process->stop(SIGTERM, 10s) == 0);
+}
+
+TEST_CASE("e2e: node backup over RPC, verify-backup, restore, and chorusd --restore-from") {
+  TempDir tmp;
+  auto d = startDaemon(tmp.sub("data"));
+  const auto& a = d.address;
+  for (const char* author : {"ann", "bob", "cy"}) {
+    REQUIRE(cli(a, {"review", "put", "kettle-1", author, "-r", "4", "-t", "Fine"}).code == 0);
+  }
+  auto status = cli(a, {"--json", "node", "status"});
+  REQUIRE(status.code == 0);
+  auto field = [](const std::string& out, const std::string& name) {
+    auto at = out.find("\"" + name + "\":");
+    REQUIRE_MESSAGE(at != std::string::npos, name << " not in " << out);
+    at += name.size() + 3;
+    auto end = out.find_first_of(",}", at);
+    std::string v = out.substr(at, end - at);
+    if (!v.empty() && v.front() == '"') v = v.substr(1, v.size() - 2);
+    return v;
+  };
+  std::string replica = field(status.out, "replica_id");
+  std::string root = field(status.out, "merkle_root");
+
+  auto backup = cli(a, {"--json", "node", "backup", "--out", tmp.sub("bk")});
+  REQUIRE_MESSAGE(backup.code == 0, backup.out);
+  CHECK(field(backup.out, "keys") == "3");
+  CHECK(field(backup.out, "replica_id") == replica);
+  CHECK(field(backup.out, "merkle_root") == root);
+  CHECK(field(backup.out, "node_id") == "e2e");
+  CHECK(field(backup.out, "checksum").rfind("blake2b-256:", 0) == 0);
+  // Not over an existing backup; not to a relative path on the node.
+  auto again = cli(a, {"node", "backup", "--out", tmp.sub("bk")});
+  CHECK(again.code == 3);
+  CHECK(again.out.find("not empty") != std::string::npos);
+  // The node went on serving, and writes after the backup are not in it.
+  REQUIRE(cli(a, {"review", "put", "kettle-1", "dee", "-r", "1", "-t", "Late"}).code == 0);
+
+  auto verified = cli(a, {"node", "verify-backup", tmp.sub("bk")});
+  CHECK(verified.code == 0);
+  CHECK(verified.out.find("verified:    ok") != std::string::npos);
+
+  // A damaged copy: verify-backup and restore refuse it, and write nothing.
+  std::filesystem::copy(tmp.sub("bk"), tmp.sub("bad"));
+  {
+    FILE* f = std::fopen(tmp.sub("bad/data.mdb").c_str(), "r+b");
+    REQUIRE(f != nullptr);
+    std::fseek(f, 5000, SEEK_SET);
+    int c = std::fgetc(f);
+    std::fseek(f, 5000, SEEK_SET);
+    std::fputc(c ^ 0x40, f);
+    std::fclose(f);
+  }
+  auto bad = cli(a, {"node", "verify-backup", tmp.sub("bad")});
+  CHECK(bad.code == 5);
+  CHECK(bad.out.find("checksum") != std::string::npos);
+  auto badRestore =
+      cli(a, {"node", "restore", "--from", tmp.sub("bad"), "--data-dir", tmp.sub("r-bad")});
+  CHECK(badRestore.code == 5);
+  CHECK_FALSE(std::filesystem::exists(tmp.sub("r-bad/data.mdb")));
+  Process badDaemon(bin("CHORUSD_BIN"),
+                    {"--node-id", "r", "--data-dir", tmp.sub("r-bad2"), "--restore-from",
+                     tmp.sub("bad"), "--listen", "127.0.0.1:0", "--no-auth"});
+  std::string badOut = badDaemon.readAll(20s);
+  CHECK(badDaemon.wait(10s) == 2);
+  CHECK(badOut.find("--restore-from") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(tmp.sub("r-bad2/data.mdb")));
+
+  // restore: a new replica id, unless --replace.
+  auto restored =
+      cli(a, {"--json", "node", "restore", "--from", tmp.sub("bk"), "--data-dir", tmp.sub("r1")});
+  REQUIRE_MESSAGE(restored.code == 0, restored.out);
+  CHECK(field(restored.out, "replica_id") == replica);
+  CHECK(field(restored.out, "restored_replica_id") != replica);
+  CHECK(field(restored.out, "replaced") == "false");
+  auto replaced = cli(a, {"--json", "node", "restore", "--from", tmp.sub("bk"), "--data-dir",
+                          tmp.sub("r2"), "--replace"});
+  REQUIRE_MESSAGE(replaced.code == 0, replaced.out);
+  CHECK(field(replaced.out, "restored_replica_id") == replica);
+  auto twice = cli(a, {"node", "restore", "--from", tmp.sub("bk"), "--data-dir", tmp.sub("r1")});
+  CHECK(twice.code == 3);
+  CHECK(twice.out.find("already holds a store") != std::string::npos);
+
+  // chorusd --restore-from: serves the backup's reviews under a new id.
+  {
+    auto r = startDaemon(tmp.sub("r3"), {"--restore-from", tmp.sub("bk")}, "r3");
+    auto s = cli(r.address, {"--json", "node", "status"});
+    REQUIRE(s.code == 0);
+    CHECK(field(s.out, "keys") == "3");
+    CHECK(field(s.out, "merkle_root") == root);
+    CHECK(field(s.out, "replica_id") != replica);
+    CHECK(cli(r.address, {"review", "get", "kettle-1", "ann"}).code == 0);
+    CHECK(cli(r.address, {"review", "get", "kettle-1", "dee"}).code == 2);  // after the backup
+    CHECK(r.process->stop(SIGTERM, 10s) == 0);
+  }
+  // Started again with the flag left in: refused, the restored store kept.
+  Process restart(bin("CHORUSD_BIN"),
+                  {"--node-id", "r3", "--data-dir", tmp.sub("r3"), "--restore-from", tmp.sub("bk"),
+                   "--listen", "127.0.0.1:0", "--no-auth"});
+  std::string restartOut = restart.readAll(20s);
+  CHECK(restart.wait(10s) == 2);
+  CHECK(restartOut.find("already holds a store") != std::string::npos);
+  CHECK(d.process->stop(SIGTERM, 10s) == 0);
 }

@@ -103,4 +103,18 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
     CHECK(j["workload"].str() == "get");
     checkFigures(j["rpc"]["ops"]["get"]);
   }
+  {
+    // A backup of 2,000 reviews under 1,000 writes/s: a few writes at most
+    // fall inside it, so only the shape is checked, not that there were any.
+    auto j = bench({"backup", "--keys", "2000", "--rate", "1000", "--baseline-s", "0.5",
+                    "--tail-s", "0.1", "--unsafe-no-sync", "--dir", tmp.sub("backup")});
+    CHECK(j["keys"].u64() == 2000);
+    CHECK(j["backup_keys"].u64() >= 2000);
+    CHECK(j["backup_s"].number() > 0);
+    CHECK(j["file_copy_s"].number() > 0);
+    CHECK(j["verified"].boolean());
+    CHECK(j["p99_ms"].number() >= j["p50_ms"].number());
+    CHECK(j["ops_per_s"].number() >= 0);
+    CHECK(j["baseline_p99_ms"].number() > 0);
+  }
 }

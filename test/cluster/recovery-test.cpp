@@ -1,7 +1,7 @@
 // Nodes that were away: one killed with SIGKILL and restarted on its data
 // dir without --join, one that joins after the writes were made, one back
 // on new ports, a whole cluster restarted, and a late joiner onto a store
-// larger than the gossip frame cap.
+// larger than the gossip frame cap; a node restored from another's backup.
 #include <doctest/doctest.h>
 
 #include "checks.h"
@@ -135,6 +135,63 @@ TEST_CASE("cluster: a node that joins after the writes receives everything") {
   CHECK_MESSAGE(allEqual(r), show(r));
   h.stopAll();
   MESSAGE("late-join test took " << secondsSince(began) << " s");
+}
+
+TEST_CASE("cluster: a node restored from another node's backup joins and catches up") {
+  auto began = Clock::now();
+  Harness h;
+  h.start("n1");
+  h.start("n2", {h.node("n1").gossip()});
+  REQUIRE(h.waitUntil("n1 and n2 alive", 30s, [&] { return allAlive(h, {"n1", "n2"}); }));
+  auto before = authors("b", 12);
+  clientPuts(h, "n1", "lamp", before, "before ");
+
+  // n1 backs up while it serves; the cluster writes on afterwards.
+  std::string backupDir = h.tmp().sub("n1-backup");
+  auto b = h.chorus("n1", {"--json", "node", "backup", "--out", backupDir}, 60s);
+  REQUIRE_MESSAGE(b.code == 0, b.out << b.err);
+  auto manifest = Json::parse(b.out);
+  REQUIRE(manifest.has_value());
+  CHECK((*manifest)["keys"].u64() == 12);
+  auto after = authors("a", 10);
+  clientPuts(h, "n1", "lamp", std::vector<std::string>(after.begin(), after.begin() + 5), "after ");
+  clientPuts(h, "n2", "lamp", std::vector<std::string>(after.begin() + 5, after.end()), "after ");
+  cliWrite(h, "n2", {"delete", "lamp", "b3"});
+
+  // n3's data dir is prepared from n1's backup, with a new replica id.
+  auto r =
+      run(bin("CHORUS_BIN"),
+          {"--json", "node", "restore", "--from", backupDir, "--data-dir", h.dataDir("n3")}, 60s);
+  REQUIRE_MESSAGE(r.code == 0, r.out << r.err);
+  auto restored = Json::parse(r.out);
+  REQUIRE(restored.has_value());
+  std::string n1Replica = nodeStatus(h, "n1")["replica_id"].str();
+  CHECK((*restored)["replica_id"].str() == n1Replica);
+  CHECK((*restored)["restored_replica_id"].str() != n1Replica);
+
+  auto joined = Clock::now();
+  h.start("n3", {h.node("n1").gossip()});
+  CHECK(nodeStatus(h, "n3")["replica_id"].str() == (*restored)["restored_replica_id"].str());
+  const std::vector<std::string> all = {"n1", "n2", "n3"};
+  REQUIRE(h.waitUntil(
+      "n3 sees n1 and n2, they see n3", 30s, [&] { return allAlive(h, all); },
+      [&] { return aliveDetail(h, all); }));
+  converge(h, "n3");
+  MESSAGE("restored n3 caught up " << secondsSince(joined) << " s after it started");
+  auto expect = titled(before, "before ");
+  expect.erase("b3");
+  for (const auto& [a, t] : titled(after, "after ")) expect[a] = t;
+  auto lost = missing(h, "n3", "lamp", expect);
+  CHECK_MESSAGE(lost.empty(), lost.size() << " writes missing on n3");
+  CHECK_FALSE(getReview(h, "n3", "lamp", "b3").has_value());
+  // n3 writes under its own replica id, and the others take its tag.
+  cliWrite(h, "n3", {"tag", "lamp", "b0", "bright"});
+  converge(h, "n1");
+  CHECK(tagsOf(*getReview(h, "n1", "lamp", "b0")) == std::vector<std::string>{"bright"});
+  auto roots3 = roots(h, all);
+  CHECK_MESSAGE(allEqual(roots3), show(roots3));
+  h.stopAll();
+  MESSAGE("restore test took " << secondsSince(began) << " s");
 }
 
 TEST_CASE("cluster: a node back on new ports, then the whole cluster restarted, without --join") {

@@ -52,6 +52,13 @@ void fill(Store& store, std::mt19937_64& rng, int n) {
   }
 }
 
+// No fsync per commit: these tests write hundreds of reviews one by one.
+Options fast(const std::string& dir) {
+  Options o = test::optionsFor(dir);
+  o.unsafeNoSync = true;
+  return o;
+}
+
 void flipByte(const std::string& path, off_t at) {
   int fd = ::open(path.c_str(), O_RDWR);
   REQUIRE(fd >= 0);
@@ -175,7 +182,7 @@ TEST_CASE("a restore that replaces the original node keeps its replica id") {
   TempDir dir;
   crdt::ReplicaId original = 0;
   {
-    auto store = test::openStore(test::optionsFor(dir.sub("node")));
+    auto store = test::openStore(fast(dir.sub("node")));
     original = store->replicaId();
     fill(*store, rng, 50);
     REQUIRE(store->backup(dir.sub("backup"), {}).ok());
@@ -193,7 +200,7 @@ TEST_CASE("a damaged backup is refused by verify and by restore") {
   std::mt19937_64 rng(11);
   TempDir dir;
   {
-    auto store = test::openStore(test::optionsFor(dir.sub("node")));
+    auto store = test::openStore(fast(dir.sub("node")));
     fill(*store, rng, 200);
     REQUIRE(store->backup(dir.sub("backup"), {}).ok());
   }
@@ -243,7 +250,7 @@ TEST_CASE("a store whose derived data is wrong fails a backup's verification") {
   // inconsistent never becomes a "good" backup.
   std::mt19937_64 rng(13);
   TempDir dir;
-  { fill(*test::openStore(test::optionsFor(dir.sub("node"))), rng, 100); }
+  { fill(*test::openStore(fast(dir.sub("node"))), rng, 100); }
   test::withRawDb(dir.sub("node"), "products", [&](MDB_txn* txn, MDB_dbi dbi) {
     MDB_cursor* c = nullptr;
     REQUIRE(mdb_cursor_open(txn, dbi, &c) == 0);
@@ -257,7 +264,7 @@ TEST_CASE("a store whose derived data is wrong fails a backup's verification") {
     return true;
   });
   {
-    auto store = test::openStore(test::optionsFor(dir.sub("node")));
+    auto store = test::openStore(fast(dir.sub("node")));
     REQUIRE(store->backup(dir.sub("backup"), {}).ok());
   }
   auto v = verifyBackup(dir.sub("backup"));
@@ -271,7 +278,7 @@ TEST_CASE(
     "a backup goes only into a new or empty directory; a restore only into one without a "
     "store") {
   TempDir dir;
-  auto store = test::openStore(test::optionsFor(dir.sub("node")));
+  auto store = test::openStore(fast(dir.sub("node")));
   REQUIRE(store->mutateSync({"p", "a"}, test::writeReview(5, "t", "b")).ok());
   std::filesystem::create_directories(dir.sub("full"));
   {

@@ -495,8 +495,9 @@ TEST_CASE("a migration that fills the map grows it and completes") {
   CHECK(page->reviews.size() == 1333);
 }
 
-TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
-  for (uint32_t version : {1u, 2u, 5u}) {
+TEST_CASE("newer schema versions are refused, and the data dir is left as it was") {
+  // Older versions migrate (test/storage/migration-test.cpp).
+  for (uint32_t version : {kSchemaVersion + 1, kSchemaVersion + 200}) {
     CAPTURE(version);
     TempDir dir;
     { test::openStore(test::optionsFor(dir.path())); }
@@ -508,12 +509,13 @@ TEST_CASE("schema versions 1 and 2 and newer ones are refused") {
       REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
       return true;
     });
-    auto store = Store::open(test::optionsFor(dir.path()));
-    REQUIRE_FALSE(store.ok());
-    CHECK(store.error().code == ErrorCode::kInvalidArgument);
-    CHECK(contains(store.error().message, "version " + std::to_string(version)));
-    if (version == 5) CHECK(contains(store.error().message, "newer than this build knows"));
-    if (version < 3) CHECK(contains(store.error().message, "No release migrates older versions"));
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto store = Store::open(test::optionsFor(dir.path()));
+      REQUIRE_FALSE(store.ok());
+      CHECK(store.error().code == ErrorCode::kInvalidArgument);
+      CHECK(contains(store.error().message, "version " + std::to_string(version)));
+      CHECK(contains(store.error().message, "newer than this build knows"));
+    }
   }
 }
 

@@ -153,16 +153,18 @@ TEST_CASE("an unknown schema version is refused with what to do") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
   CHECK(contains(store.error().message, "version 99"));
-  CHECK(contains(store.error().message, "only version 4"));
+  CHECK(contains(store.error().message, "newer than this build knows"));
+  CHECK(contains(store.error().message,
+                 "reads versions 1 to " + std::to_string(kSchemaVersion)));
   CHECK(contains(store.error().message, "move the directory aside"));
 }
 
-TEST_CASE("an older data dir is refused: no migration, resync from peers") {
+TEST_CASE("schema version 0 (never written) is refused, not migrated") {
   TempDir dir;
   { test::openStore(test::optionsFor(dir.path())); }
   test::withRawDb(dir.path(), "meta", [&](MDB_txn* txn, MDB_dbi dbi) {
     std::string k(schema::kMetaSchemaVersion);
-    std::string v("\x01\x00\x00\x00", 4);
+    std::string v("\x00\x00\x00\x00", 4);
     MDB_val key{k.size(), k.data()}, val{v.size(), v.data()};
     REQUIRE(mdb_put(txn, dbi, &key, &val, 0) == 0);
     return true;
@@ -170,8 +172,7 @@ TEST_CASE("an older data dir is refused: no migration, resync from peers") {
   auto store = Store::open(test::optionsFor(dir.path()));
   REQUIRE_FALSE(store.ok());
   CHECK(store.error().code == ErrorCode::kInvalidArgument);
-  CHECK(contains(store.error().message, "version 1"));
-  CHECK(contains(store.error().message, "No release migrates older versions"));
+  CHECK(contains(store.error().message, "version 0, which never existed"));
   CHECK(contains(store.error().message, "resync from its peers"));
 }
 

@@ -12,6 +12,7 @@ void addRpcBench(CLI::App& app, int& exitCode);        // rpc-bench.cpp
 void addReconcileBench(CLI::App& app, int& exitCode);  // reconcile-bench.cpp
 void addClusterBench(CLI::App& app, int& exitCode);    // cluster-bench.cpp
 void addLoadBench(CLI::App& app, int& exitCode);       // load-bench.cpp
+void addBackupBench(CLI::App& app, int& exitCode);     // backup-bench.cpp
 void addBootstrapBench(CLI::App& app, int& exitCode);  // bootstrap-bench.cpp
 
 }  // namespace chorus::bench

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   chorus::bench::addReconcileBench(app, exitCode);
   chorus::bench::addClusterBench(app, exitCode);
   chorus::bench::addLoadBench(app, exitCode);
+  chorus::bench::addBackupBench(app, exitCode);
   chorus::bench::addBootstrapBench(app, exitCode);
   try {
     app.parse(argc, argv);

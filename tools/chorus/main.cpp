@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -18,6 +19,7 @@
 #include "api/client.h"
 #include "api/types.h"
 #include "api/validate.h"
+#include "storage/backup.h"
 #include "tools/chorus/common.h"
 
 namespace {
@@ -95,6 +97,31 @@ int printHealth(const Globals& g, const chorus::NodeHealth& h, bool strict) {
     }
   }
   return healthy ? kExitOk : kExitUnavailable;
+}
+
+// A backup's manifest: one JSON object (with the fields in `extra`
+// prepended), or aligned lines.
+void printManifest(const Globals& g, const std::string& extra, const std::string& dir,
+                   const chorus::storage::BackupManifest& m) {
+  using chorus::storage::hexOf;
+  char replica[17];
+  std::snprintf(replica, sizeof replica, "%016" PRIx64, m.replicaId);
+  std::string root = hexOf(m.merkleRoot.data(), m.merkleRoot.size());
+  std::string sum = "blake2b-256:" + hexOf(m.checksum.data(), m.checksum.size());
+  if (g.json) {
+    std::printf(
+        "{%s\"dir\":%s,\"node_id\":%s,\"replica_id\":\"%s\",\"schema_version\":%u,"
+        "\"merkle_root\":\"%s\",\"keys\":%" PRIu64 ",\"hlc_high_water\":%" PRIu64
+        ",\"file_bytes\":%" PRIu64 ",\"checksum\":\"%s\",\"created_unix_ms\":%" PRIu64 "}\n",
+        extra.c_str(), json(dir).c_str(), json(m.nodeId).c_str(), replica, m.schemaVersion,
+        root.c_str(), m.keys, m.hlcHighWater, m.fileBytes, sum.c_str(), m.createdUnixMillis);
+    return;
+  }
+  std::printf("dir:         %s\n", dir.c_str());
+  std::printf("node:        %s (replica %s), storage schema %u\n",
+              m.nodeId.empty() ? "(unknown)" : m.nodeId.c_str(), replica, m.schemaVersion);
+  std::printf("keys:        %" PRIu64 ", merkle root %s\n", m.keys, root.c_str());
+  std::printf("data.mdb:    %" PRIu64 " bytes, %s\n", m.fileBytes, sum.c_str());
 }
 
 std::string clip(const std::string& s, size_t n) {
@@ -516,6 +543,103 @@ int main(int argc, char** argv) {
       if (!h.ok()) return fail(h);
       return printHealth(g, *h, healthStrict);
     });
+  });
+
+  std::string backupOut;
+  auto* backup = nodeCmd->add_subcommand(
+      "backup",
+      "Admin: the node writes a hot backup of its store into --out on its own host: a\n"
+      "compacted copy of one consistent snapshot (data.mdb) and its manifest\n"
+      "(backup.manifest: replica id, schema, Merkle root, keys, BLAKE2b checksum). The node\n"
+      "keeps serving reads and writes meanwhile. Restore with `chorus node restore` or\n"
+      "`chorusd --restore-from`");
+  backup
+      ->add_option("--out", backupOut,
+                   "Directory on the node's host; must not exist or be empty. A relative path\n"
+                   "is made absolute here, in this command's working directory")
+      ->required();
+  backup->callback([&] {
+    std::string dir = backupOut;
+    if (!dir.empty() && dir.front() != '/') {
+      dir = std::filesystem::absolute(dir).lexically_normal().string();
+    }
+    result = withClient(g, [&](chorus::api::Client& c) {
+      auto started = std::chrono::steady_clock::now();
+      auto m = c.backup(dir);
+      if (!m.ok()) return fail(m);
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - started)
+                    .count();
+      printManifest(g, "\"took_ms\":" + std::to_string(ms) + ",", dir, *m);
+      if (!g.json) std::printf("took:        %.1f s\n", double(ms) / 1000.0);
+      return kExitOk;
+    });
+  });
+
+  std::string restoreFrom, restoreDataDir;
+  bool restoreReplace = false;
+  auto* restore = nodeCmd->add_subcommand(
+      "restore",
+      "Prepares a data dir from a backup, on this host, with no node running: verifies the\n"
+      "backup (checksum, then a full recount of the copy; a damaged one is refused and\n"
+      "nothing is written), copies it, gives it a NEW replica id (unless --replace), and\n"
+      "verifies it again. Start chorusd on the data dir afterwards: it joins its cluster and\n"
+      "catches up the writes made since the backup");
+  restore->add_option("--from", restoreFrom, "The backup directory")->required();
+  restore
+      ->add_option("--data-dir", restoreDataDir,
+                   "The data dir to prepare; it may exist but must hold no store")
+      ->required();
+  restore->add_flag(
+      "--replace", restoreReplace,
+      "Keep the backup's replica id: ONLY to replace the node the backup came from, which must\n"
+      "never run again. Two live nodes with one replica id break the merge rules (the same\n"
+      "dot for two different tags or votes), silently");
+  restore->callback([&] {
+    auto original = chorus::storage::readBackupManifest(restoreFrom);
+    if (!original.ok()) {
+      result = fail(original);
+      return;
+    }
+    chorus::storage::RestoreOptions o;
+    o.keepReplicaId = restoreReplace;
+    o.notice = [&](const std::string& what) {
+      if (!g.json) std::fprintf(stderr, "chorus: %s\n", what.c_str());
+    };
+    auto m = chorus::storage::restoreBackup(restoreFrom, restoreDataDir, o);
+    if (!m.ok()) {
+      result = fail(m);
+      return;
+    }
+    char now[17];
+    std::snprintf(now, sizeof now, "%016" PRIx64, m->replicaId);
+    printManifest(g,
+                  "\"data_dir\":" + json(restoreDataDir) + ",\"restored_replica_id\":\"" + now +
+                      "\",\"replaced\":" + (restoreReplace ? "true" : "false") + ",",
+                  restoreFrom, *original);
+    if (!g.json) {
+      std::printf("restored:    into %s, replica id %s (%s)\n", restoreDataDir.c_str(), now,
+                  restoreReplace ? "the backup's: --replace" : "new");
+    }
+    result = kExitOk;
+  });
+
+  std::string verifyDir;
+  auto* verifyBackup = nodeCmd->add_subcommand(
+      "verify-backup",
+      "Checks a backup on this host without changing it: the checksum of data.mdb, then the\n"
+      "copy's own replica id, root and key count against the manifest, and a full recount of\n"
+      "its derived data. Exit 0 good; 5 damaged or unreadable");
+  verifyBackup->add_option("dir", verifyDir, "The backup directory")->required();
+  verifyBackup->callback([&] {
+    auto m = chorus::storage::verifyBackup(verifyDir);
+    if (!m.ok()) {
+      result = fail(m);
+      return;
+    }
+    printManifest(g, "\"verified\":true,", verifyDir, *m);
+    if (!g.json) std::printf("verified:    ok\n");
+    result = kExitOk;
   });
 
   addClusterCommands(app, g, result);

@@ -9,7 +9,7 @@
 // take it out for good). SIGHUP: reread --tokens-file (a revoked token's calls are refused
 // and its watches end at once; a broken file keeps the previous tokens). Exit codes: 0 clean stop,
 // 1 usage or configuration, 2 the node could not start (data dir locked or damaged, address in
-// use).
+// use, --restore-from refused).
 #include <pthread.h>
 #include <signal.h>
 
@@ -25,6 +25,7 @@
 #include "api/node.h"
 #include "api/validate.h"
 #include "gossip/keyring.h"
+#include "storage/backup.h"
 
 namespace {
 
@@ -103,6 +104,17 @@ int main(int argc, char** argv) {
   app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
       ->required();
   app.add_option("--data-dir", dataDir, "Directory of the store (created if missing)")->required();
+  std::string restoreFrom;
+  bool restoreReplace = false;
+  app.add_option("--restore-from", restoreFrom,
+                 "First prepare --data-dir from this backup (chorus node backup): verified,\n"
+                 "copied, given a new replica id; refused if the backup is damaged or the data\n"
+                 "dir already holds a store. The node then joins and catches up as usual");
+  auto* restoreReplaceFlag = app.add_flag(
+      "--restore-replace", restoreReplace,
+      "With --restore-from: keep the backup's replica id, ONLY to replace the node it came\n"
+      "from, which must never run again (two live nodes with one replica id break the merge\n"
+      "rules)");
   app.add_option("--listen", listen, "RPC address host:port (port 0 = any free port)")
       ->capture_default_str();
   app.add_option("--metrics-addr", metricsAddr,
@@ -335,6 +347,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "chorusd: --cluster-key-file needs --gossip-listen\n");
     return 1;
   }
+  if (restoreFrom.empty() && restoreReplaceFlag->count() > 0) {
+    std::fprintf(stderr, "chorusd: --restore-replace needs --restore-from\n");
+    return 1;
+  }
   std::vector<std::string> clusterKeys;
   if (!clusterKeyFile.empty() && !readClusterKeys(clusterKeyFile, clusterKeys)) return 1;
   for (const auto& seed : join) {
@@ -353,6 +369,24 @@ int main(int argc, char** argv) {
   sigaddset(&stopSignals, SIGHUP);  // reload the tokens file
   pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  if (!restoreFrom.empty()) {
+    chorus::storage::RestoreOptions ro;
+    ro.keepReplicaId = restoreReplace;
+    ro.notice = [](const std::string& what) {
+      chorus::api::logf(chorus::api::LogLevel::kInfo, "restore: %s", what.c_str());
+    };
+    auto restored = chorus::storage::restoreBackup(restoreFrom, dataDir, ro);
+    if (!restored.ok()) {
+      std::fprintf(stderr, "chorusd: --restore-from %s: %s\n", restoreFrom.c_str(),
+                   restored.error().toString().c_str());
+      return 2;
+    }
+    chorus::api::logf(chorus::api::LogLevel::kInfo,
+                      "restored %llu reviews from %s into %s (backup of node '%s')",
+                      static_cast<unsigned long long>(restored->keys), restoreFrom.c_str(),
+                      dataDir.c_str(), restored->nodeId.c_str());
+  }
 
   chorus::Node::Options options;
   options.nodeId = nodeId;
