@@ -419,11 +419,12 @@ class Bench {
           "\"file_bytes\":%llu,\"file_copy_s\":%.3f,\"ratio_to_copy\":%.2f,"
           "\"sender_rss_anon_peak_mb\":%.1f,\"receiver_rss_anon_peak_mb\":%.1f,"
           "\"sender_rss_anon_idle_mb\":%.1f,\"receiver_rss_anon_idle_mb\":%.1f,"
-          "\"rss_samples\":%llu}\n",
+          "\"rss_samples\":%llu,\"from_snapshot\":%s}\n",
           (unsigned long long)o_.keys, o_.mode.c_str(), o_.bodyBytes, o_.noSync ? "false" : "true",
           bootstrap_, serving_, (unsigned long long)bytesSent_, (unsigned long long)fileBytes,
           fileCopy_, bootstrap_ / std::max(fileCopy_, 1e-9), senderAbove, receiverAbove,
-          mb(senderIdle_), mb(receiverIdle_), (unsigned long long)samples_);
+          mb(senderIdle_), mb(receiverIdle_), (unsigned long long)samples_,
+          how_.rfind("bootstrap: from a snapshot", 0) == 0 ? "true" : "false");
       return;
     }
     std::printf("bootstrap of an empty node from one holding %llu reviews (--bootstrap %s, %s)\n",
