@@ -94,6 +94,41 @@ class Blake256 {
   crypto_generichash_state state_;
 };
 
+// Keeps the dirty pages of a file being written sequentially to about two
+// windows: each full window is handed to writeback at once, and the one
+// before it waited for and dropped from the page cache. Without it a
+// backup leaves a gigabyte dirty, and the store's next fsync (ext4 commits
+// every file's ordered data with its journal) waits for all of it: writes
+// stalled for most of a second (p99 687 ms at 1M reviews, 1,000 writes/s).
+// Write p99 during the backup by window (chorus-bench backup, 2 shared
+// cores at load 8-10, p99 before the backup 36-172 ms): 1 MiB 96-171 ms,
+// 2 MiB 35-107, 4 MiB 64-132, 8 MiB 186-202, 32 MiB 457. Errors are
+// ignored: the final fsync reports any that matter.
+class WriteBehind {
+ public:
+  static constexpr uint64_t kWindowBytes = uint64_t{2} << 20;
+  explicit WriteBehind(int fd) : fd_(fd) {}
+  // `end`: bytes written so far.
+  void wrote(uint64_t end) {
+    while (end - started_ >= kWindowBytes) {
+      (void)::sync_file_range(fd_, static_cast<off_t>(started_), kWindowBytes,
+                              SYNC_FILE_RANGE_WRITE);
+      if (started_ >= kWindowBytes) {
+        auto previous = static_cast<off_t>(started_ - kWindowBytes);
+        (void)::sync_file_range(
+            fd_, previous, kWindowBytes,
+            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+        (void)::posix_fadvise(fd_, previous, kWindowBytes, POSIX_FADV_DONTNEED);
+      }
+      started_ += kWindowBytes;
+    }
+  }
+
+ private:
+  int fd_;
+  uint64_t started_ = 0;  // windows before this offset were handed to writeback
+};
+
 // `dir` created 0700 (with its parents) when missing; an existing one must
 // be an empty directory.
 Status prepareEmptyDir(const std::string& dir) {
@@ -624,6 +659,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
   Blake256 hash;
   uint64_t bytes = 0;
   Status written = okStatus();
+  WriteBehind behind(out.get());
   std::thread drain([&] {
     std::vector<char> buf(kChunkBytes);
     for (;;) {
@@ -637,6 +673,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
       bytes += static_cast<uint64_t>(n);
       // After a failed write, go on reading (and dropping) so LMDB finishes.
       if (written) written = writeAll(out.get(), buf.data(), static_cast<size_t>(n), path);
+      if (written) behind.wrote(bytes);
     }
   });
   gate_.enterShared();
