@@ -61,6 +61,9 @@ constexpr const char* kTransferFile = "transfer";  // peer, snapshot id, chunk s
 constexpr const char* kMergedMarker = "merged";    // far behind: the merge finished
 constexpr int kFreshAttempts = 2;                  // snapshots fetched, at most
 constexpr int kMaxResumes = 20;                    // reconnections within one snapshot
+constexpr uint64_t kWritebackBytes = 8u << 20;     // writeback started every this many
+
+double seconds(SteadyClock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 Error ioError(const std::string& what) {
   return makeError(ErrorCode::kIo, what + ": " + std::strerror(errno));
@@ -409,6 +412,8 @@ class Fetcher {
       Blake256 hash;
       if (auto h = hashPrefix(fd, offset, hash); !h.ok()) return h;
       uint64_t at = offset;
+      uint64_t flushed = offset;  // writeback started below this
+      auto requested = SteadyClock::now(), firstChunk = requested;
       for (;;) {
         auto got = link->receive(o_.receiveTimeout);
         if (!got.ok()) {
@@ -422,6 +427,7 @@ class Fetcher {
         if (m.which() == wire::Snapshot::CHUNK) {
           auto chunk = m.getChunk();
           auto data = chunk.getData();
+          if (at == offset) firstChunk = SteadyClock::now();
           if (chunk.getOffset() != at ||
               snapshotChunkChecksum(data.begin(), data.size()) != chunk.getChecksum()) {
             tell("a snapshot chunk at byte " + std::to_string(chunk.getOffset()) +
@@ -445,6 +451,13 @@ class Fetcher {
           hash.update(bytes, data.size());
           at += data.size();
           ++chunks_;
+          // Start writeback of what is written (without waiting, and kept
+          // in the page cache for the verify that follows), so the final
+          // fsync does not write the whole file after the transfer.
+          if (at - flushed >= kWritebackBytes) {
+            (void)::sync_file_range(fd, off_t(flushed), off_t(at - flushed), SYNC_FILE_RANGE_WRITE);
+            flushed = at;
+          }
           auto ack = snapshotFrame(o_.nodeId, [&](auto a) { a.setAck(at); });
           if (!link->send(ack, o_.connectTimeout).ok()) {
             link.reset();
@@ -469,7 +482,16 @@ class Fetcher {
                                  " bytes received, " + std::to_string(manifest->fileBytes) +
                                  " in the manifest)");
           }
+          auto syncing = SteadyClock::now();
           if (::fsync(fd) != 0) return ioError("cannot sync " + path);
+          char line[200];
+          std::snprintf(line, sizeof line,
+                        "received %llu bytes from byte %llu: first chunk after %.1f s, last after "
+                        "%.1f s, synced in %.1f s",
+                        (unsigned long long)at, (unsigned long long)offset,
+                        seconds(firstChunk - requested), seconds(syncing - requested),
+                        seconds(SteadyClock::now() - syncing));
+          tell(line);
           out_.keys = manifest->keys;
           out_.bytes = at;
           return writeTextFile(dir_ + "/" + storage::kBackupManifestFile, m.getEnd().cStr());

@@ -369,6 +369,9 @@ Status Cluster::Impl::start() {
   SnapshotServerOptions so;
   so.dir = options_.dataDir.empty() ? "" : options_.dataDir + "/snapshots";
   so.nodeId = options_.nodeId;
+  so.notice = [](const std::string& what) {
+    std::fprintf(stderr, "chorus: info: gossip: %s\n", what.c_str());
+  };
   snapshots_ = std::make_unique<SnapshotServer>(
       so, replica_.store(), [wake = wake_] { wake->send(); });
   uv_timer_init(&loop_, &tick_);

@@ -22,9 +22,11 @@ wire::Frame::Builder newFrame(capnp::MessageBuilder& message, std::string_view f
 }
 
 std::string encodeFrame(capnp::MessageBuilder& message) {
-  auto words = capnp::messageToFlatArray(message);
-  auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  // Written once, straight into the string that carries it.
+  std::string bytes(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word), '\0');
+  kj::ArrayOutputStream out(kj::arrayPtr(reinterpret_cast<kj::byte*>(bytes.data()), bytes.size()));
+  capnp::writeMessage(out, message);
+  return bytes;
 }
 
 namespace {

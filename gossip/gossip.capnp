@@ -139,7 +139,7 @@ struct SnapshotStart {
 struct SnapshotChunk {
   offset @0 :UInt64;
   data @1 :Data;
-  checksum @2 :UInt64;        # first 8 bytes of BLAKE2b-256(data), little-endian
+  checksum @2 :UInt64;        # CRC-32C of data
 }
 
 struct Hello {

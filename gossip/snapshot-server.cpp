@@ -6,6 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 
@@ -14,12 +18,46 @@
 
 namespace chorus::gossip {
 
+namespace {
+
+// CRC-32C (Castagnoli, as iSCSI and ext4 use it): with SSE 4.2 eight bytes
+// per instruction (several GB/s, against BLAKE2b's one), else by table.
+uint32_t crc32cTable(uint32_t crc, const uint8_t* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+      t[i] = c;
+    }
+    return t;
+  }();
+  for (size_t i = 0; i < n; ++i) crc = (crc >> 8) ^ table[(crc ^ p[i]) & 0xff];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32cSse42(uint32_t crc, const uint8_t* p, size_t n) {
+  uint64_t c = crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  auto c32 = uint32_t(c);
+  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return c32;
+}
+#endif
+
+}  // namespace
+
 uint64_t snapshotChunkChecksum(const uint8_t* data, size_t size) {
-  uint8_t hash[32];
-  crypto_generichash(hash, sizeof hash, data, size, nullptr, 0);
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | hash[i];
-  return v;
+#if defined(__x86_64__)
+  static const bool sse42 = __builtin_cpu_supports("sse4.2");
+  if (sse42) return ~crc32cSse42(~0u, data, size);
+#endif
+  return ~crc32cTable(~0u, data, size);
 }
 
 // One snapshot: its directory, the copy's progress and its readers.
@@ -27,6 +65,7 @@ struct SnapshotServer::Snapshot {
   std::string id;
   std::string dir;
   uint64_t createdAt = 0;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   uint64_t lastUsed = 0;
   size_t users = 0;  // transfers attached
   int fd = -1;       // data.mdb, for reading, once the copy created it
@@ -146,7 +185,8 @@ std::shared_ptr<SnapshotServer::Snapshot> SnapshotServer::newSnapshot(uint64_t n
   worker_ = std::thread([this, s] {
     storage::BackupOptions o;
     o.nodeId = options_.nodeId;
-    o.sync = false;  // deleted after use; a crash discards it anyway
+    o.sync = false;           // deleted after use; a crash discards it anyway
+    o.dropFromCache = false;  // streamed at once: read back from the page cache
     auto made = store_.backup(s->dir, o);
     {
       std::lock_guard lock(s->mu);
@@ -250,6 +290,14 @@ void SnapshotServer::finishCopies() {
       s->ready = true;
       s->manifest = s->copyManifest->encode();
       s->size = s->copyManifest->fileBytes;
+      if (options_.notice) {
+        char line[160];
+        std::snprintf(
+            line, sizeof line, "snapshot %s made: %llu reviews, %llu bytes in %.1f s",
+            s->id.c_str(), (unsigned long long)s->copyManifest->keys, (unsigned long long)s->size,
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - s->started).count());
+        options_.notice(line);
+      }
     } else {
       s->failed = true;
       for (auto& [conn, t] : transfers_) {
@@ -287,6 +335,12 @@ void SnapshotServer::poll(uint64_t now) {
 void SnapshotServer::closed(uint64_t now, uint64_t conn) {
   auto it = transfers_.find(conn);
   if (it == transfers_.end()) return;
+  if (options_.notice) {
+    const Transfer& t = it->second;
+    options_.notice("snapshot " + t.snapshot->id + ": transfer " +
+                    (t.ended ? "done" : "ended at byte " + std::to_string(t.next)) + ", " +
+                    std::to_string(t.acked) + " bytes acknowledged");
+  }
   --it->second.snapshot->users;
   it->second.snapshot->lastUsed = now;
   transfers_.erase(it);

@@ -42,6 +42,9 @@ struct SnapshotServerOptions {
   uint64_t keepForMillis = 600'000;
   uint64_t idleTimeoutMillis = 60'000;  // a transfer with no ack for this long is closed
   size_t maxTransfers = 4;              // at once; more are refused with `error` (busy)
+  // Told what an operator may want in the log (a snapshot made, a
+  // transfer ended); on the loop thread. Unset: nothing is said.
+  std::function<void(const std::string&)> notice;
 };
 
 class SnapshotServer {
@@ -103,7 +106,9 @@ class SnapshotServer {
   uint64_t chunksSent_ = 0;
 };
 
-// First 8 bytes of BLAKE2b-256 of `data`, little-endian: a chunk's checksum.
+// A chunk's checksum: CRC-32C of `data` (the AEAD seal authenticates each
+// frame already; this catches a chunk damaged between the file and the
+// wire, cheaply: the whole file's BLAKE2b-256 is checked at the end).
 uint64_t snapshotChunkChecksum(const uint8_t* data, size_t size);
 
 }  // namespace chorus::gossip

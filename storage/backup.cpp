@@ -107,7 +107,7 @@ class Blake256 {
 class WriteBehind {
  public:
   static constexpr uint64_t kWindowBytes = uint64_t{2} << 20;
-  explicit WriteBehind(int fd) : fd_(fd) {}
+  WriteBehind(int fd, bool drop) : fd_(fd), drop_(drop) {}
   // `end`: bytes written so far.
   void wrote(uint64_t end) {
     while (end - started_ >= kWindowBytes) {
@@ -118,7 +118,7 @@ class WriteBehind {
         (void)::sync_file_range(
             fd_, previous, kWindowBytes,
             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-        (void)::posix_fadvise(fd_, previous, kWindowBytes, POSIX_FADV_DONTNEED);
+        if (drop_) (void)::posix_fadvise(fd_, previous, kWindowBytes, POSIX_FADV_DONTNEED);
       }
       started_ += kWindowBytes;
     }
@@ -126,6 +126,7 @@ class WriteBehind {
 
  private:
   int fd_;
+  bool drop_;
   uint64_t started_ = 0;  // windows before this offset were handed to writeback
 };
 
@@ -659,7 +660,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
   Blake256 hash;
   uint64_t bytes = 0;
   Status written = okStatus();
-  WriteBehind behind(out.get());
+  WriteBehind behind(out.get(), options.dropFromCache);
   std::thread drain([&] {
     std::vector<char> buf(kChunkBytes);
     for (;;) {

@@ -62,6 +62,10 @@ struct BackupOptions {
   // use, such as a snapshot served to a new node, gossip/snapshot-server.h:
   // it spares the disk a write it does not need).
   bool sync = true;
+  // False: the copy's pages stay in the page cache once written back (a
+  // snapshot is read again at once, to be streamed to a peer); true drops
+  // them, so a backup does not push the store's hot pages out.
+  bool dropFromCache = true;
 };
 
 // Lowercase hex of a hash or checksum, as the manifest writes it.
