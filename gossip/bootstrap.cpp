@@ -642,10 +642,13 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
   }
   if (peers.empty()) return stay("no peer to ask (no --join, no member list)");
 
-  auto deadline = SteadyClock::now() + o.findPeerFor;
+  // auto: one pass, a few seconds at most (peers that are down refuse at
+  // once; a start must not wait long for an optimisation).
+  auto deadline = SteadyClock::now() + (forced ? o.findPeerFor : std::min(o.findPeerFor, 3000ms));
   std::string lastWhy = "no peer answered";
   for (int pass = 0;; ++pass) {
     for (const auto& address : peers) {
+      if (SteadyClock::now() >= deadline) break;
       auto link = Link::open(address, *keys, o.maxFrameBytes, o.connectTimeout);
       if (!link.ok()) {
         lastWhy = address + ": " + link.error().message;

@@ -174,6 +174,17 @@ void SnapshotServer::received(uint64_t now, uint64_t conn, wire::Snapshot::Reade
 
 std::shared_ptr<SnapshotServer::Snapshot> SnapshotServer::newSnapshot(uint64_t now) {
   if (worker_.joinable()) worker_.join();  // (a finished copy: one runs at a time)
+  // Older snapshots nobody reads are superseded: on disk there are at most
+  // the ones transfers use (maxTransfers) and this one.
+  for (auto it = snapshots_.begin(); it != snapshots_.end();) {
+    if (it->second->users == 0) {
+      std::error_code ec;
+      std::filesystem::remove_all(it->second->dir, ec);
+      it = snapshots_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   auto s = std::make_shared<Snapshot>();
   s->id = randomId();
   s->dir = options_.dir + "/" + s->id;

@@ -11,8 +11,10 @@
 // with the manifest once the copy is complete. A snapshot is reused by new
 // requests for `reuseForMillis` after it was made and kept for
 // `keepForMillis` after its last transfer ended, so a newcomer whose
-// connection dropped resumes from the offset it holds; then it is deleted.
-// Snapshot dirs left by an earlier run are deleted at start.
+// connection dropped resumes from the offset it holds; then it is deleted,
+// or sooner when a newer one is made (so the disk holds at most the
+// snapshots transfers are reading and one more). Snapshot dirs left by an
+// earlier run are deleted at start.
 //
 // Threads: every method runs on the Cluster's loop thread, except that the
 // copy runs on a worker thread of the server's own, which calls `wake`
