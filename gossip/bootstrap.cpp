@@ -306,11 +306,14 @@ class Blake256 {
   crypto_generichash_state state_;
 };
 
-// Reviews in the store at `dataDir`, 0 when it holds none.
-Result<uint64_t> localKeys(const std::string& dataDir) {
+// Reviews in the store at `dataDir`, 0 when it holds none. (Opening it
+// tightens loose modes, as the node's own open would: said through `notice`.)
+Result<uint64_t> localKeys(const std::string& dataDir,
+                           const std::function<void(const std::string&)>& notice) {
   if (::access((dataDir + "/" + storage::kBackupDataFile).c_str(), F_OK) != 0) return uint64_t{0};
   storage::Options so;
   so.dir = dataDir;
+  so.notice = notice;
   auto store = storage::Store::open(std::move(so));
   if (!store.ok()) return store.error();
   return (*store)->stats().documents;
@@ -630,8 +633,6 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
     fs::remove_all(dir, ec);  // (a partial transfer is of no use to anti-entropy)
     return out;
   };
-  auto local = localKeys(o.dataDir);
-  if (!local.ok()) return local.error();
   auto keys = loadKeys(o);
   if (!keys.ok()) return keys.error();
 
@@ -669,6 +670,10 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
                   ", newer than this build's " + std::to_string(storage::kSchemaVersion);
         continue;
       }
+      // This node's own count, once a peer answered (a start whose peers
+      // are all down does not open the store twice).
+      auto local = localKeys(o.dataDir, [&](const std::string& what) { tell("storage: " + what); });
+      if (!local.ok()) return local.error();
       if (!forced) {
         if (info->keys < o.minKeys) {
           return stay(info->nodeId + " holds " + std::to_string(info->keys) +

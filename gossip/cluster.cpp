@@ -215,10 +215,11 @@ class Cluster::Impl {
     bool inbound = false;
     bool connected = false;
     bool closing = false;
-    bool snapshot = false;  // serves a snapshot transfer: the core does not know it
-    uint64_t serial = 0;    // accept order (inbound)
-    std::string remote;   // the peer's address, for logs
-    std::string host;     // remote without the port
+    bool snapshot = false;   // serves a snapshot transfer: the core does not know it
+    bool finishing = false;  // closes once its queued writes are out (finish())
+    uint64_t serial = 0;     // accept order (inbound)
+    std::string remote;      // the peer's address, for logs
+    std::string host;        // remote without the port
     SecureChannel channel;
     Conn(Impl* i, size_t maxFrame) : impl(i), channel(maxFrame) {}
   };
@@ -249,6 +250,8 @@ class Cluster::Impl {
   // a snapshot; its frames go to snapshots_, never to the core.
   void serveSnapshot(Conn* c, kj::Array<capnp::word> body);
   void executeSnapshots();  // snapshots_'s sends
+  // Closes `c` once every write queued on it is out (uv_shutdown).
+  void finish(Conn* c);
   void takeOutbox();
   uint64_t now() const { return steadyMillis(); }
   // Times the core's anti-entropy sessions for options_.onAntiEntropySession.
@@ -372,8 +375,8 @@ Status Cluster::Impl::start() {
   so.notice = [](const std::string& what) {
     std::fprintf(stderr, "chorus: info: gossip: %s\n", what.c_str());
   };
-  snapshots_ = std::make_unique<SnapshotServer>(
-      so, replica_.store(), [wake = wake_] { wake->send(); });
+  snapshots_ =
+      std::make_unique<SnapshotServer>(so, replica_.store(), [wake = wake_] { wake->send(); });
   uv_timer_init(&loop_, &tick_);
   tick_.data = this;
   uv_check_init(&loop_, &afterIo_);
@@ -731,8 +734,8 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
       close(c, true);
       return;
     }
-    if (c->snapshot || (c->inbound && !core_->helloReceived(c->id) &&
-                        isSnapshotFrame(received.body))) {
+    if (c->snapshot ||
+        (c->inbound && !core_->helloReceived(c->id) && isSnapshotFrame(received.body))) {
       serveSnapshot(c, std::move(received.body));
       if (c->closing) return;
       continue;
@@ -744,6 +747,7 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
 }
 
 void Cluster::Impl::serveSnapshot(Conn* c, kj::Array<capnp::word> body) {
+  if (c->finishing) return;  // it was told why it ends; nothing more is read
   if (!c->snapshot) {
     c->snapshot = true;
     core_->closed(now(), c->id);  // not a member's connection: the core forgets it
@@ -764,13 +768,35 @@ void Cluster::Impl::serveSnapshot(Conn* c, kj::Array<capnp::word> body) {
 void Cluster::Impl::executeSnapshots() {
   for (auto& send : snapshots_->takeSends()) {
     auto it = conns_.find(send.conn);
-    if (it == conns_.end() || it->second->closing || !it->second->snapshot) continue;
+    if (it == conns_.end() || it->second->closing || !it->second->snapshot ||
+        it->second->finishing) {
+      continue;
+    }
     Conn* c = it->second;
     if (send.close) {
-      close(c, false);
+      finish(c);
     } else {
       write(c, c->channel.seal(keyring_->primary(), send.body), 0, true);
     }
+  }
+}
+
+void Cluster::Impl::finish(Conn* c) {
+  if (c->closing || c->finishing) return;
+  c->finishing = true;
+  auto* req = new uv_shutdown_t;
+  req->data = c;
+  int rc =
+      uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&c->tcp), [](uv_shutdown_t* r, int status) {
+        auto* conn = static_cast<Conn*>(r->data);
+        delete r;
+        if (status == UV_ECANCELED) return;  // closed meanwhile
+        std::lock_guard lock(conn->impl->mu_);
+        conn->impl->close(conn, false);
+      });
+  if (rc != 0) {
+    delete req;
+    close(c, false);
   }
 }
 

@@ -133,6 +133,10 @@ std::string SnapshotServer::frame(const std::function<void(wire::Snapshot::Build
 }
 
 void SnapshotServer::fail(uint64_t conn, const std::string& why) {
+  if (auto it = transfers_.find(conn); it != transfers_.end()) {
+    --it->second.snapshot->users;  // ended here: nothing more is sent on it
+    transfers_.erase(it);
+  }
   sends_.push_back({conn, frame([&](auto s) { s.setError(why); }), false});
   sends_.push_back({conn, {}, true});
 }
@@ -311,10 +315,12 @@ void SnapshotServer::finishCopies() {
       }
     } else {
       s->failed = true;
+      std::vector<uint64_t> readers;
       for (auto& [conn, t] : transfers_) {
-        if (t.snapshot == s) {
-          fail(conn, "the snapshot could not be made: " + s->copyError->toString());
-        }
+        if (t.snapshot == s) readers.push_back(conn);
+      }
+      for (uint64_t conn : readers) {
+        fail(conn, "the snapshot could not be made: " + s->copyError->toString());
       }
     }
   }
@@ -322,12 +328,16 @@ void SnapshotServer::finishCopies() {
 
 void SnapshotServer::poll(uint64_t now) {
   finishCopies();
+  std::vector<uint64_t> idle;
   for (auto& [conn, t] : transfers_) {
     if (now - t.lastHeard > options_.idleTimeoutMillis) {
-      fail(conn, "no ack for " + std::to_string(options_.idleTimeoutMillis / 1000) + " s");
-      continue;
+      idle.push_back(conn);
+    } else {
+      pump(conn, t);
     }
-    pump(conn, t);
+  }
+  for (uint64_t conn : idle) {
+    fail(conn, "no ack for " + std::to_string(options_.idleTimeoutMillis / 1000) + " s");
   }
   for (auto it = snapshots_.begin(); it != snapshots_.end();) {
     Snapshot& s = *it->second;

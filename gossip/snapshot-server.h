@@ -52,8 +52,8 @@ struct SnapshotServerOptions {
 class SnapshotServer {
  public:
   // One frame body for connection `conn` (sealed and written by the
-  // caller), or, with `close` set, the connection to close after what was
-  // queued before it.
+  // caller), or, with `close` set, the connection to close once what was
+  // queued before it has been written (an `error` must reach the peer).
   struct Send {
     uint64_t conn = 0;
     std::string body;
