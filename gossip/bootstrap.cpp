@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -465,6 +466,10 @@ class Fetcher {
           if (!link->send(ack, o_.connectTimeout).ok()) {
             link.reset();
             break;
+          }
+          if (o_.testExitAfterChunks != 0 && chunks_ == o_.testExitAfterChunks) {
+            tell("test: exiting after " + std::to_string(chunks_) + " chunks");
+            std::_Exit(86);  // FOR TESTS: a crash mid-transfer
           }
           if (o_.testDropAfterChunks != 0 && !dropped && chunks_ == o_.testDropAfterChunks) {
             dropped = true;  // FOR TESTS: a connection lost mid-transfer

@@ -76,6 +76,9 @@ struct BootstrapOptions {
   // is written, to exercise the refusal of a corrupted snapshot.
   uint64_t testDropAfterChunks = 0;
   bool testCorruptOnce = false;
+  // FOR TESTS: end the process (as a crash would) after this many chunks,
+  // to exercise a resume by the next start (0: never).
+  uint64_t testExitAfterChunks = 0;
 };
 
 struct BootstrapOutcome {

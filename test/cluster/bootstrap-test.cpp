@@ -139,7 +139,8 @@ TEST_CASE("bootstrap: a new node starts from a snapshot while its peer takes wri
   MESSAGE("snapshot bootstrap under writes took " << secondsSince(began) << " s");
 }
 
-TEST_CASE("bootstrap: a dropped transfer resumes; a corrupted snapshot is refused") {
+TEST_CASE(
+    "bootstrap: a dropped transfer resumes, also after a crash; a corrupted snapshot is refused") {
   auto began = Clock::now();
   Harness h;
   seedStore(h.dataDir("n1"), 6000, "tome");
@@ -157,10 +158,20 @@ TEST_CASE("bootstrap: a dropped transfer resumes; a corrupted snapshot is refuse
   CHECK_MESSAGE(says(n3, "refused the snapshot and deleted it"), n3.ownLog());
   CHECK_MESSAGE(says(n3, "0 resume(s), 1 refused"), n3.ownLog());
   CHECK_FALSE(std::filesystem::exists(h.dataDir("n3") + "/bootstrap"));
-  auto r = roots(h, {"n1", "n2", "n3"});
+  // n4 stops dead after 3 chunks; its next start resumes the same snapshot
+  // from the bytes it kept, instead of starting over.
+  Daemon* crashed =
+      h.tryStart("n4", {h.node("n1").gossip()},
+                 {"--bootstrap", "snapshot", "--test-snapshot-exit-after", "3"}, "0", "0");
+  CHECK(crashed == nullptr);
+  CHECK(h.node("n4").stop(SIGKILL, 10s) == 86);
+  CHECK(std::filesystem::exists(h.dataDir("n4") + "/bootstrap/transfer"));
+  auto& n4 = h.start("n4", {h.node("n1").gossip()}, {"--bootstrap", "snapshot"});
+  CHECK_MESSAGE(says(n4, "bytes from byte 3145728"), n4.ownLog());  // 3 chunks of 1 MiB
+  auto r = roots(h, {"n1", "n2", "n3", "n4"});
   CHECK_MESSAGE(allEqual(r), show(r));
   h.stopAll();
-  verifyStores(h, {"n1", "n2", "n3"});
+  verifyStores(h, {"n1", "n2", "n3", "n4"});
   MESSAGE("resume and refusal test took " << secondsSince(began) << " s");
 }
 

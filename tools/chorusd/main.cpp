@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   std::string bootstrapMode = "auto";
   uint64_t bootstrapMinKeys = chorus::gossip::BootstrapOptions{}.minKeys;
   uint64_t testSnapshotDropAfter = 0;
+  uint64_t testSnapshotExitAfter = 0;
   bool testSnapshotCorrupt = false;
   app.add_option("--node-id", nodeId, "Name of this node, shown by `chorus node status`")
       ->required();
@@ -293,6 +294,9 @@ int main(int argc, char** argv) {
   auto* testDropOption = gossipGroup->add_option(
       "--test-snapshot-drop-after", testSnapshotDropAfter,
       "FOR TESTS: drop the snapshot connection once after this many chunks (it resumes)");
+  auto* testExitOption = gossipGroup->add_option(
+      "--test-snapshot-exit-after", testSnapshotExitAfter,
+      "FOR TESTS: exit (as a crash would) after this many snapshot chunks; the next start resumes");
   auto* testCorruptOption = gossipGroup->add_flag(
       "--test-snapshot-corrupt", testSnapshotCorrupt,
       "FOR TESTS: flip one byte of the first snapshot fetched (it must be refused)");
@@ -339,7 +343,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (gossipListen.empty() && (bootstrapOption->count() > 0 || bootstrapMinOption->count() > 0 ||
-                               testDropOption->count() > 0 || testCorruptOption->count() > 0)) {
+                               testDropOption->count() > 0 || testExitOption->count() > 0 ||
+                               testCorruptOption->count() > 0)) {
     std::fprintf(stderr, "chorusd: --bootstrap and its options need --gossip-listen\n");
     return 1;
   }
@@ -435,6 +440,7 @@ int main(int argc, char** argv) {
   options.bootstrap.minKeys = bootstrapMinKeys;
   options.bootstrap.testDropAfterChunks = testSnapshotDropAfter;
   options.bootstrap.testCorruptOnce = testSnapshotCorrupt;
+  options.bootstrap.testExitAfterChunks = testSnapshotExitAfter;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     const auto& e = node.error();
