@@ -417,7 +417,7 @@ class Fetcher {
       if (auto h = hashPrefix(fd, offset, hash); !h.ok()) return h;
       uint64_t at = offset;
       uint64_t flushed = offset;  // writeback started below this
-      auto requested = SteadyClock::now(), firstChunk = requested;
+      auto requested = SteadyClock::now(), firstChunk = requested, lastProgress = requested;
       for (;;) {
         auto got = link->receive(o_.receiveTimeout);
         if (!got.ok()) {
@@ -455,6 +455,10 @@ class Fetcher {
           hash.update(bytes, data.size());
           at += data.size();
           ++chunks_;
+          if (SteadyClock::now() - lastProgress >= 10s) {
+            lastProgress = SteadyClock::now();
+            tell("received " + std::to_string(at >> 20) + " MiB of the snapshot so far");
+          }
           // Start writeback of what is written (without waiting, and kept
           // in the page cache for the verify that follows), so the final
           // fsync does not write the whole file after the transfer.
