@@ -153,6 +153,7 @@ void SnapshotServer::info(uint64_t conn) {
 }
 
 void SnapshotServer::received(uint64_t now, uint64_t conn, wire::Snapshot::Reader message) {
+  if (!transfers_.count(conn)) quiet_[conn] = now;  // (a transfer has its own clock)
   switch (message.which()) {
     case wire::Snapshot::QUERY:
       info(conn);
@@ -262,6 +263,7 @@ void SnapshotServer::serve(uint64_t now, uint64_t conn, wire::SnapshotRequest::R
                       start.setChunkBytes(uint32_t(options_.chunkBytes));
                     }),
                     false});
+  quiet_.erase(conn);
   auto& placed = transfers_[conn] = std::move(t);
   pump(conn, placed);
 }
@@ -339,6 +341,14 @@ void SnapshotServer::poll(uint64_t now) {
   for (uint64_t conn : idle) {
     fail(conn, "no ack for " + std::to_string(options_.idleTimeoutMillis / 1000) + " s");
   }
+  for (auto it = quiet_.begin(); it != quiet_.end();) {  // connected, asking nothing
+    if (now - it->second > options_.idleTimeoutMillis) {
+      fail(it->first, "no request for " + std::to_string(options_.idleTimeoutMillis / 1000) + " s");
+      it = quiet_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   for (auto it = snapshots_.begin(); it != snapshots_.end();) {
     Snapshot& s = *it->second;
     bool copying = !s.ready && !s.failed;
@@ -354,6 +364,7 @@ void SnapshotServer::poll(uint64_t now) {
 }
 
 void SnapshotServer::closed(uint64_t now, uint64_t conn) {
+  quiet_.erase(conn);
   auto it = transfers_.find(conn);
   if (it == transfers_.end()) return;
   if (options_.notice) {

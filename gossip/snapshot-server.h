@@ -42,8 +42,10 @@ struct SnapshotServerOptions {
   uint32_t maxWindow = 16;  // chunks beyond the last ack, at most (the newcomer asks for fewer)
   uint64_t reuseForMillis = 60'000;
   uint64_t keepForMillis = 600'000;
-  uint64_t idleTimeoutMillis = 60'000;  // a transfer with no ack for this long is closed
-  size_t maxTransfers = 4;              // at once; more are refused with `error` (busy)
+  // A transfer with no ack, or a connection with no request, for this long
+  // is closed.
+  uint64_t idleTimeoutMillis = 60'000;
+  size_t maxTransfers = 4;  // at once; more are refused with `error` (busy)
   // Told what an operator may want in the log (a snapshot made, a
   // transfer ended); on the loop thread. Unset: nothing is said.
   std::function<void(const std::string&)> notice;
@@ -102,6 +104,7 @@ class SnapshotServer {
   std::function<void()> wake_;
   std::map<std::string, std::shared_ptr<Snapshot>> snapshots_;  // by id
   std::map<uint64_t, Transfer> transfers_;                      // by connection
+  std::map<uint64_t, uint64_t> quiet_;  // connections without a transfer: last heard
   std::vector<Send> sends_;
   std::thread worker_;
   uint64_t made_ = 0;

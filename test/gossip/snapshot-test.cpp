@@ -224,10 +224,16 @@ TEST_CASE("snapshot server: chunks within the window, a resume, refusals with a 
   }
   server.closed(now, 4);
 
-  // Kept for resumes, then deleted once unused for keepForMillis.
+  // Kept for resumes, then deleted once unused for keepForMillis; the
+  // connection that only asked what the node holds is closed by then.
   CHECK(std::filesystem::exists(o.dir + "/" + id));
   server.poll(now + o.keepForMillis + 1);
   CHECK_FALSE(std::filesystem::exists(o.dir + "/" + id));
+  {
+    auto sent = collect(server);
+    CHECK(errorOf(sent[7]).rfind("no request", 0) == 0);
+    CHECK(sent[7].closed);
+  }
   opened.value().reset();
   std::filesystem::remove_all(dir);
 }
