@@ -707,13 +707,15 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
           auto got = fetcher.fetch(address, std::move(first));
           out.fetchSeconds = std::chrono::duration<double>(SteadyClock::now() - fetching).count();
           if (!got.ok()) {
-            std::error_code ec;
-            fs::remove_all(dir, ec);  // never used, never resumed
             if (got.error().code == ErrorCode::kCorruption) {
+              std::error_code ec;
+              fs::remove_all(dir, ec);  // never used, never resumed
               ++out.refused;
               tell("refused the snapshot and deleted it: " + got.error().message);
               continue;
             }
+            // (kept for the next start to resume, unless `stay` falls back
+            // to anti-entropy)
             return stay("fetching from " + address + " failed: " + got.error().message);
           }
           if (*local > 0) {
