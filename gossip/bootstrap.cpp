@@ -699,7 +699,9 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
            std::to_string(info->keys) + " reviews; this node holds " + std::to_string(*local) +
            ")");
       out.peer = info->nodeId;
-      return [&]() -> Result<BootstrapOutcome> {
+      // kBusy out of this: the peer could not serve one now (busy, gone
+      // mid-transfer); a forced bootstrap tries the next peer, or again.
+      auto fetched = [&]() -> Result<BootstrapOutcome> {
         Fetcher fetcher(o, *keys, out);
         auto first = std::move(link).value();
         for (int attempt = 1; attempt <= kFreshAttempts; ++attempt) {
@@ -714,8 +716,8 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
               tell("refused the snapshot and deleted it: " + got.error().message);
               continue;
             }
-            // (kept for the next start to resume, unless `stay` falls back
-            // to anti-entropy)
+            // (kept for a resume, unless `stay` falls back to anti-entropy)
+            if (forced) return makeError(ErrorCode::kBusy, got.error().message);
             return stay("fetching from " + address + " failed: " + got.error().message);
           }
           if (*local > 0) {
@@ -765,6 +767,9 @@ Result<BootstrapOutcome> bootstrapDataDir(const BootstrapOptions& o) {
         }
         return stay("no verified snapshot after " + std::to_string(kFreshAttempts) + " attempts");
       }();
+      if (fetched.ok() || fetched.error().code != ErrorCode::kBusy) return fetched;
+      lastWhy = "fetching from " + address + " failed: " + fetched.error().message;
+      tell(lastWhy);
     }
     if (!forced || SteadyClock::now() >= deadline) break;
     std::this_thread::sleep_for(500ms);
