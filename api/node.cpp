@@ -11,6 +11,7 @@
 #include "api/log.h"
 #include "api/metrics.h"
 #include "api/rpc-server.h"
+#include "gossip/member-file.h"
 
 namespace chorus {
 
@@ -144,6 +145,9 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
       tokens = std::move(loaded).value();
     }
   }
+  if (!options.cluster.listen.empty()) {
+    if (auto booted = bootstrap(options); !booted.ok()) return booted.error();
+  }
   storage::Options so = options.store;
   so.dir = options.dataDir;
   if (!so.admitMerge) {
@@ -198,6 +202,44 @@ Result<std::unique_ptr<Node>> Node::open(Options options) {
     if (auto started = node->startCluster(); !started.ok()) return started.error();
   }
   return node;
+}
+
+Status Node::bootstrap(const Options& options) {
+  gossip::BootstrapOptions b = options.bootstrap;
+  b.dataDir = options.dataDir;
+  b.nodeId = options.nodeId;
+  b.keys = options.cluster.keys;
+  b.maxFrameBytes = options.cluster.maxFrameBytes;
+  b.peers = options.cluster.seeds;
+  if (auto known = gossip::loadMembers(options.dataDir + "/members"); known.ok()) {
+    for (const auto& m : known.value()) {
+      if (m.nodeId != options.nodeId && m.state != "left" && !m.gossipAddress.empty()) {
+        b.peers.push_back(m.gossipAddress);
+      }
+    }
+  }
+  if (!b.notice) {
+    b.notice = [](const std::string& what) {
+      api::logf(api::LogLevel::kInfo, "%s", what.c_str());
+    };
+  }
+  auto outcome = gossip::bootstrapDataDir(b);
+  if (!outcome.ok()) return outcome.error();
+  if (outcome->fromSnapshot) {
+    api::logf(api::LogLevel::kInfo,
+              "bootstrap: from a snapshot of %s: %llu reviews, %llu bytes in %.1f s, restored "
+              "in %.1f s, %u resume(s), %u refused, %llu local review(s) merged in; new "
+              "replica id %016llx",
+              outcome->peer.c_str(), (unsigned long long)outcome->keys,
+              (unsigned long long)outcome->bytes, outcome->fetchSeconds, outcome->restoreSeconds,
+              outcome->resumes, outcome->refused, (unsigned long long)outcome->localMerged,
+              (unsigned long long)outcome->replicaId);
+  } else {
+    api::logf(api::LogLevel::kInfo, "bootstrap: by anti-entropy (%s)%s",
+              outcome->reason.c_str(),
+              outcome->refused > 0 ? "; a snapshot was refused" : "");
+  }
+  return okStatus();
 }
 
 Status Node::startCluster() {

@@ -29,6 +29,7 @@
 #include "api/types.h"
 #include "api/validate.h"
 #include "crdt/result.h"
+#include "gossip/bootstrap.h"
 #include "gossip/cluster.h"
 #include "gossip/keyring.h"
 #include "storage/backup.h"
@@ -144,6 +145,12 @@ class Node {
     // it answers kUnavailable. At most 60 s (Node::open: kInvalidArgument).
     // chorusd --session-wait-ms.
     std::chrono::milliseconds sessionWait{2'000};
+    // With a cluster: before the store opens, a node whose data dir is
+    // empty or far behind starts from a snapshot of a peer's store
+    // (gossip/bootstrap.h; mode kAuto by default). dataDir, nodeId, peers
+    // (cluster.seeds, then the member list's addresses), keys and
+    // maxFrameBytes are filled in by the node; errors fail open().
+    gossip::BootstrapOptions bootstrap;
   };
 
   // Opens the store, starts the RPC server if `listen` is set, then the
@@ -380,6 +387,9 @@ class Node {
   Status beforeRead(const ReadOptions& read);
   // Store thread: a state from a peer committed (or was refused).
   void merged(const Result<storage::Applied>& applied);
+  // Before the store opens: gossip::bootstrapDataDir with what `options`
+  // know (Options::bootstrap), its outcome logged.
+  static Status bootstrap(const Options& options);
   Status startCluster();
   Error noCluster() const;
   Error outOfClusterError() const;

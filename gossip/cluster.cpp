@@ -35,6 +35,7 @@
 #include "gossip/replica-store.h"
 #include "gossip/replication-core.h"
 #include "gossip/secure-channel.h"
+#include "gossip/snapshot-server.h"
 
 namespace chorus::gossip {
 
@@ -135,6 +136,21 @@ void addCounters(ClusterStats& to, const ClusterStats& from) {
   to.versionRefused += from.versionRefused;
 }
 
+// Whether a frame body (already authenticated) is a snapshot frame of this
+// protocol version. Reads the body in place; anything malformed is "no"
+// (the core then refuses it as usual).
+bool isSnapshotFrame(const kj::Array<capnp::word>& body) {
+  bool snapshot = false;
+  (void)kj::runCatchingExceptions([&] {
+    capnp::ReaderOptions limits;
+    limits.traversalLimitInWords = body.size() + 64;
+    capnp::FlatArrayMessageReader reader(body, limits);
+    auto root = reader.getRoot<wire::Frame>();
+    snapshot = root.getVersion() == wire::PROTOCOL_VERSION && root.which() == wire::Frame::SNAPSHOT;
+  });
+  return snapshot;
+}
+
 // The loop's wake-up and the merge completions that come with it. Shared
 // with the store's callbacks, which may run after the Cluster is gone (the
 // store drains its queue when closed): `async` is null once the loop closed.
@@ -189,9 +205,11 @@ class Cluster::Impl {
     bool inbound = false;
     bool connected = false;
     bool closing = false;
-    uint64_t serial = 0;  // accept order (inbound)
-    std::string remote;   // the peer's address, for logs
-    std::string host;     // remote without the port
+    bool snapshot = false;   // serves a snapshot transfer: the core does not know it
+    bool finishing = false;  // closes once its queued writes are out (finish())
+    uint64_t serial = 0;     // accept order (inbound)
+    std::string remote;      // the peer's address, for logs
+    std::string host;        // remote without the port
     SecureChannel channel;
     Conn(Impl* i, size_t maxFrame) : impl(i), channel(maxFrame) {}
   };
@@ -218,6 +236,12 @@ class Cluster::Impl {
   void write(Conn* c, std::string bytes, uint64_t deltas, bool frame);
   void refused(Conn* c, SecureChannel::Received::Kind kind, const std::string& why);
   void execute();  // the core's actions, until there are none
+  // A frame on a connection that serves (or, as its first frame, asks for)
+  // a snapshot; its frames go to snapshots_, never to the core.
+  void serveSnapshot(Conn* c, kj::Array<capnp::word> body);
+  void executeSnapshots();  // snapshots_'s sends
+  // Closes `c` once every write queued on it is out (uv_shutdown).
+  void finish(Conn* c);
   void takeOutbox();
   uint64_t now() const { return steadyMillis(); }
   // Times the core's anti-entropy sessions for options_.onAntiEntropySession.
@@ -226,6 +250,7 @@ class Cluster::Impl {
 
   StoreReplica replica_;
   Merged onMerged_;
+  std::unique_ptr<SnapshotServer> snapshots_;  // loop thread (made in start())
   uv_loop_t loop_;
   uv_tcp_t server_;
   uv_async_t async_;
@@ -334,6 +359,14 @@ Status Cluster::Impl::start() {
     std::lock_guard lock(wake_->mu);
     wake_->async = &async_;
   }
+  SnapshotServerOptions so;
+  so.dir = options_.dataDir.empty() ? "" : options_.dataDir + "/snapshots";
+  so.nodeId = options_.nodeId;
+  so.notice = [](const std::string& what) {
+    std::fprintf(stderr, "chorus: info: gossip: %s\n", what.c_str());
+  };
+  snapshots_ =
+      std::make_unique<SnapshotServer>(so, replica_.store(), [wake = wake_] { wake->send(); });
   uv_timer_init(&loop_, &tick_);
   tick_.data = this;
   uv_check_init(&loop_, &afterIo_);
@@ -428,6 +461,7 @@ void Cluster::Impl::stop() {
   stopping_ = true;
   wake_->send();
   thread_.join();
+  snapshots_.reset();  // waits for a copy under way, deletes the snapshots
 }
 
 void Cluster::Impl::onWake() {
@@ -455,6 +489,8 @@ void Cluster::Impl::onWake() {
   }
   takeOutbox();
   execute();
+  snapshots_->poll(now());
+  executeSnapshots();
 }
 
 void Cluster::Impl::takeOutbox() {
@@ -476,6 +512,8 @@ void Cluster::Impl::onTick() {
   takeOutbox();
   core_->tick(now());
   execute();
+  snapshots_->poll(now());
+  executeSnapshots();
 }
 
 CoreOptions Cluster::Impl::withSessionTimer(CoreOptions o) {
@@ -577,7 +615,7 @@ void Cluster::Impl::accept() {
   size_t strangers = 0, fromHost = 0;
   Conn *oldest = nullptr, *oldestFromHost = nullptr;
   for (auto& [id, other] : conns_) {
-    if (!other->inbound || other->closing || core_->helloReceived(id)) continue;
+    if (!other->inbound || other->closing || other->snapshot || core_->helloReceived(id)) continue;
     ++strangers;
     if (!oldest || other->serial < oldest->serial) oldest = other;
     if (other->host == c->host) {
@@ -688,9 +726,69 @@ void Cluster::Impl::read(Conn* c, ssize_t n, const uv_buf_t* buf) {
       close(c, true);
       return;
     }
+    if (c->snapshot ||
+        (c->inbound && !core_->helloReceived(c->id) && isSnapshotFrame(received.body))) {
+      serveSnapshot(c, std::move(received.body));
+      if (c->closing) return;
+      continue;
+    }
     core_->received(now(), c->id, std::move(received.body));
     execute();
     if (c->closing) return;
+  }
+}
+
+void Cluster::Impl::serveSnapshot(Conn* c, kj::Array<capnp::word> body) {
+  if (c->finishing) return;  // it was told why it ends; nothing more is read
+  if (!c->snapshot) {
+    c->snapshot = true;
+    core_->closed(now(), c->id);  // not a member's connection: the core forgets it
+  }
+  size_t bytes = body.size() * sizeof(capnp::word) + kSealOverheadBytes;
+  auto parsed = ParsedFrame::parse(std::move(body));
+  if (!parsed.ok() || parsed.value()->root().which() != wire::Frame::SNAPSHOT) {
+    ++wire_.malformedFrames;
+    close(c, false);
+    return;
+  }
+  ++wire_.framesIn;
+  wire_.bytesIn += bytes;
+  snapshots_->received(now(), c->id, parsed.value()->root().getSnapshot());
+  executeSnapshots();
+}
+
+void Cluster::Impl::executeSnapshots() {
+  for (auto& send : snapshots_->takeSends()) {
+    auto it = conns_.find(send.conn);
+    if (it == conns_.end() || it->second->closing || !it->second->snapshot ||
+        it->second->finishing) {
+      continue;
+    }
+    Conn* c = it->second;
+    if (send.close) {
+      finish(c);
+    } else {
+      write(c, c->channel.seal(keyring_->primary(), send.body), 0, true);
+    }
+  }
+}
+
+void Cluster::Impl::finish(Conn* c) {
+  if (c->closing || c->finishing) return;
+  c->finishing = true;
+  auto* req = new uv_shutdown_t;
+  req->data = c;
+  int rc =
+      uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&c->tcp), [](uv_shutdown_t* r, int status) {
+        auto* conn = static_cast<Conn*>(r->data);
+        delete r;
+        if (status == UV_ECANCELED) return;  // closed meanwhile
+        std::lock_guard lock(conn->impl->mu_);
+        conn->impl->close(conn, false);
+      });
+  if (rc != 0) {
+    delete req;
+    close(c, false);
   }
 }
 
@@ -736,7 +834,11 @@ void Cluster::Impl::close(Conn* c, bool tell) {
   if (c->closing) return;
   c->closing = true;
   conns_.erase(c->id);
-  if (tell) core_->closed(now(), c->id);
+  if (c->snapshot) {
+    snapshots_->closed(now(), c->id);
+  } else if (tell) {
+    core_->closed(now(), c->id);
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) {
     static_cast<Conn*>(h->data)->impl->closed(static_cast<Conn*>(h->data));
   });
@@ -750,7 +852,7 @@ void Cluster::Impl::closed(Conn* c) {
 
 void Cluster::Impl::write(Conn* c, std::string bytes, uint64_t deltas, bool frame) {
   if (c->closing || !c->connected) {
-    if (frame) core_->drained(c->id, bytes.size(), deltas);
+    if (frame && !c->snapshot) core_->drained(c->id, bytes.size(), deltas);
     return;
   }
   auto* w = new Write{uv_write_t{}, std::move(bytes), c, deltas, frame};
@@ -764,7 +866,7 @@ void Cluster::Impl::write(Conn* c, std::string bytes, uint64_t deltas, bool fram
                       // On the loop thread, from the loop (also the
                       // writes a close cancelled): mu_ is not held here.
                       std::lock_guard lock(impl->mu_);
-                      if (!conn->closing && w->frame) {
+                      if (!conn->closing && w->frame && !conn->snapshot) {
                         impl->core_->drained(conn->id, w->bytes.size(), w->deltas);
                       }
                       if (!conn->closing && status != 0) impl->close(conn, true);
@@ -776,8 +878,10 @@ void Cluster::Impl::write(Conn* c, std::string bytes, uint64_t deltas, bool fram
     close(c, true);
     return;
   }
-  // The core counts the frames it queued; the transport adds the preamble.
-  if (!frame) wire_.bytesOut += buf.len;
+  // The core counts the frames it queued; the transport adds the preamble
+  // and the snapshot frames.
+  if (!frame || c->snapshot) wire_.bytesOut += buf.len;
+  if (frame && c->snapshot) ++wire_.framesOut;
 }
 
 // ---- Cluster --------------------------------------------------------------------

@@ -22,9 +22,11 @@ wire::Frame::Builder newFrame(capnp::MessageBuilder& message, std::string_view f
 }
 
 std::string encodeFrame(capnp::MessageBuilder& message) {
-  auto words = capnp::messageToFlatArray(message);
-  auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  // Written once, straight into the string that carries it.
+  std::string bytes(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word), '\0');
+  kj::ArrayOutputStream out(kj::arrayPtr(reinterpret_cast<kj::byte*>(bytes.data()), bytes.size()));
+  capnp::writeMessage(out, message);
+  return bytes;
 }
 
 namespace {
@@ -112,6 +114,32 @@ void validate(wire::Frame::Reader root) {
     case wire::Frame::PULLED:
       for (auto d : root.getPulled()) (void)d.size();
       break;
+    case wire::Frame::SNAPSHOT: {
+      auto s = root.getSnapshot();
+      switch (s.which()) {
+        case wire::Snapshot::INFO:
+          (void)s.getInfo();
+          break;
+        case wire::Snapshot::REQUEST:
+          (void)s.getRequest().getId();
+          break;
+        case wire::Snapshot::START:
+          (void)s.getStart().getId();
+          break;
+        case wire::Snapshot::CHUNK:
+          (void)s.getChunk().getData().size();
+          break;
+        case wire::Snapshot::END:
+          (void)s.getEnd();
+          break;
+        case wire::Snapshot::ERROR:
+          (void)s.getError();
+          break;
+        default:
+          break;
+      }
+      break;
+    }
     default:
       break;
   }
@@ -137,8 +165,12 @@ Result<std::unique_ptr<ParsedFrame>> ParsedFrame::parse(kj::Array<capnp::word> b
     validate(root);
     if (root.getFrom().size() == 0) {
       failure = malformed("no sender id");
-    } else if (unsigned(root.which()) > unsigned(wire::Frame::PULLED)) {
+    } else if (unsigned(root.which()) > unsigned(wire::Frame::SNAPSHOT)) {
       failure = malformed("unknown frame kind " + std::to_string(unsigned(root.which())));
+    } else if (root.which() == wire::Frame::SNAPSHOT &&
+               unsigned(root.getSnapshot().which()) > unsigned(wire::Snapshot::ERROR)) {
+      failure = malformed("unknown snapshot message " +
+                          std::to_string(unsigned(root.getSnapshot().which())));
     }
   });
   KJ_IF_MAYBE (e, exception) {

@@ -104,7 +104,59 @@ struct Frame {
     # Review states (crdt/state.capnp) answering a pull; merged like
     # anti-entropy's, after ClusterOptions::admit.
     pulled @17 :List(Data);
+    # Snapshot transfer (bootstrap of a new node, gossip/snapshot.h): only
+    # on a connection whose first frame is a snapshot query, instead of
+    # hello; every frame on it then is one of these. A node of an older
+    # build refuses it as an unknown kind, and the newcomer falls back to
+    # anti-entropy.
+    snapshot @18 :Snapshot;
   }
+}
+
+struct Snapshot {
+  union {
+    # newcomer -> peer: what do you hold? Answered by `info`.
+    query @0 :Void;
+    info @1 :SnapshotInfo;
+    # newcomer -> peer: send a snapshot (a new one, or one begun before).
+    # Answered by `start`, then chunks, then `end` (or `error`).
+    request @2 :SnapshotRequest;
+    start @3 :SnapshotStart;
+    chunk @4 :SnapshotChunk;
+    # newcomer -> peer: every byte below this offset arrived and is written.
+    ack @5 :UInt64;
+    # peer: the last chunk has been sent; the snapshot's manifest
+    # (storage/backup.h's text form: checksum of the whole file, Merkle
+    # root, key count, schema version).
+    end @6 :Text;
+    # peer: refused or failed (busy, unknown snapshot, no data dir); ends
+    # the transfer.
+    error @7 :Text;
+  }
+}
+
+struct SnapshotInfo {
+  keys @0 :UInt64;            # documents in the peer's store, tombstones included
+  schemaVersion @1 :UInt32;   # its store's schema (storage::kSchemaVersion)
+  serves @2 :Bool;            # it can make snapshots (it keeps a data dir)
+}
+
+struct SnapshotRequest {
+  id @0 :Text;                # empty: a new snapshot; else the one to resume
+  offset @1 :UInt64;          # first byte wanted: what the newcomer holds already
+  window @2 :UInt32;          # chunks the peer may send beyond the last ack
+}
+
+struct SnapshotStart {
+  id @0 :Text;                # names the snapshot for a later resume
+  offset @1 :UInt64;          # chunks follow from here
+  chunkBytes @2 :UInt32;      # every chunk but the last carries this many bytes
+}
+
+struct SnapshotChunk {
+  offset @0 :UInt64;
+  data @1 :Data;
+  checksum @2 :UInt64;        # CRC-32C of data
 }
 
 struct Hello {

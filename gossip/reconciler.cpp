@@ -33,11 +33,12 @@ void putHashes(capnp::Data::Builder out, const std::vector<storage::Hash>& hashe
 
 uint64_t hashAt(capnp::Data::Reader data, size_t i) { return readLe64(data.begin() + 8 * i); }
 
+// The message's bytes, written once into the string that carries them.
 Outgoing finish(capnp::MallocMessageBuilder& message, size_t payloadBytes) {
-  auto words = capnp::messageToFlatArray(message);
-  auto bytes = words.asBytes();
-  return Outgoing{std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()),
-                  payloadBytes};
+  std::string bytes(capnp::computeSerializedSizeInWords(message) * sizeof(capnp::word), '\0');
+  kj::ArrayOutputStream out(kj::arrayPtr(reinterpret_cast<kj::byte*>(bytes.data()), bytes.size()));
+  capnp::writeMessage(out, message);
+  return Outgoing{std::move(bytes), payloadBytes};
 }
 
 wire::Reconcile::Builder newMessage(capnp::MallocMessageBuilder& message) {
@@ -123,8 +124,18 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
     ++counters_.malformed;
     return malformed("length " + std::to_string(bytes.size()) + " is not a multiple of 8");
   }
-  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
-  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  // Read in place when word-aligned (a Data field of a received frame is),
+  // else from an aligned copy.
+  kj::Array<capnp::word> copy;
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
+    words = kj::arrayPtr(reinterpret_cast<const capnp::word*>(bytes.data()),
+                         bytes.size() / sizeof(capnp::word));
+  } else {
+    copy = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(copy.begin(), bytes.data(), bytes.size());
+    words = copy;
+  }
 
   std::optional<Error> failure;
   std::optional<Outgoing> reply;
@@ -225,8 +236,10 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
             putHashes(nodes[i].initHashes(8 * Store::kFanout), children.value());
           }
         } else {
-          // Leaves until their entries (16 bytes each) fill the budget.
-          std::vector<std::vector<storage::LeafEntry>> entries;
+          // Leaves until their entries (16 bytes each) fill the budget,
+          // kept as the wire carries them (key hash, first 8 bytes of the
+          // digest): memory follows the message, not the leaves' keys.
+          std::vector<std::vector<std::pair<uint64_t, uint64_t>>> entries;
           size_t bytes = 0;
           for (size_t i = 0; i < differing.size() && bytes < maxMessageBytes_; ++i) {
             auto leaf = store_.leafEntries(differing[i]);
@@ -235,16 +248,19 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
               return;
             }
             bytes += 16 * leaf.value().size() + 16;
-            entries.push_back(std::move(leaf).value());
+            auto& compact = entries.emplace_back();
+            compact.reserve(leaf.value().size());
+            for (const auto& e : leaf.value()) compact.emplace_back(e.keyHash, wireHash(e.digest));
           }
           auto leaves = out.initLeaves(static_cast<unsigned>(entries.size()));
           for (unsigned i = 0; i < entries.size(); ++i) {
             leaves[i].setIndex(differing[i]);
             auto list = leaves[i].initEntries(static_cast<unsigned>(entries[i].size()));
             for (unsigned j = 0; j < entries[i].size(); ++j) {
-              list[j].setKeyHash(entries[i][j].keyHash);
-              list[j].setDigest(wireHash(entries[i][j].digest));
+              list[j].setKeyHash(entries[i][j].first);
+              list[j].setDigest(entries[i][j].second);
             }
+            std::vector<std::pair<uint64_t, uint64_t>>().swap(entries[i]);  // freed as written
           }
           if (entries.size() < differing.size()) out.setMore(true);
         }
@@ -253,9 +269,25 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
         return;
       }
       case wire::Reconcile::LEAVES: {
-        std::vector<crdt::ReviewKey> send;
+        // Leaf by leaf, in order: our states for keys that differ or the
+        // peer lacks (read and encoded at once), and the key hashes we
+        // want. Stops at the first leaf past the budget of either (the rest
+        // is for another session, `more`), so a session reads and holds
+        // about one message's worth, however far apart the two replicas are.
+        std::vector<std::string> states;
         std::vector<uint64_t> wants;
-        for (auto leaf : in.getLeaves()) {
+        size_t stateBytes = 0;
+        // Each wanted state comes back in one answer, cut to the budget by
+        // the peer: ask for about what fits (at a guessed 256 bytes each).
+        size_t maxWants = std::max<size_t>(1, maxMessageBytes_ / 256);
+        bool cut = false;
+        auto leafList = in.getLeaves();
+        for (unsigned li = 0; li < leafList.size(); ++li) {
+          if (stateBytes >= maxMessageBytes_ || wants.size() >= maxWants) {
+            cut = true;
+            break;
+          }
+          auto leaf = leafList[li];
           if (leaf.getIndex() >= storage::kMerkleLeaves) {
             failure = malformed("bad leaf index");
             return;
@@ -273,39 +305,43 @@ Result<std::optional<Outgoing>> Reconciler::handle(std::string_view bytes, bool 
           }
           for (const auto& e : mine.value()) {
             auto it = theirs.find(e.keyHash);
-            if (it == theirs.end() || it->second != ours[e.keyHash]) send.push_back(e.key);
+            if (it != theirs.end() && it->second == ours[e.keyHash]) continue;
+            if (stateBytes >= maxMessageBytes_) {  // a large leaf: the rest next time
+              cut = true;
+              break;
+            }
+            auto state = store_.encodedState(e.key);  // stored bytes are the canonical encoding
+            if (!state.ok()) {
+              failure = state.error();
+              return;
+            }
+            if (state.value()) {
+              stateBytes += state.value()->size();
+              states.push_back(std::move(*state.value()));
+            }
           }
           for (const auto& [keyHash, digest] : theirs) {
             auto it = ours.find(keyHash);
             if (it == ours.end() || it->second != digest) wants.push_back(keyHash);
           }
         }
-        if (send.empty() && wants.empty()) {
+        if (states.empty() && wants.empty()) {
           reply = done(message);
           return;
         }
-        bool cut = false;
-        auto states = encodeStates(store_, send, maxMessageBytes_, cut);
-        if (!states.ok()) {
-          failure = states.error();
-          return;
-        }
-        // Each wanted state comes back in the answer: ask for no more than
-        // fits in one (at a guessed 1 KiB each).
-        size_t maxWants = std::max<size_t>(1, maxMessageBytes_ / 1024);
-        if (wants.size() > maxWants) {
+        if (wants.size() > maxWants) {  // the last leaf's excess
           wants.resize(maxWants);
           cut = true;
         }
         auto root = newMessage(message);
         auto out = root.initStatesAndWants();
         size_t payload = 0;
-        fillStates(out.initStates(static_cast<unsigned>(states.value().size())), states.value(),
-                   payload);
+        fillStates(out.initStates(static_cast<unsigned>(states.size())), states, payload);
+        std::vector<std::string>().swap(states);  // copied into the message
         auto list = out.initWants(static_cast<unsigned>(wants.size()));
         for (unsigned i = 0; i < wants.size(); ++i) list.set(i, wants[i]);
         root.setMore(cut);
-        counters_.statesSent += states.value().size();
+        counters_.statesSent += out.getStates().size();
         reply = finish(message, payload);
         reply->more = cut;
         return;

@@ -124,7 +124,7 @@ ReplicationCore::ReplicationCore(CoreOptions options, ReplicaStore& store)
       rng_(options_.seed),
       reconciler_(
           store, [this](crdt::ReviewDoc doc) { received_.push_back(std::move(doc)); },
-          std::min(Reconciler::kDefaultMaxMessageBytes, options_.maxFrameBytes / 2),
+          std::min(options_.maxSyncMessageBytes, options_.maxFrameBytes / 2),
           options_.admit),
       incarnation_(options_.incarnation) {}
 
@@ -743,6 +743,9 @@ void ReplicationCore::handle(uint64_t now, ConnId id, Conn& c, kj::Array<capnp::
         return;
       case wire::Frame::PULLED:
         handlePulled(now, from, root.getPulled());
+        return;
+      case wire::Frame::SNAPSHOT:
+        bad = true;  // only on a snapshot connection, which the driver serves (never here)
         return;
       default:
         return;

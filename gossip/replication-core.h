@@ -107,7 +107,12 @@ struct CoreOptions {
   // Lifecycle
   uint64_t forgetDeadAfterMillis = 24ull * 3600 * 1000;
 
-  size_t maxFrameBytes = 32u << 20;  // reconcile messages are cut to half of it (at most 16 MiB)
+  size_t maxFrameBytes = 32u << 20;
+  // Anti-entropy messages are cut to this many bytes of leaf entries or
+  // states (and to half of maxFrameBytes): with one session at a time and
+  // no new one until its states committed, it bounds the states a sync
+  // holds in memory on either side (gossip/README.md, Bounds).
+  size_t maxSyncMessageBytes = 4u << 20;
   size_t maxQueuedBytesPerPeer = 64u << 20;
   size_t maxPendingDeltaBytes = 64u << 20;  // received deltas merging, not yet committed
   // Bytes the transport adds to each frame body on the wire (the seal);

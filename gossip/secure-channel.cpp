@@ -113,7 +113,11 @@ SecureChannel::Received SecureChannel::next(const Keyring& keys) {
     return fail(Kind::kMalformed,
                 "sealed frame body of " + std::to_string(bodyBytes) + " bytes is not whole words");
   }
-  if (buffered() < 4 + length) return {};
+  if (buffered() < 4 + length) {
+    // Room for the whole frame at once rather than by doubling.
+    if (buffer_.capacity() < offset_ + 4 + length) buffer_.reserve(offset_ + 4 + length);
+    return {};
+  }
 
   uint32_t id = uint32_t{p[4]} << 24 | uint32_t{p[5]} << 16 | uint32_t{p[6]} << 8 | p[7];
   const ClusterKey* key = keys.find(id);
@@ -143,6 +147,7 @@ SecureChannel::Received SecureChannel::next(const Keyring& keys) {
   offset_ += 4 + length;
   if (offset_ == buffer_.size()) {
     buffer_.clear();
+    if (buffer_.capacity() > (1u << 20)) buffer_.shrink_to_fit();  // a large frame's room, back
     offset_ = 0;
   } else if (offset_ > (1u << 20) && offset_ * 2 > buffer_.size()) {
     buffer_.erase(0, offset_);  // keep the buffer from growing without bound

@@ -107,7 +107,7 @@ class Blake256 {
 class WriteBehind {
  public:
   static constexpr uint64_t kWindowBytes = uint64_t{2} << 20;
-  explicit WriteBehind(int fd) : fd_(fd) {}
+  WriteBehind(int fd, bool drop) : fd_(fd), drop_(drop) {}
   // `end`: bytes written so far.
   void wrote(uint64_t end) {
     while (end - started_ >= kWindowBytes) {
@@ -118,7 +118,7 @@ class WriteBehind {
         (void)::sync_file_range(
             fd_, previous, kWindowBytes,
             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-        (void)::posix_fadvise(fd_, previous, kWindowBytes, POSIX_FADV_DONTNEED);
+        if (drop_) (void)::posix_fadvise(fd_, previous, kWindowBytes, POSIX_FADV_DONTNEED);
       }
       started_ += kWindowBytes;
     }
@@ -126,6 +126,7 @@ class WriteBehind {
 
  private:
   int fd_;
+  bool drop_;
   uint64_t started_ = 0;  // windows before this offset were handed to writeback
 };
 
@@ -519,9 +520,19 @@ Result<BackupManifest> restoreBackup(const std::string& backupDir, const std::st
   auto tell = [&](const std::string& what) {
     if (options.notice) options.notice(what);
   };
-  // 1. The backup, as it is on disk.
-  auto manifest = verifyBackup(backupDir);
+  // 1. The backup, as it is on disk (consumed: step 5 is its deep check).
+  auto manifest = options.consume ? readBackupManifest(backupDir) : verifyBackup(backupDir);
   if (!manifest) return manifest.error();
+  if (options.consume && !options.checksumChecked) {
+    auto sum = checksumFile(backupDir + "/" + kBackupDataFile);
+    if (!sum) return sum.error();
+    if (sum->bytes != manifest->fileBytes || sum->checksum != manifest->checksum) {
+      return makeError(ErrorCode::kCorruption,
+                       backupDir + "/" + kBackupDataFile +
+                           " does not match the manifest's size and checksum; the backup is "
+                           "damaged, do not restore it");
+    }
+  }
 
   // 2. The target: no store in it, and ours alone while we work.
   std::error_code ec;
@@ -547,8 +558,19 @@ Result<BackupManifest> restoreBackup(const std::string& backupDir, const std::st
   };
 
   // 3. The copy, checked against the manifest as it is written (the file
-  // may have changed since step 1).
-  auto copied = copyFile(backupDir + "/" + kBackupDataFile, staging + "/" + kBackupDataFile);
+  // may have changed since step 1); consumed: moved.
+  if (options.consume) {
+    if (::rename((backupDir + "/" + kBackupDataFile).c_str(),
+                 (staging + "/" + kBackupDataFile).c_str()) != 0) {
+      return fail(ioError("cannot move " + backupDir + "/" + kBackupDataFile + " into " + staging +
+                              " (restore with consume needs one file system)",
+                          errno));
+    }
+  }
+  auto copied = options.consume ? Result<FileChecksum>(FileChecksum{manifest->checksum,
+                                                                    manifest->fileBytes})
+                                : copyFile(backupDir + "/" + kBackupDataFile,
+                                           staging + "/" + kBackupDataFile);
   if (!copied) return fail(copied.error());
   if (copied->bytes != manifest->fileBytes || copied->checksum != manifest->checksum) {
     return fail(makeError(ErrorCode::kCorruption,
@@ -637,7 +659,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
   Blake256 hash;
   uint64_t bytes = 0;
   Status written = okStatus();
-  WriteBehind behind(out.get());
+  WriteBehind behind(out.get(), options.dropFromCache);
   std::thread drain([&] {
     std::vector<char> buf(kChunkBytes);
     for (;;) {
@@ -662,7 +684,7 @@ Result<BackupManifest> StoreImpl::backup(const std::string& dir, const BackupOpt
   readEnd.reset();
   if (!copied) return fail(copied.error());
   if (!written) return fail(written.error());
-  if (::fsync(out.get()) != 0) return fail(ioError("cannot sync " + path, errno));
+  if (options.sync && ::fsync(out.get()) != 0) return fail(ioError("cannot sync " + path, errno));
   out.reset();
 
   auto facts = readCopy(dir, false);

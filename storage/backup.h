@@ -58,6 +58,14 @@ struct BackupManifest {
 
 struct BackupOptions {
   std::string nodeId;  // recorded in the manifest; empty when unknown
+  // False: data.mdb is not fsync'd (a temporary copy that is deleted after
+  // use, such as a snapshot served to a new node, gossip/snapshot-server.h:
+  // it spares the disk a write it does not need).
+  bool sync = true;
+  // False: the copy's pages stay in the page cache once written back (a
+  // snapshot is read again at once, to be streamed to a peer); true drops
+  // them, so a backup does not push the store's hot pages out.
+  bool dropFromCache = true;
 };
 
 // Lowercase hex of a hash or checksum, as the manifest writes it.
@@ -97,6 +105,15 @@ struct RestoreOptions {
   bool keepReplicaId = false;
   // Told about steps worth an operator's attention (migration, new id).
   std::function<void(const std::string&)> notice;
+  // The backup is this restore's to use up (a snapshot fetched from a peer,
+  // gossip/bootstrap.h): its data.mdb is moved into the staging dir, not
+  // copied (the two dirs must share a file system), and the backup is
+  // checked once, not twice: its size and checksum against the manifest
+  // (unless `checksumChecked`: the caller hashed the file as it wrote it),
+  // then the opened store's verify(), root and key count. On a failure the
+  // moved file is deleted with the staging dir: the backup is gone.
+  bool consume = false;
+  bool checksumChecked = false;
 };
 
 // Prepares `dataDir` from the backup in `backupDir`: verifies the backup

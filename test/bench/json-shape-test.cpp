@@ -146,4 +146,18 @@ TEST_CASE("chorus-bench: every subcommand's --json is one object with bench and 
     CHECK(j["http"]["ops"]["page"]["count"].u64() == 20);
     CHECK(j["http_ratio"]["page"].number() > 0);
   }
+  {
+    // An empty node catching up with one of 1,000 reviews from a snapshot,
+    // two chorusd on loopback.
+    auto j = bench({"bootstrap", "--keys", "1000", "--bootstrap", "snapshot", "--unsafe-no-sync",
+                    "--chorusd", binary("CHORUSD_BIN"), "--dir", tmp.sub("bootstrap")});
+    CHECK(j["keys"].u64() == 1000);
+    CHECK(j["mode"].str() == "snapshot");
+    CHECK(j["bootstrap_s"].number() > 0);
+    CHECK(j["bytes_sent"].u64() > 0);
+    CHECK(j["file_copy_s"].number() > 0);
+    CHECK(j["sender_rss_anon_peak_mb"].number() >= 0);
+    CHECK(j["receiver_rss_anon_peak_mb"].number() >= 0);
+    CHECK(j["from_snapshot"].boolean());
+  }
 }

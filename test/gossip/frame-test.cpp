@@ -14,6 +14,7 @@
 #include "gossip/frame.h"
 #include "gossip/member-file.h"
 #include "gossip/secure-channel.h"
+#include "gossip/snapshot-server.h"
 #include "support/seed.h"
 
 using namespace chorus;
@@ -216,7 +217,7 @@ TEST_CASE(
     auto data = capnp::toAny(message.getRoot<wire::Frame>()).getDataSection();
     size_t at = capnp::Schema::from<wire::Frame>().getProto().getStruct().getDiscriminantOffset();
     REQUIRE((at + 1) * 2 <= data.size());
-    uint16_t unknown = uint16_t(wire::Frame::PULLED) + 1;
+    uint16_t unknown = uint16_t(wire::Frame::SNAPSHOT) + 1;
     data[at * 2] = uint8_t(unknown & 0xff);  // little-endian on the wire
     data[at * 2 + 1] = uint8_t(unknown >> 8);
     auto refused = parseWhole(encodeFrame(message));
@@ -303,4 +304,22 @@ TEST_CASE("the member list round-trips, reads v1 lines, and skips lines it canno
   CHECK(l[3].nodeId == "n5");
   CHECK(l[3].state == "suspect");
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a snapshot chunk's checksum is CRC-32C and changes with any flipped bit") {
+  const std::string check = "123456789";  // the standard check value
+  CHECK(snapshotChunkChecksum(reinterpret_cast<const uint8_t*>(check.data()), check.size()) ==
+        0xE3069283u);
+  std::string chunk(1 << 20, '\0');
+  for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = char((i * 131) ^ (i >> 9));
+  auto sum = [&] {
+    return snapshotChunkChecksum(reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size());
+  };
+  uint64_t whole = sum();
+  for (size_t at : {size_t{0}, size_t{4096}, chunk.size() - 1}) {
+    chunk[at] = char(chunk[at] ^ 0x10);
+    CHECK(sum() != whole);
+    chunk[at] = char(chunk[at] ^ 0x10);
+  }
+  CHECK(sum() == whole);
 }

@@ -14,5 +14,6 @@ void addClusterBench(CLI::App& app, int& exitCode);    // cluster-bench.cpp
 void addLoadBench(CLI::App& app, int& exitCode);       // load-bench.cpp
 void addFeedBench(CLI::App& app, int& exitCode);       // feed-bench.cpp
 void addBackupBench(CLI::App& app, int& exitCode);     // backup-bench.cpp
+void addBootstrapBench(CLI::App& app, int& exitCode);  // bootstrap-bench.cpp
 
 }  // namespace chorus::bench

@@ -57,30 +57,16 @@ std::string LocalChorusd::defaultBinary() {
   return "chorusd";
 }
 
-Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& binary,
-                                                          const std::string& dir, bool unsafeNoSync,
-                                                          bool http) {
-  std::string log = dir + "/chorusd.log";
-  std::vector<std::string> args = {binary,
-                                   "--node-id",
-                                   "load-bench",
-                                   "--data-dir",
-                                   dir + "/node",
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--no-auth",
-                                   "--rate-limit",
-                                   "0",
-                                   "--max-in-flight",
-                                   "100000",
-                                   "--max-unfinished-calls",
-                                   "100000",
-                                   "--log-level",
-                                   "warn"};
-  if (unsafeNoSync) args.push_back("--unsafe-no-sync");
-  if (http) args.insert(args.end(), {"--http-listen", "127.0.0.1:0"});
-  int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+Result<std::unique_ptr<LocalChorusd>> LocalChorusd::spawn(const std::string& binary,
+                                                          const std::vector<std::string>& args,
+                                                          const std::string& log) {
+  int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) return makeError(ErrorCode::kIo, "cannot create " + log);
+  std::vector<std::string> argvStrings = {binary};
+  argvStrings.insert(argvStrings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argvStrings) argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = fork();
   if (pid < 0) {
     ::close(fd);
@@ -90,50 +76,89 @@ Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& bin
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // a killed bench does not leave it running
     dup2(fd, 1);
     dup2(fd, 2);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     execvp(argv[0], argv.data());
     _exit(127);
   }
   ::close(fd);
-  const std::string needle = "chorusd: listening on ";
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::string text = readFile(log);
-    // The rest of the line after `prefix`, once the line is complete.
-    auto after = [&](const std::string& prefix) -> std::string {
-      size_t at = text.find(prefix);
-      if (at == std::string::npos) return "";
+  return std::unique_ptr<LocalChorusd>(new LocalChorusd(pid, log));
+}
+
+Result<std::string> LocalChorusd::waitFor(const std::string& what,
+                                          std::chrono::milliseconds limit) {
+  const std::string needle = "chorusd: " + what + " on ";
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (true) {
+    std::string text = readFile(log_);
+    size_t at = text.find(needle);
+    if (at != std::string::npos) {
       size_t end = text.find('\n', at);
-      if (end == std::string::npos) return "";
-      return text.substr(at + prefix.size(), end - at - prefix.size());
-    };
-    std::string rpc = after(needle);
-    std::string httpUrl = http ? after("chorusd: http on http://") : "";  // HOST:PORT/v1/
-    if (!rpc.empty() && (!http || !httpUrl.empty())) {
-      return std::unique_ptr<LocalChorusd>(
-          new LocalChorusd(pid, rpc, httpUrl.substr(0, httpUrl.find('/'))));
+      if (end != std::string::npos) {
+        std::string address = text.substr(at + needle.size(), end - at - needle.size());
+        if (what == "listening") address_ = address;
+        return address;
+      }
     }
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
+    if (!running()) {
       return makeError(ErrorCode::kUnavailable,
-                       binary + " exited before listening: " + tail(text, 600));
+                       "chorusd exited before '" + needle + "...': " + tail(text, 600));
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      return makeError(ErrorCode::kUnavailable, "chorusd did not say '" + needle + "...' within " +
+                                                    std::to_string(limit.count() / 1000) +
+                                                    " s: " + tail(text, 600));
     }
     std::this_thread::sleep_for(10ms);
   }
-  kill(pid, SIGKILL);
-  waitExit(pid, 10s);
-  return makeError(ErrorCode::kUnavailable,
-                   binary + " did not listen within 30 s: " + tail(readFile(log), 600));
+}
+
+bool LocalChorusd::running() {
+  if (exited_) return false;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_ || r < 0) exited_ = true;
+  return !exited_;
+}
+
+bool LocalChorusd::stop(int sig, std::chrono::milliseconds limit) {
+  if (!running()) return true;
+  kill(pid_, sig);
+  if (waitExit(pid_, limit)) exited_ = true;
+  return exited_;
+}
+
+Result<std::unique_ptr<LocalChorusd>> LocalChorusd::start(const std::string& binary,
+                                                          const std::string& dir,
+                                                          bool unsafeNoSync, bool http) {
+  std::string log = dir + "/chorusd.log";
+  std::vector<std::string> args = {"--node-id",       "load-bench",   "--data-dir",
+                                   dir + "/node",     "--listen",     "127.0.0.1:0",
+                                   "--no-auth",       "--rate-limit", "0",
+                                   "--max-in-flight", "100000",       "--max-unfinished-calls",
+                                   "100000",          "--log-level",  "warn"};
+  if (unsafeNoSync) args.push_back("--unsafe-no-sync");
+  if (http) args.insert(args.end(), {"--http-listen", "127.0.0.1:0"});
+  ::unlink(log.c_str());  // a fresh log
+  auto child = spawn(binary, args, log);
+  if (!child.ok()) return child.error();
+  auto address = (*child)->waitFor("listening", 30s);
+  if (!address.ok()) {
+    (*child)->stop(SIGKILL, 10s);
+    return address.error();
+  }
+  if (http) {
+    auto url = (*child)->waitFor("http", 30s);  // "http://HOST:PORT/v1/"
+    if (!url.ok()) {
+      (*child)->stop(SIGKILL, 10s);
+      return url.error();
+    }
+    std::string hostPort = url->substr(url->find("//") + 2);
+    (*child)->httpAddress_ = hostPort.substr(0, hostPort.find('/'));
+  }
+  return std::move(child).value();
 }
 
 LocalChorusd::~LocalChorusd() {
-  kill(pid_, SIGTERM);
-  if (!waitExit(pid_, 30s)) {
-    kill(pid_, SIGKILL);
-    waitExit(pid_, 10s);
-  }
+  if (!stop(SIGTERM, 30s)) stop(SIGKILL, 10s);
 }
 
 }  // namespace chorus::bench

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   chorus::bench::addLoadBench(app, exitCode);
   chorus::bench::addFeedBench(app, exitCode);
   chorus::bench::addBackupBench(app, exitCode);
+  chorus::bench::addBootstrapBench(app, exitCode);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -211,6 +211,11 @@ int main(int argc, char** argv) {
   std::string forgetDeadAfter = "24h";
   uint32_t sessionWaitMs = static_cast<uint32_t>(chorus::Node::Options{}.sessionWait.count());
   bool noDeltaPush = false;
+  std::string bootstrapMode = "auto";
+  uint64_t bootstrapMinKeys = chorus::gossip::BootstrapOptions{}.minKeys;
+  uint64_t testSnapshotDropAfter = 0;
+  uint64_t testSnapshotExitAfter = 0;
+  bool testSnapshotCorrupt = false;
   auto* nodeIdOption = app.add_option(
       "--node-id", nodeId, "Name of this node, shown by `chorus node status` (required to serve)");
   auto* dataDirOption = app.add_option(
@@ -440,6 +445,32 @@ int main(int argc, char** argv) {
   gossipGroup->add_flag("--no-delta-push", noDeltaPush,
                         "FOR TESTS: do not broadcast local writes; they reach peers only by "
                         "anti-entropy and by session reads' pulls");
+  auto* bootstrapOption =
+      gossipGroup
+          ->add_option(
+              "--bootstrap", bootstrapMode,
+              "How a node with an empty or far-behind data dir catches up, before it serves: "
+              "`snapshot` fetches a verified copy of a peer's store (--join seeds, else the "
+              "member list) and starts from it; `anti-entropy` syncs review by review; `auto` "
+              "takes a snapshot when the peer holds at least --bootstrap-min-keys reviews and "
+              "this node none or fewer than half as many")
+          ->capture_default_str()
+          ->check(CLI::IsMember({"auto", "snapshot", "anti-entropy"}));
+  auto* bootstrapMinOption =
+      gossipGroup
+          ->add_option("--bootstrap-min-keys", bootstrapMinKeys,
+                       "--bootstrap auto: a peer holding fewer reviews is caught up by "
+                       "anti-entropy, which is as quick for small stores")
+          ->capture_default_str();
+  auto* testDropOption = gossipGroup->add_option(
+      "--test-snapshot-drop-after", testSnapshotDropAfter,
+      "FOR TESTS: drop the snapshot connection once after this many chunks (it resumes)");
+  auto* testExitOption = gossipGroup->add_option(
+      "--test-snapshot-exit-after", testSnapshotExitAfter,
+      "FOR TESTS: exit (as a crash would) after this many snapshot chunks; the next start resumes");
+  auto* testCorruptOption = gossipGroup->add_flag(
+      "--test-snapshot-corrupt", testSnapshotCorrupt,
+      "FOR TESTS: flip one byte of the first snapshot fetched (it must be refused)");
   gossipGroup
       ->add_option("--clock-offset", clockOffset,
                    "FOR TESTS: skew this node's clock by a duration (-30s, 5m, 1500ms; a bare "
@@ -498,6 +529,12 @@ int main(int argc, char** argv) {
       (regionOption->count() > 0 || rejoinOption->count() > 0 || forgetOption->count() > 0)) {
     std::fprintf(stderr,
                  "chorusd: --region, --rejoin and --forget-dead-after need --gossip-listen\n");
+    return 1;
+  }
+  if (gossipListen.empty() && (bootstrapOption->count() > 0 || bootstrapMinOption->count() > 0 ||
+                               testDropOption->count() > 0 || testExitOption->count() > 0 ||
+                               testCorruptOption->count() > 0)) {
+    std::fprintf(stderr, "chorusd: --bootstrap and its options need --gossip-listen\n");
     return 1;
   }
   if (gossipListen.empty() && !clusterKeyFile.empty()) {
@@ -601,6 +638,11 @@ int main(int argc, char** argv) {
   options.cluster.rejoin = rejoin;
   options.cluster.forgetDeadAfter = forgetDead;
   options.cluster.pushDeltas = !noDeltaPush;
+  options.bootstrap.mode = *chorus::gossip::parseBootstrapMode(bootstrapMode);
+  options.bootstrap.minKeys = bootstrapMinKeys;
+  options.bootstrap.testDropAfterChunks = testSnapshotDropAfter;
+  options.bootstrap.testCorruptOnce = testSnapshotCorrupt;
+  options.bootstrap.testExitAfterChunks = testSnapshotExitAfter;
   auto node = chorus::Node::open(std::move(options));
   if (!node.ok()) {
     const auto& e = node.error();

@@ -93,6 +93,7 @@ FrameKind classify(const std::string& body) {
       case gossip::wire::Frame::RECONCILE:
       case gossip::wire::Frame::PULL:  // read-your-writes pulls (the simulator sends none)
       case gossip::wire::Frame::PULLED:
+      case gossip::wire::Frame::SNAPSHOT:  // (never simulated: bootstrap is before the core)
         kind = FrameKind::kRepair;
         break;
     }
