@@ -21,6 +21,30 @@ struct Client::Impl {
   std::vector<std::string> roles;
   uint32_t apiVersion = 0;
 
+  // A watch or follow running: waits until `stopped` (the observer asked
+  // to stop: ok), `duration` passes (ok), the connection drops, or the node
+  // drops the observer (`stopped` broken: it ended the stream, for
+  // `endedWhy`).
+  Status holdStream(kj::Promise<void> stopped, std::chrono::milliseconds duration,
+                    const std::string& endedWhy) {
+    try {
+      auto disconnected = network->onDisconnect().then([]() { return 2; });
+      auto elapsed =
+          io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
+            return 1;
+          });
+      int why = stopped.then([]() { return 0; }, [](kj::Exception&&) { return 3; })
+                    .exclusiveJoin(kj::mv(elapsed))
+                    .exclusiveJoin(kj::mv(disconnected))
+                    .wait(io.waitScope);
+      if (why == 2) return makeError(ErrorCode::kUnavailable, "lost the connection to " + address);
+      if (why == 3) return makeError(ErrorCode::kUnavailable, address + " " + endedWhy);
+    } catch (kj::Exception& e) {
+      return transportError(e);
+    }
+    return okStatus();
+  }
+
   Error transportError(const kj::Exception& e) const {
     std::string what = e.getDescription().cStr();
     switch (e.getType()) {
@@ -440,29 +464,10 @@ Status Client::follow(uint64_t since, bool includeDocs, uint32_t limit,
     start.replicaId = replica;
     onStarted(start);
   }
-  try {
-    auto disconnected = impl_->network->onDisconnect().then([]() { return 2; });
-    auto elapsed =
-        impl_->io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
-          return 1;
-        });
-    // The observer's fulfiller is destroyed unfulfilled when the node drops
-    // the observer: it ended the follow (a revoked token, a failed read).
-    int why = stop.promise.then([]() { return 0; }, [](kj::Exception&&) { return 3; })
-                  .exclusiveJoin(kj::mv(elapsed))
-                  .exclusiveJoin(kj::mv(disconnected))
-                  .wait(impl_->io.waitScope);
-    if (why == 2) {
-      return makeError(ErrorCode::kUnavailable, "lost the connection to " + impl_->address);
-    }
-    if (why == 3) {
-      return makeError(ErrorCode::kUnavailable,
-                       impl_->address + " ended the follow (token revoked, or a failed read)");
-    }
-  } catch (kj::Exception& e) {
-    return impl_->transportError(e);
-  }
-  return okStatus();
+  // The observer's fulfiller is destroyed unfulfilled when the node drops
+  // the observer: it ended the follow (a revoked token, a failed read).
+  return impl_->holdStream(kj::mv(stop.promise), duration,
+                           "ended the follow (token revoked, or a failed read)");
 }
 
 namespace {
@@ -498,29 +503,10 @@ Status Client::watch(const std::string& product, const std::function<bool(const 
   if (response->hasError()) return fromWire(response->getError());
   auto handle = response->getHandle();  // the watch lasts while we hold this
   if (onStarted) onStarted();
-  try {
-    auto disconnected = impl_->network->onDisconnect().then([]() { return 2; });
-    auto elapsed =
-        impl_->io.provider->getTimer().afterDelay(kj::MILLISECONDS * duration.count()).then([]() {
-          return 1;
-        });
-    // The observer's fulfiller is destroyed unfulfilled when the node drops
-    // the observer: it ended the watch (a revoked token) or the connection.
-    int why = stop.promise.then([]() { return 0; }, [](kj::Exception&&) { return 3; })
-                  .exclusiveJoin(kj::mv(elapsed))
-                  .exclusiveJoin(kj::mv(disconnected))
-                  .wait(impl_->io.waitScope);
-    if (why == 2) {
-      return makeError(ErrorCode::kUnavailable, "lost the connection to " + impl_->address);
-    }
-    if (why == 3) {
-      return makeError(ErrorCode::kUnavailable,
-                       impl_->address + " ended the watch (token revoked, or connection closed)");
-    }
-  } catch (kj::Exception& e) {
-    return impl_->transportError(e);
-  }
-  return okStatus();
+  // The observer's fulfiller is destroyed unfulfilled when the node drops
+  // the observer: it ended the watch (a revoked token) or the connection.
+  return impl_->holdStream(kj::mv(stop.promise), duration,
+                           "ended the watch (token revoked, or connection closed)");
 }
 
 }  // namespace chorus::api
